@@ -1,0 +1,70 @@
+// Package filters defines the contract between the proxy and the message
+// filters: a spooled message Body, the Verdict a Filter returns, and the Chain
+// that runs filters in order and applies the policy's on_error action.
+package filters
+
+import (
+	"context"
+	"io"
+	"net/netip"
+)
+
+// Body is a message held by the proxy while filters look at it. Open may be
+// called any number of times; each reader starts at the first byte. The owner
+// (whoever created the Body) calls Remove exactly once when done.
+type Body interface {
+	Open() (io.ReadCloser, error)
+	Size() int64
+	Remove() error
+}
+
+// Action is what a filter (or the whole chain) decided for a message.
+type Action int
+
+const (
+	// Pass delivers the message the filter was given, unchanged.
+	Pass Action = iota
+	// Replace delivers Verdict.Body instead of the message the filter was given.
+	Replace
+	// Reject withholds the message; the client gets a refusal or a notice.
+	Reject
+)
+
+func (a Action) String() string {
+	switch a {
+	case Pass:
+		return "pass"
+	case Replace:
+		return "replace"
+	case Reject:
+		return "reject"
+	}
+	return "unknown"
+}
+
+// Verdict is one filter's decision. Body is set only for Replace and is then
+// owned by the chain, which removes it when it is no longer needed.
+type Verdict struct {
+	Action Action
+	Body   Body
+	Reason string
+}
+
+// Envelope describes where a message comes from and who downloads it.
+type Envelope struct {
+	SessionID string
+	User      string
+	Client    netip.AddrPort
+	Listener  string
+	Upstream  string
+	Command   string // "RETR" or "TOP"
+	MsgNum    int
+}
+
+// Filter inspects one message. An error means the filter could not decide;
+// the chain then applies its OnError action. A filter never removes the Body
+// it is given.
+type Filter interface {
+	Name() string
+	Filter(ctx context.Context, env *Envelope, body Body) (Verdict, error)
+}
