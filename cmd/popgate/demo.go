@@ -1,0 +1,145 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/popgate/popgate/examples"
+	"github.com/popgate/popgate/policy"
+	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/proxy/pop3/server"
+)
+
+const (
+	demoUser     = "demo"
+	demoPassword = "demo"
+)
+
+// cmdDemo runs the embedded default: a small POP3 server with a sample
+// mailbox on the demo upstream's address, and popgate in front of it with
+// examples/demo.hcl.
+func cmdDemo(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, diags := policy.LoadBytes("demo.hcl", examples.Demo)
+	if diags.HasErrors() {
+		policy.WriteDiagnostics(stderr, diags, cfg.Files)
+		return 1
+	}
+	log, closeLog, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
+		return 1
+	}
+	defer closeLog.Close()
+
+	up := cfg.Upstreams[cfg.Listeners[0].Upstream]
+	mailLn, err := net.Listen("tcp", up.Address)
+	if err != nil {
+		fmt.Fprintf(stderr, "popgate demo: the sample mailbox server needs %s: %v\n", up.Address, err)
+		return 1
+	}
+	mail := server.New(server.Config{
+		Users:     map[string]string{demoUser: demoPassword},
+		Mailboxes: map[string][]server.Message{demoUser: demoMailbox()},
+		Hostname:  "demo.popgate.invalid",
+	})
+	go func() { _ = mail.Serve(mailLn) }()
+	defer mail.Close()
+
+	opts, err := proxyOptions(cfg, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
+		return 1
+	}
+	srv, err := proxy.New(opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
+		return 1
+	}
+	if err := srv.Listen(); err != nil {
+		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
+		return 1
+	}
+	addr := srv.Addrs()[0].String()
+	base := fmt.Sprintf("pop3://%s", addr)
+	auth := fmt.Sprintf("-u %s:%s", demoUser, demoPassword)
+	fmt.Fprintf(stdout, `popgate demo
+  sample mailbox server (built in): %s   user %q password %q
+  popgate (examples/demo.hcl):      %s
+
+Try, in another terminal:
+  curl %s %s/            # list the mailbox through popgate
+  curl %s %s/1           # a clean message
+  curl %s %s/2           # a message with an .exe attachment
+  curl %s %s/3           # a message carrying the EICAR test string
+  curl %s %s/ -X UIDL    # unique ids, relayed
+  curl -v %s %s/1 2>&1 | grep '^<'   # the raw POP3 dialogue
+
+Filters: this version relays messages unchanged (virus scanning, attachment
+stripping and tagging are not built yet), so messages 2 and 3 arrive as stored.
+Press Ctrl-C to stop.
+`, up.Address, demoUser, demoPassword, addr,
+		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base)
+	return serveUntilSignal(srv, cfg, "", stderr)
+}
+
+// eicar is the industry-standard antivirus test string (eicar.org): harmless,
+// but every scanner reports it.
+const eicar = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
+
+func demoMailbox() []server.Message {
+	crlf := func(s string) []byte { return []byte(strings.ReplaceAll(s, "\n", "\r\n")) }
+	return []server.Message{
+		{UIDL: "demo-clean-1", Data: crlf(`From: Alice <alice@example.com>
+To: demo@example.com
+Subject: Lunch on Friday?
+Date: Mon, 23 Nov 2026 09:15:00 +0000
+Message-ID: <clean-1@example.com>
+Content-Type: text/plain; charset=utf-8
+
+Hi,
+
+shall we try the new place on the corner on Friday?
+.. a line that starts with a dot, to show dot-stuffing survives the trip.
+
+Alice
+`)},
+		{UIDL: "demo-exe-2", Data: crlf(`From: "Billing" <billing@example.net>
+To: demo@example.com
+Subject: Your invoice
+Date: Mon, 23 Nov 2026 10:02:00 +0000
+Message-ID: <exe-2@example.net>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b1"
+
+--b1
+Content-Type: text/plain; charset=us-ascii
+
+Please find your invoice attached.
+
+--b1
+Content-Type: application/octet-stream; name="invoice.pdf.exe"
+Content-Disposition: attachment; filename="invoice.pdf.exe"
+Content-Transfer-Encoding: base64
+
+TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
+--b1--
+`)},
+		{UIDL: "demo-eicar-3", Data: crlf(`From: Mallory <mallory@example.org>
+To: demo@example.com
+Subject: test file
+Date: Mon, 23 Nov 2026 11:30:00 +0000
+Message-ID: <eicar-3@example.org>
+Content-Type: text/plain; charset=us-ascii
+
+` + eicar + `
+`)},
+	}
+}

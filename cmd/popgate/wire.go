@@ -1,0 +1,108 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/policy"
+	"github.com/popgate/popgate/proxy"
+)
+
+// proxyOptions turns a validated configuration into proxy options: it loads
+// certificates and CA bundles, which the config loader has only checked.
+func proxyOptions(cfg *policy.Config, log zerolog.Logger) (proxy.Options, error) {
+	ups := map[string]*proxy.Upstream{}
+	for name, u := range cfg.Upstreams {
+		pu, err := proxyUpstream(u)
+		if err != nil {
+			return proxy.Options{}, err
+		}
+		ups[name] = pu
+	}
+	opts := proxy.Options{Logger: log}
+	for _, l := range cfg.Listeners {
+		pl := proxy.Listener{
+			Name:                l.Name,
+			Address:             l.Address,
+			Transparent:         l.Transparent,
+			MaxConnections:      l.MaxConnections,
+			MaxConnectionsPerIP: l.MaxConnectionsPerIP,
+			LoginTimeout:        l.LoginTimeout,
+			IdleTimeout:         l.IdleTimeout,
+			MaxCommandLine:      l.MaxCommandLine,
+		}
+		if l.Upstream != "" {
+			pl.Upstream = ups[l.Upstream]
+		}
+		if l.TLS != nil {
+			cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+			if err != nil {
+				return proxy.Options{}, fmt.Errorf("listener %s: %w", l.Name, err)
+			}
+			pl.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			pl.Implicit = l.TLS.Implicit
+		}
+		opts.Listeners = append(opts.Listeners, pl)
+	}
+	return opts, nil
+}
+
+func proxyUpstream(u *policy.Upstream) (*proxy.Upstream, error) {
+	pu := &proxy.Upstream{
+		Name:           u.Name,
+		Address:        u.Address,
+		ConnectTimeout: u.ConnectTimeout,
+		Timeout:        u.Timeout,
+		MaxStatusLine:  u.MaxStatusLine,
+	}
+	switch u.TLS {
+	case policy.UpstreamTLSStartTLS:
+		pu.TLSMode = proxy.TLSStartTLS
+	case policy.UpstreamTLSImplicit:
+		pu.TLSMode = proxy.TLSImplicit
+	}
+	if pu.TLSMode == proxy.TLSNone {
+		return pu, nil
+	}
+	tc := &tls.Config{ServerName: u.ServerName, InsecureSkipVerify: u.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	if u.CAFile != "" {
+		pem, err := os.ReadFile(u.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream %s: no certificates in %s", u.Name, u.CAFile)
+		}
+	}
+	pu.TLS = tc
+	return pu, nil
+}
+
+// newLogger builds the zerolog logger the log block asks for. The returned
+// closer closes a log file, if one was opened.
+func newLogger(l policy.Log, stderr io.Writer) (zerolog.Logger, io.Closer, error) {
+	var out io.Writer = stderr
+	var closer io.Closer = io.NopCloser(nil)
+	if l.File != "" {
+		f, err := os.OpenFile(l.File, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return zerolog.Logger{}, nil, fmt.Errorf("log file: %w", err)
+		}
+		out, closer = f, f
+	}
+	if l.Format == "console" {
+		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.TimeOnly, NoColor: l.File != ""}
+	}
+	level, err := zerolog.ParseLevel(l.Level)
+	if err != nil || l.Level == "" {
+		level = zerolog.InfoLevel
+	}
+	return zerolog.New(out).Level(level).With().Timestamp().Logger(), closer, nil
+}

@@ -1,0 +1,97 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/popgate/popgate/proxy/pop3"
+)
+
+// auth relays an AUTH exchange (RFC 5034) as opaque lines: popgate never
+// needs to understand the mechanism. It only peeks at PLAIN and LOGIN to
+// learn the login name for policy and logs; the exchange itself is never
+// logged.
+func (s *session) auth(cmd pop3.Command, line []byte) error {
+	if err := s.send(line); err != nil {
+		return err
+	}
+	mech := ""
+	if len(cmd.Args) > 0 {
+		mech = strings.ToUpper(cmd.Args[0])
+	}
+	var user string
+	if mech == "PLAIN" && len(cmd.Args) > 1 {
+		user = saslPlainUser(cmd.Args[1])
+	}
+	for step := 0; ; step++ {
+		resp, err := pop3.ReadLine(s.up.r, s.srv.opts.MaxSASLLine)
+		if err != nil {
+			if errors.Is(err, pop3.ErrLineTooLong) {
+				return fmt.Errorf("%w: AUTH challenge over %d octets", errUpstreamProtocol, s.srv.opts.MaxSASLLine)
+			}
+			return upstreamErr(err)
+		}
+		if pop3.IsContinuation(resp) {
+			s.writeLine(resp)
+			if err := s.cw.Flush(); err != nil {
+				return clientErr(err)
+			}
+			answer, err := pop3.ReadLine(s.cr, s.srv.opts.MaxSASLLine)
+			if err != nil {
+				// Mid-exchange there is no way to resynchronise: hang up.
+				return clientErr(fmt.Errorf("AUTH response: %w", err))
+			}
+			if user == "" {
+				switch {
+				case mech == "PLAIN":
+					user = saslPlainUser(string(answer))
+				case mech == "LOGIN" && step == 0:
+					user = saslDecode(string(answer))
+				}
+			}
+			if err := s.send(answer); err != nil {
+				return err
+			}
+			continue
+		}
+		st, err := pop3.ParseStatus(resp)
+		if err != nil {
+			return fmt.Errorf("%w: %v", errUpstreamProtocol, err)
+		}
+		s.writeLine(resp)
+		if !st.OK {
+			return nil
+		}
+		if mech == "" {
+			// Bare AUTH lists the mechanisms as a multi-line response.
+			return s.relayBody()
+		}
+		s.loggedIn(user)
+		return nil
+	}
+}
+
+// saslPlainUser returns the identity of a PLAIN response (RFC 4616):
+// the authorization identity if given, else the authentication identity.
+func saslPlainUser(b64 string) string {
+	raw := saslDecode(b64)
+	parts := strings.SplitN(raw, "\x00", 3)
+	if len(parts) != 3 {
+		return ""
+	}
+	if parts[0] != "" {
+		return parts[0]
+	}
+	return parts[1]
+}
+
+func saslDecode(b64 string) string {
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(b64))
+	if err != nil || bytes.ContainsAny(raw, "\r\n") {
+		return ""
+	}
+	return string(raw)
+}

@@ -1,0 +1,55 @@
+package proxy
+
+import (
+	"net"
+	"time"
+)
+
+// idleConn enforces idle timeouts on a connection: every Read must make
+// progress within readTimeout and every Write within writeTimeout, so a
+// response that keeps flowing never times out but a stalled peer does. It
+// also counts bytes. It is used from one goroutine (Close excepted).
+type idleConn struct {
+	net.Conn
+	readTimeout  time.Duration
+	writeTimeout time.Duration
+	readSet      time.Time // when the read deadline was last pushed
+	rx, tx       int64
+}
+
+// deadlineSlack is how stale a deadline may get before it is pushed again;
+// it saves a timer update per read on busy connections at the cost of
+// timeouts firing up to this much early.
+const deadlineSlack = 250 * time.Millisecond
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	if c.readTimeout > 0 {
+		now := time.Now()
+		if now.Sub(c.readSet) > deadlineSlack {
+			c.readSet = now
+			if err := c.Conn.SetReadDeadline(now.Add(c.readTimeout)); err != nil {
+				return 0, err
+			}
+		}
+	}
+	n, err := c.Conn.Read(p)
+	c.rx += int64(n)
+	return n, err
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	if c.writeTimeout > 0 {
+		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)); err != nil {
+			return 0, err
+		}
+	}
+	n, err := c.Conn.Write(p)
+	c.tx += int64(n)
+	return n, err
+}
+
+// setReadTimeout changes the idle limit and applies it from now.
+func (c *idleConn) setReadTimeout(d time.Duration) {
+	c.readTimeout = d
+	c.readSet = time.Time{}
+}

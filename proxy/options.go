@@ -1,0 +1,118 @@
+// Package proxy runs popgate's listeners and POP3 sessions: it accepts
+// clients, dials their upstream server, relays the session faithfully and
+// hands every downloaded message (RETR, TOP) to the filter chain the session
+// was given. It knows nothing of HCL: the caller builds Options.
+package proxy
+
+import (
+	"crypto/tls"
+	"net/netip"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/proxy/pop3"
+)
+
+// TLSMode says how popgate talks TLS to an upstream server.
+type TLSMode int
+
+const (
+	TLSNone     TLSMode = iota // plain POP3
+	TLSStartTLS                // plain connect, then STLS (RFC 2595); refusing STLS is an error
+	TLSImplicit                // TLS from the first byte (POP3S, port 995)
+)
+
+// Upstream is a POP3 server sessions are relayed to.
+type Upstream struct {
+	Name    string
+	Address string // host:port
+	TLSMode TLSMode
+	// TLS verifies the server. Nil means the system roots and the host of
+	// Address as server name; InsecureSkipVerify is honoured if set.
+	TLS            *tls.Config
+	ConnectTimeout time.Duration // dial and TLS handshake; default 10s
+	// Timeout bounds the wait for each read from the server (a response
+	// that keeps flowing never times out); default 60s.
+	Timeout       time.Duration
+	MaxStatusLine int // longest status line accepted, CRLF included; default pop3.MaxStatusLine
+}
+
+// Listener is one address popgate accepts clients on.
+type Listener struct {
+	Name    string
+	Address string
+	// TLS holds the certificate offered to clients. With Implicit the
+	// handshake starts at connect (POP3S); otherwise STLS is offered.
+	TLS      *tls.Config
+	Implicit bool
+	// Upstream is where sessions go. With Transparent the address is taken
+	// from the connection's original destination (SO_ORIGINAL_DST) and
+	// Upstream, if set, supplies only TLS mode and timeouts.
+	Upstream    *Upstream
+	Transparent bool
+
+	MaxConnections      int           // all clients of this listener; 0 = unlimited
+	MaxConnectionsPerIP int           // from one client address; 0 = unlimited
+	LoginTimeout        time.Duration // client idle before login; default 60s
+	IdleTimeout         time.Duration // client idle after login; default 10m (RFC 1939 §3)
+	MaxCommandLine      int           // default pop3.MaxCommandLine
+}
+
+// SessionInfo describes a session at the moment its filter chain is chosen.
+type SessionInfo struct {
+	ID       string
+	Listener string
+	Client   netip.AddrPort
+	Upstream string // upstream name, or the address in transparent mode
+	User     string // login name as the client gave it
+}
+
+// Options configures a Server.
+type Options struct {
+	Listeners []Listener
+	Logger    zerolog.Logger
+	// ChainFor returns the filter chain for a logged-in session; it is
+	// called once per session after a successful login. Nil, or an empty
+	// chain, relays messages without spooling them.
+	ChainFor func(SessionInfo) *filters.Chain
+	// MaxSASLLine bounds one line of an AUTH exchange (RFC 5034 allows
+	// responses longer than a command line); default 16 KiB.
+	MaxSASLLine int
+	// WriteTimeout bounds each write to a client or upstream; default 60s.
+	WriteTimeout time.Duration
+}
+
+func (u *Upstream) withDefaults() *Upstream {
+	c := *u
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = 10 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 60 * time.Second
+	}
+	if c.MaxStatusLine <= 0 {
+		c.MaxStatusLine = pop3.MaxStatusLine
+	}
+	return &c
+}
+
+func (l *Listener) withDefaults() *Listener {
+	c := *l
+	if c.LoginTimeout <= 0 {
+		c.LoginTimeout = 60 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 10 * time.Minute
+	}
+	if c.MaxCommandLine <= 0 {
+		c.MaxCommandLine = pop3.MaxCommandLine
+	}
+	if c.Upstream != nil {
+		c.Upstream = c.Upstream.withDefaults()
+	} else {
+		c.Upstream = (&Upstream{Name: "transparent"}).withDefaults()
+	}
+	return &c
+}

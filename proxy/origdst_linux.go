@@ -1,0 +1,106 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// soOriginalDst is SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST (IPv6)
+// from <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>.
+const soOriginalDst = 80
+
+// originalDestination returns where a connection redirected by netfilter
+// (iptables/nftables REDIRECT or DNAT) was originally headed.
+func originalDestination(c net.Conn) (netip.AddrPort, error) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return netip.AddrPort{}, errors.New("original destination: not a TCP connection")
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
+	}
+	local := addrPort(tc.LocalAddr())
+	var dst netip.AddrPort
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if local.Addr().Is4() {
+			dst, serr = originalDst4(int(fd))
+		} else {
+			dst, serr = originalDst6(int(fd))
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination (is the connection redirected by netfilter?): %w", err)
+	}
+	return dst, nil
+}
+
+func originalDst4(fd int) (netip.AddrPort, error) {
+	// The kernel fills a sockaddr_in (16 bytes); IPv6Mreq is a 20-byte
+	// buffer the x/sys API lets us pass through getsockopt.
+	mreq, err := unix.GetsockoptIPv6Mreq(fd, unix.SOL_IP, soOriginalDst)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	raw := mreq.Multiaddr
+	port := binary.BigEndian.Uint16(raw[2:4])
+	addr := netip.AddrFrom4([4]byte(raw[4:8]))
+	return netip.AddrPortFrom(addr, port), nil
+}
+
+func originalDst6(fd int) (netip.AddrPort, error) {
+	var sa unix.RawSockaddrInet6
+	size := uint32(unsafe.Sizeof(sa))
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(unix.SOL_IPV6), soOriginalDst,
+		uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&size)), 0)
+	if errno != 0 {
+		return netip.AddrPort{}, syscall.Errno(errno)
+	}
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	addr := netip.AddrFrom16(sa.Addr).Unmap()
+	return netip.AddrPortFrom(addr, port), nil
+}
+
+// refuseLoop rejects an original destination that is popgate itself: a
+// connection made straight to a transparent listener (not redirected) or a
+// redirect rule that also catches popgate's own upstream connections would
+// otherwise loop until every connection slot is gone.
+func (s *Server) refuseLoop(dst netip.AddrPort) error {
+	for _, bl := range s.lns {
+		la := addrPort(bl.ln.Addr())
+		if la.Port() != dst.Port() {
+			continue
+		}
+		if la.Addr() == dst.Addr() || la.Addr().IsUnspecified() && isLocalAddr(dst.Addr()) {
+			return fmt.Errorf("original destination %s is popgate's own listener %s: refusing to loop", dst, bl.cfg.Name)
+		}
+	}
+	return nil
+}
+
+func isLocalAddr(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if pfx, err := netip.ParsePrefix(ia.String()); err == nil && pfx.Addr().Unmap() == a {
+			return true
+		}
+	}
+	return false
+}

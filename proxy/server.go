@@ -1,0 +1,236 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/proxy/pop3"
+)
+
+// Server owns popgate's listeners and live sessions.
+type Server struct {
+	opts   Options
+	log    zerolog.Logger
+	mu     sync.Mutex
+	lns    []*boundListener
+	live   map[*session]struct{}
+	done   chan struct{} // closed when Shutdown starts
+	wg     sync.WaitGroup
+	closed bool
+}
+
+type boundListener struct {
+	cfg   *Listener
+	ln    net.Listener
+	total int
+	perIP map[netip.Addr]int
+}
+
+// New checks opts and returns a Server that is not yet listening.
+func New(opts Options) (*Server, error) {
+	if len(opts.Listeners) == 0 {
+		return nil, errors.New("proxy: no listeners")
+	}
+	if opts.MaxSASLLine <= 0 {
+		opts.MaxSASLLine = 16 << 10
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 60 * time.Second
+	}
+	for i := range opts.Listeners {
+		l := &opts.Listeners[i]
+		if l.Upstream == nil && !l.Transparent {
+			return nil, fmt.Errorf("proxy: listener %q has no upstream", l.Name)
+		}
+		if l.Implicit && l.TLS == nil {
+			return nil, fmt.Errorf("proxy: listener %q: implicit TLS without a certificate", l.Name)
+		}
+	}
+	return &Server{opts: opts, log: opts.Logger, live: map[*session]struct{}{}, done: make(chan struct{})}, nil
+}
+
+// Listen binds every listener. On error nothing stays bound.
+func (s *Server) Listen() error {
+	for i := range s.opts.Listeners {
+		cfg := s.opts.Listeners[i].withDefaults()
+		ln, err := net.Listen("tcp", cfg.Address)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("listener %s: %w", cfg.Name, err)
+		}
+		s.lns = append(s.lns, &boundListener{cfg: cfg, ln: ln, perIP: map[netip.Addr]int{}})
+	}
+	return nil
+}
+
+// Addrs returns the bound address of each listener, in configuration order.
+func (s *Server) Addrs() []net.Addr {
+	out := make([]net.Addr, len(s.lns))
+	for i, l := range s.lns {
+		out[i] = l.ln.Addr()
+	}
+	return out
+}
+
+// Serve accepts on every bound listener until Shutdown; it returns after
+// all accept loops have stopped.
+func (s *Server) Serve() error {
+	var wg sync.WaitGroup
+	errc := make(chan error, len(s.lns))
+	for _, bl := range s.lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- s.acceptLoop(bl)
+		}()
+		s.log.Info().Str("listener", bl.cfg.Name).Str("address", bl.ln.Addr().String()).
+			Bool("implicit_tls", bl.cfg.Implicit).Bool("stls", bl.cfg.TLS != nil && !bl.cfg.Implicit).
+			Bool("transparent", bl.cfg.Transparent).Msg("listening")
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) acceptLoop(bl *boundListener) error {
+	var backoff time.Duration
+	for {
+		conn, err := bl.ln.Accept()
+		if err != nil {
+			select {
+			case <-s.done:
+				return nil
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("listener %s: %w", bl.cfg.Name, err)
+			}
+			// EMFILE and friends: back off instead of spinning.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn().Err(err).Str("listener", bl.cfg.Name).Dur("retry_in", backoff).Msg("accept failed")
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		s.admit(bl, conn)
+	}
+}
+
+// admit applies the connection limits and starts a session.
+func (s *Server) admit(bl *boundListener, conn net.Conn) {
+	client := addrPort(conn.RemoteAddr())
+	s.mu.Lock()
+	reason := ""
+	switch {
+	case s.closed:
+		reason = "shutting down"
+	case bl.cfg.MaxConnections > 0 && bl.total >= bl.cfg.MaxConnections:
+		reason = "too many connections"
+	case bl.cfg.MaxConnectionsPerIP > 0 && bl.perIP[client.Addr()] >= bl.cfg.MaxConnectionsPerIP:
+		reason = "too many connections from your address"
+	}
+	if reason != "" {
+		s.mu.Unlock()
+		s.log.Warn().Str("listener", bl.cfg.Name).Str("client", client.String()).Str("reason", reason).Msg("connection refused")
+		go refuse(conn, reason, bl.cfg.Implicit)
+		return
+	}
+	bl.total++
+	bl.perIP[client.Addr()]++
+	sess := newSession(s, bl.cfg, conn, client)
+	s.live[sess] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+
+	go func() {
+		defer s.wg.Done()
+		sess.run()
+		s.mu.Lock()
+		delete(s.live, sess)
+		bl.total--
+		if bl.perIP[client.Addr()]--; bl.perIP[client.Addr()] <= 0 {
+			delete(bl.perIP, client.Addr())
+		}
+		s.mu.Unlock()
+	}()
+}
+
+// refuse answers a connection popgate will not serve. On an implicit-TLS
+// listener a plaintext line would be garbage to the client, so it just closes.
+func refuse(conn net.Conn, reason string, implicit bool) {
+	defer conn.Close()
+	if implicit {
+		return
+	}
+	_ = conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = conn.Write([]byte(pop3.ErrLine("SYS/TEMP", reason+", try again later")))
+}
+
+// Shutdown stops accepting, lets sessions finish until ctx is done, then
+// closes what is left. Closed sessions never send QUIT upstream, so the
+// server deletes nothing (RFC 1939 §6).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+	n := len(s.live)
+	s.mu.Unlock()
+	s.closeListeners()
+	s.log.Info().Int("sessions", n).Msg("shutting down: waiting for sessions to finish")
+
+	finished := make(chan struct{})
+	go func() { s.wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n = len(s.live)
+	for sess := range s.live {
+		sess.abort("shutdown")
+	}
+	s.mu.Unlock()
+	s.log.Warn().Int("sessions", n).Msg("shutdown timeout: closed remaining sessions without QUIT")
+	<-finished
+	return ctx.Err()
+}
+
+func (s *Server) closeListeners() {
+	for _, bl := range s.lns {
+		_ = bl.ln.Close()
+	}
+}
+
+// Sessions returns the number of live sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.live)
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// Logger returns the server's logger, for the caller's own lifecycle logs.
+func (s *Server) Logger() zerolog.Logger { return s.log }

@@ -1,0 +1,515 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/proxy/pop3"
+)
+
+// state is the RFC 1939 session state as popgate has observed it.
+type state int
+
+const (
+	stateAuthorization state = iota
+	stateTransaction
+	stateUpdate // QUIT relayed; the session ends
+)
+
+// Limits on misbehaving clients before popgate hangs up on them.
+const (
+	maxOverlongLines = 3
+	maxBadCommands   = 10
+	clientBufSize    = 4 << 10 // commands are short; responses go through cw
+)
+
+type session struct {
+	srv    *Server
+	cfg    *Listener
+	log    zerolog.Logger
+	id     string
+	client netip.AddrPort
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	raw   *idleConn // client TCP connection
+	conn  net.Conn  // raw, or TLS over raw
+	cr    *bufio.Reader
+	cw    *bufio.Writer
+	tlsOn bool
+
+	mu      sync.Mutex // guards up and aborted against abort()
+	up      *upstreamConn
+	aborted string
+
+	upName      string
+	state       state
+	pendingUser string // from USER, until PASS succeeds
+	user        string
+	chain       *filters.Chain
+	lineBuf     []byte
+
+	// responding is set once any byte of the current response may have
+	// reached the client writer; a failure then closes the connection
+	// instead of appending an error line to a half-sent response.
+	responding bool
+	overlong   int
+	bad        int
+	commands   int
+	messages   int
+}
+
+func newSession(srv *Server, cfg *Listener, c net.Conn, client netip.AddrPort) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &session{
+		srv:    srv,
+		cfg:    cfg,
+		id:     newSessionID(),
+		client: client,
+		ctx:    ctx,
+		cancel: cancel,
+		raw:    &idleConn{Conn: c, readTimeout: cfg.LoginTimeout, writeTimeout: srv.opts.WriteTimeout},
+	}
+	s.conn = s.raw
+	s.log = srv.log.With().Str("session", s.id).Str("listener", cfg.Name).Str("client", client.String()).Logger()
+	return s
+}
+
+var sessionIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+func newSessionID() string {
+	var b [10]byte
+	_, _ = rand.Read(b[:])
+	return sessionIDEncoding.EncodeToString(b[:])
+}
+
+// abort closes both connections from another goroutine (shutdown). The
+// upstream gets no QUIT, so it deletes nothing.
+func (s *session) abort(reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.aborted != "" {
+		return
+	}
+	s.aborted = reason
+	s.cancel()
+	_ = s.raw.Close()
+	if s.up != nil {
+		_ = s.up.close()
+	}
+}
+
+func (s *session) run() {
+	start := time.Now()
+	reason := s.serve()
+	s.mu.Lock()
+	if s.aborted != "" {
+		reason = errors.New(s.aborted)
+	}
+	up := s.up
+	s.mu.Unlock()
+	s.cancel()
+	s.closeClient()
+	ev := s.log.Info().Dur("duration", time.Since(start)).Int64("client_rx", s.raw.rx).Int64("client_tx", s.raw.tx).
+		Int("commands", s.commands).Int("messages", s.messages).Str("user", s.user)
+	if up != nil {
+		_ = up.close()
+		ev = ev.Int64("upstream_rx", up.raw.rx).Int64("upstream_tx", up.raw.tx)
+	}
+	if reason != nil {
+		ev = ev.Str("end", reason.Error())
+	} else {
+		ev = ev.Str("end", "quit")
+	}
+	ev.Msg("session end")
+}
+
+// serve runs the session; nil means it ended with a relayed QUIT.
+func (s *session) serve() error {
+	s.log.Debug().Msg("session start")
+	if s.cfg.Implicit {
+		if err := s.handshake(); err != nil {
+			return err
+		}
+	}
+	s.cr = bufio.NewReaderSize(s.conn, clientBufSize)
+	s.cw = bufio.NewWriterSize(s.conn, ioBufSize)
+
+	up, err := s.connectUpstream()
+	if err != nil {
+		s.log.Warn().Err(err).Str("upstream", s.upName).Msg("upstream unavailable")
+		s.replyErr("SYS/TEMP", "mail server unavailable, try again later")
+		_ = s.cw.Flush()
+		return err
+	}
+	s.cw.Write(up.greeting)
+	s.cw.WriteString("\r\n")
+
+	for s.state != stateUpdate {
+		if err := s.next(); err != nil {
+			if !s.responding && !isNetClosed(err) {
+				if errors.Is(err, errUpstreamProtocol) || errors.Is(err, errUpstreamLost) {
+					s.replyErr("SYS/TEMP", "mail server connection lost, try again later")
+				}
+			}
+			if !s.responding {
+				_ = s.cw.Flush()
+			}
+			return err
+		}
+	}
+	return s.cw.Flush()
+}
+
+// closeClient ends the client connection without losing the last reply:
+// closing a socket with unread input makes the kernel send a reset, which
+// can destroy data the client has not read yet. So it half-closes, drains
+// the client's leftovers briefly, then closes.
+func (s *session) closeClient() {
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		_ = tc.CloseWrite()
+	}
+	if tcp, ok := s.raw.Conn.(*net.TCPConn); ok && tcp.CloseWrite() == nil {
+		_ = tcp.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		_, _ = io.CopyN(io.Discard, tcp, 64<<10)
+	}
+	_ = s.raw.Close()
+}
+
+func (s *session) handshake() error {
+	tc := tls.Server(s.raw, s.cfg.TLS)
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.LoginTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("client TLS handshake: %w", err)
+	}
+	s.conn = tc
+	s.tlsOn = true
+	return nil
+}
+
+func (s *session) connectUpstream() (*upstreamConn, error) {
+	u := s.cfg.Upstream
+	addr := u.Address
+	s.upName = u.Name
+	if s.cfg.Transparent {
+		dst, err := originalDestination(s.raw.Conn)
+		if err != nil {
+			return nil, err
+		}
+		if err := s.srv.refuseLoop(dst); err != nil {
+			return nil, err
+		}
+		addr = dst.String()
+		s.upName = addr
+	}
+	up, err := dialUpstream(s.ctx, u, addr, s.srv.opts.WriteTimeout)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.aborted != "" {
+		_ = up.close()
+		return nil, errors.New(s.aborted)
+	}
+	s.up = up
+	s.log.Debug().Str("upstream", s.upName).Str("address", addr).Msg("upstream connected")
+	return up, nil
+}
+
+// next reads one client command and handles it.
+func (s *session) next() error {
+	if s.cr.Buffered() == 0 {
+		// Flush per response batch: pipelined commands get their answers
+		// in one write, an interactive client gets each at once.
+		if err := s.cw.Flush(); err != nil {
+			return err
+		}
+	}
+	s.responding = false
+	line, err := pop3.ReadLine(s.cr, s.cfg.MaxCommandLine)
+	if errors.Is(err, pop3.ErrLineTooLong) {
+		s.overlong++
+		s.log.Warn().Int("limit", s.cfg.MaxCommandLine).Msg("client sent an overlong line")
+		if s.overlong >= maxOverlongLines {
+			s.replyErr("", "too many overlong lines, closing")
+			return errors.New("client: too many overlong lines")
+		}
+		s.replyErr("", fmt.Sprintf("line too long (limit %d octets)", s.cfg.MaxCommandLine))
+		if err := s.cw.Flush(); err != nil {
+			return err
+		}
+		_, err := pop3.DiscardLine(s.cr)
+		return clientErr(err)
+	}
+	if err != nil {
+		if isTimeout(err) {
+			s.replyErr("", "disconnected for inactivity")
+			return errors.New("client: idle timeout")
+		}
+		return clientErr(err)
+	}
+	s.lineBuf = append(s.lineBuf[:0], line...)
+	line = s.lineBuf
+	cmd, err := pop3.ParseCommand(line)
+	if err != nil {
+		s.bad++
+		if s.bad >= maxBadCommands {
+			s.replyErr("", "too many bad commands, closing")
+			return errors.New("client: too many bad commands")
+		}
+		s.replyErr("", "unknown or malformed command")
+		return nil
+	}
+	s.commands++
+	if e := s.log.Debug(); e.Enabled() {
+		e.Str("command", cmd.Name).Msg("command")
+	}
+	return s.dispatch(cmd, line)
+}
+
+func (s *session) dispatch(cmd pop3.Command, line []byte) error {
+	switch cmd.Name {
+	case "STLS":
+		return s.startTLS()
+	case "CAPA":
+		return s.capa(line)
+	case "QUIT":
+		_, err := s.relaySingle(line)
+		if err == nil {
+			s.state = stateUpdate
+		}
+		return err
+	case "USER":
+		st, err := s.relaySingle(line)
+		if err == nil && st.OK {
+			s.pendingUser = cmd.Rest
+		}
+		return err
+	case "PASS":
+		st, err := s.relaySingle(line)
+		if err == nil && st.OK {
+			s.loggedIn(s.pendingUser)
+		}
+		return err
+	case "APOP":
+		st, err := s.relaySingle(line)
+		if err == nil && st.OK && len(cmd.Args) > 0 {
+			s.loggedIn(cmd.Args[0])
+		}
+		return err
+	case "AUTH":
+		return s.auth(cmd, line)
+	case "RETR", "TOP":
+		if s.state == stateTransaction {
+			return s.retrieve(cmd, line)
+		}
+	case "LIST", "UIDL":
+		if len(cmd.Args) == 0 {
+			return s.relayMulti(line)
+		}
+	}
+	_, err := s.relaySingle(line)
+	return err
+}
+
+func (s *session) loggedIn(user string) {
+	s.state = stateTransaction
+	s.user = user
+	s.raw.setReadTimeout(s.cfg.IdleTimeout)
+	if s.srv.opts.ChainFor != nil {
+		s.chain = s.srv.opts.ChainFor(SessionInfo{ID: s.id, Listener: s.cfg.Name, Client: s.client, Upstream: s.upName, User: user})
+	}
+	s.log.Info().Str("user", user).Str("upstream", s.upName).Bool("tls", s.tlsOn).Msg("login")
+}
+
+// errUpstreamLost marks an upstream that went away or stalled.
+var errUpstreamLost = errors.New("upstream connection lost")
+
+func upstreamErr(err error) error {
+	if err == nil || errors.Is(err, errUpstreamProtocol) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", errUpstreamLost, err)
+}
+
+func clientErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("client: %w", err)
+}
+
+// send forwards a client line to the upstream.
+func (s *session) send(line []byte) error {
+	w := s.up.w
+	w.Write(line)
+	w.WriteString("\r\n")
+	return upstreamErr(w.Flush())
+}
+
+// readStatus reads and checks one upstream status line. The returned line
+// aliases the upstream reader's buffer.
+func (s *session) readStatus() ([]byte, pop3.Status, error) {
+	line, err := pop3.ReadLine(s.up.r, s.cfg.Upstream.MaxStatusLine)
+	if err != nil {
+		if errors.Is(err, pop3.ErrLineTooLong) {
+			return nil, pop3.Status{}, fmt.Errorf("%w: status line over %d octets", errUpstreamProtocol, s.cfg.Upstream.MaxStatusLine)
+		}
+		return nil, pop3.Status{}, upstreamErr(err)
+	}
+	st, err := pop3.ParseStatus(line)
+	if err != nil {
+		return nil, st, fmt.Errorf("%w: %v", errUpstreamProtocol, err)
+	}
+	return line, st, nil
+}
+
+func (s *session) writeLine(line []byte) {
+	s.cw.Write(line)
+	s.cw.WriteString("\r\n")
+}
+
+func (s *session) replyErr(code, text string) { s.cw.WriteString(pop3.ErrLine(code, text)) }
+
+func (s *session) relaySingle(line []byte) (pop3.Status, error) {
+	if err := s.send(line); err != nil {
+		return pop3.Status{}, err
+	}
+	status, st, err := s.readStatus()
+	if err != nil {
+		return st, err
+	}
+	s.writeLine(status)
+	return st, nil
+}
+
+// relayMulti relays a command whose +OK response is multi-line, byte for
+// byte. The terminator is written only once the upstream's has been seen.
+func (s *session) relayMulti(line []byte) error {
+	st, err := s.relaySingle(line)
+	if err != nil || !st.OK {
+		return err
+	}
+	return s.relayBody()
+}
+
+func (s *session) relayBody() error {
+	s.responding = true
+	if _, err := pop3.NewRawDotReader(s.up.r).WriteTo(s.cw); err != nil {
+		return fmt.Errorf("relaying response: %w", err)
+	}
+	_, err := s.cw.WriteString(".\r\n")
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func isNetClosed(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)
+}
+
+// capabilities popgate can relay (RFC 2449 §6 and registered extensions).
+// STLS is handled separately: it depends on the listener, not the upstream.
+var relayableCapa = map[string]bool{
+	"TOP": true, "USER": true, "SASL": true, "RESP-CODES": true, "LOGIN-DELAY": true,
+	"PIPELINING": true, "EXPIRE": true, "UIDL": true, "IMPLEMENTATION": true,
+	"AUTH-RESP-CODE": true, "UTF8": true, "LANG": true,
+}
+
+// maxCapaResponse bounds the capability list popgate reads into memory.
+const maxCapaResponse = 64 << 10
+
+func (s *session) offersSTLS() bool {
+	return s.cfg.TLS != nil && !s.cfg.Implicit && !s.tlsOn && s.state == stateAuthorization
+}
+
+// capa answers CAPA with the upstream's capabilities that popgate can
+// really relay, plus STLS when this listener offers it.
+func (s *session) capa(line []byte) error {
+	if err := s.send(line); err != nil {
+		return err
+	}
+	status, st, err := s.readStatus()
+	if err != nil {
+		return err
+	}
+	if !st.OK {
+		if !s.offersSTLS() {
+			s.writeLine(status)
+			return nil
+		}
+		// The upstream predates CAPA; the client still needs to see STLS.
+		s.cw.WriteString("+OK capability list follows\r\nSTLS\r\n.\r\n")
+		return nil
+	}
+	body, err := io.ReadAll(io.LimitReader(pop3.NewDotReader(s.up.r), maxCapaResponse+1))
+	if err != nil {
+		return upstreamErr(err)
+	}
+	if len(body) > maxCapaResponse {
+		return fmt.Errorf("%w: capability list over %d octets", errUpstreamProtocol, maxCapaResponse)
+	}
+	s.writeLine(status)
+	for l := range strings.Lines(string(body)) {
+		name, _, _ := strings.Cut(strings.TrimRight(l, "\r\n"), " ")
+		if relayableCapa[strings.ToUpper(name)] {
+			s.cw.WriteString(l)
+		}
+	}
+	if s.offersSTLS() {
+		s.cw.WriteString("STLS\r\n")
+	}
+	s.cw.WriteString(".\r\n")
+	return nil
+}
+
+// startTLS answers STLS from the client (RFC 2595 §4). Commands the client
+// pipelined behind STLS arrived in plaintext; they are discarded, never run.
+func (s *session) startTLS() error {
+	switch {
+	case !s.offersSTLS() && s.tlsOn:
+		s.replyErr("", "command not permitted when TLS active")
+		return nil
+	case !s.offersSTLS():
+		s.replyErr("", "STLS not available")
+		return nil
+	case s.pendingUser != "":
+		// USER already reached the upstream in plaintext; TLS now would
+		// not protect the identity the login continues with.
+		s.replyErr("", "STLS must come before USER")
+		return nil
+	}
+	s.cw.WriteString("+OK begin TLS negotiation\r\n")
+	if err := s.cw.Flush(); err != nil {
+		return clientErr(err)
+	}
+	if n := s.cr.Buffered(); n > 0 {
+		s.log.Warn().Int("bytes", n).Msg("discarded plaintext pipelined after STLS (possible command injection)")
+	}
+	if err := s.handshake(); err != nil {
+		return err
+	}
+	s.cr = bufio.NewReaderSize(s.conn, clientBufSize)
+	s.cw = bufio.NewWriterSize(s.conn, ioBufSize)
+	return nil
+}

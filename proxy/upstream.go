@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/popgate/popgate/proxy/pop3"
+)
+
+// ioBufSize is the buffer size on both sides of a session: big enough that
+// a message moves in few syscalls, small enough for many idle sessions.
+const ioBufSize = 32 << 10
+
+// upstreamConn is a connected, greeted (and, if configured, TLS-protected)
+// POP3 server connection.
+type upstreamConn struct {
+	raw      *idleConn
+	conn     net.Conn // raw, or TLS over raw
+	r        *bufio.Reader
+	w        *bufio.Writer
+	greeting []byte // the server's greeting line, without its line end
+}
+
+// errUpstreamProtocol marks a server that broke the protocol (as opposed to
+// one that could not be reached).
+var errUpstreamProtocol = errors.New("upstream protocol error")
+
+// dialUpstream connects to addr, reads the greeting and sets up TLS as u
+// says. The greeting is returned untouched so APOP keeps working.
+func dialUpstream(ctx context.Context, u *Upstream, addr string, writeTimeout time.Duration) (*upstreamConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", addr, err)
+	}
+	raw := &idleConn{Conn: c, readTimeout: u.Timeout, writeTimeout: writeTimeout}
+	uc := &upstreamConn{raw: raw, conn: raw}
+	fail := func(err error) (*upstreamConn, error) {
+		_ = c.Close()
+		return nil, fmt.Errorf("upstream %s: %w", addr, err)
+	}
+	if u.TLSMode == TLSImplicit {
+		if err := uc.startTLS(ctx, u, addr); err != nil {
+			return fail(err)
+		}
+	}
+	uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
+	uc.w = bufio.NewWriterSize(uc.conn, ioBufSize)
+
+	line, err := pop3.ReadLine(uc.r, u.MaxStatusLine)
+	if err != nil {
+		return fail(fmt.Errorf("greeting: %w", err))
+	}
+	if _, err := pop3.ParseStatus(line); err != nil {
+		return fail(fmt.Errorf("%w: greeting: %v", errUpstreamProtocol, err))
+	}
+	uc.greeting = append([]byte(nil), line...)
+
+	if u.TLSMode == TLSStartTLS {
+		if _, err := uc.w.WriteString("STLS\r\n"); err != nil {
+			return fail(err)
+		}
+		if err := uc.w.Flush(); err != nil {
+			return fail(err)
+		}
+		line, err := pop3.ReadLine(uc.r, u.MaxStatusLine)
+		if err != nil {
+			return fail(fmt.Errorf("STLS: %w", err))
+		}
+		st, err := pop3.ParseStatus(line)
+		if err != nil || !st.OK {
+			return fail(fmt.Errorf("%w: STLS refused: %q", errUpstreamProtocol, line))
+		}
+		// Anything after the +OK arrived in plaintext and could have been
+		// injected by a man in the middle (RFC 2595 §3.1, CVE-2011-0411).
+		if n := uc.r.Buffered(); n > 0 {
+			return fail(fmt.Errorf("%w: %d plaintext bytes after STLS response", errUpstreamProtocol, n))
+		}
+		if err := uc.startTLS(ctx, u, addr); err != nil {
+			return fail(err)
+		}
+		uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
+		uc.w = bufio.NewWriterSize(uc.conn, ioBufSize)
+	}
+	return uc, nil
+}
+
+func (uc *upstreamConn) startTLS(ctx context.Context, u *Upstream, addr string) error {
+	cfg := &tls.Config{}
+	if u.TLS != nil {
+		cfg = u.TLS.Clone()
+	}
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return err
+		}
+		cfg.ServerName = host
+	}
+	if cfg.MinVersion < tls.VersionTLS12 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	tc := tls.Client(uc.raw, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	uc.conn = tc
+	return nil
+}
+
+// close drops the connection without QUIT: the server then keeps every
+// message (RFC 1939 §6: only QUIT enters the UPDATE state).
+func (uc *upstreamConn) close() error { return uc.conn.Close() }
