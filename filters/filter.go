@@ -12,6 +12,11 @@ import (
 // Body is a message held by the proxy while filters look at it. Open may be
 // called any number of times; each reader starts at the first byte. The owner
 // (whoever created the Body) calls Remove exactly once when done.
+//
+// The Bodies of this package (Spool, BytesBody, PrependHeader) are safe for
+// concurrent use, their readers are independent of each other, Remove is
+// idempotent, and Open after Remove returns an error. Their readers also
+// implement io.ReaderAt and io.Seeker, except PrependHeader's.
 type Body interface {
 	Open() (io.ReadCloser, error)
 	Size() int64
@@ -43,7 +48,10 @@ func (a Action) String() string {
 }
 
 // Verdict is one filter's decision. Body is set only for Replace and is then
-// owned by the chain, which removes it when it is no longer needed.
+// owned by the chain, which removes it when it is no longer needed. A Body on
+// any other verdict is a filter bug; the chain removes it too (unless it is
+// the body the filter was given). Replace with a nil Body counts as a filter
+// error.
 type Verdict struct {
 	Action Action
 	Body   Body
@@ -63,7 +71,9 @@ type Envelope struct {
 
 // Filter inspects one message. An error means the filter could not decide;
 // the chain then applies its OnError action. A filter never removes the Body
-// it is given.
+// it is given. Filter may be called concurrently for different messages and
+// should return promptly when ctx ends; the chain abandons a filter that does
+// not. A filter that writes a replacement Body should use SpoolFrom(ctx).
 type Filter interface {
 	Name() string
 	Filter(ctx context.Context, env *Envelope, body Body) (Verdict, error)

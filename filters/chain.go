@@ -1,0 +1,379 @@
+package filters
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"time"
+)
+
+// OnError is what the chain does with a message when a filter cannot decide
+// (it returns an error, panics, returns an invalid verdict, or the context
+// ends first).
+type OnError int
+
+const (
+	// TempFail withholds the message with a temporary error
+	// (-ERR [SYS/TEMP]): the client keeps it on the server and retries.
+	// It is the default.
+	TempFail OnError = iota
+	// PassWithTag stops the chain and delivers the message as it is at that
+	// point, with a warning header field (Chain.ErrorHeader) prepended.
+	PassWithTag
+	// RejectMessage withholds the message as if a filter had rejected it.
+	RejectMessage
+)
+
+// ParseOnError parses a policy's on_error value: "tempfail", "pass" (or
+// "pass-with-tag") or "reject". Anything else, "" included, is an error.
+func ParseOnError(s string) (OnError, error) {
+	switch s {
+	case "tempfail":
+		return TempFail, nil
+	case "pass", "pass-with-tag":
+		return PassWithTag, nil
+	case "reject":
+		return RejectMessage, nil
+	}
+	return TempFail, fmt.Errorf("invalid on_error %q: want \"tempfail\", \"pass\" or \"reject\"", s)
+}
+
+// String returns the policy spelling of o ("tempfail", "pass-with-tag",
+// "reject"); ParseOnError accepts it.
+func (o OnError) String() string {
+	switch o {
+	case TempFail:
+		return "tempfail"
+	case PassWithTag:
+		return "pass-with-tag"
+	case RejectMessage:
+		return "reject"
+	}
+	return fmt.Sprintf("OnError(%d)", int(o))
+}
+
+// Outcome is what the proxy does with a message after the chain ran.
+type Outcome int
+
+const (
+	// Deliver sends Result.Body to the client.
+	Deliver Outcome = iota
+	// Refuse withholds the message permanently: -ERR [SYS/PERM] or a notice.
+	Refuse
+	// Defer withholds the message temporarily (-ERR [SYS/TEMP]): the client
+	// keeps it on the server and retries later.
+	Defer
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Deliver:
+		return "deliver"
+	case Refuse:
+		return "refuse"
+	case Defer:
+		return "defer"
+	}
+	return fmt.Sprintf("Outcome(%d)", int(o))
+}
+
+// Chain runs filters in order over one message and applies OnError when one
+// of them cannot decide. A Chain is immutable once in use and safe for
+// concurrent Runs.
+type Chain struct {
+	Filters []Filter
+	// OnError applies when a filter fails; the zero value is TempFail.
+	OnError OnError
+	// Spool is handed to the filters through the context (SpoolFrom) for
+	// the replacement bodies they write; nil leaves the context as it is.
+	Spool *Spool
+	// ErrorHeader is the header field name of the PassWithTag warning;
+	// "" or an invalid field name means DefaultErrorHeader.
+	ErrorHeader string
+}
+
+// Empty reports whether the chain has nothing to do (nil or no filters): the
+// proxy then streams messages without spooling them.
+func (c *Chain) Empty() bool { return c == nil || len(c.Filters) == 0 }
+
+// Step records what one filter did.
+type Step struct {
+	Filter string
+	// Action is the filter's verdict; meaningful only when Err is nil.
+	// A Replace whose Body is the body the filter was given is recorded as
+	// Pass.
+	Action Action
+	Reason string
+	// Err is why the filter could not decide: its own error, a *PanicError,
+	// an invalid verdict, or the context's error.
+	Err      error
+	Duration time.Duration
+}
+
+// Result is the outcome of Chain.Run. The caller must call Release once the
+// Body has been delivered (or at once for Refuse and Defer).
+type Result struct {
+	Outcome Outcome
+	// Body is what to deliver when Outcome is Deliver, else nil. It is the
+	// input Body itself (the same value) when no filter changed the message.
+	Body Body
+	// Reason says why the message was refused or deferred, or why it was
+	// delivered unfiltered (FailedOpen). It comes from filters and errors
+	// as is: clean it before sending it anywhere but a log.
+	Reason string
+	// Steps has one entry per filter that ran or was due to run, in order.
+	Steps []Step
+	// FailedOpen is set when a filter failed and the message is delivered
+	// anyway (PassWithTag), with a warning header.
+	FailedOpen bool
+
+	owned []Body // bodies the chain created and Release removes
+	errs  []error
+}
+
+// Release removes every Body the chain created or took over (replacements,
+// the PassWithTag wrapper), never the input Body, which stays its owner's.
+// It reports any error from removing them, including errors from replaced
+// bodies removed during Run. Release is idempotent; a nil Result is fine.
+func (r *Result) Release() error {
+	if r == nil {
+		return nil
+	}
+	for i := len(r.owned) - 1; i >= 0; i-- {
+		if err := r.owned[i].Remove(); err != nil {
+			r.errs = append(r.errs, err)
+		}
+	}
+	r.owned = nil
+	err := errors.Join(r.errs...)
+	r.errs = nil
+	return err
+}
+
+// PanicError is the error a panicking filter is turned into.
+type PanicError struct {
+	Filter string
+	Value  any    // the value passed to panic
+	Stack  []byte // the goroutine's stack at the panic, for the log
+}
+
+func (e *PanicError) Error() string {
+	return fmt.Sprintf("filter %s panicked: %v", e.Filter, e.Value)
+}
+
+var (
+	errReplaceWithoutBody = errors.New("invalid verdict: Replace without a Body")
+	errUnknownAction      = errors.New("invalid verdict: unknown action")
+)
+
+// Run passes in through the filters in order. Each filter gets the current
+// body: in, or the latest replacement. Replace makes Verdict.Body the current
+// body (the chain owns it from then on and removes a superseded replacement
+// at once); Reject stops the chain with Outcome Refuse. When a filter cannot
+// decide (error, panic, Replace without a Body, unknown action) or ctx ends,
+// the chain stops and applies c.OnError. A filter that does not return once
+// ctx has ended is abandoned: Run returns, and any replacement Body the filter
+// returns later is removed.
+//
+// Run never removes in; the caller does, after Result.Release.
+func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
+	res := &Result{Outcome: Deliver, Body: in}
+	if c.Empty() {
+		return res
+	}
+	if c.Spool != nil {
+		ctx = WithSpool(ctx, c.Spool)
+	}
+	cur := in
+	// dispose removes b when it is a body the chain does not otherwise
+	// know: not the input and not the current body.
+	dispose := func(b Body) {
+		if b == nil || sameBody(b, in) || sameBody(b, cur) {
+			return
+		}
+		if err := b.Remove(); err != nil {
+			res.errs = append(res.errs, err)
+		}
+	}
+	for i, f := range c.Filters {
+		name := filterName(f, i)
+		if err := ctx.Err(); err != nil {
+			res.Steps = append(res.Steps, Step{Filter: name, Err: err})
+			return c.fail(res, name, err, in, cur)
+		}
+		start := time.Now()
+		v, err := callFilter(ctx, f, name, env, in, cur)
+		step := Step{Filter: name, Action: v.Action, Reason: v.Reason, Err: err, Duration: time.Since(start)}
+		if err == nil {
+			switch {
+			case v.Action == Replace && v.Body == nil:
+				err = errReplaceWithoutBody
+			case v.Action != Pass && v.Action != Replace && v.Action != Reject:
+				err = fmt.Errorf("%w %d", errUnknownAction, int(v.Action))
+			}
+			step.Err = err
+		}
+		if err != nil {
+			dispose(v.Body)
+			res.Steps = append(res.Steps, step)
+			return c.fail(res, name, err, in, cur)
+		}
+		switch v.Action {
+		case Pass:
+			dispose(v.Body) // a Body on Pass is a filter bug; do not leak it
+		case Reject:
+			dispose(v.Body)
+			res.Steps = append(res.Steps, step)
+			res.Outcome, res.Body = Refuse, nil
+			res.Reason = v.Reason
+			if res.Reason == "" {
+				res.Reason = "rejected by filter " + name
+			}
+			res.own(in, cur)
+			return res
+		case Replace:
+			if sameBody(v.Body, cur) {
+				step.Action = Pass
+				break
+			}
+			old := cur
+			cur = v.Body
+			if !sameBody(old, in) {
+				if err := old.Remove(); err != nil {
+					res.errs = append(res.errs, err)
+				}
+			}
+		}
+		res.Steps = append(res.Steps, step)
+	}
+	res.Body = cur
+	res.own(in, cur)
+	return res
+}
+
+// own makes the result own cur unless it is the input.
+func (r *Result) own(in, cur Body) {
+	if !sameBody(cur, in) {
+		r.owned = append(r.owned, cur)
+	}
+}
+
+// fail applies c.OnError after filter name failed with err; cur is the body
+// the filter was given.
+func (c *Chain) fail(res *Result, name string, err error, in, cur Body) *Result {
+	res.own(in, cur)
+	res.Reason = name + ": " + err.Error()
+	switch c.OnError {
+	case PassWithTag:
+		hdr := c.ErrorHeader
+		if !validFieldName(hdr) {
+			hdr = DefaultErrorHeader
+		}
+		w := PrependHeader(cur, hdr+": not filtered: "+headerText(name, 64)+": "+shortReason(err))
+		res.owned = append(res.owned, w)
+		res.Outcome, res.Body, res.FailedOpen = Deliver, w, true
+	case RejectMessage:
+		res.Outcome, res.Body = Refuse, nil
+	default: // TempFail, and any unknown value: never call the message clean
+		res.Outcome, res.Body = Defer, nil
+	}
+	return res
+}
+
+// shortReason is the reason shown in the PassWithTag header: short, one
+// line, and without internals a recipient has no use for (panic values).
+func shortReason(err error) string {
+	var pe *PanicError
+	switch {
+	case errors.As(err, &pe):
+		return "internal error"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	if s := headerText(err.Error(), 160); s != "" {
+		return s
+	}
+	return "error"
+}
+
+type callResult struct {
+	v   Verdict
+	err error
+}
+
+// callFilter runs f in its own goroutine, turning a panic into a
+// *PanicError, and gives up waiting when ctx ends. An abandoned filter's
+// late replacement Body is removed unless it is in or cur.
+func callFilter(ctx context.Context, f Filter, name string, env *Envelope, in, cur Body) (Verdict, error) {
+	ch := make(chan callResult, 1)
+	go func() {
+		var r callResult
+		defer func() {
+			if p := recover(); p != nil {
+				r = callResult{err: &PanicError{Filter: name, Value: p, Stack: debug.Stack()}}
+			}
+			ch <- r
+		}()
+		r.v, r.err = f.Filter(ctx, env, cur)
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+	}
+	select {
+	case r := <-ch: // it did return in time after all
+		return r.v, r.err
+	default:
+	}
+	go func() {
+		r := <-ch
+		if b := r.v.Body; b != nil && !sameBody(b, in) && !sameBody(b, cur) {
+			_ = b.Remove() // nobody is left to report to
+		}
+	}()
+	return Verdict{}, fmt.Errorf("abandoned: no verdict after the context ended: %w", ctx.Err())
+}
+
+// filterName is f.Name(), made safe against nil filters, panics and "".
+func filterName(f Filter, i int) (name string) {
+	defer func() {
+		if recover() != nil || name == "" {
+			name = fmt.Sprintf("#%d", i+1)
+		}
+	}()
+	return f.Name()
+}
+
+// sameBody reports whether a and b are the same Body value, without
+// panicking on Body implementations that are not comparable.
+func sameBody(a, b Body) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
+}
+
+type spoolKey struct{}
+
+var defaultSpool = &Spool{}
+
+// WithSpool returns a context that carries s for SpoolFrom. Chain.Run does
+// this with Chain.Spool; tests and tools that call filters directly may too.
+func WithSpool(ctx context.Context, s *Spool) context.Context {
+	return context.WithValue(ctx, spoolKey{}, s)
+}
+
+// SpoolFrom returns the Spool a filter should write replacement bodies to:
+// the one in ctx, or a Spool with the defaults when there is none.
+func SpoolFrom(ctx context.Context) *Spool {
+	if s, ok := ctx.Value(spoolKey{}).(*Spool); ok && s != nil {
+		return s
+	}
+	return defaultSpool
+}
