@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -72,11 +73,14 @@ func originalDst6(fd int) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(addr, port), nil
 }
 
-// refuseLoop rejects an original destination that is popgate itself: a
-// connection made straight to a transparent listener (not redirected) or a
-// redirect rule that also catches popgate's own upstream connections would
+// refuseLoop rejects connections that would make popgate dial itself: one
+// made straight to a transparent listener (not redirected), and one that is
+// popgate's own upstream connection caught by a redirect rule. Either would
 // otherwise loop until every connection slot is gone.
-func (s *Server) refuseLoop(dst netip.AddrPort) error {
+func (s *Server) refuseLoop(dst, client netip.AddrPort) error {
+	if s.ports.has(client.Port()) && isLocalAddr(client.Addr()) {
+		return fmt.Errorf("connection from popgate's own upstream connection %s (redirect rule catches popgate itself): refusing to loop", client)
+	}
 	for _, bl := range s.lns {
 		la := addrPort(bl.ln.Addr())
 		if la.Port() != dst.Port() {
@@ -103,4 +107,67 @@ func isLocalAddr(a netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+// outPorts records the local ports of popgate's own transparent upstream
+// connections. A redirect rule that also catches those connections sends
+// them back to popgate; their source port then gives them away.
+type outPorts struct {
+	mu    sync.Mutex
+	ports map[uint16]int
+}
+
+// control returns a net.Dialer Control hook that binds the socket before
+// connect, so its port is known (and recorded in *port) before the
+// connection can arrive back at a listener.
+func (o *outPorts) control(port *uint16) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		var err error
+		cerr := c.Control(func(fd uintptr) {
+			var sa unix.Sockaddr = &unix.SockaddrInet4{}
+			if network == "tcp6" {
+				sa = &unix.SockaddrInet6{}
+			}
+			if err = unix.Bind(int(fd), sa); err != nil {
+				return
+			}
+			var got unix.Sockaddr
+			if got, err = unix.Getsockname(int(fd)); err != nil {
+				return
+			}
+			switch a := got.(type) {
+			case *unix.SockaddrInet4:
+				*port = uint16(a.Port)
+			case *unix.SockaddrInet6:
+				*port = uint16(a.Port)
+			}
+			o.mu.Lock()
+			if o.ports == nil {
+				o.ports = map[uint16]int{}
+			}
+			o.ports[*port]++
+			o.mu.Unlock()
+		})
+		if cerr != nil {
+			return cerr
+		}
+		return err
+	}
+}
+
+func (o *outPorts) release(port uint16) {
+	if port == 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.ports[port]--; o.ports[port] <= 0 {
+		delete(o.ports, port)
+	}
+}
+
+func (o *outPorts) has(port uint16) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.ports[port] > 0
 }

@@ -24,6 +24,7 @@ type Server struct {
 	done   chan struct{} // closed when Shutdown starts
 	wg     sync.WaitGroup
 	closed bool
+	ports  outPorts
 }
 
 type boundListener struct {

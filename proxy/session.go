@@ -58,6 +58,7 @@ type session struct {
 	aborted string
 
 	upName      string
+	outPort     uint16 // local port of a transparent upstream connection, for loop detection
 	state       state
 	pendingUser string // from USER, until PASS succeeds
 	user        string
@@ -127,6 +128,7 @@ func (s *session) run() {
 	s.closeClient()
 	ev := s.log.Info().Dur("duration", time.Since(start)).Int64("client_rx", s.raw.rx).Int64("client_tx", s.raw.tx).
 		Int("commands", s.commands).Int("messages", s.messages).Str("user", s.user)
+	s.srv.ports.release(s.outPort)
 	if up != nil {
 		_ = up.close()
 		ev = ev.Int64("upstream_rx", up.raw.rx).Int64("upstream_tx", up.raw.tx)
@@ -159,6 +161,12 @@ func (s *session) serve() error {
 	}
 	s.cw.Write(up.greeting)
 	s.cw.WriteString("\r\n")
+	if st, _ := pop3.ParseStatus(up.greeting); !st.OK {
+		// A server that greets with -ERR (busy, shutting down) closes
+		// next; pass its word on and end here rather than wait for it.
+		_ = s.cw.Flush()
+		return errors.New("upstream refused the session in its greeting")
+	}
 
 	for s.state != stateUpdate {
 		if err := s.next(); err != nil {
@@ -207,19 +215,23 @@ func (s *session) connectUpstream() (*upstreamConn, error) {
 	u := s.cfg.Upstream
 	addr := u.Address
 	s.upName = u.Name
+	d := &net.Dialer{}
 	if s.cfg.Transparent {
 		dst, err := originalDestination(s.raw.Conn)
 		if err != nil {
 			return nil, err
 		}
-		if err := s.srv.refuseLoop(dst); err != nil {
+		if err := s.srv.refuseLoop(dst, s.client); err != nil {
 			return nil, err
 		}
 		addr = dst.String()
 		s.upName = addr
+		d.Control = s.srv.ports.control(&s.outPort)
 	}
-	up, err := dialUpstream(s.ctx, u, addr, s.srv.opts.WriteTimeout)
+	up, err := dialUpstream(s.ctx, d, u, addr, s.srv.opts.WriteTimeout)
 	if err != nil {
+		s.srv.ports.release(s.outPort)
+		s.outPort = 0
 		return nil, err
 	}
 	s.mu.Lock()

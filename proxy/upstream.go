@@ -32,10 +32,9 @@ var errUpstreamProtocol = errors.New("upstream protocol error")
 
 // dialUpstream connects to addr, reads the greeting and sets up TLS as u
 // says. The greeting is returned untouched so APOP keeps working.
-func dialUpstream(ctx context.Context, u *Upstream, addr string, writeTimeout time.Duration) (*upstreamConn, error) {
+func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, writeTimeout time.Duration) (*upstreamConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
 	defer cancel()
-	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", addr, err)

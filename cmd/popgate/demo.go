@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,8 @@ const (
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	listen := fs.String("listen", "", "address for popgate instead of demo.hcl's listener address")
+	mailbox := fs.String("mailbox", "", "address for the sample mailbox server instead of demo.hcl's upstream address")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -40,7 +43,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	defer closeLog.Close()
 
 	up := cfg.Upstreams[cfg.Listeners[0].Upstream]
-	mailLn, err := net.Listen("tcp", up.Address)
+	mailLn, err := net.Listen("tcp", cmp.Or(*mailbox, up.Address))
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate demo: the sample mailbox server needs %s: %v\n", up.Address, err)
 		return 1
@@ -57,6 +60,11 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
 		return 1
+	}
+	// The mailbox server may have picked its port (":0"); popgate follows.
+	opts.Listeners[0].Upstream.Address = mailLn.Addr().String()
+	if *listen != "" {
+		opts.Listeners[0].Address = *listen
 	}
 	srv, err := proxy.New(opts)
 	if err != nil {
@@ -85,7 +93,7 @@ Try, in another terminal:
 Filters: this version relays messages unchanged (virus scanning, attachment
 stripping and tagging are not built yet), so messages 2 and 3 arrive as stored.
 Press Ctrl-C to stop.
-`, up.Address, demoUser, demoPassword, addr,
+`, mailLn.Addr(), demoUser, demoPassword, addr,
 		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base)
 	return serveUntilSignal(srv, cfg, "", stderr)
 }

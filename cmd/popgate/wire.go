@@ -98,11 +98,20 @@ func newLogger(l policy.Log, stderr io.Writer) (zerolog.Logger, io.Closer, error
 		out, closer = f, f
 	}
 	if l.Format == "console" {
-		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.TimeOnly, NoColor: l.File != ""}
+		out = zerolog.ConsoleWriter{Out: out, TimeFormat: time.TimeOnly, NoColor: !isTerminal(out)}
 	}
 	level, err := zerolog.ParseLevel(l.Level)
 	if err != nil || l.Level == "" {
 		level = zerolog.InfoLevel
 	}
 	return zerolog.New(out).Level(level).With().Timestamp().Logger(), closer, nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
