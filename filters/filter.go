@@ -31,8 +31,15 @@ const (
 	Pass Action = iota
 	// Replace delivers Verdict.Body instead of the message the filter was given.
 	Replace
-	// Reject withholds the message; the client gets a refusal or a notice.
+	// Reject withholds the message for good (a virus, a banned attachment):
+	// the original goes to quarantine and the client gets a notice in its
+	// place, or -ERR [SYS/PERM] where the policy says so.
 	Reject
+	// Retry withholds the message for now (-ERR [SYS/TEMP]): the client
+	// keeps it on the server and tries again later. For a filter that made
+	// a deliberate decision not to decide (a message over the scanner's size
+	// limit with oversize = "tempfail"); an error is for failures.
+	Retry
 )
 
 func (a Action) String() string {
@@ -43,6 +50,8 @@ func (a Action) String() string {
 		return "replace"
 	case Reject:
 		return "reject"
+	case Retry:
+		return "retry"
 	}
 	return "unknown"
 }
@@ -56,6 +65,11 @@ type Verdict struct {
 	Action Action
 	Body   Body
 	Reason string
+	// KeepsOriginal marks a Replace whose Body holds the given message byte
+	// for byte (header fields added in front, say). Such a change loses
+	// nothing, so it does not need the original in quarantine first; every
+	// other Replace does (DESIGN.md §5, invariant 4).
+	KeepsOriginal bool
 }
 
 // Envelope describes where a message comes from and who downloads it.

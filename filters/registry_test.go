@@ -1,6 +1,8 @@
 package filters
 
 import (
+	"github.com/hashicorp/hcl/v2"
+
 	"context"
 	"fmt"
 	"slices"
@@ -28,9 +30,9 @@ func mustPanic(t *testing.T, what string, fn func()) {
 func TestRegistry(t *testing.T) {
 	typs := []string{"test-zeta", "test-alpha", "test-mid"}
 	for _, typ := range typs {
-		Register(typ, func(name string, cfg any) (Filter, error) {
+		Register(typ, func(name string, body hcl.Body, bc *BuildContext) (Filter, hcl.Diagnostics) {
 			return &funcFilter{name: typ + "/" + name, fn: func(context.Context, *Envelope, Body) (Verdict, error) {
-				return Verdict{Reason: fmt.Sprint(cfg)}, nil
+				return Verdict{Reason: fmt.Sprint(len(bc.Scanners))}, nil
 			}}, nil
 		})
 		t.Cleanup(func() { unregister(typ) })
@@ -40,12 +42,12 @@ func TestRegistry(t *testing.T) {
 	if !ok {
 		t.Fatal("Lookup of a registered type failed")
 	}
-	flt, err := f("av", 42)
-	if err != nil || flt.Name() != "test-alpha/av" {
-		t.Fatalf("factory returned %v, %v", flt, err)
+	flt, diags := f("av", hcl.EmptyBody(), &BuildContext{Scanners: map[string]any{"a": 1, "b": 2}})
+	if diags.HasErrors() || flt.Name() != "test-alpha/av" {
+		t.Fatalf("factory returned %v, %v", flt, diags)
 	}
-	if v, _ := flt.Filter(context.Background(), nil, nil); v.Reason != "42" {
-		t.Errorf("cfg not handed to the factory: %q", v.Reason)
+	if v, _ := flt.Filter(context.Background(), nil, nil); v.Reason != "2" {
+		t.Errorf("build context not handed to the factory: %q", v.Reason)
 	}
 	if _, ok := Lookup("test-missing"); ok {
 		t.Errorf("Lookup of an unknown type succeeded")
@@ -61,8 +63,12 @@ func TestRegistry(t *testing.T) {
 		}
 	}
 
-	mustPanic(t, "duplicate Register", func() { Register("test-mid", func(string, any) (Filter, error) { return nil, nil }) })
-	mustPanic(t, "Register with empty type", func() { Register("", func(string, any) (Filter, error) { return nil, nil }) })
+	mustPanic(t, "duplicate Register", func() {
+		Register("test-mid", func(string, hcl.Body, *BuildContext) (Filter, hcl.Diagnostics) { return nil, nil })
+	})
+	mustPanic(t, "Register with empty type", func() {
+		Register("", func(string, hcl.Body, *BuildContext) (Filter, hcl.Diagnostics) { return nil, nil })
+	})
 	mustPanic(t, "Register with nil factory", func() { Register("test-nil", nil) })
 	if _, ok := Lookup("test-nil"); ok {
 		t.Errorf("a refused Register left an entry")
@@ -75,7 +81,7 @@ func TestRegistryConcurrent(t *testing.T) {
 		typ := fmt.Sprintf("test-conc-%02d", i)
 		t.Cleanup(func() { unregister(typ) })
 		wg.Go(func() {
-			Register(typ, func(string, any) (Filter, error) { return nil, nil })
+			Register(typ, func(string, hcl.Body, *BuildContext) (Filter, hcl.Diagnostics) { return nil, nil })
 			if _, ok := Lookup(typ); !ok {
 				t.Errorf("%s not found right after Register", typ)
 			}
