@@ -91,7 +91,27 @@ type Chain struct {
 	// ErrorHeader is the header field name of the PassWithTag warning;
 	// "" or an invalid field name means DefaultErrorHeader.
 	ErrorHeader string
+	// Quarantine keeps the original of every message the chain refuses or
+	// changes with a lossy Replace, before anything else is delivered
+	// (DESIGN.md §5, invariant 4). Nil means no quarantine: a refused
+	// message then gets -ERR [SYS/PERM] and stays on the server, and a
+	// lossy change counts as a failure (OnError), since delivering it would
+	// let the client delete the only copy of the original.
+	Quarantine Quarantine
+	// Notice renders the message delivered in place of a refused one once
+	// its original is in quarantine (Result.QuarantineID is set). Nil means
+	// refused messages get -ERR [SYS/PERM].
+	Notice func(ctx context.Context, env *Envelope, original Body, res *Result) (Body, error)
 }
+
+// Quarantine is a durable store of originals.
+type Quarantine interface {
+	// Store returns only once original is durable (written and synced),
+	// with the id it is stored under; an error means it is not stored.
+	Store(ctx context.Context, env *Envelope, original Body, res *Result) (id string, err error)
+}
+
+var errNoQuarantine = errors.New("the message would be changed, but the policy has no quarantine to keep its original")
 
 // Empty reports whether the chain has nothing to do (nil or no filters): the
 // proxy then streams messages without spooling them.
@@ -127,6 +147,11 @@ type Result struct {
 	// FailedOpen is set when a filter failed and the message is delivered
 	// anyway (PassWithTag), with a warning header.
 	FailedOpen bool
+	// QuarantineID is where the original was stored, if it was.
+	QuarantineID string
+	// Withheld is set when Body is a notice delivered in place of a refused
+	// message.
+	Withheld bool
 
 	owned []Body // bodies the chain created and Release removes
 	errs  []error
@@ -186,6 +211,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		ctx = WithSpool(ctx, c.Spool)
 	}
 	cur := in
+	lossy := false // a Replace dropped bytes of the original
 	// dispose removes b when it is a body the chain does not otherwise
 	// know: not the input and not the current body.
 	dispose := func(b Body) {
@@ -200,7 +226,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		name := filterName(f, i)
 		if err := ctx.Err(); err != nil {
 			res.Steps = append(res.Steps, Step{Filter: name, Err: err})
-			return c.fail(res, name, err, in, cur)
+			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
 		}
 		start := time.Now()
 		v, err := callFilter(ctx, f, name, env, in, cur)
@@ -209,7 +235,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 			switch {
 			case v.Action == Replace && v.Body == nil:
 				err = errReplaceWithoutBody
-			case v.Action != Pass && v.Action != Replace && v.Action != Reject:
+			case v.Action < Pass || v.Action > Retry:
 				err = fmt.Errorf("%w %d", errUnknownAction, int(v.Action))
 			}
 			step.Err = err
@@ -217,7 +243,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		if err != nil {
 			dispose(v.Body)
 			res.Steps = append(res.Steps, step)
-			return c.fail(res, name, err, in, cur)
+			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
 		}
 		switch v.Action {
 		case Pass:
@@ -231,6 +257,16 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 				res.Reason = "rejected by filter " + name
 			}
 			res.own(in, cur)
+			return c.settle(ctx, env, in, res, lossy)
+		case Retry:
+			dispose(v.Body)
+			res.Steps = append(res.Steps, step)
+			res.Outcome, res.Body = Defer, nil
+			res.Reason = v.Reason
+			if res.Reason == "" {
+				res.Reason = "deferred by filter " + name
+			}
+			res.own(in, cur)
 			return res
 		case Replace:
 			if sameBody(v.Body, cur) {
@@ -239,6 +275,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 			}
 			old := cur
 			cur = v.Body
+			lossy = lossy || !v.KeepsOriginal
 			if !sameBody(old, in) {
 				if err := old.Remove(); err != nil {
 					res.errs = append(res.errs, err)
@@ -249,7 +286,57 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 	}
 	res.Body = cur
 	res.own(in, cur)
+	return c.settle(ctx, env, in, res, lossy)
+}
+
+// settle puts the original in quarantine where the outcome needs it there
+// (a refusal, or delivery of a lossy change) and turns a refusal into a
+// notice when the chain has one. Nothing but the original is delivered
+// unless the original is durable first.
+func (c *Chain) settle(ctx context.Context, env *Envelope, in Body, res *Result, lossy bool) *Result {
+	if res.Outcome != Refuse && !(res.Outcome == Deliver && lossy) {
+		return res
+	}
+	if c.Quarantine == nil {
+		if res.Outcome == Refuse {
+			return res // -ERR [SYS/PERM]: the original stays on the server
+		}
+		return c.quarantineFailed(res, errNoQuarantine, in)
+	}
+	start := time.Now()
+	id, err := c.Quarantine.Store(ctx, env, in, res)
+	res.Steps = append(res.Steps, Step{Filter: "quarantine", Action: Pass, Reason: id, Err: err, Duration: time.Since(start)})
+	if err != nil {
+		return c.quarantineFailed(res, err, in)
+	}
+	res.QuarantineID = id
+	if res.Outcome != Refuse || c.Notice == nil {
+		return res
+	}
+	notice, err := c.Notice(ctx, env, in, res)
+	if err != nil {
+		// The original is safe in quarantine and on the server; the
+		// client gets -ERR [SYS/PERM] instead of the notice.
+		res.errs = append(res.errs, fmt.Errorf("notice: %w", err))
+		return res
+	}
+	res.owned = append(res.owned, notice)
+	res.Outcome, res.Body, res.Withheld = Deliver, notice, true
 	return res
+}
+
+// quarantineFailed applies OnError when the original could not be stored.
+// A refused message is never delivered: it is deferred, or refused without
+// a notice. A change is dropped and OnError applies to the original.
+func (c *Chain) quarantineFailed(res *Result, err error, in Body) *Result {
+	if res.Outcome == Refuse {
+		res.Reason += "; quarantine: " + err.Error()
+		if c.OnError != RejectMessage {
+			res.Outcome = Defer
+		}
+		return res
+	}
+	return c.fail(res, "quarantine", err, in, in)
 }
 
 // own makes the result own cur unless it is the input.

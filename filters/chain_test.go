@@ -131,7 +131,7 @@ func newScripted(acts []act) *scripted {
 			if a.panic != nil {
 				panic(a.panic)
 			}
-			v := Verdict{Action: a.action, Reason: a.reason}
+			v := Verdict{Action: a.action, Reason: a.reason, KeepsOriginal: true}
 			switch {
 			case a.replace != "":
 				nb := &tbody{data: []byte(a.replace)}
@@ -452,7 +452,7 @@ func TestChainOnError(t *testing.T) {
 				repl := &tbody{data: []byte("Subject: x\r\n\r\nstripped\r\n")}
 				var afterCalled atomic.Bool
 				first := &funcFilter{name: "strip", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
-					return Verdict{Action: Replace, Body: repl, Reason: "stripped"}, nil
+					return Verdict{Action: Replace, Body: repl, Reason: "stripped", KeepsOriginal: true}, nil
 				}}
 				after := &funcFilter{name: "stamp", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
 					afterCalled.Store(true)
@@ -715,7 +715,7 @@ func TestChainSpoolInContext(t *testing.T) {
 				return Verdict{}, err
 			}
 			nb, err := w.Finish()
-			return Verdict{Action: Replace, Body: nb}, err
+			return Verdict{Action: Replace, Body: nb, KeepsOriginal: true}, err
 		}}
 	}
 	c := &Chain{Spool: sp, Filters: []Filter{rewrite("a"), rewrite("b"), rewrite("c")}}
