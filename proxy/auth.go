@@ -61,15 +61,16 @@ func (s *session) auth(cmd pop3.Command, line []byte) error {
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUpstreamProtocol, err)
 		}
-		s.writeLine(resp)
-		if !st.OK {
-			return nil
+		if st.OK && mech != "" {
+			if err := s.loggedIn(user); err != nil {
+				return err
+			}
 		}
-		if mech == "" {
+		s.writeLine(resp)
+		if st.OK && mech == "" {
 			// Bare AUTH lists the mechanisms as a multi-line response.
 			return s.relayBody()
 		}
-		s.loggedIn(user)
 		return nil
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/popgate/popgate/filters"
 )
@@ -20,6 +21,10 @@ func (f funcFilter) Filter(ctx context.Context, env *filters.Envelope, body filt
 }
 
 var _ filters.Filter = funcFilter(nil)
+
+func chainPolicy(c *filters.Chain) func(SessionInfo) (*SessionPolicy, error) {
+	return func(SessionInfo) (*SessionPolicy, error) { return &SessionPolicy{Name: "test", Chain: c}, nil }
+}
 
 func readBody(t testing.TB, b filters.Body) string {
 	rc, err := b.Open()
@@ -56,9 +61,16 @@ func TestInterception(t *testing.T) {
 		{
 			name: "replace",
 			filter: func(context.Context, *filters.Envelope, filters.Body) (filters.Verdict, error) {
-				return filters.Verdict{Action: filters.Replace, Body: filters.BytesBody([]byte("Subject: x\r\n\r\n.hidden\r\n"))}, nil
+				return filters.Verdict{Action: filters.Replace, Body: filters.BytesBody([]byte("Subject: x\r\n\r\n.hidden\r\n")), KeepsOriginal: true}, nil
 			},
 			status: "+OK 23 octets", body: "Subject: x\r\n\r\n..hidden\r\n",
+		},
+		{
+			name: "lossy replace without a quarantine is deferred",
+			filter: func(context.Context, *filters.Envelope, filters.Body) (filters.Verdict, error) {
+				return filters.Verdict{Action: filters.Replace, Body: filters.BytesBody([]byte("Subject: x\r\n\r\n"))}, nil
+			},
+			status: "-ERR [SYS/TEMP]",
 		},
 		{
 			name: "reject",
@@ -86,9 +98,7 @@ func TestInterception(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			_, up := startMailServer(t, mailConfig())
 			_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
-				o.ChainFor = func(SessionInfo) *filters.Chain {
-					return &filters.Chain{Filters: []filters.Filter{tc.filter}, OnError: tc.onError, Spool: &filters.Spool{Dir: t.TempDir(), MemoryLimit: 16}}
-				}
+				o.PolicyFor = chainPolicy(&filters.Chain{Filters: []filters.Filter{tc.filter}, OnError: tc.onError, Spool: &filters.Spool{Dir: t.TempDir(), MemoryLimit: 16}})
 			})
 			c := dialClient(t, addr)
 			c.line()
@@ -117,12 +127,10 @@ func TestInterceptionUpstreamCut(t *testing.T) {
 	_, up := startMailServer(t, cfg)
 	var called atomic.Bool
 	_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
-		o.ChainFor = func(SessionInfo) *filters.Chain {
-			return &filters.Chain{Filters: []filters.Filter{funcFilter(func(context.Context, *filters.Envelope, filters.Body) (filters.Verdict, error) {
-				called.Store(true)
-				return filters.Verdict{}, nil
-			})}}
-		}
+		o.PolicyFor = chainPolicy(&filters.Chain{Filters: []filters.Filter{funcFilter(func(context.Context, *filters.Envelope, filters.Body) (filters.Verdict, error) {
+			called.Store(true)
+			return filters.Verdict{}, nil
+		})}})
 	})
 	c := dialClient(t, addr)
 	c.line()
@@ -133,5 +141,132 @@ func TestInterceptionUpstreamCut(t *testing.T) {
 	}
 	if called.Load() {
 		t.Fatal("filter ran on a cut message")
+	}
+}
+
+// countingFilter tags every message it sees and counts the runs.
+type countingFilter struct{ runs atomic.Int32 }
+
+func (f *countingFilter) Name() string { return "count" }
+func (f *countingFilter) Filter(_ context.Context, _ *filters.Envelope, b filters.Body) (filters.Verdict, error) {
+	f.runs.Add(1)
+	return filters.Verdict{Action: filters.Replace, Body: filters.PrependHeader(b, "X-Seen: yes"), KeepsOriginal: true}, nil
+}
+
+// With top = "filter", TOP shows the start of the filtered message (tags
+// included, as RETR has them), and TOP then RETR runs the chain once.
+func TestTOPFiltered(t *testing.T) {
+	_, up := startMailServer(t, mailConfig())
+	f := &countingFilter{}
+	_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
+		o.PolicyFor = func(SessionInfo) (*SessionPolicy, error) {
+			return &SessionPolicy{Chain: &filters.Chain{Filters: []filters.Filter{f}}, FilterTOP: true}, nil
+		}
+	})
+	c := dialClient(t, addr)
+	c.line()
+	c.login(testUser, testPass)
+	c.expectOK("TOP 1 1")
+	if got := c.body(); got != "X-Seen: yes\r\nSubject: one\r\n\r\nhello\r\n" {
+		t.Fatalf("TOP 1 1: %q", got)
+	}
+	c.expectOK("TOP 1 0")
+	if got := c.body(); got != "X-Seen: yes\r\nSubject: one\r\n\r\n" {
+		t.Fatalf("TOP 1 0: %q", got)
+	}
+	c.expectOK("TOP 1 100") // more lines than the body: the whole message
+	whole := "X-Seen: yes\r\n" + stuff(testMessages()[0].Data)
+	if got := c.body(); got != whole {
+		t.Fatalf("TOP 1 100: %q", got)
+	}
+	c.expectOK("RETR 1")
+	if got := c.body(); got != whole {
+		t.Fatalf("RETR after TOP: %q", got)
+	}
+	if n := f.runs.Load(); n != 1 {
+		t.Fatalf("chain ran %d times for one message", n)
+	}
+	// A deleted message is not served from the cache.
+	c.expectOK("DELE 1")
+	if got := c.cmd("TOP 1 0"); !strings.HasPrefix(got, "-ERR") {
+		t.Fatalf("TOP of a deleted message: %q", got)
+	}
+	if got := c.cmd("TOP 1"); !strings.HasPrefix(got, "-ERR") {
+		t.Fatalf("TOP without a line count: %q", got)
+	}
+}
+
+type memQuarantine struct{ stored atomic.Int32 }
+
+func (q *memQuarantine) Store(context.Context, *filters.Envelope, filters.Body, *filters.Result) (string, error) {
+	q.stored.Add(1)
+	return "Q-1", nil
+}
+
+// A rejected message is replaced by a notice once its original is in
+// quarantine, so the client's download loop goes on.
+func TestRejectedMessageGetsNotice(t *testing.T) {
+	_, up := startMailServer(t, mailConfig())
+	q := &memQuarantine{}
+	virus := funcFilter(func(context.Context, *filters.Envelope, filters.Body) (filters.Verdict, error) {
+		return filters.Verdict{Action: filters.Reject, Reason: "virus: Test"}, nil
+	})
+	_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
+		o.PolicyFor = chainPolicy(&filters.Chain{Filters: []filters.Filter{virus}, Quarantine: q,
+			Notice: func(_ context.Context, _ *filters.Envelope, _ filters.Body, res *filters.Result) (filters.Body, error) {
+				return filters.BytesBody([]byte("Subject: withheld\r\n\r\nsee " + res.QuarantineID + "\r\n")), nil
+			}})
+	})
+	c := dialClient(t, addr)
+	c.line()
+	c.login(testUser, testPass)
+	c.expectOK("RETR 1")
+	if got := c.body(); got != "Subject: withheld\r\n\r\nsee Q-1\r\n" || q.stored.Load() != 1 {
+		t.Fatalf("notice %q, %d stored", got, q.stored.Load())
+	}
+}
+
+// A slow chain with keep-alive: +OK and header lines flow while it runs;
+// a message withheld after that closes the connection without terminator.
+func TestKeepAliveDuringSlowFilter(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		action filters.Action
+	}{{"delivered", filters.Pass}, {"withheld", filters.Retry}} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, up := startMailServer(t, mailConfig())
+			slow := funcFilter(func(ctx context.Context, _ *filters.Envelope, _ filters.Body) (filters.Verdict, error) {
+				select {
+				case <-time.After(350 * time.Millisecond):
+				case <-ctx.Done():
+				}
+				return filters.Verdict{Action: tc.action, Reason: "slow"}, nil
+			})
+			_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
+				o.PolicyFor = func(SessionInfo) (*SessionPolicy, error) {
+					return &SessionPolicy{Chain: &filters.Chain{Filters: []filters.Filter{slow}}, KeepAlive: 100 * time.Millisecond}, nil
+				}
+			})
+			c := dialClient(t, addr)
+			c.line()
+			c.login(testUser, testPass)
+			c.send("RETR 1\r\n")
+			if got := c.line(); got != "+OK message follows" {
+				t.Fatalf("status %q", got)
+			}
+			if got := c.line(); !strings.HasPrefix(got, "X-Popgate-Keepalive: filtering") {
+				t.Fatalf("keep-alive line %q", got)
+			}
+			if tc.action == filters.Pass {
+				if got := c.body(); !strings.HasSuffix(got, "\r\n"+stuff(testMessages()[0].Data)) {
+					t.Fatalf("delivered after keep-alive: %q", got)
+				}
+				c.expectOK("QUIT")
+				return
+			}
+			if rest := c.readAll(); strings.HasSuffix(rest, ".\r\n") {
+				t.Fatalf("withheld message got a terminator: %q", rest)
+			}
+		})
 	}
 }

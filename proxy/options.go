@@ -73,15 +73,35 @@ type SessionInfo struct {
 type Options struct {
 	Listeners []Listener
 	Logger    zerolog.Logger
-	// ChainFor returns the filter chain for a logged-in session; it is
-	// called once per session after a successful login. Nil, or an empty
-	// chain, relays messages without spooling them.
-	ChainFor func(SessionInfo) *filters.Chain
+	// PolicyFor returns the policy of a session once its login succeeded.
+	// An error refuses the session: the client gets -ERR and both
+	// connections close (no QUIT). Nil, or a policy with an empty chain,
+	// relays messages without spooling them.
+	PolicyFor func(SessionInfo) (*SessionPolicy, error)
 	// MaxSASLLine bounds one line of an AUTH exchange (RFC 5034 allows
 	// responses longer than a command line); default 16 KiB.
 	MaxSASLLine int
 	// WriteTimeout bounds each write to a client or upstream; default 60s.
 	WriteTimeout time.Duration
+}
+
+// SessionPolicy is what popgate does with the messages of one session.
+type SessionPolicy struct {
+	Name  string
+	Chain *filters.Chain
+	// FilterTOP makes TOP fetch the whole message, filter it, and serve
+	// the first lines of the result (cached per session), so TOP and RETR
+	// show the same filtered message. Otherwise TOP is relayed unfiltered.
+	FilterTOP bool
+	// KeepAlive, when set, sends +OK and then a header field every
+	// KeepAlive while a slow chain runs, so clients do not time out on big
+	// scans. If the chain then refuses or defers the message, the
+	// connection is closed without a terminator: the client keeps the
+	// message and retries. Zero sends nothing until the chain is done.
+	KeepAlive time.Duration
+	// TOPCacheSize bounds the filtered messages kept for TOP per session;
+	// default 16.
+	TOPCacheSize int
 }
 
 func (u *Upstream) withDefaults() *Upstream {

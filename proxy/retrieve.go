@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"bufio"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -13,15 +16,57 @@ import (
 // defaultSpool holds messages of chains that name no spool of their own.
 var defaultSpool = &filters.Spool{MemoryLimit: 1 << 20}
 
+// errWithheldAfterKeepAlive ends a session whose client was already sent
+// +OK and keep-alive header lines when the chain withheld the message: the
+// only safe answer left is to close without a terminator.
+var errWithheldAfterKeepAlive = errors.New("message withheld after keep-alive lines were sent: closing without terminator")
+
+func (s *session) chain() *filters.Chain {
+	if s.policy == nil {
+		return nil
+	}
+	return s.policy.Chain
+}
+
 // retrieve handles RETR and TOP: the interception point. Without filters the
-// response streams through untouched; with filters it is decoded into a
-// spool, the chain runs, and its result is sent. Either way the client sees
-// a terminating "." only after the whole message was received and passed.
+// response streams through untouched; with filters the message is decoded
+// into a spool, the chain runs, and its result is sent. Either way the
+// client sees a terminating "." only after the whole message was received
+// and passed.
 func (s *session) retrieve(cmd pop3.Command, line []byte) error {
-	if err := s.send(line); err != nil {
+	chain := s.chain()
+	top := cmd.Name == "TOP"
+	if chain.Empty() || top && !s.policy.FilterTOP {
+		return s.relayMulti(line)
+	}
+	if len(cmd.Args) != 1+btoi(top) {
+		// Malformed: let the server word the error.
+		_, err := s.relaySingle(line)
 		return err
 	}
-	status, st, err := s.readStatus()
+	msgNum, err := strconv.Atoi(cmd.Args[0])
+	if err != nil || msgNum <= 0 {
+		_, err := s.relaySingle(line)
+		return err
+	}
+	lines := -1
+	if top {
+		if lines, err = strconv.Atoi(cmd.Args[1]); err != nil || lines < 0 {
+			_, err := s.relaySingle(line)
+			return err
+		}
+	}
+	if f := s.cache.get(cmd.Args[0]); f != nil {
+		return s.deliver(f.res, f.in, lines)
+	}
+
+	// TOP under a filtering policy fetches the whole message: filters see
+	// what RETR would give, and TOP shows the start of that result.
+	upCmd := line
+	if top {
+		upCmd = []byte("RETR " + cmd.Args[0])
+	}
+	status, st, err := s.exchange(upCmd)
 	if err != nil {
 		return err
 	}
@@ -30,14 +75,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		return nil
 	}
 	s.messages++
-	if s.chain.Empty() {
-		s.writeLine(status)
-		return s.relayBody()
-	}
-	status = append([]byte(nil), status...) // the reader buffer moves on
-	msgNum, _ := strconv.Atoi(firstArg(cmd))
-
-	spool := s.chain.Spool
+	spool := chain.Spool
 	if spool == nil {
 		spool = defaultSpool
 	}
@@ -46,53 +84,155 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		sw.Abort()
 		return upstreamErr(fmt.Errorf("%s %d: %w", cmd.Name, msgNum, err))
 	}
-	body, err := sw.Finish()
+	in, err := sw.Finish()
 	if err != nil {
 		s.log.Error().Err(err).Int("msg", msgNum).Msg("spool failed")
 		s.replyErr("SYS/TEMP", "message could not be checked, try again later")
 		return nil
 	}
-	defer body.Remove()
 
 	env := &filters.Envelope{
 		SessionID: s.id, User: s.user, Client: s.client, Listener: s.cfg.Name,
 		Upstream: s.upName, Command: cmd.Name, MsgNum: msgNum,
 	}
-	start := time.Now()
-	res := s.chain.Run(s.ctx, env, body)
-	defer res.Release()
-	s.logResult(env, body, res, time.Since(start))
-
-	switch res.Outcome {
-	case filters.Deliver:
-		if res.Body != body {
-			status = []byte("+OK " + strconv.FormatInt(res.Body.Size(), 10) + " octets")
-		}
-		s.writeLine(status)
-		return s.sendBody(res.Body)
-	case filters.Refuse:
-		s.replyErr("SYS/PERM", "message refused by policy")
-	default:
-		s.replyErr("SYS/TEMP", "message could not be checked, try again later")
+	res, err := s.runChain(chain, env, in)
+	if err != nil {
+		return err
 	}
-	return nil
+	if res.Outcome == filters.Deliver && s.policy.FilterTOP {
+		// Keep it: a client that TOPs a message usually RETRs it next.
+		s.cache.put(cmd.Args[0], &filtered{res: res, in: in}, s.policy.TOPCacheSize)
+	} else {
+		defer in.Remove()
+		defer res.Release()
+	}
+	return s.deliver(res, in, lines)
 }
 
-// sendBody dot-encodes a spooled message to the client. A failure part way
-// closes the session without a terminator, so the client never takes a cut
-// message for a whole one.
-func (s *session) sendBody(b filters.Body) error {
+// runChain runs the chain, sending keep-alive lines to the client while a
+// slow chain works if the policy asks for them.
+func (s *session) runChain(chain *filters.Chain, env *filters.Envelope, in filters.Body) (*filters.Result, error) {
+	start := time.Now()
+	every := s.policy.KeepAlive
+	if every <= 0 {
+		res := chain.Run(s.ctx, env, in)
+		s.logResult(env, in, res, time.Since(start))
+		return res, nil
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	done := make(chan *filters.Result, 1)
+	go func() { done <- chain.Run(ctx, env, in) }()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case res := <-done:
+			s.logResult(env, in, res, time.Since(start))
+			return res, nil
+		case <-tick.C:
+			if !s.responding {
+				// From here on the message is committed to +OK: a
+				// withheld message can only end in a closed connection.
+				s.responding = true
+				s.cw.WriteString("+OK message follows\r\n")
+			}
+			s.cw.WriteString("X-Popgate-Keepalive: filtering, " + strconv.Itoa(int(time.Since(start).Seconds())) + "s\r\n")
+			if err := s.cw.Flush(); err != nil {
+				cancel()
+				res := <-done
+				_ = res.Release()
+				_ = in.Remove()
+				return nil, clientErr(err)
+			}
+		}
+	}
+}
+
+// deliver sends the chain's result: the message (or its first lines for
+// TOP), or the error that says why not. lines < 0 means the whole message.
+func (s *session) deliver(res *filters.Result, in filters.Body, lines int) error {
+	if res.Outcome != filters.Deliver {
+		if s.responding {
+			return errWithheldAfterKeepAlive
+		}
+		if res.Outcome == filters.Refuse {
+			s.replyErr("SYS/PERM", "message refused by policy")
+		} else {
+			s.replyErr("SYS/TEMP", "message could not be checked, try again later")
+		}
+		return nil
+	}
+	if !s.responding {
+		switch {
+		case lines >= 0:
+			s.cw.WriteString("+OK top of message follows\r\n")
+		case res.Body == in:
+			s.cw.WriteString("+OK " + strconv.FormatInt(in.Size(), 10) + " octets\r\n")
+		default:
+			s.cw.WriteString("+OK " + strconv.FormatInt(res.Body.Size(), 10) + " octets\r\n")
+		}
+	}
+	return s.sendBody(res.Body, lines)
+}
+
+// sendBody dot-encodes a spooled message (its header and first lines body
+// lines when lines >= 0) to the client. A failure part way closes the
+// session without a terminator, so the client never takes a cut message
+// for a whole one.
+func (s *session) sendBody(b filters.Body, lines int) error {
 	s.responding = true
 	rc, err := b.Open()
 	if err != nil {
 		return fmt.Errorf("opening filtered message: %w", err)
 	}
 	defer rc.Close()
+	var r io.Reader = rc
+	if lines >= 0 {
+		r = &topReader{r: bufio.NewReader(rc), lines: lines}
+	}
 	dw := pop3.NewDotWriter(s.cw)
-	if _, err := io.Copy(dw, rc); err != nil {
+	if _, err := io.Copy(dw, r); err != nil {
 		return fmt.Errorf("sending filtered message: %w", err)
 	}
 	return dw.Close()
+}
+
+// topReader yields a message's header, the blank line after it, and the
+// first lines lines of its body (RFC 1939 TOP); all of a shorter message.
+type topReader struct {
+	r      *bufio.Reader
+	lines  int
+	inBody bool
+	done   bool
+}
+
+func (t *topReader) Read(p []byte) (int, error) {
+	if t.done || (t.inBody && t.lines == 0) {
+		return 0, io.EOF
+	}
+	line, err := t.r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) {
+		err = nil // a long line: pass this piece, the rest follows
+	} else if len(line) > 0 && line[len(line)-1] == '\n' {
+		if t.inBody {
+			t.lines--
+		} else if len(line) <= 2 && (line[0] == '\n' || line[0] == '\r') {
+			t.inBody = true
+		}
+	}
+	n := copy(p, line)
+	if n < len(line) {
+		// p is short: hand back the rest of this line on the next Read.
+		return n, fmt.Errorf("topReader: read buffer of %d bytes too small", len(p))
+	}
+	if errors.Is(err, io.EOF) {
+		t.done = true
+		if n > 0 {
+			err = nil
+		}
+	}
+	return n, err
 }
 
 func (s *session) logResult(env *filters.Envelope, in filters.Body, res *filters.Result, d time.Duration) {
@@ -103,6 +243,12 @@ func (s *session) logResult(env *filters.Envelope, in filters.Body, res *filters
 	}
 	if res.FailedOpen {
 		ev = ev.Bool("failed_open", true)
+	}
+	if res.QuarantineID != "" {
+		ev = ev.Str("quarantine_id", res.QuarantineID)
+	}
+	if res.Withheld {
+		ev = ev.Bool("notice", true)
 	}
 	for _, st := range res.Steps {
 		e := s.log.Debug().Str("filter", st.Filter).Str("action", st.Action.String()).Dur("took", st.Duration)
@@ -119,4 +265,65 @@ func firstArg(cmd pop3.Command) string {
 		return ""
 	}
 	return cmd.Args[0]
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// filtered is a chain result kept for TOP: the session owns both bodies.
+type filtered struct {
+	res *filters.Result
+	in  filters.Body
+}
+
+// topCache keeps the last few filtered messages of a session by message
+// number, so TOP then RETR of one message runs the chain once.
+type topCache struct {
+	keys []string
+	m    map[string]*filtered
+}
+
+func (c *topCache) get(key string) *filtered { return c.m[key] }
+
+func (c *topCache) put(key string, f *filtered, limit int) {
+	if limit <= 0 {
+		limit = 16
+	}
+	if c.m == nil {
+		c.m = map[string]*filtered{}
+	}
+	c.drop(key)
+	for len(c.keys) >= limit {
+		c.drop(c.keys[0])
+	}
+	c.keys = append(c.keys, key)
+	c.m[key] = f
+}
+
+// drop forgets a message (evicted, or deleted: RETR must then go upstream
+// and get the server's -ERR).
+func (c *topCache) drop(key string) {
+	f, ok := c.m[key]
+	if !ok {
+		return
+	}
+	delete(c.m, key)
+	for i, k := range c.keys {
+		if k == key {
+			c.keys = append(c.keys[:i], c.keys[i+1:]...)
+			break
+		}
+	}
+	_ = f.res.Release()
+	_ = f.in.Remove()
+}
+
+func (c *topCache) clear() {
+	for len(c.keys) > 0 {
+		c.drop(c.keys[0])
+	}
 }

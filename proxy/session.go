@@ -18,7 +18,6 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/proxy/pop3"
 )
 
@@ -62,7 +61,8 @@ type session struct {
 	state       state
 	pendingUser string // from USER, until PASS succeeds
 	user        string
-	chain       *filters.Chain
+	policy      *SessionPolicy
+	cache       topCache // filtered messages, for TOP and RETR after TOP
 	lineBuf     []byte
 
 	// responding is set once any byte of the current response may have
@@ -129,6 +129,7 @@ func (s *session) run() {
 	ev := s.log.Info().Dur("duration", time.Since(start)).Int64("client_rx", s.raw.rx).Int64("client_tx", s.raw.tx).
 		Int("commands", s.commands).Int("messages", s.messages).Str("user", s.user)
 	s.srv.ports.release(s.outPort)
+	s.cache.clear()
 	if up != nil {
 		_ = up.close()
 		ev = ev.Int64("upstream_rx", up.raw.rx).Int64("upstream_tx", up.raw.tx)
@@ -315,23 +316,21 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 		}
 		return err
 	case "PASS":
-		st, err := s.relaySingle(line)
-		if err == nil && st.OK {
-			s.loggedIn(s.pendingUser)
-		}
-		return err
+		return s.login(line, s.pendingUser)
 	case "APOP":
-		st, err := s.relaySingle(line)
-		if err == nil && st.OK && len(cmd.Args) > 0 {
-			s.loggedIn(cmd.Args[0])
-		}
-		return err
+		return s.login(line, firstArg(cmd))
 	case "AUTH":
 		return s.auth(cmd, line)
 	case "RETR", "TOP":
 		if s.state == stateTransaction {
 			return s.retrieve(cmd, line)
 		}
+	case "DELE":
+		st, err := s.relaySingle(line)
+		if err == nil && st.OK {
+			s.cache.drop(firstArg(cmd))
+		}
+		return err
 	case "LIST", "UIDL":
 		if len(cmd.Args) == 0 {
 			return s.relayMulti(line)
@@ -341,14 +340,44 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 	return err
 }
 
-func (s *session) loggedIn(user string) {
-	s.state = stateTransaction
-	s.user = user
-	s.raw.setReadTimeout(s.cfg.IdleTimeout)
-	if s.srv.opts.ChainFor != nil {
-		s.chain = s.srv.opts.ChainFor(SessionInfo{ID: s.id, Listener: s.cfg.Name, Client: s.client, Upstream: s.upName, User: user})
+// login relays a command that may complete the login (PASS, APOP) and, on
+// +OK, enters the TRANSACTION state.
+func (s *session) login(line []byte, user string) error {
+	status, st, err := s.exchange(line)
+	if err != nil {
+		return err
 	}
-	s.log.Info().Str("user", user).Str("upstream", s.upName).Bool("tls", s.tlsOn).Msg("login")
+	if st.OK {
+		if err := s.loggedIn(user); err != nil {
+			return err
+		}
+	}
+	s.writeLine(status)
+	return nil
+}
+
+// loggedIn enters the TRANSACTION state and picks the session's policy. A
+// session no policy accepts is refused before the client sees +OK; the
+// upstream is closed without QUIT.
+func (s *session) loggedIn(user string) error {
+	s.user = user
+	if s.srv.opts.PolicyFor != nil {
+		pol, err := s.srv.opts.PolicyFor(SessionInfo{ID: s.id, Listener: s.cfg.Name, Client: s.client, Upstream: s.upName, User: user})
+		if err != nil {
+			s.log.Warn().Str("user", user).Err(err).Msg("login refused by policy")
+			s.replyErr("SYS/PERM", "no mail policy applies to this account")
+			return fmt.Errorf("policy: %w", err)
+		}
+		s.policy = pol
+	}
+	s.state = stateTransaction
+	s.raw.setReadTimeout(s.cfg.IdleTimeout)
+	ev := s.log.Info().Str("user", user).Str("upstream", s.upName).Bool("tls", s.tlsOn)
+	if s.policy != nil {
+		ev = ev.Str("policy", s.policy.Name)
+	}
+	ev.Msg("login")
+	return nil
 }
 
 // errUpstreamLost marks an upstream that went away or stalled.
@@ -400,11 +429,16 @@ func (s *session) writeLine(line []byte) {
 
 func (s *session) replyErr(code, text string) { s.cw.WriteString(pop3.ErrLine(code, text)) }
 
-func (s *session) relaySingle(line []byte) (pop3.Status, error) {
+// exchange sends a command and reads its status line, without relaying it.
+func (s *session) exchange(line []byte) ([]byte, pop3.Status, error) {
 	if err := s.send(line); err != nil {
-		return pop3.Status{}, err
+		return nil, pop3.Status{}, err
 	}
-	status, st, err := s.readStatus()
+	return s.readStatus()
+}
+
+func (s *session) relaySingle(line []byte) (pop3.Status, error) {
+	status, st, err := s.exchange(line)
 	if err != nil {
 		return st, err
 	}

@@ -1,0 +1,203 @@
+// Package policy turns popgate's HCL configuration into a validated,
+// immutable Config, and reports every problem it finds as an hcl.Diagnostic
+// with a precise source range.
+//
+// # Loading
+//
+// Load reads one file, or every *.hcl file of a directory (in name order,
+// merged as if they were one file). LoadBytes does the same for a file held in
+// memory. Both return every error and warning found in one pass; callers check
+// diags.HasErrors() and print the diagnostics with WriteDiagnostics.
+//
+// # Two-phase decoding
+//
+// The proxy-core blocks (listener, upstream, log, spool and the top-level
+// shutdown_timeout) are decoded and validated here. The blocks that belong to
+// later parts of popgate (scanner, filter, quarantine, policy, route, metrics)
+// are accepted, kept undecoded as PendingBlock values (their hcl.Body is
+// decoded later by the code that owns the block, with Config.EvalContext), and
+// each one gets a warning saying that this version does not enforce it.
+//
+// # Expressions
+//
+// Attribute values may call two functions:
+//
+//	env("VAR")            the value of environment variable VAR; an error if unset
+//	env("VAR", "default") the value of VAR, or "default" if VAR is unset
+//	file("path")          the contents of a regular file (at most 1 MiB of UTF-8),
+//	                      with one trailing newline removed; a relative path is
+//	                      relative to the directory of the configuration file
+//
+// Sizes are strings such as "25MB" (see ParseSize) and durations are strings
+// such as "1h30m" (see time.ParseDuration).
+//
+// # Paths
+//
+// Relative file and directory paths in attributes (cert_file, key_file,
+// ca_file, log file, spool dir) are relative to the directory of the
+// configuration file, like file(); Config holds them already joined with that
+// directory.
+package policy
+
+import (
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Config is a loaded and validated configuration. It is built once by Load or
+// LoadBytes and must not be modified afterwards: it may be shared by many
+// goroutines, and a reload builds a new Config instead of changing the old one.
+type Config struct {
+	// Listeners in the order they appear in the configuration.
+	Listeners []*Listener
+	// Upstreams by block name.
+	Upstreams map[string]*Upstream
+	Log       Log
+	Spool     Spool
+	// ShutdownTimeout is how long a draining proxy waits for sessions to end
+	// (top-level attribute shutdown_timeout, default "30s"; "0s" closes at
+	// once).
+	ShutdownTimeout time.Duration
+
+	// Pending holds, in source order, the blocks that this version accepts
+	// but does not decode or enforce yet.
+	Pending []PendingBlock
+
+	// Files maps each file name used in diagnostics to its parsed file, for
+	// WriteDiagnostics. It is set even when loading fails.
+	Files map[string]*hcl.File
+
+	baseDir string
+}
+
+// Listener is one `listener "NAME"` block: where popgate accepts clients.
+type Listener struct {
+	// Name is the block label.
+	Name string
+	// Address is host:port to listen on (attribute address, required). An
+	// empty host means every interface; port 0 picks a free port.
+	Address string
+	// Upstream names the upstream block sessions go to (attribute upstream).
+	// It is required unless Transparent is set.
+	Upstream string
+	// Transparent makes sessions go to the original destination of
+	// REDIRECTed connections (SO_ORIGINAL_DST). Attribute transparent,
+	// default false.
+	Transparent bool
+	// TLS is nil when the listener speaks plain POP3 only.
+	TLS *ListenerTLS
+	// MaxConnections limits concurrent sessions (attribute max_connections,
+	// default 1000, at least 1).
+	MaxConnections int
+	// MaxConnectionsPerIP limits concurrent sessions from one client address
+	// (attribute max_connections_per_ip, default 50, at least 1).
+	MaxConnectionsPerIP int
+	// LoginTimeout is the idle time allowed before authentication
+	// (attribute login_timeout, default "60s").
+	LoginTimeout time.Duration
+	// IdleTimeout is the idle time allowed after authentication (attribute
+	// idle_timeout, default "10m"). Values below ten minutes are accepted
+	// with a warning: RFC 1939 §3 requires at least ten minutes.
+	IdleTimeout time.Duration
+	// MaxCommandLine is the longest client command line accepted, in octets
+	// including CRLF (attribute max_command_line, default 255 as in RFC 2449
+	// §4, between 64 and 65536).
+	MaxCommandLine int
+	// Range is the block header (`listener "NAME"`).
+	Range hcl.Range
+}
+
+// ListenerTLS is the `tls` block of a listener. Unless Implicit is set the
+// listener speaks plain POP3 and offers STLS; with Implicit the TLS handshake
+// comes first (POP3S, port 995 style). The certificate and key are checked to
+// exist and to form a valid pair when the configuration is loaded.
+type ListenerTLS struct {
+	CertFile string // attribute cert_file, required
+	KeyFile  string // attribute key_file, required
+	Implicit bool   // attribute implicit, default false
+}
+
+// Upstream TLS modes.
+const (
+	UpstreamTLSNone     = "none"
+	UpstreamTLSStartTLS = "starttls"
+	UpstreamTLSImplicit = "implicit"
+)
+
+// Upstream is one `upstream "NAME"` block: a POP3 server popgate connects to.
+type Upstream struct {
+	// Name is the block label.
+	Name string
+	// Address is host:port of the server (attribute address, required).
+	Address string
+	// TLS is UpstreamTLSNone, UpstreamTLSStartTLS or UpstreamTLSImplicit
+	// (attribute tls, default "none").
+	TLS string
+	// CAFile is a PEM bundle of trusted roots (attribute ca_file); empty
+	// means the system roots.
+	CAFile string
+	// ServerName overrides the name the server certificate is checked
+	// against (attribute server_name); empty means the host of Address.
+	ServerName string
+	// InsecureSkipVerify is set by `tls_verify = false` (with a warning).
+	InsecureSkipVerify bool
+	// ConnectTimeout bounds dialing and the TLS handshake (attribute
+	// connect_timeout, default "10s").
+	ConnectTimeout time.Duration
+	// Timeout bounds the wait for each response (attribute timeout, default
+	// "60s").
+	Timeout time.Duration
+	// MaxStatusLine is the longest status line accepted from the server, in
+	// octets including CRLF (attribute max_status_line, default 512 as in
+	// RFC 2449 §4, between 64 and 65536).
+	MaxStatusLine int
+	// Range is the block header (`upstream "NAME"`).
+	Range hcl.Range
+}
+
+// Log is the `log` block.
+type Log struct {
+	Level  string // debug | info | warn | error; default info
+	Format string // json | console; default json
+	File   string // "" means standard error
+}
+
+// Spool is the `spool` block: where message bodies are held while filters
+// run.
+type Spool struct {
+	// Dir holds spool files of bodies larger than MemoryLimit (attribute dir,
+	// default os.TempDir()). It must be an existing directory.
+	Dir string
+	// MemoryLimit is the largest body kept in memory, in bytes (attribute
+	// memory_limit, a size, default "1MB" = 1000000 bytes).
+	MemoryLimit int64
+}
+
+// PendingBlock is a block accepted but not yet decoded: its Body is decoded
+// later by the part of popgate that owns the block kind, with
+// Config.EvalContext so that env() and file() work the same way.
+type PendingBlock struct {
+	// Kind is the block type: "scanner", "filter", "policy", "quarantine",
+	// "route" or "metrics".
+	Kind string
+	// Type is the first label of scanner and filter blocks ("clamav",
+	// "strip", …), "" for other kinds.
+	Type string
+	// Name is the last label of scanner, filter and policy blocks, "" for
+	// unlabeled kinds.
+	Name string
+	// Body is the undecoded block body.
+	Body hcl.Body
+	// DefRange is the block header; TypeRange and NameRange are the ranges of
+	// the Type and Name labels (zero when there is no such label).
+	DefRange, TypeRange, NameRange hcl.Range
+}
+
+// EvalContext returns a new evaluation context with the functions available
+// in this configuration (env, file; file relative to the configuration's
+// directory), for decoding PendingBlock bodies. Each call returns a fresh
+// context, so a caller may extend it freely.
+func (c *Config) EvalContext() *hcl.EvalContext {
+	return newEvalContext(c.baseDir)
+}

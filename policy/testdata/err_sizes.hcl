@@ -1,0 +1,13 @@
+listener "pop3" {
+  address  = "127.0.0.1:1110"
+  upstream = "mail"
+}
+
+upstream "mail" {
+  address = "127.0.0.1:110"
+}
+
+spool {
+  dir          = "files/secret.txt"
+  memory_limit = "-5MB"
+}

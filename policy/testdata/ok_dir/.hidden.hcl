@@ -1,0 +1,1 @@
+this file is skipped: its name starts with a dot

@@ -1,0 +1,57 @@
+# Every proxy-core setting, each away from its default.
+shutdown_timeout = "1m30s"
+
+listener "pop3s" {
+  address                = "[::1]:995"
+  upstream               = "store"
+  max_connections        = 200
+  max_connections_per_ip = 5
+  login_timeout          = "20s"
+  idle_timeout           = "1h"
+  max_command_line       = 1024
+  tls {
+    cert_file = env("POPGATE_TEST_CERT")
+    key_file  = env("POPGATE_TEST_KEY")
+    implicit  = true
+  }
+}
+
+listener "gateway" {
+  address     = ":0"
+  transparent = true
+}
+
+listener "stls" {
+  address  = "127.0.0.1:0"
+  upstream = "legacy"
+  tls {
+    cert_file = env("POPGATE_TEST_CERT")
+    key_file  = env("POPGATE_TEST_KEY")
+  }
+}
+
+upstream "store" {
+  address         = "store.example.com:995"
+  tls             = "implicit"
+  ca_file         = env("POPGATE_TEST_CA")
+  server_name     = "pop.example.com"
+  connect_timeout = "3s"
+  timeout         = "2m"
+  max_status_line = 4096
+}
+
+upstream "legacy" {
+  address = "[2001:db8::1]:110"
+  tls     = "starttls"
+}
+
+log {
+  level  = "debug"
+  format = "console"
+  file   = "/var/log/popgate.log"
+}
+
+spool {
+  dir          = "files"
+  memory_limit = "512KiB"
+}

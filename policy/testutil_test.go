@@ -1,0 +1,100 @@
+package policy
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// certDir holds throwaway certificates made by TestMain:
+//
+//	cert.pem, key.pem    a self-signed certificate and its key
+//	other-key.pem        a key that does not match cert.pem
+//	ca.pem               a CA certificate (the same self-signed cert)
+//
+// Test configurations reach them through environment variables
+// (POPGATE_TEST_CERT, POPGATE_TEST_KEY, POPGATE_TEST_OTHER_KEY,
+// POPGATE_TEST_CA), and golden output shows the directory as $CERTDIR.
+var certDir string
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "popgate-policy-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	certDir = dir
+	if err := writeTestCerts(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "making test certificates:", err)
+		return 1
+	}
+	for k, v := range map[string]string{
+		"POPGATE_TEST_CERT":      filepath.Join(dir, "cert.pem"),
+		"POPGATE_TEST_KEY":       filepath.Join(dir, "key.pem"),
+		"POPGATE_TEST_OTHER_KEY": filepath.Join(dir, "other-key.pem"),
+		"POPGATE_TEST_CA":        filepath.Join(dir, "ca.pem"),
+		"POPGATE_TEST_ADDR":      "127.0.0.1:2110",
+		"POPGATE_TEST_EMPTY":     "",
+	} {
+		os.Setenv(k, v)
+	}
+	os.Unsetenv("POPGATE_TEST_UNSET")
+	return m.Run()
+}
+
+// writeTestCerts writes a self-signed ECDSA certificate valid for localhost,
+// its key, and an unrelated second key into dir.
+func writeTestCerts(dir string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "popgate test"},
+		DNSNames:              []string{"localhost"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	files := map[string][]byte{"cert.pem": certPEM, "ca.pem": certPEM}
+	for name, k := range map[string]*ecdsa.PrivateKey{"key.pem": key, "other-key.pem": other} {
+		b, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			return err
+		}
+		files[name] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: b})
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
