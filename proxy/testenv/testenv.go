@@ -309,6 +309,15 @@ func (d *DovecotEnv) NewUser(t testing.TB) *User {
 			return
 		}
 		_ = os.Remove(file)
+		// A session the test left behind may still be syncing: give it a moment, to spare the
+		// Dovecot log errors about a vanished Maildir.
+		lock := filepath.Join(u.Maildir, "dovecot-uidlist.lock")
+		for i := 0; i < 40; i++ {
+			if _, err := os.Lstat(lock); err != nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		_ = os.RemoveAll(home)
 	})
 	return u

@@ -1,0 +1,565 @@
+#!/usr/bin/env bash
+# scripts/testenv.sh — the real test environment of popgate (DESIGN.md §6).
+#
+#   scripts/testenv.sh up       install (apt-get, when root and something is missing) and start,
+#                               on 127.0.0.1, a real Dovecot (POP3+STLS, POP3S; passwd-file users,
+#                               Maildir) and a real clamd (TCP + unix socket; a signature database
+#                               written here that holds only the EICAR test signature).
+#   scripts/testenv.sh down     stop both daemons (idempotent; the state dir and its logs stay).
+#   scripts/testenv.sh restart  down, then a fresh up.
+#   scripts/testenv.sh envfile  print the path of the env file (bash `export` lines) to source.
+#   scripts/testenv.sh status   say what runs (exit 0 when both daemons run, 1 otherwise).
+#
+# State lives in ${POPGATE_TESTENV_DIR:-/tmp/popgate-testenv}. `up` when both daemons already run
+# from this same version of the script REUSES them (same ports, users, mail) and only prints the
+# summary; anything else (nothing running, half running, script changed) stops leftovers, wipes the
+# state dir and starts fresh on newly chosen free ports. Use `restart` to force a fresh start.
+# Runs of `make test` that overlap on one machine share (and the first `down` stops) the same
+# environment: give each its own POPGATE_TESTENV_DIR to isolate them.
+#
+# Exported by the env file (see write_envfile):
+#   POPGATE_TESTENV_DIR, POPGATE_TEST_POP3 (host:port, plain + STLS), POPGATE_TEST_POP3S (host:port,
+#   implicit TLS), POPGATE_TEST_CA, POPGATE_TEST_CERT, POPGATE_TEST_KEY, POPGATE_TEST_PASSWD (the
+#   shared passwd-file), POPGATE_TEST_USERS (dir of per-user passwd-files), POPGATE_TEST_MAILROOT, POPGATE_TEST_MAILUID, POPGATE_TEST_MAILGID, POPGATE_TEST_CLAMD
+#   (tcp://127.0.0.1:port), POPGATE_TEST_CLAMD_UNIX (unix:///path), POPGATE_TEST_DOVECOT_CONF,
+#   POPGATE_TEST_CLAMD_CONF.
+set -euo pipefail
+
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
+DIR=${POPGATE_TESTENV_DIR:-/tmp/popgate-testenv}
+case $DIR in /*) ;; *) DIR=$PWD/$DIR ;; esac
+DIR=${DIR%/}
+if [ -z "$DIR" ] || [ "$DIR" = / ]; then echo "testenv: refusing POPGATE_TESTENV_DIR=/" >&2; exit 2; fi
+
+ENVFILE=$DIR/env
+MARKER=$DIR/.popgate-testenv
+LOCKFILE=$DIR.lock
+TLS=$DIR/tls
+DOV=$DIR/dovecot
+DOVCONF=$DOV/dovecot.conf
+DOVPID=$DOV/run/master.pid
+PASSWD=$DIR/passwd
+USERS=$DIR/users
+MAILROOT=$DIR/mail
+CLAM=$DIR/clamd
+CLAMCONF=$CLAM/clamd.conf
+CLAMPID=$CLAM/clamd.pid
+CLAMSOCK=$CLAM/clamd.sock
+
+# The 68-byte EICAR anti-virus test file; md5 44d88612fea8a8f36de82e1278abb02f (checked in up).
+# shellcheck disable=SC2016 # literal $ signs
+EICAR='X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*'
+EICAR_MD5=44d88612fea8a8f36de82e1278abb02f
+
+PATH=$PATH:/usr/sbin:/sbin
+log() { printf 'testenv: %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- install
+
+# missing_packages prints the Debian packages whose programs are absent.
+missing_packages() {
+	local -a miss=()
+	[ -x /usr/sbin/dovecot ] || miss+=(dovecot-core)
+	[ -x /usr/lib/dovecot/pop3 ] && [ -x /usr/lib/dovecot/pop3-login ] || miss+=(dovecot-pop3d)
+	[ -x /usr/sbin/clamd ] || miss+=(clamav-daemon)
+	command -v clamdscan >/dev/null || miss+=(clamdscan) # a package of its own on Debian 12
+	command -v openssl >/dev/null || miss+=(openssl)
+	command -v curl >/dev/null || miss+=(curl)
+	command -v fetchmail >/dev/null || miss+=(fetchmail)
+	command -v mpop >/dev/null || miss+=(mpop)
+	command -v flock >/dev/null || miss+=(util-linux)
+	command -v ip >/dev/null || miss+=(iproute2)        # transparent-mode test: network namespace
+	command -v iptables >/dev/null || miss+=(iptables) # and REDIRECT rules inside it
+	python3 -c 'import sys' >/dev/null 2>&1 || miss+=(python3) # a client the tests use
+	if [ ${#miss[@]} -gt 0 ]; then printf '%s\n' "${miss[@]}"; fi
+}
+
+install_missing() {
+	local -a pkgs
+	mapfile -t pkgs < <(missing_packages)
+	[ ${#pkgs[@]} -eq 0 ] && return 0
+	if [ "$(id -u)" -ne 0 ]; then
+		die "missing packages: ${pkgs[*]} — install them (apt-get install ${pkgs[*]}) or run this as root"
+	fi
+	log "installing: ${pkgs[*]}"
+	# A policy-rc.d that exits 101 keeps the packaged services (Dovecot on :110, freshclam) from
+	# starting during the install. Remove it afterwards only if we created it.
+	local created_policy=0
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		created_policy=1
+	fi
+	local rc=0
+	{
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q &&
+			DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
+				--no-install-recommends "${pkgs[@]}"
+	} </dev/null >"${TMPDIR:-/tmp}/popgate-testenv-apt.log" 2>&1 || rc=$?
+	if [ $created_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+	if [ $rc -ne 0 ]; then
+		tail -n 30 "${TMPDIR:-/tmp}/popgate-testenv-apt.log" >&2
+		die "apt-get failed (log: ${TMPDIR:-/tmp}/popgate-testenv-apt.log)"
+	fi
+	mapfile -t pkgs < <(missing_packages)
+	[ ${#pkgs[@]} -eq 0 ] || die "still missing after install: ${pkgs[*]}"
+}
+
+# ---------------------------------------------------------------- processes
+
+# live PID: the process exists and is not a zombie (init here may be slow to reap one).
+live() { [ -d "/proc/$1" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }
+
+pidof_file() { head -n1 "$1" 2>/dev/null | tr -dc 0-9; }
+
+# alive PIDFILE NAME: the pid in PIDFILE runs and its command is NAME.
+alive() {
+	local pid
+	pid=$(pidof_file "$1")
+	[ -n "$pid" ] && live "$pid" || return 1
+	[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+}
+
+# stop PIDFILE NAME [PIDFILE NAME ...]: TERM to all, bounded wait, then KILL.
+stop() {
+	local -a pids=() files=()
+	local pid i
+	while [ $# -ge 2 ]; do
+		if alive "$1" "$2"; then
+			pid=$(pidof_file "$1")
+			kill -TERM "$pid" 2>/dev/null || true
+			pids+=("$pid")
+		fi
+		files+=("$1")
+		shift 2
+	done
+	for pid in "${pids[@]}"; do
+		for i in $(seq 100); do
+			live "$pid" || break
+			sleep 0.05
+		done
+		if live "$pid"; then
+			log "pid $pid ignored TERM for 5 s; killing it"
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+	done
+	rm -f "${files[@]}" # after the daemons, which remove their own on a clean exit
+}
+
+# clamd_ping PORT: clamd answers PONG on 127.0.0.1:PORT.
+clamd_ping() {
+	local reply=""
+	{
+		exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+		printf 'zPING\0' >&3
+		IFS= read -r -d '' -t 2 reply <&3 || true
+		exec 3<&- 3>&-
+	} 2>/dev/null
+	[ "$reply" = PONG ]
+}
+
+# pop3_greets PORT: something on 127.0.0.1:PORT sends a "+OK" greeting (plain POP3 only).
+pop3_greets() {
+	local line=""
+	{
+		exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+		IFS= read -r -t 2 line <&3 || true
+		printf 'QUIT\r\n' >&3 || true
+		exec 3<&- 3>&-
+	} 2>/dev/null
+	[ "${line:0:3}" = "+OK" ]
+}
+
+# free_ports N: N distinct TCP ports, below the ephemeral range, that no socket (listening or
+# connected, IPv4 or IPv6) uses now.
+free_ports() {
+	local lo=20000 hi eph used p
+	local -a got=()
+	eph=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+	hi=$((eph - 1))
+	[ "$hi" -gt $((lo + 1000)) ] || { lo=40000; hi=60999; }
+	local _st _rq _sq local_addr _rest
+	used=" "
+	if command -v ss >/dev/null; then
+		while read -r _st _rq _sq local_addr _rest; do
+			used+="${local_addr##*:} "
+		done < <(ss -Htan 2>/dev/null || true)
+	else # reading /proc/net/tcp can take half a second
+		while read -r _st local_addr _rest; do
+			[[ $local_addr == *:* ]] || continue
+			used+="$((16#${local_addr##*:})) "
+		done < <(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | grep -v local_address || true)
+	fi
+	while [ ${#got[@]} -lt "$1" ]; do
+		p=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
+		case "$used ${got[*]} " in *" $p "*) continue ;; esac
+		got+=("$p")
+	done
+	echo "${got[*]}"
+}
+
+script_hash() { sha256sum "$SELF" | cut -c1-16; }
+
+# ---------------------------------------------------------------- setup
+
+make_tls() {
+	mkdir -p "$TLS"
+	(
+		cd "$TLS"
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+			-keyout ca.key -out ca.pem -days 3650 -subj "/CN=popgate test CA" \
+			-addext basicConstraints=critical,CA:TRUE \
+			-addext keyUsage=critical,keyCertSign,cRLSign
+		openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+			-keyout server.key -out server.csr -subj "/CN=localhost"
+		cat >server.ext <<-EOF
+			basicConstraints = critical, CA:FALSE
+			keyUsage = critical, digitalSignature, keyEncipherment
+			extendedKeyUsage = serverAuth
+			subjectAltName = DNS:localhost, IP:127.0.0.1
+		EOF
+		openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial "0x$(openssl rand -hex 8)" \
+			-days 3650 -extfile server.ext -out server.pem
+		rm -f server.csr
+		# A throwaway test key: readable by all so tests (and popgate under another uid) can use it.
+		chmod 644 server.key server.pem ca.pem
+		chmod 600 ca.key
+	) >"$TLS/openssl.log" 2>&1 || { cat "$TLS/openssl.log" >&2; die "openssl failed"; }
+}
+
+# add_user NAME PASSWORD: passwd-file line plus a Maildir owned by the mail uid.
+add_user() {
+	local home=$MAILROOT/$1
+	mkdir -p "$home/Maildir/new" "$home/Maildir/cur" "$home/Maildir/tmp"
+	chmod -R 700 "$home"
+	chown -R "$MAIL_UID:$MAIL_GID" "$home"
+	printf '%s:{PLAIN}%s:%s:%s::%s::\n' "$1" "$2" "$MAIL_UID" "$MAIL_GID" "$home" >>"$PASSWD"
+}
+
+# add_sample NAME N SUBJECT: a small message file in cur/ (POP3 order follows the name).
+add_sample() {
+	local f=$MAILROOT/$1/Maildir/cur/$(($(date +%s) + $2)).M000000P$$Q$2.popgate-testenv:2,
+	printf 'From: testenv <testenv@localhost>\nTo: %s@localhost\nSubject: %s\nDate: %s\nMessage-ID: <testenv-%s-%s@localhost>\n\nHello %s, this is a sample message of the popgate test environment.\n' \
+		"$1" "$3" "$(date -R)" "$1" "$2" "$1" >"$f"
+	chown "$MAIL_UID:$MAIL_GID" "$f"
+	chmod 600 "$f"
+}
+
+write_dovecot_conf() {
+	local pop3=$1 pop3s=$2 me rootless="" dh=""
+	me=$(id -un)
+	if [ "$(id -u)" -ne 0 ]; then
+		# Rootless Dovecot: no privilege separation users, no chroots.
+		rootless="default_internal_user = $me
+default_internal_group = $(id -gn)
+default_login_user = $me"
+	fi
+	[ -r /usr/share/dovecot/dh.pem ] && dh="ssl_dh = </usr/share/dovecot/dh.pem"
+	cat >"$DOVCONF" <<EOF
+# Generated by scripts/testenv.sh for popgate tests; rewritten on every fresh 'up'.
+base_dir = $DOV/run
+state_dir = $DOV/state
+log_path = $DOV/dovecot.log
+instance_name = popgate-testenv
+protocols = pop3
+listen = 127.0.0.1
+shutdown_clients = yes
+$rootless
+
+ssl = yes
+ssl_cert = <$TLS/server.pem
+ssl_key = <$TLS/server.key
+$dh
+
+disable_plaintext_auth = no
+auth_mechanisms = plain login apop cram-md5
+# Failed logins answer within ~0.5 s (Dovecot checks delayed failures every 500 ms).
+auth_failure_delay = 0
+auth_verbose = yes
+# {PLAIN} passwords (APOP and CRAM-MD5 need the plaintext), in passwd-file format
+# "name:{PLAIN}password:uid:gid::home::".
+# 1. $USERS/<name>: one file per user, written (atomically) by proxy/testenv.NewUser. Dovecot
+#    opens a path it has not seen yet at the first lookup, so a new user can log in at once.
+# 2. $PASSWD: alice, bob and whatever is appended by hand. Dovecot re-reads it when its mtime or
+#    size changes, but checks at most once per second: a line appended in the same second as an
+#    earlier lookup is seen only from the next second on. Hence (1) for tests.
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $USERS/%u
+}
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN $PASSWD
+}
+userdb {
+  driver = passwd-file
+  args = $USERS/%u
+}
+userdb {
+  driver = passwd-file
+  args = $PASSWD
+}
+first_valid_uid = $MAIL_UID
+first_valid_gid = 1
+mail_location = maildir:~/Maildir
+mail_max_userip_connections = 10000
+pop3_uidl_format = %08Xu%08Xv
+# Keep message file names stable (no \\Seen renames at QUIT) so tests can compare paths.
+pop3_no_flag_updates = yes
+
+default_process_limit = 1000
+default_client_limit = 4000
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = $pop3
+  }
+  inet_listener pop3s {
+    address = 127.0.0.1
+    port = $pop3s
+    ssl = yes
+  }
+  $([ -n "$rootless" ] && echo "chroot =")
+}
+service pop3 {
+  process_limit = 1000
+}
+# Failed logins: no growing per-IP penalty (2 s, 4 s, ... 15 s for everyone on 127.0.0.1). Mode 0
+# disables this listener; the auth process then finds no socket and skips penalties silently.
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+  $([ -n "$rootless" ] && echo "chroot =")
+}
+service stats {
+  unix_listener stats-writer {
+    mode = 0666
+  }
+}
+EOF
+}
+
+write_clamd_conf() {
+	local port=$1
+	mkdir -p "$CLAM/db" "$CLAM/tmp"
+	# An .hdb line MD5:SIZE:NAME. clamd reports custom signatures with ".UNOFFICIAL" appended:
+	# "stream: Eicar-Test-Signature.UNOFFICIAL FOUND".
+	printf '%s:68:Eicar-Test-Signature\n' "$EICAR_MD5" >"$CLAM/db/popgate-test.hdb"
+	cat >"$CLAMCONF" <<EOF
+# Generated by scripts/testenv.sh for popgate tests; rewritten on every fresh 'up'.
+Foreground no
+PidFile $CLAMPID
+LogFile $CLAM/clamd.log
+LogTime yes
+DatabaseDirectory $CLAM/db
+TemporaryDirectory $CLAM/tmp
+LocalSocket $CLAMSOCK
+LocalSocketMode 666
+TCPSocket $port
+TCPAddr 127.0.0.1
+StreamMaxLength 25M
+MaxThreads 20
+MaxConnectionQueueLength 200
+ReadTimeout 60
+CommandReadTimeout 10
+SelfCheck 3600
+EOF
+}
+
+write_envfile() {
+	{
+		echo "# Generated by scripts/testenv.sh; source it: . \"\$(scripts/testenv.sh envfile)\""
+		printf 'export POPGATE_TESTENV_DIR=%q\n' "$DIR"
+		printf 'export POPGATE_TEST_POP3=%q\n' "127.0.0.1:$1"
+		printf 'export POPGATE_TEST_POP3S=%q\n' "127.0.0.1:$2"
+		printf 'export POPGATE_TEST_CA=%q\n' "$TLS/ca.pem"
+		printf 'export POPGATE_TEST_CERT=%q\n' "$TLS/server.pem"
+		printf 'export POPGATE_TEST_KEY=%q\n' "$TLS/server.key"
+		printf 'export POPGATE_TEST_PASSWD=%q\n' "$PASSWD"
+		printf 'export POPGATE_TEST_USERS=%q\n' "$USERS"
+		printf 'export POPGATE_TEST_MAILROOT=%q\n' "$MAILROOT"
+		printf 'export POPGATE_TEST_MAILUID=%q\n' "$MAIL_UID"
+		printf 'export POPGATE_TEST_MAILGID=%q\n' "$MAIL_GID"
+		printf 'export POPGATE_TEST_CLAMD=%q\n' "tcp://127.0.0.1:$3"
+		printf 'export POPGATE_TEST_CLAMD_UNIX=%q\n' "unix://$CLAMSOCK"
+		printf 'export POPGATE_TEST_DOVECOT_CONF=%q\n' "$DOVCONF"
+		printf 'export POPGATE_TEST_CLAMD_CONF=%q\n' "$CLAMCONF"
+	} >"$ENVFILE.tmp"
+	mv "$ENVFILE.tmp" "$ENVFILE"
+}
+
+summary() {
+	(
+		# shellcheck source=/dev/null
+		. "$ENVFILE"
+		cat <<EOF
+popgate test environment ($1) in $DIR
+  Dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1) pid $(pidof_file "$DOVPID"): POP3+STLS $POPGATE_TEST_POP3, POP3S $POPGATE_TEST_POP3S
+  clamd $(clamd --version 2>/dev/null | cut -d/ -f1 | sed 's/^ClamAV //') pid $(pidof_file "$CLAMPID"): $POPGATE_TEST_CLAMD, $POPGATE_TEST_CLAMD_UNIX (EICAR only)
+  users: alice/alice-secret-pw, bob/bob-secret-pw (passwd-file $POPGATE_TEST_PASSWD);
+         per-user passwd-files of test users in $POPGATE_TEST_USERS
+  mail:  $POPGATE_TEST_MAILROOT/<user>/Maildir, uid:gid $POPGATE_TEST_MAILUID:$POPGATE_TEST_MAILGID
+  CA:    $POPGATE_TEST_CA (server cert for localhost and 127.0.0.1: $POPGATE_TEST_CERT)
+  logs:  $DOV/dovecot.log $CLAM/clamd.log
+  env:   . $ENVFILE
+  try:   curl --ssl-reqd --cacert $POPGATE_TEST_CA -u alice:alice-secret-pw pop3://$POPGATE_TEST_POP3/1
+EOF
+	)
+}
+
+running() { alive "$DOVPID" dovecot && alive "$CLAMPID" clamd; }
+
+do_down() {
+	stop "$DOVPID" dovecot "$CLAMPID" clamd
+	rm -f "$ENVFILE" "$DIR/script.hash"
+}
+
+# start_once: one attempt on fresh ports; returns 1 when a port was taken in between.
+start_once() {
+	local ports pop3 pop3s clamport i
+	ports=$(free_ports 3)
+	read -r pop3 pop3s clamport <<<"$ports"
+
+	write_dovecot_conf "$pop3" "$pop3s"
+	write_clamd_conf "$clamport"
+
+	if ! dovecot -c "$DOVCONF" </dev/null >>"$DOV/dovecot.out" 2>&1 9>&-; then
+		log "dovecot did not start:"
+		tail -n 5 "$DOV/dovecot.out" "$DOV/dovecot.log" >&2 2>/dev/null || true
+		grep -q 'Address already in use' "$DOV/dovecot.out" "$DOV/dovecot.log" 2>/dev/null && return 1
+		die "dovecot failed to start (config $DOVCONF)"
+	fi
+	clamd -c "$CLAMCONF" </dev/null >>"$CLAM/clamd.out" 2>&1 9>&- &
+	local clampid_launcher=$!
+
+	# Bounded waits: Dovecot starts in well under a second, clamd with this tiny database in ~1 s.
+	for i in $(seq 100); do
+		pop3_greets "$pop3" && break
+		sleep 0.1
+	done
+	pop3_greets "$pop3" || { tail -n 20 "$DOV/dovecot.log" >&2 || true; die "dovecot does not answer on 127.0.0.1:$pop3"; }
+	for i in $(seq 300); do
+		clamd_ping "$clamport" && break
+		if ! alive "$CLAMPID" clamd && ! [ -d "/proc/$clampid_launcher" ] && [ "$i" -gt 20 ]; then break; fi
+		sleep 0.1
+	done
+	wait "$clampid_launcher" 2>/dev/null || true
+	if ! clamd_ping "$clamport"; then
+		tail -n 20 "$CLAM/clamd.out" "$CLAM/clamd.log" >&2 2>/dev/null || true
+		if grep -qi 'already in use' "$CLAM/clamd.log" "$CLAM/clamd.out" 2>/dev/null; then
+			stop "$DOVPID" dovecot
+			return 1
+		fi
+		die "clamd does not answer PING on 127.0.0.1:$clamport"
+	fi
+	[ -S "$CLAMSOCK" ] || die "clamd did not create $CLAMSOCK"
+	write_envfile "$pop3" "$pop3s" "$clamport"
+}
+
+do_up() {
+	install_missing
+
+	if running && [ -s "$ENVFILE" ] && [ "$(cat "$DIR/script.hash" 2>/dev/null)" = "$(script_hash)" ]; then
+		local ports
+		ports=$(
+			# shellcheck source=/dev/null
+			. "$ENVFILE"
+			echo "${POPGATE_TEST_POP3##*:} ${POPGATE_TEST_CLAMD##*:}"
+		)
+		if pop3_greets "${ports% *}" && clamd_ping "${ports#* }"; then
+			summary "already running: reused; 'restart' starts afresh"
+			return 0
+		fi
+	fi
+
+	do_down
+	if [ -e "$DIR" ]; then
+		if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
+			die "$DIR exists, is not empty and is not a popgate test environment; not touching it"
+		fi
+		rm -rf "$DIR"
+	fi
+	mkdir -p "$DIR"
+	chmod 755 "$DIR"
+	: >"$MARKER"
+	mkdir -p "$DOV/run" "$DOV/state" "$MAILROOT" "$USERS" "$CLAM"
+	chmod 755 "$DOV" "$MAILROOT" "$USERS"
+
+	if [ "$(id -u)" -eq 0 ]; then
+		MAIL_UID=$(id -u nobody 2>/dev/null || echo 65534)
+		MAIL_GID=$(getent group nogroup | cut -d: -f3)
+		MAIL_GID=${MAIL_GID:-65534}
+	else
+		MAIL_UID=$(id -u)
+		MAIL_GID=$(id -g)
+	fi
+
+	local md5
+	md5=$(printf '%s' "$EICAR" | md5sum | cut -d' ' -f1)
+	[ "$md5" = "$EICAR_MD5" ] || die "EICAR md5 mismatch: $md5"
+
+	make_tls
+	: >"$PASSWD"
+	chmod 644 "$PASSWD"
+	add_user alice alice-secret-pw
+	add_user bob bob-secret-pw
+	add_sample alice 1 "Welcome to the popgate test environment"
+	add_sample alice 2 "A second sample message"
+
+	# On failure, leave nothing running behind.
+	trap 'rc=$?; if [ $rc -ne 0 ]; then do_down; fi; exit $rc' EXIT
+	local attempt
+	for attempt in 1 2 3 4 5; do
+		if start_once; then break; fi
+		[ "$attempt" -lt 5 ] || die "could not find free ports after $attempt attempts"
+		log "port taken meanwhile; retrying with other ports"
+		stop "$CLAMPID" clamd
+	done
+	script_hash >"$DIR/script.hash"
+	trap - EXIT
+	summary "started"
+}
+
+do_status() {
+	local rc=0
+	if alive "$DOVPID" dovecot; then
+		echo "dovecot: running, pid $(pidof_file "$DOVPID")"
+	else
+		echo "dovecot: not running"
+		rc=1
+	fi
+	if alive "$CLAMPID" clamd; then
+		echo "clamd: running, pid $(pidof_file "$CLAMPID")"
+	else
+		echo "clamd: not running"
+		rc=1
+	fi
+	if [ -s "$ENVFILE" ]; then
+		grep '^export' "$ENVFILE" | sed 's/^export /  /'
+	fi
+	return $rc
+}
+
+with_lock() {
+	mkdir -p "$(dirname "$LOCKFILE")"
+	exec 9>>"$LOCKFILE"
+	flock -w 120 9 || die "could not lock $LOCKFILE"
+	"$@"
+}
+
+case ${1:-} in
+up) with_lock do_up ;;
+down) with_lock do_down ;;
+restart) with_lock do_down && with_lock do_up ;;
+status) do_status ;;
+envfile)
+	echo "$ENVFILE"
+	[ -s "$ENVFILE" ] || { log "no env file yet: run '$0 up' first"; exit 1; }
+	;;
+*)
+	sed -n '2,/^set -euo/p' "$SELF" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+	exit 2
+	;;
+esac
