@@ -65,10 +65,12 @@ type Verdict struct {
 	Action Action
 	Body   Body
 	Reason string
-	// KeepsOriginal marks a Replace whose Body holds the given message byte
-	// for byte (header fields added in front, say). Such a change loses
-	// nothing, so it does not need the original in quarantine first; every
-	// other Replace does (DESIGN.md §5, invariant 4).
+	// KeepsOriginal marks a Replace that loses nothing: its Body holds the
+	// given message byte for byte with header fields added in front, or
+	// with a change the filter documents how to undo exactly (tag keeps the
+	// original Subject in X-Popgate-Original-Subject; tag.Restore puts it
+	// back). Such a change does not need the original in quarantine first;
+	// every other Replace does (DESIGN.md §5, invariant 4).
 	KeepsOriginal bool
 }
 
@@ -81,6 +83,7 @@ type Envelope struct {
 	Upstream  string
 	Command   string // "RETR" or "TOP"
 	MsgNum    int
+	UIDL      string // the server's unique id of the message, "" if it has none
 }
 
 // Filter inspects one message. An error means the filter could not decide;

@@ -96,6 +96,7 @@ func (d *decoder) build(root *rootSchema, body hcl.Body) *Config {
 
 	cfg.Log = d.log(single(d, "log", root.Log))
 	cfg.Spool = d.spool(single(d, "spool", root.Spool))
+	d.filtersAndPolicies(root, cfg)
 	cfg.Pending = d.pending(root)
 	return cfg
 }
@@ -383,28 +384,12 @@ func (d *decoder) spool(s *spoolSchema) Spool {
 
 // pendingDetail says, per block kind, what not enforcing it means.
 var pendingDetail = map[string]string{
-	"scanner":    "This version accepts the block so that the file loads, but does not check its settings or scan any message.",
-	"filter":     "This version accepts the block so that the file loads, but does not check its settings or run it: messages pass unfiltered.",
-	"policy":     "This version accepts the block so that the file loads, but does not check it or apply it: messages pass unfiltered.",
-	"quarantine": "This version accepts the block so that the file loads, but does not check it or quarantine any message.",
-	"route":      "This version accepts the block so that the file loads, but does not check it: every session goes to its listener's upstream.",
-	"metrics":    "This version accepts the block so that the file loads, but does not check it or serve any metrics.",
+	"route":   "This version accepts the block so that the file loads, but does not check it: every session goes to its listener's upstream.",
+	"metrics": "This version accepts the block so that the file loads, but does not check it or serve any metrics.",
 }
 
 func (d *decoder) pending(root *rootSchema) []PendingBlock {
 	var out []PendingBlock
-	for _, b := range root.Scanners {
-		out = append(out, PendingBlock{Kind: "scanner", Type: b.Type, Name: b.Name, Body: b.Body, DefRange: b.DefRange, TypeRange: b.TypeRange, NameRange: b.NameRange})
-	}
-	for _, b := range root.Filters {
-		out = append(out, PendingBlock{Kind: "filter", Type: b.Type, Name: b.Name, Body: b.Body, DefRange: b.DefRange, TypeRange: b.TypeRange, NameRange: b.NameRange})
-	}
-	for _, b := range root.Policies {
-		out = append(out, PendingBlock{Kind: "policy", Name: b.Name, Body: b.Body, DefRange: b.DefRange, NameRange: b.NameRange})
-	}
-	if b := single(d, "quarantine", root.Quarantine); b != nil {
-		out = append(out, PendingBlock{Kind: "quarantine", Body: b.Body, DefRange: b.DefRange})
-	}
 	for _, b := range root.Routes {
 		out = append(out, PendingBlock{Kind: "route", Body: b.Body, DefRange: b.DefRange})
 	}

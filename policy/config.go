@@ -28,7 +28,7 @@
 //	                      with one trailing newline removed; a relative path is
 //	                      relative to the directory of the configuration file
 //
-// Sizes are strings such as "25MB" (see ParseSize) and durations are strings
+// Sizes are strings such as "25MB" (see filters.ParseSize) and durations are strings
 // such as "1h30m" (see time.ParseDuration).
 //
 // # Paths
@@ -41,6 +41,8 @@ package policy
 
 import (
 	"time"
+
+	"github.com/popgate/popgate/filters"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -60,6 +62,12 @@ type Config struct {
 	// once).
 	ShutdownTimeout time.Duration
 
+	// Filters holds the built filter blocks by name, Policies the policy
+	// blocks in file order, Quarantine the quarantine block (nil if none).
+	Filters    map[string]filters.Filter
+	Policies   []*Policy
+	Quarantine *Quarantine
+
 	// Pending holds, in source order, the blocks that this version accepts
 	// but does not decode or enforce yet.
 	Pending []PendingBlock
@@ -68,7 +76,8 @@ type Config struct {
 	// WriteDiagnostics. It is set even when loading fails.
 	Files map[string]*hcl.File
 
-	baseDir string
+	baseDir  string
+	scanners []any // built scanner blocks, closed by Close
 }
 
 // Listener is one `listener "NAME"` block: where popgate accepts clients.

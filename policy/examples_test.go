@@ -1,6 +1,10 @@
 package policy
 
 import (
+	"slices"
+
+	"github.com/popgate/popgate/filters"
+
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,13 +74,17 @@ func TestExampleMinimal(t *testing.T) {
 	if u := cfg.Upstreams["mail"]; u == nil || u.Address != "127.0.0.1:110" || u.TLS != "none" {
 		t.Errorf("upstreams = %v", cfg.Upstreams)
 	}
-	var got []string
-	for _, p := range cfg.Pending {
-		got = append(got, strings.Join(strings.Fields(p.Kind+" "+p.Type+" "+p.Name), " "))
+	defer cfg.Close()
+	var names []string
+	for n := range cfg.Filters {
+		names = append(names, n)
 	}
-	want := "scanner clamav local|filter clamav av|filter strip dangerous|filter tag stamp|quarantine|policy default"
-	if strings.Join(got, "|") != want {
-		t.Errorf("pending blocks = %q, want %q", strings.Join(got, "|"), want)
+	slices.Sort(names)
+	if strings.Join(names, ",") != "av,dangerous,stamp" || cfg.Quarantine == nil || len(cfg.Policies) != 1 {
+		t.Errorf("filters %v, quarantine %v, policies %d", names, cfg.Quarantine, len(cfg.Policies))
+	}
+	if p := cfg.Policies[0]; p.Name != "default" || strings.Join(p.Chain, ",") != "av,dangerous,stamp" || p.OnError != filters.TempFail {
+		t.Errorf("policy %+v", *p)
 	}
 }
 

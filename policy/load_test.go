@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"github.com/popgate/popgate/filters"
+
 	"bytes"
 	"flag"
 	"os"
@@ -11,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -176,10 +177,16 @@ func TestGoldenCoverage(t *testing.T) {
 		"warning: Idle timeout below the RFC 1939 minimum:",
 		"warning: TLS certificate verification is off:",
 		"warning: TLS setting without TLS:",
-		"warning: scanner blocks are not enforced by this version of popgate:",
-		"warning: filter blocks are not enforced by this version of popgate:",
-		"warning: policy blocks are not enforced by this version of popgate:",
-		"warning: quarantine blocks are not enforced by this version of popgate:",
+		// Scanners, filters, policies.
+		"error: Unknown scanner type:",
+		"error: Unknown filter type:",
+		"error: Duplicate filter:",
+		"error: Duplicate policy:",
+		"error: Unknown filter:",
+		"error: Duplicate chain entry:",
+		"error: Invalid chain entry:",
+		"warning: Policy without quarantine:",
+		"warning: Unused filter:",
 		"warning: route blocks are not enforced by this version of popgate:",
 		"warning: metrics blocks are not enforced by this version of popgate:",
 	} {
@@ -305,37 +312,23 @@ var configChecks = map[string]func(*testing.T, *Config){
 		}
 	},
 
-	"ok_pending": func(t *testing.T, cfg *Config) {
+	"ok_filters": func(t *testing.T, cfg *Config) {
 		type pend struct{ kind, typ, name string }
 		var got []pend
 		for _, p := range cfg.Pending {
 			got = append(got, pend{p.Kind, p.Type, p.Name})
 		}
-		want := []pend{
-			{"scanner", "clamav", "local"},
-			{"filter", "strip", "dangerous"},
-			{"quarantine", "", ""},
-			{"policy", "", "default"},
-			{"route", "", ""},
-			{"route", "", ""},
-			{"metrics", "", ""},
-		}
+		want := []pend{{"route", "", ""}, {"route", "", ""}, {"metrics", "", ""}}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("pending = %v\nwant %v", got, want)
 		}
-		scanner := cfg.Pending[0]
-		if scanner.TypeRange.Start.Line != 13 || scanner.NameRange.Start.Column != 18 || scanner.DefRange.Start.Column != 1 {
-			t.Errorf("scanner ranges: def %v type %v name %v", scanner.DefRange, scanner.TypeRange, scanner.NameRange)
+		if len(cfg.Policies) != 1 || len(cfg.Filters) != 2 || cfg.Quarantine == nil || cfg.Quarantine.Dir != "/var/lib/popgate/quarantine" {
+			t.Fatalf("policies %v, filters %v, quarantine %v", cfg.Policies, cfg.Filters, cfg.Quarantine)
 		}
-		// Phase two: a later decoder takes the body as it is.
-		var filter struct {
-			Extensions []string `hcl:"extensions"`
-		}
-		if diags := gohcl.DecodeBody(cfg.Pending[1].Body, cfg.EvalContext(), &filter); diags.HasErrors() {
-			t.Fatal(diags)
-		}
-		if !reflect.DeepEqual(filter.Extensions, []string{"exe"}) {
-			t.Errorf("filter extensions = %v", filter.Extensions)
+		p := cfg.Policies[0]
+		if strings.Join(p.Chain, ",") != "av,dangerous" || len(p.Filters) != 2 || p.Filters[0].Name() != "av" ||
+			p.OnError != filters.PassWithTag || p.FilterTOP || p.KeepAlive != 15*time.Second || p.NoticeOnReject {
+			t.Errorf("policy = %+v", *p)
 		}
 		if cfg.Listeners[0].IdleTimeout != 5*time.Minute {
 			t.Errorf("idle timeout = %v", cfg.Listeners[0].IdleTimeout)

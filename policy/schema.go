@@ -16,12 +16,12 @@ type rootSchema struct {
 	Log       []*logSchema      `hcl:"log,block"`   // at most one
 	Spool     []*spoolSchema    `hcl:"spool,block"` // at most one
 
-	Scanners   []*typedBlock `hcl:"scanner,block"`
-	Filters    []*typedBlock `hcl:"filter,block"`
-	Policies   []*namedBlock `hcl:"policy,block"`
-	Quarantine []*plainBlock `hcl:"quarantine,block"` // at most one
-	Routes     []*plainBlock `hcl:"route,block"`
-	Metrics    []*plainBlock `hcl:"metrics,block"` // at most one
+	Scanners   []*typedBlock       `hcl:"scanner,block"`
+	Filters    []*typedBlock       `hcl:"filter,block"`
+	Policies   []*policySchema     `hcl:"policy,block"`
+	Quarantine []*quarantineSchema `hcl:"quarantine,block"` // at most one
+	Routes     []*plainBlock       `hcl:"route,block"`
+	Metrics    []*plainBlock       `hcl:"metrics,block"` // at most one
 }
 
 type listenerSchema struct {
@@ -88,15 +88,7 @@ type typedBlock struct {
 	Body      hcl.Body  `hcl:",remain"`
 }
 
-// namedBlock is `KIND "NAME" { … }` (policy).
-type namedBlock struct {
-	Name      string    `hcl:"name,label"`
-	NameRange hcl.Range `hcl:"name,label_range"`
-	DefRange  hcl.Range `hcl:",def_range"`
-	Body      hcl.Body  `hcl:",remain"`
-}
-
-// plainBlock is `KIND { … }` (quarantine, route, metrics).
+// plainBlock is `KIND { … }` (route, metrics).
 type plainBlock struct {
 	DefRange hcl.Range `hcl:",def_range"`
 	Body     hcl.Body  `hcl:",remain"`

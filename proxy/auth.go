@@ -11,9 +11,9 @@ import (
 )
 
 // auth relays an AUTH exchange (RFC 5034) as opaque lines: popgate never
-// needs to understand the mechanism. It only peeks at PLAIN and LOGIN to
-// learn the login name for policy and logs; the exchange itself is never
-// logged.
+// needs to understand the mechanism. It only peeks at PLAIN, LOGIN and
+// CRAM-MD5 to learn the login name for policy and logs; the exchange itself
+// is never logged.
 func (s *session) auth(cmd pop3.Command, line []byte) error {
 	if err := s.send(line); err != nil {
 		return err
@@ -50,6 +50,9 @@ func (s *session) auth(cmd pop3.Command, line []byte) error {
 					user = saslPlainUser(string(answer))
 				case mech == "LOGIN" && step == 0:
 					user = saslDecode(string(answer))
+				case mech == "CRAM-MD5" && step == 0:
+					// RFC 2195: the answer is "user SP digest".
+					user, _, _ = strings.Cut(saslDecode(string(answer)), " ")
 				}
 			}
 			if err := s.send(answer); err != nil {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/hmac"
 	"crypto/md5"
 	"crypto/tls"
 	"crypto/x509"
@@ -135,7 +136,22 @@ func TestDovecotAuthPlain(t *testing.T) {
 		t.Fatalf("cancelled AUTH: %q", got)
 	}
 	c.expectOK("QUIT")
-	waitFor(t, func() bool { return strings.Count(logs.String(), "session end") == 3 })
+
+	c = dialClient(t, addr) // CRAM-MD5: the login name is learned too
+	c.line()
+	chal := c.cmd("AUTH CRAM-MD5")
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(chal, "+ "))
+	if err != nil {
+		t.Fatalf("CRAM-MD5 challenge %q: %v", chal, err)
+	}
+	mac := hmac.New(md5.New, []byte(u.Password))
+	mac.Write(raw)
+	c.expectOK(base64.StdEncoding.EncodeToString([]byte(u.Name + " " + hex.EncodeToString(mac.Sum(nil)))))
+	c.expectOK("QUIT")
+	waitFor(t, func() bool { return strings.Count(logs.String(), "session end") == 4 })
+	if strings.Count(logs.String(), `"user":"`+u.Name+`"`) < 4 {
+		t.Fatalf("not every SASL login was logged with its user:\n%s", logs)
+	}
 	if strings.Contains(logs.String(), u.Password) || strings.Contains(logs.String(), cred) {
 		t.Fatal("AUTH exchange reached the logs")
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/popgate/popgate/filters"
@@ -60,6 +61,12 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		return s.deliver(f.res, f.in, lines)
 	}
 
+	// The UIDL goes into quarantine records and logs, so an admin can find
+	// the message on the server.
+	uidl, err := s.uidl(cmd.Args[0])
+	if err != nil {
+		return err
+	}
 	// TOP under a filtering policy fetches the whole message: filters see
 	// what RETR would give, and TOP shows the start of that result.
 	upCmd := line
@@ -93,7 +100,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 
 	env := &filters.Envelope{
 		SessionID: s.id, User: s.user, Client: s.client, Listener: s.cfg.Name,
-		Upstream: s.upName, Command: cmd.Name, MsgNum: msgNum,
+		Upstream: s.upName, Command: cmd.Name, MsgNum: msgNum, UIDL: uidl,
 	}
 	res, err := s.runChain(chain, env, in)
 	if err != nil {
@@ -107,6 +114,21 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		defer res.Release()
 	}
 	return s.deliver(res, in, lines)
+}
+
+// uidl asks the upstream for a message's unique id (RFC 1939 UIDL); "" if
+// the server has none to give.
+func (s *session) uidl(msg string) (string, error) {
+	_, st, err := s.exchange([]byte("UIDL " + msg))
+	if err != nil || !st.OK {
+		return "", err
+	}
+	// "+OK msg uidl": the id is the last field.
+	f := strings.Fields(st.Text)
+	if len(f) != 2 {
+		return "", nil
+	}
+	return f[1], nil
 }
 
 // runChain runs the chain, sending keep-alive lines to the client while a
@@ -236,7 +258,7 @@ func (t *topReader) Read(p []byte) (int, error) {
 }
 
 func (s *session) logResult(env *filters.Envelope, in filters.Body, res *filters.Result, d time.Duration) {
-	ev := s.log.Info().Str("command", env.Command).Int("msg", env.MsgNum).Int64("size", in.Size()).
+	ev := s.log.Info().Str("command", env.Command).Int("msg", env.MsgNum).Str("uidl", env.UIDL).Int64("size", in.Size()).
 		Str("outcome", res.Outcome.String()).Dur("filter_time", d)
 	if res.Reason != "" {
 		ev = ev.Str("reason", res.Reason)

@@ -3,6 +3,7 @@
 //	popgate [run] -c FILE|DIR   run the proxy (default command)
 //	popgate check -c FILE|DIR   validate a configuration
 //	popgate demo                run a built-in mailbox behind popgate, on loopback
+//	popgate quarantine …        browse and recover quarantined originals
 //	popgate version             print versions
 package main
 
@@ -17,6 +18,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"syscall"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
@@ -43,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args, stdout, stderr)
 	case "demo":
 		return cmdDemo(args, stdout, stderr)
+	case "quarantine":
+		return cmdQuarantine(args, stdout, stderr)
 	case "version":
 		printVersion(stdout)
 		return 0
@@ -60,6 +66,7 @@ func usage(w io.Writer) {
   popgate [run] -c FILE|DIR   run the proxy (SIGTERM drains, SIGHUP re-checks the config)
   popgate check -c FILE|DIR   validate a configuration; every problem as file:line:col
   popgate demo                a sample mailbox behind popgate on loopback, with curl lines to try
+  popgate quarantine list|show ID|export ID [-o FILE]   browse and recover quarantined originals
   popgate version             popgate, Go and dependency versions
 `)
 }
@@ -85,9 +92,35 @@ func load(path string, stderr io.Writer) *policy.Config {
 		policy.WriteDiagnostics(stderr, diags, cfg.Files)
 	}
 	if diags.HasErrors() {
+		_ = cfg.Close()
 		return nil
 	}
 	return cfg
+}
+
+// loadForRun is load for a running proxy: errors are printed for a human
+// (popgate refuses to start), but warnings go to the log, in its format.
+func loadForRun(path string, stderr io.Writer) (*policy.Config, hcl.Diagnostics) {
+	cfg, diags := policy.Load(path)
+	if diags.HasErrors() {
+		policy.WriteDiagnostics(stderr, diags, cfg.Files)
+		_ = cfg.Close()
+		return nil, diags
+	}
+	return cfg, diags
+}
+
+func logDiagnostics(log zerolog.Logger, diags hcl.Diagnostics) {
+	for _, d := range diags {
+		ev := log.Warn()
+		if d.Severity == hcl.DiagError {
+			ev = log.Error()
+		}
+		if d.Subject != nil {
+			ev = ev.Str("at", fmt.Sprintf("%s:%d:%d", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column))
+		}
+		ev.Str("detail", d.Detail).Msg("config: " + d.Summary)
+	}
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
@@ -108,16 +141,18 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	cfg := load(path, stderr)
+	cfg, diags := loadForRun(path, stderr)
 	if cfg == nil {
 		return 1
 	}
+	defer cfg.Close()
 	log, closeLog, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return 1
 	}
 	defer closeLog.Close()
+	logDiagnostics(log, diags)
 	opts, err := proxyOptions(cfg, log)
 	if err != nil {
 		log.Error().Err(err).Msg("configuration")
@@ -157,10 +192,16 @@ func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, path string, stderr
 			if sig == syscall.SIGHUP {
 				// Listener and upstream changes need a restart; the
 				// check keeps an admin from restarting into a bad file.
-				if path != "" && load(path, stderr) != nil {
-					log.Warn().Msg("SIGHUP: configuration is valid, but listener and upstream changes take effect only after a restart")
-				} else {
+				if path == "" {
+					continue
+				}
+				next, diags := policy.Load(path)
+				logDiagnostics(log, diags)
+				_ = next.Close()
+				if diags.HasErrors() {
 					log.Error().Msg("SIGHUP: configuration has errors; running configuration unchanged")
+				} else {
+					log.Warn().Msg("SIGHUP: configuration is valid, but changes take effect only after a restart")
 				}
 				continue
 			}

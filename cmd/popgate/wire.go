@@ -10,6 +10,8 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/quarantine"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
 )
@@ -17,6 +19,10 @@ import (
 // proxyOptions turns a validated configuration into proxy options: it loads
 // certificates and CA bundles, which the config loader has only checked.
 func proxyOptions(cfg *policy.Config, log zerolog.Logger) (proxy.Options, error) {
+	store, err := openQuarantine(cfg, log)
+	if err != nil {
+		return proxy.Options{}, err
+	}
 	ups := map[string]*proxy.Upstream{}
 	for name, u := range cfg.Upstreams {
 		pu, err := proxyUpstream(u)
@@ -25,7 +31,7 @@ func proxyOptions(cfg *policy.Config, log zerolog.Logger) (proxy.Options, error)
 		}
 		ups[name] = pu
 	}
-	opts := proxy.Options{Logger: log}
+	opts := proxy.Options{Logger: log, PolicyFor: sessionPolicies(cfg, store)}
 	for _, l := range cfg.Listeners {
 		pl := proxy.Listener{
 			Name:                l.Name,
@@ -114,4 +120,38 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// sessionPolicies builds the filter chains of cfg's policies and returns
+// the proxy's PolicyFor. Without policy blocks sessions are relayed
+// unfiltered; otherwise the first policy applies (per-user matching comes
+// with policy match rules).
+func sessionPolicies(cfg *policy.Config, store *quarantine.Store) func(proxy.SessionInfo) (*proxy.SessionPolicy, error) {
+	spool := &filters.Spool{Dir: cfg.Spool.Dir, MemoryLimit: cfg.Spool.MemoryLimit}
+	var built []*proxy.SessionPolicy
+	for _, p := range cfg.Policies {
+		chain := &filters.Chain{Filters: p.Filters, OnError: p.OnError, Spool: spool}
+		if store != nil {
+			chain.Quarantine = store
+			if p.NoticeOnReject {
+				nc := &quarantine.NoticeConfig{From: cfg.Quarantine.NoticeFrom}
+				chain.Notice = nc.ChainNotice()
+			}
+		}
+		built = append(built, &proxy.SessionPolicy{Name: p.Name, Chain: chain, FilterTOP: p.FilterTOP, KeepAlive: p.KeepAlive})
+	}
+	return func(proxy.SessionInfo) (*proxy.SessionPolicy, error) {
+		if len(built) == 0 {
+			return nil, nil
+		}
+		return built[0], nil
+	}
+}
+
+// openQuarantine opens the configured quarantine store, if any.
+func openQuarantine(cfg *policy.Config, log zerolog.Logger) (*quarantine.Store, error) {
+	if cfg.Quarantine == nil {
+		return nil, nil
+	}
+	return quarantine.Open(cfg.Quarantine.Dir, log)
 }

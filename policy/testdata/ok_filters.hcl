@@ -1,5 +1,6 @@
-# Blocks of later versions load with one warning each, and so does a short
-# idle timeout. Their insides are not checked yet.
+# Scanners, filters, the quarantine and policies are decoded: each filter
+# type checks its own block. Route and metrics blocks of later versions load
+# with one warning each, and so does a short idle timeout.
 listener "pop3" {
   address      = "127.0.0.1:1110"
   upstream     = "mail"
@@ -12,7 +13,11 @@ upstream "mail" {
 
 scanner "clamav" "local" {
   addresses = ["tcp://127.0.0.1:3310"]
-  anything  = goes.here
+}
+
+filter "clamav" "av" {
+  scanner  = "local"
+  oversize = "reject"
 }
 
 filter "strip" "dangerous" {
@@ -24,7 +29,11 @@ quarantine {
 }
 
 policy "default" {
-  chain = ["dangerous"]
+  chain     = ["av", "dangerous"]
+  on_error  = "pass"
+  top       = "pass"
+  keepalive = "15s"
+  rejected  = "error"
 }
 
 route {

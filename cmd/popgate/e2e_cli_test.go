@@ -1,0 +1,257 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/proxy/testenv"
+)
+
+// runPopgate runs the popgate binary to completion and returns its stdout,
+// stderr and exit status.
+func runPopgate(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	o, e, err := runClientErr(t, 30*time.Second, nil, popgateBin, args...)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("popgate %s: %v", strings.Join(args, " "), err)
+	}
+	if bytes.Contains(e, []byte("DATA RACE")) {
+		t.Errorf("data race in popgate %s:\n%s", strings.Join(args, " "), e)
+	}
+	return string(o), string(e), code
+}
+
+// `popgate check` reports every error as file:line:col with a snippet and
+// exits 1; a valid file exits 0. `popgate run` refuses the same bad file.
+func TestCheck(t *testing.T) {
+	t.Parallel()
+	const bad = "testdata/check_two_errors.hcl"
+	out, errOut, code := runPopgate(t, "check", "-c", bad)
+	if code != 1 {
+		t.Errorf("check of a file with two errors exited %d, want 1", code)
+	}
+	all := out + errOut
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^testdata/check_two_errors\.hcl:5:18: error: .*"ten minutes".*\n\s+5 \|   idle_timeout = "ten minutes"\n\s+\|\s+\^{13}\n`),
+		regexp.MustCompile(`(?m)^testdata/check_two_errors\.hcl:10:13: error: .*"ssl".*\n\s+10 \|   tls     = "ssl"\n\s+\|\s+\^{5}\n`),
+		regexp.MustCompile(`(?m)^2 errors, 0 warnings$`),
+	} {
+		if !want.MatchString(all) {
+			t.Errorf("check output does not match %s:\n%s", want, all)
+		}
+	}
+	if n := strings.Count(all, ": error: "); n != 2 {
+		t.Errorf("%d errors reported, want 2:\n%s", n, all)
+	}
+	if strings.Contains(all, "OK") {
+		t.Errorf("check of a bad file says OK:\n%s", all)
+	}
+
+	// run refuses the file with the same diagnostics, before listening.
+	out, errOut, code = runPopgate(t, "run", "-c", bad)
+	if code != 1 || !strings.Contains(errOut, bad+":5:18: error:") || !strings.Contains(errOut, bad+":10:13: error:") {
+		t.Errorf("run with a bad file: exit %d, stdout %q, stderr:\n%s", code, out, errOut)
+	}
+	if strings.Contains(errOut, "listening") {
+		t.Errorf("run with a bad file started listening:\n%s", errOut)
+	}
+
+	const good = "testdata/check_valid.hcl"
+	out, errOut, code = runPopgate(t, "check", "-c", good)
+	if code != 0 {
+		t.Errorf("check of a valid file exited %d, want 0; stderr:\n%s", code, errOut)
+	}
+	if want := good + ": OK (2 listeners, 1 upstreams)\n"; out != want {
+		t.Errorf("check of a valid file printed %q, want %q", out, want)
+	}
+	if errOut != "" {
+		t.Errorf("check of a valid file without warnings wrote to stderr: %q", errOut)
+	}
+}
+
+// `popgate version` names popgate, the Go version it was built with and the
+// versions of its dependencies as go.mod pins them.
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	out, errOut, code := runPopgate(t, "version")
+	if code != 0 || errOut != "" {
+		t.Fatalf("version: exit %d, stderr %q", code, errOut)
+	}
+	lines := strings.Split(out, "\n")
+	if !strings.HasPrefix(lines[0], "popgate ") {
+		t.Errorf("first line %q does not name popgate", lines[0])
+	}
+	// TestMain built the binary with the toolchain running this test.
+	if want := runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH; len(lines) < 2 || lines[1] != want {
+		t.Errorf("Go version line %q, want %q", lines[1], want)
+	}
+	gomod, err := os.ReadFile("../../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, dep := range []string{"github.com/hashicorp/hcl/v2", "github.com/rs/zerolog"} {
+		m := regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(dep) + `\s+(v\S+)`).FindStringSubmatch(string(gomod))
+		if m == nil {
+			t.Fatalf("go.mod does not require %s", dep)
+		}
+		if want := "  " + dep + " " + m[1]; !strings.Contains(out, want+"\n") {
+			t.Errorf("version output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// `popgate demo` on free ports: every curl command it prints works, and
+// shows what the demo says it shows.
+func TestDemo(t *testing.T) {
+	t.Parallel()
+	curl := testenv.LookPath(t, "curl")
+	cmd := exec.Command(popgateBin, "demo", "-listen", "127.0.0.1:0", "-mailbox", "127.0.0.1:0")
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		registry.Lock()
+		registry.procs++
+		registry.outputs = append(registry.outputs, collectedOutput{t.Name(), "demo stderr", stderr.Bytes()},
+			collectedOutput{t.Name(), "demo stdout", stdout.Bytes()})
+		registry.Unlock()
+	}()
+
+	deadline := time.After(20 * time.Second)
+	for !strings.Contains(stdout.String(), "Press Ctrl-C to stop.") {
+		select {
+		case err := <-done:
+			stopped = true
+			t.Fatalf("demo exited (%v); stdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+		case <-deadline:
+			t.Fatalf("demo printed no instructions within 20s; stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	text := stdout.String()
+	m := regexp.MustCompile(`popgate \(examples/demo\.hcl\):\s+(127\.0\.0\.1:\d+)`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("demo does not print popgate's address:\n%s", text)
+	}
+	addr := m[1]
+	if strings.HasSuffix(addr, ":0") {
+		t.Fatalf("demo printed the unbound address %s", addr)
+	}
+
+	mailbox := demoMailbox()
+	unchanged := strings.Contains(text, "relays messages unchanged")
+	var list, uidl strings.Builder
+	for i, msg := range mailbox {
+		fmt.Fprintf(&list, "%d %d\r\n", i+1, len(msg.Data))
+		fmt.Fprintf(&uidl, "%d %s\r\n", i+1, msg.UIDL)
+	}
+	ran := map[string]bool{}
+	comment := regexp.MustCompile(`\s+#\s.*$`)
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "curl ") {
+			continue
+		}
+		line = comment.ReplaceAllString(line, "")
+		if !strings.Contains(line, "pop3://"+addr+"/") {
+			t.Errorf("printed curl command does not use popgate's address %s: %s", addr, line)
+			continue
+		}
+		url := regexp.MustCompile(`pop3://\S+/(\d*)`).FindStringSubmatch(line)[1]
+		var key string
+		switch {
+		case strings.Contains(line, "|"):
+			key = "dialogue"
+		case strings.Contains(line, "-X UIDL"):
+			key = "uidl"
+		case url == "":
+			key = "list"
+		default:
+			key = "retr " + url
+		}
+		ran[key] = true
+		t.Run(key, func(t *testing.T) {
+			var out []byte
+			if key == "dialogue" {
+				out = runClient(t, 30*time.Second, nil, "/bin/sh", "-c", line)
+			} else {
+				args := strings.Fields(line)[1:]
+				out = runClient(t, 30*time.Second, nil, curl, append([]string{"-sS", "--max-time", "25"}, args...)...)
+			}
+			switch key {
+			case "dialogue":
+				if !regexp.MustCompile(`(?m)^< \+OK`).Match(out) {
+					t.Errorf("the raw dialogue shows no server +OK lines:\n%s", out)
+				}
+			case "uidl":
+				if string(out) != uidl.String() {
+					t.Errorf("UIDL: %q, want %q", out, uidl.String())
+				}
+			case "list":
+				if string(out) != list.String() {
+					t.Errorf("list: %q, want %q", out, list.String())
+				}
+			default:
+				var n int
+				fmt.Sscan(url, &n)
+				if n < 1 || n > len(mailbox) {
+					t.Fatalf("the demo prints a command for message %d of %d", n, len(mailbox))
+				}
+				want := mailbox[n-1].Data
+				// Message 1 is clean: always byte-identical. The others
+				// are identical while the demo says filters do not run.
+				if (n == 1 || unchanged) && !bytes.Equal(out, want) {
+					t.Errorf("message %d through the demo: %q, want %q", n, out, want)
+				}
+				if len(out) == 0 {
+					t.Errorf("message %d: empty", n)
+				}
+			}
+		})
+	}
+	for _, want := range []string{"list", "retr 1"} {
+		if !ran[want] {
+			t.Errorf("the demo prints no curl command for %s:\n%s", want, text)
+		}
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		stopped = true
+		if err != nil {
+			t.Errorf("demo exited with %v after SIGTERM, want status 0; stderr:\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("demo still running 10s after SIGTERM")
+	}
+	if strings.Contains(stderr.String(), "DATA RACE") {
+		t.Errorf("data race in popgate demo:\n%s", stderr.String())
+	}
+}

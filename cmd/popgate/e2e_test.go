@@ -1,0 +1,798 @@
+package main
+
+// End-to-end tests: the real popgate binary, started as a subprocess with a
+// generated HCL configuration, driven by real third-party POP3 clients (curl,
+// Python's poplib, fetchmail, mpop) against the real Dovecot of
+// scripts/testenv.sh. This file holds the harness: building the binary,
+// starting and stopping popgate processes, reading their JSON logs, and the
+// secrets scan over every log line any popgate process wrote in the run.
+//
+// Run with the test environment loaded:
+//
+//	. "$(scripts/testenv.sh envfile)" && go test -race -count=1 ./cmd/popgate/
+//
+// Without it the tests that need Dovecot or a client program skip loudly (or
+// fail with POPGATE_REQUIRE_INTEGRATION=1), see proxy/testenv.
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/popgate/popgate/proxy/testenv"
+)
+
+// popgateBin is the popgate binary built by TestMain (with -race when the
+// tests run with -race, so that data races inside the subprocesses are found
+// too).
+var popgateBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "popgate-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		os.Exit(1)
+	}
+	popgateBin = filepath.Join(dir, "popgate")
+	if err := buildPopgate(popgateBin); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: building popgate:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if code == 0 {
+		code = finalSecretsScan(os.Stdout)
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func buildPopgate(out string) error {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return err
+	}
+	args := []string{"build", "-o", out}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	args = append(args, ".") // the test runs in the package directory, cmd/popgate
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, args...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+// Secrets: every password a test uses (and the encoded forms that cross the
+// wire) is registered here; every byte any popgate process wrote is
+// collected. Each process is checked when it stops, and TestMain checks all
+// of them against all secrets once every test has run.
+
+type secret struct{ what, value string }
+
+type collectedOutput struct {
+	test string
+	name string // "stderr", "stdout", "log file"
+	data []byte
+}
+
+var registry struct {
+	sync.Mutex
+	secrets []secret
+	outputs []collectedOutput
+	procs   int
+}
+
+func addSecret(what, value string) {
+	if len(value) < 6 {
+		panic("e2e: secret too short to scan for: " + what)
+	}
+	registry.Lock()
+	defer registry.Unlock()
+	registry.secrets = append(registry.secrets, secret{what, value})
+}
+
+// registerUser records a Dovecot user's password and its encodings on the
+// wire (base64 as in AUTH LOGIN, AUTH PLAIN with and without an
+// authorization identity).
+func registerUser(u *testenv.User) {
+	b64 := base64.StdEncoding.EncodeToString
+	addSecret("password of "+u.Name, u.Password)
+	addSecret("base64 password of "+u.Name, b64([]byte(u.Password)))
+	addSecret("AUTH PLAIN of "+u.Name, b64([]byte("\x00"+u.Name+"\x00"+u.Password)))
+	addSecret("AUTH PLAIN (authzid) of "+u.Name, b64([]byte(u.Name+"\x00"+u.Name+"\x00"+u.Password)))
+}
+
+func secretsSnapshot() []secret {
+	registry.Lock()
+	defer registry.Unlock()
+	return append([]secret(nil), registry.secrets...)
+}
+
+func findSecrets(data []byte, secrets []secret) []string {
+	var found []string
+	for _, s := range secrets {
+		if bytes.Contains(data, []byte(s.value)) {
+			found = append(found, s.what)
+		}
+	}
+	return found
+}
+
+// finalSecretsScan checks every output of every popgate process of the run
+// against every secret of the run; it returns the exit code.
+func finalSecretsScan(w io.Writer) int {
+	registry.Lock()
+	defer registry.Unlock()
+	var total, logins int
+	bad := 0
+	for _, o := range registry.outputs {
+		total += len(o.data)
+		logins += bytes.Count(o.data, []byte(`"message":"login"`))
+		if found := findSecrets(o.data, registry.secrets); len(found) > 0 {
+			fmt.Fprintf(w, "--- FAIL: secrets scan: %s of the popgate process of %s contains: %s\n",
+				o.name, o.test, strings.Join(found, ", "))
+			bad++
+		}
+	}
+	if len(registry.secrets) > 0 && logins == 0 {
+		fmt.Fprintf(w, "--- FAIL: secrets scan: %d secrets registered but no login was logged by any popgate process: the scan saw no session logs\n",
+			len(registry.secrets))
+		bad++
+	}
+	if bad > 0 {
+		return 1
+	}
+	fmt.Fprintf(w, "e2e secrets scan: %d popgate processes, %d bytes of output, %d logins, %d secrets: none logged\n",
+		registry.procs, total, logins, len(registry.secrets))
+	return 0
+}
+
+// ---------------------------------------------------------------------------
+// popgate processes
+
+// syncBuffer is a bytes.Buffer safe for concurrent Write (from exec's copy
+// goroutine) and reads (from the test).
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]byte(nil), b.buf.Bytes()...)
+}
+
+func (b *syncBuffer) String() string { return string(b.Bytes()) }
+
+// outFile is a file a subprocess writes its stdout or stderr to.
+type outFile struct {
+	t *testing.T
+	f *os.File
+}
+
+func newOutFile(t *testing.T, path string) *outFile {
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return &outFile{t, f}
+}
+
+func (o *outFile) Bytes() []byte {
+	b, err := os.ReadFile(o.f.Name())
+	if err != nil {
+		o.t.Errorf("reading popgate output: %v", err)
+	}
+	return b
+}
+
+func (o *outFile) String() string { return string(o.Bytes()) }
+
+type popgateProc struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	stdout  *outFile
+	stderr  *outFile
+	logFile string // "" when logging to stderr
+	addrs   map[string]string
+	exited  chan struct{} // closed when the process has exited
+	waitErr error
+	endedAt time.Time // when the process exited
+	checked bool
+}
+
+// logEvent is one decoded JSON log line.
+type logEvent map[string]any
+
+func (e logEvent) str(k string) string {
+	s, _ := e[k].(string)
+	return s
+}
+
+func (e logEvent) String() string {
+	b, _ := json.Marshal(map[string]any(e))
+	return string(b)
+}
+
+// hclString quotes s as an HCL string literal (no interpolation).
+func hclString(s string) string {
+	q := strconv.Quote(s)
+	q = strings.ReplaceAll(q, "${", "$${")
+	return strings.ReplaceAll(q, "%{", "%%{")
+}
+
+// configOpts chooses the parts of a generated configuration.
+type configOpts struct {
+	upstreamTLS     string // "none", "starttls" (default) or "implicit"
+	logFile         string // log to this file instead of stderr
+	shutdownTimeout string // default "3s"
+}
+
+// dovecotConfig is a configuration with two listeners in front of the test
+// Dovecot, both on free loopback ports (port 0; popgate logs the address it
+// bound): "plain" (plain POP3 offering STLS) and "pop3s" (implicit TLS),
+// both with the test environment's certificate. The upstream "dovecot" is
+// reached over STLS (default) or implicit TLS and verified against the test
+// CA.
+func dovecotConfig(d *testenv.DovecotEnv, o configOpts) string {
+	var b strings.Builder
+	for _, l := range []struct {
+		name     string
+		implicit bool
+	}{{"plain", false}, {"pop3s", true}} {
+		fmt.Fprintf(&b, `listener %s {
+  address       = "127.0.0.1:0"
+  upstream      = "dovecot"
+  login_timeout = "30s"
+  tls {
+    cert_file = %s
+    key_file  = %s
+    implicit  = %t
+  }
+}
+`, hclString(l.name), hclString(d.CertFile), hclString(d.KeyFile), l.implicit)
+	}
+	switch o.upstreamTLS {
+	case "none":
+		fmt.Fprintf(&b, "upstream \"dovecot\" {\n  address = %s\n  tls     = \"none\"\n", hclString(d.Addr))
+	case "implicit":
+		fmt.Fprintf(&b, "upstream \"dovecot\" {\n  address = %s\n  tls     = \"implicit\"\n  ca_file = %s\n  server_name = \"localhost\"\n",
+			hclString(d.TLSAddr), hclString(d.CAFile))
+	case "", "starttls":
+		// No server_name: the certificate's IP SAN 127.0.0.1 must verify.
+		fmt.Fprintf(&b, "upstream \"dovecot\" {\n  address = %s\n  tls     = \"starttls\"\n  ca_file = %s\n",
+			hclString(d.Addr), hclString(d.CAFile))
+	default:
+		panic("upstreamTLS " + o.upstreamTLS)
+	}
+	b.WriteString("  connect_timeout = \"10s\"\n  timeout = \"30s\"\n}\n")
+	b.WriteString("log {\n  level  = \"debug\"\n  format = \"json\"\n")
+	if o.logFile != "" {
+		fmt.Fprintf(&b, "  file   = %s\n", hclString(o.logFile))
+	}
+	b.WriteString("}\n")
+	fmt.Fprintf(&b, "shutdown_timeout = %s\n", hclString(cmp.Or(o.shutdownTimeout, "3s")))
+	return b.String()
+}
+
+// startPopgate writes cfg to a temporary file, runs `popgate run -c FILE`,
+// and waits until every listener has logged the address it bound and
+// accepts connections. logFile is the log block's file, if any. The process
+// is stopped with SIGTERM when the test ends (see stop) and its output
+// checked (see checkOutput).
+func startPopgate(t *testing.T, cfg, logFile string, listeners ...string) *popgateProc {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "popgate.hcl")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &popgateProc{
+		t:       t,
+		cmd:     exec.Command(popgateBin, "run", "-c", path),
+		stdout:  newOutFile(t, filepath.Join(dir, "stdout")),
+		stderr:  newOutFile(t, filepath.Join(dir, "stderr")),
+		logFile: logFile,
+		exited:  make(chan struct{}),
+	}
+	// Files, not pipes: Wait returns when the process exits, and endedAt
+	// is when it did.
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout.f, p.stderr.f
+	// A -race binary sleeps 1 s before exiting by default; 100 ms is
+	// enough for late race reports here.
+	p.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=100")
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		p.endedAt = time.Now()
+		close(p.exited)
+	}()
+	t.Cleanup(func() {
+		p.stop(10 * time.Second)
+		p.checkOutput()
+	})
+
+	// The listeners use port 0: the bound addresses come from the log.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		p.addrs = map[string]string{}
+		for _, e := range p.events() {
+			if e.str("message") == "listening" {
+				p.addrs[e.str("listener")] = e.str("address")
+			}
+		}
+		ready := true
+		for _, l := range listeners {
+			if p.addrs[l] == "" {
+				ready = false
+			}
+		}
+		if ready {
+			break
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("popgate exited before listening (%v); stderr:\n%s", p.waitErr, p.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("popgate did not log its listeners %v within 20s; output:\n%s", listeners, p.output())
+		}
+	}
+	for _, l := range listeners {
+		c, err := net.DialTimeout("tcp", p.addrs[l], 5*time.Second)
+		if err != nil {
+			t.Fatalf("listener %s at %s does not accept: %v", l, p.addrs[l], err)
+		}
+		c.Close()
+	}
+	return p
+}
+
+// addr returns the bound address of a listener.
+func (p *popgateProc) addr(listener string) string {
+	a := p.addrs[listener]
+	if a == "" {
+		p.t.Fatalf("no listener %q", listener)
+	}
+	return a
+}
+
+// logBytes is everything popgate logged so far: the log file, or stderr.
+func (p *popgateProc) logBytes() []byte {
+	if p.logFile == "" {
+		return p.stderr.Bytes()
+	}
+	b, err := os.ReadFile(p.logFile)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.t.Errorf("reading log file: %v", err)
+	}
+	return b
+}
+
+func (p *popgateProc) output() string {
+	s := "stderr:\n" + p.stderr.String()
+	if p.logFile != "" {
+		s += "\nlog file:\n" + string(p.logBytes())
+	}
+	return s
+}
+
+// events decodes the complete JSON lines logged so far; lines that are not
+// JSON are skipped here (checkOutput reports them).
+func (p *popgateProc) events() []logEvent {
+	data := p.logBytes()
+	if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+		data = data[:i+1]
+	} else {
+		data = nil
+	}
+	var out []logEvent
+	for line := range bytes.Lines(data) {
+		var e logEvent
+		if json.Unmarshal(line, &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// waitEvents waits until popgate has logged events for which cond is true,
+// and returns them.
+func (p *popgateProc) waitEvents(what string, cond func([]logEvent) bool) []logEvent {
+	p.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		evs := p.events()
+		if cond(evs) {
+			return evs
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("popgate did not log %s within 15s; output:\n%s", what, p.output())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// logins returns the login events in evs, in order.
+func logins(evs []logEvent) []logEvent {
+	var out []logEvent
+	for _, e := range evs {
+		if e.str("message") == "login" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// signal sends sig to popgate.
+func (p *popgateProc) signal(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// stop sends SIGTERM and waits for the exit; popgate must exit 0 within
+// limit (the configured shutdown timeout plus slack). A process that does
+// not is killed and the test fails.
+func (p *popgateProc) stop(limit time.Duration) {
+	select {
+	case <-p.exited:
+	default:
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(limit):
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+			p.t.Errorf("popgate did not exit within %v of SIGTERM; killed it", limit)
+		}
+	}
+	if p.waitErr != nil {
+		p.t.Errorf("popgate exited with %v, want status 0", p.waitErr)
+	}
+}
+
+// sessionMessages are log messages about one session; sessionFields are
+// fields only a line about a session carries. Such a line must name its
+// session. Lines about the process (started, listening, draining, …) need
+// not.
+var (
+	sessionMessages = []string{"session start", "session end", "login", "command", "upstream connected",
+		"upstream unavailable", "message filtered", "filter step"}
+	sessionFields = []string{"user", "client", "command", "msg", "tls"}
+)
+
+// concernsSession tells whether a log line is about a session. "connection
+// refused" is logged for a connection refused before it became a session.
+func concernsSession(e logEvent) bool {
+	msg := e.str("message")
+	if msg == "connection refused" {
+		return false
+	}
+	if slices.Contains(sessionMessages, msg) {
+		return true
+	}
+	for _, f := range sessionFields {
+		if _, ok := e[f]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// checkOutput runs when the process has exited: it collects the output for
+// the final secrets scan, and checks it now for secrets, data races, lines
+// that are not JSON, session lines without a session id, and sessions
+// without exactly one end line.
+func (p *popgateProc) checkOutput() {
+	t := p.t
+	if p.checked {
+		return
+	}
+	p.checked = true
+	outs := []collectedOutput{
+		{t.Name(), "stderr", p.stderr.Bytes()},
+		{t.Name(), "stdout", p.stdout.Bytes()},
+	}
+	if p.logFile != "" {
+		outs = append(outs, collectedOutput{t.Name(), "log file", p.logBytes()})
+	}
+	registry.Lock()
+	registry.outputs = append(registry.outputs, outs...)
+	registry.procs++
+	registry.Unlock()
+
+	secrets := secretsSnapshot()
+	for _, o := range outs {
+		if found := findSecrets(o.data, secrets); len(found) > 0 {
+			t.Errorf("popgate's %s contains secrets: %s", o.name, strings.Join(found, ", "))
+		}
+		if bytes.Contains(o.data, []byte("DATA RACE")) {
+			t.Errorf("data race in the popgate process (%s):\n%s", o.name, o.data)
+		}
+	}
+	if len(p.stdout.Bytes()) > 0 {
+		t.Errorf("popgate run wrote to stdout: %q", p.stdout.Bytes())
+	}
+	if p.logFile != "" && len(p.stderr.Bytes()) > 0 {
+		t.Errorf("popgate logs to a file but wrote to stderr: %q", p.stderr.Bytes())
+	}
+	log := p.logBytes()
+	if len(log) == 0 {
+		t.Errorf("popgate logged nothing")
+	}
+	ends := map[string]int{}
+	for i, line := range bytes.Split(bytes.TrimSuffix(log, []byte("\n")), []byte("\n")) {
+		var e logEvent
+		if err := json.Unmarshal(line, &e); err != nil {
+			t.Errorf("log line %d is not JSON (%v): %q", i+1, err, line)
+			continue
+		}
+		if e.str("level") == "" || e.str("time") == "" || e.str("message") == "" {
+			t.Errorf("log line %d lacks level, time or message: %s", i+1, line)
+		}
+		sess := e.str("session")
+		if sess == "" && concernsSession(e) {
+			t.Errorf("log line %d concerns a session but has no \"session\" field: %s", i+1, line)
+		}
+		if sess != "" {
+			ends[sess] += 0
+		}
+		if e.str("message") == "session end" {
+			ends[sess]++
+		}
+	}
+	// Every session popgate logged about has exactly one end line, also
+	// the ones a shutdown cut.
+	for id, n := range ends {
+		if n != 1 {
+			t.Errorf("session %q logged %d \"session end\" lines, want 1", id, n)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Messages and their wire forms
+
+// crlf is the form Dovecot serves a stored message in (CRLF line ends), and
+// what a client holds after un-dot-stuffing.
+func crlf(msg []byte) []byte {
+	s := bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n"))
+	return bytes.ReplaceAll(s, []byte("\n"), []byte("\r\n"))
+}
+
+// lf is the form fetchmail and mpop deliver (line ends converted to LF).
+func lf(msg []byte) []byte { return bytes.ReplaceAll(msg, []byte("\r\n"), []byte("\n")) }
+
+// topOf is what TOP n lines returns for msg: the header, the blank line and
+// the first n body lines, in CRLF form.
+func topOf(msg []byte, n int) []byte {
+	c := crlf(msg)
+	i := bytes.Index(c, []byte("\r\n\r\n"))
+	out := append([]byte(nil), c[:i+4]...)
+	body := c[i+4:]
+	for ; n > 0 && len(body) > 0; n-- {
+		j := bytes.Index(body, []byte("\r\n"))
+		out = append(out, body[:j+2]...)
+		body = body[j+2:]
+	}
+	return out
+}
+
+// corpus is mail as it is stored: CRLF and LF-only files, dot lines that
+// need stuffing, "From " lines, 8-bit text, a line longer than poplib's and
+// RFC 5322's limits, and a larger base64 attachment. Each has its own
+// Message-ID; tag makes them unique per test.
+func corpus(tag string) [][]byte {
+	var raw bytes.Buffer // ~230 kB of binary-looking data, ~300 kB in base64
+	for i := 0; raw.Len() < 230_000; i++ {
+		fmt.Fprintf(&raw, "%s chunk %06d \x00\x01\xfe\xff\r\n.\r\n", tag, i)
+	}
+	enc := base64.StdEncoding.EncodeToString(raw.Bytes())
+	var att strings.Builder
+	for len(enc) > 0 {
+		n := min(76, len(enc))
+		att.WriteString(enc[:n] + "\r\n")
+		enc = enc[n:]
+	}
+	return [][]byte{
+		[]byte("From: a@example.com\r\nTo: u@example.com\r\nSubject: dots\r\nMessage-ID: <1." + tag + "@example.com>\r\n\r\n" +
+			"line one\r\n.\r\n..\r\n.leading dot\r\n...\r\n. \r\nlast\r\n"),
+		[]byte("From: b@example.com\nTo: u@example.com\nSubject: lf only\nMessage-ID: <2." + tag + "@example.com>\n\n" +
+			"body with bare LF\n.\n.x\nFrom the start of a line\n>From quoted\nend\n"),
+		[]byte("From: c@example.com\r\nTo: u@example.com\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nMessage-ID: <3." + tag + "@example.com>\r\n" +
+			"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n" +
+			"Grüße aus Köln — ça va? \xff\xfe raw 8-bit\r\n\ttab line\r\n\r\n\r\ntrailing blank lines above\r\n"),
+		[]byte("From: d@example.com\r\nTo: u@example.com\r\nSubject: long line\r\nMessage-ID: <4." + tag + "@example.com>\r\n\r\n" +
+			strings.Repeat("0123456789", 600) + "\r\n.after the long line\r\n"),
+		[]byte("From: e@example.com\r\nTo: u@example.com\r\nSubject: attachment\r\nMessage-ID: <5." + tag + "@example.com>\r\n" +
+			"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n" +
+			"--b\r\nContent-Type: application/octet-stream; name=\"data.bin\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" +
+			att.String() + "--b--\r\n"),
+	}
+}
+
+// newMailbox makes a Dovecot user for this test, registers its secrets and
+// fills its Maildir with msgs.
+func newMailbox(t *testing.T, d *testenv.DovecotEnv, msgs [][]byte) (*testenv.User, []string) {
+	t.Helper()
+	u := d.NewUser(t)
+	registerUser(u)
+	return u, u.AddMessages(t, msgs...)
+}
+
+// sameSet reports, for delivered files, whether they are exactly want (as a
+// multiset), with a description of the first difference.
+func sameSet(got, want [][]byte) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("%d messages delivered, want %d", len(got), len(want))
+	}
+	used := make([]bool, len(want))
+next:
+	for i, g := range got {
+		for j, w := range want {
+			if !used[j] && bytes.Equal(g, w) {
+				used[j] = true
+				continue next
+			}
+		}
+		return fmt.Errorf("delivered message %d (%d bytes, starting %q) matches none of the stored messages", i+1, len(g), firstLine(g))
+	}
+	return nil
+}
+
+func firstLine(b []byte) string {
+	s, _, _ := strings.Cut(string(b), "\n")
+	if len(s) > 80 {
+		s = s[:80]
+	}
+	return s
+}
+
+// ---------------------------------------------------------------------------
+// Running client programs
+
+// runClient runs a client program with a timeout and returns its stdout; it
+// fails the test, showing stderr, when the program fails.
+func runClient(t *testing.T, timeout time.Duration, env []string, name string, args ...string) []byte {
+	t.Helper()
+	out, errOut, err := runClientErr(t, timeout, env, name, args...)
+	if err != nil {
+		shown := slices.Clone(args)
+		for i, a := range shown {
+			if strings.Contains(a, "\n") { // a script
+				shown[i] = "<script>"
+			}
+		}
+		t.Fatalf("%s %s: %v\nstderr:\n%s", filepath.Base(name), strings.Join(shown, " "), err, errOut)
+	}
+	return out
+}
+
+func runClientErr(t *testing.T, timeout time.Duration, env []string, name string, args ...string) ([]byte, []byte, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.WaitDelay = 2 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("timed out after %v (%v)", timeout, err)
+	}
+	return stdout.Bytes(), stderr.Bytes(), err
+}
+
+// ---------------------------------------------------------------------------
+// A minimal raw POP3 client, for direct Dovecot sessions and the shutdown
+// test, where a real client program cannot be made to read slowly.
+
+type rawPOP struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialPOP(t *testing.T, addr string) *rawPOP {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	p := &rawPOP{t: t, c: c, r: bufio.NewReader(c)}
+	if g := p.line(); !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("greeting from %s: %q", addr, g)
+	}
+	return p
+}
+
+func (p *rawPOP) line() string {
+	p.t.Helper()
+	l, err := p.r.ReadString('\n')
+	if err != nil {
+		p.t.Fatalf("reading from %s: %v (got %q)", p.c.RemoteAddr(), err, l)
+	}
+	return strings.TrimRight(l, "\r\n")
+}
+
+func (p *rawPOP) ok(cmd string) string {
+	p.t.Helper()
+	if _, err := io.WriteString(p.c, cmd+"\r\n"); err != nil {
+		p.t.Fatal(err)
+	}
+	l := p.line()
+	if !strings.HasPrefix(l, "+OK") {
+		verb, _, _ := strings.Cut(cmd, " ")
+		p.t.Fatalf("%s: %q", verb, l)
+	}
+	return l
+}
+
+// multi reads a multi-line response body up to the terminating line, raw.
+func (p *rawPOP) multi() string {
+	p.t.Helper()
+	var b strings.Builder
+	for {
+		l, err := p.r.ReadString('\n')
+		if err != nil {
+			p.t.Fatalf("reading multi-line response: %v", err)
+		}
+		if l == ".\r\n" {
+			return b.String()
+		}
+		b.WriteString(l)
+	}
+}
+
+// directUIDL is the UIDL listing Dovecot itself gives for u.
+func directUIDL(t *testing.T, d *testenv.DovecotEnv, u *testenv.User) string {
+	t.Helper()
+	p := dialPOP(t, d.Addr)
+	p.ok("USER " + u.Name)
+	p.ok("PASS " + u.Password)
+	p.ok("UIDL")
+	l := p.multi()
+	p.ok("QUIT")
+	return l
+}
+
+var apopStamp = regexp.MustCompile(`<[^<>@]+@[^<>]+>`)

@@ -1,0 +1,553 @@
+// Package clamav scans messages with ClamAV's clamd over the INSTREAM
+// protocol, and provides the "clamav" scanner and filter types of the policy
+// file:
+//
+//	scanner "clamav" "local" {
+//	  addresses       = ["tcp://127.0.0.1:3310", "unix:///run/clamav/clamd.ctl"]
+//	  timeout         = "30s"   # ceiling of one scan's deadline
+//	  max_size        = "25MB"  # mirror clamd's StreamMaxLength (or stay below it)
+//	  max_concurrent  = 8
+//	  health_interval = "10s"
+//	}
+//	filter "clamav" "av" {
+//	  scanner  = "local"
+//	  oversize = "tempfail"     # tempfail | pass-with-tag | reject | quarantine
+//	}
+//
+// The package fails closed: a message is called clean only when a clamd
+// answered exactly "stream: OK" after receiving the whole message, in full,
+// followed by the end-of-stream marker. Every other outcome (a read error on
+// the message, a write error, a timeout, a cancelled context, clamd closing
+// the connection, an ERROR or unparsable reply, a reply that comes before the
+// end of the stream) is an error, and the filter chain applies its on_error.
+//
+// The protocol is spoken here rather than through
+// github.com/dutchcoders/go-clamd, whose defects cannot be closed from
+// outside; docs/CLAMAV.md says why, defect by defect.
+package clamav
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"path"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// Defaults of Config.
+const (
+	DefaultTimeout        = 30 * time.Second
+	DefaultMinTimeout     = 5 * time.Second
+	DefaultThroughput     = 1000 * 1000 // bytes per second: 1 MB/s
+	DefaultMaxSize        = 25 * 1000 * 1000
+	DefaultMaxConcurrent  = 8
+	DefaultHealthInterval = 10 * time.Second
+	DefaultDialTimeout    = 3 * time.Second
+	DefaultPingTimeout    = 5 * time.Second
+	// DefaultMaxAttempts caps Config.MaxAttempts when it is 0: a scan is
+	// tried on at most this many backends (fewer when fewer are configured).
+	DefaultMaxAttempts = 3
+)
+
+// Config configures a Scanner. Zero values mean the defaults above.
+type Config struct {
+	// Addresses are the clamd backends, "tcp://host:port" or
+	// "unix:///absolute/path". At least one is required.
+	Addresses []string
+	// Timeout is the ceiling of a scan's deadline (see ScanTimeout).
+	Timeout time.Duration
+	// MinTimeout is the floor of a scan's deadline; capped at Timeout.
+	MinTimeout time.Duration
+	// Throughput is the slowest scan rate, in bytes per second, that is
+	// still considered progress: a scan gets MinTimeout plus size/Throughput.
+	Throughput int64
+	// MaxSize is the largest message sent to clamd, in bytes. It must not
+	// be larger than clamd's StreamMaxLength. A larger message is not
+	// scanned at all (not even partly) and is reported as ErrOversize.
+	MaxSize int64
+	// MaxConcurrent bounds the scans in flight on this Scanner.
+	MaxConcurrent int
+	// HealthInterval is the period of the health checks (PING).
+	HealthInterval time.Duration
+	// PingTimeout bounds one health check; 0 means the smaller of
+	// DefaultPingTimeout and HealthInterval.
+	PingTimeout time.Duration
+	// DialTimeout bounds connecting to a backend (also capped by the scan's
+	// deadline).
+	DialTimeout time.Duration
+	// MaxAttempts bounds the backends one scan is tried on after
+	// connection errors; 0 means min(len(Addresses), DefaultMaxAttempts).
+	MaxAttempts int
+}
+
+var (
+	// ErrOversize: the message is larger than MaxSize, so it was not
+	// scanned (no byte of it was sent). It is never a clean verdict; the
+	// filter applies its oversize action.
+	ErrOversize = errors.New("clamav: message larger than max_size, not scanned")
+	// ErrSizeLimit: clamd refused the stream with "INSTREAM size limit
+	// exceeded": its StreamMaxLength is smaller than this scanner's
+	// max_size (a misconfiguration). No verdict.
+	ErrSizeLimit = errors.New("clamav: clamd's INSTREAM size limit exceeded (clamd's StreamMaxLength is below max_size)")
+	// ErrClosed: Scan was called after Close, or Close ended the wait for a
+	// scan slot.
+	ErrClosed = errors.New("clamav: scanner closed")
+	// ErrNoVerdict wraps the errors of all attempts when no backend gave a
+	// verdict.
+	ErrNoVerdict = errors.New("clamav: no verdict")
+)
+
+// Result is a verdict from clamd.
+type Result struct {
+	Infected  bool
+	Signature string // clamd's name for what it found; "" when clean
+	Backend   string // the address (as configured) that gave the verdict
+	// Duration is the whole Scan call: waiting for a slot, failed attempts
+	// on other backends, and the scan that gave the verdict.
+	Duration time.Duration
+}
+
+// Scanner scans messages on a set of clamd backends, with health checks,
+// failover, a bound on concurrent scans and deadlines. It is safe for
+// concurrent use. NewScanner starts one goroutine (the health checker);
+// Close stops it.
+type Scanner struct {
+	cfg      Config
+	log      zerolog.Logger
+	backends []*backend
+	next     atomic.Uint64 // round-robin start
+	slots    chan struct{}
+
+	done      chan struct{} // closed by Close
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// backend is one clamd address.
+type backend struct {
+	addr    string // as configured, for results and logs
+	network string // "tcp" or "unix"
+	address string // host:port or socket path
+	healthy atomic.Bool
+	mu      sync.Mutex // serialises state changes, so transitions log once
+}
+
+// ParseAddress splits a clamd address, "tcp://host:port" or
+// "unix:///absolute/path", into the network and address for net.Dial.
+func ParseAddress(s string) (network, address string, err error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", "", fmt.Errorf("%q is not a clamd address: want tcp://host:port or unix:///absolute/path", s)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return "", "", fmt.Errorf("%q is not a clamd address: want tcp://host:port or unix:///absolute/path, nothing more", s)
+	}
+	switch u.Scheme {
+	case "tcp":
+		host, port, err := net.SplitHostPort(u.Host)
+		if err != nil || host == "" || (u.Path != "" && u.Path != "/") {
+			return "", "", fmt.Errorf("%q is not a clamd TCP address: want tcp://host:port", s)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "", "", fmt.Errorf("%q: the port must be a number from 1 to 65535", s)
+		}
+		return "tcp", u.Host, nil
+	case "unix":
+		if u.Host != "" || !path.IsAbs(u.Path) || path.Clean(u.Path) == "/" {
+			return "", "", fmt.Errorf("%q is not a clamd socket address: want unix:///absolute/path (three slashes)", s)
+		}
+		return "unix", u.Path, nil
+	}
+	return "", "", fmt.Errorf("%q is not a clamd address: the scheme must be tcp:// or unix://", s)
+}
+
+// withDefaults fills in the zero fields of cfg.
+func (cfg Config) withDefaults() Config {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MinTimeout <= 0 {
+		cfg.MinTimeout = DefaultMinTimeout
+	}
+	cfg.MinTimeout = min(cfg.MinTimeout, cfg.Timeout)
+	if cfg.Throughput <= 0 {
+		cfg.Throughput = DefaultThroughput
+	}
+	if cfg.MaxSize <= 0 {
+		cfg.MaxSize = DefaultMaxSize
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = DefaultMaxConcurrent
+	}
+	if cfg.HealthInterval <= 0 {
+		cfg.HealthInterval = DefaultHealthInterval
+	}
+	if cfg.PingTimeout <= 0 {
+		cfg.PingTimeout = min(DefaultPingTimeout, cfg.HealthInterval)
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = min(len(cfg.Addresses), DefaultMaxAttempts)
+	}
+	return cfg
+}
+
+// NewScanner checks cfg and starts the health checker (the first round of
+// PINGs runs at once, in the background: NewScanner never waits for clamd).
+// Until a backend has failed, it counts as healthy.
+func NewScanner(cfg Config, log zerolog.Logger) (*Scanner, error) {
+	if len(cfg.Addresses) == 0 {
+		return nil, errors.New("clamav: no clamd address")
+	}
+	cfg.Addresses = append([]string(nil), cfg.Addresses...)
+	cfg = cfg.withDefaults()
+	s := &Scanner{
+		cfg:   cfg,
+		log:   log,
+		slots: make(chan struct{}, cfg.MaxConcurrent),
+		done:  make(chan struct{}),
+	}
+	seen := make(map[string]bool)
+	for _, a := range cfg.Addresses {
+		network, address, err := ParseAddress(a)
+		if err != nil {
+			return nil, fmt.Errorf("clamav: %w", err)
+		}
+		if seen[network+" "+address] {
+			return nil, fmt.Errorf("clamav: address %q listed twice", a)
+		}
+		seen[network+" "+address] = true
+		b := &backend{addr: a, network: network, address: address}
+		b.healthy.Store(true)
+		s.backends = append(s.backends, b)
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.healthLoop()
+	return s, nil
+}
+
+// MaxSize is the largest message Scan sends to clamd.
+func (s *Scanner) MaxSize() int64 { return s.cfg.MaxSize }
+
+// Config returns the configuration in use, defaults filled in.
+func (s *Scanner) Config() Config {
+	c := s.cfg
+	c.Addresses = append([]string(nil), c.Addresses...)
+	return c
+}
+
+// Healthy is the number of backends that answered their last health check
+// (or scan), or have not been checked yet.
+func (s *Scanner) Healthy() int {
+	n := 0
+	for _, b := range s.backends {
+		if b.healthy.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+// ScanTimeout is the deadline a scan of size bytes gets, once it holds a
+// slot: MinTimeout + size/Throughput, capped at Timeout. With the defaults
+// (5 s, 1 MB/s, 30 s), a 100 KB message gets 5.1 s and anything from 25 MB
+// up gets 30 s. A negative size (unknown) gets Timeout. The deadline covers
+// every attempt of the scan (dial, send, clamd's scan, reply), failovers
+// included.
+func (s *Scanner) ScanTimeout(size int64) time.Duration {
+	return scanTimeout(s.cfg, size)
+}
+
+func scanTimeout(cfg Config, size int64) time.Duration {
+	if size < 0 {
+		return cfg.Timeout
+	}
+	extra := float64(size) / float64(cfg.Throughput) * float64(time.Second)
+	if extra >= float64(cfg.Timeout) {
+		return cfg.Timeout
+	}
+	return min(cfg.MinTimeout+time.Duration(extra), cfg.Timeout)
+}
+
+// Close stops the health checker and waits for it; later Scans, and Scans
+// still waiting for a slot, return ErrClosed. Scans already talking to clamd
+// run to their end (each is bounded by its deadline). Close is idempotent
+// and returns nil.
+func (s *Scanner) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.cancel()
+	})
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Scanner) closed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Scan sends size bytes read from r to clamd and returns its verdict. size
+// must be the exact length of what r yields: a reader that yields fewer or
+// more bytes, or fails, gives an error (the stream is then abandoned without
+// its end marker, so clamd never scans the part it got). A negative size
+// means unknown: up to MaxSize bytes are sent, and a longer stream gives
+// ErrOversize. A size above MaxSize gives ErrOversize without connecting.
+//
+// After a connection error (clamd down, restarted, or closing the
+// connection before its verdict) the scan is retried on the next healthy
+// backend, up to MaxAttempts, provided the message can be read again: r is
+// an io.Seeker, or nothing has been read from it yet. A verdict, an ERROR
+// reply from clamd, a timeout or a read error on r is never retried.
+//
+// Any error means there is no verdict; Result is then the zero value apart
+// from Duration.
+func (s *Scanner) Scan(ctx context.Context, r io.Reader, size int64) (Result, error) {
+	src := &readerSource{r: r}
+	if sk, ok := r.(io.Seeker); ok {
+		if off, err := sk.Seek(0, io.SeekCurrent); err == nil {
+			src.seeker, src.start = sk, off
+		}
+	}
+	return s.scan(ctx, src, size)
+}
+
+// source gives the message to each attempt of a scan.
+type source interface {
+	// open returns the message from its first byte, for attempt n (0, 1,
+	// …). ok is false when it cannot be read again.
+	open(n int) (r io.Reader, ok bool, err error)
+	close()
+}
+
+// readerSource is the source of Scan.
+type readerSource struct {
+	r      io.Reader
+	seeker io.Seeker
+	start  int64
+	cr     *countingReader
+}
+
+func (rs *readerSource) open(n int) (io.Reader, bool, error) {
+	switch {
+	case n == 0:
+	case rs.seeker != nil:
+		if _, err := rs.seeker.Seek(rs.start, io.SeekStart); err != nil {
+			return nil, false, fmt.Errorf("rewinding the message for another attempt: %w", err)
+		}
+	case rs.cr != nil && rs.cr.n > 0:
+		return nil, false, nil
+	}
+	rs.cr = &countingReader{r: rs.r}
+	return rs.cr, true, nil
+}
+
+func (rs *readerSource) close() {}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// scan is Scan with a source that may be opened once per attempt.
+func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result, err error) {
+	start := time.Now()
+	defer func() {
+		res.Duration = time.Since(start)
+		src.close()
+	}()
+	if s.closed() {
+		return Result{}, ErrClosed
+	}
+	if size > s.cfg.MaxSize {
+		return Result{}, fmt.Errorf("%w (%d bytes > max_size %d)", ErrOversize, size, s.cfg.MaxSize)
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, fmt.Errorf("clamav: %w", err)
+	}
+
+	// A slot: waiting ends with the context or Close.
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return Result{}, fmt.Errorf("clamav: waiting for a scan slot: %w", ctx.Err())
+	case <-s.done:
+		return Result{}, ErrClosed
+	}
+	defer func() { <-s.slots }()
+
+	timeout := scanTimeout(s.cfg, size)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var errs []error
+	for n, b := range s.candidates() {
+		if n >= s.cfg.MaxAttempts {
+			break
+		}
+		r, ok, err := src.open(n)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("clamav: %w", err))
+			break
+		}
+		if !ok {
+			break // the message cannot be read again
+		}
+		v, err := s.scanOne(ctx, b, r, size, timeout)
+		if err == nil {
+			s.setHealth(b, nil)
+			return Result{Infected: v.infected, Signature: v.signature, Backend: b.addr}, nil
+		}
+		errs = append(errs, err)
+		var ce *connError
+		if !errors.As(err, &ce) || ctx.Err() != nil {
+			break // a verdict-less answer, a timeout or a read error: not retried
+		}
+		s.setHealth(b, err)
+		s.log.Warn().Str("backend", b.addr).Err(err).Int("attempt", n+1).Msg("clamd scan failed on a connection error")
+	}
+	if len(errs) == 1 {
+		return Result{}, errs[0]
+	}
+	if len(errs) == 0 { // not reachable: there is at least one backend
+		errs = append(errs, errors.New("no backend tried"))
+	}
+	return Result{}, fmt.Errorf("%w: %w", ErrNoVerdict, errors.Join(errs...))
+}
+
+// candidates returns the backends to try, round-robin from a rotating
+// start: the healthy ones; or, when none is healthy, all of them (the health
+// state may be stale: trying costs a refused connection, while waiting for
+// the next health check would refuse every message until then).
+func (s *Scanner) candidates() []*backend {
+	n := len(s.backends)
+	first := int(s.next.Add(1)-1) % n
+	healthy := make([]*backend, 0, n)
+	down := make([]*backend, 0, n)
+	for i := range n {
+		b := s.backends[(first+i)%n]
+		if b.healthy.Load() {
+			healthy = append(healthy, b)
+		} else {
+			down = append(down, b)
+		}
+	}
+	if len(healthy) > 0 {
+		return healthy
+	}
+	return down
+}
+
+// setHealth records the outcome of a health check or scan on b, logging
+// transitions.
+func (s *Scanner) setHealth(b *backend, err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	was := b.healthy.Load()
+	b.healthy.Store(err == nil)
+	switch {
+	case was && err != nil:
+		s.log.Warn().Str("backend", b.addr).Err(err).Msg("clamd backend down: skipped until it answers PING again")
+	case !was && err == nil:
+		s.log.Info().Str("backend", b.addr).Msg("clamd backend up")
+	}
+}
+
+// healthLoop PINGs every backend at once and then every HealthInterval,
+// until Close.
+func (s *Scanner) healthLoop() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.HealthInterval)
+	defer t.Stop()
+	for {
+		s.checkAll(s.ctx)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// checkAll PINGs every backend concurrently and records the outcomes.
+func (s *Scanner) checkAll(ctx context.Context) int {
+	var wg sync.WaitGroup
+	var up atomic.Int32
+	for _, b := range s.backends {
+		wg.Go(func() {
+			err := s.safePing(ctx, b)
+			if ctx.Err() != nil && err != nil {
+				return // Close interrupted the check: it says nothing about b
+			}
+			if err == nil {
+				up.Add(1)
+			}
+			s.setHealth(b, err)
+		})
+	}
+	wg.Wait()
+	return int(up.Load())
+}
+
+// safePing is ping that turns a panic into an error: a health check must
+// never take the process down.
+func (s *Scanner) safePing(ctx context.Context, b *backend) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("clamav: health check panicked: %v", p)
+		}
+	}()
+	return s.ping(ctx, b)
+}
+
+// Ping checks every backend now, updating the health state, and returns nil
+// when at least one answered PONG; otherwise the backends' errors.
+func (s *Scanner) Ping(ctx context.Context) error {
+	if s.closed() {
+		return ErrClosed
+	}
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	for _, b := range s.backends {
+		wg.Go(func() {
+			err := s.safePing(ctx, b)
+			if err == nil || ctx.Err() == nil {
+				s.setHealth(b, err)
+			}
+			if err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if len(errs) < len(s.backends) {
+		return nil
+	}
+	return errors.Join(errs...)
+}

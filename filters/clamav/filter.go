@@ -1,0 +1,134 @@
+package clamav
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// Oversize is what the filter does with a message larger than the scanner's
+// max_size, which is never scanned (not even partly) and never called clean.
+type Oversize int
+
+const (
+	// OversizeTempFail withholds the message for now (filters.Retry,
+	// -ERR [SYS/TEMP]): the client keeps it on the server. The default.
+	OversizeTempFail Oversize = iota
+	// OversizePassWithTag delivers it with an X-Popgate-Warning header.
+	OversizePassWithTag
+	// OversizeReject withholds it for good (filters.Reject).
+	OversizeReject
+	// OversizeQuarantine is OversizeReject: the chain quarantines every
+	// rejected original. It is a spelling of its own for the admin's sake.
+	OversizeQuarantine
+)
+
+// ParseOversize parses an oversize setting: "tempfail", "pass-with-tag",
+// "reject" or "quarantine".
+func ParseOversize(s string) (Oversize, error) {
+	for o := OversizeTempFail; o <= OversizeQuarantine; o++ {
+		if o.String() == s {
+			return o, nil
+		}
+	}
+	return OversizeTempFail, fmt.Errorf("invalid oversize %q: want \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\"", s)
+}
+
+func (o Oversize) String() string {
+	switch o {
+	case OversizeTempFail:
+		return "tempfail"
+	case OversizePassWithTag:
+		return "pass-with-tag"
+	case OversizeReject:
+		return "reject"
+	case OversizeQuarantine:
+		return "quarantine"
+	}
+	return fmt.Sprintf("Oversize(%d)", int(o))
+}
+
+// WarningHeader is the header field that OversizePassWithTag prepends.
+const WarningHeader = "X-Popgate-Warning"
+
+// Filter is the "clamav" filter: it scans each message with a Scanner.
+type Filter struct {
+	name     string
+	scanner  *Scanner
+	oversize Oversize
+}
+
+// NewFilter returns the filter called name that scans with s.
+func NewFilter(name string, s *Scanner, oversize Oversize) *Filter {
+	return &Filter{name: name, scanner: s, oversize: oversize}
+}
+
+// Name is the filter's block name.
+func (f *Filter) Name() string { return f.name }
+
+// Scanner is the scanner the filter uses.
+func (f *Filter) Scanner() *Scanner { return f.scanner }
+
+// Filter scans body. Clean: Pass "clean". Infected: Reject "virus: NAME".
+// Larger than max_size: the oversize action. Anything else (clamd down,
+// timeout, size limit refused by clamd, ERROR reply, …): an error, so that
+// the chain applies on_error; never Pass.
+func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, error) {
+	size := body.Size()
+	if size > f.scanner.MaxSize() {
+		return f.tooLarge(body, size), nil
+	}
+	res, err := f.scanner.scan(ctx, &bodySource{body: body}, size)
+	switch {
+	case errors.Is(err, ErrOversize):
+		return f.tooLarge(body, size), nil
+	case err != nil:
+		return filters.Verdict{}, err
+	case res.Infected:
+		return filters.Verdict{Action: filters.Reject, Reason: "virus: " + res.Signature}, nil
+	}
+	return filters.Verdict{Action: filters.Pass, Reason: "clean"}, nil
+}
+
+// tooLarge is the verdict for a message over max_size.
+func (f *Filter) tooLarge(body filters.Body, size int64) filters.Verdict {
+	max := f.scanner.MaxSize()
+	switch f.oversize {
+	case OversizePassWithTag:
+		return filters.Verdict{
+			Action:        filters.Replace,
+			Body:          filters.PrependHeader(body, fmt.Sprintf("%s: not scanned: too large (%d bytes > max_size %d)", WarningHeader, size, max)),
+			Reason:        "too large to scan, passed with a warning",
+			KeepsOriginal: true,
+		}
+	case OversizeReject, OversizeQuarantine:
+		return filters.Verdict{Action: filters.Reject, Reason: fmt.Sprintf("too large to scan (%d bytes > max_size %d)", size, max)}
+	}
+	return filters.Verdict{Action: filters.Retry, Reason: "too large to scan"}
+}
+
+// bodySource opens the Body afresh for each attempt of a scan.
+type bodySource struct {
+	body filters.Body
+	rc   io.ReadCloser
+}
+
+func (bs *bodySource) open(int) (io.Reader, bool, error) {
+	bs.close()
+	rc, err := bs.body.Open()
+	if err != nil {
+		return nil, false, fmt.Errorf("opening the message: %w", err)
+	}
+	bs.rc = rc
+	return rc, true, nil
+}
+
+func (bs *bodySource) close() {
+	if bs.rc != nil {
+		_ = bs.rc.Close()
+		bs.rc = nil
+	}
+}

@@ -1,0 +1,279 @@
+package clamav
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/gohcl"
+
+	"github.com/popgate/popgate/filters"
+)
+
+func init() {
+	filters.RegisterScanner("clamav", scannerFactory)
+	filters.Register("clamav", filterFactory)
+}
+
+// Bounds of the policy settings.
+const (
+	minPolicyDuration = time.Second
+	maxPolicyDuration = time.Hour
+	maxPolicySize     = 2 << 30 // ClamAV cannot scan files above 2 GiB (clamd.conf(5), MaxFileSize)
+	maxPolicyConc     = 1024
+	// clamd's default MaxFileSize: a larger stream is not scanned and is
+	// reported clean unless clamd has AlertExceedsMax yes.
+	clamdDefaultMaxFileSize = 100 << 20
+)
+
+// scannerBlock is the body of `scanner "clamav" "NAME" { … }`. The fields
+// are attributes, evaluated one by one so that each diagnostic points at
+// the attribute (or list element) it is about.
+type scannerBlock struct {
+	Addresses      *hcl.Attribute `hcl:"addresses"`
+	Timeout        *hcl.Attribute `hcl:"timeout,optional"`
+	MaxSize        *hcl.Attribute `hcl:"max_size,optional"`
+	MaxConcurrent  *hcl.Attribute `hcl:"max_concurrent,optional"`
+	HealthInterval *hcl.Attribute `hcl:"health_interval,optional"`
+}
+
+// filterBlock is the body of `filter "clamav" "NAME" { … }`.
+type filterBlock struct {
+	Scanner  *hcl.Attribute `hcl:"scanner"`
+	Oversize *hcl.Attribute `hcl:"oversize,optional"`
+}
+
+// DecodeConfig decodes and checks the body of a clamav scanner block.
+func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics) {
+	var blk scannerBlock
+	diags := gohcl.DecodeBody(body, eval, &blk)
+	if diags.HasErrors() {
+		return Config{}, diags
+	}
+	var cfg Config
+	d := &decoder{eval: eval}
+	cfg.Addresses = d.addresses(blk.Addresses)
+	cfg.Timeout = d.duration(blk.Timeout, DefaultTimeout)
+	cfg.MaxSize = d.size(blk.MaxSize, DefaultMaxSize)
+	cfg.MaxConcurrent = d.integer(blk.MaxConcurrent, DefaultMaxConcurrent, 1, maxPolicyConc)
+	cfg.HealthInterval = d.duration(blk.HealthInterval, DefaultHealthInterval)
+	if blk.MaxSize != nil && cfg.MaxSize > clamdDefaultMaxFileSize {
+		d.diags = append(d.diags, &hcl.Diagnostic{
+			Severity: hcl.DiagWarning,
+			Summary:  "max_size above clamd's default MaxFileSize",
+			Detail: "clamd does not scan a stream larger than its MaxFileSize (default 100M) and calls it clean " +
+				"unless clamd.conf sets AlertExceedsMax yes; raise MaxFileSize and StreamMaxLength in clamd.conf to at least max_size.",
+			Subject: blk.MaxSize.Expr.Range().Ptr(),
+		})
+	}
+	return cfg, append(diags, d.diags...)
+}
+
+func scannerFactory(name string, body hcl.Body, bc *filters.BuildContext) (any, hcl.Diagnostics) {
+	if bc == nil {
+		bc = &filters.BuildContext{}
+	}
+	cfg, diags := DecodeConfig(body, bc.Eval)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	s, err := NewScanner(cfg, bc.Log.With().Str("scanner", name).Logger())
+	if err != nil { // DecodeConfig checked what NewScanner checks
+		return nil, append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "Invalid clamav scanner",
+			Detail:   err.Error(),
+			Subject:  body.MissingItemRange().Ptr(),
+		})
+	}
+	return s, diags
+}
+
+func filterFactory(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filter, hcl.Diagnostics) {
+	if bc == nil {
+		bc = &filters.BuildContext{}
+	}
+	var blk filterBlock
+	diags := gohcl.DecodeBody(body, bc.Eval, &blk)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	d := &decoder{eval: bc.Eval}
+	oversize := OversizeTempFail
+	if blk.Oversize != nil {
+		if s, ok := d.str(blk.Oversize); ok {
+			o, err := ParseOversize(s)
+			if err != nil {
+				d.errorf(blk.Oversize.Expr.Range(), "Invalid value", "oversize must be one of \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\", not %q.", s)
+			}
+			oversize = o
+		}
+	}
+	var scanner *Scanner
+	if ref, ok := d.str(blk.Scanner); ok {
+		rng := blk.Scanner.Expr.Range()
+		v, found := bc.Scanners[ref]
+		switch s, isClam := v.(*Scanner); {
+		case !found:
+			d.errorf(rng, "Unknown scanner", "There is no scanner %q%s; declare it with scanner \"clamav\" %q { addresses = [...] }.", ref, knownScanners(bc), ref)
+		case !isClam || s == nil:
+			where := ""
+			if r, ok := bc.ScannerRanges[ref]; ok {
+				where = fmt.Sprintf(" (declared at %s:%d:%d)", r.Filename, r.Start.Line, r.Start.Column)
+			}
+			d.errorf(rng, "Wrong scanner type", "The scanner %q%s is not a clamav scanner; a clamav filter needs a scanner \"clamav\" block.", ref, where)
+		default:
+			scanner = s
+		}
+	}
+	diags = append(diags, d.diags...)
+	if diags.HasErrors() {
+		return nil, diags
+	}
+	return NewFilter(name, scanner, oversize), diags
+}
+
+// knownScanners lists the clamav scanners of bc for a diagnostic.
+func knownScanners(bc *filters.BuildContext) string {
+	var names []string
+	for n, v := range bc.Scanners {
+		if _, ok := v.(*Scanner); ok {
+			names = append(names, fmt.Sprintf("%q", n))
+		}
+	}
+	if len(names) == 0 {
+		return " (no clamav scanner is declared)"
+	}
+	sort.Strings(names)
+	return " (clamav scanners: " + strings.Join(names, ", ") + ")"
+}
+
+// decoder evaluates attributes, collecting diagnostics with their ranges.
+type decoder struct {
+	eval  *hcl.EvalContext
+	diags hcl.Diagnostics
+}
+
+func (d *decoder) errorf(r hcl.Range, summary, format string, args ...any) {
+	d.diags = append(d.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  summary,
+		Detail:   fmt.Sprintf(format, args...),
+		Subject:  r.Ptr(),
+	})
+}
+
+// decode evaluates expr into target (a pointer), keeping its diagnostics.
+func (d *decoder) decode(expr hcl.Expression, target any) bool {
+	diags := gohcl.DecodeExpression(expr, d.eval, target)
+	d.diags = append(d.diags, diags...)
+	return !diags.HasErrors()
+}
+
+func (d *decoder) str(attr *hcl.Attribute) (string, bool) {
+	var s string
+	if attr == nil || !d.decode(attr.Expr, &s) {
+		return "", false
+	}
+	return s, true
+}
+
+// addresses evaluates the address list element by element when it is a
+// literal list, so that a bad address is pointed at exactly.
+func (d *decoder) addresses(attr *hcl.Attribute) []string {
+	type item struct {
+		s string
+		r hcl.Range
+	}
+	var items []item
+	if elems, diags := hcl.ExprList(attr.Expr); !diags.HasErrors() {
+		for _, e := range elems {
+			var s string
+			if d.decode(e, &s) {
+				items = append(items, item{s, e.Range()})
+			}
+		}
+	} else {
+		var list []string
+		if !d.decode(attr.Expr, &list) {
+			return nil
+		}
+		for _, s := range list {
+			items = append(items, item{s, attr.Expr.Range()})
+		}
+	}
+	if len(items) == 0 && !d.diags.HasErrors() {
+		d.errorf(attr.Expr.Range(), "No clamd address", `addresses must list at least one clamd address, like "tcp://127.0.0.1:3310" or "unix:///run/clamav/clamd.ctl".`)
+		return nil
+	}
+	var out []string
+	seen := make(map[string]hcl.Range)
+	for _, it := range items {
+		network, address, err := ParseAddress(it.s)
+		if err != nil {
+			d.errorf(it.r, "Invalid clamd address", "%s.", err)
+			continue
+		}
+		key := network + " " + address
+		if first, dup := seen[key]; dup {
+			d.errorf(it.r, "Duplicate clamd address", "%q is already listed at %s:%d:%d.", it.s, first.Filename, first.Start.Line, first.Start.Column)
+			continue
+		}
+		seen[key] = it.r
+		out = append(out, it.s)
+	}
+	return slices.Clip(out)
+}
+
+func (d *decoder) duration(attr *hcl.Attribute, def time.Duration) time.Duration {
+	s, ok := d.str(attr)
+	if !ok {
+		return def
+	}
+	dur, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		d.errorf(attr.Expr.Range(), "Invalid duration",
+			`%q is not a duration: %v; write a number with a unit (ms, s, m, h), like "30s" or "1m".`, s, strings.TrimPrefix(err.Error(), "time: "))
+	case dur < minPolicyDuration || dur > maxPolicyDuration:
+		d.errorf(attr.Expr.Range(), "Invalid duration", "%s must be from %v to %v, not %v.", attr.Name, minPolicyDuration, maxPolicyDuration, dur)
+	default:
+		return dur
+	}
+	return def
+}
+
+func (d *decoder) size(attr *hcl.Attribute, def int64) int64 {
+	s, ok := d.str(attr)
+	if !ok {
+		return def
+	}
+	n, err := filters.ParseSize(s)
+	switch {
+	case err != nil:
+		d.errorf(attr.Expr.Range(), "Invalid size", "%q is not a size: %v.", s, err)
+	case n < 1 || n > maxPolicySize:
+		d.errorf(attr.Expr.Range(), "Invalid size", "%s must be from 1 byte to 2GiB (ClamAV cannot scan more), not %q.", attr.Name, s)
+	default:
+		return n
+	}
+	return def
+}
+
+func (d *decoder) integer(attr *hcl.Attribute, def, lo, hi int) int {
+	if attr == nil {
+		return def
+	}
+	var n int
+	if !d.decode(attr.Expr, &n) {
+		return def
+	}
+	if n < lo || n > hi {
+		d.errorf(attr.Expr.Range(), "Invalid value", "%s must be from %d to %d, not %d.", attr.Name, lo, hi, n)
+		return def
+	}
+	return n
+}

@@ -1,0 +1,384 @@
+package clamav
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+// The clamd protocol, as far as this package speaks it (clamd(8)):
+//
+//	→ "zINSTREAM\x00"
+//	→ chunks: a 4-byte big-endian length, then that many bytes
+//	→ the end of the stream: a zero length (00 00 00 00)
+//	← one reply, NUL-terminated: "stream: OK", "stream: NAME FOUND",
+//	  "… ERROR" ("INSTREAM size limit exceeded. ERROR" when the stream passes
+//	  clamd's StreamMaxLength; clamd then closes the connection)
+//
+// and for health checks "zPING\x00" ← "PONG\x00". The "z" prefix makes clamd
+// terminate its reply with NUL; clamd closes the connection after it.
+const (
+	chunkSize = 64 << 10 // bytes of message per chunk
+	maxReply  = 4096     // longest reply line accepted
+)
+
+var (
+	cmdInstream = []byte("zINSTREAM\x00")
+	cmdPing     = []byte("zPING\x00")
+	endOfStream = []byte{0, 0, 0, 0}
+)
+
+// chunkBufs holds chunk buffers: the 4-byte length and the data.
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 4+chunkSize); return &b }}
+
+// connError is a failure of the connection to a backend before it gave an
+// answer (cannot connect, connection reset or closed): the only kind of
+// error a scan is retried on, on another backend.
+type connError struct {
+	backend string
+	op      string
+	err     error
+}
+
+func (e *connError) Error() string {
+	return fmt.Sprintf("clamav: %s: %s: %v", e.backend, e.op, e.err)
+}
+func (e *connError) Unwrap() error { return e.err }
+
+// ReplyError is a reply from clamd that is not a verdict: an ERROR reply, a
+// reply that came before the end of the stream, or one that does not parse.
+type ReplyError struct {
+	Backend string
+	Reply   string // as received, without the NUL; cut and made printable
+	Problem string
+}
+
+func (e *ReplyError) Error() string {
+	return fmt.Sprintf("clamav: %s: %s: %q", e.Backend, e.Problem, e.Reply)
+}
+
+// verdict is a parsed "stream: …" reply.
+type verdict struct {
+	infected  bool
+	signature string
+}
+
+// reply is what the reply reader got.
+type reply struct {
+	line  string // without the NUL
+	ok    bool   // a complete, NUL-terminated line was read
+	early bool   // it arrived before the end of the stream was being sent
+	err   error  // why there is no complete line
+}
+
+// scanOne runs one INSTREAM scan of r (size bytes; negative: unknown, up to
+// MaxSize) on b. ctx carries the scan's deadline; cancelling it closes the
+// connection.
+func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int64, timeout time.Duration) (verdict, error) {
+	conn, err := s.dial(ctx, b)
+	if err != nil {
+		if ctx.Err() != nil {
+			return verdict{}, s.ctxError(ctx, b, "connecting", timeout)
+		}
+		return verdict{}, &connError{backend: b.addr, op: "connecting", err: err}
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+
+	// The reply is read concurrently with the writes: clamd answers early
+	// ("INSTREAM size limit exceeded") and closes, and that answer must be
+	// read before a write fails and the connection is torn down.
+	var final atomic.Bool // the end-of-stream marker is being sent
+	replies := make(chan reply, 1)
+	go func() { replies <- readReply(conn, &final) }()
+	var rp reply
+	got := false
+	wait := func() reply {
+		if !got {
+			rp, got = <-replies, true
+		}
+		return rp
+	}
+	defer func() {
+		stop()
+		_ = conn.Close()
+		wait() // the reader ends once the connection is closed
+	}()
+
+	// failed turns a write error into the scan's error, using the reply
+	// clamd may have sent before it closed the connection.
+	failed := func(op string, werr error) error {
+		if ctx.Err() != nil {
+			return s.ctxError(ctx, b, op, timeout)
+		}
+		if rp := wait(); rp.ok {
+			return replyProblem(b, rp, "reply before the end of the stream")
+		}
+		if isTimeout(werr) {
+			return s.ctxError(ctx, b, op, timeout)
+		}
+		return &connError{backend: b.addr, op: op, err: werr}
+	}
+
+	if _, err := conn.Write(cmdInstream); err != nil {
+		return verdict{}, failed("sending INSTREAM", err)
+	}
+	bufp := chunkBufs.Get().(*[]byte)
+	defer chunkBufs.Put(bufp)
+	buf := *bufp
+	limit := size
+	if size < 0 {
+		limit = s.cfg.MaxSize
+	}
+	var sent int64
+	for {
+		select {
+		case rp, got = <-replies:
+			if rp.ok {
+				return verdict{}, replyProblem(b, rp, "reply before the end of the stream")
+			}
+			if ctx.Err() != nil {
+				return verdict{}, s.ctxError(ctx, b, "sending the message", timeout)
+			}
+			return verdict{}, &connError{backend: b.addr, op: "sending the message", err: connClosed(rp.err)}
+		default:
+		}
+		want := int64(chunkSize)
+		if rest := limit - sent; rest < want {
+			want = rest
+		}
+		if want == 0 {
+			// All the bytes there may be are sent: the message must end here.
+			more, err := hasMore(r)
+			if err != nil {
+				return verdict{}, fmt.Errorf("clamav: reading the message: %w", err)
+			}
+			if more && size < 0 {
+				return verdict{}, fmt.Errorf("%w (the stream is longer than max_size %d)", ErrOversize, s.cfg.MaxSize)
+			}
+			if more {
+				return verdict{}, fmt.Errorf("clamav: the message is longer than its size, %d bytes: not scanned", size)
+			}
+			break
+		}
+		n, rerr := fill(r, buf[4:4+want])
+		if n > 0 {
+			binary.BigEndian.PutUint32(buf[:4], uint32(n))
+			if _, err := conn.Write(buf[:4+n]); err != nil {
+				return verdict{}, failed("sending the message", err)
+			}
+			sent += int64(n)
+		}
+		if rerr == io.EOF {
+			if size >= 0 && sent < size {
+				return verdict{}, fmt.Errorf("clamav: the message ended after %d of its %d bytes: not scanned", sent, size)
+			}
+			break
+		}
+		if rerr != nil {
+			return verdict{}, fmt.Errorf("clamav: reading the message: %w", rerr)
+		}
+	}
+	final.Store(true)
+	if _, err := conn.Write(endOfStream); err != nil {
+		return verdict{}, failed("ending the stream", err)
+	}
+
+	res := wait()
+	if !res.ok {
+		if ctx.Err() != nil || isTimeout(res.err) {
+			return verdict{}, s.ctxError(ctx, b, "waiting for the verdict", timeout)
+		}
+		if res.line != "" {
+			return verdict{}, &ReplyError{Backend: b.addr, Reply: printable(res.line), Problem: "reply cut short: " + res.err.Error()}
+		}
+		return verdict{}, &connError{backend: b.addr, op: "waiting for the verdict", err: connClosed(res.err)}
+	}
+	if res.early {
+		return verdict{}, replyProblem(b, res, "reply before the end of the stream")
+	}
+	return parseReply(b, res)
+}
+
+// dial connects to b within the dial timeout and ctx.
+func (s *Scanner) dial(ctx context.Context, b *backend) (net.Conn, error) {
+	d := net.Dialer{Timeout: s.cfg.DialTimeout}
+	return d.DialContext(ctx, b.network, b.address)
+}
+
+// ctxError is the error of a scan whose context ended: its own deadline
+// (a timeout) or the caller's cancellation.
+func (s *Scanner) ctxError(ctx context.Context, b *backend, op string, timeout time.Duration) error {
+	err := ctx.Err()
+	if err == nil || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("clamav: %s: no verdict before the deadline (scan timeout %v; %s): %w", b.addr, timeout.Round(time.Millisecond), op, context.DeadlineExceeded)
+	}
+	return fmt.Errorf("clamav: %s: %s: %w", b.addr, op, err)
+}
+
+// readReply reads one NUL-terminated reply of at most maxReply bytes. early
+// records whether it was complete before final was set.
+func readReply(conn net.Conn, final *atomic.Bool) reply {
+	var line []byte
+	buf := make([]byte, 512)
+	for {
+		n, err := conn.Read(buf)
+		if i := bytes.IndexByte(buf[:n], 0); i >= 0 {
+			line = append(line, buf[:i]...)
+			return reply{line: string(line), ok: true, early: !final.Load()}
+		}
+		line = append(line, buf[:n]...)
+		if len(line) > maxReply {
+			return reply{line: string(line[:maxReply]), err: errors.New("reply too long")}
+		}
+		if err != nil {
+			return reply{line: string(line), err: err}
+		}
+	}
+}
+
+// parseReply turns a complete reply into a verdict, or an error for
+// anything else.
+func parseReply(b *backend, rp reply) (verdict, error) {
+	line := rp.line
+	const prefix, found = "stream: ", " FOUND"
+	switch {
+	case line == "stream: OK":
+		return verdict{}, nil
+	case strings.HasPrefix(line, prefix) && strings.HasSuffix(line, found) && len(line) >= len(prefix)+len(found):
+		sig := strings.TrimSpace(line[len(prefix) : len(line)-len(found)])
+		if sig = printable(sig); sig == "" {
+			sig = "unnamed"
+		}
+		return verdict{infected: true, signature: sig}, nil
+	}
+	return verdict{}, replyProblem(b, rp, "")
+}
+
+// replyProblem is the error for a reply that is not a verdict.
+func replyProblem(b *backend, rp reply, problem string) error {
+	line := rp.line
+	if strings.Contains(line, "size limit exceeded") {
+		return fmt.Errorf("%w: %w", ErrSizeLimit, &ReplyError{Backend: b.addr, Reply: printable(line), Problem: "clamd refused the stream"})
+	}
+	if problem == "" {
+		problem = "no verdict in the reply"
+		if strings.HasSuffix(line, " ERROR") {
+			problem = "clamd error"
+		}
+	}
+	return &ReplyError{Backend: b.addr, Reply: printable(line), Problem: problem}
+}
+
+// printable cuts s to 200 bytes of valid UTF-8 and replaces control
+// characters, so that it can go into logs and header fields.
+func printable(s string) string {
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > 200 {
+		i := 200
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i]
+	}
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+// fill reads into p until it is full, r ends (io.EOF, also when some bytes
+// were read) or fails. A reader that keeps returning nothing is an error.
+func fill(r io.Reader, p []byte) (int, error) {
+	n, empty := 0, 0
+	for n < len(p) {
+		m, err := r.Read(p[n:])
+		if m < 0 || m > len(p)-n {
+			return n, errors.New("the reader returned an invalid count")
+		}
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			if empty++; empty >= 100 {
+				return n, io.ErrNoProgress
+			}
+		}
+	}
+	return n, nil
+}
+
+// hasMore reports whether r yields another byte (consuming it).
+func hasMore(r io.Reader) (bool, error) {
+	var one [1]byte
+	n, err := fill(r, one[:])
+	if n > 0 {
+		return true, nil
+	}
+	if err == io.EOF {
+		return false, nil
+	}
+	return false, err
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// connClosed names a read that ended without a reply.
+func connClosed(err error) error {
+	if err == nil || errors.Is(err, io.EOF) {
+		return errors.New("connection closed without a reply")
+	}
+	return err
+}
+
+// ping sends PING to b and expects PONG, within PingTimeout.
+func (s *Scanner) ping(ctx context.Context, b *backend) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PingTimeout)
+	defer cancel()
+	d := net.Dialer{Timeout: s.cfg.PingTimeout}
+	conn, err := d.DialContext(ctx, b.network, b.address)
+	if err != nil {
+		return fmt.Errorf("clamav: %s: PING: %w", b.addr, err)
+	}
+	defer conn.Close()
+	dl, _ := ctx.Deadline()
+	_ = conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	if _, err := conn.Write(cmdPing); err != nil {
+		return fmt.Errorf("clamav: %s: PING: %w", b.addr, err)
+	}
+	var final atomic.Bool
+	final.Store(true)
+	rp := readReply(conn, &final)
+	switch {
+	case !rp.ok && (ctx.Err() != nil || isTimeout(rp.err)):
+		return fmt.Errorf("clamav: %s: PING: no answer within %v", b.addr, s.cfg.PingTimeout)
+	case !rp.ok:
+		return fmt.Errorf("clamav: %s: PING: %w", b.addr, connClosed(rp.err))
+	case rp.line != "PONG":
+		return fmt.Errorf("clamav: %s: PING: unexpected reply %q", b.addr, printable(rp.line))
+	}
+	return nil
+}

@@ -1,0 +1,234 @@
+package quarantine
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// maxMetaSize bounds the metadata records Get reads.
+const maxMetaSize = 4 << 20
+
+// ListOptions selects what List returns.
+type ListOptions struct {
+	// User, when not empty, keeps only the records of this user.
+	User string
+	// Limit, when positive, is the most records returned.
+	Limit int
+}
+
+// List returns the records in the store, newest first. Records that cannot
+// be read are skipped with a warning in the log.
+func (s *Store) List(opts ListOptions) ([]Meta, error) {
+	entries, err := os.ReadDir(filepath.Join(s.dir, metaDir))
+	if err != nil {
+		return nil, fmt.Errorf("quarantine: %w", err)
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && ValidID(id) && e.Type().IsRegular() {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	slices.Reverse(ids)
+	var out []Meta
+	for _, id := range ids {
+		if opts.Limit > 0 && len(out) >= opts.Limit {
+			break
+		}
+		m, err := s.Get(id)
+		if err != nil {
+			s.log.Warn().Err(err).Str("id", id).Msg("quarantine: skipping an unreadable record")
+			continue
+		}
+		if opts.User != "" && m.User != opts.User {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Get returns the record of id.
+func (s *Store) Get(id string) (Meta, error) {
+	if err := checkID(id); err != nil {
+		return Meta{}, err
+	}
+	f, err := os.Open(filepath.Join(s.dir, metaDir, id+".json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return Meta{}, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return Meta{}, fmt.Errorf("quarantine: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxMetaSize+1))
+	if err != nil {
+		return Meta{}, fmt.Errorf("quarantine: %w", err)
+	}
+	if len(data) > maxMetaSize {
+		return Meta{}, fmt.Errorf("quarantine: record %s is larger than %d bytes", id, maxMetaSize)
+	}
+	var m Meta
+	if err := json.Unmarshal(data, &m); err != nil {
+		return Meta{}, fmt.Errorf("quarantine: record %s: %w", id, err)
+	}
+	if m.ID != id {
+		return Meta{}, fmt.Errorf("quarantine: record %s names id %s", id, trimID(m.ID))
+	}
+	return m, nil
+}
+
+// Open returns the original message of id, byte for byte (for export).
+// The caller closes it.
+func (s *Store) Open(id string) (io.ReadCloser, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	p := filepath.Join(s.dir, msgDir, id+".eml")
+	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("quarantine: %w", err)
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("quarantine: %s is not a regular file", p)
+	}
+	return f, nil
+}
+
+// Verify checks that the message of id has the size and SHA-256 its record
+// gives.
+func (s *Store) Verify(id string) error {
+	m, err := s.Get(id)
+	if err != nil {
+		return err
+	}
+	r, err := s.Open(id)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	if err != nil {
+		return fmt.Errorf("quarantine: %s: %w", id, err)
+	}
+	if n != m.Size || hex.EncodeToString(h.Sum(nil)) != m.SHA256 {
+		return fmt.Errorf("quarantine: %s: the message does not match its record (%d bytes, record says %d)", id, n, m.Size)
+	}
+	return nil
+}
+
+// FormatList writes metas as a table for a terminal: id, time, user,
+// size, outcome and reason. Text from the records is made printable (no
+// control characters or terminal escapes).
+func FormatList(w io.Writer, metas []Meta) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tTIME\tUSER\tSIZE\tOUTCOME\tREASON")
+	for _, m := range metas {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n",
+			printable(m.ID, 40), m.Time.UTC().Format(time.DateTime), orDash(printable(m.User, 40)),
+			m.Size, orDash(printable(m.Outcome, 16)), orDash(printable(m.Reason, 60)))
+	}
+	return tw.Flush()
+}
+
+// FormatMeta writes one record in full for a terminal, made printable like
+// FormatList's.
+func FormatMeta(w io.Writer, m Meta) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	line := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, printable(v, 1000))
+		}
+	}
+	line("ID", m.ID)
+	line("Time", m.Time.UTC().Format(time.RFC3339Nano))
+	line("User", m.User)
+	line("Session", m.SessionID)
+	line("Client", m.Client)
+	line("Listener", m.Listener)
+	line("Upstream", m.Upstream)
+	if m.MsgNum != 0 || m.Command != "" {
+		line("Message", strings.TrimSpace(fmt.Sprintf("%s %d", m.Command, m.MsgNum)))
+	}
+	line("Size", fmt.Sprintf("%d bytes", m.Size))
+	line("SHA-256", m.SHA256)
+	line("Outcome", m.Outcome)
+	line("Reason", m.Reason)
+	if m.FailedOpen {
+		line("Failed open", "yes")
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(m.Verdicts) > 0 {
+		fmt.Fprintln(w, "Verdicts:")
+		tw = tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+		for _, v := range m.Verdicts {
+			what := v.Action
+			if v.Error != "" {
+				what = "error: " + v.Error
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", printable(v.Filter, 40), orDash(printable(what, 200)),
+				v.Duration.Round(time.Microsecond), printable(v.Reason, 200))
+		}
+		return tw.Flush()
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// printable makes s safe for a terminal and a single table cell: invalid
+// UTF-8, control characters (escape sequences included), tabs and bidi
+// controls become spaces or '?', and s is cut to max runes.
+func printable(s string, max int) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range s {
+		if n == max {
+			b.WriteString("…")
+			break
+		}
+		switch {
+		case r == utf8.RuneError:
+			r = '?'
+		case r == '\t' || r == '\n' || r == '\r':
+			r = ' '
+		case unicode.IsControl(r) || isBidiControl(r):
+			r = '?'
+		}
+		b.WriteRune(r)
+		n++
+	}
+	return b.String()
+}
+
+// isBidiControl reports the invisible characters that reorder text (used
+// to disguise file names and subjects) and other format controls.
+func isBidiControl(r rune) bool {
+	return unicode.Is(unicode.Cf, r)
+}

@@ -1,0 +1,405 @@
+// Package quarantine is a durable directory store of original messages: the
+// chain puts a message here before it delivers a lossy change of it or a
+// notice in its place (DESIGN.md §5, invariant 4), and `popgate quarantine
+// list | show ID | export ID` browses it.
+//
+// Layout of the directory (created 0700, files 0600):
+//
+//	tmp/          files being written; never read
+//	msg/ID.eml    the original, byte for byte as the upstream sent it
+//	meta/ID.json  its metadata record (Meta)
+//
+// Store writes each file to tmp/, fsyncs it, renames it into place and
+// fsyncs the directory, first the message, then the record. A record is
+// only ever visible once its message is durable, and Store returns the id
+// only once both are; on any failure it removes what it wrote and returns
+// an error, so that the chain applies on_error.
+package quarantine
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// Subdirectories of a store.
+const (
+	tmpDir  = "tmp"
+	msgDir  = "msg"
+	metaDir = "meta"
+)
+
+// staleAfter is the age after which Open removes leftovers in tmp/ (from a
+// crash: a Store in progress never takes that long).
+const staleAfter = time.Hour
+
+// metaVersion is the format version written into every record.
+const metaVersion = 1
+
+// ErrReadOnly is returned by Store on a store opened with OpenReadOnly.
+var ErrReadOnly = errors.New("quarantine: store opened read-only")
+
+// Store is a quarantine directory. It is safe for concurrent use, also by
+// several processes sharing the directory.
+type Store struct {
+	dir      string
+	log      zerolog.Logger
+	readOnly bool
+	now      func() time.Time
+	ops      fsOps
+}
+
+var _ filters.Quarantine = (*Store)(nil)
+
+// tempFile is what Store writes to; *os.File implements it. Tests wrap it to
+// inject failures.
+type tempFile interface {
+	io.Writer
+	Sync() error
+	Close() error
+	Name() string
+}
+
+// fsOps are the filesystem operations Store uses, replaceable by tests to
+// record their order and inject failures.
+type fsOps struct {
+	createTemp func(dir, pattern string) (tempFile, error)
+	syncFile   func(f tempFile) error
+	rename     func(from, to string) error
+	syncDir    func(dir string) error
+	remove     func(name string) error
+}
+
+func osOps() fsOps {
+	return fsOps{
+		createTemp: func(dir, pattern string) (tempFile, error) { return os.CreateTemp(dir, pattern) },
+		syncFile:   func(f tempFile) error { return f.Sync() },
+		rename:     os.Rename,
+		syncDir:    syncDir,
+		remove:     os.Remove,
+	}
+}
+
+// syncDir fsyncs a directory, making the entries created or renamed in it
+// durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Open opens the store in dir for writing and reading, creating dir and its
+// subdirectories (mode 0700) when missing. It checks that a file can be
+// written, synced and removed there, and removes leftovers of interrupted
+// writes older than an hour.
+func Open(dir string, log zerolog.Logger) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("quarantine: no directory")
+	}
+	s := &Store{dir: dir, log: log, now: time.Now, ops: osOps()}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("quarantine: %w", err)
+	}
+	if st, err := os.Stat(dir); err == nil && st.Mode().Perm()&0o077 != 0 {
+		log.Warn().Str("dir", dir).Str("mode", st.Mode().Perm().String()).
+			Msg("quarantine directory is accessible to other users; it holds mail (0700 is advised)")
+	}
+	for _, sub := range []string{tmpDir, msgDir, metaDir} {
+		p := filepath.Join(dir, sub)
+		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			return nil, fmt.Errorf("quarantine: %w", err)
+		}
+		if st, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("quarantine: %w", err)
+		} else if !st.IsDir() {
+			return nil, fmt.Errorf("quarantine: %s is not a directory", p)
+		}
+	}
+	if err := s.checkWritable(); err != nil {
+		return nil, err
+	}
+	s.removeStale()
+	return s, nil
+}
+
+// OpenReadOnly opens an existing store for browsing only (List, Get, Open,
+// Verify); it creates and writes nothing. Store fails with ErrReadOnly.
+func OpenReadOnly(dir string, log zerolog.Logger) (*Store, error) {
+	for _, sub := range []string{msgDir, metaDir} {
+		p := filepath.Join(dir, sub)
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("quarantine: %w", err)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("quarantine: %s is not a directory", p)
+		}
+	}
+	return &Store{dir: dir, log: log, readOnly: true, now: time.Now, ops: osOps()}, nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) checkWritable() error {
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "check-*")
+	if err != nil {
+		return fmt.Errorf("quarantine: directory not writable: %w", err)
+	}
+	name := f.Name()
+	_, err = f.Write([]byte("popgate\n"))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if rerr := os.Remove(name); err == nil {
+		err = rerr
+	}
+	if err == nil {
+		// Also makes the subdirectories Open may just have created durable.
+		for _, d := range []string{filepath.Join(s.dir, msgDir), filepath.Join(s.dir, metaDir), s.dir} {
+			if err = syncDir(d); err != nil {
+				break
+			}
+		}
+		_ = syncDir(filepath.Dir(s.dir)) // best effort: it may not be readable
+	}
+	if err != nil {
+		return fmt.Errorf("quarantine: directory not writable: %w", err)
+	}
+	return nil
+}
+
+// removeStale removes files in tmp/ older than staleAfter.
+func (s *Store) removeStale() {
+	dir := filepath.Join(s.dir, tmpDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() || s.now().Sub(info.ModTime()) < staleAfter {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		if err := os.Remove(p); err == nil {
+			s.log.Info().Str("file", p).Msg("quarantine: removed the leftover of an interrupted write")
+		}
+	}
+}
+
+// Store writes original and its metadata record durably and returns the id
+// they are stored under. env and res may be nil; they fill the record.
+func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filters.Body, res *filters.Result) (string, error) {
+	if s.readOnly {
+		return "", ErrReadOnly
+	}
+	if original == nil {
+		return "", errors.New("quarantine: no message to store")
+	}
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("quarantine: %w", err)
+	}
+	now := s.now().UTC()
+	id, err := newID(now)
+	if err != nil {
+		return "", err
+	}
+	msgPath := filepath.Join(s.dir, msgDir, id+".eml")
+	if _, err := os.Lstat(msgPath); err == nil { // never happens: 50 random bits
+		return "", fmt.Errorf("quarantine: id %s already in use", id)
+	}
+
+	var size int64
+	h := sha256.New()
+	err = s.writeDurable(ctx, msgDir, id+".eml", func(w io.Writer) error {
+		r, err := original.Open()
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		size, err = io.Copy(io.MultiWriter(w, h), &ctxReader{ctx: ctx, r: r})
+		if err != nil {
+			return err
+		}
+		if want := original.Size(); size != want {
+			return fmt.Errorf("read %d bytes of a %d-byte message", size, want)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+
+	m := newMeta(id, now, env, res, size, hex.EncodeToString(h.Sum(nil)))
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err == nil {
+		data = append(data, '\n')
+		err = s.writeDurable(ctx, metaDir, id+".json", func(w io.Writer) error {
+			_, err := w.Write(data)
+			return err
+		})
+	}
+	if err != nil {
+		// The message alone is of no use and must not linger visibly.
+		if rerr := s.ops.remove(msgPath); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			s.log.Error().Err(rerr).Str("file", msgPath).Msg("quarantine: cannot remove a message whose record failed")
+		} else {
+			_ = s.ops.syncDir(filepath.Join(s.dir, msgDir))
+		}
+		return "", err
+	}
+	return id, nil
+}
+
+// writeDurable writes a file through tmp/: create, fill, fsync, close,
+// rename to sub/name, fsync sub/. On failure nothing is left behind (the
+// temporary file, or the renamed file when the directory sync fails, is
+// removed).
+func (s *Store) writeDurable(ctx context.Context, sub, name string, fill func(io.Writer) error) (err error) {
+	f, err := s.ops.createTemp(filepath.Join(s.dir, tmpDir), name+".*")
+	if err != nil {
+		return fmt.Errorf("quarantine: create %s: %w", name, err)
+	}
+	tmp := f.Name()
+	closed, renamed := false, false
+	final := filepath.Join(s.dir, sub, name)
+	defer func() {
+		if err == nil {
+			return
+		}
+		if !closed {
+			_ = f.Close()
+		}
+		victim := tmp
+		if renamed {
+			victim = final
+		}
+		if rerr := s.ops.remove(victim); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			s.log.Error().Err(rerr).Str("file", victim).Msg("quarantine: cannot remove a failed write")
+		}
+		err = fmt.Errorf("quarantine: write %s: %w", name, err)
+	}()
+	if err := fill(f); err != nil {
+		return err
+	}
+	if err := s.ops.syncFile(f); err != nil {
+		return fmt.Errorf("fsync: %w", err)
+	}
+	closed = true
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := s.ops.rename(tmp, final); err != nil {
+		return fmt.Errorf("rename: %w", err)
+	}
+	renamed = true
+	if err := s.ops.syncDir(filepath.Join(s.dir, sub)); err != nil {
+		return fmt.Errorf("fsync directory: %w", err)
+	}
+	return nil
+}
+
+// ctxReader fails reads once ctx has ended.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// Meta is the metadata record of a quarantined message.
+type Meta struct {
+	Version   int       `json:"v"`
+	ID        string    `json:"id"`
+	Time      time.Time `json:"time"`
+	User      string    `json:"user,omitempty"`
+	SessionID string    `json:"session_id,omitempty"`
+	Client    string    `json:"client,omitempty"`
+	Listener  string    `json:"listener,omitempty"`
+	Upstream  string    `json:"upstream,omitempty"`
+	MsgNum    int       `json:"msg_num,omitempty"`
+	UIDL      string    `json:"uidl,omitempty"`
+	Command   string    `json:"command,omitempty"`
+	Size      int64     `json:"size"`
+	SHA256    string    `json:"sha256"`
+	// Verdicts are the chain's steps up to the decision that needed the
+	// quarantine.
+	Verdicts []Verdict `json:"verdicts,omitempty"`
+	// Outcome is the chain's outcome when the original was stored:
+	// "refuse" (withheld; a notice may stand in for it) or "deliver" (a
+	// changed form was delivered).
+	Outcome    string `json:"outcome,omitempty"`
+	Reason     string `json:"reason,omitempty"`
+	FailedOpen bool   `json:"failed_open,omitempty"`
+}
+
+// Verdict is one filter's step in a Meta.
+type Verdict struct {
+	Filter   string        `json:"filter"`
+	Action   string        `json:"action,omitempty"`
+	Reason   string        `json:"reason,omitempty"`
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+}
+
+func newMeta(id string, now time.Time, env *filters.Envelope, res *filters.Result, size int64, sum string) Meta {
+	m := Meta{Version: metaVersion, ID: id, Time: now, Size: size, SHA256: sum}
+	if env != nil {
+		m.User, m.SessionID, m.Listener, m.Upstream = env.User, env.SessionID, env.Listener, env.Upstream
+		m.MsgNum, m.UIDL, m.Command = env.MsgNum, env.UIDL, env.Command
+		if env.Client.IsValid() {
+			m.Client = env.Client.String()
+		}
+	}
+	if res != nil {
+		m.Outcome, m.Reason, m.FailedOpen = res.Outcome.String(), res.Reason, res.FailedOpen
+		for _, st := range res.Steps {
+			v := Verdict{Filter: st.Filter, Reason: st.Reason, Duration: st.Duration}
+			if st.Err != nil {
+				v.Error = st.Err.Error()
+			} else {
+				v.Action = st.Action.String()
+			}
+			m.Verdicts = append(m.Verdicts, v)
+		}
+	}
+	return m
+}
+
+// trimID is used in error messages about invalid ids: short and printable.
+func trimID(id string) string {
+	if len(id) > 64 {
+		id = id[:64] + "..."
+	}
+	return strings.ToValidUTF8(fmt.Sprintf("%q", id), "?")
+}

@@ -1,0 +1,535 @@
+package quarantine
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/filters"
+)
+
+func openStore(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(filepath.Join(t.TempDir(), "q"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+var testEnv = &filters.Envelope{
+	SessionID: "s1", User: "alice@example.org", Client: netip.MustParseAddrPort("192.0.2.7:50000"),
+	Listener: "pop3", Upstream: "mail", Command: "RETR", MsgNum: 3,
+}
+
+func testResult() *filters.Result {
+	return &filters.Result{
+		Outcome: filters.Refuse,
+		Reason:  "Eicar-Signature FOUND",
+		Steps: []filters.Step{
+			{Filter: "stamp", Action: filters.Replace, Reason: "tagged", Duration: time.Millisecond},
+			{Filter: "av", Action: filters.Reject, Reason: "Eicar-Signature FOUND", Duration: 20 * time.Millisecond},
+			{Filter: "broken", Err: errors.New("clamd: timeout")},
+		},
+	}
+}
+
+const testMsg = "From: a@example.org\r\nSubject: hi\r\n\r\nX5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR\r\n.\r\n"
+
+// files lists the regular files under dir/sub.
+func files(t *testing.T, s *Store, sub string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Join(s.dir, sub))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func assertEmpty(t *testing.T, s *Store) {
+	t.Helper()
+	for _, sub := range []string{tmpDir, msgDir, metaDir} {
+		if f := files(t, s, sub); len(f) > 0 {
+			t.Errorf("%s/ holds %v after a failed Store", sub, f)
+		}
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	s := openStore(t)
+	big := testMsg + strings.Repeat("line of the body\r\n", 50000)
+	id, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(big)), testResult())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ValidID(id) {
+		t.Fatalf("Store returned an invalid id %q", id)
+	}
+	if f := files(t, s, tmpDir); len(f) > 0 {
+		t.Errorf("tmp/ not empty: %v", f)
+	}
+	for _, p := range []string{filepath.Join(s.dir, msgDir, id+".eml"), filepath.Join(s.dir, metaDir, id+".json")} {
+		st, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", p, st.Mode().Perm())
+		}
+	}
+
+	r, err := s.Open(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(r)
+	r.Close()
+	if string(got) != big {
+		t.Fatal("exported message differs from the original")
+	}
+	if err := s.Verify(id); err != nil {
+		t.Fatal(err)
+	}
+
+	m, err := s.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(big))
+	want := Meta{
+		Version: 1, ID: id, Time: m.Time, User: "alice@example.org", SessionID: "s1", Client: "192.0.2.7:50000",
+		Listener: "pop3", Upstream: "mail", MsgNum: 3, Command: "RETR", Size: int64(len(big)), SHA256: hex.EncodeToString(sum[:]),
+		Verdicts: []Verdict{
+			{Filter: "stamp", Action: "replace", Reason: "tagged", Duration: time.Millisecond},
+			{Filter: "av", Action: "reject", Reason: "Eicar-Signature FOUND", Duration: 20 * time.Millisecond},
+			{Filter: "broken", Error: "clamd: timeout"},
+		},
+		Outcome: "refuse", Reason: "Eicar-Signature FOUND",
+	}
+	if fmt.Sprint(m) != fmt.Sprint(want) {
+		t.Errorf("Get:\n%+v\nwant\n%+v", m, want)
+	}
+	if time.Since(m.Time) > time.Minute || !strings.HasPrefix(id, m.Time.Format("20060102T150405")) {
+		t.Errorf("record time %v does not match id %s", m.Time, id)
+	}
+	list, err := s.List(ListOptions{})
+	if err != nil || len(list) != 1 || list[0].ID != id {
+		t.Fatalf("List = %v, %v", list, err)
+	}
+
+	// A read-only view sees the same and cannot write.
+	ro, err := OpenReadOnly(s.dir, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2, err := ro.Get(id); err != nil || m2.SHA256 != m.SHA256 {
+		t.Errorf("read-only Get = %v, %v", m2, err)
+	}
+	if _, err := ro.Store(context.Background(), nil, filters.BytesBody(nil), nil); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("read-only Store: %v", err)
+	}
+
+	// Verify notices a changed message.
+	if err := os.WriteFile(filepath.Join(s.dir, msgDir, id+".eml"), []byte("tampered"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(id); err == nil {
+		t.Error("Verify accepted a changed message")
+	}
+}
+
+func TestNilEnvelopeAndResult(t *testing.T) {
+	s := openStore(t)
+	id, err := s.Store(context.Background(), nil, filters.BytesBody(nil), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.Get(id)
+	if err != nil || m.Size != 0 || m.User != "" {
+		t.Fatalf("Get = %+v, %v", m, err)
+	}
+}
+
+func TestListOrderUserLimit(t *testing.T) {
+	s := openStore(t)
+	base := time.Date(2026, 11, 25, 10, 30, 0, 0, time.UTC)
+	var ids []string
+	for i := range 6 {
+		tick := base.Add(time.Duration(i) * time.Microsecond) // same second
+		s.now = func() time.Time { return tick }
+		user := "alice"
+		if i%2 == 1 {
+			user = "bob"
+		}
+		id, err := s.Store(context.Background(), &filters.Envelope{User: user}, filters.BytesBody([]byte(fmt.Sprint(i))), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	// A stray file and a corrupt record do not break the listing.
+	os.WriteFile(filepath.Join(s.dir, metaDir, "notes.txt"), []byte("x"), 0o600)
+	bad := "20261125T103000.000000Z-aaaaaaaaaa"
+	os.WriteFile(filepath.Join(s.dir, metaDir, bad+".json"), []byte("{"), 0o600)
+
+	list, err := s.List(ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range list {
+		got = append(got, m.ID)
+	}
+	want := slices.Clone(ids)
+	slices.Reverse(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("List order\n%v\nwant newest first\n%v", got, want)
+	}
+	list, _ = s.List(ListOptions{User: "bob", Limit: 2})
+	if len(list) != 2 || list[0].ID != ids[5] || list[1].ID != ids[3] {
+		t.Fatalf("List(bob, 2) = %v", list)
+	}
+}
+
+func TestInvalidIDs(t *testing.T) {
+	s := openStore(t)
+	id, err := s.Store(context.Background(), nil, filters.BytesBody([]byte("x")), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file outside the store that a traversal would reach.
+	os.WriteFile(filepath.Join(filepath.Dir(s.dir), "secret.json"), []byte(`{"id":"x"}`), 0o600)
+	for _, bad := range []string{
+		"", ".", "..", "../secret", "../../etc/passwd", "/etc/passwd", id + "/..", "../" + id,
+		id[:len(id)-1], id + "a", strings.ToUpper(id), strings.Replace(id, "-", "/", 1),
+		id[:len(id)-2] + "./", id[:len(id)-1] + "\x00", id[:len(id)-1] + "1", id[:len(id)-1] + "A",
+		"20261325T103000.000000Z-aaaaaaaaaa", // month 13
+		"20261125T103000.000000Z-aaaaaaaaa/", "20261125T103000.000000Z\\aaaaaaaaaa",
+		"2026112aT103000.000000Z-aaaaaaaaaa",
+	} {
+		if _, err := s.Get(bad); !errors.Is(err, ErrInvalidID) {
+			t.Errorf("Get(%q): %v", bad, err)
+		}
+		if _, err := s.Open(bad); !errors.Is(err, ErrInvalidID) {
+			t.Errorf("Open(%q): %v", bad, err)
+		}
+	}
+	missing := "20261125T103000.000000Z-aaaaaaaaaa"
+	if _, err := s.Get(missing); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(missing): %v", err)
+	}
+	if _, err := s.Open(missing); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Open(missing): %v", err)
+	}
+}
+
+func TestConcurrentStores(t *testing.T) {
+	s := openStore(t)
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	for i := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id, err := s.Store(context.Background(), nil, filters.BytesBody([]byte(fmt.Sprint(i))), nil)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if seen[id] {
+				t.Errorf("id %s given twice", id)
+			}
+			seen[id] = true
+		}()
+	}
+	wg.Wait()
+	if list, _ := s.List(ListOptions{}); len(list) != 16 {
+		t.Errorf("List has %d records, want 16", len(list))
+	}
+}
+
+// recorder wraps the store's filesystem operations, logs them in order and
+// fails the one numbered failAt (1-based; 0 fails none) with failErr.
+type recorder struct {
+	mu      sync.Mutex
+	ops     []string
+	failAt  int
+	failErr error
+}
+
+func (r *recorder) step(op string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ops = append(r.ops, op)
+	if len(r.ops) == r.failAt {
+		return r.failErr
+	}
+	return nil
+}
+
+type recFile struct {
+	*os.File
+	r *recorder
+}
+
+func (f *recFile) Write(p []byte) (int, error) {
+	if err := f.r.step("write " + base(f.Name())); err != nil {
+		return 0, err
+	}
+	return f.File.Write(p)
+}
+
+func (f *recFile) Close() error {
+	if err := f.r.step("close " + base(f.Name())); err != nil {
+		f.File.Close()
+		return err
+	}
+	return f.File.Close()
+}
+
+// base names a file by its directory and extension: tmp/.eml, msg/.json.
+func base(p string) string {
+	name := filepath.Base(p)
+	ext := ".eml"
+	if strings.Contains(name, ".json") {
+		ext = ".json"
+	}
+	return filepath.Base(filepath.Dir(p)) + "/" + ext
+}
+
+func (r *recorder) install(s *Store) {
+	real := osOps()
+	s.ops = fsOps{
+		createTemp: func(dir, pattern string) (tempFile, error) {
+			if err := r.step("create " + filepath.Base(dir) + "/" + map[bool]string{true: ".json", false: ".eml"}[strings.Contains(pattern, ".json")]); err != nil {
+				return nil, err
+			}
+			f, err := os.CreateTemp(dir, pattern)
+			if err != nil {
+				return nil, err
+			}
+			return &recFile{File: f, r: r}, nil
+		},
+		syncFile: func(f tempFile) error {
+			if err := r.step("fsync " + base(f.Name())); err != nil {
+				return err
+			}
+			return real.syncFile(f)
+		},
+		rename: func(from, to string) error {
+			if err := r.step("rename " + base(from) + " " + base(to)); err != nil {
+				return err
+			}
+			return real.rename(from, to)
+		},
+		syncDir: func(dir string) error {
+			if err := r.step("fsyncdir " + filepath.Base(dir)); err != nil {
+				return err
+			}
+			return real.syncDir(dir)
+		},
+		remove: func(name string) error {
+			r.step("remove " + base(name))
+			return real.remove(name)
+		},
+	}
+}
+
+var durableSequence = []string{
+	"create tmp/.eml", "write tmp/.eml", "fsync tmp/.eml", "close tmp/.eml",
+	"rename tmp/.eml msg/.eml", "fsyncdir msg",
+	"create tmp/.json", "write tmp/.json", "fsync tmp/.json", "close tmp/.json",
+	"rename tmp/.json meta/.json", "fsyncdir meta",
+}
+
+func TestDurabilitySequence(t *testing.T) {
+	s := openStore(t)
+	rec := &recorder{}
+	rec.install(s)
+	if _, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult()); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rec.ops, durableSequence) {
+		t.Fatalf("operations\n%s\nwant\n%s", strings.Join(rec.ops, "\n"), strings.Join(durableSequence, "\n"))
+	}
+}
+
+// Every step of the sequence can fail (disk full on a write, an fsync that
+// reports an I/O error, a failed rename, a directory that cannot be
+// synced): Store then returns an error and no file is left anywhere.
+func TestEveryFailureLeavesNothing(t *testing.T) {
+	for i, op := range durableSequence {
+		t.Run(op, func(t *testing.T) {
+			s := openStore(t)
+			rec := &recorder{failAt: i + 1, failErr: syscall.ENOSPC}
+			rec.install(s)
+			id, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult())
+			if err == nil {
+				t.Fatalf("Store succeeded (id %s) despite a failing %s", id, op)
+			}
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Errorf("error %v does not wrap the cause", err)
+			}
+			if id != "" {
+				t.Errorf("id %q returned with an error", id)
+			}
+			assertEmpty(t, s)
+			if list, _ := s.List(ListOptions{}); len(list) != 0 {
+				t.Errorf("List shows %d records", len(list))
+			}
+		})
+	}
+}
+
+// A body whose reader fails (or is shorter than its Size) is not stored.
+type shortBody struct{ filters.Body }
+
+func (shortBody) Size() int64 { return 1 << 20 }
+
+type brokenBody struct{ filters.Body }
+
+func (brokenBody) Open() (io.ReadCloser, error) { return nil, errors.New("spool gone") }
+
+func TestBadBodies(t *testing.T) {
+	s := openStore(t)
+	for _, b := range []filters.Body{shortBody{filters.BytesBody([]byte("x"))}, brokenBody{filters.BytesBody(nil)}, nil} {
+		if _, err := s.Store(context.Background(), nil, b, nil); err == nil {
+			t.Errorf("Store(%T) succeeded", b)
+		}
+		assertEmpty(t, s)
+	}
+}
+
+func TestCanceledContext(t *testing.T) {
+	s := openStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s.Store(ctx, nil, filters.BytesBody([]byte("x")), nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Store: %v", err)
+	}
+	assertEmpty(t, s)
+}
+
+func TestOpenFailures(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, []byte("x"), 0o600)
+	if _, err := Open(file, zerolog.Nop()); err == nil {
+		t.Error("Open on a file succeeded")
+	}
+	if _, err := Open(filepath.Join(file, "sub"), zerolog.Nop()); err == nil {
+		t.Error("Open below a file succeeded")
+	}
+	// A file where a subdirectory belongs.
+	q := filepath.Join(dir, "q")
+	os.MkdirAll(q, 0o700)
+	os.WriteFile(filepath.Join(q, msgDir), []byte("x"), 0o600)
+	if _, err := Open(q, zerolog.Nop()); err == nil {
+		t.Error("Open with a file as msg/ succeeded")
+	}
+	if _, err := OpenReadOnly(filepath.Join(dir, "missing"), zerolog.Nop()); err == nil {
+		t.Error("OpenReadOnly of a missing store succeeded")
+	}
+	if _, err := Open("", zerolog.Nop()); err == nil {
+		t.Error("Open(\"\") succeeded")
+	}
+}
+
+// A read-only directory: meaningful only when not root (root ignores the
+// permission bits; the injected failures above cover that case).
+func TestReadOnlyDirectory(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("running as root: permission bits are not enforced; TestEveryFailureLeavesNothing covers the failures")
+	}
+	s := openStore(t)
+	os.Chmod(filepath.Join(s.dir, tmpDir), 0o500)
+	defer os.Chmod(filepath.Join(s.dir, tmpDir), 0o700)
+	if _, err := s.Store(context.Background(), nil, filters.BytesBody([]byte("x")), nil); err == nil {
+		t.Error("Store into a read-only tmp/ succeeded")
+	}
+	assertEmpty(t, s)
+	if _, err := Open(s.dir, zerolog.Nop()); err == nil {
+		t.Error("Open of a read-only store succeeded")
+	}
+}
+
+// The store directory replaced by a file after Open (the case root cannot
+// escape): Store fails cleanly.
+func TestDirectoryGone(t *testing.T) {
+	s := openStore(t)
+	os.RemoveAll(filepath.Join(s.dir, tmpDir))
+	os.WriteFile(filepath.Join(s.dir, tmpDir), []byte("x"), 0o600)
+	if _, err := s.Store(context.Background(), nil, filters.BytesBody([]byte("x")), nil); err == nil {
+		t.Fatal("Store succeeded without a tmp/ directory")
+	}
+	if f := files(t, s, msgDir); len(f) > 0 {
+		t.Errorf("msg/ holds %v", f)
+	}
+}
+
+func TestStaleTempFilesRemoved(t *testing.T) {
+	s := openStore(t)
+	old := filepath.Join(s.dir, tmpDir, "x.eml.123")
+	fresh := filepath.Join(s.dir, tmpDir, "y.eml.456")
+	os.WriteFile(old, []byte("x"), 0o600)
+	os.WriteFile(fresh, []byte("y"), 0o600)
+	long := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(old, long, long)
+	if _, err := Open(s.dir, zerolog.Nop()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Error("stale temporary file kept")
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Error("fresh temporary file (a write in progress elsewhere) removed")
+	}
+}
+
+func TestFormat(t *testing.T) {
+	m := Meta{
+		ID: "20261125T103000.000000Z-aaaaaaaaaa", Time: time.Date(2026, 11, 25, 10, 30, 0, 0, time.UTC),
+		User: "eve\x1b]0;pwned\x07", Size: 42, Outcome: "refuse", Reason: "bad\r\nthing \u202egnp.exe",
+		Verdicts: []Verdict{{Filter: "av", Action: "reject", Reason: "Eicar", Duration: time.Millisecond}, {Filter: "x", Error: "boom"}},
+	}
+	var b bytes.Buffer
+	if err := FormatList(&b, []Meta{m}); err != nil {
+		t.Fatal(err)
+	}
+	if err := FormatMeta(&b, m); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"ID", m.ID, "2026-11-25 10:30:00", "refuse", "Eicar", "error: boom", "42 bytes"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, bad := range []string{"\x1b", "\x07", "\r", "\u202e"} {
+		if strings.Contains(out, bad) {
+			t.Errorf("output contains %q:\n%q", bad, out)
+		}
+	}
+}

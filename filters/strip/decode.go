@@ -1,0 +1,180 @@
+package strip
+
+import (
+	"context"
+	"io"
+)
+
+// ContentReader returns the decoded body of p (base64 and quoted-printable
+// are decoded; any other encoding is returned as it is). Decoding is lenient
+// like a mail client's: base64 ignores characters outside its alphabet and
+// missing padding, quoted-printable passes malformed escapes through.
+func ContentReader(r io.ReaderAt, p *Part) io.Reader {
+	raw := io.NewSectionReader(r, p.BodyStart, p.BodyEnd-p.BodyStart)
+	switch p.Encoding {
+	case "base64":
+		return &b64Reader{r: raw}
+	case "quoted-printable":
+		return &qpReader{r: raw}
+	}
+	return raw
+}
+
+// qpReader decodes quoted-printable leniently: "=XX" is a byte, "=" before
+// optional white space and a line break (or the end) is a soft line break,
+// any other "=" is itself; everything else passes through. Lines may be of
+// any length.
+type qpReader struct {
+	r    io.Reader
+	in   [8192 + qpLookahead]byte
+	pend int
+	out  []byte
+	buf  [8192 + qpLookahead]byte
+	err  error
+}
+
+const qpLookahead = 80
+
+func (q *qpReader) Read(p []byte) (int, error) {
+	for len(q.out) == 0 {
+		if q.err != nil {
+			return 0, q.err
+		}
+		n, err := q.r.Read(q.in[q.pend : q.pend+8192])
+		data := q.in[:q.pend+n]
+		q.pend = 0
+		eof := err != nil
+		o := q.buf[:0]
+		for i := 0; i < len(data); i++ {
+			c := data[i]
+			if c != '=' {
+				o = append(o, c)
+				continue
+			}
+			rest := data[i+1:]
+			if len(rest) >= 2 {
+				if h, ok := unhex(rest[0]); ok {
+					if l, ok := unhex(rest[1]); ok {
+						o = append(o, h<<4|l)
+						i += 2
+						continue
+					}
+				}
+			}
+			// A soft line break?
+			j := 0
+			for j < len(rest) && (rest[j] == ' ' || rest[j] == '\t') && j < qpLookahead-2 {
+				j++
+			}
+			switch {
+			case j < len(rest) && rest[j] == '\n':
+				i += j + 1
+				continue
+			case j+1 < len(rest) && rest[j] == '\r' && rest[j+1] == '\n':
+				i += j + 2
+				continue
+			case j == len(rest) && eof:
+				i += j
+				continue
+			case (j == len(rest) || (j+1 == len(rest) && rest[j] == '\r') || len(rest) < 2) && !eof && j < qpLookahead-2:
+				// Undecided until more input comes.
+				q.pend = copy(q.in[:], data[i:])
+				i = len(data)
+				continue
+			}
+			o = append(o, '=')
+		}
+		if err != nil {
+			q.err = err
+		}
+		q.out = o
+	}
+	n := copy(p, q.out)
+	q.out = q.out[n:]
+	return n, nil
+}
+
+var b64Index = func() (t [256]int8) {
+	for i := range t {
+		t[i] = -1
+	}
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+	for i := 0; i < len(alphabet); i++ {
+		t[alphabet[i]] = int8(i)
+	}
+	// The URL-safe alphabet too: some senders use it.
+	t['-'] = 62
+	t['_'] = 63
+	return t
+}()
+
+// b64Reader decodes base64 the way mail clients do: characters outside the
+// alphabet are skipped, '=' ends the current quantum (decoding resumes after
+// it), and a truncated last quantum yields the bytes it holds.
+type b64Reader struct {
+	r    io.Reader
+	in   [8192]byte
+	out  []byte
+	buf  [6144]byte
+	acc  uint32
+	nacc int
+	err  error
+}
+
+func (d *b64Reader) Read(p []byte) (int, error) {
+	for len(d.out) == 0 {
+		if d.err != nil {
+			return 0, d.err
+		}
+		n, err := d.r.Read(d.in[:])
+		o := d.buf[:0]
+		for _, c := range d.in[:n] {
+			v := b64Index[c]
+			if v < 0 {
+				if c == '=' {
+					o = d.flush(o)
+				}
+				continue
+			}
+			d.acc = d.acc<<6 | uint32(v)
+			d.nacc++
+			if d.nacc == 4 {
+				o = append(o, byte(d.acc>>16), byte(d.acc>>8), byte(d.acc))
+				d.acc, d.nacc = 0, 0
+			}
+		}
+		if err != nil {
+			o = d.flush(o)
+			d.err = err
+		}
+		d.out = o
+	}
+	n := copy(p, d.out)
+	d.out = d.out[n:]
+	return n, nil
+}
+
+// flush emits the bytes of a partial quantum.
+func (d *b64Reader) flush(o []byte) []byte {
+	switch d.nacc {
+	case 2:
+		o = append(o, byte(d.acc>>4))
+	case 3:
+		o = append(o, byte(d.acc>>10), byte(d.acc>>2))
+	}
+	d.acc, d.nacc = 0, 0
+	return o
+}
+
+// ctxReader fails with the context's error once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

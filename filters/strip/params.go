@@ -1,0 +1,347 @@
+package strip
+
+import (
+	"bytes"
+	"io"
+	"mime"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/emersion/go-message/charset"
+)
+
+// wordDecoder decodes RFC 2047 encoded words in any charset go-message
+// knows.
+var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
+
+// paramSet is the parameters of one header field value.
+type paramSet struct {
+	// values maps each parameter name to its preferred decoded value: the
+	// RFC 2231 form when there is one, else the first plain occurrence.
+	values map[string]string
+	// all maps each parameter name to every distinct decoded value it had.
+	all map[string][]string
+}
+
+func (ps paramSet) names(key string) []string { return ps.all[key] }
+
+type rawParam struct {
+	key, val string
+}
+
+type segment struct {
+	val string
+	ext bool
+	ok  bool
+}
+
+// maxSegments bounds RFC 2231 continuations per parameter.
+const maxSegments = 1000
+
+// parseParams parses a Content-Type or Content-Disposition value
+// leniently: "type/subtype; a=b; c="d"; e*=utf-8”f%20g; h*0*=…; h*1=…".
+// It never fails: what it cannot parse it skips. The value before the
+// first ';' is returned lower-cased, without comments and white space.
+func parseParams(s string) (string, paramSet) {
+	ps := paramSet{}
+	semi := strings.IndexByte(s, ';')
+	value := s
+	if semi >= 0 {
+		value = s[:semi]
+		s = s[semi+1:]
+	} else {
+		s = ""
+	}
+	value = strings.ToLower(strings.Join(strings.Fields(stripComments(value)), ""))
+
+	var raw []rawParam
+	for len(s) > 0 {
+		s = strings.TrimLeft(s, " \t\r\n;")
+		if s == "" {
+			break
+		}
+		i := strings.IndexAny(s, "=;")
+		if i < 0 {
+			break // a bare word at the end: nothing to take
+		}
+		key := strings.ToLower(strings.TrimSpace(stripComments(s[:i])))
+		if s[i] == ';' {
+			s = s[i+1:]
+			continue
+		}
+		s = strings.TrimLeft(s[i+1:], " \t\r\n")
+		var val string
+		if strings.HasPrefix(s, "\"") {
+			var b strings.Builder
+			j := 1
+			for ; j < len(s); j++ {
+				c := s[j]
+				if c == '\\' && j+1 < len(s) {
+					j++
+					b.WriteByte(s[j])
+					continue
+				}
+				if c == '"' {
+					break
+				}
+				b.WriteByte(c)
+			}
+			val = b.String()
+			if j < len(s) {
+				j++ // the closing quote
+			}
+			s = s[j:]
+			if k := strings.IndexByte(s, ';'); k >= 0 {
+				s = s[k+1:]
+			} else {
+				s = ""
+			}
+		} else {
+			k := strings.IndexByte(s, ';')
+			if k < 0 {
+				k = len(s)
+			}
+			val = strings.TrimSpace(s[:k])
+			if k < len(s) {
+				k++
+			}
+			s = s[k:]
+		}
+		if key != "" {
+			raw = append(raw, rawParam{key, val})
+		}
+	}
+	if len(raw) == 0 {
+		return value, ps
+	}
+	ps.values = make(map[string]string)
+	ps.all = make(map[string][]string)
+	plain := map[string][]string{}
+	var order []string
+	ext := map[string]string{}
+	conts := map[string][]segment{}
+	seen := func(base string) {
+		if _, ok := plain[base]; !ok {
+			if _, ok := ext[base]; !ok {
+				if _, ok := conts[base]; !ok {
+					order = append(order, base)
+				}
+			}
+		}
+	}
+	for _, rp := range raw {
+		k := rp.key
+		star := strings.IndexByte(k, '*')
+		if star < 0 {
+			seen(k)
+			plain[k] = append(plain[k], rp.val)
+			continue
+		}
+		base, rest := k[:star], k[star+1:]
+		if base == "" {
+			continue
+		}
+		if rest == "" { // name*=charset'lang'value
+			seen(base)
+			if _, dup := ext[base]; !dup {
+				ext[base] = decode2231(rp.val, true)
+			}
+			continue
+		}
+		isExt := strings.HasSuffix(rest, "*")
+		rest = strings.TrimSuffix(rest, "*")
+		n, err := strconv.Atoi(rest)
+		if err != nil || n < 0 || n >= maxSegments {
+			continue
+		}
+		seen(base)
+		segs := conts[base]
+		if len(segs) <= n {
+			segs = append(segs, make([]segment, n+1-len(segs))...)
+		}
+		if !segs[n].ok {
+			segs[n] = segment{val: rp.val, ext: isExt, ok: true}
+		}
+		conts[base] = segs
+	}
+	for _, base := range order {
+		var vals []string
+		if segs := conts[base]; len(segs) > 0 && segs[0].ok {
+			vals = append(vals, joinSegments(segs))
+		}
+		if v, ok := ext[base]; ok {
+			vals = append(vals, v)
+		}
+		for _, v := range plain[base] {
+			vals = append(vals, decode2047(v))
+		}
+		var uniq []string
+		for _, v := range vals {
+			if !contains(uniq, v) {
+				uniq = append(uniq, v)
+			}
+		}
+		if len(uniq) == 0 {
+			continue
+		}
+		ps.values[base] = uniq[0]
+		ps.all[base] = uniq
+	}
+	return value, ps
+}
+
+// joinSegments assembles RFC 2231 continuations from segment 0 up to the
+// first gap. The charset of segment 0 (when it is extended) applies to all
+// extended segments.
+func joinSegments(segs []segment) string {
+	var buf []byte
+	cs := ""
+	for i, sg := range segs {
+		if !sg.ok {
+			break
+		}
+		v := sg.val
+		if sg.ext {
+			if i == 0 {
+				cs, v = split2231(v)
+			}
+			buf = append(buf, pctDecode(v)...)
+		} else {
+			buf = append(buf, v...)
+		}
+	}
+	return toUTF8(cs, buf)
+}
+
+// decode2231 decodes an extended value: charset'language'percent-encoded.
+func decode2231(v string, first bool) string {
+	cs := ""
+	if first {
+		cs, v = split2231(v)
+	}
+	return toUTF8(cs, pctDecode(v))
+}
+
+func split2231(v string) (cs, rest string) {
+	i := strings.IndexByte(v, '\'')
+	if i < 0 {
+		return "", v
+	}
+	j := strings.IndexByte(v[i+1:], '\'')
+	if j < 0 {
+		return "", v
+	}
+	return v[:i], v[i+1+j+1:]
+}
+
+func pctDecode(s string) []byte {
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '%' && i+2 < len(s) {
+			if h, ok := unhex(s[i+1]); ok {
+				if l, ok := unhex(s[i+2]); ok {
+					b = append(b, h<<4|l)
+					i += 2
+					continue
+				}
+			}
+		}
+		b = append(b, c)
+	}
+	return b
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// toUTF8 converts b from charset cs to UTF-8; an empty, unknown or failing
+// charset leaves the bytes as they are.
+func toUTF8(cs string, b []byte) string {
+	switch strings.ToLower(strings.TrimSpace(cs)) {
+	case "", "utf-8", "utf8", "us-ascii", "ascii":
+		return string(b)
+	}
+	if isASCII(b) {
+		return string(b)
+	}
+	r, err := charset.Reader(cs, bytes.NewReader(b))
+	if err != nil {
+		return string(b)
+	}
+	out, err := io.ReadAll(io.LimitReader(r, int64(8*len(b)+16)))
+	if err != nil || !utf8.Valid(out) {
+		return string(b)
+	}
+	return string(out)
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// decode2047 decodes RFC 2047 encoded words in a parameter value (not
+// allowed by the RFC, produced by many clients anyway).
+func decode2047(v string) string {
+	if !strings.Contains(v, "=?") {
+		return v
+	}
+	d, err := wordDecoder.DecodeHeader(v)
+	if err != nil {
+		return v
+	}
+	return d
+}
+
+// stripComments removes RFC 5322 comments "( … )" (nested, with quoted
+// pairs) outside quoted strings.
+func stripComments(s string) string {
+	if !strings.ContainsRune(s, '(') {
+		return s
+	}
+	var b strings.Builder
+	depth := 0
+	inQuote := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && (depth > 0 || inQuote) && i+1 < len(s):
+			if depth == 0 {
+				b.WriteByte(c)
+				b.WriteByte(s[i+1])
+			}
+			i++
+		case inQuote:
+			if c == '"' {
+				inQuote = false
+			}
+			b.WriteByte(c)
+		case c == '(':
+			depth++
+		case c == ')' && depth > 0:
+			depth--
+		case depth > 0:
+		default:
+			if c == '"' {
+				inQuote = true
+			}
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}

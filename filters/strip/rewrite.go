@@ -1,0 +1,160 @@
+package strip
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"mime/quotedprintable"
+	"strings"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// rewrite splices the message: every byte outside the parts of strips is
+// copied as it is; each of those parts is replaced by a notice. strips are
+// in document order and do not overlap (Decide never matches inside a part
+// it matched).
+func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips []Match) (filters.Body, error) {
+	w := filters.SpoolFrom(ctx).NewWriter()
+	ok := false
+	defer func() {
+		if !ok {
+			w.Abort()
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	copyRange := func(from, to int64) error {
+		if to <= from {
+			return nil
+		}
+		_, err := io.CopyBuffer(w, ctxReader{ctx, io.NewSectionReader(r, from, to-from)}, buf)
+		return err
+	}
+	pos := int64(0)
+	for i := range strips {
+		m := &strips[i]
+		p := m.Part
+		if p.HeaderStart < pos {
+			return nil, fmt.Errorf("strip: internal error: overlapping parts at byte %d", p.HeaderStart)
+		}
+		if err := copyRange(pos, p.HeaderStart); err != nil {
+			return nil, err
+		}
+		nl := "\r\n"
+		if p.LF {
+			nl = "\n"
+		}
+		if p.IsEntity() {
+			// A message root: keep its header fields but the Content-*
+			// ones, which describe what is gone.
+			hdr := make([]byte, p.HeaderEnd-p.HeaderStart)
+			if _, err := r.ReadAt(hdr, p.HeaderStart); err != nil && err != io.EOF {
+				return nil, err
+			}
+			kept := keepNonContentFields(hdr)
+			if len(kept) > 0 && kept[len(kept)-1] != '\n' {
+				kept = append(kept, nl...)
+			}
+			if _, err := w.Write(kept); err != nil {
+				return nil, err
+			}
+		}
+		if _, err := w.Write(notice(m, nl, p.BodyEnd >= size)); err != nil {
+			return nil, err
+		}
+		pos = p.BodyEnd
+	}
+	if err := copyRange(pos, size); err != nil {
+		return nil, err
+	}
+	b, err := w.Finish()
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return b, nil
+}
+
+// keepNonContentFields returns the header section hdr without its Content-*
+// fields (continuation lines included); the rest stays byte for byte.
+func keepNonContentFields(hdr []byte) []byte {
+	out := make([]byte, 0, len(hdr))
+	drop := false
+	for len(hdr) > 0 {
+		i := bytes.IndexByte(hdr, '\n')
+		var ln []byte
+		if i < 0 {
+			ln, hdr = hdr, nil
+		} else {
+			ln, hdr = hdr[:i+1], hdr[i+1:]
+		}
+		if ln[0] != ' ' && ln[0] != '\t' {
+			drop = len(ln) >= 8 && asciiEqualFold(ln[:8], "content-")
+		}
+		if !drop {
+			out = append(out, ln...)
+		}
+	}
+	return out
+}
+
+// notice is the entity that replaces a stripped part: header fields, an
+// empty line, a short text naming the file and the reason. Its body ends
+// with a line break only at the end of the message (elsewhere the line
+// break before the next boundary follows).
+func notice(m *Match, nl string, atEnd bool) []byte {
+	name := displayName(m.Name)
+	if name == "" {
+		name = "(no name)"
+	}
+	reason := m.Why
+	if m.Rule != "" {
+		reason = "rule " + m.Rule + ": " + m.Why
+	}
+	lines := []string{
+		"popgate removed an attachment from this message.",
+		"",
+		"File: " + name,
+		"Type: " + m.Part.ContentType,
+		"Reason: " + oneLine(reason),
+	}
+	text := strings.Join(lines, "\n")
+	cte := "7bit"
+	var body []byte
+	if isASCII([]byte(text)) {
+		body = []byte(strings.ReplaceAll(text, "\n", nl))
+	} else {
+		cte = "quoted-printable"
+		var b bytes.Buffer
+		qw := quotedprintable.NewWriter(&b)
+		_, _ = qw.Write([]byte(text)) // a bytes.Buffer does not fail
+		_ = qw.Close()
+		body = b.Bytes()
+		// No line may look like a boundary delimiter ("--…"), whatever the
+		// name holds and wherever the encoder wraps it.
+		body = bytes.ReplaceAll(body, []byte("\r\n-"), []byte("\r\n=2D"))
+		if nl == "\n" {
+			body = bytes.ReplaceAll(body, []byte("\r\n"), []byte("\n"))
+		}
+	}
+	var out bytes.Buffer
+	out.WriteString("Content-Type: text/plain; charset=utf-8" + nl)
+	out.WriteString("Content-Disposition: inline" + nl)
+	out.WriteString("Content-Transfer-Encoding: " + cte + nl)
+	out.WriteString(nl)
+	out.Write(body)
+	if atEnd {
+		out.WriteString(nl)
+	}
+	return out.Bytes()
+}
+
+func oneLine(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' {
+			return ' '
+		}
+		return r
+	}, s)
+}

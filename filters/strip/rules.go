@@ -1,0 +1,542 @@
+package strip
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"strings"
+
+	"github.com/gabriel-vasile/mimetype"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// rule is a compiled Rule.
+type rule struct {
+	name          string
+	action        Action
+	globs         []string
+	exts          []string
+	ctypes        []string
+	dtypes        []string
+	archiveGlobs  []string
+	encrypted     bool
+	suspicious    bool
+	minSize       int64
+	maxSize       int64
+	hasSelector   bool
+	needsArchive  bool
+	needsDetected bool
+}
+
+// typeAliases maps names in common use to the type mimetype detects.
+var typeAliases = map[string]string{
+	"application/x-msdownload":        "application/vnd.microsoft.portable-executable",
+	"application/x-dosexec":           "application/vnd.microsoft.portable-executable",
+	"application/x-msdos-program":     "application/vnd.microsoft.portable-executable",
+	"application/x-ms-dos-executable": "application/vnd.microsoft.portable-executable",
+	"application/x-exe":               "application/vnd.microsoft.portable-executable",
+	"application/exe":                 "application/vnd.microsoft.portable-executable",
+	"application/x-winexe":            "application/vnd.microsoft.portable-executable",
+}
+
+func compileRule(r *Rule) (*rule, error) {
+	c := &rule{name: r.Name, action: r.Action, encrypted: r.EncryptedArchives, suspicious: r.SuspiciousNames, minSize: r.MinSize, maxSize: r.MaxSize}
+	var errs []error
+	fail := func(what string, err error) {
+		errs = append(errs, fmt.Errorf("rule %s: %s: %w", r.Name, what, err))
+	}
+	switch c.action {
+	case ActionDefault:
+		c.action = ActionStrip
+	case ActionStrip, ActionReject, ActionQuarantine:
+	default:
+		fail("action", fmt.Errorf("%v is not one of strip, reject, quarantine", c.action))
+	}
+	for _, g := range r.Filenames {
+		n, err := normalizeGlob(g)
+		if err != nil {
+			fail("filenames", err)
+		}
+		c.globs = append(c.globs, n)
+	}
+	for _, e := range r.Extensions {
+		n, err := normalizeExtension(e)
+		if err != nil {
+			fail("extensions", err)
+		}
+		c.exts = append(c.exts, n)
+	}
+	for _, t := range r.ContentTypes {
+		n, err := normalizeTypePattern(t)
+		if err != nil {
+			fail("content_types", err)
+		}
+		c.ctypes = append(c.ctypes, n)
+	}
+	for _, t := range r.DetectedTypes {
+		n, err := normalizeTypePattern(t)
+		if err != nil {
+			fail("detected_types", err)
+		}
+		if a, ok := typeAliases[n]; ok {
+			n = a
+		}
+		c.dtypes = append(c.dtypes, n)
+	}
+	for _, g := range r.ArchiveFilenames {
+		n, err := normalizeGlob(g)
+		if err != nil {
+			fail("archive_filenames", err)
+		}
+		c.archiveGlobs = append(c.archiveGlobs, n)
+	}
+	if r.MinSize < 0 || r.MaxSize < 0 {
+		fail("size", errors.New("sizes cannot be negative"))
+	}
+	if r.MaxSize > 0 && r.MinSize > r.MaxSize {
+		fail("size", fmt.Errorf("min_size %d is larger than max_size %d", r.MinSize, r.MaxSize))
+	}
+	c.hasSelector = len(c.globs)+len(c.exts)+len(c.ctypes)+len(c.dtypes)+len(c.archiveGlobs) > 0 || c.encrypted || c.suspicious
+	if !c.hasSelector && c.minSize == 0 && c.maxSize == 0 {
+		fail("selectors", errors.New("the rule selects nothing: give filenames, extensions, content_types, detected_types, archive_filenames, encrypted_archives, suspicious_names or a size"))
+	}
+	c.needsArchive = len(c.archiveGlobs) > 0 || c.encrypted
+	c.needsDetected = len(c.dtypes) > 0
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// evaluator applies the rules to one message.
+type evaluator struct {
+	f         *Filter
+	ctx       context.Context
+	partsLeft int
+}
+
+// partInfo caches what the rules need of one part.
+type partInfo struct {
+	p     *Part
+	r     io.ReaderAt
+	names []nameInfo
+
+	headDone bool
+	head     []byte
+	sizeDone bool
+	size     int64
+	eocd     bool // the decoded content ends like a zip
+
+	archDone bool
+	arch     *Archive
+	archErr  error
+}
+
+type nameInfo struct {
+	raw, norm  string
+	suspicious bool
+}
+
+// sniffLen is how much decoded content type detection looks at.
+const sniffLen = 3072
+
+// tree evaluates the parts of the message rooted at root (read from r),
+// depth being the nesting of root in the outermost message.
+func (ev *evaluator) tree(r io.ReaderAt, root *Part, depth int) ([]Match, error) {
+	var matches []Match
+	var err error
+	n := 0
+	root.Walk(func(p *Part) bool {
+		if err != nil {
+			return false
+		}
+		if n++; n%256 == 0 {
+			if err = ev.ctx.Err(); err != nil {
+				return false
+			}
+		}
+		if p.Kind == Multipart {
+			return true
+		}
+		var m *Match
+		m, err = ev.part(r, p, depth)
+		if err != nil {
+			return false
+		}
+		if m != nil {
+			matches = append(matches, *m)
+			return false
+		}
+		return p.Kind == Message
+	})
+	return matches, err
+}
+
+// part evaluates one part that is not a multipart.
+func (ev *evaluator) part(r io.ReaderAt, p *Part, depth int) (*Match, error) {
+	pi := &partInfo{p: p, r: r}
+	for _, n := range p.Names {
+		norm, sus := NormalizeName(n)
+		pi.names = append(pi.names, nameInfo{raw: n, norm: norm, suspicious: sus})
+	}
+	for _, rl := range ev.f.rules {
+		why, name, ok, err := ev.match(rl, pi)
+		if err != nil {
+			var ae *ArchiveLimitError
+			if errors.As(err, &ae) {
+				return &Match{Part: p, Name: p.Filename, Action: ev.f.onArchive, Why: ae.Error()}, nil
+			}
+			return nil, err
+		}
+		if ok {
+			return &Match{Part: p, Name: name, Rule: rl.name, Action: rl.action, Why: why}, nil
+		}
+	}
+	if p.Kind == Leaf && (p.ContentType == "message/rfc822" || p.ContentType == "message/global") && !identityEncoding(p.Encoding) {
+		return ev.encodedMessage(r, p, depth)
+	}
+	return nil, nil
+}
+
+// encodedMessage looks into a message/rfc822 part that was sent base64 or
+// quoted-printable encoded (not allowed, but clients open it): when anything
+// in it matches, the whole part gets the most severe action found.
+func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, error) {
+	lim := ev.f.lim
+	lim.MaxDepth -= depth + p.Depth + 1
+	if lim.MaxDepth < 1 {
+		return nil, &LimitError{Limit: "depth", Max: ev.f.lim.MaxDepth, Offset: p.BodyStart}
+	}
+	lim.MaxParts = ev.partsLeft
+	if lim.MaxParts < 1 {
+		return nil, &LimitError{Limit: "parts", Max: ev.f.lim.MaxParts, Offset: p.BodyStart}
+	}
+	w := filters.SpoolFrom(ev.ctx).NewWriter()
+	defer w.Abort()
+	ew := &errWriter{w: w}
+	if _, err := io.Copy(ew, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
+		return nil, err
+	}
+	b, err := w.Finish()
+	if err != nil {
+		return nil, err
+	}
+	defer b.Remove()
+	rc, err := b.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	ra, ok := rc.(io.ReaderAt)
+	if !ok {
+		return nil, errors.New("strip: spool body without io.ReaderAt")
+	}
+	sub, err := Parse(ra, b.Size(), lim)
+	var le *LimitError
+	if errors.As(err, &le) {
+		// Report the limit in the outer terms.
+		le = &LimitError{Limit: le.Limit, Offset: p.BodyStart}
+		switch le.Limit {
+		case "depth":
+			le.Max = ev.f.lim.MaxDepth
+		case "parts":
+			le.Max = ev.f.lim.MaxParts
+		default:
+			le.Max = ev.f.lim.MaxHeaderBytes
+		}
+		return nil, le
+	}
+	if err != nil {
+		return nil, err
+	}
+	ev.partsLeft -= countParts(sub)
+	ms, err := ev.tree(ra, sub, depth+p.Depth+1)
+	if err != nil || len(ms) == 0 {
+		return nil, err
+	}
+	worst := ms[0]
+	for _, m := range ms[1:] {
+		if severity(m.Action) > severity(worst.Action) {
+			worst = m
+		}
+	}
+	inner := worst.inner
+	if inner == "" {
+		name := displayName(worst.Name)
+		if name == "" {
+			name = fmt.Sprintf("a %s part", worst.Part.ContentType)
+		}
+		inner = fmt.Sprintf("%s (%s)", name, worst.Why)
+	}
+	return &Match{Part: p, Name: p.Filename, Rule: worst.Rule, Action: worst.Action,
+		Why: "attached message holds " + inner, inner: inner}, nil
+}
+
+func severity(a Action) int {
+	switch a {
+	case ActionReject, ActionQuarantine:
+		return 3
+	case ActionTempfail:
+		return 2
+	case ActionStrip:
+		return 1
+	}
+	return 0
+}
+
+// match applies one rule to a part.
+func (ev *evaluator) match(rl *rule, pi *partInfo) (string, string, bool, error) {
+	why, name, ok := rl.cheap(pi)
+	if !ok && rl.needsDetected {
+		why, ok = rl.detected(ev.headOf(pi))
+	}
+	if !ok && rl.needsArchive {
+		var err error
+		why, ok, err = ev.archive(rl, pi)
+		if err != nil {
+			return "", "", false, err
+		}
+	}
+	if !rl.hasSelector {
+		ok = true
+	}
+	if !ok {
+		return "", "", false, nil
+	}
+	if rl.minSize > 0 || rl.maxSize > 0 {
+		size, err := ev.sizeOf(pi)
+		if err != nil {
+			return "", "", false, err
+		}
+		if size < rl.minSize || (rl.maxSize > 0 && size > rl.maxSize) {
+			return "", "", false, nil
+		}
+		if !rl.hasSelector {
+			why = fmt.Sprintf("size %d bytes", size)
+		}
+	}
+	return why, name, true, nil
+}
+
+// cheap applies the selectors that need no content.
+func (rl *rule) cheap(pi *partInfo) (why, name string, ok bool) {
+	for _, n := range pi.names {
+		if rl.suspicious && n.suspicious {
+			return "bidi or invisible characters in the file name", n.raw, true
+		}
+		ext := extensionOf(n.norm)
+		for _, e := range rl.exts {
+			if ext == e || (strings.Contains(e, ".") && hasExtension(n.norm, e)) {
+				return "extension " + e, n.raw, true
+			}
+		}
+		for _, g := range rl.globs {
+			if globMatch(g, n.norm, n.norm) {
+				return "file name matches " + g, n.raw, true
+			}
+		}
+	}
+	for _, t := range rl.ctypes {
+		if ok, _ := path.Match(t, pi.p.ContentType); ok {
+			return "content type " + pi.p.ContentType, pi.p.Filename, true
+		}
+	}
+	return "", pi.p.Filename, false
+}
+
+// detected applies detected_types to the sniffed type of head.
+func (rl *rule) detected(head []byte) (string, bool) {
+	mt := mimetype.Detect(head)
+	top := mt
+	for m := mt; m != nil; m = m.Parent() {
+		s := m.String()
+		if i := strings.IndexByte(s, ';'); i >= 0 {
+			s = s[:i]
+		}
+		if m != top && (m.Parent() == nil || s == "text/plain") {
+			break // the catch-alls do not count as more general types
+		}
+		for _, t := range rl.dtypes {
+			if ok, _ := path.Match(t, s); ok || m.Is(t) {
+				return "detected type " + strings.SplitN(top.String(), ";", 2)[0], true
+			}
+		}
+	}
+	return "", false
+}
+
+// archive applies archive_filenames and encrypted_archives.
+func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
+	a, err := ev.archiveOf(pi)
+	var ae *ArchiveLimitError
+	if errors.As(err, &ae) {
+		if ev.f.onArchive == ActionPass {
+			return "", false, nil
+		}
+		return "", false, err
+	}
+	if err != nil || a == nil {
+		return "", false, err
+	}
+	if rl.encrypted && a.Encrypted {
+		return "encrypted archive", true, nil
+	}
+	for _, e := range a.Entries {
+		if e.Dir {
+			continue
+		}
+		full := strings.ToLower(e.Path)
+		base, _ := NormalizeName(e.Name)
+		for _, g := range rl.archiveGlobs {
+			if globMatch(g, full, base) {
+				return fmt.Sprintf("archive member %s matches %s", displayName(e.Path), g), true, nil
+			}
+		}
+	}
+	return "", false, nil
+}
+
+func (ev *evaluator) headOf(pi *partInfo) []byte {
+	if pi.headDone {
+		return pi.head
+	}
+	pi.headDone = true
+	buf := make([]byte, sniffLen)
+	n, _ := io.ReadFull(ContentReader(pi.r, pi.p), buf)
+	pi.head = buf[:n]
+	return pi.head
+}
+
+// sizeOf decodes the part once to learn its size and whether it ends like a
+// zip archive.
+func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
+	if pi.sizeDone {
+		return pi.size, nil
+	}
+	p := pi.p
+	if identityEncoding(p.Encoding) {
+		pi.size = p.BodyEnd - p.BodyStart
+		n := min(pi.size, 65535+eocdLen)
+		tail := make([]byte, n)
+		if _, err := pi.r.ReadAt(tail, p.BodyEnd-n); err != nil && err != io.EOF {
+			return 0, err
+		}
+		pi.eocd = bytes.Contains(tail, []byte("PK\x05\x06"))
+		pi.sizeDone = true
+		return pi.size, nil
+	}
+	tw := &tailWriter{keep: 65535 + eocdLen}
+	n, err := io.Copy(tw, ctxReader{ev.ctx, ContentReader(pi.r, p)})
+	if err != nil {
+		return 0, err
+	}
+	pi.size, pi.sizeDone = n, true
+	pi.eocd = bytes.Contains(tw.tail(), []byte("PK\x05\x06"))
+	return pi.size, nil
+}
+
+// archiveOf lists the part as a zip archive when it may be one; it returns
+// nil for parts that are not.
+func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
+	if pi.archDone {
+		return pi.arch, pi.archErr
+	}
+	pi.archDone = true
+	head := ev.headOf(pi)
+	candidate := false
+	for _, m := range zipMagics {
+		if bytes.HasPrefix(head, []byte(m)) {
+			candidate = true
+		}
+	}
+	for _, n := range pi.names {
+		if looksLikeArchiveName(n.raw) {
+			candidate = true
+		}
+	}
+	if !candidate {
+		// Self-extracting or junk-prefixed zips: does it end like one?
+		if _, err := ev.sizeOf(pi); err != nil {
+			pi.archErr = err
+			return nil, err
+		}
+		candidate = pi.eocd
+	}
+	if !candidate {
+		return nil, nil
+	}
+	p := pi.p
+	var ra io.ReaderAt
+	var size int64
+	if identityEncoding(p.Encoding) {
+		ra, size = io.NewSectionReader(pi.r, p.BodyStart, p.BodyEnd-p.BodyStart), p.BodyEnd-p.BodyStart
+	} else {
+		w := filters.SpoolFrom(ev.ctx).NewWriter()
+		defer w.Abort()
+		if _, err := io.Copy(w, ctxReader{ev.ctx, ContentReader(pi.r, p)}); err != nil {
+			pi.archErr = err
+			return nil, err
+		}
+		b, err := w.Finish()
+		if err != nil {
+			pi.archErr = err
+			return nil, err
+		}
+		defer b.Remove()
+		rc, err := b.Open()
+		if err != nil {
+			pi.archErr = err
+			return nil, err
+		}
+		defer rc.Close()
+		var ok bool
+		if ra, ok = rc.(io.ReaderAt); !ok {
+			pi.archErr = errors.New("strip: spool body without io.ReaderAt")
+			return nil, pi.archErr
+		}
+		size = b.Size()
+	}
+	a, err := ListZip(ev.ctx, ra, size, ev.f.alim)
+	var ae *ArchiveLimitError
+	switch {
+	case err == nil:
+		pi.arch = a
+	case errors.As(err, &ae):
+		pi.arch, pi.archErr = a, err
+	case errors.Is(err, ErrNotZip), errors.Is(err, ErrCorruptZip):
+		// Not an archive we can read: no member names to match.
+	default:
+		pi.archErr = err
+	}
+	return pi.arch, pi.archErr
+}
+
+// tailWriter counts what is written and keeps its last keep bytes.
+type tailWriter struct {
+	keep int
+	buf  []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	if len(p) >= t.keep {
+		t.buf = append(t.buf[:0], p[len(p)-t.keep:]...)
+		return n, nil
+	}
+	if len(t.buf)+len(p) > 2*t.keep {
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-(t.keep-len(p)):]...)
+	}
+	t.buf = append(t.buf, p...)
+	return n, nil
+}
+
+func (t *tailWriter) tail() []byte {
+	if len(t.buf) > t.keep {
+		return t.buf[len(t.buf)-t.keep:]
+	}
+	return t.buf
+}

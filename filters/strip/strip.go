@@ -1,0 +1,370 @@
+// Package strip is popgate's attachment policy: it finds the parts of a
+// message by file name (globs, extensions, with the usual disguises undone),
+// by declared and by detected content type, by size and by the names inside
+// zip archives, and strips them (each is replaced by a short text notice) or
+// rejects the whole message.
+//
+// Rewriting splices byte ranges: every byte outside a stripped part stays as
+// it was, and a message that no rule matches is passed as it is. The MIME
+// scanner (Parse) and the archive lister (ListZip) are exported for reuse.
+package strip
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// Action is what happens to a part a rule matches, or to a message that
+// exceeds a limit.
+type Action int
+
+const (
+	// ActionDefault selects the setting's default.
+	ActionDefault Action = iota
+	// ActionStrip replaces the part by a text notice.
+	ActionStrip
+	// ActionReject withholds the whole message (filters.Reject).
+	ActionReject
+	// ActionQuarantine withholds the whole message like ActionReject (the
+	// chain keeps the original in quarantine either way); the reason says
+	// "quarantined".
+	ActionQuarantine
+	// ActionTempfail defers the message (filters.Retry): the client keeps
+	// it on the server and tries again later.
+	ActionTempfail
+	// ActionPass lets the message (or the archive) through unexamined.
+	ActionPass
+)
+
+var actionNames = map[Action]string{
+	ActionStrip: "strip", ActionReject: "reject", ActionQuarantine: "quarantine",
+	ActionTempfail: "tempfail", ActionPass: "pass",
+}
+
+func (a Action) String() string {
+	if s, ok := actionNames[a]; ok {
+		return s
+	}
+	if a == ActionDefault {
+		return "default"
+	}
+	return fmt.Sprintf("Action(%d)", int(a))
+}
+
+// ParseAction parses the policy spelling of an action.
+func ParseAction(s string) (Action, error) {
+	for a, n := range actionNames {
+		if n == s {
+			return a, nil
+		}
+	}
+	return ActionDefault, fmt.Errorf("unknown action %q", s)
+}
+
+// Rule selects parts. A part matches when it matches any of the selectors
+// (file name globs, extensions, declared or detected types, archive member
+// names, encrypted archives, disguised names) — or when the rule has no
+// selector — and its decoded size is within MinSize and MaxSize.
+type Rule struct {
+	Name string
+	// Filenames are globs (path.Match syntax, case-insensitive) matched
+	// against the normalized names of a part (see NormalizeName).
+	Filenames []string
+	// Extensions match the last extension of a name ("exe" matches
+	// "invoice.pdf.exe"); an entry with a dot ("tar.gz") matches that suffix.
+	Extensions []string
+	// ContentTypes are media types or patterns ("application/*") matched
+	// against the declared Content-Type.
+	ContentTypes []string
+	// DetectedTypes are media types or patterns matched against the type
+	// sniffed from the decoded content (github.com/gabriel-vasile/mimetype),
+	// including its more general types (a .docx also is application/zip),
+	// except the catch-alls application/octet-stream and text/plain.
+	DetectedTypes []string
+	// ArchiveFilenames are globs matched against the members of zip
+	// archives, nested up to the filter's archive depth. A glob with a "/"
+	// is matched against the whole member path, others against its last
+	// element.
+	ArchiveFilenames []string
+	// EncryptedArchives matches zip archives with an encrypted member.
+	EncryptedArchives bool
+	// SuspiciousNames matches parts whose name holds bidi controls or
+	// invisible characters (a right-to-left override, say).
+	SuspiciousNames bool
+	// MinSize and MaxSize bound the decoded size of the part, inclusive; 0
+	// means no bound.
+	MinSize, MaxSize int64
+	// Action is ActionStrip (the default), ActionReject or
+	// ActionQuarantine.
+	Action Action
+}
+
+// Config is a strip filter's settings.
+type Config struct {
+	Rules   []Rule
+	Limits  Limits
+	Archive ArchiveLimits
+	// OnLimit is what happens to a message beyond Limits: ActionReject (the
+	// default), ActionTempfail or ActionPass.
+	OnLimit Action
+	// OnArchiveLimit is what happens to a part whose archive is beyond
+	// Archive limits (a zip bomb, too many members), when a rule needs its
+	// members: ActionReject (the default), ActionQuarantine, ActionStrip,
+	// ActionTempfail or ActionPass (the archive's members are then not
+	// examined).
+	OnArchiveLimit Action
+}
+
+// Filter is a configured strip filter; it implements filters.Filter and is
+// safe for concurrent use.
+type Filter struct {
+	name      string
+	rules     []*rule
+	lim       Limits
+	alim      ArchiveLimits
+	onLimit   Action
+	onArchive Action
+}
+
+// New builds a strip filter from cfg.
+func New(name string, cfg Config) (*Filter, error) {
+	f := &Filter{
+		name:      name,
+		lim:       cfg.Limits.withDefaults(),
+		alim:      cfg.Archive.withDefaults(),
+		onLimit:   cfg.OnLimit,
+		onArchive: cfg.OnArchiveLimit,
+	}
+	switch f.onLimit {
+	case ActionDefault:
+		f.onLimit = ActionReject
+	case ActionReject, ActionTempfail, ActionPass:
+	default:
+		return nil, fmt.Errorf("on_limit: %v is not one of reject, tempfail, pass", f.onLimit)
+	}
+	switch f.onArchive {
+	case ActionDefault:
+		f.onArchive = ActionReject
+	case ActionReject, ActionQuarantine, ActionStrip, ActionTempfail, ActionPass:
+	default:
+		return nil, fmt.Errorf("on_archive_limit: %v is not one of reject, quarantine, strip, tempfail, pass", f.onArchive)
+	}
+	var errs []error
+	for i := range cfg.Rules {
+		r, err := compileRule(&cfg.Rules[i])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		f.rules = append(f.rules, r)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Name returns the filter's name.
+func (f *Filter) Name() string { return f.name }
+
+// Filter applies the rules to body. Nothing matched: Pass, no Body. Parts
+// stripped: Replace with the spliced message. A reject or quarantine rule
+// matched: Reject. The message beyond a limit: the configured action.
+func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, error) {
+	rc, err := body.Open()
+	if err != nil {
+		return filters.Verdict{}, err
+	}
+	defer rc.Close()
+	size := body.Size()
+	ra, ok := rc.(io.ReaderAt)
+	if !ok {
+		// Not random access (a header-prepending wrapper, say): spool it.
+		w := filters.SpoolFrom(ctx).NewWriter()
+		if _, err := io.Copy(w, ctxReader{ctx, rc}); err != nil {
+			w.Abort()
+			return filters.Verdict{}, fmt.Errorf("strip: spooling the message: %w", err)
+		}
+		b, err := w.Finish()
+		if err != nil {
+			return filters.Verdict{}, err
+		}
+		defer b.Remove()
+		brc, err := b.Open()
+		if err != nil {
+			return filters.Verdict{}, err
+		}
+		defer brc.Close()
+		if ra, ok = brc.(io.ReaderAt); !ok {
+			return filters.Verdict{}, errors.New("strip: spooled body without io.ReaderAt")
+		}
+		size = b.Size()
+	}
+	return f.filter(ctx, ra, size)
+}
+
+func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64) (filters.Verdict, error) {
+	d, err := f.Decide(ctx, ra, size)
+	if err != nil {
+		return filters.Verdict{}, err
+	}
+	switch d.Action {
+	case filters.Pass:
+		return filters.Verdict{Action: filters.Pass, Reason: d.Reason}, nil
+	case filters.Replace:
+		b, err := f.rewrite(ctx, ra, size, d.Matches)
+		if err != nil {
+			return filters.Verdict{}, err
+		}
+		return filters.Verdict{Action: filters.Replace, Body: b, Reason: d.Reason}, nil
+	}
+	return filters.Verdict{Action: d.Action, Reason: d.Reason}, nil
+}
+
+// Match is one part a rule (or an archive limit) matched.
+type Match struct {
+	Part *Part
+	// Name is the part's file name as sent ("" for a part without one).
+	Name   string
+	Rule   string // the rule's name; "" for an archive limit
+	Action Action // ActionStrip, ActionReject, ActionQuarantine or ActionTempfail
+	// Why says what matched: "extension exe", "detected type …", …
+	Why string
+
+	inner string // for a match inside an encoded message: what matched there
+}
+
+// Describe is "invoice.pdf.exe (rule dangerous: extension exe)".
+func (m *Match) Describe() string {
+	name := displayName(m.Name)
+	if name == "" {
+		name = fmt.Sprintf("part %d (%s)", m.Part.Index, m.Part.ContentType)
+	}
+	if m.Rule == "" {
+		return fmt.Sprintf("%s (%s)", name, m.Why)
+	}
+	return fmt.Sprintf("%s (rule %s: %s)", name, m.Rule, m.Why)
+}
+
+// Decision is what the filter decided for one message, before any rewrite.
+type Decision struct {
+	// Action is filters.Pass, Replace (strip Matches), Reject or Retry.
+	Action filters.Action
+	Reason string
+	// Root is the parsed message (nil when parsing hit a limit).
+	Root *Part
+	// Matches are the parts matched, in document order. For Replace they
+	// are exactly the parts to strip.
+	Matches []Match
+	// Limit is set when the message exceeded a MIME limit.
+	Limit *LimitError
+}
+
+// Decide parses the message of size bytes in r and applies the rules,
+// without rewriting anything. It is what Filter does, for tools (popgate
+// scan) and tests.
+func (f *Filter) Decide(ctx context.Context, r io.ReaderAt, size int64) (*Decision, error) {
+	d := &Decision{Action: filters.Pass}
+	root, err := Parse(r, size, f.lim)
+	var le *LimitError
+	if errors.As(err, &le) {
+		return f.limitDecision(d, le), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("strip: reading the message: %w", err)
+	}
+	d.Root = root
+	ev := &evaluator{f: f, ctx: ctx, partsLeft: f.lim.MaxParts - countParts(root)}
+	matches, err := ev.tree(r, root, 0)
+	if errors.As(err, &le) {
+		return f.limitDecision(d, le), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.Matches = matches
+	if len(matches) == 0 {
+		return d, nil
+	}
+	// The most severe action wins: reject/quarantine, then tempfail, then
+	// strip.
+	var rejects, temps, strips []Match
+	for _, m := range matches {
+		switch m.Action {
+		case ActionReject, ActionQuarantine:
+			rejects = append(rejects, m)
+		case ActionTempfail:
+			temps = append(temps, m)
+		default:
+			strips = append(strips, m)
+		}
+	}
+	switch {
+	case len(rejects) > 0:
+		d.Action = filters.Reject
+		verb := "rejected"
+		if rejects[0].Action == ActionQuarantine {
+			verb = "quarantined"
+		}
+		d.Reason = reasonList(verb, rejects)
+		d.Matches = rejects
+	case len(temps) > 0:
+		d.Action = filters.Retry
+		d.Reason = reasonList("deferred", temps)
+		d.Matches = temps
+	default:
+		d.Action = filters.Replace
+		d.Reason = reasonList("stripped", strips)
+		d.Matches = strips
+	}
+	return d, nil
+}
+
+func (f *Filter) limitDecision(d *Decision, le *LimitError) *Decision {
+	d.Limit = le
+	d.Root = nil
+	switch f.onLimit {
+	case ActionPass:
+		d.Action = filters.Pass
+		d.Reason = "not examined: " + le.Error()
+	case ActionTempfail:
+		d.Action = filters.Retry
+		d.Reason = "deferred: " + le.Error()
+	default:
+		d.Action = filters.Reject
+		d.Reason = "rejected: " + le.Error()
+	}
+	return d
+}
+
+// maxReason bounds the length of a verdict's reason.
+const maxReason = 400
+
+func reasonList(verb string, ms []Match) string {
+	var b strings.Builder
+	b.WriteString(verb)
+	b.WriteString(": ")
+	for i, m := range ms {
+		s := m.Describe()
+		if i > 0 {
+			if b.Len()+len(s)+2 > maxReason {
+				fmt.Fprintf(&b, " and %d more", len(ms)-i)
+				break
+			}
+			b.WriteString(", ")
+		}
+		b.WriteString(s)
+	}
+	return b.String()
+}
+
+func countParts(root *Part) int {
+	n := 0
+	root.Walk(func(*Part) bool { n++; return true })
+	return n
+}

@@ -1,0 +1,243 @@
+package policy
+
+import (
+	"errors"
+	"io"
+	"os"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/rs/zerolog"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// Policy is one `policy "NAME"` block: what happens to the messages of the
+// sessions it applies to.
+type Policy struct {
+	Name string
+	// Chain names the filter blocks in the order they run (attribute
+	// chain); Filters holds them, built.
+	Chain   []string
+	Filters []filters.Filter
+	// OnError applies when a filter cannot decide (attribute on_error:
+	// "tempfail", the default, "pass" or "reject").
+	OnError filters.OnError
+	// FilterTOP is attribute top: "filter" (the default: TOP shows the start
+	// of the filtered message) or "pass" (TOP is relayed unfiltered).
+	FilterTOP bool
+	// KeepAlive (attribute keepalive, a duration, default off) trickles
+	// header lines to the client while a slow chain runs.
+	KeepAlive time.Duration
+	// NoticeOnReject is attribute rejected: "notice" (the default: a
+	// withheld message is replaced by a notice once its original is in
+	// quarantine) or "error" (-ERR [SYS/PERM]; the message stays on the
+	// server).
+	NoticeOnReject bool
+	Range          hcl.Range
+}
+
+// Quarantine is the `quarantine` block.
+type Quarantine struct {
+	// Dir holds the originals (attribute dir, required); popgate creates it
+	// (mode 0700) if it does not exist.
+	Dir string
+	// NoticeFrom is the From address of notices (attribute notice_from,
+	// default "popgate <postmaster@localhost>").
+	NoticeFrom string
+}
+
+// DefaultNoticeFrom is the From of notices when quarantine sets none.
+const DefaultNoticeFrom = "popgate <postmaster@localhost>"
+
+type policySchema struct {
+	Name      string    `hcl:"name,label"`
+	NameRange hcl.Range `hcl:"name,label_range"`
+	DefRange  hcl.Range `hcl:",def_range"`
+
+	Chain     *hcl.Attribute `hcl:"chain,optional"`
+	OnError   *hcl.Attribute `hcl:"on_error,optional"`
+	TOP       *hcl.Attribute `hcl:"top,optional"`
+	KeepAlive *hcl.Attribute `hcl:"keepalive,optional"`
+	Rejected  *hcl.Attribute `hcl:"rejected,optional"`
+}
+
+type quarantineSchema struct {
+	DefRange hcl.Range `hcl:",def_range"`
+
+	Dir        *hcl.Attribute `hcl:"dir,optional"`
+	NoticeFrom *hcl.Attribute `hcl:"notice_from,optional"`
+}
+
+func (s *quarantineSchema) defRange() hcl.Range { return s.DefRange }
+
+// filtersAndPolicies builds scanners, filters, the quarantine and the
+// policies. Filter and scanner types decode their own blocks through the
+// registry in package filters.
+func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
+	bc := &filters.BuildContext{
+		Eval:          d.ctx,
+		Scanners:      map[string]any{},
+		ScannerRanges: map[string]hcl.Range{},
+		Log:           zerolog.Nop(),
+	}
+	for _, b := range root.Scanners {
+		d.checkName("scanner", b.Name, b.NameRange)
+		if first, dup := bc.ScannerRanges[b.Name]; dup {
+			d.errorf(b.NameRange, "Duplicate scanner", "A scanner named %q was already defined at %s.", b.Name, posString(first))
+			continue
+		}
+		factory, ok := filters.LookupScanner(b.Type)
+		if !ok {
+			d.errorf(b.TypeRange, "Unknown scanner type", "There is no scanner type %q.", b.Type)
+			continue
+		}
+		s, diags := factory(b.Name, b.Body, bc)
+		d.diags = append(d.diags, diags...)
+		if s == nil || diags.HasErrors() {
+			closeQuietly(s)
+			continue
+		}
+		bc.Scanners[b.Name] = s
+		bc.ScannerRanges[b.Name] = b.NameRange
+		cfg.scanners = append(cfg.scanners, s)
+	}
+
+	cfg.Filters = map[string]filters.Filter{}
+	filterRanges := map[string]hcl.Range{}
+	for _, b := range root.Filters {
+		d.checkName("filter", b.Name, b.NameRange)
+		if first, dup := filterRanges[b.Name]; dup {
+			d.errorf(b.NameRange, "Duplicate filter", "A filter named %q was already defined at %s.", b.Name, posString(first))
+			continue
+		}
+		filterRanges[b.Name] = b.NameRange
+		factory, ok := filters.Lookup(b.Type)
+		if !ok {
+			d.errorf(b.TypeRange, "Unknown filter type", "There is no filter type %q; known types: %q.", b.Type, filters.Types())
+			continue
+		}
+		f, diags := factory(b.Name, b.Body, bc)
+		d.diags = append(d.diags, diags...)
+		if f != nil && !diags.HasErrors() {
+			cfg.Filters[b.Name] = f
+		}
+	}
+
+	cfg.Quarantine = d.quarantine(single(d, "quarantine", root.Quarantine))
+
+	firstPolicy := map[string]hcl.Range{}
+	used := map[string]bool{}
+	for _, s := range root.Policies {
+		d.checkName("policy", s.Name, s.NameRange)
+		if first, dup := firstPolicy[s.Name]; dup {
+			d.errorf(s.NameRange, "Duplicate policy", "A policy named %q was already defined at %s.", s.Name, posString(first))
+			continue
+		}
+		firstPolicy[s.Name] = s.NameRange
+		p := d.policy(s, cfg.Filters, filterRanges, used)
+		if len(p.Chain) > 0 && cfg.Quarantine == nil {
+			d.warnf(s.DefRange, "Policy without quarantine",
+				"Policy %q filters messages, but there is no quarantine block: a message a filter would change is deferred instead (its original could not be kept), and a withheld message gets -ERR [SYS/PERM] instead of a notice.", s.Name)
+		}
+		cfg.Policies = append(cfg.Policies, p)
+	}
+	for _, b := range root.Filters {
+		if !used[b.Name] {
+			d.warnf(b.NameRange, "Unused filter", "Filter %q is in no policy's chain, so it never runs.", b.Name)
+		}
+	}
+}
+
+// policy decodes a policy block; used collects the filter names its chain
+// mentions.
+func (d *decoder) policy(s *policySchema, built map[string]filters.Filter, declared map[string]hcl.Range, used map[string]bool) *Policy {
+	p := &Policy{Name: s.Name, Range: s.DefRange, FilterTOP: true, NoticeOnReject: true}
+	if s.Chain != nil {
+		exprs, diags := hcl.ExprList(s.Chain.Expr)
+		d.diags = append(d.diags, diags...)
+		seen := map[string]bool{}
+		for _, e := range exprs {
+			v, diags := e.Value(d.ctx)
+			d.diags = append(d.diags, diags...)
+			if diags.HasErrors() {
+				continue
+			}
+			if v.IsNull() || !v.IsWhollyKnown() || v.Type() != cty.String {
+				d.errorf(e.Range(), "Invalid chain entry", "Each chain entry is the name of a filter block, as a string.")
+				continue
+			}
+			name := v.AsString()
+			used[name] = true
+			switch {
+			case seen[name]:
+				d.errorf(e.Range(), "Duplicate chain entry", "Filter %q appears twice in the chain of policy %q.", name, s.Name)
+			case built[name] != nil:
+				p.Chain = append(p.Chain, name)
+				p.Filters = append(p.Filters, built[name])
+			default:
+				if _, ok := declared[name]; !ok {
+					d.errorf(e.Range(), "Unknown filter", "Policy %q names filter %q, but there is no filter block with that name.", s.Name, name)
+				}
+				// A declared filter that failed to build has its own
+				// diagnostics already.
+			}
+			seen[name] = true
+		}
+	}
+	if s.OnError != nil {
+		mode := d.enum(s.OnError, "tempfail", "tempfail", "pass", "pass-with-tag", "reject")
+		p.OnError, _ = filters.ParseOnError(mode)
+	}
+	p.FilterTOP = d.enum(s.TOP, "filter", "filter", "pass") == "filter"
+	if s.KeepAlive != nil {
+		p.KeepAlive = d.duration(s.KeepAlive, 0, false)
+	}
+	p.NoticeOnReject = d.enum(s.Rejected, "notice", "notice", "error") == "notice"
+	return p
+}
+
+func (d *decoder) quarantine(s *quarantineSchema) *Quarantine {
+	if s == nil {
+		return nil
+	}
+	q := &Quarantine{NoticeFrom: d.str(s.NoticeFrom, DefaultNoticeFrom)}
+	if !d.requireAttr(s.Dir, s.DefRange, "quarantine", "dir", `dir = "/var/lib/popgate/quarantine"`) {
+		return q
+	}
+	raw, dir, ok := d.pathAttr(s.Dir)
+	if !ok {
+		return q
+	}
+	st, err := os.Stat(dir)
+	switch {
+	case err == nil && !st.IsDir():
+		d.errorf(s.Dir.Expr.Range(), "Not a directory", "dir: %s is not a directory.", dir)
+	case errors.Is(err, os.ErrNotExist):
+		// popgate creates it (and its parents) at startup.
+	case err != nil:
+		d.fileProblem(s.Dir, raw, dir, err)
+	}
+	q.Dir = dir
+	return q
+}
+
+// Close releases what building the configuration started (scanner health
+// checks). A Config that is no longer used must be closed.
+func (c *Config) Close() error {
+	var errs []error
+	for _, s := range c.scanners {
+		if cl, ok := s.(io.Closer); ok {
+			errs = append(errs, cl.Close())
+		}
+	}
+	c.scanners = nil
+	return errors.Join(errs...)
+}
+
+func closeQuietly(s any) {
+	if cl, ok := s.(io.Closer); ok {
+		_ = cl.Close()
+	}
+}
