@@ -1,6 +1,7 @@
 # demo.hcl — the configuration `popgate demo` runs with (embedded in the
 # binary). The demo starts a small built-in POP3 server on 127.0.0.1:1111 with
-# a sample mailbox, and popgate in front of it on 127.0.0.1:1110.
+# a sample mailbox, and popgate in front of it on 127.0.0.1:1110, scanning,
+# stripping and tagging every message it delivers.
 
 # Clients connect here. Plain POP3, no TLS: it listens on loopback only.
 listener "pop3" {
@@ -18,4 +19,39 @@ upstream "demo" {
 log {
   level  = "info"    # debug | info | warn | error
   format = "console" # console for people, json for log collectors
+}
+
+# Virus scanning with the local clamd. If none answers, `popgate demo` says
+# so and runs the chain without "av" (a real proxy would defer every
+# message instead: see on_error below).
+scanner "clamav" "local" {
+  addresses = [env("POPGATE_DEMO_CLAMD", "tcp://127.0.0.1:3310")]
+  timeout   = "30s"
+  max_size  = "25MB"
+}
+
+filter "clamav" "av" {
+  scanner = "local" # the scanner block above
+}
+
+# Attachments that run code on the client are cut out and replaced by a
+# short notice; the rest of the message stays byte for byte as it was.
+filter "strip" "dangerous" {
+  extensions = ["exe", "scr", "js", "vbs", "bat", "cmd", "com", "pif", "docm", "xlsm"]
+}
+
+# Every message popgate delivers says so.
+filter "tag" "stamp" {
+  headers = { "X-Popgate-Scanned" = "yes" }
+}
+
+# Originals of stripped or withheld messages are kept here first, fsynced,
+# before anything else reaches the client: `popgate quarantine list -dir …`.
+quarantine {
+  dir = env("POPGATE_DEMO_QUARANTINE", "/tmp/popgate-demo-quarantine")
+}
+
+policy "default" {
+  chain    = ["av", "dangerous", "stamp"] # in this order
+  on_error = "tempfail"                   # a scanner failure: -ERR [SYS/TEMP], the client retries later
 }

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"context"
+	"encoding/base64"
+	"time"
 	"cmp"
 	"flag"
 	"fmt"
@@ -9,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/popgate/popgate/examples"
+	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/clamav"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/proxy/pop3/server"
@@ -56,6 +61,8 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	go func() { _ = mail.Serve(mailLn) }()
 	defer mail.Close()
 
+	defer cfg.Close()
+	scanning := demoScanning(cfg)
 	opts, err := proxyOptions(cfg, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
@@ -84,17 +91,21 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 
 Try, in another terminal:
   curl %s %s/            # list the mailbox through popgate
-  curl %s %s/1           # a clean message
-  curl %s %s/2           # a message with an .exe attachment
-  curl %s %s/3           # a message carrying the EICAR test string
+  curl %s %s/1           # a clean message: only the X-Popgate-Scanned tag added
+  curl %s %s/2           # an .exe attachment: stripped, the rest untouched
+  curl %s %s/3           # the EICAR test file attached: withheld, a notice instead
   curl %s %s/ -X UIDL    # unique ids, relayed
   curl -v %s %s/1 2>&1 | grep '^<'   # the raw POP3 dialogue
 
-Filters: this version relays messages unchanged (virus scanning, attachment
-stripping and tagging are not built yet), so messages 2 and 3 arrive as stored.
+%s
+Quarantined originals:
+  popgate quarantine list -dir %s
+  popgate quarantine export -dir %s ID     # the original, byte for byte
+
 Press Ctrl-C to stop.
 `, mailLn.Addr(), demoUser, demoPassword, addr,
-		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base)
+		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base,
+		scanning, cfg.Quarantine.Dir, cfg.Quarantine.Dir)
 	return serveUntilSignal(srv, cfg, "", stderr)
 }
 
@@ -145,9 +156,55 @@ To: demo@example.com
 Subject: test file
 Date: Mon, 23 Nov 2026 11:30:00 +0000
 Message-ID: <eicar-3@example.org>
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b3"
+
+--b3
 Content-Type: text/plain; charset=us-ascii
 
-` + eicar + `
+The attachment is the EICAR antivirus test file.
+
+--b3
+Content-Type: application/octet-stream; name="eicar.com"
+Content-Disposition: attachment; filename="eicar.com"
+Content-Transfer-Encoding: base64
+
+` + base64.StdEncoding.EncodeToString([]byte(eicar)) + `
+--b3--
 `)},
 	}
+}
+
+// demoScanning checks that the demo's clamd answers. If it does not, the
+// clamav filters leave the demo's chains (a real deployment would defer
+// every message instead), and the returned text says why.
+func demoScanning(cfg *policy.Config) string {
+	var down []string
+	for _, f := range cfg.Filters {
+		av, ok := f.(*clamav.Filter)
+		if !ok {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		err := av.Scanner().Ping(ctx)
+		cancel()
+		if err != nil {
+			down = append(down, fmt.Sprintf("%s (%v)", av.Name(), err))
+		}
+	}
+	if len(down) == 0 {
+		return "Scanning: on (clamd answers): message 3 is replaced by a notice."
+	}
+	for _, p := range cfg.Policies {
+		var keep []filters.Filter
+		for _, f := range p.Filters {
+			if _, ok := f.(*clamav.Filter); !ok {
+				keep = append(keep, f)
+			}
+		}
+		p.Filters = keep
+	}
+	return fmt.Sprintf(`Scanning: OFF — no clamd answers for %s.
+  Install and start clamav-daemon, or point POPGATE_DEMO_CLAMD at one
+  (tcp://HOST:PORT or unix:///PATH). Message 3 arrives unscanned.`, strings.Join(down, ", "))
 }
