@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/popgate/popgate/examples"
+	_ "github.com/popgate/popgate/filters/builtin"
 	"github.com/popgate/popgate/policy"
 )
 

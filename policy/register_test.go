@@ -1,9 +1,5 @@
 package policy
 
-// Filter and scanner types register themselves when imported, as they are
-// in cmd/popgate: the configurations under test use them.
-import (
-	_ "github.com/popgate/popgate/filters/clamav"
-	_ "github.com/popgate/popgate/filters/strip"
-	_ "github.com/popgate/popgate/filters/tag"
-)
+// The configurations under test use the built-in filter types, as
+// cmd/popgate does.
+import _ "github.com/popgate/popgate/filters/builtin"

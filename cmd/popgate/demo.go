@@ -1,15 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
-	"time"
-	"cmp"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"time"
 
 	"github.com/popgate/popgate/examples"
 	"github.com/popgate/popgate/filters"
