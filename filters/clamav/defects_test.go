@@ -76,6 +76,19 @@ func goClamdResult(ch chan *clamd.ScanResult, d time.Duration) (r *clamd.ScanRes
 	}
 }
 
+// goroutinesIn counts the goroutines with fn on their stack.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
+}
+
 func drain(ch chan *clamd.ScanResult) {
 	for range ch {
 	}
@@ -209,7 +222,9 @@ func TestDefect1WriteErrorsAndEarlyReply(t *testing.T) {
 		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		var re *ReplyError
-		if !errors.As(err, &re) || !strings.Contains(re.Problem, "before the end") {
+		// Seen as early, or (when the reader got to it only after the end
+		// marker went out) by the real verdict that follows it.
+		if !errors.As(err, &re) || !(strings.Contains(re.Problem, "before the end") || strings.Contains(re.Problem, "after the reply")) {
 			t.Errorf("want a ReplyError about an early reply, got %v", err)
 		}
 	})
@@ -223,7 +238,9 @@ func TestDefect2AbortGoroutine(t *testing.T) {
 	f := newFake(t, "tcp")
 
 	t.Run("go-clamd", func(t *testing.T) {
-		base := runtime.NumGoroutine()
+		// go-clamd's abort goroutine is the closure in ScanStream.
+		aborters := func() int { return goroutinesIn("go-clamd.(*Clamd).ScanStream.func1") }
+		base := aborters()
 		abort := make(chan bool)
 		ch, err := clamd.NewClamd(f.url).ScanStream(strings.NewReader("clean"), abort)
 		if err != nil {
@@ -231,12 +248,12 @@ func TestDefect2AbortGoroutine(t *testing.T) {
 		}
 		drain(ch)
 		time.Sleep(200 * time.Millisecond)
-		leaked := runtime.NumGoroutine() - base
+		leaked := aborters() - base
 		abort <- true // "abort": received, ignored
 		time.Sleep(50 * time.Millisecond)
-		still := runtime.NumGoroutine() - base
+		still := aborters() - base
 		close(abort)
-		waitFor(t, 2*time.Second, "go-clamd's abort goroutine to end", func() bool { return runtime.NumGoroutine() <= base })
+		waitFor(t, 2*time.Second, "go-clamd's abort goroutine to end", func() bool { return aborters() <= base })
 		if leaked < 1 || still < 1 {
 			t.Fatalf("defect not reproduced: %d, %d goroutines left", leaked, still)
 		}
@@ -392,7 +409,7 @@ func TestDefect3NoDeadlines(t *testing.T) {
 		if err := s.Ping(context.Background()); err == nil {
 			t.Fatal("Ping of a hung clamd succeeded")
 		}
-		if d := time.Since(start); d > time.Second {
+		if d := time.Since(start); d > 1500*time.Millisecond {
 			t.Errorf("Ping took %v with PingTimeout 300ms", d)
 		}
 		if s.Healthy() != 0 {

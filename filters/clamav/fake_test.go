@@ -69,7 +69,7 @@ type fakeClamd struct {
 	pings       atomic.Int64
 	inflight    atomic.Int64 // INSTREAM sessions in progress
 	maxInflight atomic.Int64
-	lastStream  atomic.Int64 // bytes of the last stream received
+	lastStream  atomic.Int64  // bytes of the last stream received
 	connClosed  chan struct{} // a stream connection was closed by the client before its end
 }
 
@@ -119,9 +119,14 @@ func (f *fakeClamd) start() {
 		f.t.Fatalf("fake clamd: %v", err)
 	}
 	f.mu.Lock()
+	if f.closed { // a restart raced with Close
+		f.mu.Unlock()
+		ln.Close()
+		return
+	}
 	f.ln = ln
-	f.mu.Unlock()
 	f.wg.Add(1)
+	f.mu.Unlock()
 	go f.serve(ln)
 }
 
@@ -272,7 +277,7 @@ func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer f
 		for len(p) > 0 {
 			k := len(p)
 			if m.readRate > 0 {
-				k = min(k, int(m.readRate/20)+1)
+				k = min(k, int(m.readRate/20)+1) // at most 50 ms worth at a time
 			}
 			if m.hangAfter > 0 && total+int64(k) > m.hangAfter {
 				k = int(m.hangAfter - total)
@@ -301,7 +306,7 @@ func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer f
 			}
 			if m.readRate > 0 {
 				select {
-				case <-time.After(50 * time.Millisecond):
+				case <-time.After(time.Duration(k) * time.Second / time.Duration(m.readRate)):
 				case <-f.release:
 					return errors.New("released")
 				}

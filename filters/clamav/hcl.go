@@ -55,6 +55,10 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 	}
 	var cfg Config
 	d := &decoder{eval: eval}
+	if blk.Addresses == nil {
+		d.missing(body, "addresses", `addresses = ["tcp://127.0.0.1:3310"]`)
+		return Config{}, append(diags, d.diags...)
+	}
 	cfg.Addresses = d.addresses(blk.Addresses)
 	cfg.Timeout = d.duration(blk.Timeout, DefaultTimeout)
 	cfg.MaxSize = d.size(blk.MaxSize, DefaultMaxSize)
@@ -102,6 +106,10 @@ func filterFactory(name string, body hcl.Body, bc *filters.BuildContext) (filter
 		return nil, diags
 	}
 	d := &decoder{eval: bc.Eval}
+	if blk.Scanner == nil {
+		d.missing(body, "scanner", `scanner = "local", the name of a scanner "clamav" block`)
+		return nil, append(diags, d.diags...)
+	}
 	oversize := OversizeTempFail
 	if blk.Oversize != nil {
 		if s, ok := d.str(blk.Oversize); ok {
@@ -164,6 +172,13 @@ func (d *decoder) errorf(r hcl.Range, summary, format string, args ...any) {
 		Detail:   fmt.Sprintf(format, args...),
 		Subject:  r.Ptr(),
 	})
+}
+
+// missing reports a required attribute that the block lacks. (gohcl does
+// not, for *hcl.Attribute fields.)
+func (d *decoder) missing(body hcl.Body, name, example string) {
+	d.errorf(body.MissingItemRange(), "Missing required argument",
+		"The argument %q is required, but no definition was found; for example %s.", name, example)
 }
 
 // decode evaluates expr into target (a pointer), keeping its diagnostics.

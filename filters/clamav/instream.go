@@ -61,11 +61,14 @@ type ReplyError struct {
 	Backend string
 	Reply   string // as received, without the NUL; cut and made printable
 	Problem string
+	Err     error // ErrSizeLimit for clamd's size-limit refusal, else nil
 }
 
 func (e *ReplyError) Error() string {
 	return fmt.Sprintf("clamav: %s: %s: %q", e.Backend, e.Problem, e.Reply)
 }
+
+func (e *ReplyError) Unwrap() error { return e.Err }
 
 // verdict is a parsed "stream: …" reply.
 type verdict struct {
@@ -78,7 +81,8 @@ type reply struct {
 	line  string // without the NUL
 	ok    bool   // a complete, NUL-terminated line was read
 	early bool   // it arrived before the end of the stream was being sent
-	err   error  // why there is no complete line
+	extra bool   // more bytes followed it
+	err   error  // why there is no complete line; with ok: how reading on failed
 }
 
 // scanOne runs one INSTREAM scan of r (size bytes; negative: unknown, up to
@@ -102,7 +106,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 	// read before a write fails and the connection is torn down.
 	var final atomic.Bool // the end-of-stream marker is being sent
 	replies := make(chan reply, 1)
-	go func() { replies <- readReply(conn, &final) }()
+	go func() { replies <- readReply(conn, &final, true) }()
 	var rp reply
 	got := false
 	wait := func() reply {
@@ -206,8 +210,15 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		}
 		return verdict{}, &connError{backend: b.addr, op: "waiting for the verdict", err: connClosed(res.err)}
 	}
-	if res.early {
+	switch {
+	case res.early:
 		return verdict{}, replyProblem(b, res, "reply before the end of the stream")
+	case res.extra:
+		return verdict{}, replyProblem(b, res, "more data after the reply")
+	case res.err != nil && (ctx.Err() != nil || isTimeout(res.err)):
+		return verdict{}, replyProblem(b, res, "clamd did not close the connection after its reply")
+	case res.err != nil:
+		return verdict{}, replyProblem(b, res, "connection failed after the reply: "+res.err.Error())
 	}
 	return parseReply(b, res)
 }
@@ -228,23 +239,37 @@ func (s *Scanner) ctxError(ctx context.Context, b *backend, op string, timeout t
 	return fmt.Errorf("clamav: %s: %s: %w", b.addr, op, err)
 }
 
-// readReply reads one NUL-terminated reply of at most maxReply bytes. early
-// records whether it was complete before final was set.
-func readReply(conn net.Conn, final *atomic.Bool) reply {
-	var line []byte
+// readReply reads one NUL-terminated reply of at most maxReply bytes; with
+// toEOF it goes on reading until clamd closes the connection (which clamd
+// does right after its reply), so that anything after the reply is seen.
+// early records whether the reply was complete before final was set.
+func readReply(conn net.Conn, final *atomic.Bool, toEOF bool) reply {
+	var data []byte
 	buf := make([]byte, 512)
+	nul, early := -1, false
 	for {
 		n, err := conn.Read(buf)
-		if i := bytes.IndexByte(buf[:n], 0); i >= 0 {
-			line = append(line, buf[:i]...)
-			return reply{line: string(line), ok: true, early: !final.Load()}
+		data = append(data, buf[:n]...)
+		if nul < 0 {
+			if nul = bytes.IndexByte(data, 0); nul >= 0 {
+				early = !final.Load()
+			}
 		}
-		line = append(line, buf[:n]...)
-		if len(line) > maxReply {
-			return reply{line: string(line[:maxReply]), err: errors.New("reply too long")}
+		if len(data) > maxReply {
+			if nul < 0 {
+				return reply{line: string(data[:maxReply]), err: errors.New("reply too long")}
+			}
+			return reply{line: string(data[:nul]), ok: true, early: early, extra: true}
+		}
+		if nul >= 0 && (err != nil || !toEOF) {
+			rp := reply{line: string(data[:nul]), ok: true, early: early, extra: len(data) > nul+1}
+			if err != nil && err != io.EOF {
+				rp.err = err
+			}
+			return rp
 		}
 		if err != nil {
-			return reply{line: string(line), err: err}
+			return reply{line: string(data), err: err}
 		}
 	}
 }
@@ -271,7 +296,7 @@ func parseReply(b *backend, rp reply) (verdict, error) {
 func replyProblem(b *backend, rp reply, problem string) error {
 	line := rp.line
 	if strings.Contains(line, "size limit exceeded") {
-		return fmt.Errorf("%w: %w", ErrSizeLimit, &ReplyError{Backend: b.addr, Reply: printable(line), Problem: "clamd refused the stream"})
+		return &ReplyError{Backend: b.addr, Reply: printable(line), Problem: "clamd refused the stream: its StreamMaxLength is below max_size", Err: ErrSizeLimit}
 	}
 	if problem == "" {
 		problem = "no verdict in the reply"
@@ -371,7 +396,7 @@ func (s *Scanner) ping(ctx context.Context, b *backend) error {
 	}
 	var final atomic.Bool
 	final.Store(true)
-	rp := readReply(conn, &final)
+	rp := readReply(conn, &final, false)
 	switch {
 	case !rp.ok && (ctx.Err() != nil || isTimeout(rp.err)):
 		return fmt.Errorf("clamav: %s: PING: no answer within %v", b.addr, s.cfg.PingTimeout)

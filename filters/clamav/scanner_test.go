@@ -93,7 +93,7 @@ func TestReplies(t *testing.T) {
 		if tried != want {
 			t.Errorf("%q: tried on %d backends, want %d (err %v)", c.reply, tried, want, err)
 		}
-		t.Logf("%q → %+v, %v", c.reply, res, err)
+		t.Logf("%.60q → %+v, %.200v", c.reply, res, err)
 		s.Ping(context.Background()) // both healthy again
 	}
 }
@@ -189,26 +189,32 @@ func TestFailover(t *testing.T) {
 func TestRestartMidScan(t *testing.T) {
 	leakCheck(t)
 	msg := virusAtEnd(2 << 20)
-	restartAt := func(f *fakeClamd, n int64) {
+	// restartAt makes f restart once it has n bytes of a stream; the
+	// channel is closed when it listens again.
+	restartAt := func(f *fakeClamd, n int64) chan struct{} {
 		var once sync.Once
+		restarted := make(chan struct{})
 		f.set(fakeMode{onBytes: func(total int64) {
 			if total >= n {
 				once.Do(func() {
 					f.set(fakeMode{})
 					f.restart()
+					close(restarted)
 				})
 			}
 		}})
+		return restarted
 	}
 
 	t.Run("one-backend", func(t *testing.T) {
 		f := newFake(t, "tcp")
-		restartAt(f, 500_000)
+		restarted := restartAt(f, 500_000)
 		s := newTestScanner(t, testConfig(f.url))
 		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		t.Log(err)
 		// Back after the restart.
+		<-restarted
 		if err := s.Ping(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -237,7 +243,9 @@ func TestRestartMidScan(t *testing.T) {
 		f.set(fakeMode{replyDelay: time.Minute})
 		s := newTestScanner(t, testConfig(f.url))
 		go func() {
-			waitFor(t, 2*time.Second, "the stream to end", func() bool { return f.ended.Load() == 1 })
+			for f.ended.Load() == 0 {
+				time.Sleep(5 * time.Millisecond)
+			}
 			f.restart()
 		}()
 		res, err := s.Scan(context.Background(), strings.NewReader(eicar), int64(len(eicar)))

@@ -1,0 +1,168 @@
+package clamav
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/popgate/popgate/filters"
+)
+
+func readBody(t *testing.T, b filters.Body) string {
+	t.Helper()
+	rc, err := b.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func TestFilterVerdicts(t *testing.T) {
+	leakCheck(t)
+	f := newFake(t, "tcp")
+	s := newTestScanner(t, testConfig(f.url))
+	av := NewFilter("av", s, OversizeTempFail)
+	if av.Name() != "av" || av.Scanner() != s {
+		t.Fatal("Name/Scanner")
+	}
+	ctx := context.Background()
+
+	v, err := av.Filter(ctx, &filters.Envelope{}, filters.BytesBody([]byte("Subject: hi\r\n\r\nhello\r\n")))
+	if err != nil || v.Action != filters.Pass || v.Reason != "clean" || v.Body != nil {
+		t.Errorf("clean: %+v, %v", v, err)
+	}
+	v, err = av.Filter(ctx, &filters.Envelope{}, filters.BytesBody(virusAtEnd(100_000)))
+	if err != nil || v.Action != filters.Reject || v.Reason != "virus: "+fakeSig {
+		t.Errorf("infected: %+v, %v", v, err)
+	}
+
+	// A file-backed spool body, read again on the second backend after the
+	// first one drops the connection.
+	g := newFake(t, "unix")
+	f.set(fakeMode{closeAfter: 50_000})
+	s2 := newTestScanner(t, testConfig(f.url, g.url))
+	sp := &filters.Spool{Dir: t.TempDir(), MemoryLimit: -1}
+	w := sp.NewWriter()
+	w.Write(virusAtEnd(1 << 20))
+	body, err := w.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Remove()
+	v, err = NewFilter("av2", s2, OversizeTempFail).Filter(ctx, &filters.Envelope{}, body)
+	if err != nil || v.Action != filters.Reject {
+		t.Errorf("failover with a spool body: %+v, %v", v, err)
+	}
+	if f.streams.Load() == 0 || g.streams.Load() != 1 {
+		t.Errorf("streams: %d on the failing backend, %d on the other", f.streams.Load(), g.streams.Load())
+	}
+
+	// No verdict: an error, never Pass.
+	f.set(fakeMode{reply: "stream: Can't allocate memory ERROR\x00"})
+	v, err = av.Filter(ctx, &filters.Envelope{}, filters.BytesBody([]byte("hello")))
+	if err == nil || v.Action != filters.Pass || v.Body != nil || v.Reason != "" {
+		t.Errorf("clamd error: %+v, %v", v, err)
+	}
+	f.set(fakeMode{})
+}
+
+func TestFilterOversize(t *testing.T) {
+	leakCheck(t)
+	f := newFake(t, "tcp")
+	cfg := testConfig(f.url)
+	cfg.MaxSize = 1000
+	s := newTestScanner(t, cfg)
+	big := filters.BytesBody(append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte("x"), 2000)...))
+	ctx := context.Background()
+
+	for _, c := range []struct {
+		o      Oversize
+		action filters.Action
+		reason string
+	}{
+		{OversizeTempFail, filters.Retry, "too large to scan"},
+		{OversizeReject, filters.Reject, "too large to scan (2016 bytes > max_size 1000)"},
+		{OversizeQuarantine, filters.Reject, "too large to scan (2016 bytes > max_size 1000)"},
+		{OversizePassWithTag, filters.Replace, "too large to scan, passed with a warning"},
+	} {
+		v, err := NewFilter("av", s, c.o).Filter(ctx, &filters.Envelope{}, big)
+		if err != nil || v.Action != c.action || v.Reason != c.reason {
+			t.Errorf("%v: %+v, %v", c.o, v, err)
+			continue
+		}
+		if c.o == OversizePassWithTag {
+			want := "X-Popgate-Warning: not scanned: too large (2016 bytes > max_size 1000)\r\n" + readBody(t, big)
+			if got := readBody(t, v.Body); got != want || !v.KeepsOriginal {
+				t.Errorf("tagged body %.100q, KeepsOriginal %v", got, v.KeepsOriginal)
+			}
+			v.Body.Remove()
+		} else if v.Body != nil {
+			t.Errorf("%v: a Body on %v", c.o, v.Action)
+		}
+	}
+	if f.streams.Load() != 0 {
+		t.Errorf("an oversize message reached clamd")
+	}
+	for _, s := range []string{"tempfail", "pass-with-tag", "reject", "quarantine"} {
+		o, err := ParseOversize(s)
+		if err != nil || o.String() != s {
+			t.Errorf("ParseOversize(%q) = %v, %v", s, o, err)
+		}
+	}
+	if _, err := ParseOversize("pass"); err == nil {
+		t.Error(`ParseOversize("pass") accepted`)
+	}
+}
+
+// The chain never delivers a message the scanner could not decide on.
+func TestFilterInChain(t *testing.T) {
+	leakCheck(t)
+	f := newFake(t, "tcp")
+	s := newTestScanner(t, testConfig(f.url))
+	chain := &filters.Chain{Filters: []filters.Filter{NewFilter("av", s, OversizeTempFail)}}
+	msg := filters.BytesBody([]byte("Subject: x\r\n\r\n" + eicar + "\r\n"))
+	ctx := context.Background()
+
+	res := chain.Run(ctx, &filters.Envelope{}, msg)
+	if res.Outcome != filters.Refuse || !strings.Contains(res.Reason, fakeSig) {
+		t.Errorf("infected: %v %q", res.Outcome, res.Reason)
+	}
+	res.Release()
+
+	for name, m := range map[string]fakeMode{
+		"hung":         {hangAfterAccept: true},
+		"closes":       {closeAfter: 5},
+		"size-limit":   {sizeLimit: 10},
+		"garbage":      {reply: "stream: OK"},
+		"early-reply":  {earlyReply: "stream: OK\x00", replyDelay: 100e6},
+		"ping-refused": {pingClose: true, closeAfter: 1},
+	} {
+		f.set(m)
+		res := chain.Run(ctx, &filters.Envelope{}, msg)
+		if res.Outcome != filters.Defer {
+			t.Errorf("%s: outcome %v (%q), want defer", name, res.Outcome, res.Reason)
+		}
+		t.Logf("%s: %v: %s", name, res.Outcome, res.Reason)
+		res.Release()
+	}
+	f.set(fakeMode{})
+
+	// clamd gone altogether.
+	f.stop()
+	res = chain.Run(ctx, &filters.Envelope{}, msg)
+	if res.Outcome != filters.Defer {
+		t.Errorf("clamd down: %v", res.Outcome)
+	}
+	res.Release()
+	if _, err := s.Scan(ctx, strings.NewReader(""), 0); err == nil || errors.Is(err, ErrOversize) {
+		t.Errorf("clamd down: %v", err)
+	}
+}

@@ -1,0 +1,203 @@
+package clamav
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/rs/zerolog"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// parseBlock parses src, a single block, and returns its body.
+func parseBlock(t *testing.T, src string) hcl.Body {
+	t.Helper()
+	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
+	if diags.HasErrors() {
+		t.Fatalf("parse: %v", diags)
+	}
+	blocks := f.Body.(*hclsyntax.Body).Blocks
+	if len(blocks) != 1 {
+		t.Fatalf("%d blocks", len(blocks))
+	}
+	return blocks[0].Body
+}
+
+func buildScanner(t *testing.T, src string) (*Scanner, hcl.Diagnostics) {
+	t.Helper()
+	factory, ok := filters.LookupScanner("clamav")
+	if !ok {
+		t.Fatal("scanner type clamav not registered")
+	}
+	eval := &hcl.EvalContext{Variables: map[string]cty.Value{"clamd_port": cty.StringVal("3310")}}
+	v, diags := factory("local", parseBlock(t, src), &filters.BuildContext{Eval: eval, Log: zerolog.Nop()})
+	if v == nil {
+		return nil, diags
+	}
+	s := v.(*Scanner)
+	t.Cleanup(func() { s.Close() })
+	return s, diags
+}
+
+func TestHCLScanner(t *testing.T) {
+	leakCheck(t)
+	s, diags := buildScanner(t, `scanner "clamav" "local" {
+  addresses       = ["tcp://127.0.0.1:${clamd_port}", "unix:///run/clamav/clamd.ctl"]
+  timeout         = "20s"
+  max_size        = "25MB"
+  max_concurrent  = 4
+  health_interval = "5s"
+}`)
+	if diags.HasErrors() || s == nil {
+		t.Fatalf("%v", diags)
+	}
+	c := s.Config()
+	if strings.Join(c.Addresses, " ") != "tcp://127.0.0.1:3310 unix:///run/clamav/clamd.ctl" ||
+		c.Timeout != 20*time.Second || c.MaxSize != 25_000_000 || c.MaxConcurrent != 4 || c.HealthInterval != 5*time.Second {
+		t.Errorf("config %+v", c)
+	}
+
+	s, diags = buildScanner(t, `scanner "clamav" "local" {
+  addresses = ["tcp://127.0.0.1:3310"]
+}`)
+	if diags.HasErrors() {
+		t.Fatal(diags)
+	}
+	c = s.Config()
+	if c.Timeout != DefaultTimeout || c.MaxSize != DefaultMaxSize || c.MaxConcurrent != DefaultMaxConcurrent || c.HealthInterval != DefaultHealthInterval {
+		t.Errorf("defaults %+v", c)
+	}
+}
+
+func TestHCLScannerDiagnostics(t *testing.T) {
+	for _, c := range []struct {
+		src  string
+		want []string // "line:col: substring of the detail"
+	}{
+		{`scanner "clamav" "x" {
+}`, []string{"1:22: Missing required argument"}},
+		{`scanner "clamav" "x" {
+  addresses = []
+}`, []string{"2:15: at least one clamd address"}},
+		{`scanner "clamav" "x" {
+  addresses = ["tcp://127.0.0.1:3310",
+               "127.0.0.1:3310", "unix://clamd.sock", "tcp://127.0.0.1:3310"]
+  bogus     = 1
+}`, []string{"4:3: Unsupported argument"}},
+		{`scanner "clamav" "x" {
+  addresses = ["tcp://127.0.0.1:3310",
+               "127.0.0.1:3310", "unix://clamd.sock", "tcp://127.0.0.1:3310"]
+}`, []string{"3:16: is not a clamd address", "3:34: three slashes", "3:55: already listed at test.hcl:2:16"}},
+		{`scanner "clamav" "x" {
+  addresses = "tcp://127.0.0.1:3310"
+}`, []string{"2:16: list of string required"}},
+		{`scanner "clamav" "x" {
+  addresses       = ["tcp://127.0.0.1:3310"]
+  timeout         = "30"
+  max_size        = "25M"
+  max_concurrent  = 0
+  health_interval = "10ms"
+}`, []string{"3:21: missing unit", "4:21: unknown unit", "5:21: from 1 to 1024", "6:21: from 1s to 1h0m0s"}},
+		{`scanner "clamav" "x" {
+  addresses      = ["tcp://127.0.0.1:3310"]
+  max_size       = "3GiB"
+  max_concurrent = 2.5
+}`, []string{"3:20: 2GiB", "4:20: "}},
+	} {
+		_, diags := buildScanner(t, c.src)
+		if !diags.HasErrors() {
+			t.Errorf("no error for\n%s", c.src)
+			continue
+		}
+		var got []string
+		for _, d := range diags {
+			got = append(got, fmt.Sprintf("%d:%d: %s: %s", d.Subject.Start.Line, d.Subject.Start.Column, d.Summary, d.Detail))
+		}
+		for _, w := range c.want {
+			pos, text, _ := strings.Cut(w, ": ")
+			found := false
+			for _, g := range got {
+				if strings.HasPrefix(g, pos+": ") && strings.Contains(g, text) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("want a diagnostic %q, got:\n  %s", w, strings.Join(got, "\n  "))
+			}
+		}
+	}
+}
+
+func TestHCLScannerWarning(t *testing.T) {
+	s, diags := buildScanner(t, `scanner "clamav" "x" {
+  addresses = ["tcp://127.0.0.1:3310"]
+  max_size  = "200MB"
+}`)
+	if s == nil || diags.HasErrors() || len(diags) != 1 || diags[0].Severity != hcl.DiagWarning || diags[0].Subject.Start.Line != 3 {
+		t.Errorf("%v", diags)
+	}
+}
+
+func TestHCLFilter(t *testing.T) {
+	leakCheck(t)
+	scanner, _ := buildScanner(t, `scanner "clamav" "local" {
+  addresses = ["tcp://127.0.0.1:3310"]
+}`)
+	factory, ok := filters.Lookup("clamav")
+	if !ok {
+		t.Fatal("filter type clamav not registered")
+	}
+	bc := &filters.BuildContext{
+		Scanners:      map[string]any{"local": scanner, "other": struct{}{}},
+		ScannerRanges: map[string]hcl.Range{"other": {Filename: "scanners.hcl", Start: hcl.Pos{Line: 7, Column: 19}}},
+	}
+	build := func(src string) (filters.Filter, hcl.Diagnostics) {
+		return factory("av", parseBlock(t, src), bc)
+	}
+
+	f, diags := build(`filter "clamav" "av" {
+  scanner = "local"
+}`)
+	if diags.HasErrors() || f.Name() != "av" || f.(*Filter).oversize != OversizeTempFail || f.(*Filter).Scanner() != scanner {
+		t.Fatalf("%v %+v", diags, f)
+	}
+	f, diags = build(`filter "clamav" "av" {
+  scanner  = "local"
+  oversize = "pass-with-tag"
+}`)
+	if diags.HasErrors() || f.(*Filter).oversize != OversizePassWithTag {
+		t.Fatalf("%v", diags)
+	}
+
+	for _, c := range []struct{ src, want string }{
+		{`filter "clamav" "av" {
+}`, "1:22: Missing required argument"},
+		{`filter "clamav" "av" {
+  scanner = "nope"
+}`, `2:13: There is no scanner "nope" (clamav scanners: "local")`},
+		{`filter "clamav" "av" {
+  scanner = "other"
+}`, `2:13: The scanner "other" (declared at scanners.hcl:7:19) is not a clamav scanner`},
+		{`filter "clamav" "av" {
+  scanner  = "local"
+  oversize = "pass"
+}`, `3:14: oversize must be one of`},
+	} {
+		f, diags := build(c.src)
+		if f != nil || !diags.HasErrors() {
+			t.Errorf("no error for %s", c.src)
+			continue
+		}
+		d := diags[0]
+		got := fmt.Sprintf("%d:%d: %s: %s", d.Subject.Start.Line, d.Subject.Start.Column, d.Summary, d.Detail)
+		pos, text, _ := strings.Cut(c.want, ": ")
+		if !strings.HasPrefix(got, pos+": ") || !strings.Contains(got, text) {
+			t.Errorf("want %q, got %q", c.want, got)
+		}
+	}
+}
