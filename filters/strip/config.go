@@ -1,11 +1,9 @@
 package strip
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"math/big"
-	"strconv"
 	"strings"
 
 	"github.com/gabriel-vasile/mimetype"
@@ -336,7 +334,7 @@ func (d *decoder) size(a *hcl.Attribute, lo, hi int64) int64 {
 		return 0
 	}
 	s := v.AsString()
-	n, err := parseSize(s)
+	n, err := filters.ParseSize(s)
 	if err != nil {
 		d.errorf(a.Expr.Range(), "Invalid size", "%q is not a size: %v.", s, err)
 		return 0
@@ -362,45 +360,4 @@ func (d *decoder) action(a *hcl.Attribute, allowed ...string) Action {
 	}
 	d.errorf(a.Expr.Range(), "Invalid action", "%s must be one of %q, not %q.", a.Name, allowed, s)
 	return ActionDefault
-}
-
-// Size units of parseSize: decimal units are powers of 1000, binary units
-// powers of 1024.
-var sizeUnits = map[string]int64{
-	"": 1, "b": 1,
-	"kb": 1000, "mb": 1000 * 1000, "gb": 1000 * 1000 * 1000, "tb": 1000 * 1000 * 1000 * 1000,
-	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-}
-
-// parseSize parses "100", "25KB", "10MB", "512KiB", … with the same rules as
-// policy.ParseSize (package filters has no shared size parser yet, and strip
-// must not import policy).
-func parseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	if t == "" {
-		return 0, errors.New("the size is empty")
-	}
-	i := 0
-	for i < len(t) && t[i] >= '0' && t[i] <= '9' {
-		i++
-	}
-	if i == 0 {
-		if t[0] == '-' {
-			return 0, errors.New("a size cannot be negative")
-		}
-		return 0, errors.New(`a size is a whole number of bytes with an optional unit, like "100", "25MB" or "512KiB"`)
-	}
-	unit := strings.ToLower(strings.TrimSpace(t[i:]))
-	mult, ok := sizeUnits[unit]
-	if !ok {
-		if strings.HasPrefix(unit, ".") || strings.HasPrefix(unit, ",") {
-			return 0, errors.New(`a size must be a whole number, like "1500KB" rather than "1.5MB"`)
-		}
-		return 0, fmt.Errorf("unknown unit %q; use B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)", strings.TrimSpace(t[i:]))
-	}
-	n, err := strconv.ParseInt(t[:i], 10, 64)
-	if err != nil || n > math.MaxInt64/mult {
-		return 0, errors.New("the size is too large")
-	}
-	return n * mult, nil
 }

@@ -2,6 +2,7 @@ package strip
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 
@@ -238,19 +239,6 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]int64{"100": 100, "10MB": 10_000_000, "512 KiB": 512 << 10, "1gib": 1 << 30, "7b": 7} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("%q: %d %v", in, got, err)
-		}
-	}
-	for _, in := range []string{"", "-1", "1.5MB", "10M", "MB", "99999999999999999999"} {
-		if _, err := parseSize(in); err == nil {
-			t.Errorf("%q accepted", in)
-		}
-	}
-}
-
 // TestChain runs the filter in a filters.Chain as the proxy does.
 func TestChain(t *testing.T) {
 	f := mustFilter(t, corpusPolicy)
@@ -309,5 +297,31 @@ func TestConfigEmptySelectors(t *testing.T) {
 		if f != nil || !diags.HasErrors() || diags.Errs()[0].Error() == "" || !strings.Contains(diags.Error(), "Rule selects nothing") {
 			t.Errorf("%s: %v", src, diags)
 		}
+	}
+}
+
+// TestDocExample: the configuration shown in the package documentation
+// loads.
+func TestDocExample(t *testing.T) {
+	src, err := os.ReadFile("strip.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	in := false
+	for _, line := range strings.Split(string(src), "\n") {
+		if strings.HasPrefix(line, "//\tfilter \"strip\"") {
+			in = true
+		}
+		if in {
+			b.WriteString(strings.TrimPrefix(line, "//\t") + "\n")
+			if line == "//\t}" {
+				break
+			}
+		}
+	}
+	f := mustFilter(t, strings.Replace(b.String(), `"NAME"`, `"doc"`, 1))
+	if len(f.rules) != 2 || f.rules[1].name != "RULE" {
+		t.Errorf("rules %+v", f.rules)
 	}
 }

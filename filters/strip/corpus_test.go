@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/popgate/popgate/filters"
@@ -172,4 +173,74 @@ func TestCorpusStripAll(t *testing.T) {
 		}
 		checkSplice(t, msg, out, d.Matches)
 	}
+}
+
+// TestLineEndings: a notice follows the line endings of the message.
+func TestLineEndings(t *testing.T) {
+	f := mustFilter(t, corpusPolicy)
+	_, out := run(t, f, readCorpus(t, "09_lf_only.eml"))
+	if bytes.Contains(out, []byte("\r")) || !bytes.Contains(out, []byte("\n\npopgate removed an attachment")) {
+		t.Errorf("LF-only message got CR or no notice:\n%s", out)
+	}
+	_, out = run(t, f, readCorpus(t, "02_mixed_double_ext.eml"))
+	if bytes.Count(out, []byte("\n")) != bytes.Count(out, []byte("\r\n")) {
+		t.Errorf("CRLF message got bare LFs")
+	}
+}
+
+// countingReaderAt counts the bytes read through it.
+type countingReaderAt struct {
+	r *bytes.Reader
+	n int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n += int64(n)
+	return n, err
+}
+
+// TestReadsOnce: name and type rules read the message once; content rules
+// add the parts they look at (the sniffed head, or one decoding pass).
+func TestReadsOnce(t *testing.T) {
+	msg := readCorpus(t, "02_mixed_double_ext.eml")
+	for _, tc := range []struct {
+		policy string
+		max    int64
+	}{
+		{`filter "strip" "x" { extensions = ["none"] }`, int64(len(msg))},
+		{`filter "strip" "x" { detected_types = ["image/gif"] }`, int64(len(msg)) + 4*sniffLen},
+		{`filter "strip" "x" { min_size = "1GB" }`, 2 * int64(len(msg))},
+	} {
+		f := mustFilter(t, tc.policy)
+		cr := &countingReaderAt{r: bytes.NewReader(msg)}
+		d, err := f.Decide(context.Background(), cr, int64(len(msg)))
+		if err != nil || d.Action != filters.Pass {
+			t.Fatalf("%s: %v %v", tc.policy, d, err)
+		}
+		if cr.n > tc.max {
+			t.Errorf("%s: read %d bytes of a %d-byte message, want at most %d", tc.policy, cr.n, len(msg), tc.max)
+		}
+	}
+}
+
+// TestConcurrent: one Filter serves many messages at once.
+func TestConcurrent(t *testing.T) {
+	f := mustFilter(t, corpusPolicy)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for _, tc := range corpus[i%3*8 : i%3*8+8] {
+				msg := readCorpus(t, tc.file)
+				v, err := f.Filter(context.Background(), nil, filters.BytesBody(msg))
+				if err != nil || v.Action != tc.action {
+					t.Errorf("%s: %v %v", tc.file, v.Action, err)
+				}
+				if v.Body != nil {
+					v.Body.Remove()
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

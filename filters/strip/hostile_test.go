@@ -224,3 +224,41 @@ func TestContextCanceled(t *testing.T) {
 		t.Errorf("err %v, want context.Canceled", err)
 	}
 }
+
+// TestLargeMessage: a message of tens of MB is read a bounded number of
+// times, with memory far below its size (the test's own copy aside).
+func TestLargeMessage(t *testing.T) {
+	big := make([]byte, 24<<20)
+	for i := range big {
+		big[i] = byte(i*7 + i>>9)
+	}
+	var b bytes.Buffer
+	b.WriteString("From: a@example.org\r\nSubject: big\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"big\"\r\n\r\n")
+	b.WriteString("--big\r\nContent-Type: text/plain\r\n\r\nhello\r\n")
+	b.WriteString("--big\r\nContent-Type: video/mp4; name=\"holiday.mp4\"\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	b.WriteString(b64(big))
+	b.WriteString("\r\n--big\r\nContent-Type: application/octet-stream; name=\"small.exe\"\r\nContent-Transfer-Encoding: base64\r\n\r\nTVqQAA==\r\n--big--\r\n")
+	msg := b.Bytes()
+	big = nil
+	f := mustFilter(t, corpusPolicy[:strings.LastIndex(corpusPolicy, "}")]+`
+  rule "huge" {
+    min_size = "20MB"
+  }
+}`)
+	var v filters.Verdict
+	var out []byte
+	d, alloc := measure(func() { v, out = run(t, f, msg) })
+	t.Logf("%d MB message: %v, %.1f MB allocated (the result copy included): %v %q", len(msg)>>20, d, float64(alloc)/1e6, v.Action, v.Reason)
+	if v.Action != filters.Replace || v.Reason != "stripped: holiday.mp4 (rule huge: size 25165824 bytes), small.exe (rule dangerous: extension exe)" {
+		t.Fatalf("%v %q", v.Action, v.Reason)
+	}
+	if len(out) > 4096 {
+		t.Errorf("result of %d bytes", len(out))
+	}
+	if alloc > 24<<20 {
+		t.Errorf("allocated %.1f MB", float64(alloc)/1e6)
+	}
+	if d > 10*time.Second {
+		t.Errorf("took %v", d)
+	}
+}

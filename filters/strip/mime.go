@@ -3,7 +3,6 @@ package strip
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -417,16 +416,18 @@ func (p *parser) closeAbove(j int, end int64) {
 		if f.state == stHeader {
 			e := max(end, part.HeaderStart)
 			part.HeaderEnd, part.BodyStart = e, e
-			// A header cut short by a delimiter or the end of input: its
-			// fields still count (and the cap still applies).
-			if f.overflow {
-				// Only reachable at EOF: a delimiter line is never collected
-				// past the cap without being checked first.
-				f.overflow = false
-			}
+			// A header cut short by a delimiter or the end of the input:
+			// its fields still count. (Overflow here can only come from the
+			// delimiter line itself, which is not part of the header; any
+			// earlier line past the cap has already failed the parse.)
 			_ = p.endHeader(f, false)
 		}
 		part.BodyEnd = max(end, part.BodyStart)
+		if n := len(part.Children); n > 0 {
+			// An empty last child sits at the start of the delimiter line
+			// that ends it; the parent must still contain it.
+			part.BodyEnd = max(part.BodyEnd, part.Children[n-1].BodyEnd)
+		}
 		if f.active {
 			p.deactivate(i)
 			part.Unterminated = true
@@ -674,6 +675,3 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
-
-// errShort is returned by readers of ranges that end early.
-var errShort = errors.New("strip: message shorter than its part ranges")

@@ -260,10 +260,10 @@ func TestNormalizeName(t *testing.T) {
 func TestDecoders(t *testing.T) {
 	for _, tc := range []struct{ enc, in, want string }{
 		{"base64", "SGVs\r\nbG8g\r\nd29y bGQ=\r\n", "Hello world"},
-		{"base64", "SGVsbG8", "Hello"},             // no padding
-		{"base64", "SG!Vs*bG8=", "Hello"},          // junk skipped
-		{"base64", "SGk=SGk=", "HiHi"},             // padding mid-stream
-		{"base64", "SGVsbG8_LT4-", "Hello?->>"},    // URL-safe alphabet
+		{"base64", "SGVsbG8", "Hello"},          // no padding
+		{"base64", "SG!Vs*bG8=", "Hello"},       // junk skipped
+		{"base64", "SGk=SGk=", "HiHi"},          // padding mid-stream
+		{"base64", "SGVsbG8_LT4-", "Hello?->>"}, // URL-safe alphabet
 		{"quoted-printable", "caf=C3=A9 =\r\nok=\nx", "café okx"},
 		{"quoted-printable", "a=ZZb=4", "a=ZZb=4"}, // malformed passes through
 		{"quoted-printable", "soft=  \r\nbreak", "softbreak"},

@@ -123,7 +123,10 @@ func globMatch(pattern, full, base string) bool {
 // displayName makes a file name safe to show in a notice or a reason:
 // control and format characters are written as <U+XXXX>, so a
 // right-to-left override is visible instead of acting.
-func displayName(name string) string {
+func displayName(name string) string { return cleanText(name, 200) }
+
+// cleanText is displayName with a length limit of its own.
+func cleanText(name string, limit int) string {
 	var b strings.Builder
 	for i := 0; i < len(name); {
 		r, n := utf8.DecodeRuneInString(name[i:])
@@ -136,7 +139,7 @@ func displayName(name string) string {
 		default:
 			b.WriteRune(r)
 		}
-		if b.Len() > 200 {
+		if b.Len() > limit {
 			b.WriteString("…")
 			break
 		}

@@ -174,7 +174,10 @@ func parseParams(s string) (string, paramSet) {
 			vals = append(vals, v)
 		}
 		for _, v := range plain[base] {
-			vals = append(vals, decode2047(v))
+			if base == "name" || base == "filename" {
+				v = decode2047(v)
+			}
+			vals = append(vals, v)
 		}
 		var uniq []string
 		for _, v := range vals {

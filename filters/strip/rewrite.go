@@ -45,6 +45,19 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 		if p.LF {
 			nl = "\n"
 		}
+		// A part that starts at the end of a delimiter line without a
+		// line break (at the very end of the message) needs one first.
+		if p.HeaderStart > 0 {
+			var prev [1]byte
+			if _, err := r.ReadAt(prev[:], p.HeaderStart-1); err != nil {
+				return nil, err
+			}
+			if prev[0] != '\n' {
+				if _, err := io.WriteString(w, nl); err != nil {
+					return nil, err
+				}
+			}
+		}
 		if p.IsEntity() {
 			// A message root: keep its header fields but the Content-*
 			// ones, which describe what is gone.
@@ -60,7 +73,18 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 				return nil, err
 			}
 		}
-		if _, err := w.Write(notice(m, nl, p.BodyEnd >= size)); err != nil {
+		// The notice ends with a line break at the end of the message, and
+		// wherever the part did not end with one of its own: an empty part
+		// ends right at the next delimiter line, which must stay a line.
+		var next [1]byte
+		needBreak := p.BodyEnd >= size
+		if !needBreak {
+			if _, err := r.ReadAt(next[:], p.BodyEnd); err != nil {
+				return nil, err
+			}
+			needBreak = next[0] != '\r' && next[0] != '\n'
+		}
+		if _, err := w.Write(notice(m, nl, needBreak)); err != nil {
 			return nil, err
 		}
 		pos = p.BodyEnd
@@ -101,9 +125,9 @@ func keepNonContentFields(hdr []byte) []byte {
 
 // notice is the entity that replaces a stripped part: header fields, an
 // empty line, a short text naming the file and the reason. Its body ends
-// with a line break only at the end of the message (elsewhere the line
-// break before the next boundary follows).
-func notice(m *Match, nl string, atEnd bool) []byte {
+// with a line break only when brk is set (elsewhere the line break before
+// the next boundary follows).
+func notice(m *Match, nl string, brk bool) []byte {
 	name := displayName(m.Name)
 	if name == "" {
 		name = "(no name)"
@@ -116,8 +140,8 @@ func notice(m *Match, nl string, atEnd bool) []byte {
 		"popgate removed an attachment from this message.",
 		"",
 		"File: " + name,
-		"Type: " + m.Part.ContentType,
-		"Reason: " + oneLine(reason),
+		"Type: " + displayName(m.Part.ContentType),
+		"Reason: " + cleanText(reason, 900),
 	}
 	text := strings.Join(lines, "\n")
 	cte := "7bit"
@@ -144,17 +168,8 @@ func notice(m *Match, nl string, atEnd bool) []byte {
 	out.WriteString("Content-Transfer-Encoding: " + cte + nl)
 	out.WriteString(nl)
 	out.Write(body)
-	if atEnd {
+	if brk {
 		out.WriteString(nl)
 	}
 	return out.Bytes()
-}
-
-func oneLine(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\r' {
-			return ' '
-		}
-		return r
-	}, s)
 }

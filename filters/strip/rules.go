@@ -217,8 +217,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, 
 	}
 	w := filters.SpoolFrom(ev.ctx).NewWriter()
 	defer w.Abort()
-	ew := &errWriter{w: w}
-	if _, err := io.Copy(ew, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
+	if _, err := io.Copy(w, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
 		return nil, err
 	}
 	b, err := w.Finish()
@@ -342,7 +341,7 @@ func (rl *rule) cheap(pi *partInfo) (why, name string, ok bool) {
 	}
 	for _, t := range rl.ctypes {
 		if ok, _ := path.Match(t, pi.p.ContentType); ok {
-			return "content type " + pi.p.ContentType, pi.p.Filename, true
+			return "content type " + displayName(pi.p.ContentType), pi.p.Filename, true
 		}
 	}
 	return "", pi.p.Filename, false

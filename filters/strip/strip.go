@@ -5,8 +5,49 @@
 // rejects the whole message.
 //
 // Rewriting splices byte ranges: every byte outside a stripped part stays as
-// it was, and a message that no rule matches is passed as it is. The MIME
-// scanner (Parse) and the archive lister (ListZip) are exported for reuse.
+// it was, and a message that no rule matches is passed as it is (Pass, no
+// new body). The MIME scanner (Parse) and the archive lister (ListZip) are
+// exported for reuse.
+//
+// # Configuration
+//
+//	filter "strip" "NAME" {
+//	  # Short form: these attributes directly in the block make one rule
+//	  # named like the filter, tried before the rule blocks (action strip
+//	  # unless action says otherwise).
+//	  extensions = ["exe", "scr"]
+//
+//	  rule "RULE" {                       # any number, tried in order
+//	    filenames          = ["*.exe", "invoice*.pdf.*"]  # globs, case-insensitive
+//	    extensions         = ["exe", "tar.gz"]            # last extension (or suffix)
+//	    content_types      = ["application/x-msdownload", "application/*"]  # declared
+//	    detected_types     = ["application/vnd.microsoft.portable-executable"] # sniffed
+//	    archive_filenames  = ["*.exe", "bin/*"]           # members of zips
+//	    encrypted_archives = true                         # zips with an encrypted member
+//	    suspicious_names   = true                         # bidi/invisible characters in names
+//	    min_size           = "10MB"                       # decoded size, inclusive
+//	    max_size           = "100MB"
+//	    action             = "strip"                      # strip | reject | quarantine
+//	  }
+//
+//	  on_limit         = "reject"   # beyond a MIME cap: reject | tempfail | pass
+//	  max_depth        = 50         # MIME nesting
+//	  max_parts        = 10000
+//	  max_header_size  = "256KiB"   # per part
+//	  on_archive_limit = "reject"   # zip bomb / too many members: reject | quarantine | strip | tempfail | pass
+//	  archive_depth       = 3       # zips in zips: levels listed
+//	  archive_max_entries = 10000
+//	  archive_max_size    = "512MiB" # uncompressed, all levels together
+//	  archive_max_ratio   = 250      # per member over 1 MiB
+//	}
+//
+// A part matches a rule when it matches any of the rule's selectors (or the
+// rule has none but sizes) and its decoded size is within min_size and
+// max_size. The first matching rule decides for a part; the message gets
+// the most severe action of its parts (reject/quarantine, then tempfail,
+// then strip). Multiparts are never matched themselves; message/rfc822
+// parts are matched as a whole first and looked into when they do not
+// match (base64 or quoted-printable encoded ones too).
 package strip
 
 import (
@@ -270,6 +311,7 @@ type Decision struct {
 // scan) and tests.
 func (f *Filter) Decide(ctx context.Context, r io.ReaderAt, size int64) (*Decision, error) {
 	d := &Decision{Action: filters.Pass}
+	r = ctxReaderAt{ctx, r}
 	root, err := Parse(r, size, f.lim)
 	var le *LimitError
 	if errors.As(err, &le) {

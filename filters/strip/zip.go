@@ -451,16 +451,20 @@ func (zl *zipLister) nested(r io.ReaderAt, size, base int64, c *central, depth i
 		zl.arch.Skipped = append(zl.arch.Skipped, e.Path)
 		return nil
 	}
-	// Inflate it into a spooled body, within what is left of MaxSize.
+	// Inflate it into a spooled body, within what is left of MaxSize and
+	// within MaxRatio of its compressed size (its declared size may lie).
 	left := uint64(zl.lim.MaxSize) - min(uint64(zl.lim.MaxSize), zl.inflated)
+	ratioCap := max(uint64(ratioFloor), uint64(zl.lim.MaxRatio)*max(e.CompressedSize, 1))
 	w := zl.spool.NewWriter()
 	defer w.Abort()
 	if _, err := w.Write(head[:n]); err != nil {
 		return err
 	}
 	ew := &errWriter{w: w}
-	got, err := io.Copy(ew, io.LimitReader(ctxReader{zl.ctx, mr}, int64(left)-int64(n)+1))
-	zl.inflated += uint64(got) + uint64(n)
+	limit := min(left, ratioCap)
+	got, err := io.Copy(ew, io.LimitReader(ctxReader{zl.ctx, mr}, int64(limit)-int64(n)+1))
+	got += int64(n)
+	zl.inflated += uint64(got)
 	if ctxErr := zl.ctx.Err(); ctxErr != nil {
 		return ctxErr
 	}
@@ -474,7 +478,10 @@ func (zl *zipLister) nested(r io.ReaderAt, size, base int64, c *central, depth i
 		zl.arch.Unreadable = append(zl.arch.Unreadable, e.Path)
 		return nil
 	}
-	if zl.inflated > uint64(zl.lim.MaxSize) {
+	switch {
+	case uint64(got) > ratioCap:
+		return &ArchiveLimitError{Limit: "ratio", Max: int64(zl.lim.MaxRatio), Path: e.Path, Value: uint64(got) / max(e.CompressedSize, 1)}
+	case zl.inflated > uint64(zl.lim.MaxSize):
 		return &ArchiveLimitError{Limit: "size", Max: zl.lim.MaxSize, Path: e.Path, Value: zl.inflated}
 	}
 	body, err := w.Finish()
