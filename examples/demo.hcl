@@ -40,9 +40,10 @@ filter "strip" "dangerous" {
   extensions = ["exe", "scr", "js", "vbs", "bat", "cmd", "com", "pif", "docm", "xlsm"]
 }
 
-# Every message popgate delivers says so.
+# Every message popgate delivers says so, and what the filters found.
 filter "tag" "stamp" {
-  headers = { "X-Popgate-Scanned" = "yes" }
+  headers  = { "X-Popgate-Scanned" = "yes" }
+  verdicts = true # X-Popgate-Verdict: av=pass (clean); dangerous=pass
 }
 
 # Originals of stripped or withheld messages are kept here first, fsynced,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"time"
 )
 
@@ -229,7 +230,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
 		}
 		start := time.Now()
-		v, err := callFilter(ctx, f, name, env, in, cur)
+		v, err := callFilter(withSteps(ctx, res.Steps), f, name, env, in, cur)
 		step := Step{Filter: name, Action: v.Action, Reason: v.Reason, Err: err, Duration: time.Since(start)}
 		if err == nil {
 			switch {
@@ -464,3 +465,20 @@ func SpoolFrom(ctx context.Context) *Spool {
 	}
 	return defaultSpool
 }
+
+type stepsKey struct{}
+
+func withSteps(ctx context.Context, steps []Step) context.Context {
+	return context.WithValue(ctx, stepsKey{}, slices.Clone(steps))
+}
+
+// StepsFrom returns the steps of the filters that ran before the current
+// one in this chain run (for a filter that reports verdicts, like tag).
+func StepsFrom(ctx context.Context) []Step {
+	steps, _ := ctx.Value(stepsKey{}).([]Step)
+	return steps
+}
+
+// Version is popgate's version, for filters that stamp it on messages; main
+// sets it.
+var Version = "dev"

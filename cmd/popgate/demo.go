@@ -91,7 +91,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 
 Try, in another terminal:
   curl %s %s/            # list the mailbox through popgate
-  curl %s %s/1           # a clean message: only the X-Popgate-Scanned tag added
+  curl %s %s/1           # a clean message: tagged X-Popgate-Scanned and -Verdict, nothing else changed
   curl %s %s/2           # an .exe attachment: stripped, the rest untouched
   curl %s %s/3           # the EICAR test file attached: withheld, a notice instead
   curl %s %s/ -X UIDL    # unique ids, relayed

@@ -229,7 +229,8 @@ func TestDemo(t *testing.T) {
 				want := mailbox[n-1].Data
 				switch n {
 				case 1: // clean: the original with the tag in front
-					if !bytes.Equal(out, append([]byte("X-Popgate-Scanned: yes\r\n"), want...)) {
+					tags := "X-Popgate-Scanned: yes\r\nX-Popgate-Verdict: av=pass (clean); dangerous=pass\r\n"
+					if !bytes.Equal(out, append([]byte(tags), want...)) {
 						t.Errorf("message 1 through the demo: %q, want the original tagged", out)
 					}
 				case 2: // the .exe is gone, a notice part names it

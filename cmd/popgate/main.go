@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/rs/zerolog"
 
+	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
 )
@@ -36,6 +37,7 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	filters.Version = version
 	cmd := "run"
 	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]

@@ -16,6 +16,8 @@ var schema = &hcl.BodySchema{
 		{Name: "headers"},
 		{Name: "subject_prefix"},
 		{Name: "keep_original_subject"},
+		{Name: "verdicts"},
+		{Name: "version"},
 	},
 }
 
@@ -24,6 +26,8 @@ var schema = &hcl.BodySchema{
 //	headers               = { "Name" = "value", … }  # optional, added in this order
 //	subject_prefix        = "[SCANNED]"               # optional
 //	keep_original_subject = true                      # optional, default true
+//	verdicts              = true                      # optional: X-Popgate-Verdict with the filters' verdicts so far
+//	version               = true                      # optional: X-Popgate-Version
 //
 // and reports every problem as a diagnostic with the range of the offending
 // key or value.
@@ -100,10 +104,18 @@ func Build(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filter
 		diags = append(diags, d...)
 		cfg.DropOriginalSubject = !keep
 	}
+	for _, b := range []struct {
+		name string
+		dst  *bool
+	}{{"verdicts", &cfg.Verdicts}, {"version", &cfg.Version}} {
+		if attr, ok := content.Attributes[b.name]; ok {
+			diags = append(diags, gohcl.DecodeExpression(attr.Expr, ctx, b.dst)...)
+		}
+	}
 	if diags.HasErrors() {
 		return nil, diags
 	}
-	if len(cfg.Headers) == 0 && cfg.SubjectPrefix == "" {
+	if len(cfg.Headers) == 0 && cfg.SubjectPrefix == "" && !cfg.Verdicts && !cfg.Version {
 		r := body.MissingItemRange()
 		diags = append(diags, &hcl.Diagnostic{
 			Severity: hcl.DiagWarning,

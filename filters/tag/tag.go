@@ -78,7 +78,18 @@ type Config struct {
 	// DropOriginalSubject turns off X-Popgate-Original-Subject: a rewritten
 	// subject is then a lossy change (the chain quarantines the original).
 	DropOriginalSubject bool
+	// Verdicts adds X-Popgate-Verdict with the verdicts of the filters that
+	// ran before this one ("av=pass (clean); dangerous=pass").
+	Verdicts bool
+	// Version adds X-Popgate-Version: popgate VERSION.
+	Version bool
 }
+
+// Header fields the tag filter writes itself.
+const (
+	VerdictHeader = "X-Popgate-Verdict"
+	VersionHeader = "X-Popgate-Version"
+)
 
 // Filter is the tag filter. It is immutable and safe for concurrent use.
 type Filter struct {
@@ -92,6 +103,7 @@ type Filter struct {
 	encPrefix, encPrefixSp string
 	keepOriginal           bool
 	blockCRLF, blockLF     []byte // the added fields, per line break
+	verdicts, version      bool
 }
 
 var _ filters.Filter = (*Filter)(nil)
@@ -131,6 +143,8 @@ func New(name string, cfg Config) (*Filter, error) {
 		fields:       append([]Field(nil), cfg.Headers...),
 		prefix:       prefix,
 		keepOriginal: !cfg.DropOriginalSubject,
+		verdicts:     cfg.Verdicts,
+		version:      cfg.Version,
 	}
 	if prefix != "" {
 		t.encPrefix = encodeText(prefix)
@@ -241,7 +255,7 @@ func scan(ctx context.Context, body filters.Body, subject bool) (headerInfo, err
 // when there is nothing to change, else Replace with the tagged message
 // written to the context's spool.
 func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, error) {
-	if len(t.fields) == 0 && t.prefix == "" {
+	if len(t.fields) == 0 && t.prefix == "" && !t.verdicts && !t.version {
 		return filters.Verdict{Action: filters.Pass}, nil
 	}
 	info, err := scan(ctx, body, t.prefix != "")
@@ -277,6 +291,12 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		top.Write(t.blockLF)
 	} else {
 		top.Write(t.blockCRLF)
+	}
+	if t.verdicts {
+		top.WriteString(fold(VerdictHeader, encodeText(verdictText(filters.StepsFrom(ctx))), info.eol))
+	}
+	if t.version {
+		top.WriteString(fold(VersionHeader, encodeText("popgate "+printable(filters.Version, 64)), info.eol))
 	}
 	if addSubject {
 		top.WriteString(fold("Subject", t.encPrefix, info.eol))
@@ -552,4 +572,42 @@ func checkPrefix(p string) error {
 		return errors.New("the prefix is empty; leave subject_prefix out to keep subjects as they are")
 	}
 	return checkValue(p, maxPrefixLen)
+}
+
+// verdictText summarises the steps as "name=action (reason); …", one line
+// of printable text of bounded length.
+func verdictText(steps []filters.Step) string {
+	if len(steps) == 0 {
+		return "none"
+	}
+	var parts []string
+	for _, st := range steps {
+		p := st.Filter + "=" + st.Action.String()
+		switch {
+		case st.Err != nil:
+			p = st.Filter + "=error"
+		case st.Reason != "":
+			p += " (" + printable(st.Reason, 120) + ")"
+		}
+		parts = append(parts, p)
+	}
+	return printable(strings.Join(parts, "; "), 800)
+}
+
+// printable makes s safe for a header value: control characters become
+// spaces, and it is cut to at most max bytes at a rune boundary.
+func printable(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) <= max {
+		return s
+	}
+	for max > 0 && !utf8.RuneStart(s[max]) {
+		max--
+	}
+	return s[:max]
 }

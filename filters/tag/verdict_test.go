@@ -1,0 +1,48 @@
+package tag
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/popgate/popgate/filters"
+)
+
+type reasonFilter struct{ name, reason string }
+
+func (f reasonFilter) Name() string { return f.name }
+func (f reasonFilter) Filter(context.Context, *filters.Envelope, filters.Body) (filters.Verdict, error) {
+	return filters.Verdict{Action: filters.Pass, Reason: f.reason}, nil
+}
+
+// The verdict and version headers report what ran before the tag filter,
+// and a hostile reason cannot add a header field of its own.
+func TestVerdictAndVersionHeaders(t *testing.T) {
+	tag, err := New("stamp", Config{Verdicts: true, Version: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := &filters.Chain{Filters: []filters.Filter{
+		reasonFilter{"av", "clean"},
+		reasonFilter{"evil", "x\r\nBcc: victim@example.com"},
+		tag,
+	}}
+	res := chain.Run(context.Background(), &filters.Envelope{}, filters.BytesBody([]byte("Subject: hi\r\n\r\nbody\r\n")))
+	defer res.Release()
+	if res.Outcome != filters.Deliver {
+		t.Fatalf("outcome %v: %s", res.Outcome, res.Reason)
+	}
+	rc, _ := res.Body.Open()
+	out, _ := io.ReadAll(rc)
+	rc.Close()
+	want := "X-Popgate-Verdict: av=pass (clean); evil=pass (x  Bcc: victim@example.com)\r\n" +
+		"X-Popgate-Version: popgate " + filters.Version + "\r\n" +
+		"Subject: hi\r\n\r\nbody\r\n"
+	if string(out) != want {
+		t.Fatalf("got\n%q\nwant\n%q", out, want)
+	}
+	if strings.Contains(string(out), "\r\nBcc:") {
+		t.Fatal("a reason injected a header field")
+	}
+}
