@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -212,7 +213,8 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		ctx = WithSpool(ctx, c.Spool)
 	}
 	cur := in
-	lossy := false // a Replace dropped bytes of the original
+	lossy := false       // a Replace dropped bytes of the original
+	var skipped []string // filters that failed under PassWithTag
 	// dispose removes b when it is a body the chain does not otherwise
 	// know: not the input and not the current body.
 	dispose := func(b Body) {
@@ -227,6 +229,12 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		name := filterName(f, i)
 		if err := ctx.Err(); err != nil {
 			res.Steps = append(res.Steps, Step{Filter: name, Err: err})
+			if c.OnError == PassWithTag {
+				// Out of time: the rest cannot run either.
+				skipped = append(skipped, headerText(name, 64)+": "+shortReason(err))
+				res.Reason = strings.TrimPrefix(res.Reason+"; "+name+": "+err.Error(), "; ")
+				break
+			}
 			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
 		}
 		start := time.Now()
@@ -244,6 +252,13 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		if err != nil {
 			dispose(v.Body)
 			res.Steps = append(res.Steps, step)
+			if c.OnError == PassWithTag {
+				// Fail open for this filter only: the rest of the chain
+				// still runs (a dead scanner must not let an .exe through).
+				skipped = append(skipped, headerText(name, 64)+": "+shortReason(err))
+				res.Reason = strings.TrimPrefix(res.Reason+"; "+name+": "+err.Error(), "; ")
+				continue
+			}
 			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
 		}
 		switch v.Action {
@@ -287,7 +302,19 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 	}
 	res.Body = cur
 	res.own(in, cur)
+	if len(skipped) > 0 {
+		w := PrependHeader(cur, c.errorHeader()+": not filtered: "+strings.Join(skipped, "; "))
+		res.owned = append(res.owned, w)
+		res.Body, res.FailedOpen = w, true
+	}
 	return c.settle(ctx, env, in, res, lossy)
+}
+
+func (c *Chain) errorHeader() string {
+	if validFieldName(c.ErrorHeader) {
+		return c.ErrorHeader
+	}
+	return DefaultErrorHeader
 }
 
 // settle puts the original in quarantine where the outcome needs it there
@@ -354,11 +381,7 @@ func (c *Chain) fail(res *Result, name string, err error, in, cur Body) *Result 
 	res.Reason = name + ": " + err.Error()
 	switch c.OnError {
 	case PassWithTag:
-		hdr := c.ErrorHeader
-		if !validFieldName(hdr) {
-			hdr = DefaultErrorHeader
-		}
-		w := PrependHeader(cur, hdr+": not filtered: "+headerText(name, 64)+": "+shortReason(err))
+		w := PrependHeader(cur, c.errorHeader()+": not filtered: "+headerText(name, 64)+": "+shortReason(err))
 		res.owned = append(res.owned, w)
 		res.Outcome, res.Body, res.FailedOpen = Deliver, w, true
 	case RejectMessage:
@@ -369,8 +392,9 @@ func (c *Chain) fail(res *Result, name string, err error, in, cur Body) *Result 
 	return res
 }
 
-// shortReason is the reason shown in the PassWithTag header: short, one
-// line, and without internals a recipient has no use for (panic values).
+// shortReason is the reason shown in the PassWithTag header, which every
+// recipient can read: a word, never internals such as scanner addresses or
+// panic values (the log has the whole error).
 func shortReason(err error) string {
 	var pe *PanicError
 	switch {
@@ -380,9 +404,6 @@ func shortReason(err error) string {
 		return "timeout"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
-	}
-	if s := headerText(err.Error(), 160); s != "" {
-		return s
 	}
 	return "error"
 }

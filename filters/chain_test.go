@@ -367,7 +367,7 @@ func failures() []failure {
 					return Verdict{}, errClamd
 				}}, context.Background(), func() {}, nil
 			},
-			errIs: errClamd, headerReason: "clamd: dial tcp 127.0.0.1:3310: connection refused",
+			errIs: errClamd, headerReason: "error",
 		},
 		{
 			name: "panic",
@@ -422,7 +422,7 @@ func failures() []failure {
 					return Verdict{Action: Replace}, nil
 				}}, context.Background(), func() {}, nil
 			},
-			errIs: errReplaceWithoutBody, headerReason: "invalid verdict: Replace without a Body",
+			errIs: errReplaceWithoutBody, headerReason: "error",
 		},
 	}
 }
@@ -471,17 +471,25 @@ func TestChainOnError(t *testing.T) {
 				if res.Outcome != m.outcome {
 					t.Fatalf("Outcome = %v, want %v (reason %q)", res.Outcome, m.outcome, res.Reason)
 				}
-				if afterCalled.Load() {
-					t.Errorf("the chain went on after the failure")
+				// PassWithTag fails open for the failing filter only: the
+				// rest of the chain runs, unless the context has ended.
+				ctxEnded := fl.errIs == context.Canceled || fl.errIs == context.DeadlineExceeded
+				if wantAfter := m.mode == PassWithTag && !ctxEnded; afterCalled.Load() != wantAfter {
+					t.Errorf("later filter ran: %v, want %v", afterCalled.Load(), wantAfter)
 				}
 				select {
 				case <-lateCall:
 					t.Fatalf("a filter ran although the context had ended")
 				case <-time.After(20 * time.Millisecond):
 				}
-				last := res.Steps[len(res.Steps)-1]
-				if last.Filter != "av" || last.Err == nil {
-					t.Fatalf("last step %+v, want av's failure", last)
+				var last Step
+				for _, st := range res.Steps {
+					if st.Filter == "av" {
+						last = st
+					}
+				}
+				if last.Err == nil {
+					t.Fatalf("steps %+v, want av's failure", res.Steps)
 				}
 				if fl.errIs != nil && !errors.Is(last.Err, fl.errIs) {
 					t.Errorf("Step.Err = %v, want %v", last.Err, fl.errIs)
@@ -500,7 +508,11 @@ func TestChainOnError(t *testing.T) {
 					if fl.name == "context canceled before the filter" {
 						base = string(in.data)
 					}
-					want := "X-Popgate-Warning: not filtered: av: " + fl.headerReason + "\r\n" + base
+					reason := "av: " + fl.headerReason
+					if ctxEnded && fl.name != "context canceled before the filter" {
+						reason += "; stamp: " + fl.headerReason // the context ended while av ran
+					}
+					want := "X-Popgate-Warning: not filtered: " + reason + "\r\n" + base
 					if got, err := bodyString(res.Body); got != want || err != nil {
 						t.Errorf("delivered %q, %v\nwant %q", got, err, want)
 					}
@@ -619,19 +631,19 @@ func TestChainWarningHeaderCannotBeInjected(t *testing.T) {
 	}{
 		{
 			name: "CRLF in the error", filter: "av", err: errors.New("bad\r\nX-Evil: yes\r\n\r\nfake body"),
-			wantLine: "X-Popgate-Warning: not filtered: av: bad X-Evil: yes fake body",
+			wantLine: "X-Popgate-Warning: not filtered: av: error",
 		},
 		{
 			name: "CRLF in the filter name", filter: "av\r\nX-Evil: yes", err: errors.New("down"),
-			wantLine: "X-Popgate-Warning: not filtered: av X-Evil: yes: down",
+			wantLine: "X-Popgate-Warning: not filtered: av X-Evil: yes: error",
 		},
 		{
-			name: "bare LF and non-ASCII", filter: "av", err: errors.New("caf\u00e9\nX-Evil: 1"),
-			wantLine: "X-Popgate-Warning: not filtered: av: caf? X-Evil: 1",
+			name: "bare LF and non-ASCII in the name", filter: "caf\u00e9\nX-Evil: 1", err: errors.New("down"),
+			wantLine: "X-Popgate-Warning: not filtered: caf? X-Evil: 1: error",
 		},
 		{
-			name: "long error is cut", filter: "av", err: errors.New(strings.Repeat("e", 1000)),
-			wantLine: "X-Popgate-Warning: not filtered: av: " + strings.Repeat("e", 157) + "...",
+			name: "internals stay out", filter: "av", err: errors.New("clamav: tcp://10.0.0.7:3310: connection refused"),
+			wantLine: "X-Popgate-Warning: not filtered: av: error",
 		},
 		{
 			name: "empty error", filter: "av", err: errors.New("\r\n"),
@@ -639,11 +651,11 @@ func TestChainWarningHeaderCannotBeInjected(t *testing.T) {
 		},
 		{
 			name: "custom header name", filter: "av", header: "X-Scan-Status", err: errors.New("down"),
-			wantLine: "X-Scan-Status: not filtered: av: down",
+			wantLine: "X-Scan-Status: not filtered: av: error",
 		},
 		{
 			name: "invalid header name falls back", filter: "av", header: "X-Evil: 1\r\nX", err: errors.New("down"),
-			wantLine: "X-Popgate-Warning: not filtered: av: down",
+			wantLine: "X-Popgate-Warning: not filtered: av: error",
 		},
 	}
 	for _, tt := range tests {

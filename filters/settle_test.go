@@ -66,7 +66,7 @@ func TestChainSettle(t *testing.T) {
 		{"lossy change is quarantined first", []Filter{strip}, &memQuarantine{}, false, TempFail, Deliver, "stripped", true, false},
 		{"lossy change without quarantine defers", []Filter{strip}, nil, false, TempFail, Defer, "", false, false},
 		{"lossy change without quarantine, pass: the original with a warning", []Filter{strip}, nil, false, PassWithTag, Deliver,
-			"X-Popgate-Warning: not filtered: quarantine: the message would be changed, but the policy has no quarantine to keep its original\r\noriginal", false, false},
+			"X-Popgate-Warning: not filtered: quarantine: error\r\noriginal", false, false},
 		{"quarantine failure defers the change", []Filter{strip, tag}, &memQuarantine{err: full}, false, TempFail, Defer, "", false, false},
 		{"reject gets a notice once quarantined", []Filter{tag, virus}, &memQuarantine{}, true, TempFail, Deliver, "withheld, see q1", true, true},
 		{"reject without notice template", []Filter{virus}, &memQuarantine{}, false, TempFail, Refuse, "", true, false},
@@ -75,7 +75,9 @@ func TestChainSettle(t *testing.T) {
 		{"reject, quarantine fails, on_error reject: refused", []Filter{virus}, &memQuarantine{err: full}, true, RejectMessage, Refuse, "", false, false},
 		{"retry defers, nothing quarantined", []Filter{strip, tooBig}, &memQuarantine{}, true, PassWithTag, Defer, "", false, false},
 		{"failure after a lossy change, pass: quarantined first", []Filter{strip, broken}, &memQuarantine{}, false, PassWithTag, Deliver,
-			"X-Popgate-Warning: not filtered: av: clamd down\r\nstripped", true, false},
+			"X-Popgate-Warning: not filtered: av: error\r\nstripped", true, false},
+		{"pass fails open for the failing filter only: strip still runs", []Filter{broken, strip}, &memQuarantine{}, false, PassWithTag, Deliver,
+			"X-Popgate-Warning: not filtered: av: error\r\nstripped", true, false},
 		{"failure with on_error reject gets a notice", []Filter{broken}, &memQuarantine{}, true, RejectMessage, Deliver, "withheld, see q1", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -92,7 +92,7 @@ func TestInterception(t *testing.T) {
 				return filters.Verdict{}, errors.New("scanner down")
 			},
 			onError: filters.PassWithTag,
-			status:  "+OK", body: "X-Popgate-Warning: not filtered: test: scanner down\r\n" + stuff(msg.Data),
+			status:  "+OK", body: "X-Popgate-Warning: not filtered: test: error\r\n" + stuff(msg.Data),
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
