@@ -21,11 +21,14 @@ lint: vet
 
 # test starts the real Dovecot and clamd of scripts/testenv.sh for the run,
 # then runs vet, gofmt and every test with the race detector.
+# An environment that was already running (someone else's) is left running.
+WITH_TESTENV = set -e; \
+	  if ! $(TESTENV) status >/dev/null 2>&1; then trap '$(TESTENV) down' EXIT; fi; \
+	  $(TESTENV) up; \
+	  . "$$($(TESTENV) envfile)"
+
 test: lint
-	@set -e; $(TESTENV) up; \
-	  trap '$(TESTENV) down' EXIT; \
-	  . "$$($(TESTENV) envfile)"; \
-	  $(GO) test -race -count=1 -timeout 30m ./...
+	@$(WITH_TESTENV); $(GO) test -race -count=1 -timeout 30m ./...
 
 testenv-up:
 	$(TESTENV) up
@@ -42,10 +45,7 @@ fuzz:
 	  done; done
 
 bench: build
-	@set -e; $(TESTENV) up; \
-	  trap '$(TESTENV) down' EXIT; \
-	  . "$$($(TESTENV) envfile)"; \
-	  $(GO) run ./scripts/bench -out docs/PERFORMANCE.md
+	@$(WITH_TESTENV); $(GO) run ./scripts/bench -out docs/PERFORMANCE.md
 
 clean:
 	rm -rf bin
