@@ -33,21 +33,11 @@ func (d *decoder) errorCount() int {
 }
 
 func (d *decoder) errorf(subject hcl.Range, summary, format string, args ...any) {
-	d.diags = append(d.diags, &hcl.Diagnostic{
-		Severity: hcl.DiagError,
-		Summary:  summary,
-		Detail:   fmt.Sprintf(format, args...),
-		Subject:  subject.Ptr(),
-	})
+	d.diags = append(d.diags, filters.Diagnostic(hcl.DiagError, subject, summary, format, args...))
 }
 
 func (d *decoder) warnf(subject hcl.Range, summary, format string, args ...any) {
-	d.diags = append(d.diags, &hcl.Diagnostic{
-		Severity: hcl.DiagWarning,
-		Summary:  summary,
-		Detail:   fmt.Sprintf(format, args...),
-		Subject:  subject.Ptr(),
-	})
+	d.diags = append(d.diags, filters.Diagnostic(hcl.DiagWarning, subject, summary, format, args...))
 }
 
 // value evaluates attr and converts it to ty. ok is false when the attribute

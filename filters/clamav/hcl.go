@@ -166,12 +166,7 @@ type decoder struct {
 }
 
 func (d *decoder) errorf(r hcl.Range, summary, format string, args ...any) {
-	d.diags = append(d.diags, &hcl.Diagnostic{
-		Severity: hcl.DiagError,
-		Summary:  summary,
-		Detail:   fmt.Sprintf(format, args...),
-		Subject:  r.Ptr(),
-	})
+	d.diags = append(d.diags, filters.Diagnostic(hcl.DiagError, r, summary, format, args...))
 }
 
 // missing reports a required attribute that the block lacks. (gohcl does

@@ -152,21 +152,11 @@ type decoder struct {
 }
 
 func (d *decoder) errorf(r hcl.Range, summary, format string, args ...any) {
-	d.diags = append(d.diags, &hcl.Diagnostic{
-		Severity: hcl.DiagError,
-		Summary:  summary,
-		Detail:   fmt.Sprintf(format, args...),
-		Subject:  r.Ptr(),
-	})
+	d.diags = append(d.diags, filters.Diagnostic(hcl.DiagError, r, summary, format, args...))
 }
 
 func (d *decoder) warnf(r hcl.Range, summary, format string, args ...any) {
-	d.diags = append(d.diags, &hcl.Diagnostic{
-		Severity: hcl.DiagWarning,
-		Summary:  summary,
-		Detail:   fmt.Sprintf(format, args...),
-		Subject:  r.Ptr(),
-	})
+	d.diags = append(d.diags, filters.Diagnostic(hcl.DiagWarning, r, summary, format, args...))
 }
 
 func selects(r *Rule) bool {
