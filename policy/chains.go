@@ -223,6 +223,16 @@ func (d *decoder) quarantine(s *quarantineSchema) *Quarantine {
 	return q
 }
 
+// SetLogger hands the logger to the scanners that log (backend health): a
+// configuration is built before the logger its log block describes.
+func (c *Config) SetLogger(log zerolog.Logger) {
+	for _, s := range c.scanners {
+		if l, ok := s.(interface{ SetLogger(zerolog.Logger) }); ok {
+			l.SetLogger(log)
+		}
+	}
+}
+
 // Close releases what building the configuration started (scanner health
 // checks). A Config that is no longer used must be closed.
 func (c *Config) Close() error {

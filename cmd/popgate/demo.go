@@ -62,6 +62,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	defer mail.Close()
 
 	defer cfg.Close()
+	cfg.SetLogger(log)
 	scanning := demoScanning(cfg)
 	opts, err := proxyOptions(cfg, log)
 	if err != nil {

@@ -154,6 +154,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	defer closeLog.Close()
+	cfg.SetLogger(log)
 	logDiagnostics(log, diags)
 	opts, err := proxyOptions(cfg, log)
 	if err != nil {

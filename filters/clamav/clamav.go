@@ -121,7 +121,7 @@ type Result struct {
 // Close stops it.
 type Scanner struct {
 	cfg      Config
-	log      zerolog.Logger
+	logger   atomic.Pointer[zerolog.Logger] // see SetLogger
 	backends []*backend
 	next     atomic.Uint64 // round-robin start
 	slots    chan struct{}
@@ -141,6 +141,12 @@ type backend struct {
 	healthy atomic.Bool
 	mu      sync.Mutex // serialises state changes, so transitions log once
 }
+
+// SetLogger replaces the logger of backend state changes: configurations
+// are built before the logger they describe exists.
+func (s *Scanner) SetLogger(log zerolog.Logger) { s.logger.Store(&log) }
+
+func (s *Scanner) log() *zerolog.Logger { return s.logger.Load() }
 
 // ParseAddress splits a clamd address, "tcp://host:port" or
 // "unix:///absolute/path", into the network and address for net.Dial.
@@ -215,10 +221,10 @@ func NewScanner(cfg Config, log zerolog.Logger) (*Scanner, error) {
 	cfg = cfg.withDefaults()
 	s := &Scanner{
 		cfg:   cfg,
-		log:   log,
 		slots: make(chan struct{}, cfg.MaxConcurrent),
 		done:  make(chan struct{}),
 	}
+	s.SetLogger(log)
 	seen := make(map[string]bool)
 	for _, a := range cfg.Addresses {
 		network, address, err := ParseAddress(a)
@@ -427,7 +433,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 			break // a verdict-less answer, a timeout or a read error: not retried
 		}
 		s.setHealth(b, err)
-		s.log.Warn().Str("backend", b.addr).Err(err).Int("attempt", n+1).Msg("clamd scan failed on a connection error")
+		s.log().Warn().Str("backend", b.addr).Err(err).Int("attempt", n+1).Msg("clamd scan failed on a connection error")
 	}
 	if len(errs) == 1 {
 		return Result{}, errs[0]
@@ -470,9 +476,9 @@ func (s *Scanner) setHealth(b *backend, err error) {
 	b.healthy.Store(err == nil)
 	switch {
 	case was && err != nil:
-		s.log.Warn().Str("backend", b.addr).Err(err).Msg("clamd backend down: skipped until it answers PING again")
+		s.log().Warn().Str("backend", b.addr).Err(err).Msg("clamd backend down: skipped until it answers PING again")
 	case !was && err == nil:
-		s.log.Info().Str("backend", b.addr).Msg("clamd backend up")
+		s.log().Info().Str("backend", b.addr).Msg("clamd backend up")
 	}
 }
 
