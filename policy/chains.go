@@ -35,7 +35,10 @@ type Policy struct {
 	// quarantine) or "error" (-ERR [SYS/PERM]; the message stays on the
 	// server).
 	NoticeOnReject bool
-	Range          hcl.Range
+	// Match says who the policy applies to; nil for the default policy
+	// (see Config.Select).
+	Match *Match
+	Range hcl.Range
 }
 
 // Quarantine is the `quarantine` block.
@@ -61,6 +64,8 @@ type policySchema struct {
 	TOP       *hcl.Attribute `hcl:"top,optional"`
 	KeepAlive *hcl.Attribute `hcl:"keepalive,optional"`
 	Rejected  *hcl.Attribute `hcl:"rejected,optional"`
+
+	Match []*matchSchema `hcl:"match,block"` // at most one
 }
 
 type quarantineSchema struct {
@@ -129,6 +134,11 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 
 	firstPolicy := map[string]hcl.Range{}
 	used := map[string]bool{}
+	listeners := map[string]bool{}
+	for _, l := range cfg.Listeners {
+		listeners[l.Name] = true
+	}
+	var defaultPolicy *policySchema
 	for _, s := range root.Policies {
 		d.checkName("policy", s.Name, s.NameRange)
 		if first, dup := firstPolicy[s.Name]; dup {
@@ -137,6 +147,15 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 		}
 		firstPolicy[s.Name] = s.NameRange
 		p := d.policy(s, cfg.Filters, filterRanges, used)
+		if m := single(d, "match", s.Match); m != nil {
+			p.Match = d.match(m, listeners, cfg.Upstreams)
+		} else if defaultPolicy != nil {
+			d.errorf(s.DefRange, "Second default policy",
+				"Policy %q has no match block, and neither has policy %q (at %s): only one policy may be the default. Give one of them a match block.",
+				s.Name, defaultPolicy.Name, posString(defaultPolicy.DefRange))
+		} else {
+			defaultPolicy = s
+		}
 		if len(p.Chain) > 0 && cfg.Quarantine == nil {
 			d.warnf(s.DefRange, "Policy without quarantine",
 				"Policy %q filters messages, but there is no quarantine block: a message a filter would change is deferred instead (its original could not be kept), and a withheld message gets -ERR [SYS/PERM] instead of a notice.", s.Name)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"github.com/popgate/popgate/filters"
+	"net/netip"
 
 	"bytes"
 	"flag"
@@ -178,6 +179,11 @@ func TestGoldenCoverage(t *testing.T) {
 		"warning: TLS certificate verification is off:",
 		"warning: TLS setting without TLS:",
 		// Scanners, filters, policies.
+		"error: Invalid glob:",
+		"error: Invalid client address:",
+		"error: Unknown listener:",
+		"error: Empty match:",
+		"error: Second default policy:",
 		"error: Unknown scanner type:",
 		"error: Unknown filter type:",
 		"error: Duplicate filter:",
@@ -332,6 +338,31 @@ var configChecks = map[string]func(*testing.T, *Config){
 		}
 		if cfg.Listeners[0].IdleTimeout != 5*time.Minute {
 			t.Errorf("idle timeout = %v", cfg.Listeners[0].IdleTimeout)
+		}
+	},
+
+	"ok_policies": func(t *testing.T, cfg *Config) {
+		for _, tc := range []struct {
+			who  Who
+			want string
+		}{
+			{Who{User: "bob@example.com", Listener: "office"}, "default"},
+			{Who{User: "CEO@Example.com", Listener: "public"}, "executives"},
+			{Who{User: "cfo@other.org"}, "executives"},
+			{Who{User: "alice@lab.example.com", Client: netip.MustParseAddr("10.1.2.3"), Listener: "office"}, "lab"},
+			{Who{User: "alice@x.test", Client: netip.MustParseAddr("::ffff:192.0.2.7"), Listener: "office"}, "lab"},
+			{Who{User: "alice@x.test", Client: netip.MustParseAddr("2001:db8::1"), Listener: "office"}, "lab"},
+			{Who{User: "alice@lab.example.com", Client: netip.MustParseAddr("10.1.2.3"), Listener: "public"}, "default"},
+			{Who{User: "alice@lab.example.com", Client: netip.MustParseAddr("192.0.2.8"), Listener: "office"}, "default"},
+			{Who{User: "alice", Client: netip.MustParseAddr("10.1.2.3"), Listener: "office"}, "default"},
+		} {
+			if got := cfg.Select(tc.who); got == nil || got.Name != tc.want {
+				t.Errorf("Select(%+v) = %v, want %s", tc.who, got, tc.want)
+			}
+		}
+		noDefault := &Config{Policies: cfg.Policies[1:]}
+		if p := noDefault.Select(Who{User: "bob"}); p != nil {
+			t.Errorf("without a default, an unmatched login got %q", p.Name)
 		}
 	},
 

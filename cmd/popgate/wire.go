@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -123,12 +124,30 @@ func isTerminal(w io.Writer) bool {
 }
 
 // sessionPolicies builds the filter chains of cfg's policies and returns
-// the proxy's PolicyFor. Without policy blocks sessions are relayed
-// unfiltered; otherwise the first policy applies (per-user matching comes
-// with policy match rules).
+// the proxy's PolicyFor: the policy Config.Select picks for the login. A
+// configuration without policy blocks relays every session unfiltered;
+// with policies, a login none of them applies to is refused.
 func sessionPolicies(cfg *policy.Config, store *quarantine.Store) func(proxy.SessionInfo) (*proxy.SessionPolicy, error) {
+	built := buildPolicies(cfg, store)
+	return func(si proxy.SessionInfo) (*proxy.SessionPolicy, error) {
+		if len(cfg.Policies) == 0 {
+			return nil, nil
+		}
+		p := cfg.Select(policy.Who{User: si.User, Client: si.Client.Addr(), Listener: si.Listener, Upstream: si.Upstream})
+		if p == nil {
+			return nil, errNoPolicy
+		}
+		return built[p], nil
+	}
+}
+
+var errNoPolicy = errors.New("no policy matches this login and there is no default policy")
+
+// buildPolicies turns each policy into what a session runs: its chain with
+// the spool, the quarantine and the notice.
+func buildPolicies(cfg *policy.Config, store *quarantine.Store) map[*policy.Policy]*proxy.SessionPolicy {
 	spool := &filters.Spool{Dir: cfg.Spool.Dir, MemoryLimit: cfg.Spool.MemoryLimit}
-	var built []*proxy.SessionPolicy
+	built := map[*policy.Policy]*proxy.SessionPolicy{}
 	for _, p := range cfg.Policies {
 		chain := &filters.Chain{Filters: p.Filters, OnError: p.OnError, Spool: spool}
 		if store != nil {
@@ -138,14 +157,9 @@ func sessionPolicies(cfg *policy.Config, store *quarantine.Store) func(proxy.Ses
 				chain.Notice = nc.ChainNotice()
 			}
 		}
-		built = append(built, &proxy.SessionPolicy{Name: p.Name, Chain: chain, FilterTOP: p.FilterTOP, KeepAlive: p.KeepAlive})
+		built[p] = &proxy.SessionPolicy{Name: p.Name, Chain: chain, FilterTOP: p.FilterTOP, KeepAlive: p.KeepAlive}
 	}
-	return func(proxy.SessionInfo) (*proxy.SessionPolicy, error) {
-		if len(built) == 0 {
-			return nil, nil
-		}
-		return built[0], nil
-	}
+	return built
 }
 
 // openQuarantine opens the configured quarantine store, if any.
