@@ -270,3 +270,29 @@ func TestKeepAliveDuringSlowFilter(t *testing.T) {
 		})
 	}
 }
+
+// A login no policy applies to is refused before the client sees +OK, and
+// the upstream session ends without QUIT.
+func TestLoginRefusedWithoutPolicy(t *testing.T) {
+	mail, up := startMailServer(t, mailConfig())
+	var asked atomic.Value
+	_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
+		o.PolicyFor = func(si SessionInfo) (*SessionPolicy, error) {
+			asked.Store(si.User)
+			return nil, errors.New("no policy")
+		}
+	})
+	c := dialClient(t, addr)
+	c.line()
+	c.expectOK("USER " + testUser)
+	if got := c.cmd("PASS " + testPass); got != "-ERR [SYS/PERM] no mail policy applies to this account" {
+		t.Fatalf("PASS: %q", got)
+	}
+	if rest := c.readAll(); rest != "" {
+		t.Fatalf("after the refusal: %q", rest)
+	}
+	waitFor(t, func() bool { return mail.Sessions() == 0 })
+	if mail.QuitCount() != 0 || asked.Load() != testUser {
+		t.Fatalf("QUITs %d, policy asked for %v", mail.QuitCount(), asked.Load())
+	}
+}
