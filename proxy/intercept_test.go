@@ -296,3 +296,47 @@ func TestLoginRefusedWithoutPolicy(t *testing.T) {
 		t.Fatalf("QUITs %d, policy asked for %v", mail.QuitCount(), asked.Load())
 	}
 }
+
+// genPolicy tags every message with its configuration generation.
+func genPolicy(gen string) func(SessionInfo) (*SessionPolicy, error) {
+	tag := funcFilter(func(_ context.Context, _ *filters.Envelope, b filters.Body) (filters.Verdict, error) {
+		return filters.Verdict{Action: filters.Replace, Body: filters.PrependHeader(b, "X-Gen: "+gen), KeepsOriginal: true}, nil
+	})
+	return chainPolicy(&filters.Chain{Filters: []filters.Filter{tag}})
+}
+
+// A reload changes the policy of new sessions only; a superseded
+// generation is retired once its last session ends, not before.
+func TestSetPolicyKeepsRunningSessions(t *testing.T) {
+	_, up := startMailServer(t, mailConfig())
+	srv, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) { o.PolicyFor = genPolicy("1") })
+	login := func() *client {
+		c := dialClient(t, addr)
+		c.line()
+		c.login(testUser, testPass)
+		return c
+	}
+	var retired2, retired3 atomic.Int32
+	gen1 := login()
+	srv.SetPolicy(2, genPolicy("2"), func() { retired2.Add(1) })
+	gen2 := login()
+	srv.SetPolicy(3, genPolicy("3"), func() { retired3.Add(1) })
+	gen3 := login()
+	if srv.Generation() != 3 || retired2.Load() != 0 {
+		t.Fatalf("generation %d; generation 2 retired %d times while a session uses it", srv.Generation(), retired2.Load())
+	}
+	for _, tc := range []struct {
+		c   *client
+		gen string
+	}{{gen1, "1"}, {gen2, "2"}, {gen3, "3"}} {
+		tc.c.expectOK("RETR 1")
+		if got := tc.c.body(); !strings.HasPrefix(got, "X-Gen: "+tc.gen+"\r\n") {
+			t.Fatalf("session of generation %s got %q", tc.gen, got)
+		}
+		tc.c.expectOK("QUIT")
+	}
+	waitFor(t, func() bool { return srv.Sessions() == 0 })
+	if retired2.Load() != 1 || retired3.Load() != 0 {
+		t.Fatalf("retired: generation 2 %d times (want 1), the current generation %d times (want 0)", retired2.Load(), retired3.Load())
+	}
+}

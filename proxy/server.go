@@ -25,6 +25,19 @@ type Server struct {
 	wg     sync.WaitGroup
 	closed bool
 	ports  outPorts
+	gen    *generation // the policy new sessions get
+}
+
+// generation is one configuration's policy. Sessions keep the generation
+// they started under, so a reload never changes a running session; a
+// superseded generation is retired (its scanners closed) once its last
+// session has ended.
+type generation struct {
+	id        int64
+	policyFor func(SessionInfo) (*SessionPolicy, error)
+	retire    func()
+	sessions  int
+	current   bool
 }
 
 type boundListener struct {
@@ -54,7 +67,8 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("proxy: listener %q: implicit TLS without a certificate", l.Name)
 		}
 	}
-	return &Server{opts: opts, log: opts.Logger, live: map[*session]struct{}{}, done: make(chan struct{})}, nil
+	return &Server{opts: opts, log: opts.Logger, live: map[*session]struct{}{}, done: make(chan struct{}),
+		gen: &generation{id: 1, policyFor: opts.PolicyFor, current: true}}, nil
 }
 
 // Listen binds every listener. On error nothing stays bound.
@@ -151,6 +165,8 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 	bl.total++
 	bl.perIP[client.Addr()]++
 	sess := newSession(s, bl.cfg, conn, client)
+	sess.gen = s.gen
+	s.gen.sessions++
 	s.live[sess] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -164,7 +180,13 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 		if bl.perIP[client.Addr()]--; bl.perIP[client.Addr()] <= 0 {
 			delete(bl.perIP, client.Addr())
 		}
+		g := sess.gen
+		g.sessions--
+		retire := !g.current && g.sessions == 0
 		s.mu.Unlock()
+		if retire && g.retire != nil {
+			g.retire()
+		}
 	}()
 }
 
@@ -235,3 +257,26 @@ func addrPort(a net.Addr) netip.AddrPort {
 
 // Logger returns the server's logger, for the caller's own lifecycle logs.
 func (s *Server) Logger() zerolog.Logger { return s.log }
+
+// SetPolicy makes f the policy of sessions that start from now on, as
+// configuration generation id. Running sessions keep theirs; retire (may be
+// nil) is called once the previous generation has no session left.
+func (s *Server) SetPolicy(id int64, f func(SessionInfo) (*SessionPolicy, error), retire func()) {
+	s.mu.Lock()
+	old := s.gen
+	s.gen = &generation{id: id, policyFor: f, retire: retire, current: true}
+	old.current = false
+	idle := old.sessions == 0
+	s.mu.Unlock()
+	if idle && old.retire != nil {
+		old.retire()
+	}
+}
+
+// Generation returns the id of the configuration generation new sessions
+// get.
+func (s *Server) Generation() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen.id
+}

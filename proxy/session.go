@@ -56,6 +56,7 @@ type session struct {
 	up      *upstreamConn
 	aborted string
 
+	gen         *generation // the configuration this session started under
 	upName      string
 	outPort     uint16 // local port of a transparent upstream connection, for loop detection
 	state       state
@@ -361,8 +362,8 @@ func (s *session) login(line []byte, user string) error {
 // upstream is closed without QUIT.
 func (s *session) loggedIn(user string) error {
 	s.user = user
-	if s.srv.opts.PolicyFor != nil {
-		pol, err := s.srv.opts.PolicyFor(SessionInfo{ID: s.id, Listener: s.cfg.Name, Client: s.client, Upstream: s.upName, User: user})
+	if s.gen.policyFor != nil {
+		pol, err := s.gen.policyFor(SessionInfo{ID: s.id, Listener: s.cfg.Name, Client: s.client, Upstream: s.upName, User: user})
 		if err != nil {
 			s.log.Warn().Str("user", user).Err(err).Msg("login refused by policy")
 			s.replyErr("SYS/PERM", "no mail policy applies to this account")
@@ -372,7 +373,7 @@ func (s *session) loggedIn(user string) error {
 	}
 	s.state = stateTransaction
 	s.raw.setReadTimeout(s.cfg.IdleTimeout)
-	ev := s.log.Info().Str("user", user).Str("upstream", s.upName).Bool("tls", s.tlsOn)
+	ev := s.log.Info().Str("user", user).Str("upstream", s.upName).Bool("tls", s.tlsOn).Int64("config_generation", s.gen.id)
 	if s.policy != nil {
 		ev = ev.Str("policy", s.policy.Name)
 	}

@@ -2,6 +2,7 @@
 //
 //	popgate [run] -c FILE|DIR   run the proxy (default command)
 //	popgate check -c FILE|DIR   validate a configuration
+//	popgate scan -c FILE MSG…   run the chain a session would run on message files
 //	popgate demo                run a built-in mailbox behind popgate, on loopback
 //	popgate quarantine …        browse and recover quarantined originals
 //	popgate version             print versions
@@ -15,8 +16,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"reflect"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/hashicorp/hcl/v2"
@@ -46,7 +49,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "run":
 		return cmdRun(args, stderr)
 	case "check":
-		return cmdCheck(args, stdout, stderr)
+		return cmdCheckExplain(args, stdout, stderr)
+	case "scan":
+		return cmdScan(args, stdout, stderr)
 	case "demo":
 		return cmdDemo(args, stdout, stderr)
 	case "quarantine":
@@ -65,8 +70,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  popgate [run] -c FILE|DIR   run the proxy (SIGTERM drains, SIGHUP re-checks the config)
+  popgate [run] -c FILE|DIR   run the proxy (SIGTERM drains, SIGHUP reloads policies)
   popgate check -c FILE|DIR   validate a configuration; every problem as file:line:col
+        [--explain USER [--client IP] [--listener NAME] [--json]]   which policy, upstream and chain a login gets
+  popgate scan -c FILE|DIR [--user U] [--client IP] [--listener NAME] [-o OUT] [--json] [--quarantine] MSG.eml…
+                              run a session's chain on message files (popgate scan -h for output and exit codes)
   popgate demo                a sample mailbox behind popgate on loopback, with curl lines to try
   popgate quarantine list|show ID|export ID [-o FILE]   browse and recover quarantined originals
   popgate version             popgate, Go and dependency versions
@@ -175,7 +183,8 @@ func cmdRun(args []string, stderr io.Writer) int {
 }
 
 // serveUntilSignal serves until SIGTERM/SIGINT, then drains for the
-// configured shutdown timeout. SIGHUP re-validates the configuration.
+// configured shutdown timeout. SIGHUP reloads the configuration (see
+// reload).
 func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, path string, stderr io.Writer) int {
 	log := srv.Logger()
 	sigs := make(chan os.Signal, 4)
@@ -193,18 +202,8 @@ func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, path string, stderr
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				// Listener and upstream changes need a restart; the
-				// check keeps an admin from restarting into a bad file.
-				if path == "" {
-					continue
-				}
-				next, diags := policy.Load(path)
-				logDiagnostics(log, diags)
-				_ = next.Close()
-				if diags.HasErrors() {
-					log.Error().Msg("SIGHUP: configuration has errors; running configuration unchanged")
-				} else {
-					log.Warn().Msg("SIGHUP: configuration is valid, but changes take effect only after a restart")
+				if path != "" {
+					reload(srv, cfg, path)
 				}
 				continue
 			}
@@ -236,4 +235,65 @@ func printVersion(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %s %s\n", d.Path, v)
 	}
+}
+
+// reload loads path afresh on SIGHUP. A configuration with errors is
+// refused and the running one stays; a good one becomes the next
+// generation: sessions that start from now on get its policies, filters,
+// scanners and quarantine, running sessions keep theirs, and its
+// predecessor is closed once its last session ends. Listeners and upstreams
+// are bound at start: changing them needs a restart, and says so.
+func reload(srv *proxy.Server, running *policy.Config, path string) {
+	log := srv.Logger()
+	next, diags := policy.Load(path)
+	logDiagnostics(log, diags)
+	if diags.HasErrors() {
+		_ = next.Close()
+		log.Error().Int64("config_generation", srv.Generation()).Int("errors", len(diags.Errs())).
+			Msg("reload refused: the configuration has errors; the running one stays in force")
+		return
+	}
+	next.SetLogger(log)
+	store, err := openQuarantine(next, log)
+	if err != nil {
+		_ = next.Close()
+		log.Error().Err(err).Int64("config_generation", srv.Generation()).Msg("reload refused: quarantine")
+		return
+	}
+	if changed := boundChanges(running, next); changed != "" {
+		log.Warn().Str("changed", changed).Msg("reload: listener and upstream changes take effect only after a restart")
+	}
+	gen := srv.Generation() + 1
+	srv.SetPolicy(gen, sessionPolicies(next, store), func() { _ = next.Close() })
+	log.Info().Int64("config_generation", gen).Int("policies", len(next.Policies)).Msg("configuration reloaded")
+}
+
+// boundChanges names the listener and upstream settings that differ
+// between two configurations.
+func boundChanges(a, b *policy.Config) string {
+	var changed []string
+	if len(a.Listeners) != len(b.Listeners) {
+		changed = append(changed, "listeners")
+	} else {
+		for i, l := range a.Listeners {
+			x, y := *l, *b.Listeners[i]
+			x.Range, y.Range = hcl.Range{}, hcl.Range{}
+			if !reflect.DeepEqual(x, y) {
+				changed = append(changed, "listener "+l.Name)
+			}
+		}
+	}
+	for name, u := range a.Upstreams {
+		v := b.Upstreams[name]
+		if v == nil {
+			changed = append(changed, "upstream "+name)
+			continue
+		}
+		x, y := *u, *v
+		x.Range, y.Range = hcl.Range{}, hcl.Range{}
+		if !reflect.DeepEqual(x, y) {
+			changed = append(changed, "upstream "+name)
+		}
+	}
+	return strings.Join(changed, ", ")
 }
