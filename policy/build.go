@@ -96,6 +96,7 @@ func (d *decoder) build(root *rootSchema, body hcl.Body) *Config {
 
 	cfg.Log = d.log(single(d, "log", root.Log))
 	cfg.Spool = d.spool(single(d, "spool", root.Spool))
+	d.routes(root.Routes, cfg)
 	d.filtersAndPolicies(root, cfg)
 	cfg.Pending = d.pending(root)
 	return cfg
@@ -202,6 +203,13 @@ func (d *decoder) listener(s *listenerSchema, upstreams map[string]*Upstream) *L
 			l.IdleTimeout)
 	}
 	l.MaxCommandLine = d.integer(s.MaxCommandLine, DefaultMaxCommandLine, minLineLimit, maxLineLimit)
+	for _, u := range d.stringList(s.LoginRouting) {
+		if upstreams[u.value] == nil {
+			d.errorf(u.rng, "Unknown upstream", "login_routing: there is no upstream block named %q; a login may only pick upstreams listed here.", u.value)
+			continue
+		}
+		l.LoginRouting = append(l.LoginRouting, u.value)
+	}
 
 	if t := single(d, "tls", s.TLS); t != nil {
 		l.TLS = d.listenerTLS(t)
@@ -390,9 +398,6 @@ var pendingDetail = map[string]string{
 
 func (d *decoder) pending(root *rootSchema) []PendingBlock {
 	var out []PendingBlock
-	for _, b := range root.Routes {
-		out = append(out, PendingBlock{Kind: "route", Body: b.Body, DefRange: b.DefRange})
-	}
 	if b := single(d, "metrics", root.Metrics); b != nil {
 		out = append(out, PendingBlock{Kind: "metrics", Body: b.Body, DefRange: b.DefRange})
 	}

@@ -67,6 +67,8 @@ type Config struct {
 	Filters    map[string]filters.Filter
 	Policies   []*Policy
 	Quarantine *Quarantine
+	// Routes in file order (see RouteLogin, RouteDestination).
+	Routes []*Route
 
 	// Pending holds, in source order, the blocks that this version accepts
 	// but does not decode or enforce yet.
@@ -113,6 +115,9 @@ type Listener struct {
 	// including CRLF (attribute max_command_line, default 255 as in RFC 2449
 	// §4, between 64 and 65536).
 	MaxCommandLine int
+	// LoginRouting lists the upstreams a login may pick itself with a
+	// "#NAME" (or "@NAME") suffix (attribute login_routing); empty: off.
+	LoginRouting []string
 	// Range is the block header (`listener "NAME"`).
 	Range hcl.Range
 }

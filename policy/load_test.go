@@ -193,7 +193,8 @@ func TestGoldenCoverage(t *testing.T) {
 		"error: Invalid chain entry:",
 		"warning: Policy without quarantine:",
 		"warning: Unused filter:",
-		"warning: route blocks are not enforced by this version of popgate:",
+		"error: Invalid destination:",
+		"error: Route matches nothing:",
 		"warning: metrics blocks are not enforced by this version of popgate:",
 	} {
 		if !strings.Contains(all.String(), s) {
@@ -324,7 +325,7 @@ var configChecks = map[string]func(*testing.T, *Config){
 		for _, p := range cfg.Pending {
 			got = append(got, pend{p.Kind, p.Type, p.Name})
 		}
-		want := []pend{{"route", "", ""}, {"route", "", ""}, {"metrics", "", ""}}
+		want := []pend{{"metrics", "", ""}}
 		if !reflect.DeepEqual(got, want) {
 			t.Fatalf("pending = %v\nwant %v", got, want)
 		}
@@ -363,6 +364,42 @@ var configChecks = map[string]func(*testing.T, *Config){
 		noDefault := &Config{Policies: cfg.Policies[1:]}
 		if p := noDefault.Select(Who{User: "bob"}); p != nil {
 			t.Errorf("without a default, an unmatched login got %q", p.Name)
+		}
+	},
+
+	"ok_routes": func(t *testing.T, cfg *Config) {
+		pop3, edge := cfg.Listeners[0], cfg.Listeners[1]
+		for _, tc := range []struct {
+			l              *Listener
+			login          string
+			upstream, user string
+			err            bool
+		}{
+			{pop3, "bob@example.com", "mail1", "bob@example.com", false},
+			{pop3, "Carol@Sales.Example.COM", "mail2", "Carol@Sales.Example.COM", false},
+			{pop3, "vip@other.org", "mail3", "vip@other.org", false},
+			{pop3, "dave@other.org", "mail1", "dave@other.org", false},
+			{pop3, "dave@other.org#mail3", "mail3", "dave@other.org", false},
+			{pop3, "dave#MAIL2", "mail2", "dave", false},
+			{pop3, "dave@mail2", "mail2", "dave", false},
+			{pop3, "dave#evil.example.net:110", "", "", true},
+			{pop3, "dave@evil.example.net", "mail1", "dave@evil.example.net", false}, // just a domain
+			{edge, "dave#mail2", "mail1", "dave#mail2", false},                       // login routing is off there
+		} {
+			up, user, err := cfg.RouteLogin(tc.l, tc.login)
+			if up != tc.upstream || user != tc.user || (err != nil) != tc.err {
+				t.Errorf("RouteLogin(%s, %q) = %q, %q, %v", tc.l.Name, tc.login, up, user, err)
+			}
+		}
+		if !cfg.RoutesByLogin(pop3) || cfg.RoutesByLogin(edge) {
+			t.Errorf("RoutesByLogin: pop3 %v, edge %v", cfg.RoutesByLogin(pop3), cfg.RoutesByLogin(edge))
+		}
+		for _, tc := range []struct {
+			dst, want string
+		}{{"192.0.2.10", "mail2"}, {"198.51.100.77", "mail2"}, {"203.0.113.1", "mail3"}, {"192.0.2.11", "mail1"}} {
+			if got := cfg.RouteDestination(edge, netip.MustParseAddr(tc.dst)); got != tc.want {
+				t.Errorf("RouteDestination(%s) = %q, want %q", tc.dst, got, tc.want)
+			}
 		}
 	},
 

@@ -133,16 +133,12 @@ func (d *decoder) match(s *matchSchema, listeners map[string]bool, upstreams map
 		m.Domains = append(m.Domains, strings.ToLower(strings.TrimPrefix(g.value, "@")))
 	}
 	for _, c := range d.stringList(s.Clients) {
-		p, err := netip.ParsePrefix(c.value)
+		p, err := parsePrefix(c.value)
 		if err != nil {
-			a, aerr := netip.ParseAddr(c.value)
-			if aerr != nil {
-				d.errorf(c.rng, "Invalid client address", "clients: %q is neither an address nor a prefix such as \"10.0.0.0/8\".", c.value)
-				continue
-			}
-			p = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+			d.errorf(c.rng, "Invalid client address", "clients: %q is neither an address nor a prefix such as \"10.0.0.0/8\".", c.value)
+			continue
 		}
-		m.Clients = append(m.Clients, p.Masked())
+		m.Clients = append(m.Clients, p)
 	}
 	for _, l := range d.stringList(s.Listeners) {
 		if !listeners[l.value] {

@@ -20,7 +20,7 @@ type rootSchema struct {
 	Filters    []*typedBlock       `hcl:"filter,block"`
 	Policies   []*policySchema     `hcl:"policy,block"`
 	Quarantine []*quarantineSchema `hcl:"quarantine,block"` // at most one
-	Routes     []*plainBlock       `hcl:"route,block"`
+	Routes     []*routeSchema      `hcl:"route,block"`
 	Metrics    []*plainBlock       `hcl:"metrics,block"` // at most one
 }
 
@@ -37,6 +37,7 @@ type listenerSchema struct {
 	LoginTimeout        *hcl.Attribute       `hcl:"login_timeout,optional"`
 	IdleTimeout         *hcl.Attribute       `hcl:"idle_timeout,optional"`
 	MaxCommandLine      *hcl.Attribute       `hcl:"max_command_line,optional"`
+	LoginRouting        *hcl.Attribute       `hcl:"login_routing,optional"`
 	TLS                 []*listenerTLSSchema `hcl:"tls,block"` // at most one
 }
 
@@ -88,7 +89,7 @@ type typedBlock struct {
 	Body      hcl.Body  `hcl:",remain"`
 }
 
-// plainBlock is `KIND { … }` (route, metrics).
+// plainBlock is `KIND { … }` (metrics).
 type plainBlock struct {
 	DefRange hcl.Range `hcl:",def_range"`
 	Body     hcl.Body  `hcl:",remain"`

@@ -1,6 +1,6 @@
-# Scanners, filters, the quarantine and policies are decoded: each filter
-# type checks its own block. Route and metrics blocks of later versions load
-# with one warning each, and so does a short idle timeout.
+# Scanners, filters, the quarantine, policies and routes are decoded: each
+# filter type checks its own block. A metrics block of a later version loads
+# with a warning, and so does a short idle timeout.
 listener "pop3" {
   address      = "127.0.0.1:1110"
   upstream     = "mail"
@@ -37,12 +37,8 @@ policy "default" {
 }
 
 route {
-  domain   = "example.com"
+  domains  = ["example.com"]
   upstream = "mail"
-}
-
-route {
-  user = "bob"
 }
 
 metrics {
