@@ -45,7 +45,16 @@ type config struct {
 	popgate  string
 	logLevel string
 	idleWait time.Duration
+	// Filter chains (chains.go).
+	chains        []string // of chainNames
+	fmessages     int      // attachment-heavy messages per variant and session
+	cmessages     int      // of those, downloaded per session through clamd
+	clamdSessions []int
+	bigSize       int
 }
+
+// has reports whether the chain (or measurement) name was asked for.
+func (c config) has(name string) bool { return slices.Contains(c.chains, name) }
 
 func main() {
 	log.SetFlags(0)
@@ -74,13 +83,19 @@ func parseFlags(args []string) (config, error) {
 	bin := fs.String("popgate", "bin/popgate", "the popgate binary (make build)")
 	level := fs.String("loglevel", "warn", "popgate's log level during the benchmark")
 	idleWait := fs.Duration("idlewait", 15*time.Second, "before each run, wait up to this long for the machine to be idle (other work skews the results); 0: do not wait")
+	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain), strip+tag, clamd, rss (peak RSS with a big message)")
+	fmessages := fs.Int("fmessages", 50, "filter chains: attachment-heavy messages per variant (clean, 10% .exe) in each session's mailbox")
+	cmessages := fs.Int("cmessages", 20, "clamd: messages each session downloads (the first clean ones)")
+	clamdSessions := fs.String("clamdsessions", "1,8", "clamd: comma-separated numbers of concurrent sessions")
+	bigSize := fs.String("bigsize", "100MB", "rss: size of the big message")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	c := config{messages: *messages, repeat: *repeat, out: *out, popgate: *bin, logLevel: *level, idleWait: *idleWait}
+	c := config{messages: *messages, repeat: *repeat, out: *out, popgate: *bin, logLevel: *level, idleWait: *idleWait,
+		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages)}
 	for _, f := range strings.Split(*sessions, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
 		if err != nil || n < 1 {
@@ -88,6 +103,28 @@ func parseFlags(args []string) (config, error) {
 		}
 		c.sessions = append(c.sessions, n)
 	}
+	for _, f := range strings.Split(*clamdSessions, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return config{}, fmt.Errorf("-clamdsessions: %q is not a positive number", f)
+		}
+		c.clamdSessions = append(c.clamdSessions, n)
+	}
+	for _, f := range strings.Split(*chains, ",") {
+		f = strings.TrimSpace(f)
+		if !slices.Contains(chainNames, f) {
+			return config{}, fmt.Errorf("-chains: %q is not one of %s", f, strings.Join(chainNames, ", "))
+		}
+		c.chains = append(c.chains, f)
+	}
+	if c.fmessages < 1 || c.cmessages < 1 {
+		return config{}, errors.New("-fmessages and -cmessages must be at least 1")
+	}
+	bs, err := filters.ParseSize(*bigSize)
+	if err != nil || bs < 1000 || bs > 1<<30 {
+		return config{}, fmt.Errorf("-bigsize: %q: want a size from 1KB to 1GiB", *bigSize)
+	}
+	c.bigSize = int(bs)
 	sz, err := filters.ParseSize(*size)
 	if err != nil {
 		return config{}, fmt.Errorf("-size: %v", err)
@@ -124,6 +161,8 @@ type runStats struct {
 	waited   time.Duration // waited for an idle machine before the run
 	idle     bool          // the machine was idle before the run
 	retries  int           // disturbed measurements of this run that were discarded
+	retrMean time.Duration // mean RETR (or scan) time
+	clamd    time.Duration // clamd's CPU time during the run (filter chains with clamd)
 }
 
 // maxOthersShare is the share of the machine's CPU time that others may use
@@ -166,29 +205,11 @@ func run(ctx context.Context, cfg config) error {
 		log.Print("Dovecot's master process not found (POPGATE_TEST_DOVECOT_CONF): its CPU time is not reported")
 	}
 
-	msgs := make([][]byte, cfg.messages)
-	for i := range msgs {
-		m, err := makeMessage(i+1, cfg.size)
-		if err != nil {
-			return err
-		}
-		msgs[i] = m
-	}
-	maxSessions := slices.Max(cfg.sessions)
 	tb := &benchTB{}
 	defer func() {
-		log.Printf("removing %d bench users and their Maildirs", maxSessions)
+		log.Print("removing the bench users and their Maildirs")
 		tb.runCleanups()
 	}()
-	t0 := time.Now()
-	log.Printf("creating %d mailboxes of %d × %d bytes (%.0f MB)", maxSessions, cfg.messages, cfg.size,
-		float64(maxSessions*cfg.messages*cfg.size)/1e6)
-	users, err := createMailboxes(tb, maxSessions, msgs)
-	if err != nil {
-		return err
-	}
-	log.Printf("mailboxes ready in %.1f s", time.Since(t0).Seconds())
-
 	dir, err := os.MkdirTemp("", "popgate-bench-")
 	if err != nil {
 		return err
@@ -196,17 +217,19 @@ func run(ctx context.Context, cfg config) error {
 	defer os.RemoveAll(dir)
 
 	var levels []*level
-	for _, n := range cfg.sessions {
-		lv, err := measureLevel(ctx, cfg, dir, upstream, users[:n], msgs)
-		if err != nil {
+	if cfg.has("none") {
+		if levels, err = runEmptyChain(ctx, cfg, tb, dir, upstream); err != nil {
 			return err
 		}
-		levels = append(levels, lv)
+	}
+	fr, err := runChains(ctx, cfg, tb, dir, upstream)
+	if err != nil {
+		return err
 	}
 
 	m := describeMachine(cfg.popgate, runtime.NumCPU(), runtime.Version())
 	rep := report{cfg: cfg, m: m, levels: levels, loadBefore: loadBefore, loadAfter: loadAvg(),
-		date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), upstream: upstream}
+		date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), upstream: upstream, chains: fr}
 	fmt.Print(rep.summary())
 	if cfg.out != "" {
 		if err := os.WriteFile(cfg.out, []byte(rep.markdown()), 0o644); err != nil {
@@ -217,11 +240,43 @@ func run(ctx context.Context, cfg config) error {
 	return nil
 }
 
+// runEmptyChain is the empty-chain measurement: popgate vs direct at each
+// of cfg.sessions.
+func runEmptyChain(ctx context.Context, cfg config, tb *benchTB, dir, upstream string) ([]*level, error) {
+	msgs := make([][]byte, cfg.messages)
+	for i := range msgs {
+		m, err := makeMessage(i+1, cfg.size)
+		if err != nil {
+			return nil, err
+		}
+		msgs[i] = m
+	}
+	maxSessions := slices.Max(cfg.sessions)
+	t0 := time.Now()
+	log.Printf("creating %d mailboxes of %d × %d bytes (%.0f MB)", maxSessions, cfg.messages, cfg.size,
+		float64(maxSessions*cfg.messages*cfg.size)/1e6)
+	users, err := createMailboxes(tb, maxSessions, msgs)
+	if err != nil {
+		return nil, err
+	}
+	log.Printf("mailboxes ready in %.1f s", time.Since(t0).Seconds())
+
+	var levels []*level
+	for _, n := range cfg.sessions {
+		lv, err := measureLevel(ctx, cfg, dir, upstream, users[:n], msgs)
+		if err != nil {
+			return nil, err
+		}
+		levels = append(levels, lv)
+	}
+	return levels, nil
+}
+
 // measureLevel starts a fresh popgate (so its peak RSS belongs to this
 // concurrency), warms up both paths once, then runs direct and popgate
 // alternately, cfg.repeat times each (ABBA order against drift).
 func measureLevel(ctx context.Context, cfg config, dir, upstream string, users []benchUser, msgs [][]byte) (*level, error) {
-	p, err := startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel)
+	p, err := startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, "")
 	if err != nil {
 		return nil, err
 	}
@@ -307,6 +362,16 @@ func measureLevel(ctx context.Context, cfg config, dir, upstream string, users [
 // measureRun runs one session per user at once against addr and collects
 // what they measured.
 func measureRun(parent context.Context, addr string, users []benchUser, msgs [][]byte) (runStats, error) {
+	return measureRunWith(parent, addr, users, func(ctx context.Context, addr string, u benchUser, res *sessionResult) {
+		runSession(ctx, addr, u, msgs, res)
+	})
+}
+
+// sessionFunc runs one session of user u against addr.
+type sessionFunc func(ctx context.Context, addr string, u benchUser, res *sessionResult)
+
+// measureRunWith runs sess once per user at once against addr.
+func measureRunWith(parent context.Context, addr string, users []benchUser, sess sessionFunc) (runStats, error) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	res := make([]sessionResult, len(users))
@@ -315,7 +380,7 @@ func measureRun(parent context.Context, addr string, users []benchUser, msgs [][
 	for i, u := range users {
 		wg.Go(func() {
 			<-gate
-			runSession(ctx, addr, u, msgs, &res[i])
+			sess(ctx, addr, u, &res[i])
 			if res[i].err != nil {
 				cancel() // one failure ends the run
 			}
@@ -364,6 +429,7 @@ func measureRun(parent context.Context, addr string, users []benchUser, msgs [][
 	}
 	st.mbps = float64(st.bytes) / wall.Seconds() / 1e6
 	st.retrP50, st.retrP99 = percentile(retr, 0.50), percentile(retr, 0.99)
+	st.retrMean = mean(retr)
 	st.setupP50 = percentile(setup, 0.50)
 	return st, nil
 }

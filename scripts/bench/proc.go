@@ -38,10 +38,13 @@ func freeLoopbackAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func startPopgate(ctx context.Context, bin, dir, upstream, logLevel string) (*popgateProc, error) {
+// startPopgate starts popgate; extra (HCL: scanners, filters, quarantine,
+// policy, spool) is appended to the generated configuration, "" for the
+// empty chain.
+func startPopgate(ctx context.Context, bin, dir, upstream, logLevel, extra string) (*popgateProc, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // the free port may be taken in between
-		p, err := startPopgateOnce(ctx, bin, dir, upstream, logLevel, attempt)
+		p, err := startPopgateOnce(ctx, bin, dir, upstream, logLevel, extra, attempt)
 		if err == nil {
 			return p, nil
 		}
@@ -50,7 +53,7 @@ func startPopgate(ctx context.Context, bin, dir, upstream, logLevel string) (*po
 	return nil, lastErr
 }
 
-func startPopgateOnce(ctx context.Context, bin, dir, upstream, logLevel string, attempt int) (*popgateProc, error) {
+func startPopgateOnce(ctx context.Context, bin, dir, upstream, logLevel, extra string, attempt int) (*popgateProc, error) {
 	addr, err := freeLoopbackAddr()
 	if err != nil {
 		return nil, err
@@ -70,7 +73,7 @@ log {
   level  = %q
   format = "json"
 }
-`, addr, upstream, logLevel)
+`, addr, upstream, logLevel) + extra
 	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}

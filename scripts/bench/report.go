@@ -21,6 +21,7 @@ type report struct {
 	loadBefore, loadAfter string
 	date                  string
 	upstream              string
+	chains                *chainResults
 }
 
 // result is the median over the repeats of each metric of one concurrency.
@@ -238,6 +239,7 @@ func (rp *report) summary() string {
 	if w := rp.warning(); w != "" {
 		b.WriteString(w + "\n")
 	}
+	b.WriteString(rp.chains.summary())
 	return b.String()
 }
 
@@ -300,12 +302,13 @@ func (rp *report) markdown() string {
 	w("\n## All runs\n\n")
 	b.WriteString(rp.runs())
 
+	b.WriteString(rp.chains.markdown(rp.cfg))
 	w("## Reproduce\n\n")
 	w("```sh\nmake bench   # builds bin/popgate, starts (or reuses) scripts/testenv.sh, runs scripts/bench, writes this file\n```\n\n")
 	w("or, with the test environment already up:\n\n")
 	w("```sh\nmake build && . \"$(scripts/testenv.sh envfile)\" && go run ./scripts/bench -out docs/PERFORMANCE.md\n```\n\n")
 	w("Flags: `-sessions 1,32`, `-messages 200`, `-size 100KB` (decimal; `100KiB` for 102400), `-repeat 3`, ")
-	w("`-popgate bin/popgate`, `-loglevel warn`, `-idlewait 15s`, `-out FILE`. The bench users (per-user passwd-files and Maildirs, made with `proxy/testenv`) ")
+	w("`-popgate bin/popgate`, `-loglevel warn`, `-idlewait 15s`, `-out FILE`; filter chains: `-chains none,strip+tag,clamd,rss` (which measurements), `-fmessages 50`, `-cmessages 20`, `-clamdsessions 1,8`, `-bigsize 100MB`. The bench users (per-user passwd-files and Maildirs, made with `proxy/testenv`) ")
 	w("are removed at the end.\n\n")
 
 	w("## Caveats\n\n")
@@ -323,7 +326,11 @@ func (rp *report) markdown() string {
 	w("With one session a run is short and its p99 rests on few samples (%d RETRs: the p99 is the %s slowest), so compare it with care.\n",
 		c.messages, ordinal(c.messages-rank(c.messages, 0.99)+1))
 	w("- **CPU accounting** comes in clock ticks (usually 10 ms), summed over the measured runs.\n")
-	w("- **Empty chain only.** Filters (clamd scanning, attachment stripping) spool each message and cost far more; they are not measured here.\n")
+	if rp.chains == nil {
+		w("- **Empty chain only.** Filters (clamd scanning, attachment stripping) spool each message and cost far more; they are not measured here.\n")
+	} else {
+		w("- **Empty chain** in the sections above; the filter chains (which spool each message) are in the \"Filter chains\" sections.\n")
+	}
 	return b.String()
 }
 

@@ -1,0 +1,603 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// chainNames are the measurements of -chains: the empty chain (main.go),
+// strip+tag, clamd alone, and the peak RSS with a big message.
+var chainNames = []string{"none", "strip+tag", "clamd", "rss"}
+
+// chainLevel is one filter-chain measurement: one chain, one message
+// variant, one concurrency; direct, popgate and (clamd) direct INSTREAM runs.
+type chainLevel struct {
+	chain     string // "strip+tag" or "clamd"
+	variant   string
+	sessions  int
+	messages  int // per session
+	direct    []runStats
+	popgate   []runStats
+	scan      []runStats // clamd: the same messages sent straight to clamd
+	order     []string
+	peakRSSkB int64
+	stripped  int64 // messages delivered stripped over the measured popgate runs
+	logLines  int
+}
+
+// rssResult is one big message through popgate.
+type rssResult struct {
+	chain     string
+	size      int
+	retr      time.Duration
+	cpu       time.Duration
+	startKB   int64 // VmHWM before the RETR
+	peakKB    int64 // VmHWM after it
+	spoolPeak int64 // largest spool directory seen during the RETR
+}
+
+type clamdscanResult struct {
+	files int
+	bytes int64
+	wall  []time.Duration
+	err   string
+}
+
+type chainResults struct {
+	levels     []*chainLevel
+	rss        []rssResult
+	maxThreads string
+	streamMax  string
+	clamdAddr  string
+	clamdscan  *clamdscanResult
+	size       int
+}
+
+// clamdConf reads a setting of clamd.conf ($POPGATE_TEST_CLAMD_CONF).
+func clamdConf(key string) string {
+	b, err := os.ReadFile(os.Getenv("POPGATE_TEST_CLAMD_CONF"))
+	if err != nil {
+		return ""
+	}
+	for l := range strings.Lines(string(b)) {
+		f := strings.Fields(l)
+		if len(f) >= 2 && f[0] == key {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// clamdPID is the test clamd's pid (PidFile), 0 if unknown.
+func clamdPID() int {
+	b, err := os.ReadFile(clamdConf("PidFile"))
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if _, err := cpuTime(pid); err != nil {
+		return 0
+	}
+	return pid
+}
+
+func hclList(v []string) string {
+	q := make([]string, len(v))
+	for i, s := range v {
+		q[i] = strconv.Quote(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+// chainHCL is the configuration added to popgate's for a chain.
+func chainHCL(dir, clamdAddr string, chain []string) (string, error) {
+	qdir, err := os.MkdirTemp(dir, "quarantine-")
+	if err != nil {
+		return "", err
+	}
+	sdir := filepath.Join(dir, "spool")
+	if err := os.MkdirAll(sdir, 0o700); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "spool {\n  dir          = %q\n  memory_limit = \"1MB\"\n}\nquarantine {\n  dir = %q\n}\n", sdir, qdir)
+	if slices.Contains(chain, "av") {
+		fmt.Fprintf(&b, "scanner \"clamav\" \"clamd\" {\n  addresses = [%q]\n  timeout   = \"60s\"\n}\nfilter \"clamav\" \"av\" {\n  scanner = \"clamd\"\n}\n", clamdAddr)
+	}
+	fmt.Fprintf(&b, "filter \"strip\" \"dangerous\" {\n  extensions        = %s\n  archive_filenames = [\"*.exe\", \"*.scr\", \"*.js\"]\n}\n", hclList(stripExtensions))
+	b.WriteString("filter \"tag\" \"stamp\" {\n  headers = { \"X-Popgate-Scanned\" = \"yes\" }\n}\n")
+	fmt.Fprintf(&b, "policy \"default\" {\n  chain = %s\n}\n", hclList(chain))
+	return b.String(), nil
+}
+
+// runChains runs the filter-chain measurements asked for in cfg.chains.
+func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream string) (*chainResults, error) {
+	if !cfg.has("strip+tag") && !cfg.has("clamd") && !cfg.has("rss") {
+		return nil, nil
+	}
+	cr := &chainResults{maxThreads: clamdConf("MaxThreads"), streamMax: clamdConf("StreamMaxLength"), size: cfg.size}
+	cr.clamdAddr = os.Getenv("POPGATE_TEST_CLAMD")
+	if cfg.has("strip+tag") || cfg.has("clamd") {
+		n := 0
+		if cfg.has("strip+tag") {
+			n = slices.Max(cfg.sessions)
+		}
+		if cfg.has("clamd") {
+			if cr.clamdAddr == "" {
+				return nil, errors.New("POPGATE_TEST_CLAMD is not set")
+			}
+			n = max(n, slices.Max(cfg.clamdSessions))
+		}
+		clean := make([][]byte, cfg.fmessages)
+		mixed := make([][]byte, cfg.fmessages)
+		exe := make([]bool, cfg.fmessages)
+		for i := range clean {
+			var err error
+			if clean[i], err = makeAttachMessage(i+1, cfg.size, false); err != nil {
+				return nil, err
+			}
+			exe[i] = i%10 == 3
+			if mixed[i], err = makeAttachMessage(100000+i+1, cfg.size, exe[i]); err != nil {
+				return nil, err
+			}
+		}
+		t0 := time.Now()
+		log.Printf("creating %d mailboxes of 2 × %d attachment-heavy messages", n, cfg.fmessages)
+		users, err := createMailboxes(tb, n, append(slices.Clone(clean), mixed...))
+		if err != nil {
+			return nil, err
+		}
+		log.Printf("mailboxes ready in %.1f s", time.Since(t0).Seconds())
+		if cfg.has("strip+tag") {
+			for _, s := range cfg.sessions {
+				for _, v := range []struct {
+					name  string
+					first int
+					msgs  [][]byte
+					exe   []bool
+				}{{"clean", 1, clean, make([]bool, len(clean))}, {"10% .exe", cfg.fmessages + 1, mixed, exe}} {
+					lv, err := measureChain(ctx, cfg, dir, upstream, cr.clamdAddr, []string{"dangerous", "stamp"}, v.name, users[:s], v.first, v.msgs, v.exe)
+					if err != nil {
+						return nil, err
+					}
+					cr.levels = append(cr.levels, lv)
+				}
+			}
+		}
+		if cfg.has("clamd") {
+			cm := clean[:cfg.cmessages]
+			for _, s := range cfg.clamdSessions {
+				lv, err := measureChain(ctx, cfg, dir, upstream, cr.clamdAddr, []string{"av"}, "clean", users[:s], 1, cm, make([]bool, len(cm)))
+				if err != nil {
+					return nil, err
+				}
+				cr.levels = append(cr.levels, lv)
+			}
+			cr.clamdscan = runClamdscan(ctx, dir, cm)
+		}
+	}
+	if cfg.has("rss") {
+		rs, err := measureRSS(ctx, cfg, tb, dir, upstream)
+		if err != nil {
+			return nil, err
+		}
+		cr.rss = rs
+	}
+	return cr, nil
+}
+
+// filteredSession downloads messages first.. first+len(want)-1 and checks
+// each with check; the bytes counted are those of the originals.
+func filteredSession(first int, want [][]byte, check func(k int, body []byte) error) sessionFunc {
+	return func(ctx context.Context, addr string, u benchUser, res *sessionResult) {
+		res.retr = make([]time.Duration, 0, len(want))
+		start := time.Now()
+		c, err := dialPOP3(ctx, addr)
+		if err != nil {
+			res.err = err
+			return
+		}
+		defer c.close()
+		stop := context.AfterFunc(ctx, func() { c.close() })
+		defer stop()
+		if err := c.command("USER %s", u.name); err != nil {
+			res.err = fmt.Errorf("USER: %w", err)
+			return
+		}
+		if err := c.command("PASS %s", u.password); err != nil {
+			res.err = fmt.Errorf("PASS: %w", err)
+			return
+		}
+		res.setup = time.Since(start)
+		c.body = make([]byte, 0, len(want[0])+4096)
+		for k := range want {
+			d, err := c.retr(first + k)
+			if err != nil {
+				res.err = err
+				return
+			}
+			if err := check(k, c.body); err != nil {
+				res.err = fmt.Errorf("RETR %d: %w", first+k, err)
+				return
+			}
+			res.retr = append(res.retr, d)
+			res.bytes += int64(len(want[k]))
+		}
+		if err := c.command("QUIT"); err != nil {
+			res.err = fmt.Errorf("QUIT: %w", err)
+		}
+	}
+}
+
+// measureChain measures one chain on one message variant at one
+// concurrency: a fresh popgate, a warm-up of each mode, then cfg.repeat
+// measured runs of each in alternating order.
+func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr string, chain []string, variant string,
+	users []benchUser, first int, msgs [][]byte, exe []bool) (*chainLevel, error) {
+	name := "strip+tag"
+	if slices.Contains(chain, "av") {
+		name = "clamd"
+	}
+	extra, err := chainHCL(dir, clamdAddr, chain)
+	if err != nil {
+		return nil, err
+	}
+	p, err := startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, extra)
+	if err != nil {
+		return nil, err
+	}
+	defer p.stop()
+	lv := &chainLevel{chain: name, variant: variant, sessions: len(users), messages: len(msgs)}
+	parts := 5 // text, zip, image or exe, pdf … counted below from the original
+	if n := bytes.Count(msgs[0], []byte("\r\n--=_att_")); n > 0 {
+		parts = n - 1 // boundaries minus the closing one (which also starts "--=_att_")
+	}
+	var stripped atomic.Int64
+	direct := filteredSession(first, msgs, func(k int, body []byte) error {
+		if !bytes.Equal(body, msgs[k]) {
+			return fmt.Errorf("got %d bytes, not the %d-byte original", len(body), len(msgs[k]))
+		}
+		return nil
+	})
+	through := filteredSession(first, msgs, func(k int, body []byte) error {
+		if name == "clamd" {
+			if !bytes.Equal(body, msgs[k]) {
+				return fmt.Errorf("clamd chain: got %d bytes, not the %d-byte original", len(body), len(msgs[k]))
+			}
+			return nil
+		}
+		if exe[k] {
+			stripped.Add(1)
+			return checkStripped(body, parts)
+		}
+		if len(body) != len(tagPrefix)+len(msgs[k]) || !bytes.HasPrefix(body, tagPrefix) || !bytes.Equal(body[len(tagPrefix):], msgs[k]) {
+			return fmt.Errorf("got %d bytes, not the tag header + the %d-byte original", len(body), len(msgs[k]))
+		}
+		return nil
+	})
+	modes := []string{"direct", "popgate"}
+	if name == "clamd" {
+		modes = append(modes, "scan")
+	}
+	clamd := clamdPID()
+	measure := func(mode string) (runStats, error) {
+		waited, idle := waitIdle(ctx, cfg.idleWait)
+		pBefore, _ := cpuTime(p.pid())
+		var cBefore time.Duration
+		if clamd != 0 {
+			cBefore, _ = cpuTime(clamd)
+		}
+		var st runStats
+		var err error
+		switch mode {
+		case "direct":
+			st, err = measureRunWith(ctx, upstream, users, direct)
+		case "popgate":
+			st, err = measureRunWith(ctx, p.addr, users, through)
+		case "scan":
+			st, err = measureScanRun(ctx, clamdAddr, len(users), msgs)
+		}
+		if err != nil {
+			return runStats{}, fmt.Errorf("%s, %s, %d sessions, %s: %w", name, variant, len(users), mode, err)
+		}
+		st.mode, st.waited, st.idle = mode, waited, idle
+		if mode == "popgate" {
+			pAfter, _ := cpuTime(p.pid())
+			st.cpu = pAfter - pBefore
+		}
+		if clamd != 0 {
+			cAfter, _ := cpuTime(clamd)
+			st.clamd = cAfter - cBefore
+		}
+		st.others = max(0, st.others-st.cpu-st.clamd)
+		return st, nil
+	}
+	once := func(mode string) (runStats, error) {
+		for attempt := 0; ; attempt++ {
+			st, err := measure(mode)
+			if err != nil {
+				return st, err
+			}
+			st.retries = attempt
+			if !st.disturbed() || attempt == maxRetries {
+				return st, nil
+			}
+			log.Printf("%s, %s, %d sessions, %s: others used %.0f%% of the machine during the run; measuring it again",
+				name, variant, len(users), mode, 100*st.othersShare())
+		}
+	}
+	log.Printf("%s, %s, %d sessions: warm-up", name, variant, len(users))
+	for _, mode := range modes {
+		if _, err := once(mode); err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	stripped.Store(0)
+	for r := 0; r < cfg.repeat; r++ {
+		order := slices.Clone(modes)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, mode := range order {
+			st, err := once(mode)
+			if err != nil {
+				return nil, err
+			}
+			log.Printf("%s, %s, %d sessions, run %d/%d, %-7s %6.1f MB/s  RETR p50 %s p99 %s mean %s  CPU busy %.0f%% (others %.0f%%)",
+				name, variant, len(users), r+1, cfg.repeat, mode, st.mbps, ms(st.retrP50), ms(st.retrP99), ms(st.retrMean),
+				100*st.busy, 100*st.othersShare())
+			lv.order = append(lv.order, mode)
+			switch mode {
+			case "direct":
+				lv.direct = append(lv.direct, st)
+			case "popgate":
+				lv.popgate = append(lv.popgate, st)
+			default:
+				lv.scan = append(lv.scan, st)
+			}
+		}
+	}
+	lv.stripped = stripped.Load()
+	lv.peakRSSkB = procStatusKB(p.pid(), "VmHWM")
+	p.stop()
+	lv.logLines, _ = p.logStats()
+	return lv, nil
+}
+
+// clamdScan sends msg to clamd with INSTREAM (64 KiB chunks, as popgate
+// does, on a new connection) and returns clamd's reply.
+func clamdScan(ctx context.Context, addr string, msg []byte) (string, error) {
+	network, a := "tcp", strings.TrimPrefix(addr, "tcp://")
+	if s, ok := strings.CutPrefix(addr, "unix://"); ok {
+		network, a = "unix", s
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, a)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	buf := make([]byte, 0, 64<<10+16)
+	buf = append(buf, "zINSTREAM\x00"...)
+	for off := 0; off < len(msg); off += 64 << 10 {
+		chunk := msg[off:min(off+64<<10, len(msg))]
+		buf = binary.BigEndian.AppendUint32(buf, uint32(len(chunk)))
+		buf = append(buf, chunk...)
+		if _, err := conn.Write(buf); err != nil {
+			return "", err
+		}
+		buf = buf[:0]
+	}
+	if _, err := conn.Write([]byte{0, 0, 0, 0}); err != nil {
+		return "", err
+	}
+	reply, err := io.ReadAll(io.LimitReader(conn, 4096))
+	if err != nil && len(reply) == 0 {
+		return "", err
+	}
+	return string(bytes.TrimRight(reply, "\x00\r\n")), nil
+}
+
+// measureScanRun scans msgs n times at once (n workers, each all of msgs in
+// order), as n popgate sessions would, timing each INSTREAM from connect to
+// the verdict.
+func measureScanRun(ctx context.Context, addr string, n int, msgs [][]byte) (runStats, error) {
+	times := make([][]time.Duration, n)
+	errs := make([]error, n)
+	gate := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Go(func() {
+			<-gate
+			for _, m := range msgs {
+				t := time.Now()
+				reply, err := clamdScan(ctx, addr, m)
+				if err == nil && reply != "stream: OK" {
+					err = fmt.Errorf("clamd said %q", reply)
+				}
+				if err != nil {
+					errs[w] = err
+					return
+				}
+				times[w] = append(times[w], time.Since(t))
+			}
+		})
+	}
+	before := sampleCPU()
+	start := time.Now()
+	close(gate)
+	wg.Wait()
+	wall := time.Since(start)
+	after := sampleCPU()
+	if err := errors.Join(errs...); err != nil {
+		return runStats{}, err
+	}
+	st := runStats{wall: wall, client: after.self - before.self}
+	if after.total > before.total {
+		st.busy = float64(after.busy-before.busy) / float64(after.total-before.total)
+	}
+	st.others = time.Duration(after.busy-before.busy)*time.Second/time.Duration(clkTck()) - st.client
+	var all []time.Duration
+	for _, t := range times {
+		all = append(all, t...)
+	}
+	for range n {
+		for _, m := range msgs {
+			st.bytes += int64(len(m))
+		}
+	}
+	st.mbps = float64(st.bytes) / wall.Seconds() / 1e6
+	st.retrP50, st.retrP99, st.retrMean = percentile(all, 0.50), percentile(all, 0.99), mean(all)
+	return st, nil
+}
+
+// runClamdscan times `clamdscan --stream` on a directory of the messages,
+// for reference (once to warm up, then 3 times).
+func runClamdscan(ctx context.Context, dir string, msgs [][]byte) *clamdscanResult {
+	r := &clamdscanResult{files: len(msgs)}
+	mdir := filepath.Join(dir, "clamdscan")
+	if err := os.MkdirAll(mdir, 0o755); err != nil {
+		r.err = err.Error()
+		return r
+	}
+	for i, m := range msgs {
+		if err := os.WriteFile(filepath.Join(mdir, fmt.Sprintf("msg-%03d.eml", i+1)), m, 0o644); err != nil {
+			r.err = err.Error()
+			return r
+		}
+		r.bytes += int64(len(m))
+	}
+	for k := 0; k < 4; k++ {
+		t := time.Now()
+		cmd := exec.CommandContext(ctx, "clamdscan", "--stream", "--no-summary", "-c", os.Getenv("POPGATE_TEST_CLAMD_CONF"), mdir)
+		out, err := cmd.CombinedOutput()
+		d := time.Since(t)
+		if err != nil {
+			r.err = fmt.Sprintf("%v: %s", err, bytes.TrimSpace(out))
+			return r
+		}
+		if k > 0 {
+			r.wall = append(r.wall, d)
+		}
+	}
+	log.Printf("clamdscan --stream: %d files in %s (median)", r.files, ms(medianDur(r.wall)))
+	return r
+}
+
+// measureRSS passes one big message through popgate, with the empty chain
+// and with strip+tag (spool memory_limit 1MB), each in a fresh process, and
+// reads popgate's VmHWM.
+func measureRSS(ctx context.Context, cfg config, tb *benchTB, dir, upstream string) ([]rssResult, error) {
+	big, err := makeMessage(1, cfg.bigSize)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	users, err := createMailboxes(tb, 1, [][]byte{big})
+	if err != nil {
+		return nil, err
+	}
+	log.Printf("big-message mailbox (%d bytes) ready in %.1f s", len(big), time.Since(t0).Seconds())
+	var out []rssResult
+	for _, chain := range []string{"none", "strip+tag"} {
+		extra := ""
+		if chain != "none" {
+			if extra, err = chainHCL(dir, "", []string{"dangerous", "stamp"}); err != nil {
+				return nil, err
+			}
+		}
+		p, err := startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, extra)
+		if err != nil {
+			return nil, err
+		}
+		r := rssResult{chain: chain, size: len(big), startKB: procStatusKB(p.pid(), "VmHWM")}
+		want := [][]byte{big}
+		sess := filteredSession(1, want, func(_ int, body []byte) error {
+			if chain == "none" {
+				if !bytes.Equal(body, big) {
+					return fmt.Errorf("got %d bytes, not the %d-byte original", len(body), len(big))
+				}
+				return nil
+			}
+			if !bytes.HasPrefix(body, tagPrefix) || !bytes.Equal(body[len(tagPrefix):], big) {
+				return fmt.Errorf("got %d bytes, not the tag header + the %d-byte original", len(body), len(big))
+			}
+			return nil
+		})
+		// Watch the spool directory while the message passes.
+		done := make(chan struct{})
+		var spoolPeak atomic.Int64
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				var n int64
+				_ = filepath.Walk(filepath.Join(dir, "spool"), func(_ string, fi os.FileInfo, err error) error {
+					if err == nil && fi.Mode().IsRegular() {
+						n += fi.Size()
+					}
+					return nil
+				})
+				if n > spoolPeak.Load() {
+					spoolPeak.Store(n)
+				}
+			}
+		}()
+		before, _ := cpuTime(p.pid())
+		var res sessionResult
+		sess(ctx, p.addr, users[0], &res)
+		close(done)
+		after, _ := cpuTime(p.pid())
+		r.peakKB = procStatusKB(p.pid(), "VmHWM")
+		p.stop()
+		if res.err != nil {
+			return nil, fmt.Errorf("rss, %s: %w", chain, res.err)
+		}
+		r.retr, r.cpu, r.spoolPeak = res.retr[0], after-before, spoolPeak.Load()
+		log.Printf("rss, %s: RETR of %d bytes in %.2f s, popgate VmHWM %.1f MiB (%.1f MiB before)", chain, len(big),
+			r.retr.Seconds(), float64(r.peakKB)/1024, float64(r.startKB)/1024)
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func mean(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	var t time.Duration
+	for _, x := range d {
+		t += x
+	}
+	return t / time.Duration(len(d))
+}
+
+func medianDur(d []time.Duration) time.Duration {
+	v := make([]float64, len(d))
+	for i, x := range d {
+		v[i] = float64(x)
+	}
+	if len(v) == 0 {
+		return 0
+	}
+	return time.Duration(median(v))
+}

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Targets of the filter chains (issue 3).
+const (
+	targetChainRatio   = 0.8
+	targetClamdOverhd  = 0.10
+	targetPeakRSSBytes = 64 << 20
+)
+
+type chainSummary struct {
+	lv                     *chainLevel
+	dMBps, pMBps, ratio    float64
+	dP50, pP50, dP99, pP99 time.Duration
+	dMean, pMean, sMean    time.Duration
+	sP50, sP99             time.Duration
+	sMBps                  float64
+	cpuPerGB               float64 // popgate
+	clamdPerGB             float64 // clamd CPU per GB in popgate runs
+	overhead, overheadP50  float64
+}
+
+func summarizeChain(lv *chainLevel) chainSummary {
+	c := chainSummary{lv: lv}
+	med := func(runs []runStats, f func(runStats) float64) float64 {
+		v := make([]float64, len(runs))
+		for i, s := range runs {
+			v[i] = f(s)
+		}
+		if len(v) == 0 {
+			return 0
+		}
+		return median(v)
+	}
+	mb := func(s runStats) float64 { return s.mbps }
+	d := func(f func(runStats) time.Duration) func(runStats) float64 {
+		return func(s runStats) float64 { return float64(f(s)) }
+	}
+	p50 := d(func(s runStats) time.Duration { return s.retrP50 })
+	p99 := d(func(s runStats) time.Duration { return s.retrP99 })
+	mn := d(func(s runStats) time.Duration { return s.retrMean })
+	c.dMBps, c.pMBps, c.sMBps = med(lv.direct, mb), med(lv.popgate, mb), med(lv.scan, mb)
+	c.ratio = c.pMBps / c.dMBps
+	c.dP50, c.pP50, c.sP50 = time.Duration(med(lv.direct, p50)), time.Duration(med(lv.popgate, p50)), time.Duration(med(lv.scan, p50))
+	c.dP99, c.pP99, c.sP99 = time.Duration(med(lv.direct, p99)), time.Duration(med(lv.popgate, p99)), time.Duration(med(lv.scan, p99))
+	c.dMean, c.pMean, c.sMean = time.Duration(med(lv.direct, mn)), time.Duration(med(lv.popgate, mn)), time.Duration(med(lv.scan, mn))
+	var cpu, cl time.Duration
+	var n int64
+	for _, s := range lv.popgate {
+		cpu += s.cpu
+		cl += s.clamd
+		n += s.bytes
+	}
+	if n > 0 {
+		c.cpuPerGB = cpu.Seconds() / (float64(n) / 1e9)
+		c.clamdPerGB = cl.Seconds() / (float64(n) / 1e9)
+	}
+	if c.sMean > 0 {
+		c.overhead = float64(c.pMean-c.dMean-c.sMean) / float64(c.sMean)
+		c.overheadP50 = float64(c.pP50-c.dP50-c.sP50) / float64(c.sP50)
+	}
+	return c
+}
+
+func (cr *chainResults) summaries(chain string) []chainSummary {
+	var out []chainSummary
+	for _, lv := range cr.levels {
+		if lv.chain == chain {
+			out = append(out, summarizeChain(lv))
+		}
+	}
+	return out
+}
+
+func (cr *chainResults) stripTable() string {
+	var b strings.Builder
+	b.WriteString("| sessions | messages | direct MB/s | popgate MB/s | ratio | ≥ 0.8 × direct | RETR p50 ms direct / popgate | RETR p99 ms direct / popgate | popgate CPU s/GB | popgate peak RSS | stripped / run |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|\n")
+	for _, c := range cr.summaries("strip+tag") {
+		fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f | %.3f | %s | %s / %s | %s / %s | %.2f | %.1f MiB | %d |\n",
+			c.lv.sessions, c.lv.variant, c.dMBps, c.pMBps, c.ratio, verdict(c.ratio >= targetChainRatio),
+			msf(c.dP50), msf(c.pP50), msf(c.dP99), msf(c.pP99), c.cpuPerGB, float64(c.lv.peakRSSkB)/1024,
+			c.lv.stripped/int64(max(1, len(c.lv.popgate))))
+	}
+	return b.String()
+}
+
+func (cr *chainResults) clamdTable() string {
+	var b strings.Builder
+	b.WriteString("| sessions | direct RETR mean / p50 ms | popgate RETR mean / p50 ms | INSTREAM scan mean / p50 ms | overhead (mean) | overhead (p50) | ≤ 10% | direct / popgate / scan MB/s | popgate CPU s/GB | clamd CPU s/GB (popgate runs) |\n")
+	b.WriteString("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|\n")
+	for _, c := range cr.summaries("clamd") {
+		fmt.Fprintf(&b, "| %d | %s / %s | %s / %s | %s / %s | %+.0f%% | %+.0f%% | %s | %.1f / %.1f / %.1f | %.2f | %.2f |\n",
+			c.lv.sessions, msf(c.dMean), msf(c.dP50), msf(c.pMean), msf(c.pP50), msf(c.sMean), msf(c.sP50),
+			100*c.overhead, 100*c.overheadP50, verdict(c.overhead <= targetClamdOverhd), c.dMBps, c.pMBps, c.sMBps, c.cpuPerGB, c.clamdPerGB)
+	}
+	return b.String()
+}
+
+func (cr *chainResults) rssTable() string {
+	var b strings.Builder
+	b.WriteString("| chain | message bytes | RETR s | popgate CPU s | VmHWM before | VmHWM after | ≤ 64 MiB | spool files peak |\n|---|---:|---:|---:|---:|---:|---|---:|\n")
+	for _, r := range cr.rss {
+		fmt.Fprintf(&b, "| %s | %d | %.2f | %.2f | %.1f MiB | %.1f MiB | %s | %.1f MB |\n", cmpChain(r.chain), r.size, r.retr.Seconds(), r.cpu.Seconds(),
+			float64(r.startKB)/1024, float64(r.peakKB)/1024, verdict(r.peakKB*1024 <= targetPeakRSSBytes), float64(r.spoolPeak)/1e6)
+	}
+	return b.String()
+}
+
+func cmpChain(c string) string {
+	if c == "none" {
+		return "empty"
+	}
+	return c
+}
+
+func (cr *chainResults) runsTable(lv *chainLevel) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s, %s, %d session(s):\n\n| # | mode | MB/s | RETR p50 ms | RETR p99 ms | RETR mean ms | wall s | popgate CPU s | clamd CPU s | machine busy (others) | discarded |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+		lv.chain, lv.variant, lv.sessions)
+	idx := map[string]int{}
+	for i, mode := range lv.order {
+		runs := map[string][]runStats{"direct": lv.direct, "popgate": lv.popgate, "scan": lv.scan}[mode]
+		s := runs[idx[mode]]
+		idx[mode]++
+		others := fmt.Sprintf("%.0f%% (%.0f%%)", 100*s.busy, 100*s.othersShare())
+		if s.disturbed() {
+			others = fmt.Sprintf("%.0f%% (**%.0f%%**)", 100*s.busy, 100*s.othersShare())
+		}
+		name := mode
+		if mode == "scan" {
+			name = "INSTREAM"
+		}
+		fmt.Fprintf(&b, "| %d | %s | %.1f | %s | %s | %s | %.2f | %.2f | %.2f | %s | %d |\n", i+1, name, s.mbps, msf(s.retrP50), msf(s.retrP99),
+			msf(s.retrMean), s.wall.Seconds(), s.cpu.Seconds(), s.clamd.Seconds(), others, s.retries)
+	}
+	fmt.Fprintf(&b, "\npopgate logged %d lines.\n\n", lv.logLines)
+	return b.String()
+}
+
+// summary is printed to stdout.
+func (cr *chainResults) summary() string {
+	if cr == nil {
+		return ""
+	}
+	var b strings.Builder
+	if len(cr.summaries("strip+tag")) > 0 {
+		b.WriteString("\nstrip+tag chain:\n\n" + cr.stripTable())
+	}
+	if len(cr.summaries("clamd")) > 0 {
+		b.WriteString("\nclamd chain:\n\n" + cr.clamdTable())
+	}
+	if len(cr.rss) > 0 {
+		b.WriteString("\npeak RSS with a big message:\n\n" + cr.rssTable())
+	}
+	return b.String()
+}
+
+// markdown is the filter-chain sections of docs/PERFORMANCE.md.
+func (cr *chainResults) markdown(c config) string {
+	if cr == nil {
+		return ""
+	}
+	var b strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("## Filter chains: what is measured\n\n")
+	w("Same harness, same client, same Dovecot, same alternation (a warm-up of each mode, then %d measured runs of each in ABBA order, medians per metric; ", c.repeat)
+	w("a fresh popgate per table row). The filter chains run on **attachment-heavy messages** of exactly %d bytes, made by the harness: ", cr.size)
+	w("a text part, a zip of three stored documents (docx, xlsx, odt), a PNG-like image and a PDF-like attachment that takes the rest (all base64). ")
+	w("Each bench mailbox holds %d such messages (**clean**: nothing matches the strip rules, the common case) followed by %d more (**10%% .exe**: ", c.fmessages, c.fmessages)
+	w("in every tenth message the image is replaced by `setup-N.exe`, which the strip rules remove and quarantine). ")
+	w("popgate runs with `spool { memory_limit = \"1MB\" }` and a quarantine directory in a temp dir, and filters as in `examples/demo.hcl`: ")
+	w("`filter \"strip\" \"dangerous\"` (extensions %s, `archive_filenames = [\"*.exe\", \"*.scr\", \"*.js\"]` so every zip is listed) and ", strings.Join(stripExtensions, " "))
+	w("`filter \"tag\" \"stamp\" { headers = { \"X-Popgate-Scanned\" = \"yes\" } }`.\n\n")
+	w("The client checks every message: direct, byte for byte; through strip+tag, a clean message must be `X-Popgate-Scanned: yes` CRLF followed by the original, byte for byte; ")
+	w("a stripped one must start with that header, parse as MIME (net/mail, mime/multipart), have as many parts as the original, keep the zip and the PDF, and have no part named `*.exe`. ")
+	w("Through the clamd chain (`chain = [\"av\"]`, no tag) messages must arrive unchanged. MB/s counts the bytes of the originals on both paths.\n\n")
+
+	if s := cr.summaries("strip+tag"); len(s) > 0 {
+		w("## Filter chains: strip + tag\n\n")
+		w("Chain `[\"dangerous\", \"stamp\"]`, no clamd; %d messages per session; target: popgate ≥ %.1f × direct throughput.\n\n", c.fmessages, targetChainRatio)
+		b.WriteString(cr.stripTable())
+		w("\n**popgate CPU s/GB**: utime+stime of popgate over the measured runs per 10^9 original bytes; **peak RSS**: VmHWM of that popgate at the end of the row (warm-up included). ")
+		w("**stripped / run**: messages the client received stripped in each measured popgate run (all sessions).\n\n")
+	}
+	if s := cr.summaries("clamd"); len(s) > 0 {
+		w("## Filter chains: clamd\n\n")
+		mt := cr.maxThreads
+		if mt == "" {
+			mt = "unknown"
+		}
+		w("Chain `[\"av\"]` against the test clamd (%s; `MaxThreads %s`, `StreamMaxLength %s` in $POPGATE_TEST_CLAMD_CONF; popgate's scanner has the default `max_concurrent = 8`), ", cr.clamdAddr, mt, cr.streamMax)
+		w("on the first %d clean attachment-heavy messages of each mailbox. Three modes alternate: **direct** RETR from Dovecot, **popgate** RETR through the clamd chain, ", c.cmessages)
+		w("and **INSTREAM**: the harness sends the same messages straight to clamd (same number of concurrent workers as sessions, a new connection per message, 64 KiB chunks as popgate sends them) ")
+		w("and times connect → verdict. popgate's **overhead** beyond clamd's scan = (popgate RETR − direct RETR − INSTREAM scan) ÷ INSTREAM scan, ")
+		w("from the per-run means (and, second column, p50s), medians over the runs; target ≤ %.0f%%. A negative overhead means popgate overlaps work ", 100*targetClamdOverhd)
+		w("(for instance fetching from Dovecot while it streams to clamd) or that the INSTREAM runs were slowed by something the others were not.\n\n")
+		b.WriteString(cr.clamdTable())
+		if cs := cr.clamdscan; cs != nil {
+			if cs.err != "" {
+				w("\n`clamdscan --stream` reference failed: %s\n", cs.err)
+			} else {
+				md := medianDur(cs.wall)
+				w("\nReference: `clamdscan --stream --no-summary -c $POPGATE_TEST_CLAMD_CONF DIR` on a directory of the same %d messages (%.1f MB) takes %s ms (median of %d, after a warm-up), ",
+					cs.files, float64(cs.bytes)/1e6, msf(md), len(cs.wall))
+				w("%.2f ms per file, process start-up and connection per file included (clamdscan streams the files one after the other).\n", float64(md)/1e6/float64(cs.files))
+			}
+		}
+		w("\n")
+	}
+	if len(cr.rss) > 0 {
+		w("## Filter chains: peak RSS with a big message\n\n")
+		w("One session RETRs one message of %d bytes (the empty-chain message shape: a base64 PDF-like attachment) through a fresh popgate, ", cr.rss[0].size)
+		w("once with the empty chain and once with strip+tag (`spool { memory_limit = \"1MB\" }`); the client checks it as above. ")
+		w("VmHWM is read from /proc/PID/status before and after the RETR; the spool directory is polled every 20 ms for the largest total file size. Target: VmHWM ≤ 64 MiB.\n\n")
+		b.WriteString(cr.rssTable())
+		w("\n")
+	}
+	w("## Filter chains: all runs\n\n")
+	for _, lv := range cr.levels {
+		b.WriteString(cr.runsTable(lv))
+	}
+	w("## Filter chains: caveats\n\n")
+	w("- The same two cores run the client, Dovecot, popgate and clamd; the strip+tag ratio measures popgate's CPU cost for parsing, zip listing and spooling as much as its latency.\n")
+	w("- With one session a run of %d messages lasts a few tens of milliseconds: few samples, and other load on the machine moves them a lot (see the per-run tables).\n", c.fmessages)
+	w("- The clamd comparison runs the INSTREAM client in separate runs, not in the same instant as the RETRs: clamd's scan time depends on the load of the moment. ")
+	w("With one session the overhead rests on differences of a few milliseconds. The test clamd's signatures are whatever `scripts/testenv.sh` installed (see `$POPGATE_TEST_CLAMD_CONF`), which sets the scan time.\n")
+	w("- Stripped messages are quarantined (fsync'd write + rename + directory fsync) before delivery; the quarantine is on the temp dir's file system.\n\n")
+	return b.String()
+}
