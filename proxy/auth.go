@@ -26,7 +26,12 @@ func (s *session) auth(cmd pop3.Command, line []byte) error {
 	if mech == "PLAIN" && len(cmd.Args) > 1 {
 		user = saslPlainUser(cmd.Args[1])
 	}
-	for step := 0; ; step++ {
+	return s.authExchange(mech, user, 0)
+}
+
+// authExchange relays an AUTH exchange from its step'th server line on.
+func (s *session) authExchange(mech, user string, step int) error {
+	for ; ; step++ {
 		resp, err := pop3.ReadLine(s.up.r, s.srv.opts.MaxSASLLine)
 		if err != nil {
 			if errors.Is(err, pop3.ErrLineTooLong) {
@@ -81,15 +86,28 @@ func (s *session) auth(cmd pop3.Command, line []byte) error {
 // saslPlainUser returns the identity of a PLAIN response (RFC 4616):
 // the authorization identity if given, else the authentication identity.
 func saslPlainUser(b64 string) string {
-	raw := saslDecode(b64)
-	parts := strings.SplitN(raw, "\x00", 3)
-	if len(parts) != 3 {
+	parts := saslPlainParts(b64)
+	if parts == nil {
 		return ""
 	}
-	if parts[0] != "" {
-		return parts[0]
+	return parts[plainIdentity(parts)]
+}
+
+// saslPlainParts splits a PLAIN response into authzid, authcid, password.
+func saslPlainParts(b64 string) []string {
+	parts := strings.SplitN(saslDecode(b64), "\x00", 3)
+	if len(parts) != 3 {
+		return nil
 	}
-	return parts[1]
+	return parts
+}
+
+// plainIdentity is the index of the identity a PLAIN response logs in as.
+func plainIdentity(parts []string) int {
+	if parts[0] != "" {
+		return 0
+	}
+	return 1
 }
 
 func saslDecode(b64 string) string {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -295,4 +296,35 @@ func TestDovecotDeleteOnlyOnQuit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Login routing against the real server: AUTH LOGIN, which popgate starts
+// itself and replays, and a "#host" suffix stripped before Dovecot sees it.
+func TestDovecotLoginRouting(t *testing.T) {
+	d := testenv.Dovecot(t)
+	u := d.NewUser(t)
+	u.AddMessages(t, dovecotMessages()[0])
+	_, addr, _ := startProxy(t, d.Addr, func(l *Listener, _ *Options) {
+		l.Router = func(login string) (*Upstream, string, error) {
+			user, ok := strings.CutSuffix(login, "#dovecot")
+			if !ok {
+				return nil, "", errors.New("no host")
+			}
+			return &Upstream{Name: "dovecot", Address: d.Addr}, user, nil
+		}
+	})
+	c := dialClient(t, addr)
+	c.line()
+	if got := c.cmd("AUTH LOGIN"); got != "+ VXNlcm5hbWU6" {
+		t.Fatalf("AUTH LOGIN: %q", got)
+	}
+	if got := c.cmd(base64.StdEncoding.EncodeToString([]byte(u.Name + "#dovecot"))); !strings.HasPrefix(got, "+ ") {
+		t.Fatalf("after the user name: %q", got)
+	}
+	c.expectOK(base64.StdEncoding.EncodeToString([]byte(u.Password)))
+	c.expectOK("RETR 1")
+	if got := c.body(); got != wire(dovecotMessages()[0]) {
+		t.Fatalf("RETR: %q", got)
+	}
+	c.expectOK("QUIT")
 }

@@ -52,6 +52,17 @@ type Listener struct {
 	// Upstream, if set, supplies only TLS mode and timeouts.
 	Upstream    *Upstream
 	Transparent bool
+	// Router, when set, routes sessions by login: popgate greets the
+	// client itself and connects to the upstream Router picks once the
+	// client names its login (USER, AUTH PLAIN, AUTH LOGIN), sending the
+	// login name Router returns. APOP and other SASL mechanisms, whose
+	// proofs are bound to the server's own greeting or challenge, are
+	// refused. A Router error refuses the login, never dials anything.
+	Router func(login string) (up *Upstream, user string, err error)
+	// DestRouter, for transparent listeners, picks the upstream whose TLS
+	// settings and timeouts apply to an original destination (the address
+	// stays the destination's); nil or a nil result means Upstream.
+	DestRouter func(dst netip.Addr) *Upstream
 
 	MaxConnections      int           // all clients of this listener; 0 = unlimited
 	MaxConnectionsPerIP int           // from one client address; 0 = unlimited

@@ -154,20 +154,25 @@ func (s *session) serve() error {
 	s.cr = bufio.NewReaderSize(s.conn, clientBufSize)
 	s.cw = bufio.NewWriterSize(s.conn, ioBufSize)
 
-	up, err := s.connectUpstream()
-	if err != nil {
-		s.log.Warn().Err(err).Str("upstream", s.upName).Msg("upstream unavailable")
-		s.replyErr("SYS/TEMP", "mail server unavailable, try again later")
-		_ = s.cw.Flush()
-		return err
-	}
-	s.cw.Write(up.greeting)
-	s.cw.WriteString("\r\n")
-	if st, _ := pop3.ParseStatus(up.greeting); !st.OK {
-		// A server that greets with -ERR (busy, shutting down) closes
-		// next; pass its word on and end here rather than wait for it.
-		_ = s.cw.Flush()
-		return errors.New("upstream refused the session in its greeting")
+	if s.cfg.Router != nil {
+		// The upstream is known only once the client names its login.
+		s.cw.WriteString("+OK popgate ready\r\n")
+	} else {
+		up, err := s.connectUpstream(s.cfg.Upstream)
+		if err != nil {
+			s.log.Warn().Err(err).Str("upstream", s.upName).Msg("upstream unavailable")
+			s.replyErr("SYS/TEMP", "mail server unavailable, try again later")
+			_ = s.cw.Flush()
+			return err
+		}
+		s.cw.Write(up.greeting)
+		s.cw.WriteString("\r\n")
+		if st, _ := pop3.ParseStatus(up.greeting); !st.OK {
+			// A server that greets with -ERR (busy, shutting down) closes
+			// next; pass its word on and end here rather than wait for it.
+			_ = s.cw.Flush()
+			return errors.New("upstream refused the session in its greeting")
+		}
 	}
 
 	for s.state != stateUpdate {
@@ -213,8 +218,7 @@ func (s *session) handshake() error {
 	return nil
 }
 
-func (s *session) connectUpstream() (*upstreamConn, error) {
-	u := s.cfg.Upstream
+func (s *session) connectUpstream(u *Upstream) (*upstreamConn, error) {
 	addr := u.Address
 	s.upName = u.Name
 	d := &net.Dialer{}
@@ -225,6 +229,11 @@ func (s *session) connectUpstream() (*upstreamConn, error) {
 		}
 		if err := s.srv.refuseLoop(dst, s.client); err != nil {
 			return nil, err
+		}
+		if s.cfg.DestRouter != nil {
+			if du := s.cfg.DestRouter(dst.Addr()); du != nil {
+				u = du.withDefaults()
+			}
 		}
 		addr = dst.String()
 		s.upName = addr
@@ -299,6 +308,11 @@ func (s *session) next() error {
 }
 
 func (s *session) dispatch(cmd pop3.Command, line []byte) error {
+	if s.cfg.Router != nil && s.state == stateAuthorization {
+		if handled, err := s.routed(cmd); handled {
+			return err
+		}
+	}
 	switch cmd.Name {
 	case "STLS":
 		return s.startTLS()

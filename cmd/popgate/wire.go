@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"time"
 
@@ -46,6 +47,18 @@ func proxyOptions(cfg *policy.Config, log zerolog.Logger) (proxy.Options, error)
 		}
 		if l.Upstream != "" {
 			pl.Upstream = ups[l.Upstream]
+		}
+		if cfg.RoutesByLogin(l) {
+			pl.Router = func(login string) (*proxy.Upstream, string, error) {
+				name, user, err := cfg.RouteLogin(l, login)
+				if err != nil {
+					return nil, "", err
+				}
+				return ups[name], user, nil
+			}
+		}
+		if l.Transparent {
+			pl.DestRouter = func(dst netip.Addr) *proxy.Upstream { return ups[cfg.RouteDestination(l, dst)] }
 		}
 		if l.TLS != nil {
 			cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
