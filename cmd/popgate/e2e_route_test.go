@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/popgate/popgate/proxy/testenv"
 )
@@ -53,6 +54,18 @@ route {
 			}
 			return false
 		})
+	}
+	// check --explain tells the same story.
+	path := p.cmd.Args[len(p.cmd.Args)-1]
+	for login, want := range map[string]string{
+		u2.Name:          "upstream:   alt (",
+		u1.Name + "#alt": "upstream:   alt (" + d.Addr + "); routed by login (upstream sees the login \"" + u1.Name + "\")",
+		u1.Name:          "upstream:   dovecot (",
+	} {
+		out := runClient(t, 30*time.Second, nil, popgateBin, "check", "-c", path, "--explain", login, "--listener", "plain")
+		if !strings.Contains(string(out), want) {
+			t.Errorf("explain %s: want %q in\n%s", login, want, out)
+		}
 	}
 	c := dialPOP(t, p.addr("plain"))
 	if _, err := fmt.Fprintf(c.c, "USER %s#127.0.0.1:110\r\n", u1.Name); err != nil {

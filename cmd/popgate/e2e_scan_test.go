@@ -112,7 +112,7 @@ func TestCheckExplain(t *testing.T) {
 			if !strings.Contains(out, "why:        ") || !strings.Contains(out, c.why) {
 				t.Errorf("why does not say %q:\n%s", c.why, out)
 			}
-			if !strings.Contains(out, "upstream:   mail (127.0.0.1:110); route blocks are not enforced yet") {
+			if !strings.Contains(out, "upstream:   mail (127.0.0.1:110); the listener's upstream") {
 				t.Errorf("no upstream line:\n%s", out)
 			}
 			switch c.decision {

@@ -100,10 +100,8 @@ type Explanation struct {
 	// listener: the original destination).
 	Upstream        string `json:"upstream"`
 	UpstreamAddress string `json:"upstream_address"`
-	// RoutesEnforced is false: route blocks are accepted but not applied
-	// yet, so the listener's upstream is where the session goes.
-	RoutesEnforced bool `json:"routes_enforced"`
-	RouteBlocks    int  `json:"route_blocks"`
+	// Route says how the upstream was chosen.
+	Route string `json:"route"`
 	// Decision is "policy" (a policy matched), "default" (the policy
 	// without a match block), "refused" (no policy applies: the login gets
 	// -ERR [SYS/PERM]) or "unfiltered" (no policy blocks at all).
@@ -148,18 +146,23 @@ func explainLogin(cfg *policy.Config, who policy.Who, listener string) (*Explana
 		}
 		return nil, fmt.Errorf("there is no listener %q", listener)
 	}
-	who.Listener, who.Upstream = l.Name, l.Upstream
-	ex := &Explanation{User: who.User, Listener: l.Name, Upstream: l.Upstream}
+	ex := &Explanation{User: who.User, Listener: l.Name, Upstream: l.Upstream, Route: "the listener's upstream"}
+	if cfg.RoutesByLogin(l) {
+		up, user, err := cfg.RouteLogin(l, who.User)
+		if err != nil {
+			ex.Route = "refused: " + err.Error()
+			up = ""
+		} else if up != l.Upstream || user != who.User {
+			ex.Route = fmt.Sprintf("routed by login (upstream sees the login %q)", user)
+		}
+		ex.Upstream, who.User = up, user
+	}
+	who.Listener, who.Upstream = l.Name, ex.Upstream
 	if who.Client.IsValid() {
 		ex.Client = who.Client.String()
 	}
-	if u := cfg.Upstreams[l.Upstream]; u != nil {
+	if u := cfg.Upstreams[ex.Upstream]; u != nil {
 		ex.UpstreamAddress = u.Address
-	}
-	for _, p := range cfg.Pending {
-		if p.Kind == "route" {
-			ex.RouteBlocks++
-		}
 	}
 	if cfg.Quarantine != nil {
 		ex.Quarantine = cfg.Quarantine.Dir
@@ -297,11 +300,7 @@ func writeExplanation(w io.Writer, ex *Explanation) {
 	if ex.Upstream != "" {
 		up = fmt.Sprintf("%s (%s)", ex.Upstream, ex.UpstreamAddress)
 	}
-	note := "route blocks are not enforced yet: the listener's upstream is used"
-	if ex.RouteBlocks > 0 {
-		note = fmt.Sprintf("%d route block(s) present but not enforced yet: the listener's upstream is used", ex.RouteBlocks)
-	}
-	fmt.Fprintf(w, "upstream:   %s; %s\n", up, note)
+	fmt.Fprintf(w, "upstream:   %s; %s\n", up, ex.Route)
 	switch ex.Decision {
 	case "refused":
 		fmt.Fprintf(w, "policy:     NONE: the session would be refused with -ERR [SYS/PERM]\n")
