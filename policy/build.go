@@ -98,6 +98,8 @@ func (d *decoder) build(root *rootSchema, body hcl.Body) *Config {
 	cfg.Spool = d.spool(single(d, "spool", root.Spool))
 	d.routes(root.Routes, cfg)
 	d.filtersAndPolicies(root, cfg)
+	cfg.indexPolicies()
+	cfg.indexRoutes()
 	cfg.Pending = d.pending(root)
 	return cfg
 }

@@ -80,6 +80,10 @@ type Config struct {
 
 	baseDir  string
 	scanners []any // built scanner blocks, closed by Close
+
+	policyIndex   *index
+	defaultPolicy *Policy
+	routeIndex    *index
 }
 
 // Listener is one `listener "NAME"` block: where popgate accepts clients.

@@ -52,11 +52,7 @@ func (p *Policy) Matches(w Who) bool {
 	if m == nil {
 		return true
 	}
-	user := strings.ToLower(w.User)
-	domain := ""
-	if i := strings.LastIndexByte(user, '@'); i >= 0 {
-		domain = user[i+1:]
-	}
+	user, domain := splitLogin(w.User)
 	return anyGlob(m.Users, user) && anyGlob(m.Domains, domain) && anyPrefix(m.Clients, w.Client) &&
 		anyEqual(m.Listeners, w.Listener) && anyEqual(m.Upstreams, w.Upstream)
 }
@@ -65,6 +61,25 @@ func (p *Policy) Matches(w Who) bool {
 // matches, in file order; else the policy without a match block (the
 // default); else nil, and the session is refused.
 func (c *Config) Select(w Who) *Policy {
+	if c.policyIndex == nil {
+		return c.selectScan(w)
+	}
+	user, domain := splitLogin(w.User)
+	var found *Policy
+	c.policyIndex.candidates(user, domain, func(i int) bool {
+		if p := c.Policies[i]; p.Match != nil && p.Matches(w) {
+			found = p
+		}
+		return found != nil
+	})
+	if found != nil {
+		return found
+	}
+	return c.defaultPolicy
+}
+
+// selectScan is Select without the index, for configurations built by hand.
+func (c *Config) selectScan(w Who) *Policy {
 	var fallback *Policy
 	for _, p := range c.Policies {
 		switch {
@@ -75,6 +90,30 @@ func (c *Config) Select(w Who) *Policy {
 		}
 	}
 	return fallback
+}
+
+// indexPolicies builds the lookup index of Select once the policies are
+// final.
+func (c *Config) indexPolicies() {
+	users := func(i int) []string {
+		return matchField(c.Policies[i].Match, func(m *Match) []string { return m.Users })
+	}
+	domains := func(i int) []string {
+		return matchField(c.Policies[i].Match, func(m *Match) []string { return m.Domains })
+	}
+	c.policyIndex = newIndex(len(c.Policies), users, domains)
+	for _, p := range c.Policies {
+		if p.Match == nil {
+			c.defaultPolicy = p
+		}
+	}
+}
+
+func matchField(m *Match, f func(*Match) []string) []string {
+	if m == nil {
+		return nil
+	}
+	return f(m)
 }
 
 func anyGlob(globs []string, s string) bool {

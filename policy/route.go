@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
+	"slices"
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
@@ -71,20 +72,36 @@ func (c *Config) RouteLogin(l *Listener, login string) (upstream, user string, e
 			return "", "", fmt.Errorf("%w: %q", ErrLoginHost, host)
 		}
 	}
-	lower := strings.ToLower(login)
-	domain := ""
-	if i := strings.LastIndexByte(lower, '@'); i >= 0 {
-		domain = lower[i+1:]
+	lower, domain := splitLogin(login)
+	try := func(r *Route) bool {
+		return (len(r.Users) > 0 || len(r.Domains) > 0) && anyEqual(r.Listeners, l.Name) &&
+			anyGlob(r.Users, lower) && anyGlob(r.Domains, domain)
 	}
-	for _, r := range c.Routes {
-		if len(r.Users) == 0 && len(r.Domains) == 0 || !anyEqual(r.Listeners, l.Name) {
-			continue
+	if c.routeIndex == nil {
+		for _, r := range c.Routes {
+			if try(r) {
+				return r.Upstream, login, nil
+			}
 		}
-		if anyGlob(r.Users, lower) && anyGlob(r.Domains, domain) {
-			return r.Upstream, login, nil
-		}
+		return l.Upstream, login, nil
 	}
-	return l.Upstream, login, nil
+	upstream = l.Upstream
+	c.routeIndex.candidates(lower, domain, func(i int) bool {
+		if try(c.Routes[i]) {
+			upstream = c.Routes[i].Upstream
+			return true
+		}
+		return false
+	})
+	return upstream, login, nil
+}
+
+// indexRoutes builds the lookup index of RouteLogin once the routes are
+// final. Destination-only routes never match a login: they stay out.
+func (c *Config) indexRoutes() {
+	x := newIndex(len(c.Routes), func(i int) []string { return c.Routes[i].Users }, func(i int) []string { return c.Routes[i].Domains })
+	x.rest = slices.DeleteFunc(x.rest, func(i int) bool { return len(c.Routes[i].Users) == 0 && len(c.Routes[i].Domains) == 0 })
+	c.routeIndex = x
 }
 
 // RouteDestination returns the upstream block whose settings apply to an
