@@ -84,7 +84,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	}
 
 	good := 0
-	for i := 1; i <= 20; i++ {
+	for i := 1; i <= 50; i++ {
 		cfg := genConfig(d, fmt.Sprintf("g%d", i))
 		if i%2 == 0 {
 			cfg += "policy \"broken\" {\n  chain = [\"missing\"]\n}\n" // refused
@@ -135,7 +135,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			}
 		}
 	}
-	if ends < 20 {
+	if ends < 50 {
 		t.Fatalf("only %d sessions ran", ends)
 	}
 }
