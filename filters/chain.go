@@ -20,8 +20,10 @@ const (
 	// (-ERR [SYS/TEMP]): the client keeps it on the server and retries.
 	// It is the default.
 	TempFail OnError = iota
-	// PassWithTag stops the chain and delivers the message as it is at that
-	// point, with a warning header field (Chain.ErrorHeader) prepended.
+	// PassWithTag fails open for the failing filter only: the rest of the
+	// chain still runs, and the message is delivered with a warning header
+	// field (Chain.ErrorHeader) naming what was not filtered. When the
+	// context has ended, the remaining filters are skipped too.
 	PassWithTag
 	// RejectMessage withholds the message as if a filter had rejected it.
 	RejectMessage
@@ -199,7 +201,7 @@ var (
 // body (the chain owns it from then on and removes a superseded replacement
 // at once); Reject stops the chain with Outcome Refuse. When a filter cannot
 // decide (error, panic, Replace without a Body, unknown action) or ctx ends,
-// the chain stops and applies c.OnError. A filter that does not return once
+// c.OnError applies (see OnError). A filter that does not return once
 // ctx has ended is abandoned: Run returns, and any replacement Body the filter
 // returns later is removed.
 //

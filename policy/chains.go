@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"io"
+	"net/mail"
 	"os"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/quarantine"
 )
 
 // Policy is one `policy "NAME"` block: what happens to the messages of the
@@ -52,7 +54,7 @@ type Quarantine struct {
 }
 
 // DefaultNoticeFrom is the From of notices when quarantine sets none.
-const DefaultNoticeFrom = "popgate <postmaster@localhost>"
+const DefaultNoticeFrom = quarantine.DefaultNoticeFrom
 
 type policySchema struct {
 	Name      string    `hcl:"name,label"`
@@ -222,6 +224,11 @@ func (d *decoder) quarantine(s *quarantineSchema) *Quarantine {
 		return nil
 	}
 	q := &Quarantine{NoticeFrom: d.str(s.NoticeFrom, DefaultNoticeFrom)}
+	if s.NoticeFrom != nil {
+		if _, err := mail.ParseAddress(q.NoticeFrom); err != nil {
+			d.errorf(s.NoticeFrom.Expr.Range(), "Invalid address", "notice_from: %q is not a mail address (%v).", q.NoticeFrom, err)
+		}
+	}
 	if !d.requireAttr(s.Dir, s.DefRange, "quarantine", "dir", `dir = "/var/lib/popgate/quarantine"`) {
 		return q
 	}

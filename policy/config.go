@@ -11,12 +11,12 @@
 //
 // # Two-phase decoding
 //
-// The proxy-core blocks (listener, upstream, log, spool and the top-level
-// shutdown_timeout) are decoded and validated here. The blocks that belong to
-// later parts of popgate (scanner, filter, quarantine, policy, route, metrics)
-// are accepted, kept undecoded as PendingBlock values (their hcl.Body is
-// decoded later by the code that owns the block, with Config.EvalContext), and
-// each one gets a warning saying that this version does not enforce it.
+// gohcl checks the shape of the file first; then every value is evaluated
+// and validated with its own range. Scanner and filter blocks are decoded by
+// their types through the registry of package filters (each type checks its
+// own settings). Blocks of later versions (metrics) are accepted, kept
+// undecoded as PendingBlock values, and each gets a warning saying that this
+// version does not enforce it.
 //
 // # Expressions
 //

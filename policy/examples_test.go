@@ -54,7 +54,7 @@ func TestExamples(t *testing.T) {
 			}
 		})
 	}
-	for _, want := range []string{"demo.hcl", "minimal.hcl", "tls.hcl"} {
+	for _, want := range []string{"demo.hcl", "minimal.hcl", "tls.hcl", "gateway.hcl", "isp.hcl", "fail-open.hcl"} {
 		if !seen[want] {
 			t.Errorf("examples/%s is missing", want)
 		}

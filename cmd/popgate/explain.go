@@ -151,7 +151,9 @@ func explainLogin(cfg *policy.Config, who policy.Who, listener string) (*Explana
 		up, user, err := cfg.RouteLogin(l, who.User)
 		if err != nil {
 			ex.Route = "refused: " + err.Error()
-			up = ""
+			ex.Upstream, ex.Decision = "", "refused"
+			ex.Why = "login routing refuses it: " + err.Error()
+			return ex, nil
 		} else if up != l.Upstream || user != who.User {
 			ex.Route = fmt.Sprintf("routed by login (upstream sees the login %q)", user)
 		}
@@ -297,7 +299,9 @@ func writeExplanation(w io.Writer, ex *Explanation) {
 	}
 	fmt.Fprintf(w, "login:      user %q, client %s, listener %q\n", ex.User, client, ex.Listener)
 	up := "original destination (transparent listener)"
-	if ex.Upstream != "" {
+	if strings.HasPrefix(ex.Route, "refused") {
+		up = "none"
+	} else if ex.Upstream != "" {
 		up = fmt.Sprintf("%s (%s)", ex.Upstream, ex.UpstreamAddress)
 	}
 	fmt.Fprintf(w, "upstream:   %s; %s\n", up, ex.Route)

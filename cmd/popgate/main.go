@@ -261,7 +261,7 @@ func reload(srv *proxy.Server, running *policy.Config, path string) {
 		return
 	}
 	if changed := boundChanges(running, next); changed != "" {
-		log.Warn().Str("changed", changed).Msg("reload: listener and upstream changes take effect only after a restart")
+		log.Warn().Str("changed", changed).Msg("reload: listener, upstream and route changes take effect only after a restart")
 	}
 	gen := srv.Generation() + 1
 	srv.SetPolicy(gen, sessionPolicies(next, store), func() { _ = next.Close() })
@@ -269,7 +269,8 @@ func reload(srv *proxy.Server, running *policy.Config, path string) {
 }
 
 // boundChanges names the listener and upstream settings that differ
-// between two configurations.
+// between two configurations (routes included: listeners route with the
+// configuration they started with).
 func boundChanges(a, b *policy.Config) string {
 	var changed []string
 	if len(a.Listeners) != len(b.Listeners) {
@@ -282,6 +283,18 @@ func boundChanges(a, b *policy.Config) string {
 				changed = append(changed, "listener "+l.Name)
 			}
 		}
+	}
+	strip := func(rs []*policy.Route) []policy.Route {
+		var out []policy.Route
+		for _, r := range rs {
+			c := *r
+			c.Range = hcl.Range{}
+			out = append(out, c)
+		}
+		return out
+	}
+	if !reflect.DeepEqual(strip(a.Routes), strip(b.Routes)) {
+		changed = append(changed, "routes")
 	}
 	for name, u := range a.Upstreams {
 		v := b.Upstreams[name]
