@@ -140,6 +140,9 @@ type backend struct {
 	address string // host:port or socket path
 	healthy atomic.Bool
 	mu      sync.Mutex // serialises state changes, so transitions log once
+	// seen counts health observations; a PING's result is dropped when
+	// something newer (a failed scan) was observed while it ran.
+	seen uint64
 }
 
 // SetLogger replaces the logger of backend state changes: configurations
@@ -470,8 +473,25 @@ func (s *Scanner) candidates() []*backend {
 // setHealth records the outcome of a health check or scan on b, logging
 // transitions.
 func (s *Scanner) setHealth(b *backend, err error) {
+	s.observe(b, err, 0, false)
+}
+
+// snapshot returns b's observation count, for observe after a PING.
+func snapshot(b *backend) uint64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.seen
+}
+
+// observe records err on b. With ifUnchanged, it is dropped when b was
+// observed since the snapshot since was taken.
+func (s *Scanner) observe(b *backend, err error, since uint64, ifUnchanged bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if ifUnchanged && b.seen != since {
+		return
+	}
+	b.seen++
 	was := b.healthy.Load()
 	b.healthy.Store(err == nil)
 	switch {
@@ -504,6 +524,7 @@ func (s *Scanner) checkAll(ctx context.Context) int {
 	var up atomic.Int32
 	for _, b := range s.backends {
 		wg.Go(func() {
+			since := snapshot(b)
 			err := s.safePing(ctx, b)
 			if ctx.Err() != nil && err != nil {
 				return // Close interrupted the check: it says nothing about b
@@ -511,7 +532,7 @@ func (s *Scanner) checkAll(ctx context.Context) int {
 			if err == nil {
 				up.Add(1)
 			}
-			s.setHealth(b, err)
+			s.observe(b, err, since, true)
 		})
 	}
 	wg.Wait()
@@ -540,9 +561,10 @@ func (s *Scanner) Ping(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, b := range s.backends {
 		wg.Go(func() {
+			since := snapshot(b)
 			err := s.safePing(ctx, b)
 			if err == nil || ctx.Err() == nil {
-				s.setHealth(b, err)
+				s.observe(b, err, since, true)
 			}
 			if err != nil {
 				mu.Lock()
