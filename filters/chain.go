@@ -102,6 +102,10 @@ type Chain struct {
 	// lossy change counts as a failure (OnError), since delivering it would
 	// let the client delete the only copy of the original.
 	Quarantine Quarantine
+	// MaxSize, when positive, is the largest message the filters get; a
+	// larger one is not filtered at all and OnError applies to it (a
+	// policy's max_size).
+	MaxSize int64
 	// Notice renders the message delivered in place of a refused one once
 	// its original is in quarantine (Result.QuarantineID is set). Nil means
 	// refused messages get -ERR [SYS/PERM].
@@ -114,6 +118,9 @@ type Quarantine interface {
 	// with the id it is stored under; an error means it is not stored.
 	Store(ctx context.Context, env *Envelope, original Body, res *Result) (id string, err error)
 }
+
+// ErrTooLarge is the failure of a message over the chain's MaxSize.
+var ErrTooLarge = errors.New("message too large to filter")
 
 var errNoQuarantine = errors.New("the message would be changed, but the policy has no quarantine to keep its original")
 
@@ -210,6 +217,11 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 	res := &Result{Outcome: Deliver, Body: in}
 	if c.Empty() {
 		return res
+	}
+	if c.MaxSize > 0 && in.Size() > c.MaxSize {
+		err := fmt.Errorf("%w: %d bytes, max_size %d", ErrTooLarge, in.Size(), c.MaxSize)
+		res.Steps = append(res.Steps, Step{Filter: "max_size", Err: err})
+		return c.settle(ctx, env, in, c.fail(res, "max_size", err, in, in), false)
 	}
 	if c.Spool != nil {
 		ctx = WithSpool(ctx, c.Spool)
@@ -406,6 +418,8 @@ func shortReason(err error) string {
 		return "timeout"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
+	case errors.Is(err, ErrTooLarge):
+		return "too large"
 	}
 	return "error"
 }

@@ -117,3 +117,36 @@ func stepNames(steps []Step) string {
 	}
 	return strings.Join(names, ",")
 }
+
+// A message over the chain's MaxSize reaches no filter; OnError decides.
+func TestChainMaxSize(t *testing.T) {
+	var ran bool
+	f := &funcFilter{name: "av", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
+		ran = true
+		return Verdict{Action: Pass}, nil
+	}}
+	for _, tc := range []struct {
+		mode    OnError
+		size    int
+		outcome Outcome
+		body    string
+	}{
+		{TempFail, 9, Defer, ""},
+		{RejectMessage, 9, Refuse, ""},
+		{PassWithTag, 9, Deliver, "X-Popgate-Warning: not filtered: max_size: too large\r\n123456789"},
+		{TempFail, 8, Deliver, "12345678"}, // at the limit: filtered
+	} {
+		ran = false
+		c := &Chain{Filters: []Filter{f}, OnError: tc.mode, MaxSize: 8}
+		res := c.Run(context.Background(), &Envelope{}, BytesBody([]byte("123456789"[:tc.size])))
+		if res.Outcome != tc.outcome || ran != (tc.size <= 8) {
+			t.Fatalf("%v, %d bytes: outcome %v, filter ran %v", tc.mode, tc.size, res.Outcome, ran)
+		}
+		if tc.body != "" {
+			if got, _ := bodyString(res.Body); got != tc.body {
+				t.Fatalf("delivered %q", got)
+			}
+		}
+		res.Release()
+	}
+}

@@ -32,6 +32,9 @@ type Policy struct {
 	// KeepAlive (attribute keepalive, a duration, default off) trickles
 	// header lines to the client while a slow chain runs.
 	KeepAlive time.Duration
+	// MaxSize (attribute max_size, a size, default none) is the largest
+	// message the chain filters; a larger one gets on_error.
+	MaxSize int64
 	// NoticeOnReject is attribute rejected: "notice" (the default: a
 	// withheld message is replaced by a notice once its original is in
 	// quarantine) or "error" (-ERR [SYS/PERM]; the message stays on the
@@ -65,6 +68,7 @@ type policySchema struct {
 	OnError   *hcl.Attribute `hcl:"on_error,optional"`
 	TOP       *hcl.Attribute `hcl:"top,optional"`
 	KeepAlive *hcl.Attribute `hcl:"keepalive,optional"`
+	MaxSize   *hcl.Attribute `hcl:"max_size,optional"`
 	Rejected  *hcl.Attribute `hcl:"rejected,optional"`
 
 	Match []*matchSchema `hcl:"match,block"` // at most one
@@ -215,6 +219,7 @@ func (d *decoder) policy(s *policySchema, built map[string]filters.Filter, decla
 	if s.KeepAlive != nil {
 		p.KeepAlive = d.duration(s.KeepAlive, 0, false)
 	}
+	p.MaxSize = d.size(s.MaxSize, 0)
 	p.NoticeOnReject = d.enum(s.Rejected, "notice", "notice", "error") == "notice"
 	return p
 }

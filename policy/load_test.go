@@ -334,7 +334,7 @@ var configChecks = map[string]func(*testing.T, *Config){
 		}
 		p := cfg.Policies[0]
 		if strings.Join(p.Chain, ",") != "av,dangerous" || len(p.Filters) != 2 || p.Filters[0].Name() != "av" ||
-			p.OnError != filters.PassWithTag || p.FilterTOP || p.KeepAlive != 15*time.Second || p.NoticeOnReject {
+			p.OnError != filters.PassWithTag || p.FilterTOP || p.KeepAlive != 15*time.Second || p.NoticeOnReject || p.MaxSize != 50_000_000 {
 			t.Errorf("policy = %+v", *p)
 		}
 		if cfg.Listeners[0].IdleTimeout != 5*time.Minute {

@@ -162,7 +162,7 @@ func buildPolicies(cfg *policy.Config, store *quarantine.Store) map[*policy.Poli
 	spool := &filters.Spool{Dir: cfg.Spool.Dir, MemoryLimit: cfg.Spool.MemoryLimit}
 	built := map[*policy.Policy]*proxy.SessionPolicy{}
 	for _, p := range cfg.Policies {
-		chain := &filters.Chain{Filters: p.Filters, OnError: p.OnError, Spool: spool}
+		chain := &filters.Chain{Filters: p.Filters, OnError: p.OnError, Spool: spool, MaxSize: p.MaxSize}
 		if store != nil {
 			chain.Quarantine = store
 			if p.NoticeOnReject {

@@ -33,6 +33,7 @@ policy "default" {
   on_error  = "pass"
   top       = "pass"
   keepalive = "15s"
+  max_size  = "50MB"
   rejected  = "error"
 }
 
