@@ -181,9 +181,12 @@ func (p *Part) Walk(fn func(*Part) bool) {
 // bytes, and treats what it cannot interpret as a leaf. It fails only when
 // reading fails, or with a *LimitError when a cap of lim is exceeded.
 func Parse(r io.ReaderAt, size int64, lim Limits) (*Part, error) {
+	br := lineBufs.Get().(*bufio.Reader)
+	br.Reset(io.NewSectionReader(r, 0, size))
+	defer func() { br.Reset(nil); lineBufs.Put(br) }()
 	p := &parser{
 		lim:   lim.withDefaults(),
-		br:    bufio.NewReaderSize(io.NewSectionReader(r, 0, size), lineBufSize),
+		br:    br,
 		size:  size,
 		bmap:  make(map[string][]int),
 		first: true,

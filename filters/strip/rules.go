@@ -217,7 +217,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, 
 	}
 	w := filters.SpoolFrom(ev.ctx).NewWriter()
 	defer w.Abort()
-	if _, err := io.Copy(w, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
+	if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
 		return nil, err
 	}
 	b, err := w.Finish()
@@ -428,8 +428,10 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 		pi.sizeDone = true
 		return pi.size, nil
 	}
-	tw := &tailWriter{keep: 65535 + eocdLen}
-	n, err := io.Copy(tw, ctxReader{ev.ctx, ContentReader(pi.r, p)})
+	bp := tailBufs.Get().(*[]byte)
+	tw := &tailWriter{keep: tailKeep, buf: (*bp)[:0]}
+	defer func() { *bp = tw.buf[:0]; tailBufs.Put(bp) }()
+	n, err := copyPooled(tw, ctxReader{ev.ctx, ContentReader(pi.r, p)})
 	if err != nil {
 		return 0, err
 	}
@@ -476,7 +478,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
 	} else {
 		w := filters.SpoolFrom(ev.ctx).NewWriter()
 		defer w.Abort()
-		if _, err := io.Copy(w, ctxReader{ev.ctx, ContentReader(pi.r, p)}); err != nil {
+		if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(pi.r, p)}); err != nil {
 			pi.archErr = err
 			return nil, err
 		}
