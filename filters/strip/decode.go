@@ -1,7 +1,9 @@
 package strip
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"io"
 )
 
@@ -114,11 +116,14 @@ var b64Index = func() (t [256]int8) {
 type b64Reader struct {
 	r    io.Reader
 	in   [8192]byte
+	text [8192]byte // in without its line breaks
 	out  []byte
-	buf  [6144]byte
+	buf  [6144 + 8]byte
 	acc  uint32
 	nacc int
 	err  error
+	// slowOnly turns the fast path off (tests compare the two).
+	slowOnly bool
 }
 
 func (d *b64Reader) Read(p []byte) (int, error) {
@@ -127,22 +132,7 @@ func (d *b64Reader) Read(p []byte) (int, error) {
 			return 0, d.err
 		}
 		n, err := d.r.Read(d.in[:])
-		o := d.buf[:0]
-		for _, c := range d.in[:n] {
-			v := b64Index[c]
-			if v < 0 {
-				if c == '=' {
-					o = d.flush(o)
-				}
-				continue
-			}
-			d.acc = d.acc<<6 | uint32(v)
-			d.nacc++
-			if d.nacc == 4 {
-				o = append(o, byte(d.acc>>16), byte(d.acc>>8), byte(d.acc))
-				d.acc, d.nacc = 0, 0
-			}
-		}
+		o := d.decode(d.buf[:0], d.in[:n])
 		if err != nil {
 			o = d.flush(o)
 			d.err = err
@@ -152,6 +142,52 @@ func (d *b64Reader) Read(p []byte) (int, error) {
 	n := copy(p, d.out)
 	d.out = d.out[n:]
 	return n, nil
+}
+
+// decode appends the bytes encoded in in to o. Runs of clean base64 (the
+// common case: 76-character lines) go through encoding/base64 in bulk;
+// anything else, and the ends of runs, byte by byte.
+func (d *b64Reader) decode(o, in []byte) []byte {
+	if d.slowOnly {
+		return d.slow(o, in)
+	}
+	text := d.text[:0]
+	for len(in) > 0 {
+		line, rest, _ := bytes.Cut(in, []byte{'\n'})
+		text = append(text, bytes.TrimSuffix(line, []byte{'\r'})...)
+		in = rest
+	}
+	k := 0
+	for d.nacc != 0 && k < len(text) { // finish a quantum begun earlier
+		o = d.slow(o, text[k:k+1])
+		k++
+	}
+	if m := (len(text) - k) / 4 * 4; m > 0 && d.nacc == 0 {
+		if n, err := base64.StdEncoding.Decode(o[len(o):cap(o)], text[k:k+m]); err == nil {
+			o, k = o[:len(o)+n], k+m
+		}
+	}
+	return d.slow(o, text[k:])
+}
+
+// slow decodes in byte by byte, leniently.
+func (d *b64Reader) slow(o, in []byte) []byte {
+	for _, c := range in {
+		v := b64Index[c]
+		if v < 0 {
+			if c == '=' {
+				o = d.flush(o)
+			}
+			continue
+		}
+		d.acc = d.acc<<6 | uint32(v)
+		d.nacc++
+		if d.nacc == 4 {
+			o = append(o, byte(d.acc>>16), byte(d.acc>>8), byte(d.acc))
+			d.acc, d.nacc = 0, 0
+		}
+	}
+	return o
 }
 
 // flush emits the bytes of a partial quantum.
