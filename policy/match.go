@@ -156,47 +156,62 @@ func anyEqual(names []string, s string) bool {
 // match decodes a policy's match block; every problem is reported at the
 // list element it concerns.
 func (d *decoder) match(s *matchSchema, listeners map[string]bool, upstreams map[string]*Upstream) *Match {
-	m := &Match{}
-	for _, g := range d.stringList(s.Users) {
-		if _, err := path.Match(g.value, ""); err != nil {
-			d.errorf(g.rng, "Invalid glob", "users: %q is not a valid pattern: %v.", g.value, err)
-			continue
-		}
-		m.Users = append(m.Users, strings.ToLower(g.value))
-	}
-	for _, g := range d.stringList(s.Domains) {
-		if _, err := path.Match(g.value, ""); err != nil {
-			d.errorf(g.rng, "Invalid glob", "domains: %q is not a valid pattern: %v.", g.value, err)
-			continue
-		}
-		m.Domains = append(m.Domains, strings.ToLower(strings.TrimPrefix(g.value, "@")))
-	}
-	for _, c := range d.stringList(s.Clients) {
-		p, err := parsePrefix(c.value)
-		if err != nil {
-			d.errorf(c.rng, "Invalid client address", "clients: %q is neither an address nor a prefix such as \"10.0.0.0/8\".", c.value)
-			continue
-		}
-		m.Clients = append(m.Clients, p)
-	}
-	for _, l := range d.stringList(s.Listeners) {
-		if !listeners[l.value] {
-			d.errorf(l.rng, "Unknown listener", "listeners: there is no listener block named %q.", l.value)
-			continue
-		}
-		m.Listeners = append(m.Listeners, l.value)
-	}
-	for _, u := range d.stringList(s.Upstreams) {
-		if upstreams[u.value] == nil {
-			d.errorf(u.rng, "Unknown upstream", "upstreams: there is no upstream block named %q.", u.value)
-			continue
-		}
-		m.Upstreams = append(m.Upstreams, u.value)
+	m := &Match{
+		Users:     d.globs(s.Users),
+		Domains:   d.globs(s.Domains),
+		Clients:   d.prefixes(s.Clients, "Invalid client address", "10.0.0.0/8"),
+		Listeners: d.names(s.Listeners, "listener", func(n string) bool { return listeners[n] }),
+		Upstreams: d.names(s.Upstreams, "upstream", func(n string) bool { return upstreams[n] != nil }),
 	}
 	if s.Users == nil && s.Domains == nil && s.Clients == nil && s.Listeners == nil && s.Upstreams == nil {
 		d.errorf(s.DefRange, "Empty match", "A match block needs at least one of users, domains, clients, listeners or upstreams; leave the block out for the default policy.")
 	}
 	return m
+}
+
+// globs decodes a list of user or domain globs, lower-cased; a domain may
+// be written with a leading "@".
+func (d *decoder) globs(attr *hcl.Attribute) []string {
+	var out []string
+	for _, g := range d.stringList(attr) {
+		if _, err := path.Match(g.value, ""); err != nil {
+			d.errorf(g.rng, "Invalid glob", "%s: %q is not a valid pattern: %v.", attr.Name, g.value, err)
+			continue
+		}
+		v := strings.ToLower(g.value)
+		if attr.Name == "domains" {
+			v = strings.TrimPrefix(v, "@")
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// prefixes decodes a list of addresses and prefixes.
+func (d *decoder) prefixes(attr *hcl.Attribute, summary, example string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, c := range d.stringList(attr) {
+		p, err := parsePrefix(c.value)
+		if err != nil {
+			d.errorf(c.rng, summary, "%s: %q is neither an address nor a prefix such as %q.", attr.Name, c.value, example)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// names decodes a list of block names of one kind, each checked to exist.
+func (d *decoder) names(attr *hcl.Attribute, kind string, known func(string) bool) []string {
+	var out []string
+	for _, n := range d.stringList(attr) {
+		if !known(n.value) {
+			d.errorf(n.rng, "Unknown "+kind, "%s: there is no %s block named %q.", attr.Name, kind, n.value)
+			continue
+		}
+		out = append(out, n.value)
+	}
+	return out
 }
 
 type rangedString struct {

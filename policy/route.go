@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path"
 	"slices"
 	"strings"
 
@@ -140,35 +139,12 @@ func (d *decoder) routes(schemas []*routeSchema, cfg *Config) {
 		listeners[l.Name] = true
 	}
 	for _, s := range schemas {
-		r := &Route{Range: s.DefRange}
-		for _, g := range d.stringList(s.Users) {
-			if _, err := path.Match(g.value, ""); err != nil {
-				d.errorf(g.rng, "Invalid glob", "users: %q is not a valid pattern: %v.", g.value, err)
-				continue
-			}
-			r.Users = append(r.Users, strings.ToLower(g.value))
-		}
-		for _, g := range d.stringList(s.Domains) {
-			if _, err := path.Match(g.value, ""); err != nil {
-				d.errorf(g.rng, "Invalid glob", "domains: %q is not a valid pattern: %v.", g.value, err)
-				continue
-			}
-			r.Domains = append(r.Domains, strings.ToLower(strings.TrimPrefix(g.value, "@")))
-		}
-		for _, c := range d.stringList(s.Destinations) {
-			p, err := parsePrefix(c.value)
-			if err != nil {
-				d.errorf(c.rng, "Invalid destination", "destinations: %q is neither an address nor a prefix such as \"192.0.2.0/24\".", c.value)
-				continue
-			}
-			r.Destinations = append(r.Destinations, p)
-		}
-		for _, l := range d.stringList(s.Listeners) {
-			if !listeners[l.value] {
-				d.errorf(l.rng, "Unknown listener", "listeners: there is no listener block named %q.", l.value)
-				continue
-			}
-			r.Listeners = append(r.Listeners, l.value)
+		r := &Route{
+			Range:        s.DefRange,
+			Users:        d.globs(s.Users),
+			Domains:      d.globs(s.Domains),
+			Destinations: d.prefixes(s.Destinations, "Invalid destination", "192.0.2.0/24"),
+			Listeners:    d.names(s.Listeners, "listener", func(n string) bool { return listeners[n] }),
 		}
 		if d.requireAttr(s.Upstream, s.DefRange, "route", "upstream", `upstream = "mail2"`) {
 			r.Upstream = d.str(s.Upstream, "")
