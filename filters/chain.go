@@ -278,26 +278,24 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		switch v.Action {
 		case Pass:
 			dispose(v.Body) // a Body on Pass is a filter bug; do not leak it
-		case Reject:
+		case Reject, Retry:
+			// The message is withheld: for good (quarantine, notice) or
+			// for now (the client retries; nothing to keep).
 			dispose(v.Body)
 			res.Steps = append(res.Steps, step)
-			res.Outcome, res.Body = Refuse, nil
-			res.Reason = v.Reason
+			res.Outcome, res.Body, res.Reason = Refuse, nil, v.Reason
+			verb := "rejected"
+			if v.Action == Retry {
+				res.Outcome, verb = Defer, "deferred"
+			}
 			if res.Reason == "" {
-				res.Reason = "rejected by filter " + name
+				res.Reason = verb + " by filter " + name
 			}
 			res.own(in, cur)
+			if res.Outcome == Defer {
+				return res
+			}
 			return c.settle(ctx, env, in, res, lossy)
-		case Retry:
-			dispose(v.Body)
-			res.Steps = append(res.Steps, step)
-			res.Outcome, res.Body = Defer, nil
-			res.Reason = v.Reason
-			if res.Reason == "" {
-				res.Reason = "deferred by filter " + name
-			}
-			res.own(in, cur)
-			return res
 		case Replace:
 			if sameBody(v.Body, cur) {
 				step.Action = Pass
