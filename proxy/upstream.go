@@ -16,6 +16,10 @@ import (
 // a message moves in few syscalls, small enough for many idle sessions.
 const ioBufSize = 32 << 10
 
+// commandBufSize is the upstream write buffer: only commands go that way
+// (a longer AUTH line is written straight through).
+const commandBufSize = 1 << 10
+
 // upstreamConn is a connected, greeted (and, if configured, TLS-protected)
 // POP3 server connection.
 type upstreamConn struct {
@@ -51,7 +55,7 @@ func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, 
 		}
 	}
 	uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
-	uc.w = bufio.NewWriterSize(uc.conn, ioBufSize)
+	uc.w = bufio.NewWriterSize(uc.conn, commandBufSize)
 
 	line, err := pop3.ReadLine(uc.r, u.MaxStatusLine)
 	if err != nil {
@@ -86,7 +90,7 @@ func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, 
 			return fail(err)
 		}
 		uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
-		uc.w = bufio.NewWriterSize(uc.conn, ioBufSize)
+		uc.w = bufio.NewWriterSize(uc.conn, commandBufSize)
 	}
 	return uc, nil
 }
