@@ -132,44 +132,13 @@ type sessionResult struct {
 // runSession logs in as u, downloads messages 1..len(want) checking each
 // against want byte for byte, and quits. It never sends DELE.
 func runSession(ctx context.Context, addr string, u benchUser, want [][]byte, res *sessionResult) {
-	res.retr = make([]time.Duration, 0, len(want))
-	start := time.Now()
-	c, err := dialPOP3(ctx, addr)
-	if err != nil {
-		res.err = err
-		return
-	}
-	defer c.close()
-	stop := context.AfterFunc(ctx, func() { c.close() })
-	defer stop()
-	if err := c.command("USER %s", u.name); err != nil {
-		res.err = fmt.Errorf("USER: %w", err)
-		return
-	}
-	if err := c.command("PASS %s", u.password); err != nil {
-		res.err = fmt.Errorf("PASS: %w", err)
-		return
-	}
-	res.setup = time.Since(start)
-	c.body = make([]byte, 0, len(want[0])+4096)
-	for i, w := range want {
-		d, err := c.retr(i + 1)
-		if err != nil {
-			res.err = err
-			return
+	filteredSession(1, want, func(k int, body []byte) error {
+		if len(body) != len(want[k]) {
+			return fmt.Errorf("got %d bytes, want %d", len(body), len(want[k]))
 		}
-		if len(c.body) != len(w) {
-			res.err = fmt.Errorf("RETR %d: got %d bytes, want %d", i+1, len(c.body), len(w))
-			return
+		if !bytes.Equal(body, want[k]) {
+			return fmt.Errorf("%d bytes as expected but the content differs", len(want[k]))
 		}
-		if !bytes.Equal(c.body, w) {
-			res.err = fmt.Errorf("RETR %d: %d bytes as expected but the content differs", i+1, len(w))
-			return
-		}
-		res.retr = append(res.retr, d)
-		res.bytes += int64(len(w))
-	}
-	if err := c.command("QUIT"); err != nil {
-		res.err = fmt.Errorf("QUIT: %w", err)
-	}
+		return nil
+	})(ctx, addr, u, res)
 }
