@@ -51,7 +51,7 @@ func TestInterception(t *testing.T) {
 		{
 			name: "pass sees the decoded message and delivers it byte-identical",
 			filter: func(_ context.Context, env *filters.Envelope, b filters.Body) (filters.Verdict, error) {
-				if got := readBody(t, b); got != string(msg.Data) || env.User != testUser || env.MsgNum != 1 || env.Command != "RETR" {
+				if got := readBody(t, b); got != string(msg.Data) || env.User != testUser || env.MsgNum != 1 || env.Command != "RETR" || env.UIDL != "u1" {
 					return filters.Verdict{}, errors.New("filter saw the wrong message or envelope")
 				}
 				return filters.Verdict{Action: filters.Pass}, nil

@@ -116,20 +116,37 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	return s.deliver(res, in, lines)
 }
 
-// uidl asks the upstream for a message's unique id (RFC 1939 UIDL); "" if
-// the server has none to give.
+// uidl returns a message's unique id (RFC 1939 UIDL), "" if the server has
+// none to give.
+// The whole listing is fetched once per session (message numbers do not
+// change within a session, RFC 1939 §5), not a round trip per message.
 func (s *session) uidl(msg string) (string, error) {
-	_, st, err := s.exchange([]byte("UIDL " + msg))
-	if err != nil || !st.OK {
-		return "", err
+	if s.uidls == nil {
+		s.uidls = map[string]string{}
+		_, st, err := s.exchange([]byte("UIDL"))
+		if err != nil || !st.OK {
+			return "", err
+		}
+		listing, err := io.ReadAll(io.LimitReader(pop3.NewDotReader(s.up.r), maxUIDLListing+1))
+		if err != nil {
+			return "", upstreamErr(err)
+		}
+		if len(listing) > maxUIDLListing {
+			return "", fmt.Errorf("%w: UIDL listing over %d octets", errUpstreamProtocol, maxUIDLListing)
+		}
+		for l := range strings.Lines(string(listing)) {
+			// "msg uidl"
+			if f := strings.Fields(l); len(f) == 2 {
+				s.uidls[f[0]] = f[1]
+			}
+		}
 	}
-	// "+OK msg uidl": the id is the last field.
-	f := strings.Fields(st.Text)
-	if len(f) != 2 {
-		return "", nil
-	}
-	return f[1], nil
+	return s.uidls[msg], nil
 }
+
+// maxUIDLListing bounds the UIDL listing popgate keeps (about 16 MB is a
+// mailbox of several hundred thousand messages).
+const maxUIDLListing = 16 << 20
 
 // runChain runs the chain, sending keep-alive lines to the client while a
 // slow chain works if the policy asks for them.

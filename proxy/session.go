@@ -63,7 +63,8 @@ type session struct {
 	pendingUser string // from USER, until PASS succeeds
 	user        string
 	policy      *SessionPolicy
-	cache       topCache // filtered messages, for TOP and RETR after TOP
+	cache       topCache          // filtered messages, for TOP and RETR after TOP
+	uidls       map[string]string // message number → UIDL, fetched once when filtering
 	lineBuf     []byte
 
 	// responding is set once any byte of the current response may have
