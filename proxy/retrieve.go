@@ -14,9 +14,6 @@ import (
 	"github.com/popgate/popgate/proxy/pop3"
 )
 
-// defaultSpool holds messages of chains that name no spool of their own.
-var defaultSpool = &filters.Spool{MemoryLimit: 1 << 20}
-
 // errWithheldAfterKeepAlive ends a session whose client was already sent
 // +OK and keep-alive header lines when the chain withheld the message: the
 // only safe answer left is to close without a terminator.
@@ -82,11 +79,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		return nil
 	}
 	s.messages++
-	spool := chain.Spool
-	if spool == nil {
-		spool = defaultSpool
-	}
-	sw := spool.NewWriter()
+	sw := chain.Spool.NewWriter() // a nil Spool has the defaults
 	if _, err := pop3.NewDotReader(s.up.r).WriteTo(sw); err != nil {
 		sw.Abort()
 		return upstreamErr(fmt.Errorf("%s %d: %w", cmd.Name, msgNum, err))
