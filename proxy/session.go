@@ -49,7 +49,7 @@ type session struct {
 	raw   *idleConn // client TCP connection
 	conn  net.Conn  // raw, or TLS over raw
 	cr    *bufio.Reader
-	cw    *bufio.Writer
+	cw    *clientWriter
 	tlsOn bool
 
 	mu      sync.Mutex // guards up and aborted against abort()
@@ -128,12 +128,16 @@ func (s *session) run() {
 	s.mu.Unlock()
 	s.cancel()
 	s.closeClient()
+	if s.cw != nil {
+		s.cw.discard()
+	}
 	ev := s.log.Info().Dur("duration", time.Since(start)).Int64("client_rx", s.raw.rx).Int64("client_tx", s.raw.tx).
 		Int("commands", s.commands).Int("messages", s.messages).Str("user", s.user)
 	s.srv.ports.release(s.outPort)
 	s.cache.clear()
 	if up != nil {
 		_ = up.close()
+		up.release()
 		ev = ev.Int64("upstream_rx", up.raw.rx).Int64("upstream_tx", up.raw.tx)
 	}
 	if reason != nil {
@@ -153,7 +157,7 @@ func (s *session) serve() error {
 		}
 	}
 	s.cr = bufio.NewReaderSize(s.conn, clientBufSize)
-	s.cw = bufio.NewWriterSize(s.conn, ioBufSize)
+	s.cw = newClientWriter(s.conn)
 
 	if s.cfg.Router != nil {
 		// The upstream is known only once the client names its login.
@@ -265,9 +269,17 @@ func (s *session) next() error {
 		if err := s.cw.Flush(); err != nil {
 			return err
 		}
+		// Waiting for the client: hand the big buffers back (bufpool.go).
+		s.cw.release()
+		if s.up != nil {
+			s.up.idle()
+		}
 	}
 	s.responding = false
 	line, err := pop3.ReadLine(s.cr, s.cfg.MaxCommandLine)
+	if s.up != nil {
+		s.up.busy()
+	}
 	if errors.Is(err, pop3.ErrLineTooLong) {
 		s.overlong++
 		s.log.Warn().Int("limit", s.cfg.MaxCommandLine).Msg("client sent an overlong line")
@@ -572,6 +584,7 @@ func (s *session) startTLS() error {
 		return err
 	}
 	s.cr = bufio.NewReaderSize(s.conn, clientBufSize)
-	s.cw = bufio.NewWriterSize(s.conn, ioBufSize)
+	s.cw.discard()
+	s.cw = newClientWriter(s.conn)
 	return nil
 }

@@ -47,6 +47,7 @@ func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, 
 	uc := &upstreamConn{raw: raw, conn: raw}
 	fail := func(err error) (*upstreamConn, error) {
 		_ = c.Close()
+		uc.release()
 		return nil, fmt.Errorf("upstream %s: %w", addr, err)
 	}
 	if u.TLSMode == TLSImplicit {
@@ -54,7 +55,7 @@ func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, 
 			return fail(err)
 		}
 	}
-	uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
+	uc.r = newPooledReader(uc.conn)
 	uc.w = bufio.NewWriterSize(uc.conn, commandBufSize)
 
 	line, err := pop3.ReadLine(uc.r, u.MaxStatusLine)
@@ -89,8 +90,8 @@ func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, 
 		if err := uc.startTLS(ctx, u, addr); err != nil {
 			return fail(err)
 		}
-		uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
-		uc.w = bufio.NewWriterSize(uc.conn, commandBufSize)
+		uc.r.Reset(uc.conn)
+		uc.w.Reset(uc.conn)
 	}
 	return uc, nil
 }
@@ -116,6 +117,30 @@ func (uc *upstreamConn) startTLS(ctx context.Context, u *Upstream, addr string) 
 	}
 	uc.conn = tc
 	return nil
+}
+
+// idle gives the reader's buffer back while the server has nothing more to
+// say (see bufpool.go); busy takes one before the next command is relayed.
+func (uc *upstreamConn) idle() {
+	if uc.r != nil && uc.r.Buffered() == 0 {
+		putReader(uc.r)
+		uc.r = nil
+	}
+}
+
+func (uc *upstreamConn) busy() {
+	if uc.r == nil {
+		uc.r = newPooledReader(uc.conn)
+	}
+}
+
+// release gives the reader's buffer back for good; the session's goroutine
+// calls it once the connection is closed.
+func (uc *upstreamConn) release() {
+	if uc.r != nil {
+		putReader(uc.r)
+		uc.r = nil
+	}
 }
 
 // close drops the connection without QUIT: the server then keeps every
