@@ -76,7 +76,7 @@ type Config struct {
 	// WriteDiagnostics. It is set even when loading fails.
 	Files map[string]*hcl.File
 
-	baseDir  string
+	baseDir      string
 	scanners     []any    // built scanner blocks, closed by Close
 	scannerNames []string // their names, in the same order
 
