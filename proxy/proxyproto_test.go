@@ -88,7 +88,7 @@ func TestProxyProtocolInbound(t *testing.T) {
 				if got := c.readAll(); got != "" {
 					t.Fatalf("refused connection got %q, want nothing", got)
 				}
-				waitFor(t, func() bool { return strings.Contains(logs.String(), "bad PROXY protocol header") })
+				waitFor(t, func() bool { return strings.Contains(logs.String(), `"reason":"bad PROXY protocol header"`) })
 				return
 			case "err":
 				if g := c.line(); !strings.HasPrefix(g, "+OK") {

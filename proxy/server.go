@@ -216,7 +216,7 @@ func (s *Server) accept(bl *boundListener, sess *session) bool {
 	name := bl.cfg.Name
 	if pp := bl.cfg.ProxyProtocol; pp != nil && pp.trusts(sess.client.Addr()) {
 		if err := sess.readProxyHeader(); err != nil {
-			sess.log.Warn().Err(err).Msg("connection refused: bad PROXY protocol header")
+			sess.log.Warn().Err(err).Str("reason", "bad PROXY protocol header").Msg("connection refused")
 			s.opts.Observer.Refused(name, RefusedProxyHeader)
 			_ = sess.raw.Close()
 			return false
