@@ -45,6 +45,9 @@ func proxyOptions(cfg *policy.Config, log zerolog.Logger) (proxy.Options, error)
 			IdleTimeout:         l.IdleTimeout,
 			MaxCommandLine:      l.MaxCommandLine,
 		}
+		if pp := l.ProxyProtocol; pp != nil {
+			pl.ProxyProtocol = &proxy.ProxyProtocol{Trusted: pp.Trusted, Timeout: pp.Timeout}
+		}
 		if l.Upstream != "" {
 			pl.Upstream = ups[l.Upstream]
 		}
@@ -80,6 +83,12 @@ func proxyUpstream(u *policy.Upstream) (*proxy.Upstream, error) {
 		ConnectTimeout: u.ConnectTimeout,
 		Timeout:        u.Timeout,
 		MaxStatusLine:  u.MaxStatusLine,
+	}
+	switch u.ProxyProtocol {
+	case policy.ProxyProtocolV1:
+		pu.ProxyProtocol = 1
+	case policy.ProxyProtocolV2:
+		pu.ProxyProtocol = 2
 	}
 	switch u.TLS {
 	case policy.UpstreamTLSStartTLS:
