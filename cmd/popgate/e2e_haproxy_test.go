@@ -50,6 +50,9 @@ func renderHAProxy(t *testing.T, example, pop3, pop3s, sock string, servers [2]h
 	sub(`(?m)^([ \t]*)log /dev/log .*$`, "${1}log stdout format raw local0 info", 1)
 	sub(`(?m)^[ \t]*(chroot|user|group|daemon)\b.*\n`, "", 4)
 	sub(`(?m)^([ \t]*stats socket )\S+`, "${1}"+sock, 1)
+	// haproxy needs two descriptors per connection; the test machine's hard
+	// limit (20000 here) is below what maxconn 20000 asks for.
+	sub(`(?m)^([ \t]*maxconn )\d+$`, "${1}1000", 1)
 	sub(`(?m)^([ \t]*bind ):110$`, "${1}"+pop3, 1)
 	sub(`(?m)^([ \t]*bind ):995$`, "${1}"+pop3s, 1)
 	for i, host := range []string{"10.0.0.11", "10.0.0.12"} {
@@ -352,13 +355,42 @@ func TestHAProxyScaleOut(t *testing.T) {
 	var procs []*popgateProc
 	var servers [2]haproxyServer
 	for i, scanAddr := range []string{"tcp://" + fwd.addr(), clamd.TCP} {
-		metrics := freeAddr(t)
-		p := startPopgate(t, haproxyPopgateConfig(d, scanAddr, metrics, filepath.Join(t.TempDir(), "q")), "", "plain", "pop3s")
+		// Not startPopgate: its check that the listeners accept is a
+		// connection without a PROXY header from a trusted address, which
+		// popgate refuses. /readyz below says the listeners are bound.
+		pdir := t.TempDir()
+		cfgPath := filepath.Join(pdir, "popgate.hcl")
+		if err := os.WriteFile(cfgPath, []byte(haproxyPopgateConfig(d, scanAddr, "127.0.0.1:0", filepath.Join(pdir, "q"))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p := launchPopgate(t, exec.Command(popgateBin, "run", "-c", cfgPath), pdir, "", false, "plain", "pop3s")
+		var metrics string
+		p.waitEvents("the metrics listener", func(evs []logEvent) bool {
+			for _, e := range evs {
+				if e.str("message") == "metrics listening" {
+					metrics = e.str("address")
+				}
+			}
+			return metrics != ""
+		})
 		servers[i] = haproxyServer{pop3: p.addr("plain"), pop3s: p.addr("pop3s"), metrics: metrics}
 		procs = append(procs, p)
 		waitReadyz(t, metrics, http.StatusOK)
 	}
 
+	// On failure, what the popgates warned about (the full logs are long).
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for i, p := range procs {
+			for _, e := range p.events() {
+				if lv := e.str("level"); lv == "warn" || lv == "error" {
+					t.Logf("popgate%d: %s", i+1, e)
+				}
+			}
+		}
+	})
 	dir := t.TempDir()
 	front, frontTLS, sock := freeAddr(t), freeAddr(t), filepath.Join(dir, "admin.sock")
 	cfgPath := filepath.Join(dir, "haproxy.cfg")
@@ -434,10 +466,21 @@ func TestHAProxyScaleOut(t *testing.T) {
 	fwd.close()
 	waitReadyz(t, servers[0].metrics, http.StatusServiceUnavailable)
 	waitHAProxyStatus(t, sock, map[string]string{"popgate1": "DOWN", "popgate2": "UP"})
+	// popgate1 still serves a session (here with a hand-made PROXY v1
+	// header): only haproxy's check keeps sessions away from it.
 	c, err := net.DialTimeout("tcp", servers[0].pop3, 5*time.Second)
 	if err != nil {
 		t.Fatalf("popgate1 does not accept connections any more (%v): the test would not show that haproxy's check decides", err)
 	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	direct := &rawPOP{t: t, c: c, r: bufio.NewReader(c)}
+	if _, err := io.WriteString(c, "PROXY TCP4 127.0.0.1 127.0.0.1 40000 110\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if g := direct.line(); !strings.HasPrefix(g, "+OK") {
+		t.Fatalf("popgate1 after losing its clamd: greeting %q, want it still serving", g)
+	}
+	direct.ok("QUIT")
 	c.Close()
 	var later []string
 	for i := 0; i < 4; i++ {
