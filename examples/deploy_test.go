@@ -261,20 +261,21 @@ func TestDockerfile(t *testing.T) {
 // use: popgate's metrics as specified in issue 5.
 // TODO(lead): derive this from the metrics registry once it exists.
 var dashboardMetrics = map[string][]string{
-	"popgate_sessions_active":             {"listener"},
-	"popgate_sessions_total":              {"listener", "result"},
-	"popgate_commands_total":              {"command"},
-	"popgate_bytes_total":                 {"listener", "direction"},
-	"popgate_messages_total":              {"policy", "outcome"},
-	"popgate_filter_verdicts_total":       {"filter", "verdict"},
-	"popgate_filter_duration_seconds":     {"filter"},
-	"popgate_clamd_scan_duration_seconds": {"scanner"},
-	"popgate_clamd_backend_up":            {"scanner", "address"},
-	"popgate_quarantine_writes_total":     {"result"},
-	"popgate_config_generation":           {},
-	"popgate_config_reloads_total":        {"result"},
-	"popgate_limit_rejections_total":      {"listener", "limit"},
-	"popgate_upstream_connect_seconds":    {"upstream"},
+	"popgate_sessions_active":                 {"listener"},
+	"popgate_sessions_total":                  {"listener", "result"},
+	"popgate_commands_total":                  {"command"},
+	"popgate_bytes_total":                     {"listener", "direction"},
+	"popgate_messages_total":                  {"policy", "outcome"},
+	"popgate_filter_verdicts_total":           {"filter", "verdict"},
+	"popgate_filter_duration_seconds":         {"filter"},
+	"popgate_clamd_scan_duration_seconds":     {"scanner"},
+	"popgate_clamd_backend_up":                {"scanner", "address"},
+	"popgate_quarantine_writes_total":         {"result"},
+	"popgate_config_generation":               {},
+	"popgate_config_reloads_total":            {"result"},
+	"popgate_limit_rejections_total":          {"listener", "limit"},
+	"popgate_upstream_connect_seconds":        {"upstream"},
+	"popgate_upstream_connect_failures_total": {"upstream"},
 }
 
 // histograms are the dashboardMetrics that are histograms (their series are
