@@ -177,11 +177,18 @@ func haproxyPopgateConfig(d *testenv.DovecotEnv, clamd, metrics, qdir string) st
 }
 `, hclString(l.name), hclString(d.CertFile), hclString(d.KeyFile), l.implicit)
 	}
-	fmt.Fprintf(&b, `upstream "dovecot" {
-  address = %s
-  tls     = "none"
+	fmt.Fprintf(&b, "upstream \"dovecot\" {\n  address = %s\n  tls     = \"none\"\n}\n", hclString(d.Addr))
+	fmt.Fprintf(&b, "metrics {\n  address = %s\n}\n", hclString(metrics))
+	b.WriteString(scanTagConfig(clamd, "yes", qdir))
+	return b.String()
 }
-scanner "clamav" "pool" {
+
+// scanTagConfig is the filtering part of a configuration: one clamd
+// (health checked every second), a tag filter stamping
+// "X-Popgate-Scanned: stamp", a quarantine in qdir and the default policy
+// ["av", "stamp"]; with debug JSON logs and a short shutdown.
+func scanTagConfig(clamd, stamp, qdir string) string {
+	return fmt.Sprintf(`scanner "clamav" "pool" {
   addresses       = [%s]
   timeout         = "20s"
   health_interval = "1s"
@@ -190,7 +197,7 @@ filter "clamav" "av" {
   scanner = "pool"
 }
 filter "tag" "stamp" {
-  headers = { "X-Popgate-Scanned" = "yes" }
+  headers = { "X-Popgate-Scanned" = %s }
 }
 quarantine {
   dir = %s
@@ -198,16 +205,12 @@ quarantine {
 policy "default" {
   chain = ["av", "stamp"]
 }
-metrics {
-  address = %s
-}
 log {
   level  = "debug"
   format = "json"
 }
 shutdown_timeout = "3s"
-`, hclString(d.Addr), hclString(clamd), hclString(qdir), hclString(metrics))
-	return b.String()
+`, hclString(clamd), hclString(stamp), hclString(qdir))
 }
 
 // readyz is the status of GET http://metrics/readyz (0 when it does not answer).
@@ -339,6 +342,22 @@ func servedBy(procs []*popgateProc) map[string]int {
 	return out
 }
 
+// waitServed waits until some popgate has logged the login of each of
+// clients, and returns servedBy.
+func waitServed(procs []*popgateProc, clients []string) map[string]int {
+	var by map[string]int
+	procs[0].waitEvents(fmt.Sprintf("the logins of %v", clients), func([]logEvent) bool {
+		by = servedBy(procs)
+		for _, c := range clients {
+			if _, ok := by[c]; !ok {
+				return false
+			}
+		}
+		return true
+	})
+	return by
+}
+
 func TestHAProxyScaleOut(t *testing.T) {
 	t.Parallel()
 	d := testenv.Dovecot(t)
@@ -400,26 +419,7 @@ func TestHAProxyScaleOut(t *testing.T) {
 	if out, err := exec.Command(haproxy, "-c", "-f", cfgPath).CombinedOutput(); err != nil {
 		t.Fatalf("haproxy -c rejects the rendered examples/haproxy.cfg: %v\n%s", err, out)
 	}
-	var hlog syncBuffer
-	hcmd := exec.Command(haproxy, "-db", "-f", cfgPath)
-	hcmd.Stdout, hcmd.Stderr = &hlog, &hlog
-	if err := hcmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	hdone := make(chan struct{})
-	go func() { _ = hcmd.Wait(); close(hdone) }()
-	t.Cleanup(func() {
-		_ = hcmd.Process.Signal(os.Interrupt)
-		select {
-		case <-hdone:
-		case <-time.After(10 * time.Second):
-			_ = hcmd.Process.Kill()
-			<-hdone
-		}
-		if t.Failed() {
-			t.Logf("haproxy output:\n%s", hlog.String())
-		}
-	})
+	hlog, _ := startDaemon(t, "haproxy", exec.Command(haproxy, "-db", "-f", cfgPath))
 	deadline := time.Now().Add(10 * time.Second)
 	for _, err := os.Stat(sock); err != nil; _, err = os.Stat(sock) {
 		if time.Now().After(deadline) {
@@ -439,16 +439,7 @@ func TestHAProxyScaleOut(t *testing.T) {
 		clients = append(clients, haproxySession(t, front, nil, u))
 	}
 	clients = append(clients, haproxySession(t, frontTLS, tlsCfg, u), haproxySession(t, frontTLS, tlsCfg, u))
-	var by map[string]int
-	procs[1].waitEvents("the sessions' logins", func([]logEvent) bool {
-		by = servedBy(procs)
-		for _, c := range clients {
-			if _, ok := by[c]; !ok {
-				return false
-			}
-		}
-		return true
-	})
+	by := waitServed(procs, clients)
 	count := [2]int{}
 	for _, c := range clients {
 		count[by[c]]++
@@ -487,15 +478,7 @@ func TestHAProxyScaleOut(t *testing.T) {
 		later = append(later, haproxySession(t, front, nil, u))
 	}
 	later = append(later, haproxySession(t, frontTLS, tlsCfg, u))
-	procs[1].waitEvents("the logins after popgate1 went down", func([]logEvent) bool {
-		by = servedBy(procs)
-		for _, c := range later {
-			if _, ok := by[c]; !ok {
-				return false
-			}
-		}
-		return true
-	})
+	by = waitServed(procs, later)
 	for _, c := range later {
 		if by[c] != 1 {
 			t.Errorf("session from %s went to popgate1 after haproxy marked it DOWN", c)

@@ -98,28 +98,7 @@ upstream "remote" {
   address = "%s:110" # not dialled: the original destination is
   tls     = "none"
 }
-scanner "clamav" "clamd" {
-  addresses = [%s]
-  timeout   = "20s"
-}
-filter "clamav" "av" {
-  scanner = "clamd"
-}
-filter "tag" "stamp" {
-  headers = { "X-Popgate-Scanned" = "transparent-gateway" }
-}
-quarantine {
-  dir = %s
-}
-policy "default" {
-  chain = ["av", "stamp"]
-}
-log {
-  level  = "debug"
-  format = "json"
-}
-shutdown_timeout = "3s"
-`, tgPort, tgServerIP, hclString(clamd.Unix), hclString(qdir))
+`, tgPort, tgServerIP) + scanTagConfig(clamd.Unix, "transparent-gateway", qdir)
 	cfgPath := filepath.Join(dir, "popgate.hcl")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
 	cmd := exec.Command("ip", "netns", "exec", ns.gateway,
@@ -310,24 +289,8 @@ func startRemoteDovecot(t *testing.T, d *testenv.DovecotEnv, netns, dir string) 
 	confPath := filepath.Join(dir, "dovecot.conf")
 	must(t, os.WriteFile(confPath, []byte(conf), 0o644))
 
-	cmd := exec.Command("ip", "netns", "exec", netns, "dovecot", "-F", "-c", confPath)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			t.Errorf("the server namespace's Dovecot ignored SIGINT for 10 s; killed it")
-		}
-	})
+	out, exited := startDaemon(t, "the server namespace's Dovecot",
+		exec.Command("ip", "netns", "exec", netns, "dovecot", "-F", "-c", confPath))
 	// Ready when it greets on 10.99.2.2:110, asked from its own namespace
 	// (the gateway's OUTPUT rule would send the probe to popgate).
 	probe := fmt.Sprintf(`exec 3<>/dev/tcp/%s/110 && IFS= read -r -t 2 l <&3 && [ "${l:0:3}" = "+OK" ]`, tgServerIP)
@@ -345,6 +308,33 @@ func startRemoteDovecot(t *testing.T, d *testenv.DovecotEnv, netns, dir string) 
 		}
 	}
 	return logPath
+}
+
+// startDaemon starts a foreground daemon with its output in out; when the
+// test ends it gets SIGINT and 10 s to exit. exited is closed when it has.
+func startDaemon(t *testing.T, what string, cmd *exec.Cmd) (out *syncBuffer, exited chan struct{}) {
+	t.Helper()
+	out = &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", what, err)
+	}
+	exited = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+			t.Errorf("%s ignored SIGINT for 10 s; killed it", what)
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", what, out.String())
+		}
+	})
+	return out, exited
 }
 
 // waitDovecotLogins waits until Dovecot's log has at least n successful
