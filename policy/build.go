@@ -181,6 +181,11 @@ func (d *decoder) listener(s *listenerSchema, upstreams map[string]*Upstream) *L
 		l.Address = d.address(s.Address, true)
 	}
 	l.Transparent = d.boolean(s.Transparent, false)
+	l.TProxy = d.boolean(s.TProxy, false)
+	if l.TProxy && !l.Transparent {
+		d.errorf(s.TProxy.Range, "TPROXY without transparent",
+			"tproxy = true says how connections are intercepted for a transparent listener; set transparent = true as well.")
+	}
 
 	if s.Upstream != nil {
 		if v, ok := d.value(s.Upstream, cty.String); ok {

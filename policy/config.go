@@ -99,6 +99,11 @@ type Listener struct {
 	// REDIRECTed connections (SO_ORIGINAL_DST). Attribute transparent,
 	// default false.
 	Transparent bool
+	// TProxy (attribute tproxy, default false) is for interception by
+	// TPROXY rules instead of REDIRECT: the original destination is the
+	// connection's local address, and the listening socket is made
+	// IP_TRANSPARENT (which needs CAP_NET_ADMIN). Only with Transparent.
+	TProxy bool
 	// TLS is nil when the listener speaks plain POP3 only.
 	TLS *ListenerTLS
 	// MaxConnections limits concurrent sessions (attribute max_connections,

@@ -197,6 +197,7 @@ func TestGoldenCoverage(t *testing.T) {
 		"error: Route matches nothing:",
 		"error: Invalid trusted address:",
 		"error: No trusted address:",
+		"error: TPROXY without transparent:",
 	} {
 		if !strings.Contains(all.String(), s) {
 			t.Errorf("no golden file shows %q", s)
@@ -277,7 +278,7 @@ var configChecks = map[string]func(*testing.T, *Config){
 		if !reflect.DeepEqual(*l, want) {
 			t.Errorf("listener pop3s = %+v\nwant %+v", *l, want)
 		}
-		if g := cfg.Listeners[1]; g.Name != "gateway" || !g.Transparent || g.Upstream != "" || g.TLS != nil || g.Address != ":0" {
+		if g := cfg.Listeners[1]; g.Name != "gateway" || !g.Transparent || !g.TProxy || g.Upstream != "" || g.TLS != nil || g.Address != ":0" {
 			t.Errorf("listener gateway = %+v", *g)
 		}
 		if s := cfg.Listeners[2]; s.Name != "stls" || s.TLS == nil || s.TLS.Implicit {

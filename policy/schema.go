@@ -32,6 +32,7 @@ type listenerSchema struct {
 	Address             *hcl.Attribute         `hcl:"address,optional"`
 	Upstream            *hcl.Attribute         `hcl:"upstream,optional"`
 	Transparent         *hcl.Attribute         `hcl:"transparent,optional"`
+	TProxy              *hcl.Attribute         `hcl:"tproxy,optional"`
 	MaxConnections      *hcl.Attribute         `hcl:"max_connections,optional"`
 	MaxConnectionsPerIP *hcl.Attribute         `hcl:"max_connections_per_ip,optional"`
 	LoginTimeout        *hcl.Attribute         `hcl:"login_timeout,optional"`

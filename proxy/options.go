@@ -56,6 +56,12 @@ type Listener struct {
 	// Upstream, if set, supplies only TLS mode and timeouts.
 	Upstream    *Upstream
 	Transparent bool
+	// TProxy, with Transparent, is for TPROXY interception (iptables or
+	// nftables tproxy, with policy routing) instead of REDIRECT/DNAT: the
+	// original destination is the connection's own local address, and the
+	// listening socket gets IP_TRANSPARENT (CAP_NET_ADMIN) so it may accept
+	// connections to addresses that are not the machine's.
+	TProxy bool
 	// Router, when set, routes sessions by login: popgate greets the
 	// client itself and connects to the upstream Router picks once the
 	// client names its login (USER, AUTH PLAIN, AUTH LOGIN), sending the

@@ -79,7 +79,11 @@ func New(opts Options) (*Server, error) {
 func (s *Server) Listen() error {
 	for i := range s.opts.Listeners {
 		cfg := s.opts.Listeners[i].withDefaults()
-		ln, err := net.Listen("tcp", cfg.Address)
+		var lc net.ListenConfig
+		if cfg.Transparent && cfg.TProxy {
+			lc.Control = setTransparent
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", cfg.Address)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listener %s: %w", cfg.Name, err)

@@ -240,7 +240,7 @@ func (s *session) connectUpstream(u *Upstream) (*upstreamConn, error) {
 	s.upName = u.Name
 	d := &net.Dialer{}
 	if s.cfg.Transparent {
-		dst, err := originalDestination(s.raw.Conn)
+		dst, err := s.originalDestination()
 		if err != nil {
 			return nil, err
 		}

@@ -39,6 +39,7 @@ func proxyOptions(cfg *policy.Config, log zerolog.Logger) (proxy.Options, error)
 			Name:                l.Name,
 			Address:             l.Address,
 			Transparent:         l.Transparent,
+			TProxy:              l.TProxy,
 			MaxConnections:      l.MaxConnections,
 			MaxConnectionsPerIP: l.MaxConnectionsPerIP,
 			LoginTimeout:        l.LoginTimeout,

@@ -19,6 +19,7 @@ listener "pop3" {
 listener "lb" {
   address  = "127.0.0.1:1111"
   upstream = "mail"
+  tproxy   = true
   proxy_protocol {
     trusted = []
   }

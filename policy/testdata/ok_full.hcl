@@ -23,6 +23,7 @@ listener "pop3s" {
 listener "gateway" {
   address     = ":0"
   transparent = true
+  tproxy      = true
 }
 
 listener "stls" {
