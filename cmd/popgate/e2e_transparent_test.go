@@ -6,19 +6,22 @@ package main
 //
 //	client ns                gateway ns                          server ns
 //	10.99.1.2  ──veth──  10.99.1.1 | 10.99.2.1  ──veth──  10.99.2.2 (Dovecot :110)
-//	curl pop3://10.99.2.2/N       popgate :10110 (transparent)
+//	10.99.1.3                popgate :10110 (REDIRECT), :10111 (TPROXY)
+//	curl pop3://10.99.2.2/N
 //
 // The client knows nothing of popgate: it connects to the mail server's
-// address. The gateway routes between the two sides, and its nat table sends
+// address. The gateway routes between the two sides, and its rules send
 // POP3 to popgate, as in docs/DEPLOYMENT.md:
 //
-//	PREROUTING  -i <client side> --dport 110                 REDIRECT :10110  (forwarded traffic)
-//	OUTPUT      -d 10.99.2.3 --dport 110                     REDIRECT :10110  (a careless rule: catches popgate too)
-//	OUTPUT      --dport 110 ! --uid-owner <popgate's uid>    REDIRECT :10110  (the gateway's own programs)
+//	nat PREROUTING    -i <client side> -s 10.99.1.2 --dport 110   REDIRECT :10110  (forwarded traffic)
+//	nat OUTPUT        -d 10.99.2.3 --dport 110                    REDIRECT :10110  (a careless rule: catches popgate too)
+//	nat OUTPUT        --dport 110 ! --uid-owner <popgate's uid>   REDIRECT :10110  (the gateway's own programs)
+//	mangle PREROUTING -i <client side> -s 10.99.1.3 --dport 110   TPROXY :10111, mark 1 (+ policy routing)
 //
-// popgate runs as nobody, so the last rule exempts its own upstream
+// popgate runs as nobody, so the third rule exempts its own upstream
 // connections; the careless rule shows that popgate refuses, rather than
-// loops on, a rule that catches them. Dovecot is a second instance of the
+// loops on, a rule that catches them. For TPROXY popgate keeps
+// CAP_NET_ADMIN as an ambient capability, as the systemd unit would give it. Dovecot is a second instance of the
 // test environment's Dovecot (same users and Maildirs, its own config
 // derived from the test environment's), listening on 10.99.2.2 in the server
 // namespace; clamd is the test environment's, through its unix socket (a
@@ -42,11 +45,13 @@ import (
 
 const (
 	tgClientIP   = "10.99.1.2"
+	tgTProxyIP   = "10.99.1.3" // the client's second address: its traffic goes through TPROXY
 	tgGatewayIn  = "10.99.1.1" // the gateway on the client side
 	tgGatewayOut = "10.99.2.1" // the gateway on the server side: popgate's source address
 	tgServerIP   = "10.99.2.2" // the "remote" mail server
 	tgLoopIP     = "10.99.2.3" // only the careless OUTPUT rule knows it
 	tgPort       = "10110"     // popgate's transparent listener on the gateway
+	tgTProxyPort = "10111"     // popgate's TPROXY listener
 	tgUID        = 65534       // popgate runs as nobody on the gateway
 )
 
@@ -94,17 +99,24 @@ func TestTransparentGateway(t *testing.T) {
   transparent = true
   upstream    = "remote"
 }
+listener "tproxy" {
+  address     = "0.0.0.0:%s"
+  transparent = true
+  tproxy      = true
+  upstream    = "remote"
+}
 upstream "remote" {
   address = "%s:110" # not dialled: the original destination is
   tls     = "none"
 }
-`, tgPort, tgServerIP) + scanTagConfig(clamd.Unix, "transparent-gateway", qdir)
+`, tgPort, tgTProxyPort, tgServerIP) + scanTagConfig(clamd.Unix, "transparent-gateway", qdir)
 	cfgPath := filepath.Join(dir, "popgate.hcl")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
 	cmd := exec.Command("ip", "netns", "exec", ns.gateway,
 		"setpriv", fmt.Sprintf("--reuid=%d", tgUID), fmt.Sprintf("--regid=%d", tgUID), "--clear-groups",
+		"--inh-caps=+net_admin", "--ambient-caps=+net_admin", // IP_TRANSPARENT for the TPROXY listener
 		bin, "run", "-c", cfgPath)
-	p := launchPopgate(t, cmd, dir, "", false, "intercept")
+	p := launchPopgate(t, cmd, dir, "", false, "intercept", "tproxy")
 
 	clean := cleanMsg("transparent")
 	virus := []byte("From: x@example.com\r\nTo: u@example.com\r\nSubject: eicar\r\nMessage-ID: <eicar.transparent@example.com>\r\n" +
@@ -114,13 +126,13 @@ upstream "remote" {
 	u, _ := newMailbox(t, d, [][]byte{clean, virus})
 	rc := filepath.Join(dir, "curlrc") // root's: curl runs as root in both namespaces
 	must(t, os.WriteFile(rc, []byte(fmt.Sprintf("user = %q\n", u.Name+":"+u.Password)), 0o600))
-	curlIn := func(netns, host string, n int) ([]byte, []byte, error) {
-		return runClientErr(t, 40*time.Second, nil, "ip", "netns", "exec", netns,
-			"curl", "-v", "-sS", "--max-time", "30", "-K", rc, fmt.Sprintf("pop3://%s:110/%d", host, n))
+	curlIn := func(netns, host string, n int, args ...string) ([]byte, []byte, error) {
+		return runClientErr(t, 40*time.Second, nil, "ip", append([]string{"netns", "exec", netns,
+			"curl", "-v", "-sS", "--max-time", "30", "-K", rc, fmt.Sprintf("pop3://%s:110/%d", host, n)}, args...)...)
 	}
-	retr := func(netns string, n int) []byte {
+	retr := func(netns string, n int, args ...string) []byte {
 		t.Helper()
-		out, errOut, err := curlIn(netns, tgServerIP, n)
+		out, errOut, err := curlIn(netns, tgServerIP, n, args...)
 		if err != nil {
 			t.Fatalf("curl in %s, RETR %d from %s:110: %v\n%s\npopgate:\n%s", netns, n, tgServerIP, err, errOut, p.output())
 		}
@@ -174,7 +186,21 @@ upstream "remote" {
 		return false
 	})
 
-	// 3. A rule that also catches popgate's own upstream connection: popgate
+	// 3. The client's other address goes through TPROXY (no NAT): the
+	// listener with IP_TRANSPARENT gets the connection to 10.99.2.2:110
+	// itself, and popgate, as nobody with CAP_NET_ADMIN, connects there.
+	if got := retr(ns.client, 1, "--interface", tgTProxyIP); !bytes.Equal(got, want) {
+		t.Fatalf("the client got message 1 through TPROXY as %d bytes starting %q, want the tagged original", len(got), firstLine(got))
+	}
+	p.waitEvents("the TPROXY session's login", func(evs []logEvent) bool {
+		return hasEvent(logins(evs), func(e logEvent) bool {
+			host, _, _ := net.SplitHostPort(e.str("client"))
+			return e.str("listener") == "tproxy" && host == tgTProxyIP
+		})
+	})
+	waitDovecotLogins(t, dovecotLog, u.Name, 4)
+
+	// 4. A rule that also catches popgate's own upstream connection: popgate
 	// recognises its own connection and refuses it instead of looping; the
 	// client gets a temporary error.
 	out, errOut, err := curlIn(ns.client, tgLoopIP, 1)
@@ -187,8 +213,8 @@ upstream "remote" {
 	p.waitEvents("the refused loop", func(evs []logEvent) bool {
 		return hasEvent(evs, func(e logEvent) bool { return strings.Contains(e.String(), "popgate's own upstream connection") })
 	})
-	if n := len(waitDovecotLogins(t, dovecotLog, u.Name, 3)); n != 3 {
-		t.Errorf("Dovecot logged %d logins of %s, want 3 (the looping session must not reach it)", n, u.Name)
+	if n := len(waitDovecotLogins(t, dovecotLog, u.Name, 4)); n != 4 {
+		t.Errorf("Dovecot logged %d logins of %s, want 4 (the looping session must not reach it)", n, u.Name)
 	}
 }
 
@@ -233,6 +259,7 @@ func buildGateway(t *testing.T) gatewayNS {
 	sh("ip", "link", "add", gsIf, "netns", ns.gateway, "type", "veth", "peer", "name", sIf, "netns", ns.server)
 	for _, a := range [][3]string{
 		{ns.client, cIf, tgClientIP + "/24"},
+		{ns.client, cIf, tgTProxyIP + "/24"},
 		{ns.gateway, gcIf, tgGatewayIn + "/24"},
 		{ns.gateway, gsIf, tgGatewayOut + "/24"},
 		{ns.server, sIf, tgServerIP + "/24"},
@@ -247,9 +274,13 @@ func buildGateway(t *testing.T) gatewayNS {
 		t.Helper()
 		sh(append([]string{"ip", "netns", "exec", ns.gateway, "iptables", "-t", "nat"}, strings.Fields(rule)...)...)
 	}
-	ipt("-A PREROUTING -i " + gcIf + " -p tcp --dport 110 -j REDIRECT --to-ports " + tgPort)
+	ipt("-A PREROUTING -i " + gcIf + " -s " + tgClientIP + " -p tcp --dport 110 -j REDIRECT --to-ports " + tgPort)
 	ipt("-A OUTPUT -p tcp -d " + tgLoopIP + " --dport 110 -j REDIRECT --to-ports " + tgPort)
 	ipt("-A OUTPUT -p tcp --dport 110 -m owner ! --uid-owner " + strconv.Itoa(tgUID) + " -j REDIRECT --to-ports " + tgPort)
+	sh("ip", "netns", "exec", ns.gateway, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", gcIf, "-s", tgTProxyIP,
+		"-p", "tcp", "--dport", "110", "-j", "TPROXY", "--on-port", tgTProxyPort, "--tproxy-mark", "0x1/0x1")
+	sh("ip", "-n", ns.gateway, "rule", "add", "fwmark", "0x1/0x1", "lookup", "100")
+	sh("ip", "-n", ns.gateway, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
 	return ns
 }
 
