@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/popgate/popgate/proxy/metrics"
 )
 
 // TestEveryExampleChecked fails for a file in examples/ that no test loads:
@@ -258,29 +260,26 @@ func TestDockerfile(t *testing.T) {
 }
 
 // dashboardMetrics are the metric names (and their labels) the dashboard may
-// use: popgate's metrics as specified in issue 5.
-// TODO(lead): derive this from the metrics registry once it exists.
-var dashboardMetrics = map[string][]string{
-	"popgate_sessions_active":                 {"listener"},
-	"popgate_sessions_total":                  {"listener", "result"},
-	"popgate_commands_total":                  {"command"},
-	"popgate_bytes_total":                     {"listener", "direction"},
-	"popgate_messages_total":                  {"policy", "outcome"},
-	"popgate_filter_verdicts_total":           {"filter", "verdict"},
-	"popgate_filter_duration_seconds":         {"filter"},
-	"popgate_clamd_scan_duration_seconds":     {"scanner"},
-	"popgate_clamd_backend_up":                {"scanner", "address"},
-	"popgate_quarantine_writes_total":         {"result"},
-	"popgate_config_generation":               {},
-	"popgate_config_reloads_total":            {"result"},
-	"popgate_limit_rejections_total":          {"listener", "limit"},
-	"popgate_upstream_connect_seconds":        {"upstream"},
-	"popgate_upstream_connect_failures_total": {"upstream"},
-}
+// use: popgate's own metrics, from its registry.
+var dashboardMetrics = func() map[string][]string {
+	m := map[string][]string{}
+	for _, f := range metrics.New().Families() {
+		m[f.Name] = f.Labels
+	}
+	return m
+}()
 
 // histograms are the dashboardMetrics that are histograms (their series are
 // NAME_bucket, NAME_sum, NAME_count).
-var histograms = []string{"popgate_filter_duration_seconds", "popgate_clamd_scan_duration_seconds", "popgate_upstream_connect_seconds"}
+var histograms = func() []string {
+	var out []string
+	for _, f := range metrics.New().Families() {
+		if f.Histogram {
+			out = append(out, f.Name)
+		}
+	}
+	return out
+}()
 
 // TestGrafanaDashboard checks examples/grafana/popgate.json: a dashboard
 // model on the ${DS_PROMETHEUS} data source whose every expression uses only

@@ -49,6 +49,7 @@ type Metrics struct {
 	upstreamConnect *prometheus.HistogramVec
 	upstreamFailed  *prometheus.CounterVec
 
+	families  []Family
 	listeners sync.Map // name → *listenerMetrics
 	scanners  atomic.Pointer[map[string]*clamav.Scanner]
 }
@@ -59,19 +60,25 @@ var _ proxy.Observer = (*Metrics)(nil)
 // process collectors.
 func New() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
+	family := func(name string, histogram bool, labels ...string) {
+		m.families = append(m.families, Family{Name: namespace + "_" + name, Labels: labels, Histogram: histogram})
+	}
 	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
 		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
 		m.reg.MustRegister(c)
+		family(name, false, labels...)
 		return c
 	}
 	histogram := func(name, help string, labels ...string) *prometheus.HistogramVec {
 		h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: latencyBuckets}, labels)
 		m.reg.MustRegister(h)
+		family(name, true, labels...)
 		return h
 	}
 	m.sessionsActive = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "sessions_active",
 		Help: "Sessions open now, by listener."}, []string{"listener"})
 	m.reg.MustRegister(m.sessionsActive)
+	family("sessions_active", false, "listener")
 	m.sessions = counter("sessions_total", "Sessions ended, by listener and how they ended (quit, client_closed, timeout, client_error, upstream_unavailable, upstream_error, policy_refused, shutdown, error).", "listener", "result")
 	m.commands = counter("commands_total", "Client commands, by command (unknown ones as other).", "command")
 	m.bytes = counter("bytes_total", "Bytes moved, by listener and direction (client_in, client_out, upstream_in, upstream_out).", "listener", "direction")
@@ -83,17 +90,30 @@ func New() *Metrics {
 	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_generation",
 		Help: "The configuration generation new sessions get (1 at start, +1 per successful reload)."})
 	m.reg.MustRegister(m.generation)
+	family("config_generation", false)
 	m.reloads = counter("config_reloads_total", "Configuration reloads, by result (ok, failed).", "result")
 	m.refused = counter("limit_rejections_total", "Connections refused before a session started, by listener and limit (total, per_ip, proxy_header).", "listener", "limit")
 	m.upstreamConnect = histogram("upstream_connect_seconds", "Time to connect to an upstream, TLS and greeting included, by upstream (transparent for original destinations).", "upstream")
 	m.upstreamFailed = counter("upstream_connect_failures_total", "Failed connections to an upstream, by upstream.", "upstream")
 	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	family("clamd_backend_up", false, "scanner", "address")
 	for _, r := range []string{"ok", "failed"} {
 		m.reloads.WithLabelValues(r)
 		m.quarantine.WithLabelValues(r)
 	}
 	return m
 }
+
+// Family describes one of popgate's own metrics.
+type Family struct {
+	Name      string // with the popgate_ prefix
+	Labels    []string
+	Histogram bool // exposed as Name_bucket, Name_sum and Name_count
+}
+
+// Families lists popgate's own metrics (not the go_ and process_ ones), for
+// dashboards and their tests.
+func (m *Metrics) Families() []Family { return append([]Family(nil), m.families...) }
 
 // Registry is where the metrics are registered, for serving and tests.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
