@@ -158,35 +158,15 @@ func (f *tcpForwarder) close() {
 // implicit-TLS listeners that take PROXY headers from loopback (haproxy),
 // the metrics listener, a clamd + tag chain, Dovecot behind.
 func haproxyPopgateConfig(d *testenv.DovecotEnv, clamd, metrics, qdir string) string {
-	var b strings.Builder
-	for _, l := range []struct {
-		name     string
-		implicit bool
-	}{{"plain", false}, {"pop3s", true}} {
-		fmt.Fprintf(&b, `listener %s {
-  address  = "127.0.0.1:0"
-  upstream = "dovecot"
-  tls {
-    cert_file = %s
-    key_file  = %s
-    implicit  = %t
-  }
-  proxy_protocol {
-    trusted = ["127.0.0.0/8", "::1/128"]
-  }
-}
-`, hclString(l.name), hclString(d.CertFile), hclString(d.KeyFile), l.implicit)
-	}
-	fmt.Fprintf(&b, "upstream \"dovecot\" {\n  address = %s\n  tls     = \"none\"\n}\n", hclString(d.Addr))
-	fmt.Fprintf(&b, "metrics {\n  address = %s\n}\n", hclString(metrics))
-	b.WriteString(scanTagConfig(clamd, "yes", qdir))
-	return b.String()
+	return dovecotConfig(d, configOpts{upstreamTLS: "none", trustedProxies: []string{"127.0.0.0/8", "::1/128"}}) +
+		fmt.Sprintf("metrics {\n  address = %s\n}\n", hclString(metrics)) +
+		scanTagConfig(clamd, "yes", qdir)
 }
 
 // scanTagConfig is the filtering part of a configuration: one clamd
 // (health checked every second), a tag filter stamping
 // "X-Popgate-Scanned: stamp", a quarantine in qdir and the default policy
-// ["av", "stamp"]; with debug JSON logs and a short shutdown.
+// ["av", "stamp"].
 func scanTagConfig(clamd, stamp, qdir string) string {
 	return fmt.Sprintf(`scanner "clamav" "pool" {
   addresses       = [%s]
@@ -205,11 +185,6 @@ quarantine {
 policy "default" {
   chain = ["av", "stamp"]
 }
-log {
-  level  = "debug"
-  format = "json"
-}
-shutdown_timeout = "3s"
 `, hclString(clamd), hclString(stamp), hclString(qdir))
 }
 

@@ -257,6 +257,9 @@ type configOpts struct {
 	upstreamTLS     string // "none", "starttls" (default) or "implicit"
 	logFile         string // log to this file instead of stderr
 	shutdownTimeout string // default "3s"
+	// trustedProxies, when set, makes both listeners take PROXY headers
+	// from these addresses.
+	trustedProxies []string
 }
 
 // dovecotConfig is a configuration with two listeners in front of the test
@@ -280,8 +283,15 @@ func dovecotConfig(d *testenv.DovecotEnv, o configOpts) string {
     key_file  = %s
     implicit  = %t
   }
-}
 `, hclString(l.name), hclString(d.CertFile), hclString(d.KeyFile), l.implicit)
+		if len(o.trustedProxies) > 0 {
+			quoted := make([]string, len(o.trustedProxies))
+			for i, p := range o.trustedProxies {
+				quoted[i] = hclString(p)
+			}
+			fmt.Fprintf(&b, "  proxy_protocol {\n    trusted = [%s]\n  }\n", strings.Join(quoted, ", "))
+		}
+		b.WriteString("}\n")
 	}
 	switch o.upstreamTLS {
 	case "none":

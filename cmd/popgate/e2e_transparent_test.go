@@ -109,6 +109,11 @@ upstream "remote" {
   address = "%s:110" # not dialled: the original destination is
   tls     = "none"
 }
+log {
+  level  = "debug"
+  format = "json"
+}
+shutdown_timeout = "3s"
 `, tgPort, tgTProxyPort, tgServerIP) + scanTagConfig(clamd.Unix, "transparent-gateway", qdir)
 	cfgPath := filepath.Join(dir, "popgate.hcl")
 	must(t, os.WriteFile(cfgPath, []byte(cfg), 0o644))
