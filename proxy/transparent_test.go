@@ -31,16 +31,23 @@ exec "$0" -test.run '^TestTransparentInNamespace$' -test.v -test.count=1
 `
 
 func TestTransparentRedirect(t *testing.T) {
+	inNamespace(t, transparentSetup, "TestTransparentInNamespace", "unshare", "ip", "iptables", "ip6tables")
+}
+
+// inNamespace runs setup in a private network namespace as root; setup ends
+// by running the test binary ($0) on the test inner, which must pass.
+func inNamespace(t *testing.T, setup, inner string, tools ...string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		testenv.Require(t, "root (for a network namespace with iptables rules)")
+		testenv.Require(t, "root (for network namespaces with iptables rules)")
 	}
-	for _, tool := range []string{"unshare", "ip", "iptables", "ip6tables"} {
+	for _, tool := range tools {
 		testenv.LookPath(t, tool)
 	}
-	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", transparentSetup, os.Args[0])
+	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", setup, os.Args[0])
 	cmd.Env = append(os.Environ(), "POPGATE_TRANSPARENT_INNER=1")
 	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestTransparentInNamespace") {
+	if err != nil || !strings.Contains(string(out), "--- PASS: "+inner) {
 		t.Fatalf("in the namespace: %v\n%s", err, out)
 	}
 }
@@ -136,17 +143,7 @@ POPGATE_TPROXY_CLIENT_NS=$ns "$0" -test.run '^TestTProxyInNamespace$' -test.v -t
 `
 
 func TestTransparentTProxy(t *testing.T) {
-	if os.Geteuid() != 0 {
-		testenv.Require(t, "root (for network namespaces with TPROXY rules)")
-	}
-	for _, tool := range []string{"unshare", "ip", "iptables", "curl"} {
-		testenv.LookPath(t, tool)
-	}
-	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", tproxySetup, os.Args[0])
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestTProxyInNamespace") {
-		t.Fatalf("in the namespace: %v\n%s", err, out)
-	}
+	inNamespace(t, tproxySetup, "TestTProxyInNamespace", "unshare", "ip", "iptables", "curl")
 }
 
 // TestTProxyInNamespace is the part of TestTransparentTProxy that runs in
