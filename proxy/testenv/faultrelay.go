@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -254,7 +255,22 @@ func (r *Relay) pump(dst, src net.Conn, faults []Fault, cut func()) {
 		return err == nil
 	}
 	for {
+		if len(tail) > 0 {
+			// Held-back bytes go on if nothing follows soon: the anchor
+			// did not start there after all.
+			_ = src.SetReadDeadline(time.Now().Add(holdBack))
+		}
 		n, err := src.Read(buf)
+		if len(tail) > 0 {
+			_ = src.SetReadDeadline(time.Time{})
+			if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+				if !write(tail) {
+					return
+				}
+				tail = nil
+				continue
+			}
+		}
 		// chunk is the data not yet forwarded: held-back tail, then the new
 		// bytes; it starts at stream position start.
 		chunk := append(tail, buf[:n]...)
@@ -285,9 +301,8 @@ func (r *Relay) pump(dst, src net.Conn, faults []Fault, cut func()) {
 				} else if i := bytes.Index(chunk, []byte(f.After)); i >= 0 {
 					anchor = start + int64(i)
 				} else {
-					// Hold back a suffix that could start the anchor; a
-					// line protocol always sends more after it (an anchor
-					// holds no line end but at its end).
+					// Hold back a suffix that could start the anchor, for
+					// at most holdBack.
 					keep := partialSuffix(chunk, f.After)
 					if !write(chunk[:len(chunk)-keep]) {
 						return
@@ -346,6 +361,10 @@ func (r *Relay) pump(dst, src net.Conn, faults []Fault, cut func()) {
 		}
 	}
 }
+
+// holdBack is how long the relay holds back bytes that may start an
+// anchor, waiting for the bytes that would complete it.
+const holdBack = 50 * time.Millisecond
 
 // partialSuffix is the length of the longest suffix of b that is a proper
 // prefix of anchor.
