@@ -232,8 +232,13 @@ func readSlowly(fc *faultClient, after int, at func(), slow func() bool) ([]byte
 			fired = true
 			at()
 		}
-		if !fired || slow() {
+		switch {
+		case !fired:
 			time.Sleep(10 * time.Millisecond)
+		case slow():
+			// 400 KB/s: the message cannot be through before popgate
+			// exits, however slowly it does on a busy machine.
+			time.Sleep(40 * time.Millisecond)
 		}
 	}
 }

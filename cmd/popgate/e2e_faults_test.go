@@ -34,10 +34,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -392,36 +394,91 @@ func judge(t *testing.T, mb *stored, filtered bool, sessions ...*faultSession) (
 	return lost, trunc, unscan, ids
 }
 
-// waitDovecotIdle waits until Dovecot has logged the end of every session
-// it logged in for u: only then is the Maildir final (a QUIT that reached
-// Dovecot expunges before its answer, but the answer may have been cut).
+// waitDovecotIdle waits until every session Dovecot logged in for u has
+// ended: only then is the Maildir final (a QUIT that reached Dovecot
+// expunges before its answer, but the answer may have been cut).
 func waitDovecotIdle(t *testing.T, d *testenv.DovecotEnv, u *testenv.User) {
+	t.Helper()
+	waitDovecotUsers(t, d, []*testenv.User{u})
+}
+
+var (
+	dovecotLogin = regexp.MustCompile(`Login: user=<([^>]*)>.* mpid=([0-9]+),.* session=<([^>]*)>`)
+	dovecotEnd   = regexp.MustCompile(`pop3\(([^)]*)\)<[0-9]+><([^>]*)>: .*Disconnected`)
+)
+
+// dovecotLogOffset is where Dovecot's log stood when TestFaultMatrix or
+// TestSoak began (they never overlap: TestSoak is not parallel): the log is
+// shared by every test of the run and grows.
+var dovecotLogOffset atomic.Int64
+
+// markDovecotLog records the size of Dovecot's log, before the test makes
+// any user.
+func markDovecotLog(t *testing.T, d *testenv.DovecotEnv) {
+	if path := dovecotLog(t, d); path != "" {
+		if st, err := os.Stat(path); err == nil {
+			dovecotLogOffset.Store(st.Size())
+		}
+	}
+}
+
+func readFrom(path string, off int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(off, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(f)
+}
+
+// waitDovecotUsers waits until no session of users is running in Dovecot:
+// each login Dovecot logged has its "Disconnected" line, or its mail
+// process is gone (a connection cut right after the login can end without
+// that line).
+func waitDovecotUsers(t *testing.T, d *testenv.DovecotEnv, users []*testenv.User) {
 	t.Helper()
 	path := dovecotLog(t, d)
 	if path == "" {
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(time.Second)
 		return
 	}
-	login, end := "Login: user=<"+u.Name+">", "pop3("+u.Name+")<"
-	deadline := time.Now().Add(20 * time.Second)
+	want := map[string]bool{}
+	for _, u := range users {
+		want[u.Name] = true
+	}
+	deadline := time.Now().Add(30 * time.Second)
 	for {
-		log, err := os.ReadFile(path)
+		log, err := readFrom(path, dovecotLogOffset.Load())
 		if err != nil {
 			t.Fatalf("Dovecot's log: %v", err)
 		}
-		logins, ends := 0, 0
+		ended := map[string]bool{}
+		type login struct{ user, mpid, session string }
+		var logins []login
 		for line := range strings.Lines(string(log)) {
-			if strings.Contains(line, login) {
-				logins++
-			} else if strings.Contains(line, end) && strings.Contains(line, "Disconnected") {
-				ends++
+			if !strings.Contains(line, "pop3") {
+				continue
+			}
+			if m := dovecotLogin.FindStringSubmatch(line); m != nil && want[m[1]] {
+				logins = append(logins, login{m[1], m[2], m[3]})
+			} else if m := dovecotEnd.FindStringSubmatch(line); m != nil && want[m[1]] {
+				ended[m[2]] = true
 			}
 		}
-		if ends >= logins {
+		var busy []string
+		for _, l := range logins {
+			if _, err := os.Stat("/proc/" + l.mpid); !ended[l.session] && err == nil {
+				busy = append(busy, l.user+" (mail process "+l.mpid+")")
+			}
+		}
+		if len(busy) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Dovecot logged %d logins of %s but only %d session ends within 20 s", logins, u.Name, ends)
+			t.Fatalf("Dovecot sessions still running 30 s after their clients ended: %v", busy)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -671,7 +728,7 @@ func matrixCases(big []byte) []*matrixCase {
 		} {
 			add("retr-cut-at-"+o.name, matrixCase{up: cut(down, retr, o.off)})
 		}
-		add("retr-stall-mid-body", matrixCase{upTO: "2s", up: []testenv.Fault{{Dir: down, After: retr, Offset: st + size/2, Action: testenv.Stall}}})
+		add("retr-stall-mid-body", matrixCase{upTO: "5s", up: []testenv.Fault{{Dir: down, After: retr, Offset: st + size/2, Action: testenv.Stall}}})
 		add("retr-garbage-status", matrixCase{up: []testenv.Fault{{Dir: down, After: retr, Action: testenv.Corrupt, Data: []byte("XXX")}}})
 		add("retr-cut-command", matrixCase{up: cut(up, "RETR 2", 3)})
 		add("dele-cut-command", matrixCase{up: cut(up, "DELE 1", 0)})
@@ -837,6 +894,7 @@ func TestFaultMatrix(t *testing.T) {
 	t.Parallel()
 	d := testenv.Dovecot(t)
 	clamd := testenv.Clamd(t)
+	markDovecotLog(t, d)
 	tally := &faultTally{}
 	start := time.Now()
 	t.Run("cases", func(t *testing.T) {

@@ -311,6 +311,7 @@ func TestSoak(t *testing.T) {
 	d := testenv.Dovecot(t)
 	clamd := testenv.Clamd(t)
 	dur := soakDuration(t)
+	markDovecotLog(t, d)
 	ignore := goleak.IgnoreCurrent()
 	goroutines0, fds0, rss0 := runtime.NumGoroutine(), openFDs(t), rssMiB(t)
 
@@ -622,47 +623,12 @@ func idleState(t *testing.T, srv *proxy.Server, goroutines, fds int) (int, int, 
 	return g, f, rssMiB(t)
 }
 
-// waitDovecotIdleAll is waitDovecotIdle for every worker's user, reading
-// Dovecot's log once per round.
+// waitDovecotIdleAll is waitDovecotIdle for every worker's user.
 func waitDovecotIdleAll(t *testing.T, d *testenv.DovecotEnv, workers []*soakWorker) {
 	t.Helper()
-	path := dovecotLog(t, d)
-	if path == "" {
-		time.Sleep(2 * time.Second)
-		return
+	var users []*testenv.User
+	for _, w := range workers {
+		users = append(users, w.u)
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		log, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatalf("Dovecot's log: %v", err)
-		}
-		logins, ends := map[string]int{}, map[string]int{}
-		for line := range strings.Lines(string(log)) {
-			if i := strings.Index(line, "Login: user=<"); i >= 0 {
-				rest := line[i+len("Login: user=<"):]
-				if j := strings.IndexByte(rest, '>'); j >= 0 {
-					logins[rest[:j]]++
-				}
-			} else if i := strings.Index(line, "pop3("); i >= 0 && strings.Contains(line, "Disconnected") {
-				rest := line[i+len("pop3("):]
-				if j := strings.IndexByte(rest, ')'); j >= 0 {
-					ends[rest[:j]]++
-				}
-			}
-		}
-		busy := 0
-		for _, w := range workers {
-			if ends[w.u.Name] < logins[w.u.Name] {
-				busy++
-			}
-		}
-		if busy == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d users still have Dovecot sessions 30 s after the soak", busy)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitDovecotUsers(t, d, users)
 }
