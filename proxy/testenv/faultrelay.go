@@ -319,6 +319,14 @@ func (r *Relay) pump(dst, src net.Conn, faults []Fault, cut func()) {
 				}
 				chunk, start = chunk[k:], start+int64(k)
 				if len(chunk) == 0 {
+					if start == at && f.Action == Cut {
+						// The position is the end of what came: cut now,
+						// not at the next read (the peer may wait for an
+						// answer first).
+						r.fired.Add(1)
+						cut()
+						return
+					}
 					break
 				}
 			}

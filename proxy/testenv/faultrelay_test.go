@@ -75,21 +75,24 @@ func TestRelayFaults(t *testing.T) {
 		fault testenv.Fault
 		piece int
 		check func(got string) bool // nil: check what the target received
+		recv  string                // … which must be this
 	}{
 		{"none", testenv.Fault{Dir: testenv.ToTarget, After: "NEVER", Action: testenv.Cut}, 4,
-			func(got string) bool { return strings.HasSuffix(got, msg) }},
+			func(got string) bool { return strings.HasSuffix(got, msg) }, ""},
 		{"cut to-target at anchor+offset, anchor split across reads", testenv.Fault{Dir: testenv.ToTarget, After: "RETR 1", Offset: 2, Action: testenv.Cut}, 3,
-			nil},
+			nil, "USER a\r\nPASS b\r\nRE"},
+		{"cut at once at the end of a read", testenv.Fault{Dir: testenv.ToTarget, After: "USER a\r\n", Offset: 8, Action: testenv.Cut}, 8,
+			nil, "USER a\r\n"},
 		{"cut to-client after the varying greeting", testenv.Fault{Dir: testenv.ToClient, After: ">\r\n", Offset: 3 + 9, Action: testenv.Cut}, 100,
-			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nP") }},
+			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nP") }, ""},
 		{"cut at stream start", testenv.Fault{Dir: testenv.ToClient, Action: testenv.Cut}, 100,
-			func(got string) bool { return got == "" }},
+			func(got string) bool { return got == "" }, ""},
 		{"corrupt", testenv.Fault{Dir: testenv.ToTarget, After: "PASS", Offset: 5, Action: testenv.Corrupt, Data: []byte("XY")}, 5,
-			func(got string) bool { return strings.HasSuffix(got, "USER a\r\nPASS XY\nRETR 1\r\nQUIT\r\n") }},
+			func(got string) bool { return strings.HasSuffix(got, "USER a\r\nPASS XY\nRETR 1\r\nQUIT\r\n") }, ""},
 		{"stall", testenv.Fault{Dir: testenv.ToTarget, After: "RETR", Action: testenv.Stall}, 100,
-			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nPASS b\r\n") }},
+			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nPASS b\r\n") }, ""},
 		{"delay", testenv.Fault{Dir: testenv.ToClient, After: "QUIT", Action: testenv.Delay, Delay: 300 * time.Millisecond}, 100,
-			func(got string) bool { return strings.HasSuffix(got, msg) }},
+			func(got string) bool { return strings.HasSuffix(got, msg) }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := testenv.NewRelay(t, target)
@@ -98,8 +101,8 @@ func TestRelayFaults(t *testing.T) {
 			got := exchange(t, r.Addr(), msg, tc.piece)
 			recv := <-received
 			if tc.check == nil {
-				if want := "USER a\r\nPASS b\r\nRE"; recv != want {
-					t.Errorf("the target received %q, want %q", recv, want)
+				if recv != tc.recv {
+					t.Errorf("the target received %q, want %q", recv, tc.recv)
 				}
 			} else if !tc.check(got) {
 				t.Errorf("through the relay: %q", got)
