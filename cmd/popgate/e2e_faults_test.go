@@ -605,6 +605,7 @@ filter "tag" "stamp" {
 // scripts/testenv.sh, another port), to kill and start again.
 type secondClamd struct {
 	t    *testing.T
+	bin  string
 	conf string
 	cmd  *exec.Cmd
 	addr string
@@ -614,12 +615,11 @@ type secondClamd struct {
 
 func newSecondClamd(t *testing.T, c *testenv.ClamdEnv) *secondClamd {
 	t.Helper()
-	clamdBin := testenv.LookPath(t, "clamd")
+	bin := testenv.LookPath(t, "clamd")
 	if c.Conf == "" {
 		testenv.Require(t, "POPGATE_TEST_CLAMD_CONF is not set: cannot start a second clamd")
 	}
-	_ = clamdBin
-	return &secondClamd{t: t, conf: c.Conf, dir: t.TempDir()}
+	return &secondClamd{t: t, bin: bin, conf: c.Conf, dir: t.TempDir()}
 }
 
 // start runs a clamd on a free port and waits for its PONG.
@@ -651,7 +651,7 @@ func (sc *secondClamd) start() {
 	if err := os.WriteFile(conf, []byte(out.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sc.cmd = exec.Command("clamd", "-c", conf)
+	sc.cmd = exec.Command(sc.bin, "-c", conf)
 	if err := sc.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -1004,7 +1004,8 @@ func describe(t *testing.T, saw []*faultSession, mb *stored) string {
 			case s.partial[n] != nil:
 				got = append(got, fmt.Sprintf("%d:cut@%d", n, len(s.partial[n])))
 			case s.errs[n] != "":
-				got = append(got, strconv.Itoa(n)+":"+strings.Join(strings.Fields(s.errs[n])[:2], " "))
+				f := strings.Fields(s.errs[n])
+				got = append(got, strconv.Itoa(n)+":"+strings.Join(f[:min(2, len(f))], " "))
 			}
 		}
 		end := "QUIT ok"
