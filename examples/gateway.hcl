@@ -199,3 +199,9 @@ spool {
 }
 
 shutdown_timeout = "60s" # on SIGTERM, sessions get this long to finish
+
+# Prometheus metrics (examples/grafana/popgate.json graphs them), /healthz
+# and /readyz, on loopback for a local agent to scrape.
+metrics {
+  address = "127.0.0.1:9110"
+}

@@ -37,6 +37,13 @@ listener "pop3" {
   # arbitrary host, so popgate cannot be used as an open relay; a "#NAME"
   # suffix naming anything else is refused.
   login_routing = ["store1", "store2", "store3"]
+
+  # The HAProxy pair in front of the popgate fleet (examples/haproxy.cfg)
+  # sends PROXY v2 headers: logs, per-IP limits and policies see the real
+  # client. Direct clients from elsewhere are still served as they are.
+  proxy_protocol {
+    trusted = ["10.20.0.2", "10.20.0.3"]
+  }
 }
 
 # POP3S on 995: the same users, the same routes.
@@ -50,6 +57,9 @@ listener "pop3s" {
   }
   max_connections        = 20000
   max_connections_per_ip = 100
+  proxy_protocol {
+    trusted = ["10.20.0.2", "10.20.0.3"]
+  }
 }
 
 # --- Mailbox servers ----------------------------------------------------------
@@ -194,4 +204,10 @@ policy "helpdesk" {
 policy "default" {
   chain    = ["av", "basic", "stamp"]
   on_error = "tempfail"
+}
+
+# Prometheus metrics, /healthz and /readyz for the balancers' health checks,
+# on the management network only.
+metrics {
+  address = "10.20.0.21:9110"
 }

@@ -31,6 +31,7 @@ const (
 	DefaultSpoolMemoryLimit    = 1000 * 1000
 	DefaultLogLevel            = "info"
 	DefaultLogFormat           = "json"
+	DefaultProxyHeaderTimeout  = 5 * time.Second
 )
 
 // Bounds of the line-length limits: below 64 octets POP3 commands do not fit,
@@ -100,7 +101,7 @@ func (d *decoder) build(root *rootSchema, body hcl.Body) *Config {
 	d.filtersAndPolicies(root, cfg)
 	cfg.indexPolicies()
 	cfg.indexRoutes()
-	cfg.Pending = d.pending(root)
+	cfg.Metrics = d.metrics(single(d, "metrics", root.Metrics))
 	return cfg
 }
 
@@ -180,6 +181,11 @@ func (d *decoder) listener(s *listenerSchema, upstreams map[string]*Upstream) *L
 		l.Address = d.address(s.Address, true)
 	}
 	l.Transparent = d.boolean(s.Transparent, false)
+	l.TProxy = d.boolean(s.TProxy, false)
+	if l.TProxy && !l.Transparent {
+		d.errorf(s.TProxy.Range, "TPROXY without transparent",
+			"tproxy = true says how connections are intercepted for a transparent listener; set transparent = true as well.")
+	}
 
 	if s.Upstream != nil {
 		if v, ok := d.value(s.Upstream, cty.String); ok {
@@ -216,7 +222,34 @@ func (d *decoder) listener(s *listenerSchema, upstreams map[string]*Upstream) *L
 	if t := single(d, "tls", s.TLS); t != nil {
 		l.TLS = d.listenerTLS(t)
 	}
+	if pp := single(d, "proxy_protocol", s.ProxyProtocol); pp != nil {
+		l.ProxyProtocol = d.proxyProtocol(pp)
+	}
 	return l
+}
+
+func (d *decoder) proxyProtocol(s *proxyProtocolSchema) *ProxyProtocol {
+	pp := &ProxyProtocol{Timeout: d.duration(s.Timeout, DefaultProxyHeaderTimeout, false)}
+	if d.requireAttr(s.Trusted, s.DefRange, "proxy_protocol", "trusted", `trusted = ["10.0.0.0/8"] (the load balancers' addresses)`) {
+		errs := d.errorCount()
+		pp.Trusted = d.prefixes(s.Trusted, "Invalid trusted address", "10.0.0.0/8")
+		if len(pp.Trusted) == 0 && d.errorCount() == errs {
+			d.errorf(s.Trusted.Expr.Range(), "No trusted address",
+				"trusted must list at least one address or prefix: PROXY headers are accepted only from these sources.")
+		}
+	}
+	return pp
+}
+
+func (d *decoder) metrics(s *metricsSchema) *Metrics {
+	if s == nil {
+		return nil
+	}
+	m := &Metrics{}
+	if d.requireAttr(s.Address, s.DefRange, "metrics", "address", `address = "127.0.0.1:9110"`) {
+		m.Address = d.address(s.Address, true)
+	}
+	return m
 }
 
 // anyPort tells whether a valid listener address asks for any free port.
@@ -334,6 +367,7 @@ func (d *decoder) upstream(s *upstreamSchema) *Upstream {
 	u.ConnectTimeout = d.duration(s.ConnectTimeout, DefaultConnectTimeout, false)
 	u.Timeout = d.duration(s.Timeout, DefaultUpstreamTimeout, false)
 	u.MaxStatusLine = d.integer(s.MaxStatusLine, DefaultMaxStatusLine, minLineLimit, maxLineLimit)
+	u.ProxyProtocol = d.enum(s.ProxyProtocol, ProxyProtocolNone, ProxyProtocolNone, ProxyProtocolV1, ProxyProtocolV2)
 
 	if s.CAFile != nil {
 		var b []byte
@@ -390,28 +424,4 @@ func (d *decoder) spool(s *spoolSchema) Spool {
 		}
 	}
 	return sp
-}
-
-// pendingDetail says, per block kind, what not enforcing it means.
-var pendingDetail = map[string]string{
-	"route":   "This version accepts the block so that the file loads, but does not check it: every session goes to its listener's upstream.",
-	"metrics": "This version accepts the block so that the file loads, but does not check it or serve any metrics.",
-}
-
-func (d *decoder) pending(root *rootSchema) []PendingBlock {
-	var out []PendingBlock
-	if b := single(d, "metrics", root.Metrics); b != nil {
-		out = append(out, PendingBlock{Kind: "metrics", Body: b.Body, DefRange: b.DefRange})
-	}
-	sort.SliceStable(out, func(i, j int) bool {
-		a, b := out[i].DefRange, out[j].DefRange
-		if a.Filename != b.Filename {
-			return d.order[a.Filename] < d.order[b.Filename]
-		}
-		return a.Start.Byte < b.Start.Byte
-	})
-	for _, b := range out {
-		d.warnf(b.DefRange, b.Kind+" blocks are not enforced by this version of popgate", "%s", pendingDetail[b.Kind])
-	}
-	return out
 }

@@ -113,6 +113,7 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 		bc.Scanners[b.Name] = s
 		bc.ScannerRanges[b.Name] = b.NameRange
 		cfg.scanners = append(cfg.scanners, s)
+		cfg.scannerNames = append(cfg.scannerNames, b.Name)
 	}
 
 	cfg.Filters = map[string]filters.Filter{}
@@ -254,6 +255,15 @@ func (d *decoder) quarantine(s *quarantineSchema) *Quarantine {
 	return q
 }
 
+// Scanners returns the built scanner blocks by name (nil after Close).
+func (c *Config) Scanners() map[string]any {
+	m := make(map[string]any, len(c.scanners))
+	for i, s := range c.scanners {
+		m[c.scannerNames[i]] = s
+	}
+	return m
+}
+
 // SetLogger hands the logger to the scanners that log (backend health): a
 // configuration is built before the logger its log block describes.
 func (c *Config) SetLogger(log zerolog.Logger) {
@@ -273,7 +283,7 @@ func (c *Config) Close() error {
 			errs = append(errs, cl.Close())
 		}
 	}
-	c.scanners = nil
+	c.scanners, c.scannerNames = nil, nil
 	return errors.Join(errs...)
 }
 

@@ -14,9 +14,7 @@
 // gohcl checks the shape of the file first; then every value is evaluated
 // and validated with its own range. Scanner and filter blocks are decoded by
 // their types through the registry of package filters (each type checks its
-// own settings). Blocks of later versions (metrics) are accepted, kept
-// undecoded as PendingBlock values, and each gets a warning saying that this
-// version does not enforce it.
+// own settings).
 //
 // # Expressions
 //
@@ -40,6 +38,7 @@
 package policy
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/popgate/popgate/filters"
@@ -70,16 +69,16 @@ type Config struct {
 	// Routes in file order (see RouteLogin, RouteDestination).
 	Routes []*Route
 
-	// Pending holds, in source order, the blocks that this version accepts
-	// but does not decode or enforce yet.
-	Pending []PendingBlock
+	// Metrics is the metrics block, nil when there is none.
+	Metrics *Metrics
 
 	// Files maps each file name used in diagnostics to its parsed file, for
 	// WriteDiagnostics. It is set even when loading fails.
 	Files map[string]*hcl.File
 
-	baseDir  string
-	scanners []any // built scanner blocks, closed by Close
+	baseDir      string
+	scanners     []any    // built scanner blocks, closed by Close
+	scannerNames []string // their names, in the same order
 
 	policyIndex   *index
 	defaultPolicy *Policy
@@ -100,6 +99,11 @@ type Listener struct {
 	// REDIRECTed connections (SO_ORIGINAL_DST). Attribute transparent,
 	// default false.
 	Transparent bool
+	// TProxy (attribute tproxy, default false) is for interception by
+	// TPROXY rules instead of REDIRECT: the original destination is the
+	// connection's local address, and the listening socket is made
+	// IP_TRANSPARENT (which needs CAP_NET_ADMIN). Only with Transparent.
+	TProxy bool
 	// TLS is nil when the listener speaks plain POP3 only.
 	TLS *ListenerTLS
 	// MaxConnections limits concurrent sessions (attribute max_connections,
@@ -119,6 +123,9 @@ type Listener struct {
 	// including CRLF (attribute max_command_line, default 255 as in RFC 2449
 	// §4, between 64 and 65536).
 	MaxCommandLine int
+	// ProxyProtocol, when set, makes the listener read a PROXY protocol
+	// header (v1 or v2) from trusted sources (block proxy_protocol).
+	ProxyProtocol *ProxyProtocol
 	// LoginRouting lists the upstreams a login may pick itself with a
 	// "#NAME" (or "@NAME") suffix (attribute login_routing); empty: off.
 	LoginRouting []string
@@ -170,8 +177,41 @@ type Upstream struct {
 	// octets including CRLF (attribute max_status_line, default 512 as in
 	// RFC 2449 §4, between 64 and 65536).
 	MaxStatusLine int
+	// ProxyProtocol is ProxyProtocolNone, ProxyProtocolV1 or
+	// ProxyProtocolV2: the PROXY header sent to the server before anything
+	// else, carrying the client's address (attribute proxy_protocol,
+	// default "none"; Dovecot needs haproxy_trusted_networks).
+	ProxyProtocol string
 	// Range is the block header (`upstream "NAME"`).
 	Range hcl.Range
+}
+
+// ProxyProtocol is the proxy_protocol block of a listener. A connection
+// from a Trusted address must start with a PROXY header (v1 or v2), whose
+// source address then stands for the client everywhere: logs, limits,
+// policy matching. A connection from anywhere else is served as it is, and
+// refused if it sends a PROXY header.
+type ProxyProtocol struct {
+	// Trusted lists the load balancers' addresses and prefixes (attribute
+	// trusted, required, at least one).
+	Trusted []netip.Prefix
+	// Timeout bounds the wait for the header (attribute timeout, default
+	// "5s").
+	Timeout time.Duration
+}
+
+// Upstream PROXY protocol versions.
+const (
+	ProxyProtocolNone = "none"
+	ProxyProtocolV1   = "v1"
+	ProxyProtocolV2   = "v2"
+)
+
+// Metrics is the metrics block: an HTTP listener with /metrics
+// (Prometheus), /healthz and /readyz.
+type Metrics struct {
+	// Address is host:port to listen on (attribute address, required).
+	Address string
 }
 
 // Log is the `log` block.
@@ -192,29 +232,9 @@ type Spool struct {
 	MemoryLimit int64
 }
 
-// PendingBlock is a block accepted but not yet decoded: its Body is decoded
-// later by the part of popgate that owns the block kind, with
-// Config.EvalContext so that env() and file() work the same way.
-type PendingBlock struct {
-	// Kind is the block type: "scanner", "filter", "policy", "quarantine",
-	// "route" or "metrics".
-	Kind string
-	// Type is the first label of scanner and filter blocks ("clamav",
-	// "strip", …), "" for other kinds.
-	Type string
-	// Name is the last label of scanner, filter and policy blocks, "" for
-	// unlabeled kinds.
-	Name string
-	// Body is the undecoded block body.
-	Body hcl.Body
-	// DefRange is the block header; TypeRange and NameRange are the ranges of
-	// the Type and Name labels (zero when there is no such label).
-	DefRange, TypeRange, NameRange hcl.Range
-}
-
 // EvalContext returns a new evaluation context with the functions available
 // in this configuration (env, file; file relative to the configuration's
-// directory), for decoding PendingBlock bodies. Each call returns a fresh
+// directory), for decoding the bodies of blocks that other packages own (scanner, filter). Each call returns a fresh
 // context, so a caller may extend it freely.
 func (c *Config) EvalContext() *hcl.EvalContext {
 	return newEvalContext(c.baseDir)

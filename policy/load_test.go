@@ -92,7 +92,7 @@ func TestGolden(t *testing.T) {
 				if !diags.HasErrors() {
 					t.Fatal("expected errors, got none")
 				}
-				if cfg.Listeners != nil || cfg.Upstreams != nil || cfg.Pending != nil {
+				if cfg.Listeners != nil || cfg.Upstreams != nil || cfg.Metrics != nil {
 					t.Error("a failed load returned more than Files")
 				}
 				if len(cfg.Files) == 0 && name != "err_dir_missing" {
@@ -195,7 +195,9 @@ func TestGoldenCoverage(t *testing.T) {
 		"warning: Unused filter:",
 		"error: Invalid destination:",
 		"error: Route matches nothing:",
-		"warning: metrics blocks are not enforced by this version of popgate:",
+		"error: Invalid trusted address:",
+		"error: No trusted address:",
+		"error: TPROXY without transparent:",
 	} {
 		if !strings.Contains(all.String(), s) {
 			t.Errorf("no golden file shows %q", s)
@@ -214,7 +216,7 @@ var configChecks = map[string]func(*testing.T, *Config){
 		wantUpstream := &Upstream{
 			Name: "mail", Address: "127.0.0.1:110", TLS: "none",
 			ConnectTimeout: 10 * time.Second, Timeout: 60 * time.Second,
-			MaxStatusLine: 512,
+			MaxStatusLine: 512, ProxyProtocol: "none",
 		}
 		if len(cfg.Listeners) != 1 || len(cfg.Upstreams) != 1 {
 			t.Fatalf("got %d listeners and %d upstreams", len(cfg.Listeners), len(cfg.Upstreams))
@@ -242,8 +244,8 @@ var configChecks = map[string]func(*testing.T, *Config){
 		if cfg.ShutdownTimeout != 30*time.Second {
 			t.Errorf("shutdown timeout = %v", cfg.ShutdownTimeout)
 		}
-		if cfg.Pending != nil {
-			t.Errorf("pending = %v", cfg.Pending)
+		if cfg.Metrics != nil {
+			t.Errorf("metrics = %v", cfg.Metrics)
 		}
 		if _, ok := cfg.Files["testdata/ok_defaults.hcl"]; !ok || len(cfg.Files) != 1 {
 			t.Errorf("files = %v", cfg.Files)
@@ -268,11 +270,15 @@ var configChecks = map[string]func(*testing.T, *Config){
 			MaxConnections: 200, MaxConnectionsPerIP: 5,
 			LoginTimeout: 20 * time.Second, IdleTimeout: time.Hour,
 			MaxCommandLine: 1024, Range: l.Range,
+			ProxyProtocol: &ProxyProtocol{
+				Trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::7/128")},
+				Timeout: 2 * time.Second,
+			},
 		}
 		if !reflect.DeepEqual(*l, want) {
 			t.Errorf("listener pop3s = %+v\nwant %+v", *l, want)
 		}
-		if g := cfg.Listeners[1]; g.Name != "gateway" || !g.Transparent || g.Upstream != "" || g.TLS != nil || g.Address != ":0" {
+		if g := cfg.Listeners[1]; g.Name != "gateway" || !g.Transparent || !g.TProxy || g.Upstream != "" || g.TLS != nil || g.Address != ":0" {
 			t.Errorf("listener gateway = %+v", *g)
 		}
 		if s := cfg.Listeners[2]; s.Name != "stls" || s.TLS == nil || s.TLS.Implicit {
@@ -283,7 +289,7 @@ var configChecks = map[string]func(*testing.T, *Config){
 			Name: "store", Address: "store.example.com:995", TLS: "implicit",
 			CAFile: filepath.Join(certDir, "ca.pem"), ServerName: "pop.example.com",
 			ConnectTimeout: 3 * time.Second, Timeout: 2 * time.Minute,
-			MaxStatusLine: 4096, Range: u.Range,
+			MaxStatusLine: 4096, ProxyProtocol: "v2", Range: u.Range,
 		}
 		if !reflect.DeepEqual(*u, wantU) {
 			t.Errorf("upstream store = %+v\nwant %+v", *u, wantU)
@@ -320,14 +326,8 @@ var configChecks = map[string]func(*testing.T, *Config){
 	},
 
 	"ok_filters": func(t *testing.T, cfg *Config) {
-		type pend struct{ kind, typ, name string }
-		var got []pend
-		for _, p := range cfg.Pending {
-			got = append(got, pend{p.Kind, p.Type, p.Name})
-		}
-		want := []pend{{"metrics", "", ""}}
-		if !reflect.DeepEqual(got, want) {
-			t.Fatalf("pending = %v\nwant %v", got, want)
+		if cfg.Metrics == nil || cfg.Metrics.Address != "127.0.0.1:9100" {
+			t.Fatalf("metrics = %+v", cfg.Metrics)
 		}
 		if len(cfg.Policies) != 1 || len(cfg.Filters) != 2 || cfg.Quarantine == nil || cfg.Quarantine.Dir != "/var/lib/popgate/quarantine" {
 			t.Fatalf("policies %v, filters %v, quarantine %v", cfg.Policies, cfg.Filters, cfg.Quarantine)

@@ -21,7 +21,7 @@ type rootSchema struct {
 	Policies   []*policySchema     `hcl:"policy,block"`
 	Quarantine []*quarantineSchema `hcl:"quarantine,block"` // at most one
 	Routes     []*routeSchema      `hcl:"route,block"`
-	Metrics    []*plainBlock       `hcl:"metrics,block"` // at most one
+	Metrics    []*metricsSchema    `hcl:"metrics,block"` // at most one
 }
 
 type listenerSchema struct {
@@ -29,16 +29,25 @@ type listenerSchema struct {
 	NameRange hcl.Range `hcl:"name,label_range"`
 	DefRange  hcl.Range `hcl:",def_range"`
 
-	Address             *hcl.Attribute       `hcl:"address,optional"`
-	Upstream            *hcl.Attribute       `hcl:"upstream,optional"`
-	Transparent         *hcl.Attribute       `hcl:"transparent,optional"`
-	MaxConnections      *hcl.Attribute       `hcl:"max_connections,optional"`
-	MaxConnectionsPerIP *hcl.Attribute       `hcl:"max_connections_per_ip,optional"`
-	LoginTimeout        *hcl.Attribute       `hcl:"login_timeout,optional"`
-	IdleTimeout         *hcl.Attribute       `hcl:"idle_timeout,optional"`
-	MaxCommandLine      *hcl.Attribute       `hcl:"max_command_line,optional"`
-	LoginRouting        *hcl.Attribute       `hcl:"login_routing,optional"`
-	TLS                 []*listenerTLSSchema `hcl:"tls,block"` // at most one
+	Address             *hcl.Attribute         `hcl:"address,optional"`
+	Upstream            *hcl.Attribute         `hcl:"upstream,optional"`
+	Transparent         *hcl.Attribute         `hcl:"transparent,optional"`
+	TProxy              *hcl.Attribute         `hcl:"tproxy,optional"`
+	MaxConnections      *hcl.Attribute         `hcl:"max_connections,optional"`
+	MaxConnectionsPerIP *hcl.Attribute         `hcl:"max_connections_per_ip,optional"`
+	LoginTimeout        *hcl.Attribute         `hcl:"login_timeout,optional"`
+	IdleTimeout         *hcl.Attribute         `hcl:"idle_timeout,optional"`
+	MaxCommandLine      *hcl.Attribute         `hcl:"max_command_line,optional"`
+	LoginRouting        *hcl.Attribute         `hcl:"login_routing,optional"`
+	TLS                 []*listenerTLSSchema   `hcl:"tls,block"`            // at most one
+	ProxyProtocol       []*proxyProtocolSchema `hcl:"proxy_protocol,block"` // at most one
+}
+
+type proxyProtocolSchema struct {
+	DefRange hcl.Range `hcl:",def_range"`
+
+	Trusted *hcl.Attribute `hcl:"trusted,optional"`
+	Timeout *hcl.Attribute `hcl:"timeout,optional"`
 }
 
 type listenerTLSSchema struct {
@@ -62,6 +71,7 @@ type upstreamSchema struct {
 	ConnectTimeout *hcl.Attribute `hcl:"connect_timeout,optional"`
 	Timeout        *hcl.Attribute `hcl:"timeout,optional"`
 	MaxStatusLine  *hcl.Attribute `hcl:"max_status_line,optional"`
+	ProxyProtocol  *hcl.Attribute `hcl:"proxy_protocol,optional"`
 }
 
 type logSchema struct {
@@ -89,13 +99,14 @@ type typedBlock struct {
 	Body      hcl.Body  `hcl:",remain"`
 }
 
-// plainBlock is `KIND { … }` (metrics).
-type plainBlock struct {
+type metricsSchema struct {
 	DefRange hcl.Range `hcl:",def_range"`
-	Body     hcl.Body  `hcl:",remain"`
+
+	Address *hcl.Attribute `hcl:"address,optional"`
 }
 
-func (s *listenerTLSSchema) defRange() hcl.Range { return s.DefRange }
-func (s *logSchema) defRange() hcl.Range         { return s.DefRange }
-func (s *spoolSchema) defRange() hcl.Range       { return s.DefRange }
-func (s *plainBlock) defRange() hcl.Range        { return s.DefRange }
+func (s *listenerTLSSchema) defRange() hcl.Range   { return s.DefRange }
+func (s *logSchema) defRange() hcl.Range           { return s.DefRange }
+func (s *spoolSchema) defRange() hcl.Range         { return s.DefRange }
+func (s *metricsSchema) defRange() hcl.Range       { return s.DefRange }
+func (s *proxyProtocolSchema) defRange() hcl.Range { return s.DefRange }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"net"
 	"time"
 )
@@ -15,6 +16,10 @@ type idleConn struct {
 	writeTimeout time.Duration
 	readSet      time.Time // when the read deadline was last pushed
 	rx, tx       int64
+	rxc, txc     Adder // the observer's counters of rx and tx
+	// pre holds bytes read ahead of the PROXY header's end; they are read
+	// before the connection's own.
+	pre *bufio.Reader
 }
 
 // deadlineSlack is how stale a deadline may get before it is pushed again;
@@ -23,6 +28,15 @@ type idleConn struct {
 const deadlineSlack = 250 * time.Millisecond
 
 func (c *idleConn) Read(p []byte) (int, error) {
+	if c.pre != nil {
+		if c.pre.Buffered() > 0 {
+			n, _ := c.pre.Read(p) // buffered: never touches the connection
+			c.rx += int64(n)
+			c.rxc.Add(float64(n))
+			return n, nil
+		}
+		c.pre = nil
+	}
 	if c.readTimeout > 0 {
 		now := time.Now()
 		if now.Sub(c.readSet) > deadlineSlack {
@@ -33,7 +47,10 @@ func (c *idleConn) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Read(p)
-	c.rx += int64(n)
+	if n > 0 {
+		c.rx += int64(n)
+		c.rxc.Add(float64(n))
+	}
 	return n, err
 }
 
@@ -44,7 +61,10 @@ func (c *idleConn) Write(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Write(p)
-	c.tx += int64(n)
+	if n > 0 {
+		c.tx += int64(n)
+		c.txc.Add(float64(n))
+	}
 	return n, err
 }
 

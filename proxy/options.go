@@ -37,6 +37,10 @@ type Upstream struct {
 	// that keeps flowing never times out); default 60s.
 	Timeout       time.Duration
 	MaxStatusLine int // longest status line accepted, CRLF included; default pop3.MaxStatusLine
+	// ProxyProtocol, 1 or 2, sends a PROXY protocol header of that version
+	// first, carrying the client's address and the address it connected
+	// to; 0 sends none.
+	ProxyProtocol byte
 }
 
 // Listener is one address popgate accepts clients on.
@@ -52,6 +56,12 @@ type Listener struct {
 	// Upstream, if set, supplies only TLS mode and timeouts.
 	Upstream    *Upstream
 	Transparent bool
+	// TProxy, with Transparent, is for TPROXY interception (iptables or
+	// nftables tproxy, with policy routing) instead of REDIRECT/DNAT: the
+	// original destination is the connection's own local address, and the
+	// listening socket gets IP_TRANSPARENT (CAP_NET_ADMIN) so it may accept
+	// connections to addresses that are not the machine's.
+	TProxy bool
 	// Router, when set, routes sessions by login: popgate greets the
 	// client itself and connects to the upstream Router picks once the
 	// client names its login (USER, AUTH PLAIN, AUTH LOGIN), sending the
@@ -69,6 +79,30 @@ type Listener struct {
 	LoginTimeout        time.Duration // client idle before login; default 60s
 	IdleTimeout         time.Duration // client idle after login; default 10m (RFC 1939 §3)
 	MaxCommandLine      int           // default pop3.MaxCommandLine
+
+	// ProxyProtocol, when set, takes the client's address from a PROXY
+	// protocol header (v1 or v2) on connections from trusted sources.
+	ProxyProtocol *ProxyProtocol
+}
+
+// ProxyProtocol says whom a listener believes PROXY protocol headers from.
+// A connection from a Trusted address must start with a header (its LOCAL
+// command, as in load balancer health checks, keeps the connection's own
+// addresses); its source address then is the client's everywhere: logs,
+// per-IP limits, policy matching, a PROXY header sent upstream. Anyone else
+// is served as a direct client and refused if it sends a header.
+type ProxyProtocol struct {
+	Trusted []netip.Prefix
+	Timeout time.Duration // for the header; default 5s
+}
+
+func (p *ProxyProtocol) trusts(a netip.Addr) bool {
+	for _, t := range p.Trusted {
+		if t.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // SessionInfo describes a session at the moment its filter chain is chosen.
@@ -94,6 +128,8 @@ type Options struct {
 	MaxSASLLine int
 	// WriteTimeout bounds each write to a client or upstream; default 60s.
 	WriteTimeout time.Duration
+	// Observer is told what sessions do (metrics); nil means nobody.
+	Observer Observer
 }
 
 // SessionPolicy is what popgate does with the messages of one session.

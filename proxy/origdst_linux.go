@@ -17,6 +17,39 @@ import (
 // from <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>.
 const soOriginalDst = 80
 
+// originalDestination returns where an intercepted client connection was
+// headed: with TPROXY its local address is that destination; REDIRECT and
+// DNAT rewrote it, and conntrack remembers.
+func (s *session) originalDestination() (netip.AddrPort, error) {
+	if s.cfg.TProxy {
+		return addrPort(s.raw.Conn.LocalAddr()), nil
+	}
+	return originalDestination(s.raw.Conn)
+}
+
+// setTransparent sets IP_TRANSPARENT (and IPV6_TRANSPARENT) on a listening
+// socket, so that TPROXY can hand it connections to foreign addresses.
+func setTransparent(network, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+		if network != "tcp4" {
+			// A dual-stack socket takes IPv6 connections too.
+			err6 := unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+			if serr != nil {
+				serr = err6
+			}
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("IP_TRANSPARENT for TPROXY (needs CAP_NET_ADMIN): %w", err)
+	}
+	return nil
+}
+
 // originalDestination returns where a connection redirected by netfilter
 // (iptables/nftables REDIRECT or DNAT) was originally headed.
 func originalDestination(c net.Conn) (netip.AddrPort, error) {

@@ -287,6 +287,7 @@ func (t *topReader) Read(p []byte) (int, error) {
 }
 
 func (s *session) logResult(env *filters.Envelope, in filters.Body, res *filters.Result, d time.Duration) {
+	s.obs.Message(s.policy.Name, res)
 	ev := s.log.Info().Str("command", env.Command).Int("msg", env.MsgNum).Str("uidl", env.UIDL).Int64("size", in.Size()).
 		Str("outcome", res.Outcome.String()).Dur("filter_time", d)
 	if res.Reason != "" {

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"strings"
 
@@ -90,7 +89,7 @@ func (s *session) reconnect(up *Upstream) error {
 	if err != nil {
 		s.log.Warn().Err(err).Str("upstream", up.Name).Msg("upstream unavailable")
 		s.replyErr("SYS/TEMP", "mail server unavailable, try again later")
-		return errors.New("upstream unavailable")
+		return errUpstreamUnavailable
 	}
 	return nil
 }

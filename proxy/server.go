@@ -16,16 +16,17 @@ import (
 
 // Server owns popgate's listeners and live sessions.
 type Server struct {
-	opts   Options
-	log    zerolog.Logger
-	mu     sync.Mutex
-	lns    []*boundListener
-	live   map[*session]struct{}
-	done   chan struct{} // closed when Shutdown starts
-	wg     sync.WaitGroup
-	closed bool
-	ports  outPorts
-	gen    *generation // the policy new sessions get
+	opts      Options
+	log       zerolog.Logger
+	mu        sync.Mutex
+	lns       []*boundListener
+	live      map[*session]struct{}
+	done      chan struct{} // closed when Shutdown starts
+	wg        sync.WaitGroup
+	closed    bool
+	accepting int // accept loops running
+	ports     outPorts
+	gen       *generation // the policy new sessions get
 }
 
 // generation is one configuration's policy. Sessions keep the generation
@@ -58,6 +59,9 @@ func New(opts Options) (*Server, error) {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 60 * time.Second
 	}
+	if opts.Observer == nil {
+		opts.Observer = nopObserver{}
+	}
 	for i := range opts.Listeners {
 		l := &opts.Listeners[i]
 		if l.Upstream == nil && !l.Transparent {
@@ -75,7 +79,11 @@ func New(opts Options) (*Server, error) {
 func (s *Server) Listen() error {
 	for i := range s.opts.Listeners {
 		cfg := s.opts.Listeners[i].withDefaults()
-		ln, err := net.Listen("tcp", cfg.Address)
+		var lc net.ListenConfig
+		if cfg.Transparent && cfg.TProxy {
+			lc.Control = setTransparent
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", cfg.Address)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listener %s: %w", cfg.Name, err)
@@ -101,9 +109,16 @@ func (s *Server) Serve() error {
 	errc := make(chan error, len(s.lns))
 	for _, bl := range s.lns {
 		wg.Add(1)
+		s.mu.Lock()
+		s.accepting++
+		s.mu.Unlock()
 		go func() {
 			defer wg.Done()
-			errc <- s.acceptLoop(bl)
+			err := s.acceptLoop(bl)
+			s.mu.Lock()
+			s.accepting--
+			s.mu.Unlock()
+			errc <- err
 		}()
 		s.log.Info().Str("listener", bl.cfg.Name).Str("address", bl.ln.Addr().String()).
 			Bool("implicit_tls", bl.cfg.Implicit).Bool("stls", bl.cfg.TLS != nil && !bl.cfg.Implicit).
@@ -143,7 +158,9 @@ func (s *Server) acceptLoop(bl *boundListener) error {
 	}
 }
 
-// admit applies the connection limits and starts a session.
+// admit applies the listener's total limit and starts the connection's
+// goroutine, which reads a PROXY header where one is due, applies the per-IP
+// limit to the real client, and runs the session.
 func (s *Server) admit(bl *boundListener, conn net.Conn) {
 	client := addrPort(conn.RemoteAddr())
 	s.mu.Lock()
@@ -153,8 +170,7 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 		reason = "shutting down"
 	case bl.cfg.MaxConnections > 0 && bl.total >= bl.cfg.MaxConnections:
 		reason = "too many connections"
-	case bl.cfg.MaxConnectionsPerIP > 0 && bl.perIP[client.Addr()] >= bl.cfg.MaxConnectionsPerIP:
-		reason = "too many connections from your address"
+		s.opts.Observer.Refused(bl.cfg.Name, RefusedTotal)
 	}
 	if reason != "" {
 		s.mu.Unlock()
@@ -163,7 +179,6 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 		return
 	}
 	bl.total++
-	bl.perIP[client.Addr()]++
 	sess := newSession(s, bl.cfg, conn, client)
 	sess.gen = s.gen
 	s.gen.sessions++
@@ -173,13 +188,17 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 
 	go func() {
 		defer s.wg.Done()
-		sess.run()
+		if s.accept(bl, sess) {
+			sess.run()
+			s.mu.Lock()
+			if bl.perIP[sess.client.Addr()]--; bl.perIP[sess.client.Addr()] <= 0 {
+				delete(bl.perIP, sess.client.Addr())
+			}
+			s.mu.Unlock()
+		}
 		s.mu.Lock()
 		delete(s.live, sess)
 		bl.total--
-		if bl.perIP[client.Addr()]--; bl.perIP[client.Addr()] <= 0 {
-			delete(bl.perIP, client.Addr())
-		}
 		g := sess.gen
 		g.sessions--
 		retire := !g.current && g.sessions == 0
@@ -188,6 +207,38 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 			g.retire()
 		}
 	}()
+}
+
+// accept readies a new connection for its session: the PROXY header of a
+// trusted load balancer, then the per-IP limit on the client it names. On
+// false the connection was refused and closed.
+func (s *Server) accept(bl *boundListener, sess *session) bool {
+	name := bl.cfg.Name
+	if pp := bl.cfg.ProxyProtocol; pp != nil && pp.trusts(sess.client.Addr()) {
+		if err := sess.readProxyHeader(); err != nil {
+			sess.log.Warn().Err(err).Str("reason", "bad PROXY protocol header").Msg("connection refused")
+			s.opts.Observer.Refused(name, RefusedProxyHeader)
+			_ = sess.raw.Close()
+			return false
+		}
+	}
+	client := sess.client.Addr()
+	s.mu.Lock()
+	full := bl.cfg.MaxConnectionsPerIP > 0 && bl.perIP[client] >= bl.cfg.MaxConnectionsPerIP
+	if !full {
+		bl.perIP[client]++
+	}
+	s.mu.Unlock()
+	if full {
+		const reason = "too many connections from your address"
+		sess.log.Warn().Str("reason", reason).Msg("connection refused")
+		s.opts.Observer.Refused(name, RefusedPerIP)
+		refuse(sess.raw, reason, bl.cfg.Implicit)
+		return false
+	}
+	sess.obs = s.opts.Observer.Session(name)
+	sess.raw.rxc, sess.raw.txc = sess.obs.ClientIn(), sess.obs.ClientOut()
+	return true
 }
 
 // refuse answers a connection popgate will not serve. On an implicit-TLS
@@ -237,6 +288,21 @@ func (s *Server) closeListeners() {
 	for _, bl := range s.lns {
 		_ = bl.ln.Close()
 	}
+}
+
+// Ready says why the server cannot take new sessions, or nil when every
+// listener is bound and accepting (for readiness probes: a draining server
+// is not ready).
+func (s *Server) Ready() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return errors.New("shutting down")
+	case s.accepting < len(s.opts.Listeners):
+		return fmt.Errorf("%d of %d listeners accepting", s.accepting, len(s.opts.Listeners))
+	}
+	return nil
 }
 
 // Sessions returns the number of live sessions.

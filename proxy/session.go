@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/proxy/pop3"
@@ -42,14 +43,16 @@ type session struct {
 	cfg    *Listener
 	log    zerolog.Logger
 	id     string
-	client netip.AddrPort
+	client netip.AddrPort // from the PROXY header where the listener takes one
+	local  netip.AddrPort // the address the client connected to, likewise
+	obs    SessionObserver
 	ctx    context.Context
 	cancel context.CancelFunc
 
 	raw   *idleConn // client TCP connection
 	conn  net.Conn  // raw, or TLS over raw
 	cr    *bufio.Reader
-	cw    *bufio.Writer
+	cw    *clientWriter
 	tlsOn bool
 
 	mu      sync.Mutex // guards up and aborted against abort()
@@ -84,13 +87,20 @@ func newSession(srv *Server, cfg *Listener, c net.Conn, client netip.AddrPort) *
 		cfg:    cfg,
 		id:     newSessionID(),
 		client: client,
+		local:  addrPort(c.LocalAddr()),
+		obs:    nopObserver{},
 		ctx:    ctx,
 		cancel: cancel,
-		raw:    &idleConn{Conn: c, readTimeout: cfg.LoginTimeout, writeTimeout: srv.opts.WriteTimeout},
+		raw: &idleConn{Conn: c, readTimeout: cfg.LoginTimeout, writeTimeout: srv.opts.WriteTimeout,
+			rxc: nopAdder{}, txc: nopAdder{}},
 	}
 	s.conn = s.raw
-	s.log = srv.log.With().Str("session", s.id).Str("listener", cfg.Name).Str("client", client.String()).Logger()
+	s.setLogger()
 	return s
+}
+
+func (s *session) setLogger() {
+	s.log = s.srv.log.With().Str("session", s.id).Str("listener", s.cfg.Name).Str("client", s.client.String()).Logger()
 }
 
 var sessionIDEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
@@ -121,19 +131,25 @@ func (s *session) run() {
 	start := time.Now()
 	reason := s.serve()
 	s.mu.Lock()
-	if s.aborted != "" {
+	aborted := s.aborted != ""
+	if aborted {
 		reason = errors.New(s.aborted)
 	}
 	up := s.up
 	s.mu.Unlock()
 	s.cancel()
 	s.closeClient()
+	if s.cw != nil {
+		s.cw.discard()
+	}
+	s.obs.Ended(sessionResult(reason, aborted))
 	ev := s.log.Info().Dur("duration", time.Since(start)).Int64("client_rx", s.raw.rx).Int64("client_tx", s.raw.tx).
 		Int("commands", s.commands).Int("messages", s.messages).Str("user", s.user)
 	s.srv.ports.release(s.outPort)
 	s.cache.clear()
 	if up != nil {
 		_ = up.close()
+		up.release()
 		ev = ev.Int64("upstream_rx", up.raw.rx).Int64("upstream_tx", up.raw.tx)
 	}
 	if reason != nil {
@@ -153,7 +169,7 @@ func (s *session) serve() error {
 		}
 	}
 	s.cr = bufio.NewReaderSize(s.conn, clientBufSize)
-	s.cw = bufio.NewWriterSize(s.conn, ioBufSize)
+	s.cw = newClientWriter(s.conn)
 
 	if s.cfg.Router != nil {
 		// The upstream is known only once the client names its login.
@@ -164,7 +180,7 @@ func (s *session) serve() error {
 			s.log.Warn().Err(err).Str("upstream", s.upName).Msg("upstream unavailable")
 			s.replyErr("SYS/TEMP", "mail server unavailable, try again later")
 			_ = s.cw.Flush()
-			return err
+			return fmt.Errorf("%w: %w", errUpstreamUnavailable, err)
 		}
 		s.cw.Write(up.greeting)
 		s.cw.WriteString("\r\n")
@@ -172,7 +188,7 @@ func (s *session) serve() error {
 			// A server that greets with -ERR (busy, shutting down) closes
 			// next; pass its word on and end here rather than wait for it.
 			_ = s.cw.Flush()
-			return errors.New("upstream refused the session in its greeting")
+			return fmt.Errorf("%w: the server refused the session in its greeting", errUpstreamUnavailable)
 		}
 	}
 
@@ -212,7 +228,7 @@ func (s *session) handshake() error {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.LoginTimeout)
 	defer cancel()
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return fmt.Errorf("client TLS handshake: %w", err)
+		return fmt.Errorf("%w: TLS handshake: %w", errClientFault, err)
 	}
 	s.conn = tc
 	s.tlsOn = true
@@ -224,7 +240,7 @@ func (s *session) connectUpstream(u *Upstream) (*upstreamConn, error) {
 	s.upName = u.Name
 	d := &net.Dialer{}
 	if s.cfg.Transparent {
-		dst, err := originalDestination(s.raw.Conn)
+		dst, err := s.originalDestination()
 		if err != nil {
 			return nil, err
 		}
@@ -240,7 +256,17 @@ func (s *session) connectUpstream(u *Upstream) (*upstreamConn, error) {
 		s.upName = addr
 		d.Control = s.srv.ports.control(&s.outPort)
 	}
-	up, err := dialUpstream(s.ctx, d, u, addr, s.srv.opts.WriteTimeout)
+	ds := dialSettings{writeTimeout: s.srv.opts.WriteTimeout, rx: s.obs.UpstreamIn(), tx: s.obs.UpstreamOut()}
+	if u.ProxyProtocol != 0 {
+		ds.proxyHeader = proxyproto.HeaderProxyFromAddrs(u.ProxyProtocol, net.TCPAddrFromAddrPort(s.client), net.TCPAddrFromAddrPort(s.local))
+	}
+	start := time.Now()
+	up, err := dialUpstream(s.ctx, d, u, addr, ds)
+	obsName := u.Name
+	if s.cfg.Transparent {
+		obsName = "transparent" // the destination is not a label: unbounded
+	}
+	s.obs.UpstreamConnected(obsName, time.Since(start), err)
 	if err != nil {
 		s.srv.ports.release(s.outPort)
 		s.outPort = 0
@@ -265,15 +291,29 @@ func (s *session) next() error {
 		if err := s.cw.Flush(); err != nil {
 			return err
 		}
+		// Waiting for the client: hand the big buffers back (bufpool.go).
+		s.cw.release()
+		if s.up != nil {
+			s.up.idle()
+		}
 	}
 	s.responding = false
+	if s.commands == 0 && s.bad == 0 && s.cfg.ProxyProtocol != nil && s.sentProxyHeader() {
+		s.log.Warn().Msg("refused a PROXY protocol header from an untrusted source, or a second one")
+		s.srv.opts.Observer.Refused(s.cfg.Name, RefusedProxyHeader)
+		s.replyErr("", "PROXY protocol header not accepted")
+		return fmt.Errorf("%w: unexpected PROXY header", errClientFault)
+	}
 	line, err := pop3.ReadLine(s.cr, s.cfg.MaxCommandLine)
+	if s.up != nil {
+		s.up.busy()
+	}
 	if errors.Is(err, pop3.ErrLineTooLong) {
 		s.overlong++
 		s.log.Warn().Int("limit", s.cfg.MaxCommandLine).Msg("client sent an overlong line")
 		if s.overlong >= maxOverlongLines {
 			s.replyErr("", "too many overlong lines, closing")
-			return errors.New("client: too many overlong lines")
+			return fmt.Errorf("%w: too many overlong lines", errClientFault)
 		}
 		s.replyErr("", fmt.Sprintf("line too long (limit %d octets)", s.cfg.MaxCommandLine))
 		if err := s.cw.Flush(); err != nil {
@@ -285,7 +325,7 @@ func (s *session) next() error {
 	if err != nil {
 		if isTimeout(err) {
 			s.replyErr("", "disconnected for inactivity")
-			return errors.New("client: idle timeout")
+			return errClientIdle
 		}
 		return clientErr(err)
 	}
@@ -296,12 +336,13 @@ func (s *session) next() error {
 		s.bad++
 		if s.bad >= maxBadCommands {
 			s.replyErr("", "too many bad commands, closing")
-			return errors.New("client: too many bad commands")
+			return fmt.Errorf("%w: too many bad commands", errClientFault)
 		}
 		s.replyErr("", "unknown or malformed command")
 		return nil
 	}
 	s.commands++
+	s.obs.Command(commandLabel(cmd.Name))
 	if e := s.log.Debug(); e.Enabled() {
 		e.Str("command", cmd.Name).Msg("command")
 	}
@@ -382,7 +423,7 @@ func (s *session) loggedIn(user string) error {
 		if err != nil {
 			s.log.Warn().Str("user", user).Err(err).Msg("login refused by policy")
 			s.replyErr("SYS/PERM", "no mail policy applies to this account")
-			return fmt.Errorf("policy: %w", err)
+			return fmt.Errorf("%w: %w", errPolicyRefused, err)
 		}
 		s.policy = pol
 	}
@@ -396,8 +437,38 @@ func (s *session) loggedIn(user string) error {
 	return nil
 }
 
-// errUpstreamLost marks an upstream that went away or stalled.
-var errUpstreamLost = errors.New("upstream connection lost")
+// Errors a session ends with, by cause (sessionResult sorts them).
+var (
+	errUpstreamLost        = errors.New("upstream connection lost") // went away or stalled
+	errUpstreamUnavailable = errors.New("upstream unavailable")     // could not connect, or refused the session
+	errClientGone          = errors.New("client")                   // closed or reset the connection
+	errClientFault         = errors.New("client")                   // broke the protocol, or its TLS failed
+	errClientIdle          = errors.New("client: idle timeout")
+	errPolicyRefused       = errors.New("policy")
+)
+
+// sessionResult names how a session ended, for metrics.
+func sessionResult(err error, aborted bool) string {
+	switch {
+	case err == nil:
+		return SessionQuit
+	case aborted:
+		return SessionShutdown
+	case errors.Is(err, errPolicyRefused):
+		return SessionPolicyRefused
+	case errors.Is(err, errUpstreamUnavailable):
+		return SessionUpstreamUnavailable
+	case errors.Is(err, errUpstreamLost), errors.Is(err, errUpstreamProtocol):
+		return SessionUpstreamError
+	case errors.Is(err, errClientIdle):
+		return SessionTimeout
+	case errors.Is(err, errClientFault):
+		return SessionClientError
+	case errors.Is(err, errClientGone):
+		return SessionClientClosed
+	}
+	return SessionError
+}
 
 func upstreamErr(err error) error {
 	if err == nil || errors.Is(err, errUpstreamProtocol) {
@@ -410,7 +481,7 @@ func clientErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("client: %w", err)
+	return fmt.Errorf("%w: %w", errClientGone, err)
 }
 
 // send forwards a client line to the upstream.
@@ -572,6 +643,7 @@ func (s *session) startTLS() error {
 		return err
 	}
 	s.cr = bufio.NewReaderSize(s.conn, clientBufSize)
-	s.cw = bufio.NewWriterSize(s.conn, ioBufSize)
+	s.cw.discard()
+	s.cw = newClientWriter(s.conn)
 	return nil
 }

@@ -105,3 +105,84 @@ func TestTransparentInNamespace(t *testing.T) {
 	}
 	waitFor(t, func() bool { return strings.Contains(logs.String(), "is popgate's own listener") })
 }
+
+// The TPROXY test builds a small network in a private namespace: a client
+// namespace behind a veth pair, routed through the test's namespace (the
+// gateway), which holds the "remote" mail server at 10.99.2.2:110 and
+// intercepts the client's POP3 traffic with an iptables TPROXY rule.
+// popgate sees the original destination as the connection's local address
+// and dials it; its own connection is local traffic, which PREROUTING rules
+// never see.
+const tproxyPort = "10111"
+
+var tproxySetup = `set -e
+ns=pgtp$$
+trap 'ip netns del $ns 2>/dev/null || true' EXIT
+ip link set lo up
+ip netns add $ns
+ip link add pgtp0 type veth peer name pgtp1
+ip link set pgtp1 netns $ns
+ip addr add 10.99.1.1/24 dev pgtp0
+ip link set pgtp0 up
+ip -n $ns link set lo up
+ip -n $ns addr add 10.99.1.2/24 dev pgtp1
+ip -n $ns link set pgtp1 up
+ip -n $ns route add default via 10.99.1.1
+ip addr add 10.99.2.2/32 dev lo
+iptables -t mangle -A PREROUTING -i pgtp0 -p tcp -d 10.99.2.2 --dport 110 -j TPROXY --on-port ` + tproxyPort + ` --tproxy-mark 0x1/0x1
+ip rule add fwmark 0x1/0x1 lookup 100
+ip route add local 0.0.0.0/0 dev lo table 100
+POPGATE_TPROXY_CLIENT_NS=$ns "$0" -test.run '^TestTProxyInNamespace$' -test.v -test.count=1
+`
+
+func TestTransparentTProxy(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Require(t, "root (for network namespaces with TPROXY rules)")
+	}
+	for _, tool := range []string{"unshare", "ip", "iptables", "curl"} {
+		testenv.LookPath(t, tool)
+	}
+	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", tproxySetup, os.Args[0])
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestTProxyInNamespace") {
+		t.Fatalf("in the namespace: %v\n%s", err, out)
+	}
+}
+
+// TestTProxyInNamespace is the part of TestTransparentTProxy that runs in
+// the gateway namespace; on its own it does nothing.
+func TestTProxyInNamespace(t *testing.T) {
+	clientNS := os.Getenv("POPGATE_TPROXY_CLIENT_NS")
+	if clientNS == "" {
+		t.Skip("runs inside TestTransparentTProxy's network namespace")
+	}
+	mail, _ := startMailServer(t, mailConfig())
+	ln, err := net.Listen("tcp", "10.99.2.2:110")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go mail.Serve(ln)
+	_, _, logs := startProxy(t, "", func(l *Listener, _ *Options) {
+		l.Address = "0.0.0.0:" + tproxyPort
+		l.Transparent, l.TProxy = true, true
+		l.Upstream = nil
+	})
+	curl := func(url string) (string, error) {
+		out, err := exec.Command("ip", "netns", "exec", clientNS, "curl", "-sS", "--max-time", "10",
+			"-u", testUser+":"+testPass, url).CombinedOutput()
+		return string(out), err
+	}
+	// A client that knows nothing of popgate asks the remote server.
+	got, err := curl("pop3://10.99.2.2/2")
+	if err != nil || got != string(testMessages()[1].Data) {
+		t.Fatalf("RETR through TPROXY: %v\n%.200q", err, got)
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(logs.String(), `"upstream":"10.99.2.2:110"`) && strings.Contains(logs.String(), `"client":"10.99.1.2:`)
+	})
+	// The listener itself, asked directly, is not an original destination.
+	if got, _ := curl("pop3://10.99.1.1:" + tproxyPort + "/1"); strings.Contains(got, "hello") {
+		t.Fatalf("a connection straight to the TPROXY listener was relayed: %q", got)
+	}
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "is popgate's own listener") })
+}

@@ -9,6 +9,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+
 	"github.com/popgate/popgate/proxy/pop3"
 )
 
@@ -34,27 +36,42 @@ type upstreamConn struct {
 // one that could not be reached).
 var errUpstreamProtocol = errors.New("upstream protocol error")
 
+// dialSettings are the session's part of a connection to a server.
+type dialSettings struct {
+	writeTimeout time.Duration
+	rx, tx       Adder // byte counters
+	// proxyHeader, when set, is sent before anything else (Upstream
+	// ProxyProtocol), so the server sees the real client.
+	proxyHeader *proxyproto.Header
+}
+
 // dialUpstream connects to addr, reads the greeting and sets up TLS as u
 // says. The greeting is returned untouched so APOP keeps working.
-func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, writeTimeout time.Duration) (*upstreamConn, error) {
+func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, ds dialSettings) (*upstreamConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, u.ConnectTimeout)
 	defer cancel()
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", addr, err)
 	}
-	raw := &idleConn{Conn: c, readTimeout: u.Timeout, writeTimeout: writeTimeout}
+	raw := &idleConn{Conn: c, readTimeout: u.Timeout, writeTimeout: ds.writeTimeout, rxc: ds.rx, txc: ds.tx}
 	uc := &upstreamConn{raw: raw, conn: raw}
 	fail := func(err error) (*upstreamConn, error) {
 		_ = c.Close()
+		uc.release()
 		return nil, fmt.Errorf("upstream %s: %w", addr, err)
+	}
+	if ds.proxyHeader != nil {
+		if _, err := ds.proxyHeader.WriteTo(raw); err != nil {
+			return fail(fmt.Errorf("PROXY header: %w", err))
+		}
 	}
 	if u.TLSMode == TLSImplicit {
 		if err := uc.startTLS(ctx, u, addr); err != nil {
 			return fail(err)
 		}
 	}
-	uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
+	uc.r = newPooledReader(uc.conn)
 	uc.w = bufio.NewWriterSize(uc.conn, commandBufSize)
 
 	line, err := pop3.ReadLine(uc.r, u.MaxStatusLine)
@@ -89,8 +106,8 @@ func dialUpstream(ctx context.Context, d *net.Dialer, u *Upstream, addr string, 
 		if err := uc.startTLS(ctx, u, addr); err != nil {
 			return fail(err)
 		}
-		uc.r = bufio.NewReaderSize(uc.conn, ioBufSize)
-		uc.w = bufio.NewWriterSize(uc.conn, commandBufSize)
+		uc.r.Reset(uc.conn)
+		uc.w.Reset(uc.conn)
 	}
 	return uc, nil
 }
@@ -116,6 +133,30 @@ func (uc *upstreamConn) startTLS(ctx context.Context, u *Upstream, addr string) 
 	}
 	uc.conn = tc
 	return nil
+}
+
+// idle gives the reader's buffer back while the server has nothing more to
+// say (see bufpool.go); busy takes one before the next command is relayed.
+func (uc *upstreamConn) idle() {
+	if uc.r != nil && uc.r.Buffered() == 0 {
+		putReader(uc.r)
+		uc.r = nil
+	}
+}
+
+func (uc *upstreamConn) busy() {
+	if uc.r == nil {
+		uc.r = newPooledReader(uc.conn)
+	}
+}
+
+// release gives the reader's buffer back for good; the session's goroutine
+// calls it once the connection is closed.
+func (uc *upstreamConn) release() {
+	if uc.r != nil {
+		putReader(uc.r)
+		uc.r = nil
+	}
 }
 
 // close drops the connection without QUIT: the server then keeps every

@@ -107,7 +107,7 @@ Press Ctrl-C to stop.
 `, mailLn.Addr(), demoUser, demoPassword, addr,
 		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base,
 		scanning, cfg.Quarantine.Dir, cfg.Quarantine.Dir)
-	return serveUntilSignal(srv, cfg, "", stderr)
+	return serveUntilSignal(srv, cfg, nil, "", stderr)
 }
 
 // eicar is the industry-standard antivirus test string (eicar.org): harmless,

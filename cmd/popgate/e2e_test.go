@@ -318,9 +318,18 @@ func startPopgate(t *testing.T, cfg, logFile string, listeners ...string) *popga
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return launchPopgate(t, exec.Command(popgateBin, "run", "-c", path), dir, logFile, true, listeners...)
+}
+
+// launchPopgate starts cmd (popgate run, possibly wrapped, e.g. by `ip netns
+// exec`), with its stdout and stderr in files in dir, and waits as
+// startPopgate does. dial says whether the listeners can be reached from
+// the test (not when popgate runs in another network namespace).
+func launchPopgate(t *testing.T, cmd *exec.Cmd, dir, logFile string, dial bool, listeners ...string) *popgateProc {
+	t.Helper()
 	p := &popgateProc{
 		t:       t,
-		cmd:     exec.Command(popgateBin, "run", "-c", path),
+		cmd:     cmd,
 		stdout:  newOutFile(t, filepath.Join(dir, "stdout")),
 		stderr:  newOutFile(t, filepath.Join(dir, "stderr")),
 		logFile: logFile,
@@ -373,6 +382,9 @@ func startPopgate(t *testing.T, cfg, logFile string, listeners ...string) *popga
 		}
 	}
 	for _, l := range listeners {
+		if !dial {
+			break
+		}
 		c, err := net.DialTimeout("tcp", p.addrs[l], 5*time.Second)
 		if err != nil {
 			t.Fatalf("listener %s at %s does not accept: %v", l, p.addrs[l], err)

@@ -169,6 +169,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error().Err(err).Msg("configuration")
 		return 1
 	}
+	mon, err := newMonitor(cfg)
+	if err != nil {
+		log.Error().Err(err).Msg("listen")
+		return 1
+	}
+	opts.Observer = mon.observer()
 	srv, err := proxy.New(opts)
 	if err != nil {
 		log.Error().Err(err).Msg("configuration")
@@ -178,14 +184,17 @@ func cmdRun(args []string, stderr io.Writer) int {
 		log.Error().Err(err).Msg("listen")
 		return 1
 	}
+	mon.use(cfg, srv.Generation())
+	mon.serve(srv, log)
+	defer mon.shutdown()
 	log.Info().Str("version", version).Str("config", path).Msg("popgate started")
-	return serveUntilSignal(srv, cfg, path, stderr)
+	return serveUntilSignal(srv, cfg, mon, path, stderr)
 }
 
 // serveUntilSignal serves until SIGTERM/SIGINT, then drains for the
 // configured shutdown timeout. SIGHUP reloads the configuration (see
 // reload).
-func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, path string, stderr io.Writer) int {
+func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, mon *monitor, path string, stderr io.Writer) int {
 	log := srv.Logger()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -203,7 +212,7 @@ func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, path string, stderr
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				if path != "" {
-					reload(srv, cfg, path)
+					mon.reloaded(reload(srv, cfg, mon, path))
 				}
 				continue
 			}
@@ -243,7 +252,7 @@ func printVersion(w io.Writer) {
 // scanners and quarantine, running sessions keep theirs, and its
 // predecessor is closed once its last session ends. Listeners and upstreams
 // are bound at start: changing them needs a restart, and says so.
-func reload(srv *proxy.Server, running *policy.Config, path string) {
+func reload(srv *proxy.Server, running *policy.Config, mon *monitor, path string) bool {
 	log := srv.Logger()
 	next, diags := policy.Load(path)
 	logDiagnostics(log, diags)
@@ -251,21 +260,23 @@ func reload(srv *proxy.Server, running *policy.Config, path string) {
 		_ = next.Close()
 		log.Error().Int64("config_generation", srv.Generation()).Int("errors", len(diags.Errs())).
 			Msg("reload refused: the configuration has errors; the running one stays in force")
-		return
+		return false
 	}
 	next.SetLogger(log)
 	store, err := openQuarantine(next, log)
 	if err != nil {
 		_ = next.Close()
 		log.Error().Err(err).Int64("config_generation", srv.Generation()).Msg("reload refused: quarantine")
-		return
+		return false
 	}
 	if changed := boundChanges(running, next); changed != "" {
 		log.Warn().Str("changed", changed).Msg("reload: listener, upstream and route changes take effect only after a restart")
 	}
 	gen := srv.Generation() + 1
 	srv.SetPolicy(gen, sessionPolicies(next, store), func() { _ = next.Close() })
+	mon.use(next, gen)
 	log.Info().Int64("config_generation", gen).Int("policies", len(next.Policies)).Msg("configuration reloaded")
+	return true
 }
 
 // boundChanges names the listener and upstream settings that differ
@@ -295,6 +306,9 @@ func boundChanges(a, b *policy.Config) string {
 	}
 	if !reflect.DeepEqual(strip(a.Routes), strip(b.Routes)) {
 		changed = append(changed, "routes")
+	}
+	if !reflect.DeepEqual(a.Metrics, b.Metrics) {
+		changed = append(changed, "metrics")
 	}
 	for name, u := range a.Upstreams {
 		v := b.Upstreams[name]

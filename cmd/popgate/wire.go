@@ -39,11 +39,15 @@ func proxyOptions(cfg *policy.Config, log zerolog.Logger) (proxy.Options, error)
 			Name:                l.Name,
 			Address:             l.Address,
 			Transparent:         l.Transparent,
+			TProxy:              l.TProxy,
 			MaxConnections:      l.MaxConnections,
 			MaxConnectionsPerIP: l.MaxConnectionsPerIP,
 			LoginTimeout:        l.LoginTimeout,
 			IdleTimeout:         l.IdleTimeout,
 			MaxCommandLine:      l.MaxCommandLine,
+		}
+		if pp := l.ProxyProtocol; pp != nil {
+			pl.ProxyProtocol = &proxy.ProxyProtocol{Trusted: pp.Trusted, Timeout: pp.Timeout}
 		}
 		if l.Upstream != "" {
 			pl.Upstream = ups[l.Upstream]
@@ -80,6 +84,12 @@ func proxyUpstream(u *policy.Upstream) (*proxy.Upstream, error) {
 		ConnectTimeout: u.ConnectTimeout,
 		Timeout:        u.Timeout,
 		MaxStatusLine:  u.MaxStatusLine,
+	}
+	switch u.ProxyProtocol {
+	case policy.ProxyProtocolV1:
+		pu.ProxyProtocol = 1
+	case policy.ProxyProtocolV2:
+		pu.ProxyProtocol = 2
 	}
 	switch u.TLS {
 	case policy.UpstreamTLSStartTLS:

@@ -122,6 +122,7 @@ type Result struct {
 type Scanner struct {
 	cfg      Config
 	logger   atomic.Pointer[zerolog.Logger] // see SetLogger
+	onScan   atomic.Pointer[func(time.Duration, error)]
 	backends []*backend
 	next     atomic.Uint64 // round-robin start
 	slots    chan struct{}
@@ -150,6 +151,31 @@ type backend struct {
 func (s *Scanner) SetLogger(log zerolog.Logger) { s.logger.Store(&log) }
 
 func (s *Scanner) log() *zerolog.Logger { return s.logger.Load() }
+
+// OnScan makes f see the duration and error of every Scan (metrics); nil
+// stops it. f must be cheap and must not block.
+func (s *Scanner) OnScan(f func(time.Duration, error)) {
+	if f == nil {
+		s.onScan.Store(nil)
+		return
+	}
+	s.onScan.Store(&f)
+}
+
+// BackendHealth is one backend's state.
+type BackendHealth struct {
+	Address string // as configured
+	Up      bool   // answered its last health check or scan (or not checked yet)
+}
+
+// Backends returns the state of every backend, in configuration order.
+func (s *Scanner) Backends() []BackendHealth {
+	out := make([]BackendHealth, len(s.backends))
+	for i, b := range s.backends {
+		out[i] = BackendHealth{Address: b.addr, Up: b.healthy.Load()}
+	}
+	return out
+}
 
 // ParseAddress splits a clamd address, "tcp://host:port" or
 // "unix:///absolute/path", into the network and address for net.Dial.
@@ -387,6 +413,9 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	defer func() {
 		res.Duration = time.Since(start)
 		src.close()
+		if f := s.onScan.Load(); f != nil {
+			(*f)(res.Duration, err)
+		}
 	}()
 	if s.closed() {
 		return Result{}, ErrClosed

@@ -7,7 +7,7 @@ listener "pop3" {
   adress   = "127.0.0.1:1110"
   upstream = "mail"
   tls = "implicit"
-  proxy_protocol {
+  proxy_protocl {
   }
 }
 

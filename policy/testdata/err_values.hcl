@@ -10,6 +10,19 @@ listener "pop3" {
   idle_timeout           = "10"
   max_command_line       = 10
   transparent            = "maybe"
+  proxy_protocol {
+    trusted = ["10.0.0.0/33", "lb.example.com"]
+    timeout = "soon"
+  }
+}
+
+listener "lb" {
+  address  = "127.0.0.1:1111"
+  upstream = "mail"
+  tproxy   = true
+  proxy_protocol {
+    trusted = []
+  }
 }
 
 upstream "mail" {
@@ -18,6 +31,7 @@ upstream "mail" {
   connect_timeout = "fast"
   timeout         = ["60s"]
   max_status_line = 100000
+  proxy_protocol  = "v3"
 }
 
 log {
@@ -32,4 +46,8 @@ spool {
 upstream "nulls" {
   address = null
   tls     = null
+}
+
+metrics {
+  address = "localhost"
 }

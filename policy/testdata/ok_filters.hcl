@@ -1,6 +1,6 @@
 # Scanners, filters, the quarantine, policies and routes are decoded: each
-# filter type checks its own block. A metrics block of a later version loads
-# with a warning, and so does a short idle timeout.
+# filter type checks its own block, and so is the metrics block. A short idle
+# timeout loads with a warning.
 listener "pop3" {
   address      = "127.0.0.1:1110"
   upstream     = "mail"

@@ -9,6 +9,10 @@ listener "pop3s" {
   login_timeout          = "20s"
   idle_timeout           = "1h"
   max_command_line       = 1024
+  proxy_protocol {
+    trusted = ["10.0.0.0/8", "2001:db8::7"]
+    timeout = "2s"
+  }
   tls {
     cert_file = env("POPGATE_TEST_CERT")
     key_file  = env("POPGATE_TEST_KEY")
@@ -19,6 +23,7 @@ listener "pop3s" {
 listener "gateway" {
   address     = ":0"
   transparent = true
+  tproxy      = true
 }
 
 listener "stls" {
@@ -38,6 +43,7 @@ upstream "store" {
   connect_timeout = "3s"
   timeout         = "2m"
   max_status_line = 4096
+  proxy_protocol  = "v2"
 }
 
 upstream "legacy" {

@@ -1,0 +1,295 @@
+// Package metrics exports what popgate does as Prometheus metrics and serves
+// them, with health and readiness probes, on an HTTP listener of its own.
+//
+// Labels are bounded by the configuration (listener, upstream, policy,
+// filter and scanner names, clamd addresses) or by fixed sets (commands,
+// session results, verdicts); never a user name or a client address.
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/clamav"
+	"github.com/popgate/popgate/proxy"
+)
+
+const namespace = "popgate"
+
+// Latency buckets, in seconds: from a cached TOP (100 µs) to a big scan.
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+
+// Metrics is popgate's metric registry. It is the proxy's Observer; the
+// caller also reports configuration reloads and hands over the scanners of
+// the current configuration.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	sessionsActive  *prometheus.GaugeVec
+	sessions        *prometheus.CounterVec
+	commands        *prometheus.CounterVec
+	bytes           *prometheus.CounterVec
+	messages        *prometheus.CounterVec
+	verdicts        *prometheus.CounterVec
+	filterDuration  *prometheus.HistogramVec
+	scanDuration    *prometheus.HistogramVec
+	quarantine      *prometheus.CounterVec
+	generation      prometheus.Gauge
+	reloads         *prometheus.CounterVec
+	refused         *prometheus.CounterVec
+	upstreamConnect *prometheus.HistogramVec
+	upstreamFailed  *prometheus.CounterVec
+
+	families  []Family
+	listeners sync.Map // name → *listenerMetrics
+	scanners  atomic.Pointer[map[string]*clamav.Scanner]
+}
+
+var _ proxy.Observer = (*Metrics)(nil)
+
+// New returns a registry with every popgate metric, and the Go runtime and
+// process collectors.
+func New() *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	family := func(name string, histogram bool, labels ...string) {
+		m.families = append(m.families, Family{Name: namespace + "_" + name, Labels: labels, Histogram: histogram})
+	}
+	counter := func(name, help string, labels ...string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
+		m.reg.MustRegister(c)
+		family(name, false, labels...)
+		return c
+	}
+	histogram := func(name, help string, labels ...string) *prometheus.HistogramVec {
+		h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: namespace, Name: name, Help: help, Buckets: latencyBuckets}, labels)
+		m.reg.MustRegister(h)
+		family(name, true, labels...)
+		return h
+	}
+	m.sessionsActive = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "sessions_active",
+		Help: "Sessions open now, by listener."}, []string{"listener"})
+	m.reg.MustRegister(m.sessionsActive)
+	family("sessions_active", false, "listener")
+	m.sessions = counter("sessions_total", "Sessions ended, by listener and how they ended (quit, client_closed, timeout, client_error, upstream_unavailable, upstream_error, policy_refused, shutdown, error).", "listener", "result")
+	m.commands = counter("commands_total", "Client commands, by command (unknown ones as other).", "command")
+	m.bytes = counter("bytes_total", "Bytes moved, by listener and direction (client_in, client_out, upstream_in, upstream_out).", "listener", "direction")
+	m.messages = counter("messages_total", "Filtered messages, by policy and outcome (delivered, changed, withheld, refused, deferred, failed_open).", "policy", "outcome")
+	m.verdicts = counter("filter_verdicts_total", "Filter verdicts, by filter and verdict (pass, replace, reject, retry, error).", "filter", "verdict")
+	m.filterDuration = histogram("filter_duration_seconds", "Time each filter took per message.", "filter")
+	m.scanDuration = histogram("clamd_scan_duration_seconds", "Time a clamd scan took, failovers and waiting for a slot included, by scanner.", "scanner")
+	m.quarantine = counter("quarantine_writes_total", "Originals written to quarantine, by result (ok, failed).", "result")
+	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_generation",
+		Help: "The configuration generation new sessions get (1 at start, +1 per successful reload)."})
+	m.reg.MustRegister(m.generation)
+	family("config_generation", false)
+	m.reloads = counter("config_reloads_total", "Configuration reloads, by result (ok, failed).", "result")
+	m.refused = counter("limit_rejections_total", "Connections refused before a session started, by listener and limit (total, per_ip, proxy_header).", "listener", "limit")
+	m.upstreamConnect = histogram("upstream_connect_seconds", "Time to connect to an upstream, TLS and greeting included, by upstream (transparent for original destinations).", "upstream")
+	m.upstreamFailed = counter("upstream_connect_failures_total", "Failed connections to an upstream, by upstream.", "upstream")
+	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	family("clamd_backend_up", false, "scanner", "address")
+	for _, r := range []string{"ok", "failed"} {
+		m.reloads.WithLabelValues(r)
+		m.quarantine.WithLabelValues(r)
+	}
+	return m
+}
+
+// Family describes one of popgate's own metrics.
+type Family struct {
+	Name      string // with the popgate_ prefix
+	Labels    []string
+	Histogram bool // exposed as Name_bucket, Name_sum and Name_count
+}
+
+// Families lists popgate's own metrics (not the go_ and process_ ones), for
+// dashboards and their tests.
+func (m *Metrics) Families() []Family { return append([]Family(nil), m.families...) }
+
+// Registry is where the metrics are registered, for serving and tests.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// SetGeneration records the configuration generation now in force.
+func (m *Metrics) SetGeneration(id int64) { m.generation.Set(float64(id)) }
+
+// Reloaded counts a reload attempt.
+func (m *Metrics) Reloaded(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("ok").Inc()
+	} else {
+		m.reloads.WithLabelValues("failed").Inc()
+	}
+}
+
+// SetScanners makes the clamd scanners of the configuration now in force
+// the ones whose backends are reported, and times their scans.
+func (m *Metrics) SetScanners(scanners map[string]*clamav.Scanner) {
+	for name, s := range scanners {
+		h := m.scanDuration.WithLabelValues(name)
+		s.OnScan(func(d time.Duration, _ error) { h.Observe(d.Seconds()) })
+	}
+	m.scanners.Store(&scanners)
+}
+
+// Refused implements proxy.Observer.
+func (m *Metrics) Refused(listener, limit string) { m.refused.WithLabelValues(listener, limit).Inc() }
+
+// Session implements proxy.Observer.
+func (m *Metrics) Session(listener string) proxy.SessionObserver {
+	lm := m.listener(listener)
+	lm.active.Inc()
+	return &sessionMetrics{m: m, l: lm}
+}
+
+// listenerMetrics are a listener's metrics with their labels bound, so a
+// session does no label lookup per byte.
+type listenerMetrics struct {
+	name                                         string
+	active                                       prometheus.Gauge
+	clientIn, clientOut, upstreamIn, upstreamOut prometheus.Counter
+}
+
+func (m *Metrics) listener(name string) *listenerMetrics {
+	if lm, ok := m.listeners.Load(name); ok {
+		return lm.(*listenerMetrics)
+	}
+	lm := &listenerMetrics{
+		name:        name,
+		active:      m.sessionsActive.WithLabelValues(name),
+		clientIn:    m.bytes.WithLabelValues(name, "client_in"),
+		clientOut:   m.bytes.WithLabelValues(name, "client_out"),
+		upstreamIn:  m.bytes.WithLabelValues(name, "upstream_in"),
+		upstreamOut: m.bytes.WithLabelValues(name, "upstream_out"),
+	}
+	actual, _ := m.listeners.LoadOrStore(name, lm)
+	return actual.(*listenerMetrics)
+}
+
+type sessionMetrics struct {
+	m     *Metrics
+	l     *listenerMetrics
+	ended atomic.Bool
+}
+
+var _ proxy.SessionObserver = (*sessionMetrics)(nil)
+
+func (s *sessionMetrics) ClientIn() proxy.Adder    { return s.l.clientIn }
+func (s *sessionMetrics) ClientOut() proxy.Adder   { return s.l.clientOut }
+func (s *sessionMetrics) UpstreamIn() proxy.Adder  { return s.l.upstreamIn }
+func (s *sessionMetrics) UpstreamOut() proxy.Adder { return s.l.upstreamOut }
+
+func (s *sessionMetrics) Command(name string) { s.m.commands.WithLabelValues(name).Inc() }
+
+func (s *sessionMetrics) UpstreamConnected(upstream string, took time.Duration, err error) {
+	if err != nil {
+		s.m.upstreamFailed.WithLabelValues(upstream).Inc()
+		return
+	}
+	s.m.upstreamConnect.WithLabelValues(upstream).Observe(took.Seconds())
+}
+
+func (s *sessionMetrics) Ended(result string) {
+	if s.ended.Swap(true) {
+		return
+	}
+	s.l.active.Dec()
+	s.m.sessions.WithLabelValues(s.l.name, result).Inc()
+}
+
+// Message counts a filtered message, each filter's verdict and time, and
+// quarantine writes.
+func (s *sessionMetrics) Message(policy string, res *filters.Result) {
+	m := s.m
+	changed := false
+	for _, st := range res.Steps {
+		if st.Filter == "quarantine" { // the chain's own step: the write of the original
+			result := "ok"
+			if st.Err != nil {
+				result = "failed"
+			}
+			m.quarantine.WithLabelValues(result).Inc()
+			continue
+		}
+		verdict := "error"
+		if st.Err == nil {
+			verdict = strings.ToLower(st.Action.String())
+			changed = changed || st.Action == filters.Replace
+		}
+		m.verdicts.WithLabelValues(st.Filter, verdict).Inc()
+		if st.Err != nil || st.Duration > 0 {
+			m.filterDuration.WithLabelValues(st.Filter).Observe(st.Duration.Seconds())
+		}
+	}
+	m.messages.WithLabelValues(policy, outcome(res, changed)).Inc()
+}
+
+func outcome(res *filters.Result, changed bool) string {
+	switch {
+	case res.Outcome == filters.Refuse:
+		return "refused"
+	case res.Outcome == filters.Defer:
+		return "deferred"
+	case res.Withheld:
+		return "withheld"
+	case res.FailedOpen:
+		return "failed_open"
+	case changed:
+		return "changed"
+	}
+	return "delivered"
+}
+
+// backendCollector reports popgate_clamd_backend_up from the scanners'
+// own health state at scrape time.
+type backendCollector struct{ m *Metrics }
+
+var backendUp = prometheus.NewDesc(namespace+"_clamd_backend_up",
+	"Whether a clamd backend answered its last health check or scan (1) or not (0), by scanner and address.",
+	[]string{"scanner", "address"}, nil)
+
+func (c backendCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backendUp }
+
+func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
+	p := c.m.scanners.Load()
+	if p == nil {
+		return
+	}
+	for name, s := range *p {
+		for _, b := range s.Backends() {
+			up := 0.0
+			if b.Up {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(backendUp, prometheus.GaugeValue, up, name, b.Address)
+		}
+	}
+}
+
+// Handler serves /metrics (Prometheus text format), /healthz (200 while the
+// process serves HTTP at all) and /readyz (200 when ready returns nil, else
+// 503 with its reason: for load balancer health checks).
+func (m *Metrics) Handler(ready func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, "not ready: "+err.Error()+"\n")
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	return mux
+}

@@ -1,0 +1,110 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// Observer is told what the server's sessions do, for metrics. Its methods
+// are called from session goroutines: they must be cheap and never block.
+// Every label it is given is bounded by the configuration (listener,
+// upstream, policy and filter names) or by a fixed set (commands, results),
+// never a user name or a client address.
+type Observer interface {
+	// Session is called when a connection is accepted on listener; the
+	// SessionObserver it returns sees that session alone.
+	Session(listener string) SessionObserver
+	// Refused counts a connection turned away before it became a session:
+	// limit is RefusedTotal, RefusedPerIP or RefusedProxyHeader.
+	Refused(listener, limit string)
+}
+
+// Reasons a connection is refused before it becomes a session.
+const (
+	RefusedTotal       = "total"        // the listener's max_connections
+	RefusedPerIP       = "per_ip"       // max_connections_per_ip
+	RefusedProxyHeader = "proxy_header" // a missing, malformed or untrusted PROXY header
+)
+
+// Adder is a byte counter; a Prometheus counter is one.
+type Adder interface{ Add(float64) }
+
+// SessionObserver sees one session.
+type SessionObserver interface {
+	// Counters for the bytes of each direction; Add is called per read or
+	// write.
+	ClientIn() Adder
+	ClientOut() Adder
+	UpstreamIn() Adder
+	UpstreamOut() Adder
+	// Command counts one client command: a name from KnownCommands, else
+	// "other".
+	Command(name string)
+	// UpstreamConnected reports a connection attempt to upstream (a name,
+	// or "transparent" for an original destination).
+	UpstreamConnected(upstream string, took time.Duration, err error)
+	// Message reports a filtered message.
+	Message(policy string, res *filters.Result)
+	// Ended is the session's end: one of the Session* results.
+	Ended(result string)
+}
+
+// Session results, as Ended reports them.
+const (
+	SessionQuit                = "quit"                 // the client QUIT
+	SessionClientClosed        = "client_closed"        // the client went away without QUIT
+	SessionTimeout             = "timeout"              // the client idled too long
+	SessionClientError         = "client_error"         // TLS handshake failure, abuse, bad PROXY header
+	SessionUpstreamUnavailable = "upstream_unavailable" // connecting, TLS or greeting failed
+	SessionUpstreamError       = "upstream_error"       // the server broke off or broke the protocol
+	SessionPolicyRefused       = "policy_refused"       // no policy for the login
+	SessionShutdown            = "shutdown"             // closed by a shutdown
+	SessionError               = "error"                // anything else
+)
+
+// KnownCommands are the command names counted under their own name.
+var KnownCommands = []string{
+	"USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "STAT", "LIST", "UIDL",
+	"RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT", "UTF8", "LANG",
+}
+
+var knownCommand = func() map[string]bool {
+	m := map[string]bool{}
+	for _, c := range KnownCommands {
+		m[c] = true
+	}
+	return m
+}()
+
+// commandLabel bounds command names to KnownCommands and "other".
+func commandLabel(name string) string {
+	if knownCommand[name] {
+		return name
+	}
+	return "other"
+}
+
+// nopObserver is the Observer of a server without one.
+type nopObserver struct{}
+
+type nopAdder struct{}
+
+func (nopAdder) Add(float64) {}
+
+func (nopObserver) Session(string) SessionObserver { return nopObserver{} }
+func (nopObserver) Refused(string, string)         {}
+func (nopObserver) ClientIn() Adder                { return nopAdder{} }
+func (nopObserver) ClientOut() Adder               { return nopAdder{} }
+func (nopObserver) UpstreamIn() Adder              { return nopAdder{} }
+func (nopObserver) UpstreamOut() Adder             { return nopAdder{} }
+func (nopObserver) Command(string)                 {}
+func (nopObserver) UpstreamConnected(string, time.Duration, error) {
+}
+func (nopObserver) Message(string, *filters.Result) {}
+func (nopObserver) Ended(string)                    {}
+
+var (
+	_ Observer        = nopObserver{}
+	_ SessionObserver = nopObserver{}
+)
