@@ -18,8 +18,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -386,6 +388,9 @@ log {
   level = "info"
   format = "json"
 }
+metrics {
+  address = "127.0.0.1:0"
+}
 `, hclString(upRelay.Addr()), hclString("tcp://"+clamdRelay.Addr()), hclString(qdir))
 	cfgPath := filepath.Join(dir, "popgate.hcl")
 	if err := os.WriteFile(cfgPath, []byte(cfgText), 0o600); err != nil {
@@ -408,6 +413,11 @@ log {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mon, err := newMonitor(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Observer = mon.observer()
 	srv, err := proxy.New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -415,6 +425,8 @@ log {
 	if err := srv.Listen(); err != nil {
 		t.Fatal(err)
 	}
+	mon.use(cfg, srv.Generation())
+	mon.serve(srv, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	addr := srv.Addrs()[0].String()
@@ -463,6 +475,22 @@ log {
 	heapB := heapMiB()
 	ran := time.Since(start)
 
+	// popgate's own count of sessions agrees with the clients'.
+	metricsText := scrape(t, "http://"+mon.ln.Addr().String()+"/metrics")
+	var ended, active float64
+	for _, m := range regexp.MustCompile(`(?m)^popgate_sessions_(total|active)\{[^}]*\} ([0-9.e+]+)$`).FindAllStringSubmatch(metricsText, -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		if m[1] == "total" {
+			ended += v
+		} else {
+			active += v
+		}
+	}
+	if int64(ended) != counts.sessions.Load() || active != 0 {
+		t.Errorf("metrics: popgate_sessions_total sums to %v and popgate_sessions_active to %v; the clients ran %d sessions, all ended",
+			ended, active, counts.sessions.Load())
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if err := srv.Shutdown(ctx); err != nil {
 		t.Errorf("shutdown: %v", err)
@@ -471,6 +499,7 @@ log {
 	if err := <-served; err != nil {
 		t.Errorf("serve: %v", err)
 	}
+	mon.shutdown()
 	if err := cfg.Close(); err != nil {
 		t.Errorf("closing the configuration: %v", err)
 	}
@@ -594,6 +623,23 @@ log {
 	if counts.sessions.Load() < soakWorkers || counts.messages.Load() == 0 || faults == 0 {
 		t.Errorf("the soak did too little: %d sessions, %d messages, %d faults", counts.sessions.Load(), counts.messages.Load(), faults)
 	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Errorf("metrics: %v", err)
+		return ""
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("metrics: %v %s", err, resp.Status)
+	}
+	c.CloseIdleConnections()
+	return string(b)
 }
 
 // idleState waits until popgate has no session left and the fds and
