@@ -4,8 +4,13 @@ BIN      := bin/popgate
 TESTENV  := scripts/testenv.sh
 # Each fuzz target runs for this long in `make fuzz`.
 FUZZTIME ?= 30s
+# How long `make soak` keeps 200 sessions with random faults going; its go
+# test flags (no -race by default: the race detector's memory never shrinks,
+# so only without it is RSS checked; make test runs a short soak with -race).
+SOAK_TIME ?= 3m
+SOAK_FLAGS ?=
 
-.PHONY: build test vet lint fuzz bench demo clean testenv-up testenv-down
+.PHONY: build test vet lint fuzz bench soak demo clean testenv-up testenv-down
 
 build:
 	$(GO) build -o $(BIN) ./cmd/popgate
@@ -27,8 +32,17 @@ WITH_TESTENV = set -e; \
 	  $(TESTENV) up; \
 	  . "$$($(TESTENV) envfile)"
 
+# Tests write their summary lines (fault matrix, soak) to POPGATE_TEST_SUMMARY:
+# go test shows the output of a passing package only with -v.
 test: lint
-	@$(WITH_TESTENV); $(GO) test -race -count=1 -timeout 30m ./...
+	@$(WITH_TESTENV); export POPGATE_TEST_SUMMARY=$$(mktemp); rc=0; \
+	  $(GO) test -race -count=1 -timeout 30m ./... || rc=$$?; \
+	  cat "$$POPGATE_TEST_SUMMARY"; rm -f "$$POPGATE_TEST_SUMMARY"; exit $$rc
+
+# soak runs the soak test (cmd/popgate TestSoak) for SOAK_TIME instead of the
+# short version in `make test`.
+soak:
+	@$(WITH_TESTENV); POPGATE_SOAK_TIME=$(SOAK_TIME) $(GO) test $(SOAK_FLAGS) -count=1 -timeout 60m -run '^TestSoak$$' -v ./cmd/popgate/
 
 testenv-up:
 	$(TESTENV) up

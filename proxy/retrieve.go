@@ -80,7 +80,10 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	}
 	s.messages++
 	sw := chain.Spool.NewWriter() // a nil Spool has the defaults
-	if _, err := pop3.NewDotReader(s.up.r).WriteTo(sw); err != nil {
+	// A spool that fails (disk full) must not stop the read half way: the
+	// rest of the message would stay unread upstream and end the session.
+	// Finish reports the failure.
+	if _, err := pop3.NewDotReader(s.up.r).WriteTo(&stickyWriter{w: sw}); err != nil {
 		sw.Abort()
 		return upstreamErr(fmt.Errorf("%s %d: %w", cmd.Name, msgNum, err))
 	}
@@ -107,6 +110,22 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		defer res.Release()
 	}
 	return s.deliver(res, in, lines)
+}
+
+// stickyWriter passes writes on until one fails, then drops the rest
+// without an error; w keeps (and reports) its own failure.
+type stickyWriter struct {
+	w      io.Writer
+	failed bool
+}
+
+func (sw *stickyWriter) Write(p []byte) (int, error) {
+	if !sw.failed {
+		if _, err := sw.w.Write(p); err != nil {
+			sw.failed = true
+		}
+	}
+	return len(p), nil
 }
 
 // uidl returns a message's unique id (RFC 1939 UIDL), "" if the server has
