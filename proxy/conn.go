@@ -20,6 +20,9 @@ type idleConn struct {
 	// pre holds bytes read ahead of the PROXY header's end; they are read
 	// before the connection's own.
 	pre *bufio.Reader
+	// until, when set, caps every read deadline: a limit that input
+	// trickling in cannot push back (the login deadline).
+	until time.Time
 }
 
 // deadlineSlack is how stale a deadline may get before it is pushed again;
@@ -41,7 +44,11 @@ func (c *idleConn) Read(p []byte) (int, error) {
 		now := time.Now()
 		if now.Sub(c.readSet) > deadlineSlack {
 			c.readSet = now
-			if err := c.Conn.SetReadDeadline(now.Add(c.readTimeout)); err != nil {
+			d := now.Add(c.readTimeout)
+			if !c.until.IsZero() && c.until.Before(d) {
+				d = c.until
+			}
+			if err := c.Conn.SetReadDeadline(d); err != nil {
 				return 0, err
 			}
 		}

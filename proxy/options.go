@@ -76,7 +76,7 @@ type Listener struct {
 
 	MaxConnections      int           // all clients of this listener; 0 = unlimited
 	MaxConnectionsPerIP int           // from one client address; 0 = unlimited
-	LoginTimeout        time.Duration // client idle before login; default 60s
+	LoginTimeout        time.Duration // client idle before login; default 60s; login within loginDeadlineFactor times it
 	IdleTimeout         time.Duration // client idle after login; default 10m (RFC 1939 §3)
 	MaxCommandLine      int           // default pop3.MaxCommandLine
 
@@ -151,6 +151,12 @@ type SessionPolicy struct {
 	TOPCacheSize int
 }
 
+// loginDeadlineFactor times LoginTimeout is the most a client may take to
+// log in (3 minutes by default, as in Dovecot): the idle limit alone lets a
+// client that sends a byte or a NOOP now and then hold a session, and its
+// per-IP slot, forever.
+const loginDeadlineFactor = 3
+
 func (u *Upstream) withDefaults() *Upstream {
 	c := *u
 	if c.ConnectTimeout <= 0 {
@@ -161,6 +167,12 @@ func (u *Upstream) withDefaults() *Upstream {
 	}
 	if c.MaxStatusLine <= 0 {
 		c.MaxStatusLine = pop3.MaxStatusLine
+	}
+	if c.TLSMode != TLSNone {
+		if c.TLS == nil {
+			c.TLS = &tls.Config{} // system roots, server name from Address
+		}
+		c.TLS = hardenTLS(c.TLS)
 	}
 	return &c
 }
@@ -176,10 +188,41 @@ func (l *Listener) withDefaults() *Listener {
 	if c.MaxCommandLine <= 0 {
 		c.MaxCommandLine = pop3.MaxCommandLine
 	}
+	if c.TLS != nil {
+		c.TLS = hardenTLS(c.TLS)
+	}
 	if c.Upstream != nil {
 		c.Upstream = c.Upstream.withDefaults()
 	} else {
 		c.Upstream = (&Upstream{Name: "transparent"}).withDefaults()
 	}
 	return &c
+}
+
+// modernCipherSuites are the TLS 1.2 cipher suites popgate accepts on both
+// sides: ECDHE key exchange with an AEAD cipher (Mozilla's "intermediate"
+// profile, without DHE, which Go does not implement). Go's own default list
+// also has the ECDHE CBC-SHA1 suites, and a GODEBUG setting can bring back
+// RSA key exchange and 3DES; an explicit list rules out both. TLS 1.3
+// suites are all AEAD and not configurable.
+var modernCipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// hardenTLS returns a copy of c that speaks TLS 1.2 or later and, unless c
+// names its own, only modernCipherSuites.
+func hardenTLS(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	if c.MinVersion < tls.VersionTLS12 {
+		c.MinVersion = tls.VersionTLS12
+	}
+	if c.CipherSuites == nil {
+		c.CipherSuites = modernCipherSuites
+	}
+	return c
 }

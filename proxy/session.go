@@ -92,7 +92,7 @@ func newSession(srv *Server, cfg *Listener, c net.Conn, client netip.AddrPort) *
 		ctx:    ctx,
 		cancel: cancel,
 		raw: &idleConn{Conn: c, readTimeout: cfg.LoginTimeout, writeTimeout: srv.opts.WriteTimeout,
-			rxc: nopAdder{}, txc: nopAdder{}},
+			rxc: nopAdder{}, txc: nopAdder{}, until: time.Now().Add(loginDeadlineFactor * cfg.LoginTimeout)},
 	}
 	s.conn = s.raw
 	s.setLogger()
@@ -428,6 +428,7 @@ func (s *session) loggedIn(user string) error {
 		s.policy = pol
 	}
 	s.state = stateTransaction
+	s.raw.until = time.Time{}
 	s.raw.setReadTimeout(s.cfg.IdleTimeout)
 	ev := s.log.Info().Str("user", user).Str("upstream", s.upName).Bool("tls", s.tlsOn).Int64("config_generation", s.gen.id)
 	if s.policy != nil {
