@@ -10,7 +10,7 @@ FUZZTIME ?= 30s
 SOAK_TIME ?= 3m
 SOAK_FLAGS ?=
 
-.PHONY: build test vet lint fuzz bench soak demo clean testenv-up testenv-down
+.PHONY: build test vet lint fuzz fuzz-short bench soak demo clean testenv-up testenv-down
 
 build:
 	$(GO) build -o $(BIN) ./cmd/popgate
@@ -34,7 +34,7 @@ WITH_TESTENV = set -e; \
 
 # Tests write their summary lines (fault matrix, soak) to POPGATE_TEST_SUMMARY:
 # go test shows the output of a passing package only with -v.
-test: lint
+test: lint fuzz-short
 	@$(WITH_TESTENV); export POPGATE_TEST_SUMMARY=$$(mktemp); rc=0; \
 	  $(GO) test -race -count=1 -timeout 30m ./... || rc=$$?; \
 	  cat "$$POPGATE_TEST_SUMMARY"; rm -f "$$POPGATE_TEST_SUMMARY"; exit $$rc
@@ -50,13 +50,25 @@ testenv-up:
 testenv-down:
 	$(TESTENV) down
 
-# fuzz runs every fuzz target of every package for FUZZTIME each.
+# fuzz runs every fuzz target (each `func Fuzz...` in a _test.go file) for
+# FUZZTIME and ends with one line per target: `fuzz: <pkg> <target> <N> execs`.
+# A failure prints that run's output (the crasher is saved under the
+# package's testdata/fuzz/<target>/) and stops.
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "== $$pkg $$f"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; done
+	@set -e; log=$$(mktemp); sum=$$(mktemp); trap 'rm -f $$log $$sum' EXIT; \
+	for dir in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go | sed 's/^func //'); do \
+	    echo "== $$dir $$f ($(FUZZTIME))"; \
+	    if ! $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s $$dir >$$log 2>&1; then \
+	      cat $$log; echo "fuzz: $$dir $$f FAILED"; exit 1; fi; \
+	    n=$$(grep -o 'execs: [0-9]*' $$log | tail -1 | cut -d' ' -f2); \
+	    echo "fuzz: $$dir $$f $${n:-0} execs" >>$$sum; \
+	  done; done; \
+	cat $$sum
+
+# fuzz-short is CI's share of fuzzing (part of `make test`).
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=3s
 
 bench: build
 	@$(WITH_TESTENV); $(GO) run ./scripts/bench -out docs/PERFORMANCE.md
