@@ -67,6 +67,7 @@ const (
 	fzBadGreeting             // the upstream greets with -ERR
 	fzReplace                 // the filter replaces the message (header added)
 	fzFilterError             // the filter fails (on_error tempfail)
+	fzProxyHeader             // the client is a trusted balancer: a PROXY header comes first
 )
 
 // heapBound is far above what any single session may hold: spools go to
@@ -90,6 +91,9 @@ func runFuzzSession(t *testing.T, client, upstream []byte, mode uint16) {
 	if mode&fzSTLS != 0 {
 		l.TLS = &tls.Config{Certificates: []tls.Certificate{fuzzCert(t)}}
 	}
+	if mode&fzProxyHeader != 0 {
+		l.ProxyProtocol = &ProxyProtocol{Trusted: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
+	}
 	if mode&fzRouted != 0 {
 		l.Router = func(login string) (*Upstream, string, error) {
 			if strings.HasSuffix(login, "#evil") {
@@ -110,7 +114,13 @@ func runFuzzSession(t *testing.T, client, upstream []byte, mode uint16) {
 	sess := newSession(srv, srv.opts.Listeners[0].withDefaults(), cc, netip.MustParseAddrPort("192.0.2.7:4321"))
 	sess.gen = srv.gen
 	done := make(chan struct{})
-	go func() { defer close(done); sess.run() }()
+	go func() {
+		defer close(done)
+		if mode&fzProxyHeader != 0 && sess.readProxyHeader() != nil {
+			return // refused, as Server.accept does
+		}
+		sess.run()
+	}()
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
@@ -563,6 +573,9 @@ var sessionSeeds = []struct {
 	{"cut-mid-filtered-retr", "USER bob\r\nPASS secret\r\nRETR 1\r\n", ops(opOK, opOK, opBody("1 u\r\n"), opCut(48, "Subject: cut\r\n")), fzFilter},
 	{"bad-greeting", "USER bob\r\n", "", fzBadGreeting},
 	{"garbage-and-overlong", "\x00\x01\r\n" + strings.Repeat("x", 100) + "\r\nNOOP\r\n", ops(opOK), fzShortLines | fzTrickle},
+	{"proxy-v1-header", "PROXY TCP4 198.51.100.1 192.0.2.1 40000 110\r\nUSER bob\r\nPASS secret\r\nQUIT\r\n", ops(opOK, opOK, opOK), fzProxyHeader},
+	{"proxy-v2-header-then-stls", "\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c\xc6\x33\x64\x01\xc0\x00\x02\x01\x9c\x40\x00\x6eSTLS\r\nUSER x\r\n", "", fzProxyHeader | fzSTLS},
+	{"proxy-header-from-untrusted-twice", "PROXY TCP4 198.51.100.1 192.0.2.1 40000 110\r\nPROXY TCP4 1.2.3.4 192.0.2.1 1 110\r\nNOOP\r\n", ops(opOK), fzProxyHeader},
 	{"raw-upstream", "USER bob\r\nLIST\r\n", "\x00\x03\x10+OK\r\n1 2\r\n.\r\n", 0},
 }
 
