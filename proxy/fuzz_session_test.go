@@ -463,7 +463,7 @@ func (s *upstreamScript) check(client, out []byte, mode uint16) error {
 		if !ok {
 			return fmt.Errorf("the client got a response %d the upstream never sent", k)
 		}
-		for ci < len(clientLines) && strings.TrimRight(clientLines[ci], "\r") != line {
+		for ci < len(clientLines) && !answers(strings.TrimRight(clientLines[ci], "\r"), line, mode) {
 			ci++
 		}
 		if ci == len(clientLines) {
@@ -520,6 +520,17 @@ func (s *upstreamScript) check(client, out []byte, mode uint16) error {
 		}
 	}
 	return nil
+}
+
+// answers tells whether the upstream's answer to line can be the answer to
+// the client's clientLine: the same command, or, when the policy filters
+// TOP, the RETR popgate sends for a TOP (its -ERR goes to the client).
+func answers(clientLine, line string, mode uint16) bool {
+	if clientLine == line {
+		return true
+	}
+	f := strings.Split(clientLine, " ")
+	return mode&fzFilterTOP != 0 && len(f) == 3 && strings.EqualFold(f[0], "TOP") && line == "RETR "+f[1]
 }
 
 // Upstream script operations for seeds (see upstreamScript).
@@ -621,6 +632,16 @@ func TestFuzzSessionChecker(t *testing.T) {
 		if err := s.check(client, []byte(out), 0); err == nil {
 			t.Errorf("%s: passed the check", name)
 		}
+	}
+	// A filtered TOP is fetched with RETR: its -ERR answers the TOP.
+	s2 := newUpstreamScript(nil, false)
+	s2.lines[1], s2.lines[2] = "RETR 1", "RETR 1"
+	out := []byte("-ERR " + s2.tag + ".1\r\n-ERR " + s2.tag + ".2\r\n")
+	if err := s2.check([]byte("TOP 1 0\r\nRETR 1\r\n"), out, fzFilter|fzFilterTOP); err != nil {
+		t.Errorf("a filtered TOP answered by the RETR's -ERR failed the check: %v", err)
+	}
+	if err := s2.check([]byte("TOP 1 0\r\nRETR 1\r\n"), out, 0); err == nil {
+		t.Error("an unfiltered TOP answered by a RETR's -ERR passed the check")
 	}
 	// Answers to commands the client did not send in this order.
 	if err := s.check([]byte("NOOP\r\nRETR 1\r\n"), []byte(good), 0); err == nil {
