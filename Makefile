@@ -62,7 +62,7 @@ fuzz:
 	    if ! $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 10s $$dir >$$log 2>&1; then \
 	      cat $$log; echo "fuzz: $$dir $$f FAILED"; exit 1; fi; \
 	    n=$$(grep -o 'execs: [0-9]*' $$log | tail -1 | cut -d' ' -f2); \
-	    echo "fuzz: $$dir $$f $${n:-0} execs" >>$$sum; \
+	    echo "fuzz: $$dir $$f $${n:-0} execs" | tee -a $$sum; \
 	  done; done; \
 	cat $$sum
 
