@@ -107,7 +107,8 @@ func IsContinuation(line []byte) bool {
 // "-ERR [CODE] text" (no brackets when Code is empty, no space when Text is
 // empty). It is meant for popgate's own responses: control characters in
 // Text (CR, LF, NUL…; TAB is kept) become spaces, characters that cannot be
-// part of a response code are dropped from Code, and Text is shortened (at a
+// part of a response code are dropped from Code (a Code too long to fit is
+// left out), and Text is shortened (at a
 // UTF-8 boundary) so that the line with its CRLF fits [MaxStatusLine].
 func (s Status) Line() string {
 	var b strings.Builder
@@ -116,7 +117,9 @@ func (s Status) Line() string {
 	} else {
 		b.WriteString("-ERR")
 	}
-	if code := cleanCode(s.Code); code != "" {
+	// A code that leaves no room for the space before the text is dropped:
+	// the line must fit, and the text's cut below must not go negative.
+	if code := cleanCode(s.Code); code != "" && b.Len()+len(" [")+len(code)+len("] ")+2 <= MaxStatusLine {
 		b.WriteString(" [")
 		b.WriteString(code)
 		b.WriteByte(']')

@@ -128,3 +128,17 @@ func TestErrOKLine(t *testing.T) {
 		}
 	}
 }
+
+// A response code too long for a status line is dropped rather than
+// overflowing MaxStatusLine (or, with text, cutting the text at a negative
+// offset). Found by FuzzParseStatus.
+func TestStatusLineLongCode(t *testing.T) {
+	for _, n := range []int{490, 500, 505, 506, 507, 508, 510, 600, 5000} {
+		for _, text := range []string{"", "x", strings.Repeat("y", 600)} {
+			l := Status{Code: strings.Repeat("A", n), Text: text}.Line()
+			if len(l)+2 > MaxStatusLine || !strings.HasPrefix(l, "-ERR") {
+				t.Errorf("code of %d, text of %d: line of %d bytes: %.40q", n, len(text), len(l), l)
+			}
+		}
+	}
+}
