@@ -108,8 +108,8 @@ func IsContinuation(line []byte) bool {
 // empty). It is meant for popgate's own responses: control characters in
 // Text (CR, LF, NUL…; TAB is kept) become spaces, characters that cannot be
 // part of a response code are dropped from Code (a Code too long to fit is
-// left out), and Text is shortened (at a
-// UTF-8 boundary) so that the line with its CRLF fits [MaxStatusLine].
+// left out), and Text is shortened (at a UTF-8 boundary) so that the line
+// with its CRLF fits [MaxStatusLine].
 func (s Status) Line() string {
 	var b strings.Builder
 	if s.OK {
