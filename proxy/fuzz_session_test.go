@@ -339,7 +339,7 @@ func (s *upstreamScript) serve(conn net.Conn) {
 			// popgate answers within microseconds; a longer silence means it
 			// waits for more of a response than this script framed, so end
 			// it here rather than wait for popgate's upstream timeout.
-			_ = conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 			line, err := r.ReadString('\n')
 			if err != nil {
 				return
