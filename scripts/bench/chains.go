@@ -136,7 +136,7 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 	if cfg.has("strip+tag") || cfg.has("clamd") {
 		n := 0
 		if cfg.has("strip+tag") {
-			n = slices.Max(cfg.sessions)
+			n = slices.Max(cfg.stripSessions)
 		}
 		if cfg.has("clamd") {
 			if cr.clamdAddr == "" {
@@ -166,13 +166,16 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 		}
 		log.Printf("mailboxes ready in %.1f s", time.Since(t0).Seconds())
 		if cfg.has("strip+tag") {
-			for _, s := range cfg.sessions {
+			for _, s := range cfg.stripSessions {
 				for _, v := range []struct {
 					name  string
 					first int
 					msgs  [][]byte
 					exe   []bool
 				}{{"clean", 1, clean, make([]bool, len(clean))}, {"10% .exe", cfg.fmessages + 1, mixed, exe}} {
+					if v.name != "clean" && !slices.Contains(cfg.exeSessions, s) {
+						continue
+					}
 					lv, err := measureChain(ctx, cfg, dir, upstream, cr.clamdAddr, []string{"dangerous", "stamp"}, v.name, users, s, v.first, v.msgs, v.exe)
 					if err != nil {
 						return nil, err
@@ -293,7 +296,7 @@ func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr stri
 				return st, err
 			}
 			st.retries = attempt
-			if !st.disturbed() || attempt == maxRetries {
+			if !st.disturbed() || attempt >= cfg.retries {
 				return st, nil
 			}
 			log.Printf("%s, %s, %d sessions, %s: others used %.0f%% of the machine during the run; measuring it again",

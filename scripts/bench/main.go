@@ -62,6 +62,9 @@ type config struct {
 	fmessages     int      // attachment-heavy messages per variant and session
 	cmessages     int      // of those, downloaded per session through clamd
 	clamdSessions []int
+	stripSessions []int // strip+tag levels (clean messages)
+	exeSessions   []int // of those, where the 10% .exe variant runs too
+	retries       int   // re-measurements of a disturbed run
 	bigSize       int
 	// Idle sessions (idle.go).
 	idle int
@@ -130,22 +133,25 @@ func parseFlags(args []string) (config, error) {
 	mailboxes := fs.Int("mailboxes", 32, "bench mailboxes per message set; worker i uses mailbox i mod this (Dovecot does not lock a Maildir for POP3 by default, and nothing is deleted)")
 	messages := fs.Int("messages", 200, "messages in each bench mailbox, and the most one session downloads before it quits")
 	size := fs.String("size", "100KB", `size of each message ("100KB" = 100000 bytes, "100KiB" = 102400)`)
-	duration := fs.Duration("duration", 3*time.Second, "length of a measured run: each worker runs sessions back to back until it ends")
+	duration := fs.Duration("duration", 2*time.Second, "length of a measured run: each worker runs sessions back to back until it ends")
 	warmup := fs.Duration("warmup", time.Second, "length of the warm-up run of each target at each level")
 	repeat := fs.Int("repeat", 3, "measured runs of each target at each level (targets alternate; the median is reported)")
 	out := fs.String("out", "", "write the report (Markdown) to this file, e.g. docs/PERFORMANCE.md")
 	chart := fs.String("chart", "", "write the throughput chart (PNG, gnuplot) to this file; default: perf-throughput.png next to -out")
 	bin := fs.String("popgate", "bin/popgate", "the popgate binary (make build)")
 	level := fs.String("loglevel", "warn", "popgate's log level during the benchmark")
-	idleWait := fs.Duration("idlewait", 5*time.Second, "before each run, wait up to this long for the machine to be idle (other work skews the results); 0: do not wait")
+	idleWait := fs.Duration("idlewait", time.Second, "before each run, wait up to this long for the machine to be idle (other work skews the results); 0: do not wait")
 	targets := fs.String("targets", strings.Join(targetNames, ","), "empty-chain comparison: comma-separated paths (direct, popgate, nginx)")
-	quick := fs.String("quickack", "1,32,256", "levels at which every target runs a second series with TCP_QUICKACK set by the client (\"\": none)")
+	quick := fs.String("quickack", "1,32", "levels at which every target runs a second series with TCP_QUICKACK set by the client (\"\": none)")
 	nginx := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary")
 	nginxMod := fs.String("nginxmodule", "/usr/lib/nginx/modules/ngx_mail_module.so", "nginx's mail module (load_module)")
 	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain: direct, popgate, nginx), strip+tag, clamd, rss (peak RSS with a big message), idle (memory per idle session)")
 	fmessages := fs.Int("fmessages", 50, "filter chains: attachment-heavy messages per variant (clean, 10% .exe) in each mailbox, the most a session downloads")
 	cmessages := fs.Int("cmessages", 20, "clamd: messages each session downloads (the first clean ones)")
 	clamdSessions := fs.String("clamdsessions", "1,32,256", "clamd: comma-separated numbers of concurrent sessions")
+	stripSessions := fs.String("stripsessions", "1,32,256", "strip+tag: comma-separated numbers of concurrent sessions (clean messages)")
+	exeSessions := fs.String("exesessions", "1,32", "strip+tag: the levels of -stripsessions at which the 10% .exe variant runs too")
+	retries := fs.Int("retries", 0, "measure a run again, at most this often, when others used more than 10% of the machine during it (on a busy shared machine every run is; 0: mark such runs only)")
 	bigSize := fs.String("bigsize", "100MB", "rss: size of the big message")
 	idle := fs.Int("idle", 10000, "idle: sessions to hold open (capped per path by the fd limit)")
 	if err := fs.Parse(args); err != nil {
@@ -156,7 +162,7 @@ func parseFlags(args []string) (config, error) {
 	}
 	c := config{mailboxes: *mailboxes, messages: *messages, repeat: *repeat, out: *out, chart: *chart, popgate: *bin,
 		logLevel: *level, idleWait: *idleWait, duration: *duration, warmup: *warmup, nginx: *nginx, nginxMod: *nginxMod,
-		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle}
+		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle, retries: *retries}
 	var err error
 	if c.sessions, err = intList("sessions", *sessions); err != nil {
 		return config{}, err
@@ -165,6 +171,12 @@ func parseFlags(args []string) (config, error) {
 		return config{}, errors.New("-sessions: at least one level")
 	}
 	if c.clamdSessions, err = intList("clamdsessions", *clamdSessions); err != nil {
+		return config{}, err
+	}
+	if c.stripSessions, err = intList("stripsessions", *stripSessions); err != nil {
+		return config{}, err
+	}
+	if c.exeSessions, err = intList("exesessions", *exeSessions); err != nil {
 		return config{}, err
 	}
 	if c.quickAck, err = intList("quickack", *quick); err != nil {
@@ -243,10 +255,9 @@ type runStats struct {
 
 // maxOthersShare is the share of the machine's CPU time that others may use
 // during a run before the run counts as disturbed and is measured again, at
-// most maxRetries times.
+// most -retries times.
 const (
 	maxOthersShare = 0.10
-	maxRetries     = 1
 )
 
 // othersShare is the share of all CPUs used by others during the run.
@@ -434,7 +445,7 @@ func measureLevel(ctx context.Context, cfg config, dir, upstream string, auth *a
 		return st, nil
 	}
 	// once measures a run; a run during which others used much of the
-	// machine is measured again (at most maxRetries times), after waiting
+	// machine is measured again (at most -retries times), after waiting
 	// for an idle machine, and marked if it stays disturbed.
 	once := func(mode string) (runStats, error) {
 		for attempt := 0; ; attempt++ {
@@ -443,7 +454,7 @@ func measureLevel(ctx context.Context, cfg config, dir, upstream string, auth *a
 				return st, err
 			}
 			st.retries = attempt
-			if !st.disturbed() || attempt == maxRetries {
+			if !st.disturbed() || attempt >= cfg.retries {
 				return st, nil
 			}
 			log.Printf("%d sessions, %s: others used %.0f%% of the machine during the run; measuring it again",

@@ -399,8 +399,15 @@ func (rp *report) warning() string {
 	if len(d) == 0 {
 		return ""
 	}
-	return fmt.Sprintf("**Warning: the machine was busy with other work during %d measured run(s) of the empty-chain comparison even after %d retry each: %s. "+
-		"Their numbers are less reliable; rerun on a quiet machine.**\n", len(d), maxRetries, strings.Join(d, "; "))
+	if len(d) > 6 {
+		total := 0
+		for _, lv := range rp.levels {
+			total += len(lv.order)
+		}
+		d = []string{fmt.Sprintf("%d of %d runs; see the per-run tables (\"others\" in bold)", len(d), total)}
+	}
+	return fmt.Sprintf("**Warning: others used more than %.0f%% of the machine's CPU during %d of the measured runs of this comparison (-retries %d): %s. "+
+		"Their numbers are less reliable; rerun on a quiet machine.**\n", 100*maxOthersShare, len(d), rp.cfg.retries, strings.Join(d, "; "))
 }
 
 func (rp *report) summary() string {
@@ -530,8 +537,11 @@ func (rp *report) markdown() string {
 	w("\n## What is measured, and how\n\n")
 	w("- **Client**: a small Go POP3 client in the harness (bufio, TCP_NODELAY on as Go's default) that reads each RETR response to its terminator and checks the message against the stored one, byte for byte ")
 	w("(through strip+tag: the tag header plus the original; stripped messages are parsed as MIME).\n")
-	w("- **Workers and sessions**: a level of N sessions runs N workers at once, each running sessions back to back until the run ends (%s; a %s warm-up per target and level first): ", c.duration, c.warmup)
+	w("- **Workers and sessions**: a level of N sessions runs N workers at once, each running sessions back to back (a %s warm-up run per target and level first): ", c.warmup)
 	w("connect, greeting, USER, PASS, RETR 1, 2, … (at most %d; the session quits early when the run's time is up), QUIT. No DELE: mailboxes are reused. ", c.messages)
+	w("Each worker's first session waits after its login until all N workers are logged in; then the measured window of %s starts, and the run ends with it. ", c.duration)
+	w("So N sessions really download at once, and the login storm at the start (at 256 sessions Dovecot forks 512 processes) does not count as download time; ")
+	w("logins later in the window (a worker's next session) are part of it. Without this barrier the first sessions download at full speed while the others wait for their login for tens of seconds. ")
 	w("Worker i uses bench mailbox i mod %d: Dovecot does not lock a Maildir for POP3 by default (`pop3_lock_session = no`) and nothing is deleted, so sessions can share mailboxes; ", c.mailboxes)
 	w("the test Dovecot allows `mail_max_userip_connections = 10000`, `default_process_limit = 1000`, `service pop3 { process_limit = 1000 }`, enough for 256 sessions. ")
 	w("Each mailbox holds %d messages of exactly %d bytes (headers, a text part with dot-stuffed lines, a base64 attachment; CRLF line ends).\n", c.messages, c.size)
@@ -542,9 +552,9 @@ func (rp *report) markdown() string {
 	w("Each level gets a fresh popgate and a fresh nginx (so peak RSS belongs to the level); both are stopped at the end.\n")
 	w("- **Order**: the modes of a level alternate, forward then backward (ABBA), %d measured runs each; every figure is the **median over the runs** per metric. ", c.repeat)
 	w("Before each run the harness waits (up to `-idlewait`, %s) until the machine is less than %.0f%% busy; a run during which others used more than %.0f%% of the machine's CPU ", c.idleWait, 100*idleShare, 100*maxOthersShare)
-	w("(machine CPU time minus Dovecot's, the client's and the proxy's) is measured again, at most %d time(s); the per-run tables show all of it.\n", maxRetries)
-	w("- **MB/s** (10^6 bytes) and **msg/s**: message bytes and messages received by all workers ÷ wall time from the start of the run to the end of its last session. ")
-	w("**RETR p50/p99**: per RETR, from writing the command to reading the terminating `.`. **login p50/p99**: per session, from connect to the `+OK` of PASS (greeting, USER, PASS). ")
+	w("(machine CPU time minus the CPU time of Dovecot's processes, the client and the proxy) is marked, and measured again at most %d time(s) (`-retries`); the per-run tables show all of it.\n", c.retries)
+	w("- **MB/s** (10^6 bytes) and **msg/s**: bytes and messages of the RETRs that ended within the window, all workers, ÷ the window. ")
+	w("**RETR p50/p99**: per RETR within the window, from writing the command to reading the terminating `.`. **login p50/p99**: per session, from connect to the `+OK` of PASS (greeting, USER, PASS), all logins of the run, the initial storm included. ")
 	w("**p99 Δ**: the proxy's p99 RETR minus direct p99 at the same level. **proxy CPU s/GB**: utime+stime (/proc/PID/stat) over the measured runs per 10^9 bytes; ")
 	w("**peak RSS**: VmHWM (/proc/PID/status) at the end of the level, warm-up included (nginx: summed over its processes).\n")
 
@@ -557,10 +567,10 @@ func (rp *report) markdown() string {
 	w("or, with the test environment already up:\n\n")
 	w("```sh\nmake build && . \"$(scripts/testenv.sh envfile)\" && go run ./scripts/bench -out docs/PERFORMANCE.md\n```\n\n")
 	w("It needs Dovecot and clamd (scripts/testenv.sh), nginx with `libnginx-mod-mail`, and gnuplot (`gnuplot-nox`); `scripts/testenv.sh up` installs them as root. ")
-	w("Flags (defaults): `-sessions 1,32,256`, `-duration 3s`, `-warmup 1s`, `-repeat 3`, `-mailboxes 32`, `-messages 200`, `-size 100KB` (decimal; `100KiB` for 102400), ")
-	w("`-targets direct,popgate,nginx`, `-quickack 1,32,256` (levels with the TCP_QUICKACK series; `\"\"` for none), `-chains none,strip+tag,clamd,rss,idle` (which measurements), ")
-	w("`-fmessages 50`, `-cmessages 20`, `-clamdsessions 1,32,256`, `-bigsize 100MB`, `-idle 10000`, `-popgate bin/popgate`, `-nginx /usr/sbin/nginx`, ")
-	w("`-nginxmodule /usr/lib/nginx/modules/ngx_mail_module.so`, `-loglevel warn`, `-idlewait 5s`, `-out FILE`, `-chart FILE` (default: perf-throughput.png next to -out). ")
+	w("Flags (defaults): `-sessions 1,32,256`, `-duration 2s`, `-warmup 1s`, `-repeat 3`, `-mailboxes 32`, `-messages 200`, `-size 100KB` (decimal; `100KiB` for 102400), ")
+	w("`-targets direct,popgate,nginx`, `-quickack 1,32` (levels with the TCP_QUICKACK series; `\"\"` for none), `-chains none,strip+tag,clamd,rss,idle` (which measurements), ")
+	w("`-fmessages 50`, `-cmessages 20`, `-stripsessions 1,32,256`, `-exesessions 1,32`, `-clamdsessions 1,32,256`, `-bigsize 100MB`, `-idle 10000`, `-popgate bin/popgate`, `-nginx /usr/sbin/nginx`, ")
+	w("`-nginxmodule /usr/lib/nginx/modules/ngx_mail_module.so`, `-loglevel warn`, `-idlewait 1s`, `-retries 0`, `-out FILE`, `-chart FILE` (default: perf-throughput.png next to -out). ")
 	w("A quick run: `-sessions 1,32 -quickack 32 -repeat 1 -chains none,idle -idle 2000`. The bench users (per-user passwd-files and Maildirs, made with `proxy/testenv`) are removed at the end.\n\n")
 
 	w("## Caveats\n\n")
