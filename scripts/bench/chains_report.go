@@ -169,7 +169,7 @@ func (cr *chainResults) markdown(c config) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("## Filter chains: what is measured\n\n")
-	w("Same harness, same client, same Dovecot, same method (workers running sessions back to back, a %s warm-up of each mode, then %d measured runs of %s each in ABBA order, medians per metric; ", c.warmup, c.repeat, c.duration)
+	w("Same harness, same client, same Dovecot, same method (workers running sessions back to back, a %s warm-up of the fresh popgate, then %d measured runs of %s each in ABBA order, medians per metric; ", c.warmup, c.repeat, c.duration)
 	w("a fresh popgate per table row). A session downloads at most the messages of its variant, then quits and the worker starts the next. The filter chains run on **attachment-heavy messages** of exactly %d bytes, made by the harness: ", cr.size)
 	w("a text part, a zip of three stored documents (docx, xlsx, odt), a PNG-like image and a PDF-like attachment that takes the rest (all base64). ")
 	w("Each bench mailbox (worker i uses mailbox i mod %d) holds %d such messages (**clean**: nothing matches the strip rules, the common case) followed by %d more (**10%% .exe**: ", c.mailboxes, c.fmessages, c.fmessages)

@@ -111,8 +111,8 @@ func (rp *report) writeChart(png string) error {
 set terminal pngcairo size 1000,650 noenhanced font "sans,11"
 set output %q
 set title "POP3 RETR throughput against concurrency (loopback, %d CPUs, %s)"
-set xlabel "concurrent sessions"
-set ylabel "MB/s (10^6 bytes/s)"
+set xlabel "concurrent sessions (log scale)" offset 0,0.6
+set ylabel "MB/s (million bytes per second)"
 set logscale x 2
 set xtics (%s)
 set xrange [%g:%g]

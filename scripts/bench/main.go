@@ -77,7 +77,7 @@ func (c config) has(name string) bool { return slices.Contains(c.chains, name) }
 var targetNames = []string{"direct", "popgate", "nginx"}
 
 func main() {
-	log.SetFlags(0)
+	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench: ")
 	if len(os.Args) > 1 && os.Args[1] == idleServerArg {
 		idleServerMain(os.Args[2:])
@@ -140,7 +140,7 @@ func parseFlags(args []string) (config, error) {
 	chart := fs.String("chart", "", "write the throughput chart (PNG, gnuplot) to this file; default: perf-throughput.png next to -out")
 	bin := fs.String("popgate", "bin/popgate", "the popgate binary (make build)")
 	level := fs.String("loglevel", "warn", "popgate's log level during the benchmark")
-	idleWait := fs.Duration("idlewait", time.Second, "before each run, wait up to this long for the machine to be idle (other work skews the results); 0: do not wait")
+	idleWait := fs.Duration("idlewait", 500*time.Millisecond, "before each run, wait up to this long for the machine to be idle (other work skews the results); 0: do not wait")
 	targets := fs.String("targets", strings.Join(targetNames, ","), "empty-chain comparison: comma-separated paths (direct, popgate, nginx)")
 	quick := fs.String("quickack", "1,32", "levels at which every target runs a second series with TCP_QUICKACK set by the client (\"\": none)")
 	nginx := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary")
@@ -463,8 +463,11 @@ func measureLevel(ctx context.Context, cfg config, dir, upstream string, auth *a
 	}
 
 	if cfg.warmup > 0 {
-		log.Printf("%d sessions: warm-up (%s)", n, strings.Join(cfg.targets, ", "))
-		for _, mode := range cfg.targets {
+		// The proxies are fresh processes at every level; Dovecot and the
+		// page cache are warmed by the first level (and by the proxies).
+		warm := slices.DeleteFunc(slices.Clone(cfg.targets), func(t string) bool { return t == "direct" && n != cfg.sessions[0] })
+		log.Printf("%d sessions: warm-up (%s)", n, strings.Join(warm, ", "))
+		for _, mode := range warm {
 			if _, err := measure(mode, cfg.warmup); err != nil {
 				return nil, fmt.Errorf("warm-up: %w", err)
 			}

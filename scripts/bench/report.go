@@ -399,15 +399,16 @@ func (rp *report) warning() string {
 	if len(d) == 0 {
 		return ""
 	}
-	if len(d) > 6 {
-		total := 0
-		for _, lv := range rp.levels {
-			total += len(lv.order)
-		}
-		d = []string{fmt.Sprintf("%d of %d runs; see the per-run tables (\"others\" in bold)", len(d), total)}
+	total := 0
+	for _, lv := range rp.levels {
+		total += len(lv.order)
 	}
-	return fmt.Sprintf("**Warning: others used more than %.0f%% of the machine's CPU during %d of the measured runs of this comparison (-retries %d): %s. "+
-		"Their numbers are less reliable; rerun on a quiet machine.**\n", 100*maxOthersShare, len(d), rp.cfg.retries, strings.Join(d, "; "))
+	list := strings.Join(d, "; ")
+	if len(d) > 6 {
+		list = "see the per-run tables (\"others\" in bold)"
+	}
+	return fmt.Sprintf("**Warning: others used more than %.0f%% of the machine's CPU during %d of the %d measured runs of this comparison (-retries %d): %s. "+
+		"Their numbers are less reliable; rerun on a quiet machine.**\n", 100*maxOthersShare, len(d), total, rp.cfg.retries, list)
 }
 
 func (rp *report) summary() string {
@@ -474,8 +475,8 @@ func (rp *report) markdown() string {
 			b.WriteString(q)
 		}
 	}
-	if s, _, _ := rp.scaling(); s != "" {
-		w("\n### From 32 to 256 sessions\n\n")
+	if s, lo, hi := rp.scaling(); s != "" {
+		w("\n### From %d to %d sessions\n\n", lo, hi)
 		b.WriteString(s)
 	}
 	if rp.cfg.chart != "" {
@@ -537,7 +538,7 @@ func (rp *report) markdown() string {
 	w("\n## What is measured, and how\n\n")
 	w("- **Client**: a small Go POP3 client in the harness (bufio, TCP_NODELAY on as Go's default) that reads each RETR response to its terminator and checks the message against the stored one, byte for byte ")
 	w("(through strip+tag: the tag header plus the original; stripped messages are parsed as MIME).\n")
-	w("- **Workers and sessions**: a level of N sessions runs N workers at once, each running sessions back to back (a %s warm-up run per target and level first): ", c.warmup)
+	w("- **Workers and sessions**: a level of N sessions runs N workers at once, each running sessions back to back (first a %s warm-up run of each proxy, a fresh process per level, and of direct at the first level): ", c.warmup)
 	w("connect, greeting, USER, PASS, RETR 1, 2, … (at most %d; the session quits early when the run's time is up), QUIT. No DELE: mailboxes are reused. ", c.messages)
 	w("Each worker's first session waits after its login until all N workers are logged in; then the measured window of %s starts, and the run ends with it. ", c.duration)
 	w("So N sessions really download at once, and the login storm at the start (at 256 sessions Dovecot forks 512 processes) does not count as download time; ")
@@ -570,7 +571,7 @@ func (rp *report) markdown() string {
 	w("Flags (defaults): `-sessions 1,32,256`, `-duration 2s`, `-warmup 1s`, `-repeat 3`, `-mailboxes 32`, `-messages 200`, `-size 100KB` (decimal; `100KiB` for 102400), ")
 	w("`-targets direct,popgate,nginx`, `-quickack 1,32` (levels with the TCP_QUICKACK series; `\"\"` for none), `-chains none,strip+tag,clamd,rss,idle` (which measurements), ")
 	w("`-fmessages 50`, `-cmessages 20`, `-stripsessions 1,32,256`, `-exesessions 1,32`, `-clamdsessions 1,32,256`, `-bigsize 100MB`, `-idle 10000`, `-popgate bin/popgate`, `-nginx /usr/sbin/nginx`, ")
-	w("`-nginxmodule /usr/lib/nginx/modules/ngx_mail_module.so`, `-loglevel warn`, `-idlewait 1s`, `-retries 0`, `-out FILE`, `-chart FILE` (default: perf-throughput.png next to -out). ")
+	w("`-nginxmodule /usr/lib/nginx/modules/ngx_mail_module.so`, `-loglevel warn`, `-idlewait 500ms`, `-retries 0`, `-out FILE`, `-chart FILE` (default: perf-throughput.png next to -out). ")
 	w("A quick run: `-sessions 1,32 -quickack 32 -repeat 1 -chains none,idle -idle 2000`. The bench users (per-user passwd-files and Maildirs, made with `proxy/testenv`) are removed at the end.\n\n")
 
 	w("## Caveats\n\n")
