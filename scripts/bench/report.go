@@ -473,6 +473,7 @@ func (rp *report) markdown() string {
 			w("the client then acknowledges every segment at once. A relay that leaves Nagle's algorithm on waits for those ACKs before it sends a short segment (the end of a response), ")
 			w("so its throughput depends on the client's ACK policy; a relay with `TCP_NODELAY` should not care.\n\n")
 			b.WriteString(q)
+			b.WriteString(rp.quickAckNotes())
 		}
 	}
 	if s, lo, hi := rp.scaling(); s != "" {
@@ -529,8 +530,8 @@ func (rp *report) markdown() string {
 
 	if len(rp.levels) > 0 {
 		w("\n## Where the CPU goes\n\n")
-		w("CPU seconds per 10^9 message bytes over the measured runs: Dovecot's session processes (pop3 and pop3-login, as the CPU time of the master's ended children; ")
-		w("the long-lived auth process is not counted), the harness's client, and the proxy (popgate's process; nginx's master and workers). ")
+		w("CPU seconds per 10^9 message bytes over the whole measured runs (login storm included): all of Dovecot's processes but the master (the ended children, pop3 and pop3-login, ")
+		w("and the live ones: auth, log, anvil, stats), the harness's client, and the proxy (popgate's process; nginx's master and workers). ")
 		w("When the busy share in the per-run tables is near 100%% the run is bound by CPU, and the throughput ratio follows the ratio of the totals (\"if CPU-bound\").\n\n")
 		b.WriteString(rp.cpuTable())
 	}
@@ -606,4 +607,25 @@ func ordinal(n int) string {
 		return fmt.Sprintf("%drd", n)
 	}
 	return fmt.Sprintf("%dth", n)
+}
+
+// quickAckNotes points out targets whose throughput depends on the
+// client's ACK policy.
+func (rp *report) quickAckNotes() string {
+	var b strings.Builder
+	for _, lv := range rp.levels {
+		for _, t := range rp.cfg.targets {
+			n, q := summarizeMode(lv, t), summarizeMode(lv, t+"+qa")
+			if q.runs == 0 || n.mbps == 0 || q.mbps < 1.5*n.mbps {
+				continue
+			}
+			fmt.Fprintf(&b, "- %s, %d session(s): %.1f× the throughput when the client acknowledges at once (RETR p50 %s ms → %s ms, p99 %s ms → %s ms). ",
+				modeTitle[t], lv.sessions, q.mbps/n.mbps, msf(n.retrP50), msf(q.retrP50), msf(n.retrP99), msf(q.retrP99))
+			b.WriteString("Stalls of tens of milliseconds per response that vanish with TCP_QUICKACK are the mark of Nagle's algorithm on the relay's client socket meeting the client's delayed ACK (about 40 ms on Linux).\n")
+		}
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return "\n" + b.String()
 }
