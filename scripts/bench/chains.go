@@ -21,8 +21,9 @@ import (
 )
 
 // chainNames are the measurements of -chains: the empty chain (main.go),
-// strip+tag, clamd alone, and the peak RSS with a big message.
-var chainNames = []string{"none", "strip+tag", "clamd", "rss"}
+// strip+tag, clamd alone, the peak RSS with a big message, and the memory
+// per idle session (idle.go).
+var chainNames = []string{"none", "strip+tag", "clamd", "rss", "idle"}
 
 // chainLevel is one filter-chain measurement: one chain, one message
 // variant, one concurrency; direct, popgate and (clamd) direct INSTREAM runs.
@@ -135,7 +136,7 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 	if cfg.has("strip+tag") || cfg.has("clamd") {
 		n := 0
 		if cfg.has("strip+tag") {
-			n = slices.Max(cfg.sessions)
+			n = slices.Max(cfg.stripSessions)
 		}
 		if cfg.has("clamd") {
 			if cr.clamdAddr == "" {
@@ -157,6 +158,7 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 			}
 		}
 		t0 := time.Now()
+		n = min(n, cfg.mailboxes)
 		log.Printf("creating %d mailboxes of 2 × %d attachment-heavy messages", n, cfg.fmessages)
 		users, err := createMailboxes(tb, n, append(slices.Clone(clean), mixed...))
 		if err != nil {
@@ -164,14 +166,17 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 		}
 		log.Printf("mailboxes ready in %.1f s", time.Since(t0).Seconds())
 		if cfg.has("strip+tag") {
-			for _, s := range cfg.sessions {
+			for _, s := range cfg.stripSessions {
 				for _, v := range []struct {
 					name  string
 					first int
 					msgs  [][]byte
 					exe   []bool
 				}{{"clean", 1, clean, make([]bool, len(clean))}, {"10% .exe", cfg.fmessages + 1, mixed, exe}} {
-					lv, err := measureChain(ctx, cfg, dir, upstream, cr.clamdAddr, []string{"dangerous", "stamp"}, v.name, users[:s], v.first, v.msgs, v.exe)
+					if v.name != "clean" && !slices.Contains(cfg.exeSessions, s) {
+						continue
+					}
+					lv, err := measureChain(ctx, cfg, dir, upstream, cr.clamdAddr, []string{"dangerous", "stamp"}, v.name, users, s, v.first, v.msgs, v.exe)
 					if err != nil {
 						return nil, err
 					}
@@ -182,7 +187,7 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 		if cfg.has("clamd") {
 			cm := clean[:cfg.cmessages]
 			for _, s := range cfg.clamdSessions {
-				lv, err := measureChain(ctx, cfg, dir, upstream, cr.clamdAddr, []string{"av"}, "clean", users[:s], 1, cm, make([]bool, len(cm)))
+				lv, err := measureChain(ctx, cfg, dir, upstream, cr.clamdAddr, []string{"av"}, "clean", users, s, 1, cm, make([]bool, len(cm)))
 				if err != nil {
 					return nil, err
 				}
@@ -201,54 +206,11 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 	return cr, nil
 }
 
-// filteredSession downloads messages first.. first+len(want)-1 and checks
-// each with check; the bytes counted are those of the originals.
-func filteredSession(first int, want [][]byte, check func(k int, body []byte) error) sessionFunc {
-	return func(ctx context.Context, addr string, u benchUser, res *sessionResult) {
-		res.retr = make([]time.Duration, 0, len(want))
-		start := time.Now()
-		c, err := dialPOP3(ctx, addr)
-		if err != nil {
-			res.err = err
-			return
-		}
-		defer c.close()
-		stop := context.AfterFunc(ctx, func() { c.close() })
-		defer stop()
-		if err := c.command("USER %s", u.name); err != nil {
-			res.err = fmt.Errorf("USER: %w", err)
-			return
-		}
-		if err := c.command("PASS %s", u.password); err != nil {
-			res.err = fmt.Errorf("PASS: %w", err)
-			return
-		}
-		res.setup = time.Since(start)
-		c.body = make([]byte, 0, len(want[0])+4096)
-		for k := range want {
-			d, err := c.retr(first + k)
-			if err != nil {
-				res.err = err
-				return
-			}
-			if err := check(k, c.body); err != nil {
-				res.err = fmt.Errorf("RETR %d: %w", first+k, err)
-				return
-			}
-			res.retr = append(res.retr, d)
-			res.bytes += int64(len(want[k]))
-		}
-		if err := c.command("QUIT"); err != nil {
-			res.err = fmt.Errorf("QUIT: %w", err)
-		}
-	}
-}
-
 // measureChain measures one chain on one message variant at one
 // concurrency: a fresh popgate, a warm-up of each mode, then cfg.repeat
 // measured runs of each in alternating order.
 func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr string, chain []string, variant string,
-	users []benchUser, first int, msgs [][]byte, exe []bool) (*chainLevel, error) {
+	users []benchUser, n, first int, msgs [][]byte, exe []bool) (*chainLevel, error) {
 	name := "strip+tag"
 	if slices.Contains(chain, "av") {
 		name = "clamd"
@@ -262,7 +224,7 @@ func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr stri
 		return nil, err
 	}
 	defer p.stop()
-	lv := &chainLevel{chain: name, variant: variant, sessions: len(users), messages: len(msgs)}
+	lv := &chainLevel{chain: name, variant: variant, sessions: n, messages: len(msgs)}
 	parts := 5 // text, zip, image or exe, pdf … counted below from the original
 	if n := bytes.Count(msgs[0], []byte("\r\n--=_att_")); n > 0 {
 		parts = n - 1 // boundaries minus the closing one (which also starts "--=_att_")
@@ -295,7 +257,7 @@ func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr stri
 		modes = append(modes, "scan")
 	}
 	clamd := clamdPID()
-	measure := func(mode string) (runStats, error) {
+	measure := func(mode string, d time.Duration) (runStats, error) {
 		waited, idle := waitIdle(ctx, cfg.idleWait)
 		pBefore, _ := cpuTime(p.pid())
 		var cBefore time.Duration
@@ -306,14 +268,14 @@ func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr stri
 		var err error
 		switch mode {
 		case "direct":
-			st, err = measureRunWith(ctx, upstream, users, direct)
+			st, err = measureRunWith(ctx, upstream, users, n, d, direct)
 		case "popgate":
-			st, err = measureRunWith(ctx, p.addr, users, through)
+			st, err = measureRunWith(ctx, p.addr, users, n, d, through)
 		case "scan":
-			st, err = measureScanRun(ctx, clamdAddr, len(users), msgs)
+			st, err = measureScanRun(ctx, clamdAddr, min(n, scanWorkers), d, msgs)
 		}
 		if err != nil {
-			return runStats{}, fmt.Errorf("%s, %s, %d sessions, %s: %w", name, variant, len(users), mode, err)
+			return runStats{}, fmt.Errorf("%s, %s, %d sessions, %s: %w", name, variant, n, mode, err)
 		}
 		st.mode, st.waited, st.idle = mode, waited, idle
 		if mode == "popgate" {
@@ -329,22 +291,26 @@ func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr stri
 	}
 	once := func(mode string) (runStats, error) {
 		for attempt := 0; ; attempt++ {
-			st, err := measure(mode)
+			st, err := measure(mode, cfg.duration)
 			if err != nil {
 				return st, err
 			}
 			st.retries = attempt
-			if !st.disturbed() || attempt == maxRetries {
+			if !st.disturbed() || attempt >= cfg.retries {
 				return st, nil
 			}
 			log.Printf("%s, %s, %d sessions, %s: others used %.0f%% of the machine during the run; measuring it again",
-				name, variant, len(users), mode, 100*st.othersShare())
+				name, variant, n, mode, 100*st.othersShare())
 		}
 	}
-	log.Printf("%s, %s, %d sessions: warm-up", name, variant, len(users))
-	for _, mode := range modes {
-		if _, err := once(mode); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
+	log.Printf("%s, %s, %d sessions: warm-up", name, variant, n)
+	if cfg.warmup > 0 {
+		// The fresh popgate only: its runs read the same mailboxes, which
+		// warms Dovecot and the page cache for the direct runs too.
+		for _, mode := range []string{"popgate"} {
+			if _, err := measure(mode, cfg.warmup); err != nil {
+				return nil, fmt.Errorf("warm-up: %w", err)
+			}
 		}
 	}
 	stripped.Store(0)
@@ -358,8 +324,8 @@ func measureChain(ctx context.Context, cfg config, dir, upstream, clamdAddr stri
 			if err != nil {
 				return nil, err
 			}
-			log.Printf("%s, %s, %d sessions, run %d/%d, %-7s %6.1f MB/s  RETR p50 %s p99 %s mean %s  CPU busy %.0f%% (others %.0f%%)",
-				name, variant, len(users), r+1, cfg.repeat, mode, st.mbps, ms(st.retrP50), ms(st.retrP99), ms(st.retrMean),
+			log.Printf("%s, %s, %d sessions, run %d/%d, %-7s %6.1f MB/s %6.0f msg/s  RETR p50 %s p99 %s mean %s  CPU busy %.0f%% (others %.0f%%)",
+				name, variant, n, r+1, cfg.repeat, mode, st.mbps, st.msgps, ms(st.retrP50), ms(st.retrP99), ms(st.retrMean),
 				100*st.busy, 100*st.othersShare())
 			lv.order = append(lv.order, mode)
 			switch mode {
@@ -414,33 +380,53 @@ func clamdScan(ctx context.Context, addr string, msg []byte) (string, error) {
 	return string(bytes.TrimRight(reply, "\x00\r\n")), nil
 }
 
-// measureScanRun scans msgs n times at once (n workers, each all of msgs in
-// order), as n popgate sessions would, timing each INSTREAM from connect to
-// the verdict.
-func measureScanRun(ctx context.Context, addr string, n int, msgs [][]byte) (runStats, error) {
+// scanWorkers caps the concurrent INSTREAM workers of the scan mode at
+// popgate's own default (scanner max_concurrent = 8): popgate never scans
+// more at once, and clamd's queue (MaxThreads 20 + MaxConnectionQueueLength
+// 200) would refuse 256 connections at once.
+const scanWorkers = 8
+
+// measureScanRun runs n workers at once, each sending msgs to clamd in
+// order, again and again, until d has passed (d = 0: once), timing each
+// INSTREAM from connect to the verdict.
+func measureScanRun(ctx context.Context, addr string, n int, d time.Duration, msgs [][]byte) (runStats, error) {
 	times := make([][]time.Duration, n)
+	counted := make([]int64, n)
 	errs := make([]error, n)
 	gate := make(chan struct{})
+	var until time.Time
 	var wg sync.WaitGroup
 	for w := range n {
 		wg.Go(func() {
 			<-gate
-			for _, m := range msgs {
-				t := time.Now()
-				reply, err := clamdScan(ctx, addr, m)
-				if err == nil && reply != "stream: OK" {
-					err = fmt.Errorf("clamd said %q", reply)
+			for {
+				for _, m := range msgs {
+					if !until.IsZero() && time.Now().After(until) {
+						return
+					}
+					t := time.Now()
+					reply, err := clamdScan(ctx, addr, m)
+					if err == nil && reply != "stream: OK" {
+						err = fmt.Errorf("clamd said %q", reply)
+					}
+					if err != nil {
+						errs[w] = err
+						return
+					}
+					times[w] = append(times[w], time.Since(t))
+					counted[w] += int64(len(m))
 				}
-				if err != nil {
-					errs[w] = err
+				if until.IsZero() {
 					return
 				}
-				times[w] = append(times[w], time.Since(t))
 			}
 		})
 	}
 	before := sampleCPU()
 	start := time.Now()
+	if d > 0 {
+		until = start.Add(d)
+	}
 	close(gate)
 	wg.Wait()
 	wall := time.Since(start)
@@ -454,15 +440,13 @@ func measureScanRun(ctx context.Context, addr string, n int, msgs [][]byte) (run
 	}
 	st.others = time.Duration(after.busy-before.busy)*time.Second/time.Duration(clkTck()) - st.client
 	var all []time.Duration
-	for _, t := range times {
+	for w, t := range times {
 		all = append(all, t...)
+		st.bytes += counted[w]
 	}
-	for range n {
-		for _, m := range msgs {
-			st.bytes += int64(len(m))
-		}
-	}
+	st.msgs = int64(len(all))
 	st.mbps = float64(st.bytes) / wall.Seconds() / 1e6
+	st.msgps = float64(st.msgs) / wall.Seconds()
 	st.retrP50, st.retrP99, st.retrMean = percentile(all, 0.50), percentile(all, 0.99), mean(all)
 	return st, nil
 }
@@ -564,7 +548,7 @@ func measureRSS(ctx context.Context, cfg config, tb *benchTB, dir, upstream stri
 		}()
 		before, _ := cpuTime(p.pid())
 		var res sessionResult
-		sess(ctx, p.addr, users[0], &res)
+		sess(ctx, p.addr, users[0], nil, &res)
 		close(done)
 		after, _ := cpuTime(p.pid())
 		r.peakKB = procStatusKB(p.pid(), "VmHWM")

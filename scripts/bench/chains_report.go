@@ -169,10 +169,10 @@ func (cr *chainResults) markdown(c config) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("## Filter chains: what is measured\n\n")
-	w("Same harness, same client, same Dovecot, same alternation (a warm-up of each mode, then %d measured runs of each in ABBA order, medians per metric; ", c.repeat)
-	w("a fresh popgate per table row). The filter chains run on **attachment-heavy messages** of exactly %d bytes, made by the harness: ", cr.size)
+	w("Same harness, same client, same Dovecot, same method (workers running sessions back to back, a %s warm-up of the fresh popgate, then %d measured runs of %s each in ABBA order, medians per metric; ", c.warmup, c.repeat, c.duration)
+	w("a fresh popgate per table row). A session downloads at most the messages of its variant, then quits and the worker starts the next. The filter chains run on **attachment-heavy messages** of exactly %d bytes, made by the harness: ", cr.size)
 	w("a text part, a zip of three stored documents (docx, xlsx, odt), a PNG-like image and a PDF-like attachment that takes the rest (all base64). ")
-	w("Each bench mailbox holds %d such messages (**clean**: nothing matches the strip rules, the common case) followed by %d more (**10%% .exe**: ", c.fmessages, c.fmessages)
+	w("Each bench mailbox (worker i uses mailbox i mod %d) holds %d such messages (**clean**: nothing matches the strip rules, the common case) followed by %d more (**10%% .exe**: ", c.mailboxes, c.fmessages, c.fmessages)
 	w("in every tenth message the image is replaced by `setup-N.exe`, which the strip rules remove and quarantine). ")
 	w("popgate runs with `spool { memory_limit = \"1MB\" }` and a quarantine directory in a temp dir, and filters as in `examples/demo.hcl`: ")
 	w("`filter \"strip\" \"dangerous\"` (extensions %s, `archive_filenames = [\"*.exe\", \"*.scr\", \"*.js\"]` so every zip is listed) and ", strings.Join(stripExtensions, " "))
@@ -196,7 +196,7 @@ func (cr *chainResults) markdown(c config) string {
 		}
 		w("Chain `[\"av\"]` against the test clamd (%s; `MaxThreads %s`, `StreamMaxLength %s` in $POPGATE_TEST_CLAMD_CONF; popgate's scanner has the default `max_concurrent = 8`), ", cr.clamdAddr, mt, cr.streamMax)
 		w("on the first %d clean attachment-heavy messages of each mailbox. Three modes alternate: **direct** RETR from Dovecot, **popgate** RETR through the clamd chain, ", c.cmessages)
-		w("and **INSTREAM**: the harness sends the same messages straight to clamd (same number of concurrent workers as sessions, a new connection per message, 64 KiB chunks as popgate sends them) ")
+		w("and **INSTREAM**: the harness sends the same messages straight to clamd (as many concurrent workers as sessions but at most %d, popgate's default `max_concurrent` for a scanner, so at most that many scans run at once on either path; a new connection per message, 64 KiB chunks as popgate sends them) ", scanWorkers)
 		w("and times connect → verdict. popgate's **overhead** beyond clamd's scan = (popgate RETR − direct RETR − INSTREAM scan) ÷ INSTREAM scan, ")
 		w("from the per-run means (and, second column, p50s), medians over the runs; target ≤ %.0f%%. A negative overhead means popgate overlaps work ", 100*targetClamdOverhd)
 		w("(for instance fetching from Dovecot while it streams to clamd) or that the INSTREAM runs were slowed by something the others were not.\n\n")
@@ -227,7 +227,7 @@ func (cr *chainResults) markdown(c config) string {
 	}
 	w("## Filter chains: caveats\n\n")
 	w("- The same two cores run the client, Dovecot, popgate and clamd; the strip+tag ratio measures popgate's CPU cost for parsing, zip listing and spooling as much as its latency.\n")
-	w("- With one session a run of %d messages lasts a few tens of milliseconds: few samples, and other load on the machine moves them a lot (see the per-run tables).\n", c.fmessages)
+	w("- Other load on the machine moves single runs a lot (see the per-run tables and the load average at the top).\n")
 	w("- The clamd comparison runs the INSTREAM client in separate runs, not in the same instant as the RETRs: clamd's scan time depends on the load of the moment. ")
 	w("With one session the overhead rests on differences of a few milliseconds. The test clamd's signatures are whatever `scripts/testenv.sh` installed (see `$POPGATE_TEST_CLAMD_CONF`), which sets the scan time.\n")
 	w("- Stripped messages are quarantined (fsync'd write + rename + directory fsync) before delivery; the quarantine is on the temp dir's file system.\n\n")

@@ -1,10 +1,13 @@
 // Command bench measures popgate against a direct connection to the same
-// Dovecot, in the same run: each session logs in to a mailbox of its own
-// (-messages × -size, realistic MIME messages), downloads every message with
-// RETR and quits; the same sessions run directly against Dovecot and through
-// `popgate run` (an empty filter chain). It reports MB/s, p50/p99 RETR
-// latency, session-setup latency, popgate's CPU per GB and peak RSS, and
-// writes the table to -out (docs/PERFORMANCE.md in `make bench`).
+// Dovecot and against nginx's mail proxy, in the same run: at each level of
+// concurrency (-sessions) N workers run POP3 sessions back to back (login,
+// RETR of realistic MIME messages, QUIT) directly, through `popgate run`
+// (empty chain, strip+tag, clamd) and through nginx (a foreground child with
+// an auth_http responder in this program), with and without the client's
+// delayed ACKs (TCP_QUICKACK). It reports MB/s, msg/s, p50/p99 RETR and login
+// latency, CPU per GB, peak RSS for a big message and memory per idle
+// session, draws a chart with gnuplot and writes -out (docs/PERFORMANCE.md
+// in `make bench`).
 //
 // It needs the test environment (scripts/testenv.sh) and its variables:
 //
@@ -12,7 +15,7 @@
 //
 // Bench users are made with proxy/testenv (per-user passwd-files, Maildirs
 // owned by the mail uid) and removed at the end. Nothing is deleted from a
-// mailbox (no DELE), so the mailboxes are made once and reused.
+// mailbox (no DELE), so the mailboxes are made once and shared.
 package main
 
 import (
@@ -25,6 +28,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -37,28 +41,48 @@ import (
 )
 
 type config struct {
-	sessions []int
-	messages int
-	size     int
-	repeat   int
-	out      string
-	popgate  string
-	logLevel string
-	idleWait time.Duration
+	sessions  []int
+	mailboxes int
+	messages  int
+	size      int
+	duration  time.Duration
+	warmup    time.Duration
+	repeat    int
+	out       string
+	chart     string
+	popgate   string
+	logLevel  string
+	idleWait  time.Duration
+	targets   []string // of targetNames: the empty-chain comparison
+	quickAck  []int    // levels at which the TCP_QUICKACK series runs
+	nginx     string
+	nginxMod  string
 	// Filter chains (chains.go).
 	chains        []string // of chainNames
 	fmessages     int      // attachment-heavy messages per variant and session
 	cmessages     int      // of those, downloaded per session through clamd
 	clamdSessions []int
+	stripSessions []int // strip+tag levels (clean messages)
+	exeSessions   []int // of those, where the 10% .exe variant runs too
+	retries       int   // re-measurements of a disturbed run
 	bigSize       int
+	// Idle sessions (idle.go).
+	idle int
 }
 
 // has reports whether the chain (or measurement) name was asked for.
 func (c config) has(name string) bool { return slices.Contains(c.chains, name) }
 
+// targetNames are the paths of the empty-chain comparison.
+var targetNames = []string{"direct", "popgate", "nginx"}
+
 func main() {
-	log.SetFlags(0)
+	log.SetFlags(log.Ltime)
 	log.SetPrefix("bench: ")
+	if len(os.Args) > 1 && os.Args[1] == idleServerArg {
+		idleServerMain(os.Args[2:])
+		return
+	}
 	cfg, err := parseFlags(os.Args[1:])
 	if err != nil {
 		log.Print(err)
@@ -73,52 +97,108 @@ func main() {
 	}
 }
 
+func intList(flagName, v string) ([]int, error) {
+	var out []int
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-%s: %q is not a positive number", flagName, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func nameList(flagName, v string, allowed []string) ([]string, error) {
+	var out []string
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if !slices.Contains(allowed, f) {
+			return nil, fmt.Errorf("-%s: %q is not one of %s", flagName, f, strings.Join(allowed, ", "))
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
 func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	sessions := fs.String("sessions", "1,32", "comma-separated numbers of concurrent sessions")
-	messages := fs.Int("messages", 200, "messages in each session's mailbox")
+	sessions := fs.String("sessions", "1,32,256", "comma-separated numbers of concurrent sessions (client workers)")
+	mailboxes := fs.Int("mailboxes", 32, "bench mailboxes per message set; worker i uses mailbox i mod this (Dovecot does not lock a Maildir for POP3 by default, and nothing is deleted)")
+	messages := fs.Int("messages", 200, "messages in each bench mailbox, and the most one session downloads before it quits")
 	size := fs.String("size", "100KB", `size of each message ("100KB" = 100000 bytes, "100KiB" = 102400)`)
-	repeat := fs.Int("repeat", 3, "measured runs of each configuration (direct and popgate alternate; the median is reported)")
+	duration := fs.Duration("duration", 2*time.Second, "length of a measured run: each worker runs sessions back to back until it ends")
+	warmup := fs.Duration("warmup", time.Second, "length of the warm-up run of each target at each level")
+	repeat := fs.Int("repeat", 3, "measured runs of each target at each level (targets alternate; the median is reported)")
 	out := fs.String("out", "", "write the report (Markdown) to this file, e.g. docs/PERFORMANCE.md")
+	chart := fs.String("chart", "", "write the throughput chart (PNG, gnuplot) to this file; default: perf-throughput.png next to -out")
 	bin := fs.String("popgate", "bin/popgate", "the popgate binary (make build)")
 	level := fs.String("loglevel", "warn", "popgate's log level during the benchmark")
-	idleWait := fs.Duration("idlewait", 15*time.Second, "before each run, wait up to this long for the machine to be idle (other work skews the results); 0: do not wait")
-	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain), strip+tag, clamd, rss (peak RSS with a big message)")
-	fmessages := fs.Int("fmessages", 50, "filter chains: attachment-heavy messages per variant (clean, 10% .exe) in each session's mailbox")
+	idleWait := fs.Duration("idlewait", 500*time.Millisecond, "before each run, wait up to this long for the machine to be idle (other work skews the results); 0: do not wait")
+	targets := fs.String("targets", strings.Join(targetNames, ","), "empty-chain comparison: comma-separated paths (direct, popgate, nginx)")
+	quick := fs.String("quickack", "1,32", "levels at which every target runs a second series with TCP_QUICKACK set by the client (\"\": none)")
+	nginx := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary")
+	nginxMod := fs.String("nginxmodule", "/usr/lib/nginx/modules/ngx_mail_module.so", "nginx's mail module (load_module)")
+	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain: direct, popgate, nginx), strip+tag, clamd, rss (peak RSS with a big message), idle (memory per idle session)")
+	fmessages := fs.Int("fmessages", 50, "filter chains: attachment-heavy messages per variant (clean, 10% .exe) in each mailbox, the most a session downloads")
 	cmessages := fs.Int("cmessages", 20, "clamd: messages each session downloads (the first clean ones)")
-	clamdSessions := fs.String("clamdsessions", "1,8", "clamd: comma-separated numbers of concurrent sessions")
+	clamdSessions := fs.String("clamdsessions", "1,32,256", "clamd: comma-separated numbers of concurrent sessions")
+	stripSessions := fs.String("stripsessions", "1,32,256", "strip+tag: comma-separated numbers of concurrent sessions (clean messages)")
+	exeSessions := fs.String("exesessions", "1,32", "strip+tag: the levels of -stripsessions at which the 10% .exe variant runs too")
+	retries := fs.Int("retries", 0, "measure a run again, at most this often, when others used more than 10% of the machine during it (on a busy shared machine every run is; 0: mark such runs only)")
 	bigSize := fs.String("bigsize", "100MB", "rss: size of the big message")
+	idle := fs.Int("idle", 10000, "idle: sessions to hold open (capped per path by the fd limit)")
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	c := config{messages: *messages, repeat: *repeat, out: *out, popgate: *bin, logLevel: *level, idleWait: *idleWait,
-		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages)}
-	for _, f := range strings.Split(*sessions, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return config{}, fmt.Errorf("-sessions: %q is not a positive number", f)
-		}
-		c.sessions = append(c.sessions, n)
+	c := config{mailboxes: *mailboxes, messages: *messages, repeat: *repeat, out: *out, chart: *chart, popgate: *bin,
+		logLevel: *level, idleWait: *idleWait, duration: *duration, warmup: *warmup, nginx: *nginx, nginxMod: *nginxMod,
+		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle, retries: *retries}
+	var err error
+	if c.sessions, err = intList("sessions", *sessions); err != nil {
+		return config{}, err
 	}
-	for _, f := range strings.Split(*clamdSessions, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return config{}, fmt.Errorf("-clamdsessions: %q is not a positive number", f)
-		}
-		c.clamdSessions = append(c.clamdSessions, n)
+	if len(c.sessions) == 0 {
+		return config{}, errors.New("-sessions: at least one level")
 	}
-	for _, f := range strings.Split(*chains, ",") {
-		f = strings.TrimSpace(f)
-		if !slices.Contains(chainNames, f) {
-			return config{}, fmt.Errorf("-chains: %q is not one of %s", f, strings.Join(chainNames, ", "))
-		}
-		c.chains = append(c.chains, f)
+	if c.clamdSessions, err = intList("clamdsessions", *clamdSessions); err != nil {
+		return config{}, err
 	}
-	if c.fmessages < 1 || c.cmessages < 1 {
-		return config{}, errors.New("-fmessages and -cmessages must be at least 1")
+	if c.stripSessions, err = intList("stripsessions", *stripSessions); err != nil {
+		return config{}, err
+	}
+	if c.exeSessions, err = intList("exesessions", *exeSessions); err != nil {
+		return config{}, err
+	}
+	if c.quickAck, err = intList("quickack", *quick); err != nil {
+		return config{}, err
+	}
+	if c.chains, err = nameList("chains", *chains, chainNames); err != nil {
+		return config{}, err
+	}
+	if c.targets, err = nameList("targets", *targets, targetNames); err != nil {
+		return config{}, err
+	}
+	if c.has("none") && !slices.Contains(c.targets, "direct") {
+		return config{}, errors.New("-targets: direct is the baseline and cannot be left out")
+	}
+	if c.fmessages < 1 || c.cmessages < 1 || c.mailboxes < 1 {
+		return config{}, errors.New("-fmessages, -cmessages and -mailboxes must be at least 1")
+	}
+	if c.duration < 100*time.Millisecond || c.warmup < 0 {
+		return config{}, errors.New("-duration: at least 100ms; -warmup: not negative")
+	}
+	if c.idle < 1 {
+		return config{}, errors.New("-idle: at least 1")
 	}
 	bs, err := filters.ParseSize(*bigSize)
 	if err != nil || bs < 1000 || bs > 1<<30 {
@@ -136,6 +216,9 @@ func parseFlags(args []string) (config, error) {
 	if c.messages < 1 || c.repeat < 1 {
 		return config{}, errors.New("-messages and -repeat must be at least 1")
 	}
+	if c.chart == "" && c.out != "" {
+		c.chart = filepath.Join(filepath.Dir(c.out), "perf-throughput.png")
+	}
 	return c, nil
 }
 
@@ -143,21 +226,26 @@ func parseFlags(args []string) (config, error) {
 // time is Dovecot's share of a run; 0 if unknown.
 var dovecotPID int
 
-// runStats is one measured run: all sessions of one configuration, started
-// together.
+// runStats is one measured run: all workers of one configuration, started
+// together, each running sessions back to back for the run's duration.
 type runStats struct {
-	mode     string // "direct" or "popgate"
-	wall     time.Duration
+	mode     string        // "direct", "popgate", "nginx", "direct+qa", ... (main) or "direct", "popgate", "scan" (chains)
+	wall     time.Duration // the whole run, ramp-up included
+	window   time.Duration // the measured window (wall without a clock)
 	bytes    int64
+	msgs     int64
+	sessions int     // sessions completed (logins)
 	mbps     float64 // message bytes per second, 10^6
+	msgps    float64 // messages per second
 	retrP50  time.Duration
 	retrP99  time.Duration
 	setupP50 time.Duration
-	cpu      time.Duration // popgate's CPU time during the run (popgate runs only)
+	setupP99 time.Duration
+	cpu      time.Duration // the proxy's CPU time during the run (popgate or nginx)
 	client   time.Duration // the harness's CPU time during the run
 	dovecot  time.Duration // CPU time of Dovecot's session processes (pop3, pop3-login) of the run
 	busy     float64       // share of all CPUs of the machine busy during the run (anyone's work)
-	others   time.Duration // machine CPU time during the run not used by Dovecot, client or popgate
+	others   time.Duration // machine CPU time during the run not used by Dovecot, client or the proxy
 	waited   time.Duration // waited for an idle machine before the run
 	idle     bool          // the machine was idle before the run
 	retries  int           // disturbed measurements of this run that were discarded
@@ -167,10 +255,9 @@ type runStats struct {
 
 // maxOthersShare is the share of the machine's CPU time that others may use
 // during a run before the run counts as disturbed and is measured again, at
-// most maxRetries times.
+// most -retries times.
 const (
 	maxOthersShare = 0.10
-	maxRetries     = 2
 )
 
 // othersShare is the share of all CPUs used by others during the run.
@@ -180,15 +267,17 @@ func (s runStats) othersShare() float64 {
 
 func (s runStats) disturbed() bool { return s.othersShare() > maxOthersShare }
 
-// level holds everything measured at one concurrency.
+// level holds everything the empty-chain comparison measured at one
+// concurrency.
 type level struct {
-	sessions  int
-	direct    []runStats
-	popgate   []runStats
-	order     []string // modes in the order they ran
-	peakRSSkB int64
-	logLines  int
-	logBytes  int64
+	sessions   int
+	runs       map[string][]runStats // by mode
+	order      []string              // modes in the order they ran
+	peakRSSkB  map[string]int64      // popgate, nginx (all processes)
+	logLines   int                   // popgate's
+	logBytes   int64
+	nginxLines int // nginx's error log
+	authReqs   int64
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -199,11 +288,18 @@ func run(ctx context.Context, cfg config) error {
 	if upstream == "" {
 		return errors.New("POPGATE_TEST_POP3 is not set: source the test environment first: . \"$(scripts/testenv.sh envfile)\"")
 	}
+	if slices.Contains(cfg.targets, "nginx") || cfg.has("idle") {
+		if err := nginxAvailable(cfg.nginx, cfg.nginxMod); err != nil {
+			return fmt.Errorf("%v (scripts/testenv.sh up installs nginx and libnginx-mod-mail; or leave nginx out of -targets and idle out of -chains)", err)
+		}
+	}
+	started := time.Now()
 	loadBefore := loadAvg()
 	dovecotPID = dovecotMaster()
 	if dovecotPID == 0 {
 		log.Print("Dovecot's master process not found (POPGATE_TEST_DOVECOT_CONF): its CPU time is not reported")
 	}
+	log.Printf("fd limit %d (children inherit it)", fdLimit())
 
 	tb := &benchTB{}
 	defer func() {
@@ -226,10 +322,25 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
+	var idle *idleResults
+	if cfg.has("idle") {
+		if idle, err = runIdle(ctx, cfg, tb, dir); err != nil {
+			return err
+		}
+	}
 
 	m := describeMachine(cfg.popgate, runtime.NumCPU(), runtime.Version())
 	rep := report{cfg: cfg, m: m, levels: levels, loadBefore: loadBefore, loadAfter: loadAvg(),
-		date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), upstream: upstream, chains: fr}
+		date: time.Now().UTC().Format("2006-01-02 15:04 UTC"), upstream: upstream, chains: fr, idle: idle,
+		elapsed: time.Since(started)}
+	if cfg.chart != "" {
+		if err := rep.writeChart(cfg.chart); err != nil {
+			log.Printf("chart: %v", err)
+			rep.chartErr = err.Error()
+		} else {
+			log.Printf("wrote %s", cfg.chart)
+		}
+	}
 	fmt.Print(rep.summary())
 	if cfg.out != "" {
 		if err := os.WriteFile(cfg.out, []byte(rep.markdown()), 0o644); err != nil {
@@ -240,8 +351,8 @@ func run(ctx context.Context, cfg config) error {
 	return nil
 }
 
-// runEmptyChain is the empty-chain measurement: popgate vs direct at each
-// of cfg.sessions.
+// runEmptyChain is the empty-chain comparison: direct, popgate and nginx at
+// each of cfg.sessions.
 func runEmptyChain(ctx context.Context, cfg config, tb *benchTB, dir, upstream string) ([]*level, error) {
 	msgs := make([][]byte, cfg.messages)
 	for i := range msgs {
@@ -251,19 +362,26 @@ func runEmptyChain(ctx context.Context, cfg config, tb *benchTB, dir, upstream s
 		}
 		msgs[i] = m
 	}
-	maxSessions := slices.Max(cfg.sessions)
+	n := min(cfg.mailboxes, slices.Max(cfg.sessions))
 	t0 := time.Now()
-	log.Printf("creating %d mailboxes of %d × %d bytes (%.0f MB)", maxSessions, cfg.messages, cfg.size,
-		float64(maxSessions*cfg.messages*cfg.size)/1e6)
-	users, err := createMailboxes(tb, maxSessions, msgs)
+	log.Printf("creating %d mailboxes of %d × %d bytes (%.0f MB)", n, cfg.messages, cfg.size,
+		float64(n*cfg.messages*cfg.size)/1e6)
+	users, err := createMailboxes(tb, n, msgs)
 	if err != nil {
 		return nil, err
 	}
 	log.Printf("mailboxes ready in %.1f s", time.Since(t0).Seconds())
 
+	var auth *authResponder
+	if slices.Contains(cfg.targets, "nginx") {
+		if auth, err = startAuthResponder(upstream); err != nil {
+			return nil, err
+		}
+		defer auth.close()
+	}
 	var levels []*level
 	for _, n := range cfg.sessions {
-		lv, err := measureLevel(ctx, cfg, dir, upstream, users[:n], msgs)
+		lv, err := measureLevel(ctx, cfg, dir, upstream, auth, n, users, msgs)
 		if err != nil {
 			return nil, err
 		}
@@ -272,117 +390,153 @@ func runEmptyChain(ctx context.Context, cfg config, tb *benchTB, dir, upstream s
 	return levels, nil
 }
 
-// measureLevel starts a fresh popgate (so its peak RSS belongs to this
-// concurrency), warms up both paths once, then runs direct and popgate
-// alternately, cfg.repeat times each (ABBA order against drift).
-func measureLevel(ctx context.Context, cfg config, dir, upstream string, users []benchUser, msgs [][]byte) (*level, error) {
-	p, err := startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, "")
-	if err != nil {
-		return nil, err
-	}
-	defer p.stop()
-	lv := &level{sessions: len(users)}
-	addrOf := map[string]string{"direct": upstream, "popgate": p.addr}
+// proxyUnderTest is popgate or nginx as the path of a run.
+type proxyUnderTest struct {
+	addr string
+	cpu  func() time.Duration
+}
 
-	measure := func(mode string) (runStats, error) {
-		waited, idle := waitIdle(ctx, cfg.idleWait)
-		var before time.Duration
-		if mode == "popgate" {
-			if before, err = cpuTime(p.pid()); err != nil {
-				return runStats{}, err
-			}
+// measureLevel starts a fresh popgate and nginx (so peak RSS belongs to this
+// concurrency), warms up each path once, then runs every mode cfg.repeat
+// times, alternating (forward, then backward order against drift).
+func measureLevel(ctx context.Context, cfg config, dir, upstream string, auth *authResponder, n int, users []benchUser, msgs [][]byte) (*level, error) {
+	lv := &level{sessions: n, runs: map[string][]runStats{}, peakRSSkB: map[string]int64{}}
+	paths := map[string]proxyUnderTest{"direct": {addr: upstream, cpu: func() time.Duration { return 0 }}}
+	var p *popgateProc
+	var ng *nginxProc
+	var err error
+	if slices.Contains(cfg.targets, "popgate") {
+		if p, err = startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, ""); err != nil {
+			return nil, err
 		}
-		st, err := measureRun(ctx, addrOf[mode], users, msgs)
+		defer p.stop()
+		paths["popgate"] = proxyUnderTest{addr: p.addr, cpu: func() time.Duration { d, _ := cpuTime(p.pid()); return d }}
+	}
+	if slices.Contains(cfg.targets, "nginx") {
+		auth.setTarget(upstream)
+		before := auth.requests.Load()
+		if ng, err = startNginx(ctx, cfg.nginx, cfg.nginxMod, dir, "127.0.0.1:"+portOf(auth.addr), runtime.NumCPU()); err != nil {
+			return nil, err
+		}
+		defer ng.stop()
+		defer func() { lv.authReqs = auth.requests.Load() - before }()
+		paths["nginx"] = proxyUnderTest{addr: ng.addr, cpu: ng.cpu}
+	}
+	modes := slices.Clone(cfg.targets)
+	if slices.Contains(cfg.quickAck, n) {
+		for _, t := range cfg.targets {
+			modes = append(modes, t+"+qa")
+		}
+	}
+	session := exactSession(msgs)
+
+	measure := func(mode string, d time.Duration) (runStats, error) {
+		target, qa := strings.CutSuffix(mode, "+qa")
+		pt := paths[target]
+		waited, idle := waitIdle(ctx, cfg.idleWait)
+		before := pt.cpu()
+		st, err := measureRunWith(withQuickAck(ctx, qa), pt.addr, users, n, d, session)
 		if err != nil {
-			return runStats{}, fmt.Errorf("%d sessions, %s: %w", len(users), mode, err)
+			return runStats{}, fmt.Errorf("%d sessions, %s: %w", n, mode, err)
 		}
 		st.mode, st.waited, st.idle = mode, waited, idle
-		if mode == "popgate" {
-			after, err := cpuTime(p.pid())
-			if err != nil {
-				return runStats{}, err
-			}
-			st.cpu = after - before
-			st.others -= st.cpu
-		}
-		st.others = max(0, st.others)
+		st.cpu = pt.cpu() - before
+		st.others = max(0, st.others-st.cpu)
 		return st, nil
 	}
 	// once measures a run; a run during which others used much of the
-	// machine is measured again (at most maxRetries times), after waiting
+	// machine is measured again (at most -retries times), after waiting
 	// for an idle machine, and marked if it stays disturbed.
 	once := func(mode string) (runStats, error) {
 		for attempt := 0; ; attempt++ {
-			st, err := measure(mode)
+			st, err := measure(mode, cfg.duration)
 			if err != nil {
 				return st, err
 			}
 			st.retries = attempt
-			if !st.disturbed() || attempt == maxRetries {
+			if !st.disturbed() || attempt >= cfg.retries {
 				return st, nil
 			}
 			log.Printf("%d sessions, %s: others used %.0f%% of the machine during the run; measuring it again",
-				len(users), mode, 100*st.othersShare())
+				n, mode, 100*st.othersShare())
 		}
 	}
 
-	log.Printf("%d sessions: warm-up (direct, then popgate)", len(users))
-	for _, mode := range []string{"direct", "popgate"} {
-		if _, err := once(mode); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
+	if cfg.warmup > 0 {
+		// The proxies are fresh processes at every level; Dovecot and the
+		// page cache are warmed by the first level (and by the proxies).
+		warm := slices.DeleteFunc(slices.Clone(cfg.targets), func(t string) bool { return t == "direct" && n != cfg.sessions[0] })
+		log.Printf("%d sessions: warm-up (%s)", n, strings.Join(warm, ", "))
+		for _, mode := range warm {
+			if _, err := measure(mode, cfg.warmup); err != nil {
+				return nil, fmt.Errorf("warm-up: %w", err)
+			}
 		}
 	}
 	for r := 0; r < cfg.repeat; r++ {
-		modes := []string{"direct", "popgate"}
+		order := slices.Clone(modes)
 		if r%2 == 1 {
-			modes = []string{"popgate", "direct"}
+			slices.Reverse(order)
 		}
-		for _, mode := range modes {
+		for _, mode := range order {
 			st, err := once(mode)
 			if err != nil {
 				return nil, err
 			}
-			log.Printf("%d sessions, run %d/%d, %-7s %6.1f MB/s  RETR p50 %s p99 %s  setup p50 %s  CPU busy %.0f%% (others %.0f%%)",
-				len(users), r+1, cfg.repeat, mode, st.mbps, ms(st.retrP50), ms(st.retrP99), ms(st.setupP50), 100*st.busy,
+			log.Printf("%d sessions, run %d/%d, %-10s %6.1f MB/s %6.0f msg/s  RETR p50 %s p99 %s  login p50 %s p99 %s  CPU busy %.0f%% (others %.0f%%)",
+				n, r+1, cfg.repeat, mode, st.mbps, st.msgps, ms(st.retrP50), ms(st.retrP99), ms(st.setupP50), ms(st.setupP99), 100*st.busy,
 				100*st.othersShare())
 			lv.order = append(lv.order, mode)
-			if mode == "direct" {
-				lv.direct = append(lv.direct, st)
-			} else {
-				lv.popgate = append(lv.popgate, st)
-			}
+			lv.runs[mode] = append(lv.runs[mode], st)
 		}
 	}
-	lv.peakRSSkB = procStatusKB(p.pid(), "VmHWM")
-	p.stop()
-	lv.logLines, lv.logBytes = p.logStats()
+	if p != nil {
+		lv.peakRSSkB["popgate"] = procStatusKB(p.pid(), "VmHWM")
+		p.stop()
+		lv.logLines, lv.logBytes = p.logStats()
+	}
+	if ng != nil {
+		lv.peakRSSkB["nginx"] = ng.statusKB("VmHWM")
+		lv.nginxLines = ng.errorLogLines()
+	}
 	return lv, nil
 }
 
-// measureRun runs one session per user at once against addr and collects
-// what they measured.
-func measureRun(parent context.Context, addr string, users []benchUser, msgs [][]byte) (runStats, error) {
-	return measureRunWith(parent, addr, users, func(ctx context.Context, addr string, u benchUser, res *sessionResult) {
-		runSession(ctx, addr, u, msgs, res)
-	})
+func portOf(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return port
 }
 
-// sessionFunc runs one session of user u against addr.
-type sessionFunc func(ctx context.Context, addr string, u benchUser, res *sessionResult)
+// sessionFunc runs one session of user u against addr, stopping its
+// downloads once the clock says the run is over (nil: no limit), adding to
+// res.
+type sessionFunc func(ctx context.Context, addr string, u benchUser, clock *runClock, res *sessionResult)
 
-// measureRunWith runs sess once per user at once against addr.
-func measureRunWith(parent context.Context, addr string, users []benchUser, sess sessionFunc) (runStats, error) {
+// measureRunWith starts n workers at once against addr; worker i uses
+// users[i mod len(users)] and runs sess back to back until the run's
+// window of d is over (d = 0: one session each). Throughput and RETR
+// latency count the RETRs that ended within the window; login latency
+// counts every login, the ramp-up's included; CPU counts the whole run.
+func measureRunWith(parent context.Context, addr string, users []benchUser, n int, d time.Duration, sess sessionFunc) (runStats, error) {
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
-	res := make([]sessionResult, len(users))
+	res := make([]sessionResult, n)
 	gate := make(chan struct{})
+	clock := newRunClock(n, d)
 	var wg sync.WaitGroup
-	for i, u := range users {
+	for i := range n {
+		u := users[i%len(users)]
 		wg.Go(func() {
 			<-gate
-			sess(ctx, addr, u, &res[i])
-			if res[i].err != nil {
-				cancel() // one failure ends the run
+			for {
+				sess(ctx, addr, u, clock, &res[i])
+				if res[i].err != nil {
+					cancel() // one failure ends the run
+					return
+				}
+				if clock == nil || clock.over() {
+					return
+				}
 			}
 		})
 	}
@@ -400,11 +554,11 @@ func measureRunWith(parent context.Context, addr string, users []benchUser, sess
 		return runStats{}, errors.New("interrupted")
 	}
 	if err := ctx.Err(); err != nil {
-		// Report the session that failed first, not those closed because of it.
+		// Report the worker that failed first, not those closed because of it.
 		var first error
 		for i := range res {
 			if e := res[i].err; e != nil && (first == nil || errors.Is(first, net.ErrClosed) && !errors.Is(e, net.ErrClosed)) {
-				first = fmt.Errorf("session %d (%s): %w", i+1, users[i].name, e)
+				first = fmt.Errorf("worker %d (%s): %w", i+1, users[i%len(users)].name, e)
 			}
 		}
 		if first == nil {
@@ -417,20 +571,37 @@ func measureRunWith(parent context.Context, addr string, users []benchUser, sess
 		st.busy = float64(after.busy-before.busy) / float64(after.total-before.total)
 	}
 	machineCPU := time.Duration(after.busy-before.busy) * time.Second / time.Duration(clkTck())
-	st.others = machineCPU - st.client - st.dovecot // popgate's share is taken off by the caller
-	var retr, setup []time.Duration
-	for i := range res {
-		if res[i].err != nil {
-			return runStats{}, res[i].err
-		}
-		st.bytes += res[i].bytes
-		retr = append(retr, res[i].retr...)
-		setup = append(setup, res[i].setup)
+	st.others = machineCPU - st.client - st.dovecot // the proxy's share is taken off by the caller
+	from, to, windowed := time.Time{}, time.Time{}, false
+	if clock != nil {
+		from, to, windowed = clock.window()
 	}
-	st.mbps = float64(st.bytes) / wall.Seconds() / 1e6
+	var retr, setup []time.Duration
+	var wBytes, wMsgs int64
+	for i := range res {
+		st.bytes += res[i].bytes
+		st.msgs += res[i].msgs
+		st.sessions += len(res[i].setup)
+		setup = append(setup, res[i].setup...)
+		for k, t := range res[i].retrEnd {
+			if windowed && (t.Before(from) || t.After(to)) {
+				continue
+			}
+			retr = append(retr, res[i].retr[k])
+			wBytes += res[i].retrLen[k]
+			wMsgs++
+		}
+	}
+	span := wall
+	if windowed {
+		span = to.Sub(from)
+	}
+	st.window = span
+	st.mbps = float64(wBytes) / span.Seconds() / 1e6
+	st.msgps = float64(wMsgs) / span.Seconds()
 	st.retrP50, st.retrP99 = percentile(retr, 0.50), percentile(retr, 0.99)
 	st.retrMean = mean(retr)
-	st.setupP50 = percentile(setup, 0.50)
+	st.setupP50, st.setupP99 = percentile(setup, 0.50), percentile(setup, 0.99)
 	return st, nil
 }
 
