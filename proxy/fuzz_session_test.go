@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
@@ -441,6 +442,18 @@ func dotStuff(b []byte) []byte {
 }
 
 // check verifies the client's view of the session (see FuzzSession).
+// afterProxyHeader is what follows the PROXY header that starts client: the
+// commands. The header's length is as the header says (a v2 LOCAL header may
+// carry address bytes nobody reads), so it is found by parsing, not lines.
+func afterProxyHeader(client []byte) []byte {
+	r := bytes.NewReader(client)
+	br := bufio.NewReader(r)
+	if _, err := proxyproto.Read(br); err != nil {
+		return nil // refused: no command is read
+	}
+	return client[len(client)-r.Len()-br.Buffered():]
+}
+
 func (s *upstreamScript) check(client, out []byte, mode uint16) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -448,6 +461,9 @@ func (s *upstreamScript) check(client, out []byte, mode uint16) error {
 	// Upstream status lines: in the upstream's order, each at most once,
 	// and each answering a client line, in the client's order.
 	statusRE := regexp.MustCompile(`(?m)^(?:\+OK|-ERR|\+) ` + s.tag + `\.(\d+)`)
+	if mode&fzProxyHeader != 0 {
+		client = afterProxyHeader(client)
+	}
 	clientLines := strings.Split(string(client), "\n")
 	ci, last := 0, -1
 	for _, m := range statusRE.FindAllSubmatch(out, -1) {
