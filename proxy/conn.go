@@ -15,6 +15,7 @@ type idleConn struct {
 	readTimeout  time.Duration
 	writeTimeout time.Duration
 	readSet      time.Time // when the read deadline was last pushed
+	writeSet     time.Time // likewise for the write deadline
 	rx, tx       int64
 	rxc, txc     Adder // the observer's counters of rx and tx
 	// pre holds bytes read ahead of the PROXY header's end; they are read
@@ -26,8 +27,8 @@ type idleConn struct {
 }
 
 // deadlineSlack is how stale a deadline may get before it is pushed again;
-// it saves a timer update per read on busy connections at the cost of
-// timeouts firing up to this much early.
+// it saves a timer update per read or write on busy connections at the cost
+// of timeouts firing up to this much early.
 const deadlineSlack = 250 * time.Millisecond
 
 func (c *idleConn) Read(p []byte) (int, error) {
@@ -63,8 +64,12 @@ func (c *idleConn) Read(p []byte) (int, error) {
 
 func (c *idleConn) Write(p []byte) (int, error) {
 	if c.writeTimeout > 0 {
-		if err := c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)); err != nil {
-			return 0, err
+		now := time.Now()
+		if now.Sub(c.writeSet) > deadlineSlack {
+			c.writeSet = now
+			if err := c.Conn.SetWriteDeadline(now.Add(c.writeTimeout)); err != nil {
+				return 0, err
+			}
 		}
 	}
 	n, err := c.Conn.Write(p)
