@@ -186,6 +186,15 @@ func TestTOPFiltered(t *testing.T) {
 	if n := f.runs.Load(); n != 1 {
 		t.Fatalf("chain ran %d times for one message", n)
 	}
+	// Only TOP fills the cache, and RETR empties it: a session that
+	// downloads hundreds of messages holds none of them afterwards.
+	c.expectOK("RETR 2")
+	c.body()
+	c.expectOK("TOP 1 0")
+	c.body()
+	if n := f.runs.Load(); n != 3 {
+		t.Fatalf("chain ran %d times, want 3: RETR 2 and TOP 1 after RETR 1 are filtered afresh", n)
+	}
 	// A deleted message is not served from the cache.
 	c.expectOK("DELE 1")
 	if got := c.cmd("TOP 1 0"); !strings.HasPrefix(got, "-ERR") {

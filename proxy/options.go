@@ -146,8 +146,8 @@ type SessionPolicy struct {
 	// connection is closed without a terminator: the client keeps the
 	// message and retries. Zero sends nothing until the chain is done.
 	KeepAlive time.Duration
-	// TOPCacheSize bounds the filtered messages kept for TOP per session;
-	// default 16.
+	// TOPCacheSize bounds the filtered messages a session keeps after TOP
+	// (until the RETR that usually follows, or eviction); default 16.
 	TOPCacheSize int
 }
 
