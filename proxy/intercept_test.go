@@ -186,8 +186,9 @@ func TestTOPFiltered(t *testing.T) {
 	if n := f.runs.Load(); n != 1 {
 		t.Fatalf("chain ran %d times for one message", n)
 	}
-	// Only TOP fills the cache, and RETR empties it: a session that
-	// downloads hundreds of messages holds none of them afterwards.
+	// Only TOP fills the cache (and a quarantined message, see
+	// TestFilterEicar), and RETR empties it: a session that downloads
+	// hundreds of clean messages holds none of them afterwards.
 	c.expectOK("RETR 2")
 	c.body()
 	c.expectOK("TOP 1 0")

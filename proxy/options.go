@@ -146,8 +146,9 @@ type SessionPolicy struct {
 	// connection is closed without a terminator: the client keeps the
 	// message and retries. Zero sends nothing until the chain is done.
 	KeepAlive time.Duration
-	// TOPCacheSize bounds the filtered messages a session keeps after TOP
-	// (until the RETR that usually follows, or eviction); default 16.
+	// TOPCacheSize bounds the filtered messages a session keeps: after TOP
+	// until the RETR that usually follows, and those whose original went
+	// to quarantine (so it goes there once); default 16.
 	TOPCacheSize int
 }
 

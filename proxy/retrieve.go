@@ -55,7 +55,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		}
 	}
 	if f := s.cache.get(cmd.Args[0]); f != nil {
-		if !top {
+		if !top && f.res.QuarantineID == "" {
 			// The client has the whole message now: it is not TOPped again.
 			defer s.cache.drop(cmd.Args[0])
 		}
@@ -106,10 +106,13 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	if err != nil {
 		return err
 	}
-	if res.Outcome == filters.Deliver && top {
-		// Keep it: a client that TOPs a message usually RETRs it next.
-		// (Not after RETR: kept for every download, the cache held 16
-		// filtered messages per session, 3 MB of 100 KB mail.)
+	if res.Outcome == filters.Deliver && (top || res.QuarantineID != "") {
+		// Keep it: a client that TOPs a message usually RETRs it next; and
+		// filtering a quarantined message again (a notice, a stripped
+		// message) for a later TOP or RETR would quarantine its original a
+		// second time and show a different notice. Not every RETR: kept
+		// for every download, the cache held 16 filtered messages per
+		// session, 3 MB of 100 KB mail.
 		s.cache.put(cmd.Args[0], &filtered{res: res, in: in}, s.policy.TOPCacheSize)
 	} else {
 		defer in.Remove()

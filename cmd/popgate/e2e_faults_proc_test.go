@@ -8,7 +8,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -181,16 +180,7 @@ func spoolDiskFull(t *testing.T, d *testenv.DovecotEnv, _ *testenv.ClamdEnv, tal
 // writes block on it.
 func slowReader(t *testing.T, addr string) *faultClient {
 	t.Helper()
-	dialer := net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	c, err := dialer.Dial("tcp", addr)
+	c, err := smallBufferDialer.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

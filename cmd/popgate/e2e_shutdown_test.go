@@ -22,6 +22,19 @@ import (
 // for shutdown_timeout, then closes the session without QUIT and exits 0.
 // The client must never see a terminating "." for the cut message, and
 // Dovecot must delete nothing although the client had sent DELE 1.
+// smallBufferDialer dials with a 16 KiB receive buffer, so popgate's writes
+// block on a client that reads slowly instead of filling megabytes of kernel
+// buffers.
+var smallBufferDialer = net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
+	}); err != nil {
+		return err
+	}
+	return serr
+}}
+
 func TestSIGTERMMidDownload(t *testing.T) {
 	t.Parallel()
 	d := testenv.Dovecot(t)
@@ -44,18 +57,7 @@ func TestSIGTERMMidDownload(t *testing.T) {
 	idle.ok("PASS " + idleUser.Password)
 	idle.ok("DELE 1")
 
-	// A small receive buffer, so popgate's writes block on this client
-	// instead of filling megabytes of kernel buffers.
-	dialer := net.Dialer{Timeout: 10 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
-	conn, err := dialer.Dial("tcp", p.addr("plain"))
+	conn, err := smallBufferDialer.Dial("tcp", p.addr("plain"))
 	if err != nil {
 		t.Fatal(err)
 	}
