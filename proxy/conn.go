@@ -35,8 +35,7 @@ func (c *idleConn) Read(p []byte) (int, error) {
 	if c.pre != nil {
 		if c.pre.Buffered() > 0 {
 			n, _ := c.pre.Read(p) // buffered: never touches the connection
-			c.rx += int64(n)
-			c.rxc.Add(float64(n))
+			c.received(n)
 			return n, nil
 		}
 		c.pre = nil
@@ -55,11 +54,15 @@ func (c *idleConn) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Read(p)
+	c.received(n)
+	return n, err
+}
+
+func (c *idleConn) received(n int) {
 	if n > 0 {
 		c.rx += int64(n)
 		c.rxc.Add(float64(n))
 	}
-	return n, err
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {

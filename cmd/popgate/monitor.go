@@ -75,23 +75,21 @@ func (mo *monitor) use(cfg *policy.Config, gen int64) {
 	if mo == nil {
 		return
 	}
+	used := map[*clamav.Scanner]bool{}
+	for _, p := range cfg.Policies {
+		for _, f := range p.Filters {
+			if av, ok := f.(*clamav.Filter); ok {
+				used[av.Scanner()] = true
+			}
+		}
+	}
 	all := map[string]*clamav.Scanner{}
+	var needed []namedScanner
 	for name, s := range cfg.Scanners() {
 		if cs, ok := s.(*clamav.Scanner); ok {
 			all[name] = cs
-		}
-	}
-	byScanner := map[*clamav.Scanner]string{}
-	for name, s := range all {
-		byScanner[s] = name
-	}
-	var needed []namedScanner
-	seen := map[*clamav.Scanner]bool{}
-	for _, p := range cfg.Policies {
-		for _, f := range p.Filters {
-			if av, ok := f.(*clamav.Filter); ok && !seen[av.Scanner()] {
-				seen[av.Scanner()] = true
-				needed = append(needed, namedScanner{byScanner[av.Scanner()], av.Scanner()})
+			if used[cs] {
+				needed = append(needed, namedScanner{name, cs})
 			}
 		}
 	}

@@ -36,7 +36,7 @@ type Metrics struct {
 
 	sessionsActive  *prometheus.GaugeVec
 	sessions        *prometheus.CounterVec
-	commands        *prometheus.CounterVec
+	commands        map[string]prometheus.Counter // bound per command name: counted per command, no label hashing
 	bytes           *prometheus.CounterVec
 	messages        *prometheus.CounterVec
 	verdicts        *prometheus.CounterVec
@@ -80,7 +80,11 @@ func New() *Metrics {
 	m.reg.MustRegister(m.sessionsActive)
 	family("sessions_active", false, "listener")
 	m.sessions = counter("sessions_total", "Sessions ended, by listener and how they ended (quit, client_closed, timeout, client_error, upstream_unavailable, upstream_error, policy_refused, shutdown, error).", "listener", "result")
-	m.commands = counter("commands_total", "Client commands, by command (unknown ones as other).", "command")
+	commands := counter("commands_total", "Client commands, by command (unknown ones as other).", "command")
+	m.commands = map[string]prometheus.Counter{"other": commands.WithLabelValues("other")}
+	for _, c := range proxy.KnownCommands {
+		m.commands[c] = commands.WithLabelValues(c)
+	}
 	m.bytes = counter("bytes_total", "Bytes moved, by listener and direction (client_in, client_out, upstream_in, upstream_out).", "listener", "direction")
 	m.messages = counter("messages_total", "Filtered messages, by policy and outcome (delivered, changed, withheld, refused, deferred, failed_open).", "policy", "outcome")
 	m.verdicts = counter("filter_verdicts_total", "Filter verdicts, by filter and verdict (pass, replace, reject, retry, error).", "filter", "verdict")
@@ -187,7 +191,12 @@ func (s *sessionMetrics) ClientOut() proxy.Adder   { return s.l.clientOut }
 func (s *sessionMetrics) UpstreamIn() proxy.Adder  { return s.l.upstreamIn }
 func (s *sessionMetrics) UpstreamOut() proxy.Adder { return s.l.upstreamOut }
 
-func (s *sessionMetrics) Command(name string) { s.m.commands.WithLabelValues(name).Inc() }
+// Command counts name, which the proxy bounds to KnownCommands and "other".
+func (s *sessionMetrics) Command(name string) {
+	if c, ok := s.m.commands[name]; ok {
+		c.Inc()
+	}
+}
 
 func (s *sessionMetrics) UpstreamConnected(upstream string, took time.Duration, err error) {
 	if err != nil {
