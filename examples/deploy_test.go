@@ -18,7 +18,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popgate/popgate/proxy/metrics"
+	"github.com/popgate/popgate/internal/metrics"
 )
 
 // TestEveryExampleChecked fails for a file in examples/ that no test loads:

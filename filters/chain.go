@@ -89,8 +89,9 @@ type Chain struct {
 	Filters []Filter
 	// OnError applies when a filter fails; the zero value is TempFail.
 	OnError OnError
-	// Spool is handed to the filters through the context (SpoolFrom) for
-	// the replacement bodies they write; nil leaves the context as it is.
+	// Spool holds the message the proxy reads from the upstream for the
+	// chain; nil means a Spool with the defaults. (Filters get the spool for
+	// their replacement bodies when they are built: BuildContext.Spool.)
 	Spool *Spool
 	// ErrorHeader is the header field name of the PassWithTag warning;
 	// "" or an invalid field name means DefaultErrorHeader.
@@ -223,9 +224,6 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		res.Steps = append(res.Steps, Step{Filter: "max_size", Err: err})
 		return c.settle(ctx, env, in, c.fail(res, "max_size", err, in, in), false)
 	}
-	if c.Spool != nil {
-		ctx = WithSpool(ctx, c.Spool)
-	}
 	cur := in
 	lossy := false       // a Replace dropped bytes of the original
 	var skipped []string // filters that failed under PassWithTag
@@ -252,7 +250,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
 		}
 		start := time.Now()
-		v, err := callFilter(withSteps(ctx, res.Steps), f, name, env, in, cur)
+		v, err := callFilter(ctx, f, name, withSteps(env, res.Steps), in, cur)
 		step := Step{Filter: name, Action: v.Action, Reason: v.Reason, Err: err, Duration: time.Since(start)}
 		if err == nil {
 			switch {
@@ -482,38 +480,13 @@ func sameBody(a, b Body) (same bool) {
 	return a == b
 }
 
-type spoolKey struct{}
-
-var defaultSpool = &Spool{}
-
-// WithSpool returns a context that carries s for SpoolFrom. Chain.Run does
-// this with Chain.Spool; tests and tools that call filters directly may too.
-func WithSpool(ctx context.Context, s *Spool) context.Context {
-	return context.WithValue(ctx, spoolKey{}, s)
-}
-
-// SpoolFrom returns the Spool a filter should write replacement bodies to:
-// the one in ctx, or a Spool with the defaults when there is none.
-func SpoolFrom(ctx context.Context) *Spool {
-	if s, ok := ctx.Value(spoolKey{}).(*Spool); ok && s != nil {
-		return s
+// withSteps returns a copy of env that carries the steps so far: each
+// filter gets its own, since an abandoned filter may still be reading it.
+func withSteps(env *Envelope, steps []Step) *Envelope {
+	if env == nil {
+		return &Envelope{Steps: slices.Clone(steps)}
 	}
-	return defaultSpool
+	e := *env
+	e.Steps = slices.Clone(steps)
+	return &e
 }
-
-type stepsKey struct{}
-
-func withSteps(ctx context.Context, steps []Step) context.Context {
-	return context.WithValue(ctx, stepsKey{}, slices.Clone(steps))
-}
-
-// StepsFrom returns the steps of the filters that ran before the current
-// one in this chain run (for a filter that reports verdicts, like tag).
-func StepsFrom(ctx context.Context) []Step {
-	steps, _ := ctx.Value(stepsKey{}).([]Step)
-	return steps
-}
-
-// Version is popgate's version, for filters that stamp it on messages; main
-// sets it.
-var Version = "dev"

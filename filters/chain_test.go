@@ -704,17 +704,18 @@ func TestChainRecordsTiming(t *testing.T) {
 	}
 }
 
-// TestChainSpoolInContext: filters find the chain's spool through the
-// context and the chain cleans up the replacement files they write.
-func TestChainSpoolInContext(t *testing.T) {
+// TestChainReplacementsAndSteps: each filter sees on its envelope the steps
+// of the filters before it (and the caller's envelope stays as it was), and
+// the chain removes the replacement files the filters write to their spool.
+func TestChainReplacementsAndSteps(t *testing.T) {
 	dir := t.TempDir()
 	sp := &Spool{Dir: dir, MemoryLimit: -1}
-	rewrite := func(tag string) Filter {
-		return &funcFilter{name: tag, fn: func(ctx context.Context, _ *Envelope, body Body) (Verdict, error) {
-			if SpoolFrom(ctx) != sp {
-				return Verdict{}, errors.New("not the chain's spool")
+	rewrite := func(tag string, before int) Filter {
+		return &funcFilter{name: tag, fn: func(ctx context.Context, env *Envelope, body Body) (Verdict, error) {
+			if len(env.Steps) != before || (before > 0 && env.Steps[before-1].Action != Replace) {
+				return Verdict{}, fmt.Errorf("filter %s sees steps %+v", tag, env.Steps)
 			}
-			w := SpoolFrom(ctx).NewWriter()
+			w := sp.NewWriter()
 			io.WriteString(w, tag+";")
 			r, err := body.Open()
 			if err != nil {
@@ -730,15 +731,19 @@ func TestChainSpoolInContext(t *testing.T) {
 			return Verdict{Action: Replace, Body: nb, KeepsOriginal: true}, err
 		}}
 	}
-	c := &Chain{Spool: sp, Filters: []Filter{rewrite("a"), rewrite("b"), rewrite("c")}}
+	c := &Chain{Filters: []Filter{rewrite("a", 0), rewrite("b", 1), rewrite("c", 2)}}
 	var wg sync.WaitGroup
 	for i := range 8 {
 		wg.Go(func() {
 			in := BytesBody([]byte(fmt.Sprint("m", i)))
-			res := c.Run(context.Background(), nil, in)
+			env := &Envelope{User: "u"}
+			res := c.Run(context.Background(), env, in)
 			if res.Outcome != Deliver {
 				t.Errorf("outcome %v: %s", res.Outcome, res.Reason)
 				return
+			}
+			if env.Steps != nil {
+				t.Errorf("the caller's envelope was changed: %+v", env.Steps)
 			}
 			if got, _ := bodyString(res.Body); got != fmt.Sprint("c;b;a;m", i) {
 				t.Errorf("delivered %q", got)
@@ -750,10 +755,6 @@ func TestChainSpoolInContext(t *testing.T) {
 	}
 	wg.Wait()
 	assertDirEmpty(t, dir)
-
-	if SpoolFrom(context.Background()) == nil {
-		t.Errorf("SpoolFrom without a spool returned nil")
-	}
 }
 
 func TestParseOnError(t *testing.T) {

@@ -84,13 +84,17 @@ type Envelope struct {
 	Command   string // "RETR" or "TOP"
 	MsgNum    int
 	UIDL      string // the server's unique id of the message, "" if it has none
+	// Steps are what the filters before this one in the chain did (for a
+	// filter that reports verdicts, like tag); the chain fills it in.
+	Steps []Step
 }
 
 // Filter inspects one message. An error means the filter could not decide;
 // the chain then applies its OnError action. A filter never removes the Body
 // it is given. Filter may be called concurrently for different messages and
 // should return promptly when ctx ends; the chain abandons a filter that does
-// not. A filter that writes a replacement Body should use SpoolFrom(ctx).
+// not. A filter writes a replacement Body to the Spool it was built with
+// (BuildContext.Spool).
 type Filter interface {
 	Name() string
 	Filter(ctx context.Context, env *Envelope, body Body) (Verdict, error)

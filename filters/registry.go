@@ -1,109 +1,257 @@
 package filters
 
 import (
+	"fmt"
 	"slices"
+	"sort"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/rs/zerolog"
 )
 
-// BuildContext is what a Factory may use besides its own block.
-type BuildContext struct {
+// A filter or scanner kind (the TYPE of `filter "TYPE" "NAME"` and
+// `scanner "TYPE" "NAME"`) plugs into popgate with two steps, registered
+// together from an init function:
+//
+//   - Decode reads the block body into the kind's own settings type S and
+//     reports every problem as a diagnostic with a source range. It is pure:
+//     it starts no goroutine, opens no socket and writes nothing, so that
+//     `popgate check`, `--explain` and fuzzing can run it freely. It may
+//     read files the configuration names (as file() does).
+//   - Build turns the decoded settings into the running part, with what the
+//     running generation provides (BuildContext). It may connect, start
+//     health checks and so on; a scanner is closed when its generation is
+//     retired.
+//
+// Nothing else needs editing for a new kind: the configuration decoder, the
+// running generation, metrics, /readyz and `check --explain` see every kind
+// through FilterSpec, ScannerSpec and the Scanner interface.
+
+// FilterKind is the pair of steps of a filter type.
+type FilterKind[S any] struct {
+	Decode func(name string, body hcl.Body, dc *DecodeContext) (S, hcl.Diagnostics)
+	Build  func(name string, settings S, bc *BuildContext) (Filter, error)
+}
+
+// ScannerKind is the pair of steps of a scanner type.
+type ScannerKind[S any] struct {
+	Decode func(name string, body hcl.Body, dc *DecodeContext) (S, hcl.Diagnostics)
+	Build  func(name string, settings S, bc *BuildContext) (Scanner, error)
+}
+
+// DecodeContext is what a Decode step may use besides its own block.
+type DecodeContext struct {
 	// Eval evaluates expressions (it has the env() and file() functions).
 	Eval *hcl.EvalContext
-	// Scanners holds the scanner blocks built so far, by name (the second
-	// label of `scanner "TYPE" "NAME"`); a filter type asserts the type it
-	// needs and reports a diagnostic otherwise.
-	Scanners map[string]any
-	// ScannerRanges gives each scanner's block range, for diagnostics.
-	ScannerRanges map[string]hcl.Range
-	Log           zerolog.Logger
+	// Scanners holds the scanner blocks decoded so far, by name.
+	Scanners map[string]*ScannerSpec
+
+	uses []string // scanners the block being decoded refers to
 }
 
-// Factory builds the filter named name (the second label of a
-// `filter "TYPE" "name"` block) from the block's body: each filter type
-// decodes and validates its own settings (gohcl.DecodeBody) and returns
-// diagnostics with source ranges, never a bare error.
-type Factory func(name string, body hcl.Body, bc *BuildContext) (Filter, hcl.Diagnostics)
-
-// ScannerFactory builds a scanner from a `scanner "TYPE" "NAME"` block. A
-// scanner that implements io.Closer is closed when its configuration is
-// retired (after a reload, or at shutdown).
-type ScannerFactory func(name string, body hcl.Body, bc *BuildContext) (any, hcl.Diagnostics)
-
-var registry struct {
-	sync.RWMutex
-	m map[string]Factory
+// Scanner resolves a reference to a scanner block from a filter block: the
+// scanner named ref must exist and be of type kind. It reports a diagnostic
+// at rng otherwise. The reference is recorded in the FilterSpec (Uses), so
+// that health checks know which scanners a policy needs.
+func (dc *DecodeContext) Scanner(ref, kind string, rng hcl.Range) (*ScannerSpec, hcl.Diagnostics) {
+	s := dc.Scanners[ref]
+	switch {
+	case s == nil:
+		var names []string
+		for n, o := range dc.Scanners {
+			if o.Type == kind {
+				names = append(names, fmt.Sprintf("%q", n))
+			}
+		}
+		sort.Strings(names)
+		known := fmt.Sprintf(" (no %s scanner is declared)", kind)
+		if len(names) > 0 {
+			known = fmt.Sprintf(" (%s scanners: %s)", kind, strings.Join(names, ", "))
+		}
+		return nil, hcl.Diagnostics{Diagnostic(hcl.DiagError, rng, "Unknown scanner",
+			"There is no scanner %q%s; declare it with scanner %q %q { ... }.", ref, known, kind, ref)}
+	case s.Type != kind:
+		return nil, hcl.Diagnostics{Diagnostic(hcl.DiagError, rng, "Wrong scanner type",
+			"The scanner %q (declared at %s:%d:%d) is a %s scanner; this filter needs a scanner %q block.",
+			ref, s.Range.Filename, s.Range.Start.Line, s.Range.Start.Column, s.Type, kind)}
+	}
+	if !slices.Contains(dc.uses, ref) {
+		dc.uses = append(dc.uses, ref)
+	}
+	return s, nil
 }
 
-// Register makes a filter type available to policies. It is meant for init
-// functions and panics when typ is empty, f is nil, or typ is already
-// registered. It is safe for concurrent use.
-func Register(typ string, f Factory) {
-	if typ == "" {
-		panic("filters: Register with an empty type name")
-	}
-	if f == nil {
-		panic("filters: Register of type " + typ + " with a nil Factory")
-	}
-	registry.Lock()
-	defer registry.Unlock()
-	if _, dup := registry.m[typ]; dup {
-		panic("filters: filter type " + typ + " registered twice")
-	}
-	if registry.m == nil {
-		registry.m = make(map[string]Factory)
-	}
-	registry.m[typ] = f
+// BuildContext is what a Build step gets from the running generation: these
+// are the only inputs a filter or scanner has besides its settings.
+type BuildContext struct {
+	// Log is the generation's logger; a kind adds its own fields.
+	Log zerolog.Logger
+	// Spool holds the replacement bodies a filter writes.
+	Spool *Spool
+	// Version is popgate's version, for filters that stamp it on messages.
+	Version string
+	// Scanners holds the built scanners by name; a filter asserts the
+	// concrete type of the kind its Decode step checked.
+	Scanners map[string]Scanner
+	// OnScan, when set, sees the duration and error of every scan of every
+	// scanner (metrics). It must be cheap and must not block.
+	OnScan func(scanner string, took time.Duration, err error)
 }
 
-// Lookup returns the Factory registered for typ.
-func Lookup(typ string) (Factory, bool) {
-	registry.RLock()
-	defer registry.RUnlock()
-	f, ok := registry.m[typ]
-	return f, ok
+// FilterSpec is a decoded filter block: its type, name and settings, ready
+// to be built. It is immutable.
+type FilterSpec struct {
+	Type  string
+	Name  string
+	Range hcl.Range // the block header
+	// Uses names the scanner blocks the filter refers to.
+	Uses []string
+
+	settings any
+	kind     *erasedKind[Filter]
 }
 
-// Types returns the registered type names, sorted.
-func Types() []string {
-	registry.RLock()
-	defer registry.RUnlock()
-	types := make([]string, 0, len(registry.m))
-	for t := range registry.m {
+// Settings returns the decoded settings (the kind's own type).
+func (s *FilterSpec) Settings() any { return s.settings }
+
+// Build makes a running filter from the spec.
+func (s *FilterSpec) Build(bc *BuildContext) (Filter, error) {
+	f, err := s.kind.build(s.Name, s.settings, bc)
+	if err != nil {
+		return nil, fmt.Errorf("filter %q: %w", s.Name, err)
+	}
+	return f, nil
+}
+
+// ScannerSpec is a decoded scanner block. It is immutable.
+type ScannerSpec struct {
+	Type  string
+	Name  string
+	Range hcl.Range
+
+	settings any
+	kind     *erasedKind[Scanner]
+}
+
+// Settings returns the decoded settings (the kind's own type).
+func (s *ScannerSpec) Settings() any { return s.settings }
+
+// Build connects the scanner the spec describes.
+func (s *ScannerSpec) Build(bc *BuildContext) (Scanner, error) {
+	sc, err := s.kind.build(s.Name, s.settings, bc)
+	if err != nil {
+		return nil, fmt.Errorf("scanner %q: %w", s.Name, err)
+	}
+	return sc, nil
+}
+
+// erasedKind is a registered kind with its settings type erased.
+type erasedKind[T any] struct {
+	decode func(name string, body hcl.Body, dc *DecodeContext) (any, hcl.Diagnostics)
+	build  func(name string, settings any, bc *BuildContext) (T, error)
+}
+
+func erase[S, T any](decode func(string, hcl.Body, *DecodeContext) (S, hcl.Diagnostics), build func(string, S, *BuildContext) (T, error)) *erasedKind[T] {
+	return &erasedKind[T]{
+		decode: func(name string, body hcl.Body, dc *DecodeContext) (any, hcl.Diagnostics) {
+			return decode(name, body, dc)
+		},
+		build: func(name string, settings any, bc *BuildContext) (T, error) {
+			return build(name, settings.(S), bc)
+		},
+	}
+}
+
+// kinds is a registry of one sort of kind (filters or scanners).
+type kinds[T any] struct {
+	what string
+	mu   sync.RWMutex
+	m    map[string]*erasedKind[T]
+}
+
+func (k *kinds[T]) register(typ string, ek *erasedKind[T], ok bool) {
+	if typ == "" || !ok {
+		panic("filters: a " + k.what + " kind needs a type name, a Decode and a Build step")
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, dup := k.m[typ]; dup {
+		panic("filters: " + k.what + " type " + typ + " registered twice")
+	}
+	if k.m == nil {
+		k.m = map[string]*erasedKind[T]{}
+	}
+	k.m[typ] = ek
+}
+
+func (k *kinds[T]) lookup(typ string) *erasedKind[T] {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.m[typ]
+}
+
+func (k *kinds[T]) types() []string {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	types := make([]string, 0, len(k.m))
+	for t := range k.m {
 		types = append(types, t)
 	}
 	slices.Sort(types)
 	return types
 }
 
-var scannerRegistry struct {
-	sync.RWMutex
-	m map[string]ScannerFactory
+var (
+	filterKinds  = &kinds[Filter]{what: "filter"}
+	scannerKinds = &kinds[Scanner]{what: "scanner"}
+)
+
+// RegisterFilter makes a filter type available to `filter "TYPE" "NAME"`
+// blocks. It is meant for init functions, is safe for concurrent use, and
+// panics on an empty type, a missing step, or a type registered twice.
+func RegisterFilter[S any](typ string, k FilterKind[S]) {
+	filterKinds.register(typ, erase(k.Decode, k.Build), k.Decode != nil && k.Build != nil)
 }
 
-// RegisterScanner makes a scanner type available to `scanner` blocks; like
-// Register it is for init functions and panics on misuse.
-func RegisterScanner(typ string, f ScannerFactory) {
-	if typ == "" || f == nil {
-		panic("filters: RegisterScanner needs a type name and a factory")
-	}
-	scannerRegistry.Lock()
-	defer scannerRegistry.Unlock()
-	if _, dup := scannerRegistry.m[typ]; dup {
-		panic("filters: scanner type " + typ + " registered twice")
-	}
-	if scannerRegistry.m == nil {
-		scannerRegistry.m = make(map[string]ScannerFactory)
-	}
-	scannerRegistry.m[typ] = f
+// RegisterScanner makes a scanner type available to `scanner "TYPE" "NAME"`
+// blocks, as RegisterFilter does for filters.
+func RegisterScanner[S any](typ string, k ScannerKind[S]) {
+	scannerKinds.register(typ, erase(k.Decode, k.Build), k.Decode != nil && k.Build != nil)
 }
 
-// LookupScanner returns the ScannerFactory registered for typ.
-func LookupScanner(typ string) (ScannerFactory, bool) {
-	scannerRegistry.RLock()
-	defer scannerRegistry.RUnlock()
-	f, ok := scannerRegistry.m[typ]
-	return f, ok
+// FilterTypes and ScannerTypes return the registered type names, sorted.
+func FilterTypes() []string  { return filterKinds.types() }
+func ScannerTypes() []string { return scannerKinds.types() }
+
+// DecodeFilter decodes a `filter "typ" "name"` block body. ok is false when
+// typ is not registered (the caller reports that with its own range); the
+// spec is nil when the body has errors.
+func DecodeFilter(typ, name string, rng hcl.Range, body hcl.Body, dc *DecodeContext) (spec *FilterSpec, diags hcl.Diagnostics, ok bool) {
+	k := filterKinds.lookup(typ)
+	if k == nil {
+		return nil, nil, false
+	}
+	dc.uses = nil
+	settings, diags := k.decode(name, body, dc)
+	if diags.HasErrors() {
+		return nil, diags, true
+	}
+	return &FilterSpec{Type: typ, Name: name, Range: rng, Uses: slices.Clone(dc.uses), settings: settings, kind: k}, diags, true
+}
+
+// DecodeScanner decodes a `scanner "typ" "name"` block body, as
+// DecodeFilter does.
+func DecodeScanner(typ, name string, rng hcl.Range, body hcl.Body, dc *DecodeContext) (spec *ScannerSpec, diags hcl.Diagnostics, ok bool) {
+	k := scannerKinds.lookup(typ)
+	if k == nil {
+		return nil, nil, false
+	}
+	settings, diags := k.decode(name, body, dc)
+	if diags.HasErrors() {
+		return nil, diags, true
+	}
+	return &ScannerSpec{Type: typ, Name: name, Range: rng, settings: settings, kind: k}, diags, true
 }

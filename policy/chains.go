@@ -2,13 +2,11 @@ package policy
 
 import (
 	"errors"
-	"io"
 	"net/mail"
 	"os"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/rs/zerolog"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/popgate/popgate/filters"
@@ -20,9 +18,9 @@ import (
 type Policy struct {
 	Name string
 	// Chain names the filter blocks in the order they run (attribute
-	// chain); Filters holds them, built.
+	// chain); Filters holds them, decoded.
 	Chain   []string
-	Filters []filters.Filter
+	Filters []*filters.FilterSpec
 	// OnError applies when a filter cannot decide (attribute on_error:
 	// "tempfail", the default, "pass" or "reject").
 	OnError filters.OnError
@@ -83,40 +81,32 @@ type quarantineSchema struct {
 
 func (s *quarantineSchema) defRange() hcl.Range { return s.DefRange }
 
-// filtersAndPolicies builds scanners, filters, the quarantine and the
+// filtersAndPolicies decodes scanners, filters, the quarantine and the
 // policies. Filter and scanner types decode their own blocks through the
-// registry in package filters.
+// kinds registered in package filters; nothing is built or started here.
 func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
-	bc := &filters.BuildContext{
-		Eval:          d.ctx,
-		Scanners:      map[string]any{},
-		ScannerRanges: map[string]hcl.Range{},
-		Log:           zerolog.Nop(),
-	}
+	dc := &filters.DecodeContext{Eval: d.ctx, Scanners: map[string]*filters.ScannerSpec{}}
+	declaredScanners := map[string]hcl.Range{}
 	for _, b := range root.Scanners {
 		d.checkName("scanner", b.Name, b.NameRange)
-		if first, dup := bc.ScannerRanges[b.Name]; dup {
+		if first, dup := declaredScanners[b.Name]; dup {
 			d.errorf(b.NameRange, "Duplicate scanner", "A scanner named %q was already defined at %s.", b.Name, posString(first))
 			continue
 		}
-		factory, ok := filters.LookupScanner(b.Type)
+		declaredScanners[b.Name] = b.NameRange
+		spec, diags, ok := filters.DecodeScanner(b.Type, b.Name, b.DefRange, b.Body, dc)
 		if !ok {
-			d.errorf(b.TypeRange, "Unknown scanner type", "There is no scanner type %q.", b.Type)
+			d.errorf(b.TypeRange, "Unknown scanner type", "There is no scanner type %q; known types: %q.", b.Type, filters.ScannerTypes())
 			continue
 		}
-		s, diags := factory(b.Name, b.Body, bc)
 		d.diags = append(d.diags, diags...)
-		if s == nil || diags.HasErrors() {
-			closeQuietly(s)
-			continue
+		if spec != nil {
+			dc.Scanners[b.Name] = spec
+			cfg.Scanners = append(cfg.Scanners, spec)
 		}
-		bc.Scanners[b.Name] = s
-		bc.ScannerRanges[b.Name] = b.NameRange
-		cfg.scanners = append(cfg.scanners, s)
-		cfg.scannerNames = append(cfg.scannerNames, b.Name)
 	}
 
-	cfg.Filters = map[string]filters.Filter{}
+	cfg.Filters = map[string]*filters.FilterSpec{}
 	filterRanges := map[string]hcl.Range{}
 	for _, b := range root.Filters {
 		d.checkName("filter", b.Name, b.NameRange)
@@ -125,15 +115,14 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 			continue
 		}
 		filterRanges[b.Name] = b.NameRange
-		factory, ok := filters.Lookup(b.Type)
+		spec, diags, ok := filters.DecodeFilter(b.Type, b.Name, b.DefRange, b.Body, dc)
 		if !ok {
-			d.errorf(b.TypeRange, "Unknown filter type", "There is no filter type %q; known types: %q.", b.Type, filters.Types())
+			d.errorf(b.TypeRange, "Unknown filter type", "There is no filter type %q; known types: %q.", b.Type, filters.FilterTypes())
 			continue
 		}
-		f, diags := factory(b.Name, b.Body, bc)
 		d.diags = append(d.diags, diags...)
-		if f != nil && !diags.HasErrors() {
-			cfg.Filters[b.Name] = f
+		if spec != nil {
+			cfg.Filters[b.Name] = spec
 		}
 	}
 
@@ -178,7 +167,7 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 
 // policy decodes a policy block; used collects the filter names its chain
 // mentions.
-func (d *decoder) policy(s *policySchema, built map[string]filters.Filter, declared map[string]hcl.Range, used map[string]bool) *Policy {
+func (d *decoder) policy(s *policySchema, built map[string]*filters.FilterSpec, declared map[string]hcl.Range, used map[string]bool) *Policy {
 	p := &Policy{Name: s.Name, Range: s.DefRange, FilterTOP: true, NoticeOnReject: true}
 	if s.Chain != nil {
 		exprs, diags := hcl.ExprList(s.Chain.Expr)
@@ -206,7 +195,7 @@ func (d *decoder) policy(s *policySchema, built map[string]filters.Filter, decla
 				if _, ok := declared[name]; !ok {
 					d.errorf(e.Range(), "Unknown filter", "Policy %q names filter %q, but there is no filter block with that name.", s.Name, name)
 				}
-				// A declared filter that failed to build has its own
+				// A declared filter that failed to decode has its own
 				// diagnostics already.
 			}
 			seen[name] = true
@@ -253,42 +242,4 @@ func (d *decoder) quarantine(s *quarantineSchema) *Quarantine {
 	}
 	q.Dir = dir
 	return q
-}
-
-// Scanners returns the built scanner blocks by name (nil after Close).
-func (c *Config) Scanners() map[string]any {
-	m := make(map[string]any, len(c.scanners))
-	for i, s := range c.scanners {
-		m[c.scannerNames[i]] = s
-	}
-	return m
-}
-
-// SetLogger hands the logger to the scanners that log (backend health): a
-// configuration is built before the logger its log block describes.
-func (c *Config) SetLogger(log zerolog.Logger) {
-	for _, s := range c.scanners {
-		if l, ok := s.(interface{ SetLogger(zerolog.Logger) }); ok {
-			l.SetLogger(log)
-		}
-	}
-}
-
-// Close releases what building the configuration started (scanner health
-// checks). A Config that is no longer used must be closed.
-func (c *Config) Close() error {
-	var errs []error
-	for _, s := range c.scanners {
-		if cl, ok := s.(io.Closer); ok {
-			errs = append(errs, cl.Close())
-		}
-	}
-	c.scanners, c.scannerNames = nil, nil
-	return errors.Join(errs...)
-}
-
-func closeQuietly(s any) {
-	if cl, ok := s.(io.Closer); ok {
-		_ = cl.Close()
-	}
 }

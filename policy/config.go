@@ -1,6 +1,12 @@
 // Package policy turns popgate's HCL configuration into a validated,
-// immutable Config, and reports every problem it finds as an hcl.Diagnostic
-// with a precise source range.
+// immutable Config (what the configuration says), and reports every problem
+// it finds as an hcl.Diagnostic with a precise source range.
+//
+// Decoding has no side effects: it starts no goroutine, opens no socket and
+// writes nothing (it reads the files the configuration names, such as
+// certificates and file() arguments, to check them). `popgate check`,
+// `--explain` and the fuzzer run it freely; package policy/generation builds
+// the running parts from a Config.
 //
 // # Loading
 //
@@ -13,8 +19,8 @@
 //
 // gohcl checks the shape of the file first; then every value is evaluated
 // and validated with its own range. Scanner and filter blocks are decoded by
-// their types through the registry of package filters (each type checks its
-// own settings).
+// the kinds registered in package filters (each kind checks its own
+// settings) into FilterSpec and ScannerSpec values.
 //
 // # Expressions
 //
@@ -61,9 +67,11 @@ type Config struct {
 	// once).
 	ShutdownTimeout time.Duration
 
-	// Filters holds the built filter blocks by name, Policies the policy
-	// blocks in file order, Quarantine the quarantine block (nil if none).
-	Filters    map[string]filters.Filter
+	// Scanners holds the decoded scanner blocks in file order, Filters the
+	// decoded filter blocks by name, Policies the policy blocks in file
+	// order, Quarantine the quarantine block (nil if none).
+	Scanners   []*filters.ScannerSpec
+	Filters    map[string]*filters.FilterSpec
 	Policies   []*Policy
 	Quarantine *Quarantine
 	// Routes in file order (see RouteLogin, RouteDestination).
@@ -76,9 +84,7 @@ type Config struct {
 	// WriteDiagnostics. It is set even when loading fails.
 	Files map[string]*hcl.File
 
-	baseDir      string
-	scanners     []any    // built scanner blocks, closed by Close
-	scannerNames []string // their names, in the same order
+	baseDir string
 
 	policyIndex   *index
 	defaultPolicy *Policy

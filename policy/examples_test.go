@@ -64,7 +64,6 @@ func TestExampleMinimal(t *testing.T) {
 	if u := cfg.Upstreams["mail"]; u == nil || u.Address != "127.0.0.1:110" || u.TLS != "none" {
 		t.Errorf("upstreams = %v", cfg.Upstreams)
 	}
-	defer cfg.Close()
 	var names []string
 	for n := range cfg.Filters {
 		names = append(names, n)

@@ -333,7 +333,7 @@ var configChecks = map[string]func(*testing.T, *Config){
 			t.Fatalf("policies %v, filters %v, quarantine %v", cfg.Policies, cfg.Filters, cfg.Quarantine)
 		}
 		p := cfg.Policies[0]
-		if strings.Join(p.Chain, ",") != "av,dangerous" || len(p.Filters) != 2 || p.Filters[0].Name() != "av" ||
+		if strings.Join(p.Chain, ",") != "av,dangerous" || len(p.Filters) != 2 || p.Filters[0].Name != "av" || p.Filters[0].Type != "clamav" ||
 			p.OnError != filters.PassWithTag || p.FilterTOP || p.KeepAlive != 15*time.Second || p.NoticeOnReject || p.MaxSize != 50_000_000 {
 			t.Errorf("policy = %+v", *p)
 		}

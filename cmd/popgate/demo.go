@@ -8,14 +8,16 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"github.com/popgate/popgate/examples"
 	"github.com/popgate/popgate/filters"
-	"github.com/popgate/popgate/filters/clamav"
 	"github.com/popgate/popgate/policy"
-	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/policy/generation"
 	"github.com/popgate/popgate/proxy/pop3/server"
 )
 
@@ -40,7 +42,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		policy.WriteDiagnostics(stderr, diags, cfg.Files)
 		return 1
 	}
-	log, closeLog, err := newLogger(cfg.Log, stderr)
+	log, closeLog, err := generation.NewLogger(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
 		return 1
@@ -61,29 +63,19 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	go func() { _ = mail.Serve(mailLn) }()
 	defer mail.Close()
 
-	defer cfg.Close()
-	cfg.SetLogger(log)
-	scanning := demoScanning(cfg)
-	opts, err := proxyOptions(cfg, log)
-	if err != nil {
-		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
-		return 1
-	}
-	// The mailbox server may have picked its port (":0"); popgate follows.
-	opts.Listeners[0].Upstream.Address = mailLn.Addr().String()
+	// The demo's own copy of demo.hcl: the mailbox server may have picked
+	// its port (":0"), and popgate follows; -listen moves popgate.
+	up.Address = mailLn.Addr().String()
 	if *listen != "" {
-		opts.Listeners[0].Address = *listen
+		cfg.Listeners[0].Address = *listen
 	}
-	srv, err := proxy.New(opts)
+	scanning := demoScanning(cfg, log)
+	svc, err := generation.Start(cfg, "", generation.Options{Log: log, Version: popgateVersion()})
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
 		return 1
 	}
-	if err := srv.Listen(); err != nil {
-		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
-		return 1
-	}
-	addr := srv.Addrs()[0].String()
+	addr := svc.Addrs()[0].String()
 	base := fmt.Sprintf("pop3://%s", addr)
 	auth := fmt.Sprintf("-u %s:%s", demoUser, demoPassword)
 	fmt.Fprintf(stdout, `popgate demo
@@ -107,7 +99,7 @@ Press Ctrl-C to stop.
 `, mailLn.Addr(), demoUser, demoPassword, addr,
 		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base,
 		scanning, cfg.Quarantine.Dir, cfg.Quarantine.Dir)
-	return serveUntilSignal(srv, cfg, nil, "", stderr)
+	return serveUntilSignal(svc, false)
 }
 
 // eicar is the industry-standard antivirus test string (eicar.org): harmless,
@@ -176,30 +168,33 @@ Content-Transfer-Encoding: base64
 	}
 }
 
-// demoScanning checks that the demo's clamd answers. If it does not, the
-// clamav filters leave the demo's chains (a real deployment would defer
-// every message instead), and the returned text says why.
-func demoScanning(cfg *policy.Config) string {
-	var down []string
-	for _, f := range cfg.Filters {
-		av, ok := f.(*clamav.Filter)
-		if !ok {
-			continue
+// demoScanning checks that the demo's scanners (its clamd) answer. If one
+// does not, the filters that use it leave the demo's chains (a real
+// deployment would defer every message instead), and the returned text says
+// why.
+func demoScanning(cfg *policy.Config, log zerolog.Logger) string {
+	down := map[string]bool{}
+	var why []string
+	for _, spec := range cfg.Scanners {
+		s, err := spec.Build(&filters.BuildContext{Log: log})
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err = s.Check(ctx)
+			cancel()
+			_ = s.Close()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := av.Scanner().Ping(ctx)
-		cancel()
 		if err != nil {
-			down = append(down, fmt.Sprintf("%s (%v)", av.Name(), err))
+			down[spec.Name] = true
+			why = append(why, fmt.Sprintf("%s (%v)", spec.Name, err))
 		}
 	}
 	if len(down) == 0 {
 		return "Scanning: on (clamd answers): message 3 is replaced by a notice."
 	}
 	for _, p := range cfg.Policies {
-		var keep []filters.Filter
+		var keep []*filters.FilterSpec
 		for _, f := range p.Filters {
-			if _, ok := f.(*clamav.Filter); !ok {
+			if !slices.ContainsFunc(f.Uses, func(s string) bool { return down[s] }) {
 				keep = append(keep, f)
 			}
 		}
@@ -207,5 +202,5 @@ func demoScanning(cfg *policy.Config) string {
 	}
 	return fmt.Sprintf(`Scanning: OFF — no clamd answers for %s.
   Install and start clamav-daemon, or point POPGATE_DEMO_CLAMD at one
-  (tcp://HOST:PORT or unix:///PATH). Message 3 arrives unscanned.`, strings.Join(down, ", "))
+  (tcp://HOST:PORT or unix:///PATH). Message 3 arrives unscanned.`, strings.Join(why, ", "))
 }

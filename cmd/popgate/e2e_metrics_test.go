@@ -92,16 +92,16 @@ func TestMetricsEndToEnd(t *testing.T) {
 		return metricValue(page, `popgate_sessions_total{listener="plain",result="quit"}`) >= 1
 	})
 	for series, want := range map[string]float64{
-		`popgate_messages_total{outcome="withheld",policy="default"}`:           1,
-		`popgate_messages_total{outcome="changed",policy="default"}`:            1, // the clean one, stamped
-		`popgate_filter_verdicts_total{filter="av",verdict="reject"}`:           1,
-		`popgate_filter_verdicts_total{filter="av",verdict="pass"}`:             1,
-		`popgate_quarantine_writes_total{result="ok"}`:                          1,
-		`popgate_clamd_scan_duration_seconds_count{scanner="clamd"}`:            2,
-		`popgate_clamd_backend_up{address="` + clamd.TCP + `",scanner="clamd"}`: 1,
-		`popgate_commands_total{command="RETR"}`:                                2,
-		`popgate_sessions_active{listener="plain"}`:                             0,
-		`popgate_config_generation`:                                             1,
+		`popgate_messages_total{outcome="withheld",policy="default"}`:                           1,
+		`popgate_messages_total{outcome="changed",policy="default"}`:                            1, // the clean one, stamped
+		`popgate_filter_verdicts_total{filter="av",verdict="reject"}`:                           1,
+		`popgate_filter_verdicts_total{filter="av",verdict="pass"}`:                             1,
+		`popgate_quarantine_writes_total{result="ok"}`:                                          1,
+		`popgate_scan_duration_seconds_count{kind="clamav",scanner="clamd"}`:                    2,
+		`popgate_scanner_backend_up{address="` + clamd.TCP + `",kind="clamav",scanner="clamd"}`: 1,
+		`popgate_commands_total{command="RETR"}`:                                                2,
+		`popgate_sessions_active{listener="plain"}`:                                             0,
+		`popgate_config_generation`:                                                             1,
 	} {
 		if got := metricValue(page, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
@@ -130,13 +130,13 @@ func TestMetricsEndToEnd(t *testing.T) {
 	p.signal(syscall.SIGHUP)
 	waitUntil(t, "readyz 503 with clamd unreachable", func() bool {
 		code, body := httpGet(t, base+"/readyz")
-		return code == 503 && strings.Contains(body, `scanner "clamd": no clamd backend answers`)
+		return code == 503 && strings.Contains(body, `scanner "clamd" (clamav): no backend answers`)
 	})
 	_, page = httpGet(t, base+"/metrics")
 	if metricValue(page, `popgate_config_reloads_total{result="ok"}`) != 1 || metricValue(page, `popgate_config_generation`) != 2 {
 		t.Errorf("after a reload: reloads ok %v, generation %v", metricValue(page, `popgate_config_reloads_total{result="ok"}`), metricValue(page, `popgate_config_generation`))
 	}
-	if metricValue(page, `popgate_clamd_backend_up{address="`+deadAddr+`",scanner="clamd"}`) != 0 {
+	if metricValue(page, `popgate_scanner_backend_up{address="`+deadAddr+`",kind="clamav",scanner="clamd"}`) != 0 {
 		t.Errorf("the dead backend is not reported down:\n%s", grepLines(page, "backend_up"))
 	}
 	// A broken file is refused and counted as such.

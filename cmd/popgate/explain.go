@@ -2,18 +2,13 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/netip"
-	"path"
-	"sort"
+	"slices"
 	"strings"
 
-	"github.com/hashicorp/hcl/v2/hclsyntax"
-
-	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/policy"
 )
 
@@ -60,8 +55,7 @@ func cmdCheckExplain(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return 1
 	}
-	defer cfg.Close()
-	ex, err := explainLogin(cfg, who, *listener)
+	ex, err := cfg.Explain(who, *listener)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate check: %v\n", err)
 		return 1
@@ -91,208 +85,7 @@ func parseWhoFlags(user, client string) (policy.Who, error) {
 	return w, nil
 }
 
-// Explanation is what `check --explain` reports (and its JSON form).
-type Explanation struct {
-	User     string `json:"user"`
-	Client   string `json:"client"`
-	Listener string `json:"listener"`
-	// Upstream is the listener's upstream block ("" for a transparent
-	// listener: the original destination).
-	Upstream        string `json:"upstream"`
-	UpstreamAddress string `json:"upstream_address"`
-	// Route says how the upstream was chosen.
-	Route string `json:"route"`
-	// Decision is "policy" (a policy matched), "default" (the policy
-	// without a match block), "refused" (no policy applies: the login gets
-	// -ERR [SYS/PERM]) or "unfiltered" (no policy blocks at all).
-	Decision string `json:"decision"`
-	Why      string `json:"why"`
-	// Policy is nil for "refused" and "unfiltered".
-	Policy *PolicyExplanation `json:"policy"`
-	// Quarantine is the quarantine directory, "" when there is none.
-	Quarantine string `json:"quarantine"`
-}
-
-// PolicyExplanation describes the chosen policy.
-type PolicyExplanation struct {
-	Name       string              `json:"name"`
-	At         string              `json:"at"`
-	Match      map[string][]string `json:"match"`
-	Chain      []ChainEntry        `json:"chain"`
-	OnError    string              `json:"on_error"`
-	TOP        string              `json:"top"`
-	KeepAlive  string              `json:"keepalive"`
-	Rejected   string              `json:"rejected"`
-	Quarantine bool                `json:"quarantine"`
-}
-
-// ChainEntry is one filter of a chain.
-type ChainEntry struct {
-	Name string `json:"name"`
-	Type string `json:"type"`
-}
-
-func explainLogin(cfg *policy.Config, who policy.Who, listener string) (*Explanation, error) {
-	var l *policy.Listener
-	for _, c := range cfg.Listeners {
-		if listener == "" || c.Name == listener {
-			l = c
-			break
-		}
-	}
-	if l == nil {
-		if listener == "" {
-			return nil, errors.New("the configuration has no listener")
-		}
-		return nil, fmt.Errorf("there is no listener %q", listener)
-	}
-	ex := &Explanation{User: who.User, Listener: l.Name, Upstream: l.Upstream, Route: "the listener's upstream"}
-	if cfg.RoutesByLogin(l) {
-		up, user, err := cfg.RouteLogin(l, who.User)
-		if err != nil {
-			ex.Route = "refused: " + err.Error()
-			ex.Upstream, ex.Decision = "", "refused"
-			ex.Why = "login routing refuses it: " + err.Error()
-			return ex, nil
-		} else if up != l.Upstream || user != who.User {
-			ex.Route = fmt.Sprintf("routed by login (upstream sees the login %q)", user)
-		}
-		ex.Upstream, who.User = up, user
-	}
-	who.Listener, who.Upstream = l.Name, ex.Upstream
-	if who.Client.IsValid() {
-		ex.Client = who.Client.String()
-	}
-	if u := cfg.Upstreams[ex.Upstream]; u != nil {
-		ex.UpstreamAddress = u.Address
-	}
-	if cfg.Quarantine != nil {
-		ex.Quarantine = cfg.Quarantine.Dir
-	}
-	if len(cfg.Policies) == 0 {
-		ex.Decision = "unfiltered"
-		ex.Why = "the configuration has no policy blocks: every session is relayed unfiltered"
-		return ex, nil
-	}
-	p := cfg.Select(who)
-	switch {
-	case p == nil:
-		ex.Decision = "refused"
-		ex.Why = "no policy applies: no match block matched and there is no default policy; the session would be refused with -ERR [SYS/PERM]"
-		return ex, nil
-	case p.Match == nil:
-		ex.Decision = "default"
-		ex.Why = "default policy: no match block matched"
-	default:
-		ex.Decision = "policy"
-		ex.Why = "match block matched: " + matchText(p.Match)
-	}
-	ex.Policy = explainPolicy(cfg, p)
-	return ex, nil
-}
-
-func explainPolicy(cfg *policy.Config, p *policy.Policy) *PolicyExplanation {
-	types := filterTypes(cfg)
-	pe := &PolicyExplanation{
-		Name:       p.Name,
-		At:         fmt.Sprintf("%s:%d:%d", p.Range.Filename, p.Range.Start.Line, p.Range.Start.Column),
-		Match:      matchMap(p.Match),
-		Chain:      []ChainEntry{},
-		OnError:    p.OnError.String(),
-		TOP:        "pass",
-		KeepAlive:  "off",
-		Rejected:   "error",
-		Quarantine: cfg.Quarantine != nil,
-	}
-	for i, name := range p.Chain {
-		t := types[name]
-		if t == "" && i < len(p.Filters) {
-			t = filterTypeOf(p.Filters[i])
-		}
-		pe.Chain = append(pe.Chain, ChainEntry{Name: name, Type: t})
-	}
-	if p.FilterTOP {
-		pe.TOP = "filter"
-	}
-	if p.KeepAlive > 0 {
-		pe.KeepAlive = p.KeepAlive.String()
-	}
-	if p.NoticeOnReject {
-		pe.Rejected = "notice"
-	}
-	return pe
-}
-
-func matchMap(m *policy.Match) map[string][]string {
-	if m == nil {
-		return nil
-	}
-	out := map[string][]string{}
-	add := func(k string, v []string) {
-		if len(v) > 0 {
-			out[k] = v
-		}
-	}
-	add("users", m.Users)
-	add("domains", m.Domains)
-	var clients []string
-	for _, c := range m.Clients {
-		clients = append(clients, c.String())
-	}
-	add("clients", clients)
-	add("listeners", m.Listeners)
-	add("upstreams", m.Upstreams)
-	return out
-}
-
-func matchText(m *policy.Match) string {
-	mm := matchMap(m)
-	keys := make([]string, 0, len(mm))
-	for k := range mm {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var parts []string
-	for _, k := range keys {
-		q := make([]string, len(mm[k]))
-		for i, v := range mm[k] {
-			q[i] = fmt.Sprintf("%q", v)
-		}
-		parts = append(parts, k+" = ["+strings.Join(q, ", ")+"]")
-	}
-	return "match { " + strings.Join(parts, ", ") + " }"
-}
-
-// filterTypes maps filter block names to their type label, read from the
-// parsed configuration files (the built filters do not carry it).
-func filterTypes(cfg *policy.Config) map[string]string {
-	types := map[string]string{}
-	for _, f := range cfg.Files {
-		body, ok := f.Body.(*hclsyntax.Body)
-		if !ok {
-			continue
-		}
-		for _, b := range body.Blocks {
-			if b.Type == "filter" && len(b.Labels) == 2 {
-				if _, dup := types[b.Labels[1]]; !dup {
-					types[b.Labels[1]] = b.Labels[0]
-				}
-			}
-		}
-	}
-	return types
-}
-
-// filterTypeOf guesses a filter's type from its Go package.
-func filterTypeOf(f filters.Filter) string {
-	t := strings.TrimPrefix(fmt.Sprintf("%T", f), "*")
-	if i := strings.IndexByte(t, '.'); i >= 0 {
-		t = t[:i]
-	}
-	return path.Base(t)
-}
-
-func writeExplanation(w io.Writer, ex *Explanation) {
+func writeExplanation(w io.Writer, ex *policy.Explanation) {
 	client := ex.Client
 	if client == "" {
 		client = "(none given)"
@@ -327,6 +120,17 @@ func writeExplanation(w io.Writer, ex *Explanation) {
 		chain = strings.Join(parts, " -> ")
 	}
 	fmt.Fprintf(w, "chain:      %s\n", chain)
+	var scanners []string
+	for _, c := range p.Chain {
+		for _, sc := range c.Scanners {
+			if s := fmt.Sprintf("%s (%s)", sc.Name, sc.Type); !slices.Contains(scanners, s) {
+				scanners = append(scanners, s)
+			}
+		}
+	}
+	if len(scanners) > 0 {
+		fmt.Fprintf(w, "scanners:   %s\n", strings.Join(scanners, ", "))
+	}
 	fmt.Fprintf(w, "on_error:   %s\n", p.OnError)
 	fmt.Fprintf(w, "top:        %s\n", p.TOP)
 	fmt.Fprintf(w, "keepalive:  %s\n", p.KeepAlive)

@@ -16,22 +16,51 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"reflect"
 	"runtime"
 	"runtime/debug"
-	"strings"
 	"syscall"
 
-	"github.com/hashicorp/hcl/v2"
-	"github.com/rs/zerolog"
-
-	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/policy"
-	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/policy/generation"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// version is stamped by `make build` (-ldflags "-X main.version=TAG");
+// without it, Go's build information names the VCS revision.
+var version string
+
+// popgateVersion is the release tag or the VCS revision popgate was built
+// from, never a bare placeholder.
+func popgateVersion() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	rev, dirty := "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return "unknown"
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return "rev-" + rev
+}
 
 const defaultConfig = "/etc/popgate/popgate.hcl"
 
@@ -40,9 +69,10 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	filters.Version = version
 	cmd := "run"
-	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		cmd, args = "help", args[1:]
+	} else if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -59,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version":
 		printVersion(stdout)
 		return 0
-	case "help", "-h", "--help":
+	case "help":
 		usage(stdout)
 		return 0
 	}
@@ -102,35 +132,9 @@ func load(path string, stderr io.Writer) *policy.Config {
 		policy.WriteDiagnostics(stderr, diags, cfg.Files)
 	}
 	if diags.HasErrors() {
-		_ = cfg.Close()
 		return nil
 	}
 	return cfg
-}
-
-// loadForRun is load for a running proxy: errors are printed for a human
-// (popgate refuses to start), but warnings go to the log, in its format.
-func loadForRun(path string, stderr io.Writer) (*policy.Config, hcl.Diagnostics) {
-	cfg, diags := policy.Load(path)
-	if diags.HasErrors() {
-		policy.WriteDiagnostics(stderr, diags, cfg.Files)
-		_ = cfg.Close()
-		return nil, diags
-	}
-	return cfg, diags
-}
-
-func logDiagnostics(log zerolog.Logger, diags hcl.Diagnostics) {
-	for _, d := range diags {
-		ev := log.Warn()
-		if d.Severity == hcl.DiagError {
-			ev = log.Error()
-		}
-		if d.Subject != nil {
-			ev = ev.Str("at", fmt.Sprintf("%s:%d:%d", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column))
-		}
-		ev.Str("detail", d.Detail).Msg("config: " + d.Summary)
-	}
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
@@ -151,56 +155,39 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if !ok {
 		return 2
 	}
-	cfg, diags := loadForRun(path, stderr)
-	if cfg == nil {
+	// Errors are printed for a human (popgate refuses to start); warnings
+	// go to the log, in its format.
+	cfg, diags := policy.Load(path)
+	if diags.HasErrors() {
+		policy.WriteDiagnostics(stderr, diags, cfg.Files)
 		return 1
 	}
-	defer cfg.Close()
-	log, closeLog, err := newLogger(cfg.Log, stderr)
+	log, closeLog, err := generation.NewLogger(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return 1
 	}
 	defer closeLog.Close()
-	cfg.SetLogger(log)
-	logDiagnostics(log, diags)
-	opts, err := proxyOptions(cfg, log)
+	generation.LogDiagnostics(log, diags)
+	svc, err := generation.Start(cfg, path, generation.Options{Log: log, Version: popgateVersion()})
 	if err != nil {
-		log.Error().Err(err).Msg("configuration")
+		log.Error().Err(err).Msg("start")
 		return 1
 	}
-	mon, err := newMonitor(cfg)
-	if err != nil {
-		log.Error().Err(err).Msg("listen")
-		return 1
-	}
-	opts.Observer = mon.observer()
-	srv, err := proxy.New(opts)
-	if err != nil {
-		log.Error().Err(err).Msg("configuration")
-		return 1
-	}
-	if err := srv.Listen(); err != nil {
-		log.Error().Err(err).Msg("listen")
-		return 1
-	}
-	mon.use(cfg, srv.Generation())
-	mon.serve(srv, log)
-	defer mon.shutdown()
-	log.Info().Str("version", version).Str("config", path).Msg("popgate started")
-	return serveUntilSignal(srv, cfg, mon, path, stderr)
+	log.Info().Str("version", popgateVersion()).Str("config", path).Msg("popgate started")
+	return serveUntilSignal(svc, true)
 }
 
 // serveUntilSignal serves until SIGTERM/SIGINT, then drains for the
-// configured shutdown timeout. SIGHUP reloads the configuration (see
-// reload).
-func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, mon *monitor, path string, stderr io.Writer) int {
-	log := srv.Logger()
+// shutdown timeout in force. SIGHUP reloads the configuration when reload
+// is set.
+func serveUntilSignal(svc *generation.Service, reload bool) int {
+	log := svc.Logger()
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
+	go func() { served <- svc.Serve() }()
 	for {
 		select {
 		case err := <-served:
@@ -211,14 +198,15 @@ func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, mon *monitor, path 
 			return 0
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				if path != "" {
-					mon.reloaded(reload(srv, cfg, mon, path))
+				if reload {
+					_ = svc.Reload() // it logs why it refused
 				}
 				continue
 			}
-			log.Info().Str("signal", sig.String()).Dur("timeout", cfg.ShutdownTimeout).Msg("draining")
-			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-			err := srv.Shutdown(ctx)
+			timeout := svc.ShutdownTimeout()
+			log.Info().Str("signal", sig.String()).Dur("timeout", timeout).Msg("draining")
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			err := svc.Shutdown(ctx)
 			cancel()
 			<-served
 			if err != nil && !errors.Is(err, context.DeadlineExceeded) {
@@ -232,7 +220,7 @@ func serveUntilSignal(srv *proxy.Server, cfg *policy.Config, mon *monitor, path 
 }
 
 func printVersion(w io.Writer) {
-	fmt.Fprintf(w, "popgate %s\n%s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(w, "popgate %s\n%s %s/%s\n", popgateVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return
@@ -244,83 +232,4 @@ func printVersion(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %s %s\n", d.Path, v)
 	}
-}
-
-// reload loads path afresh on SIGHUP. A configuration with errors is
-// refused and the running one stays; a good one becomes the next
-// generation: sessions that start from now on get its policies, filters,
-// scanners and quarantine, running sessions keep theirs, and its
-// predecessor is closed once its last session ends. Listeners and upstreams
-// are bound at start: changing them needs a restart, and says so.
-func reload(srv *proxy.Server, running *policy.Config, mon *monitor, path string) bool {
-	log := srv.Logger()
-	next, diags := policy.Load(path)
-	logDiagnostics(log, diags)
-	if diags.HasErrors() {
-		_ = next.Close()
-		log.Error().Int64("config_generation", srv.Generation()).Int("errors", len(diags.Errs())).
-			Msg("reload refused: the configuration has errors; the running one stays in force")
-		return false
-	}
-	next.SetLogger(log)
-	store, err := openQuarantine(next, log)
-	if err != nil {
-		_ = next.Close()
-		log.Error().Err(err).Int64("config_generation", srv.Generation()).Msg("reload refused: quarantine")
-		return false
-	}
-	if changed := boundChanges(running, next); changed != "" {
-		log.Warn().Str("changed", changed).Msg("reload: listener, upstream and route changes take effect only after a restart")
-	}
-	gen := srv.Generation() + 1
-	srv.SetPolicy(gen, sessionPolicies(next, store), func() { _ = next.Close() })
-	mon.use(next, gen)
-	log.Info().Int64("config_generation", gen).Int("policies", len(next.Policies)).Msg("configuration reloaded")
-	return true
-}
-
-// boundChanges names the listener and upstream settings that differ
-// between two configurations (routes included: listeners route with the
-// configuration they started with).
-func boundChanges(a, b *policy.Config) string {
-	var changed []string
-	if len(a.Listeners) != len(b.Listeners) {
-		changed = append(changed, "listeners")
-	} else {
-		for i, l := range a.Listeners {
-			x, y := *l, *b.Listeners[i]
-			x.Range, y.Range = hcl.Range{}, hcl.Range{}
-			if !reflect.DeepEqual(x, y) {
-				changed = append(changed, "listener "+l.Name)
-			}
-		}
-	}
-	strip := func(rs []*policy.Route) []policy.Route {
-		var out []policy.Route
-		for _, r := range rs {
-			c := *r
-			c.Range = hcl.Range{}
-			out = append(out, c)
-		}
-		return out
-	}
-	if !reflect.DeepEqual(strip(a.Routes), strip(b.Routes)) {
-		changed = append(changed, "routes")
-	}
-	if !reflect.DeepEqual(a.Metrics, b.Metrics) {
-		changed = append(changed, "metrics")
-	}
-	for name, u := range a.Upstreams {
-		v := b.Upstreams[name]
-		if v == nil {
-			changed = append(changed, "upstream "+name)
-			continue
-		}
-		x, y := *u, *v
-		x.Range, y.Range = hcl.Range{}, hcl.Range{}
-		if !reflect.DeepEqual(x, y) {
-			changed = append(changed, "upstream "+name)
-		}
-	}
-	return strings.Join(changed, ", ")
 }

@@ -37,7 +37,7 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) int {
 		if cfg == nil {
 			return 1
 		}
-		_ = cfg.Close()
+
 		if cfg.Quarantine == nil {
 			fmt.Fprintf(stderr, "popgate quarantine: %s has no quarantine block\n", *config)
 			return 1

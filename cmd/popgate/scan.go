@@ -19,8 +19,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
-	"github.com/popgate/popgate/filters/quarantine"
 	"github.com/popgate/popgate/policy"
+	"github.com/popgate/popgate/policy/generation"
 )
 
 // Exit statuses of `popgate scan`.
@@ -159,13 +159,11 @@ func cmdScan(args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return scanError
 	}
-	defer cfg.Close()
 	log := zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly, NoColor: true}).
 		Level(zerolog.WarnLevel).With().Timestamp().Logger()
-	cfg.SetLogger(log)
 
 	// The login, as a session on that listener would present it.
-	ex, err := explainLogin(cfg, who, *listener)
+	ex, err := cfg.Explain(who, *listener)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate scan: %v\n", err)
 		return scanError
@@ -173,49 +171,46 @@ func cmdScan(args []string, stdout, stderr io.Writer) int {
 	who.Listener, who.Upstream = ex.Listener, ex.Upstream
 
 	// The quarantine: the real one only when asked for.
-	var store *quarantine.Store
+	opts := generation.Options{Log: log, Version: popgateVersion()}
 	dryRun := false
 	if *realQ && cfg.Quarantine == nil {
 		fmt.Fprintf(stderr, "popgate scan: --quarantine: %s has no quarantine block\n", *cfgPath)
 		return scanError
 	}
-	if cfg.Quarantine != nil {
-		if *realQ {
-			store, err = openQuarantine(cfg, log)
-		} else {
-			dir, terr := os.MkdirTemp("", "popgate-scan-quarantine-")
-			if terr != nil {
-				fmt.Fprintf(stderr, "popgate scan: %v\n", terr)
-				return scanError
-			}
-			defer os.RemoveAll(dir)
-			store, err = quarantine.Open(dir, log)
-			dryRun = true
-		}
+	if cfg.Quarantine != nil && !*realQ {
+		dir, err := os.MkdirTemp("", "popgate-scan-quarantine-")
 		if err != nil {
-			fmt.Fprintf(stderr, "popgate scan: quarantine: %v\n", err)
+			fmt.Fprintf(stderr, "popgate scan: %v\n", err)
 			return scanError
 		}
+		defer os.RemoveAll(dir)
+		opts.QuarantineDir, dryRun = dir, true
 	}
 
-	// The policy and its chain, as sessionPolicies picks and builds them.
+	// The policy and its chain, as a session would get them.
 	var p *policy.Policy
-	var chain *filters.Chain
-	spool := &filters.Spool{Dir: cfg.Spool.Dir, MemoryLimit: cfg.Spool.MemoryLimit}
 	if len(cfg.Policies) > 0 {
-		p = cfg.Select(who)
-		if p == nil {
+		if p = cfg.Select(who); p == nil {
 			fmt.Fprintf(stderr, "popgate scan: %v: a session of user %q on listener %q would be refused at login with -ERR [SYS/PERM]\n",
-				errNoPolicy, who.User, who.Listener)
+				generation.ErrNoPolicy, who.User, who.Listener)
 			return scanWithheld
 		}
-		sp := buildPolicies(cfg, store)[p]
-		chain = sp.Chain
-		if chain.Spool != nil {
-			spool = chain.Spool
-		}
 	}
-	types := filterTypes(cfg)
+	gen, err := generation.Build(cfg, opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "popgate scan: %v\n", err)
+		return scanError
+	}
+	defer gen.Close()
+	var chain *filters.Chain
+	if p != nil {
+		chain = gen.SessionPolicy(p).Chain
+	}
+	spool := gen.Spool()
+	types := map[string]string{}
+	for name, f := range cfg.Filters {
+		types[name] = f.Type
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

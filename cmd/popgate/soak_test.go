@@ -38,7 +38,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/popgate/popgate/policy"
-	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/policy/generation"
 	"github.com/popgate/popgate/proxy/testenv"
 )
 
@@ -402,31 +402,16 @@ metrics {
 		t.Fatal(err)
 	}
 
-	// The wiring of cmdRun.
+	// Started as cmdRun starts it.
 	cfg, diags := policy.Load(cfgPath)
 	if diags.HasErrors() {
 		t.Fatalf("config: %v", diags)
 	}
 	log := zerolog.New(logFile).Level(zerolog.InfoLevel).With().Timestamp().Logger()
-	cfg.SetLogger(log)
-	opts, err := proxyOptions(cfg, log)
+	srv, err := generation.Start(cfg, cfgPath, generation.Options{Log: log, Version: "soak"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	mon, err := newMonitor(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Observer = mon.observer()
-	srv, err := proxy.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	mon.use(cfg, srv.Generation())
-	mon.serve(srv, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
 	addr := srv.Addrs()[0].String()
@@ -476,7 +461,7 @@ metrics {
 	ran := time.Since(start)
 
 	// popgate's own count of sessions agrees with the clients'.
-	metricsText := scrape(t, "http://"+mon.ln.Addr().String()+"/metrics")
+	metricsText := scrape(t, "http://"+srv.MetricsAddr().String()+"/metrics")
 	var ended, active float64
 	for _, m := range regexp.MustCompile(`(?m)^popgate_sessions_(total|active)\{[^}]*\} ([0-9.e+]+)$`).FindAllStringSubmatch(metricsText, -1) {
 		v, _ := strconv.ParseFloat(m[2], 64)
@@ -498,10 +483,6 @@ metrics {
 	cancel()
 	if err := <-served; err != nil {
 		t.Errorf("serve: %v", err)
-	}
-	mon.shutdown()
-	if err := cfg.Close(); err != nil {
-		t.Errorf("closing the configuration: %v", err)
 	}
 	upRelay.Close()
 	clamdRelay.Close()
@@ -645,7 +626,7 @@ func scrape(t *testing.T, url string) string {
 // idleState waits until popgate has no session left and the fds and
 // goroutines are down to at most the given baseline plus a margin (or
 // settled, when there is none yet), then returns goroutines, fds and RSS.
-func idleState(t *testing.T, srv *proxy.Server, goroutines, fds int) (int, int, float64) {
+func idleState(t *testing.T, srv *generation.Service, goroutines, fds int) (int, int, float64) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for srv.Sessions() > 0 {

@@ -40,6 +40,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/filters"
 )
 
 // Defaults of Config.
@@ -121,7 +123,7 @@ type Result struct {
 // Close stops it.
 type Scanner struct {
 	cfg      Config
-	logger   atomic.Pointer[zerolog.Logger] // see SetLogger
+	logger   zerolog.Logger
 	onScan   atomic.Pointer[func(time.Duration, error)]
 	backends []*backend
 	next     atomic.Uint64 // round-robin start
@@ -146,11 +148,7 @@ type backend struct {
 	seen uint64
 }
 
-// SetLogger replaces the logger of backend state changes: configurations
-// are built before the logger they describe exists.
-func (s *Scanner) SetLogger(log zerolog.Logger) { s.logger.Store(&log) }
-
-func (s *Scanner) log() *zerolog.Logger { return s.logger.Load() }
+func (s *Scanner) log() *zerolog.Logger { return &s.logger }
 
 // OnScan makes f see the duration and error of every Scan (metrics); nil
 // stops it. f must be cheap and must not block.
@@ -162,20 +160,19 @@ func (s *Scanner) OnScan(f func(time.Duration, error)) {
 	s.onScan.Store(&f)
 }
 
-// BackendHealth is one backend's state.
-type BackendHealth struct {
-	Address string // as configured
-	Up      bool   // answered its last health check or scan (or not checked yet)
-}
+var _ filters.Scanner = (*Scanner)(nil)
 
 // Backends returns the state of every backend, in configuration order.
-func (s *Scanner) Backends() []BackendHealth {
-	out := make([]BackendHealth, len(s.backends))
+func (s *Scanner) Backends() []filters.Backend {
+	out := make([]filters.Backend, len(s.backends))
 	for i, b := range s.backends {
-		out[i] = BackendHealth{Address: b.addr, Up: b.healthy.Load()}
+		out[i] = filters.Backend{Address: b.addr, Up: b.healthy.Load()}
 	}
 	return out
 }
+
+// Check pings every backend now (filters.Scanner).
+func (s *Scanner) Check(ctx context.Context) error { return s.Ping(ctx) }
 
 // ParseAddress splits a clamd address, "tcp://host:port" or
 // "unix:///absolute/path", into the network and address for net.Dial.
@@ -249,11 +246,11 @@ func NewScanner(cfg Config, log zerolog.Logger) (*Scanner, error) {
 	cfg.Addresses = append([]string(nil), cfg.Addresses...)
 	cfg = cfg.withDefaults()
 	s := &Scanner{
-		cfg:   cfg,
-		slots: make(chan struct{}, cfg.MaxConcurrent),
-		done:  make(chan struct{}),
+		cfg:    cfg,
+		logger: log,
+		slots:  make(chan struct{}, cfg.MaxConcurrent),
+		done:   make(chan struct{}),
 	}
-	s.SetLogger(log)
 	seen := make(map[string]bool)
 	for _, a := range cfg.Addresses {
 		network, address, err := ParseAddress(a)
@@ -339,7 +336,7 @@ func (s *Scanner) closed() bool {
 	}
 }
 
-// Scan sends size bytes read from r to clamd and returns its verdict. size
+// ScanReader sends size bytes read from r to clamd and returns its verdict. size
 // must be the exact length of what r yields: a reader that yields fewer or
 // more bytes, or fails, gives an error (the stream is then abandoned without
 // its end marker, so clamd never scans the part it got). A negative size
@@ -354,7 +351,7 @@ func (s *Scanner) closed() bool {
 //
 // Any error means there is no verdict; Result is then the zero value apart
 // from Duration.
-func (s *Scanner) Scan(ctx context.Context, r io.Reader, size int64) (Result, error) {
+func (s *Scanner) ScanReader(ctx context.Context, r io.Reader, size int64) (Result, error) {
 	src := &readerSource{r: r}
 	if sk, ok := r.(io.Seeker); ok {
 		if off, err := sk.Seek(0, io.SeekCurrent); err == nil {

@@ -123,7 +123,7 @@ func TestDefect1ReadErrorScansPartialStream(t *testing.T) {
 	t.Run("popgate", func(t *testing.T) {
 		s := newTestScanner(t, testConfig(f.url))
 		ended := f.ended.Load()
-		res, err := s.Scan(context.Background(), &failingReader{data: msg, failAt: failAt}, int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), &failingReader{data: msg, failAt: failAt}, int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, errBroken) {
 			t.Errorf("error %v does not wrap the read error", err)
@@ -138,13 +138,13 @@ func TestDefect1ReadErrorScansPartialStream(t *testing.T) {
 		s := newTestScanner(t, testConfig(f.url))
 		ended := f.ended.Load()
 		// Shorter than declared: the rest (with the virus) never comes.
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg[:failAt]), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg[:failAt]), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		// Longer than declared: the virus would be past the declared end.
-		res, err = s.Scan(context.Background(), bytes.NewReader(msg), failAt)
+		res, err = s.ScanReader(context.Background(), bytes.NewReader(msg), failAt)
 		assertNoVerdict(t, res, err)
 		// A reader that makes no progress.
-		res, err = s.Scan(context.Background(), stuckReader{}, 10)
+		res, err = s.ScanReader(context.Background(), stuckReader{}, 10)
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, io.ErrNoProgress) {
 			t.Errorf("stuck reader: %v", err)
@@ -202,7 +202,7 @@ func TestDefect1WriteErrorsAndEarlyReply(t *testing.T) {
 		f.set(fakeMode{closeAfter: 64 << 10})
 		s := newTestScanner(t, testConfig(f.url))
 		cr := &countReader{r: bytes.NewReader(msg)}
-		res, err := s.Scan(context.Background(), cr, int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), cr, int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		var ce *connError
 		if !errors.As(err, &ce) {
@@ -219,7 +219,7 @@ func TestDefect1WriteErrorsAndEarlyReply(t *testing.T) {
 	t.Run("popgate/early-reply", func(t *testing.T) {
 		f.set(fakeMode{earlyReply: "stream: OK\x00"})
 		s := newTestScanner(t, testConfig(f.url))
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		var re *ReplyError
 		// Seen as early, or (when the reader got to it only after the end
@@ -281,7 +281,7 @@ func TestDefect2AbortGoroutine(t *testing.T) {
 		s := newTestScanner(t, testConfig(f.url))
 		base := runtime.NumGoroutine()
 		for range 20 {
-			if _, err := s.Scan(context.Background(), strings.NewReader("clean"), 5); err != nil {
+			if _, err := s.ScanReader(context.Background(), strings.NewReader("clean"), 5); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -294,7 +294,7 @@ func TestDefect2AbortGoroutine(t *testing.T) {
 		time.AfterFunc(200*time.Millisecond, cancel)
 		msg := virusAtEnd(1 << 20)
 		start := time.Now()
-		res, err := s.Scan(ctx, bytes.NewReader(msg), int64(len(msg)))
+		res, err := s.ScanReader(ctx, bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, context.Canceled) {
 			t.Errorf("want context.Canceled, got %v", err)
@@ -352,7 +352,7 @@ func TestDefect3NoDeadlines(t *testing.T) {
 		cfg := testConfig(f.url)
 		s := newTestScanner(t, cfg)
 		start := time.Now()
-		res, err := s.Scan(context.Background(), strings.NewReader("clean"), 5)
+		res, err := s.ScanReader(context.Background(), strings.NewReader("clean"), 5)
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("want a timeout, got %v", err)
@@ -368,7 +368,7 @@ func TestDefect3NoDeadlines(t *testing.T) {
 		s := newTestScanner(t, testConfig(f.url))
 		msg := virusAtEnd(8 << 20) // more than the socket buffers: the writes block
 		start := time.Now()
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("want a timeout, got %v", err)
@@ -389,13 +389,13 @@ func TestDefect3NoDeadlines(t *testing.T) {
 			t.Fatalf("ScanTimeout = %v", got)
 		}
 		f.set(fakeMode{readRate: 8 << 20}) // done in about 1/8 s
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		if err != nil || !res.Infected {
 			t.Fatalf("slow clamd within the deadline: %+v, %v", res, err)
 		}
 		f.set(fakeMode{readRate: 200 << 10}) // would take 5 s
 		start := time.Now()
-		res, err = s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err = s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		if d := time.Since(start); d < time.Second || d > 3*time.Second {
 			t.Errorf("too slow a clamd gave up after %v, deadline 1.5 s", d)
@@ -469,7 +469,7 @@ func TestDefect4SizeLimit(t *testing.T) {
 		s := newTestScanner(t, cfg)
 		streams := f.streams.Load()
 		msg := virusAtEnd(limit)
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, ErrOversize) {
 			t.Errorf("want ErrOversize, got %v", err)
@@ -479,7 +479,7 @@ func TestDefect4SizeLimit(t *testing.T) {
 		}
 		// Unknown size: exactly max_size bytes go out, no end marker.
 		ended := f.ended.Load()
-		res, err = s.Scan(context.Background(), bytes.NewReader(msg), -1)
+		res, err = s.ScanReader(context.Background(), bytes.NewReader(msg), -1)
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, ErrOversize) {
 			t.Errorf("unknown size: want ErrOversize, got %v", err)
@@ -488,7 +488,7 @@ func TestDefect4SizeLimit(t *testing.T) {
 			t.Errorf("sent %d bytes (max_size %d) and the end marker %v", f.lastStream.Load(), limit, f.ended.Load() != ended)
 		}
 		// Exactly max_size: scanned.
-		res, err = s.Scan(context.Background(), bytes.NewReader(msg[len(msg)-limit:]), limit)
+		res, err = s.ScanReader(context.Background(), bytes.NewReader(msg[len(msg)-limit:]), limit)
 		if err != nil || !res.Infected {
 			t.Errorf("a message of exactly max_size: %+v, %v", res, err)
 		}
@@ -499,7 +499,7 @@ func TestDefect4SizeLimit(t *testing.T) {
 		s := newTestScanner(t, testConfig(f.url, other.url))
 		for _, size := range []int{limit + 1 - len(eicar), 8 << 20} {
 			msg := virusAtEnd(size)
-			res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+			res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 			assertNoVerdict(t, res, err)
 			if !errors.Is(err, ErrSizeLimit) {
 				t.Errorf("%d bytes: want ErrSizeLimit, got %v", len(msg), err)

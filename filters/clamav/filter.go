@@ -110,6 +110,13 @@ func (f *Filter) tooLarge(body filters.Body, size int64) filters.Verdict {
 	return filters.Verdict{Action: filters.Retry, Reason: "too large to scan"}
 }
 
+// Scan scans a message body (filters.Scanner): Found is the signature of
+// what clamd found. A body over MaxSize gives ErrOversize.
+func (s *Scanner) Scan(ctx context.Context, body filters.Body) (filters.ScanResult, error) {
+	res, err := s.scan(ctx, &bodySource{body: body}, body.Size()) // scan closes the source
+	return filters.ScanResult{Found: res.Signature, Backend: res.Backend, Took: res.Duration}, err
+}
+
 // bodySource opens the Body afresh for each attempt of a scan.
 type bodySource struct {
 	body filters.Body

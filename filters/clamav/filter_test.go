@@ -162,7 +162,7 @@ func TestFilterInChain(t *testing.T) {
 		t.Errorf("clamd down: %v", res.Outcome)
 	}
 	res.Release()
-	if _, err := s.Scan(ctx, strings.NewReader(""), 0); err == nil || errors.Is(err, ErrOversize) {
+	if _, err := s.ScanReader(ctx, strings.NewReader(""), 0); err == nil || errors.Is(err, ErrOversize) {
 		t.Errorf("clamd down: %v", err)
 	}
 }

@@ -3,7 +3,6 @@ package clamav
 import (
 	"fmt"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
@@ -14,8 +13,8 @@ import (
 )
 
 func init() {
-	filters.RegisterScanner("clamav", scannerFactory)
-	filters.Register("clamav", filterFactory)
+	filters.RegisterScanner("clamav", filters.ScannerKind[Config]{Decode: decodeScanner, Build: buildScanner})
+	filters.RegisterFilter("clamav", filters.FilterKind[FilterSettings]{Decode: decodeFilter, Build: buildFilter})
 }
 
 // Bounds of the policy settings.
@@ -76,90 +75,68 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 	return cfg, append(diags, d.diags...)
 }
 
-func scannerFactory(name string, body hcl.Body, bc *filters.BuildContext) (any, hcl.Diagnostics) {
-	if bc == nil {
-		bc = &filters.BuildContext{}
-	}
-	cfg, diags := DecodeConfig(body, bc.Eval)
-	if diags.HasErrors() {
-		return nil, diags
-	}
-	s, err := NewScanner(cfg, bc.Log.With().Str("scanner", name).Logger())
-	if err != nil { // DecodeConfig checked what NewScanner checks
-		return nil, append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Invalid clamav scanner",
-			Detail:   err.Error(),
-			Subject:  body.MissingItemRange().Ptr(),
-		})
-	}
-	return s, diags
+// decodeScanner is the clamav scanner kind's decode step.
+func decodeScanner(_ string, body hcl.Body, dc *filters.DecodeContext) (Config, hcl.Diagnostics) {
+	return DecodeConfig(body, dc.Eval)
 }
 
-func filterFactory(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filter, hcl.Diagnostics) {
-	if bc == nil {
-		bc = &filters.BuildContext{}
+// buildScanner connects a clamav scanner: it starts its health checks.
+func buildScanner(name string, cfg Config, bc *filters.BuildContext) (filters.Scanner, error) {
+	s, err := NewScanner(cfg, bc.Log.With().Str("scanner", name).Logger())
+	if err != nil { // DecodeConfig checked what NewScanner checks
+		return nil, err
 	}
+	if bc.OnScan != nil {
+		s.OnScan(func(took time.Duration, err error) { bc.OnScan(name, took, err) })
+	}
+	return s, nil
+}
+
+// FilterSettings is a decoded `filter "clamav" "NAME"` block.
+type FilterSettings struct {
+	Scanner  string // the name of a scanner "clamav" block
+	Oversize Oversize
+}
+
+// decodeFilter is the clamav filter kind's decode step.
+func decodeFilter(_ string, body hcl.Body, dc *filters.DecodeContext) (FilterSettings, hcl.Diagnostics) {
 	var blk filterBlock
-	diags := gohcl.DecodeBody(body, bc.Eval, &blk)
+	diags := gohcl.DecodeBody(body, dc.Eval, &blk)
 	if diags.HasErrors() {
-		return nil, diags
+		return FilterSettings{}, diags
 	}
-	d := &decoder{eval: bc.Eval}
+	d := &decoder{eval: dc.Eval}
 	if blk.Scanner == nil {
 		d.missing(body, "scanner", `scanner = "local", the name of a scanner "clamav" block`)
-		return nil, append(diags, d.diags...)
+		return FilterSettings{}, append(diags, d.diags...)
 	}
-	oversize := OversizeTempFail
+	fs := FilterSettings{Oversize: OversizeTempFail}
 	if blk.Oversize != nil {
 		if s, ok := d.str(blk.Oversize); ok {
 			o, err := ParseOversize(s)
 			if err != nil {
 				d.errorf(blk.Oversize.Expr.Range(), "Invalid value", "oversize must be one of \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\", not %q.", s)
 			}
-			oversize = o
+			fs.Oversize = o
 		}
 	}
-	var scanner *Scanner
 	if ref, ok := d.str(blk.Scanner); ok {
-		rng := blk.Scanner.Expr.Range()
-		v, found := bc.Scanners[ref]
-		switch s, isClam := v.(*Scanner); {
-		case !found:
-			d.errorf(rng, "Unknown scanner", "There is no scanner %q%s; declare it with scanner \"clamav\" %q { addresses = [...] }.", ref, knownScanners(bc), ref)
-		case !isClam || s == nil:
-			where := ""
-			if r, ok := bc.ScannerRanges[ref]; ok {
-				where = fmt.Sprintf(" (declared at %s:%d:%d)", r.Filename, r.Start.Line, r.Start.Column)
-			}
-			d.errorf(rng, "Wrong scanner type", "The scanner %q%s is not a clamav scanner; a clamav filter needs a scanner \"clamav\" block.", ref, where)
-		default:
-			scanner = s
-		}
+		_, sd := dc.Scanner(ref, "clamav", blk.Scanner.Expr.Range())
+		d.diags = append(d.diags, sd...)
+		fs.Scanner = ref
 	}
-	diags = append(diags, d.diags...)
-	if diags.HasErrors() {
-		return nil, diags
-	}
-	return NewFilter(name, scanner, oversize), diags
+	return fs, append(diags, d.diags...)
 }
 
-// knownScanners lists the clamav scanners of bc for a diagnostic.
-func knownScanners(bc *filters.BuildContext) string {
-	var names []string
-	for n, v := range bc.Scanners {
-		if _, ok := v.(*Scanner); ok {
-			names = append(names, fmt.Sprintf("%q", n))
-		}
+// buildFilter is the clamav filter kind's build step.
+func buildFilter(name string, fs FilterSettings, bc *filters.BuildContext) (filters.Filter, error) {
+	s, ok := bc.Scanners[fs.Scanner].(*Scanner)
+	if !ok {
+		return nil, fmt.Errorf("scanner %q is not a running clamav scanner", fs.Scanner)
 	}
-	if len(names) == 0 {
-		return " (no clamav scanner is declared)"
-	}
-	sort.Strings(names)
-	return " (clamav scanners: " + strings.Join(names, ", ") + ")"
+	return NewFilter(name, s, fs.Oversize), nil
 }
 
-// decoder evaluates attributes, collecting diagnostics with their ranges.
 type decoder struct {
 	eval  *hcl.EvalContext
 	diags hcl.Diagnostics

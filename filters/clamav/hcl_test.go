@@ -28,16 +28,21 @@ func parseBlock(t *testing.T, src string) hcl.Body {
 	return blocks[0].Body
 }
 
-func buildScanner(t *testing.T, src string) (*Scanner, hcl.Diagnostics) {
+// newScanner decodes src through the registered kind and builds the
+// scanner (nil when src has errors).
+func newScanner(t *testing.T, src string) (*Scanner, hcl.Diagnostics) {
 	t.Helper()
-	factory, ok := filters.LookupScanner("clamav")
+	eval := &hcl.EvalContext{Variables: map[string]cty.Value{"clamd_port": cty.StringVal("3310")}}
+	spec, diags, ok := filters.DecodeScanner("clamav", "local", hcl.Range{}, parseBlock(t, src), &filters.DecodeContext{Eval: eval})
 	if !ok {
 		t.Fatal("scanner type clamav not registered")
 	}
-	eval := &hcl.EvalContext{Variables: map[string]cty.Value{"clamd_port": cty.StringVal("3310")}}
-	v, diags := factory("local", parseBlock(t, src), &filters.BuildContext{Eval: eval, Log: zerolog.Nop()})
-	if v == nil {
+	if spec == nil {
 		return nil, diags
+	}
+	v, err := spec.Build(&filters.BuildContext{Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
 	}
 	s := v.(*Scanner)
 	t.Cleanup(func() { s.Close() })
@@ -46,7 +51,7 @@ func buildScanner(t *testing.T, src string) (*Scanner, hcl.Diagnostics) {
 
 func TestHCLScanner(t *testing.T) {
 	leakCheck(t)
-	s, diags := buildScanner(t, `scanner "clamav" "local" {
+	s, diags := newScanner(t, `scanner "clamav" "local" {
   addresses       = ["tcp://127.0.0.1:${clamd_port}", "unix:///run/clamav/clamd.ctl"]
   timeout         = "20s"
   max_size        = "25MB"
@@ -62,7 +67,7 @@ func TestHCLScanner(t *testing.T) {
 		t.Errorf("config %+v", c)
 	}
 
-	s, diags = buildScanner(t, `scanner "clamav" "local" {
+	s, diags = newScanner(t, `scanner "clamav" "local" {
   addresses = ["tcp://127.0.0.1:3310"]
 }`)
 	if diags.HasErrors() {
@@ -109,7 +114,7 @@ func TestHCLScannerDiagnostics(t *testing.T) {
   max_concurrent = 2.5
 }`, []string{"3:20: 2GiB", "4:20: "}},
 	} {
-		_, diags := buildScanner(t, c.src)
+		_, diags := newScanner(t, c.src)
 		if !diags.HasErrors() {
 			t.Errorf("no error for\n%s", c.src)
 			continue
@@ -134,7 +139,7 @@ func TestHCLScannerDiagnostics(t *testing.T) {
 }
 
 func TestHCLScannerWarning(t *testing.T) {
-	s, diags := buildScanner(t, `scanner "clamav" "x" {
+	s, diags := newScanner(t, `scanner "clamav" "x" {
   addresses = ["tcp://127.0.0.1:3310"]
   max_size  = "200MB"
 }`)
@@ -145,19 +150,30 @@ func TestHCLScannerWarning(t *testing.T) {
 
 func TestHCLFilter(t *testing.T) {
 	leakCheck(t)
-	scanner, _ := buildScanner(t, `scanner "clamav" "local" {
+	scanner, _ := newScanner(t, `scanner "clamav" "local" {
   addresses = ["tcp://127.0.0.1:3310"]
 }`)
-	factory, ok := filters.Lookup("clamav")
-	if !ok {
-		t.Fatal("filter type clamav not registered")
-	}
-	bc := &filters.BuildContext{
-		Scanners:      map[string]any{"local": scanner, "other": struct{}{}},
-		ScannerRanges: map[string]hcl.Range{"other": {Filename: "scanners.hcl", Start: hcl.Pos{Line: 7, Column: 19}}},
-	}
+	dc := &filters.DecodeContext{Scanners: map[string]*filters.ScannerSpec{
+		"local": {Type: "clamav", Name: "local"},
+		"other": {Type: "spam", Name: "other", Range: hcl.Range{Filename: "scanners.hcl", Start: hcl.Pos{Line: 7, Column: 19}}},
+	}}
+	bc := &filters.BuildContext{Scanners: map[string]filters.Scanner{"local": scanner}}
 	build := func(src string) (filters.Filter, hcl.Diagnostics) {
-		return factory("av", parseBlock(t, src), bc)
+		spec, diags, ok := filters.DecodeFilter("clamav", "av", hcl.Range{}, parseBlock(t, src), dc)
+		if !ok {
+			t.Fatal("filter type clamav not registered")
+		}
+		if spec == nil {
+			return nil, diags
+		}
+		if strings.Join(spec.Uses, ",") != "local" {
+			t.Errorf("spec uses %q, want the scanner local", spec.Uses)
+		}
+		f, err := spec.Build(bc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f, diags
 	}
 
 	f, diags := build(`filter "clamav" "av" {
@@ -182,7 +198,7 @@ func TestHCLFilter(t *testing.T) {
 }`, `2:13: There is no scanner "nope" (clamav scanners: "local")`},
 		{`filter "clamav" "av" {
   scanner = "other"
-}`, `2:13: The scanner "other" (declared at scanners.hcl:7:19) is not a clamav scanner`},
+}`, `2:13: The scanner "other" (declared at scanners.hcl:7:19) is a spam scanner; this filter needs a scanner "clamav" block`},
 		{`filter "clamav" "av" {
   scanner  = "local"
   oversize = "pass"

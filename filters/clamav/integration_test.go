@@ -151,7 +151,7 @@ func TestRealClamdEICAR(t *testing.T) {
 		t.Run(strings.SplitN(addr, ":", 2)[0], func(t *testing.T) {
 			s := realScanner(t, addr)
 			for name, msg := range found {
-				res, err := s.Scan(context.Background(), strings.NewReader(msg), int64(len(msg)))
+				res, err := s.ScanReader(context.Background(), strings.NewReader(msg), int64(len(msg)))
 				if err != nil || !res.Infected || res.Signature != "Eicar-Test-Signature.UNOFFICIAL" || res.Backend != addr {
 					t.Errorf("%s: %+v, %v; want FOUND", name, res, err)
 					continue
@@ -159,7 +159,7 @@ func TestRealClamdEICAR(t *testing.T) {
 				t.Logf("%-26s FOUND %s in %v", name, res.Signature, res.Duration.Round(time.Microsecond))
 			}
 			for name, msg := range misses {
-				res, err := s.Scan(context.Background(), strings.NewReader(msg), int64(len(msg)))
+				res, err := s.ScanReader(context.Background(), strings.NewReader(msg), int64(len(msg)))
 				if err != nil {
 					t.Errorf("%s: %v", name, err)
 					continue
@@ -170,7 +170,7 @@ func TestRealClamdEICAR(t *testing.T) {
 				}
 				t.Logf("%-26s %s", name, verdict)
 			}
-			res, err := s.Scan(context.Background(), strings.NewReader(clean), int64(len(clean)))
+			res, err := s.ScanReader(context.Background(), strings.NewReader(clean), int64(len(clean)))
 			if err != nil || res.Infected {
 				t.Errorf("clean mail: %+v, %v", res, err)
 			}
@@ -226,12 +226,12 @@ func TestRealClamdStreamMaxLength(t *testing.T) {
 	}
 	msg := bigMail(clamdStreamMax + 1)
 	s := realScanner(t, env.TCP)
-	res, err := s.Scan(context.Background(), bytes.NewReader(msg[:clamdStreamMax]), clamdStreamMax)
+	res, err := s.ScanReader(context.Background(), bytes.NewReader(msg[:clamdStreamMax]), clamdStreamMax)
 	if err != nil || res.Infected {
 		t.Fatalf("exactly StreamMaxLength: %+v, %v", res, err)
 	}
 	t.Logf("25 MiB scanned clean in %v", res.Duration)
-	_, err = s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+	_, err = s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 	if !errors.Is(err, ErrOversize) {
 		t.Errorf("one byte over max_size: %v", err)
 	}
@@ -240,14 +240,14 @@ func TestRealClamdStreamMaxLength(t *testing.T) {
 		cfg := Config{Addresses: []string{network}, MaxSize: 30 << 20}
 		mis := newTestScanner(t, cfg)
 		for _, m := range [][]byte{msg, bigMail(30 << 20)} {
-			res, err := mis.Scan(context.Background(), bytes.NewReader(m), int64(len(m)))
+			res, err := mis.ScanReader(context.Background(), bytes.NewReader(m), int64(len(m)))
 			if err == nil || res.Infected || !errors.Is(err, ErrSizeLimit) {
 				t.Errorf("%s, %d bytes over clamd's StreamMaxLength: %+v, %v; want ErrSizeLimit", network, len(m), res, err)
 			}
 			t.Logf("%s, %d bytes: %v", network, len(m), err)
 		}
 		// Unknown size: the same.
-		_, err := mis.Scan(context.Background(), bytes.NewReader(msg), -1)
+		_, err := mis.ScanReader(context.Background(), bytes.NewReader(msg), -1)
 		if !errors.Is(err, ErrSizeLimit) {
 			t.Errorf("unknown size: %v", err)
 		}
@@ -317,7 +317,7 @@ func TestRealClamdReloadMidScan(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		res, err := s.Scan(context.Background(), g, int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), g, int64(len(msg)))
 		done <- result{res, err}
 	}()
 	<-g.reached
@@ -351,7 +351,7 @@ func BenchmarkRealClamd(b *testing.B) {
 			s := newTestScanner(b, Config{Addresses: []string{env.TCP}, MaxSize: clamdStreamMax})
 			b.SetBytes(int64(size))
 			for b.Loop() {
-				if res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(size)); err != nil || res.Infected {
+				if res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(size)); err != nil || res.Infected {
 					b.Fatal(res, err)
 				}
 			}

@@ -19,22 +19,22 @@ func TestScanCleanAndFound(t *testing.T) {
 		t.Run(network, func(t *testing.T) {
 			f := newFake(t, network)
 			s := newTestScanner(t, testConfig(f.url))
-			res, err := s.Scan(context.Background(), strings.NewReader("hello\r\n"), 7)
+			res, err := s.ScanReader(context.Background(), strings.NewReader("hello\r\n"), 7)
 			if err != nil || res.Infected || res.Backend != f.url || res.Duration <= 0 {
 				t.Fatalf("clean: %+v, %v", res, err)
 			}
 			msg := virusAtEnd(300_000)
-			res, err = s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+			res, err = s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 			if err != nil || !res.Infected || res.Signature != fakeSig || res.Backend != f.url {
 				t.Fatalf("infected: %+v, %v", res, err)
 			}
 			// Unknown size within max_size.
-			res, err = s.Scan(context.Background(), bytes.NewReader(msg), -1)
+			res, err = s.ScanReader(context.Background(), bytes.NewReader(msg), -1)
 			if err != nil || !res.Infected {
 				t.Fatalf("unknown size: %+v, %v", res, err)
 			}
 			// Empty message.
-			res, err = s.Scan(context.Background(), strings.NewReader(""), 0)
+			res, err = s.ScanReader(context.Background(), strings.NewReader(""), 0)
 			if err != nil || res.Infected {
 				t.Fatalf("empty: %+v, %v", res, err)
 			}
@@ -75,7 +75,7 @@ func TestReplies(t *testing.T) {
 			}
 		}
 		before := a.streams.Load() + b.streams.Load()
-		res, err := s.Scan(context.Background(), strings.NewReader("some mail"), 9)
+		res, err := s.ScanReader(context.Background(), strings.NewReader("some mail"), 9)
 		tried := a.streams.Load() + b.streams.Load() - before
 		if c.infected != "" {
 			if err != nil || !res.Infected || res.Signature != c.infected {
@@ -105,7 +105,7 @@ func TestFailover(t *testing.T) {
 		dead := deadAddress(t)
 		s := newTestScanner(t, testConfig(dead, live.url))
 		for range 3 {
-			res, err := s.Scan(context.Background(), strings.NewReader(eicar), int64(len(eicar)))
+			res, err := s.ScanReader(context.Background(), strings.NewReader(eicar), int64(len(eicar)))
 			if err != nil || !res.Infected || res.Backend != live.url {
 				t.Fatalf("%+v, %v", res, err)
 			}
@@ -120,7 +120,7 @@ func TestFailover(t *testing.T) {
 		a.set(fakeMode{closeAfter: 100_000})
 		s := newTestScanner(t, testConfig(a.url, b.url))
 		msg := virusAtEnd(1 << 20)
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg))) // starts on a
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg))) // starts on a
 		if err != nil || !res.Infected || res.Backend != b.url {
 			t.Fatalf("%+v, %v", res, err)
 		}
@@ -129,7 +129,7 @@ func TestFailover(t *testing.T) {
 		}
 		// a is skipped until it answers PING again.
 		for range 3 {
-			if res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg))); err != nil || res.Backend != b.url {
+			if res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg))); err != nil || res.Backend != b.url {
 				t.Fatalf("%+v, %v", res, err)
 			}
 		}
@@ -146,7 +146,7 @@ func TestFailover(t *testing.T) {
 		a.set(fakeMode{closeAfter: 100_000})
 		s := newTestScanner(t, testConfig(a.url, b.url))
 		msg := virusAtEnd(1 << 20)
-		res, err := s.Scan(context.Background(), io.MultiReader(bytes.NewReader(msg)), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), io.MultiReader(bytes.NewReader(msg)), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		if b.streams.Load() != 0 {
 			t.Errorf("retried with a reader that had been read from")
@@ -159,7 +159,7 @@ func TestFailover(t *testing.T) {
 		if s.Healthy() != 0 {
 			t.Fatalf("Healthy() = %d", s.Healthy())
 		}
-		res, err := s.Scan(context.Background(), strings.NewReader(eicar), int64(len(eicar)))
+		res, err := s.ScanReader(context.Background(), strings.NewReader(eicar), int64(len(eicar)))
 		assertNoVerdict(t, res, err)
 		if !errors.Is(err, ErrNoVerdict) {
 			t.Errorf("want ErrNoVerdict, got %v", err)
@@ -174,7 +174,7 @@ func TestFailover(t *testing.T) {
 		}
 		cfg := testConfig(addrs...)
 		s := newTestScanner(t, cfg)
-		_, err := s.Scan(context.Background(), strings.NewReader("x"), 1)
+		_, err := s.ScanReader(context.Background(), strings.NewReader("x"), 1)
 		if err == nil {
 			t.Fatal("no error")
 		}
@@ -210,7 +210,7 @@ func TestRestartMidScan(t *testing.T) {
 		f := newFake(t, "tcp")
 		restarted := restartAt(f, 500_000)
 		s := newTestScanner(t, testConfig(f.url))
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		assertNoVerdict(t, res, err)
 		t.Log(err)
 		// Back after the restart.
@@ -218,7 +218,7 @@ func TestRestartMidScan(t *testing.T) {
 		if err := s.Ping(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		res, err = s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err = s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		if err != nil || !res.Infected {
 			t.Fatalf("after the restart: %+v, %v", res, err)
 		}
@@ -231,7 +231,7 @@ func TestRestartMidScan(t *testing.T) {
 		cfg.HealthInterval = 50 * time.Millisecond
 		s := newTestScanner(t, cfg)
 		s.next.Store(0)
-		res, err := s.Scan(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		if err != nil || !res.Infected || res.Backend != b.url {
 			t.Fatalf("%+v, %v", res, err)
 		}
@@ -248,7 +248,7 @@ func TestRestartMidScan(t *testing.T) {
 			}
 			f.restart()
 		}()
-		res, err := s.Scan(context.Background(), strings.NewReader(eicar), int64(len(eicar)))
+		res, err := s.ScanReader(context.Background(), strings.NewReader(eicar), int64(len(eicar)))
 		assertNoVerdict(t, res, err)
 		t.Log(err)
 	})
@@ -264,7 +264,7 @@ func TestConcurrencyBound(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 6 {
 		wg.Go(func() {
-			if res, err := s.Scan(context.Background(), strings.NewReader("mail"), 4); err != nil || res.Infected {
+			if res, err := s.ScanReader(context.Background(), strings.NewReader("mail"), 4); err != nil || res.Infected {
 				t.Errorf("%+v, %v", res, err)
 			}
 		})
@@ -279,7 +279,7 @@ func TestConcurrencyBound(t *testing.T) {
 	hung := make(chan error, 2)
 	for range 2 {
 		go func() {
-			_, err := s.Scan(context.Background(), strings.NewReader("mail"), 4)
+			_, err := s.ScanReader(context.Background(), strings.NewReader("mail"), 4)
 			hung <- err
 		}()
 	}
@@ -288,13 +288,13 @@ func TestConcurrencyBound(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, err := s.Scan(ctx, strings.NewReader("mail"), 4)
+	_, err := s.ScanReader(ctx, strings.NewReader("mail"), 4)
 	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 400*time.Millisecond {
 		t.Errorf("waiting for a slot: %v after %v", err, time.Since(start))
 	}
 	waiting := make(chan error, 1)
 	go func() {
-		_, err := s.Scan(context.Background(), strings.NewReader("mail"), 4)
+		_, err := s.ScanReader(context.Background(), strings.NewReader("mail"), 4)
 		waiting <- err
 	}()
 	time.Sleep(50 * time.Millisecond)
@@ -315,7 +315,7 @@ func TestConcurrencyBound(t *testing.T) {
 			t.Errorf("hung scan: %v", err)
 		}
 	}
-	if _, err := s.Scan(context.Background(), strings.NewReader("mail"), 4); !errors.Is(err, ErrClosed) {
+	if _, err := s.ScanReader(context.Background(), strings.NewReader("mail"), 4); !errors.Is(err, ErrClosed) {
 		t.Errorf("Scan after Close: %v", err)
 	}
 }

@@ -119,6 +119,9 @@ type NoticeConfig struct {
 	Hostname string
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Spool holds the notices ChainNotice builds; nil means a Spool with
+	// the defaults.
+	Spool *filters.Spool
 }
 
 // Check reports an invalid From address or subject prefix.
@@ -135,14 +138,14 @@ func (c *NoticeConfig) Check() error {
 }
 
 // ChainNotice returns c as a filters.Chain Notice function: it builds the
-// notice for res.QuarantineID and writes it to the context's spool.
+// notice for res.QuarantineID and writes it to c.Spool.
 func (c *NoticeConfig) ChainNotice() func(ctx context.Context, env *filters.Envelope, original filters.Body, res *filters.Result) (filters.Body, error) {
 	return func(ctx context.Context, env *filters.Envelope, original filters.Body, res *filters.Result) (filters.Body, error) {
 		id := ""
 		if res != nil {
 			id = res.QuarantineID
 		}
-		return c.Build(env, original, res, id, filters.SpoolFrom(ctx))
+		return c.Build(env, original, res, id, c.Spool)
 	}
 }
 

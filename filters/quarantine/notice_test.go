@@ -204,10 +204,10 @@ func TestNoticeTemplates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := filters.WithSpool(context.Background(), &filters.Spool{Dir: t.TempDir(), MemoryLimit: -1})
+	ctx := context.Background()
 	res := testResult()
 	res.QuarantineID = "20261125T103000.000000Z-abcdefghij"
-	c := &NoticeConfig{Template: tmpl, SubjectPrefix: "[held]"}
+	c := &NoticeConfig{Template: tmpl, SubjectPrefix: "[held]", Spool: &filters.Spool{Dir: t.TempDir(), MemoryLimit: -1}}
 	b, err := c.ChainNotice()(ctx, testEnv, filters.BytesBody([]byte("Subject: x\r\n\r\n")), res)
 	if err != nil {
 		t.Fatal(err)

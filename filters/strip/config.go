@@ -15,7 +15,7 @@ import (
 )
 
 func init() {
-	filters.Register("strip", Factory)
+	filters.RegisterFilter("strip", filters.FilterKind[Config]{Decode: decode, Build: build})
 }
 
 // The attributes a rule has, in a rule block and (the short form) directly in
@@ -50,7 +50,7 @@ var filterSchema = &hcl.BodySchema{
 
 var ruleSchema = &hcl.BodySchema{Attributes: ruleAttrs}
 
-// Factory builds a strip filter from its HCL block:
+// decode reads a strip filter's HCL block into its Config:
 //
 //	filter "strip" "dangerous" {
 //	  extensions = ["exe", "scr"]             # short form: one rule, named like the filter
@@ -64,15 +64,12 @@ var ruleSchema = &hcl.BodySchema{Attributes: ruleAttrs}
 //
 // Every problem is reported as a diagnostic with the range of the value at
 // fault.
-func Factory(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filter, hcl.Diagnostics) {
-	d := &decoder{}
-	if bc != nil {
-		d.ctx = bc.Eval
-	}
+func decode(name string, body hcl.Body, dc *filters.DecodeContext) (Config, hcl.Diagnostics) {
+	d := &decoder{ctx: dc.Eval}
 	content, diags := body.Content(filterSchema)
 	d.diags = append(d.diags, diags...)
 	if content == nil {
-		return nil, d.diags
+		return Config{}, d.diags
 	}
 	var cfg Config
 	shortForm := hasSelectorAttr(content.Attributes)
@@ -136,14 +133,19 @@ func Factory(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filt
 	cfg.Archive.MaxSize = d.size(attrs["archive_max_size"], 1, math.MaxInt64)
 	cfg.Archive.MaxRatio = d.integer(attrs["archive_max_ratio"], 2, 1000000)
 	if d.diags.HasErrors() {
-		return nil, d.diags
+		return Config{}, d.diags
 	}
-	f, err := New(name, cfg)
-	if err != nil {
+	// Compiling the rules is what New checks beyond the decoder; it has no
+	// side effects.
+	if _, err := New(name, cfg, nil); err != nil {
 		d.errorf(body.MissingItemRange(), "Invalid strip filter", "%v", err)
-		return nil, d.diags
 	}
-	return f, d.diags
+	return cfg, d.diags
+}
+
+// build is the strip kind's build step.
+func build(name string, cfg Config, bc *filters.BuildContext) (filters.Filter, error) {
+	return New(name, cfg, bc.Spool)
 }
 
 type decoder struct {

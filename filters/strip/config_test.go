@@ -219,11 +219,11 @@ func TestNewErrors(t *testing.T) {
 		{OnLimit: ActionStrip},
 		{OnArchiveLimit: Action(99)},
 	} {
-		if _, err := New("x", cfg); err == nil {
+		if _, err := New("x", cfg, nil); err == nil {
 			t.Errorf("%+v: no error", cfg)
 		}
 	}
-	f, err := New("x", Config{})
+	f, err := New("x", Config{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

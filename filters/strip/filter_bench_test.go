@@ -48,13 +48,13 @@ func benchMessage() []byte {
 // BenchmarkFilterAttachments measures the strip filter on the common case
 // (nothing stripped), zip listing included.
 func BenchmarkFilterAttachments(b *testing.B) {
-	f, err := New("d", Config{Rules: []Rule{{Name: "d", Extensions: []string{"exe", "scr", "js"}, ArchiveFilenames: []string{"*.exe"}, Action: ActionStrip}}})
+	f, err := New("d", Config{Rules: []Rule{{Name: "d", Extensions: []string{"exe", "scr", "js"}, ArchiveFilenames: []string{"*.exe"}, Action: ActionStrip}}}, &filters.Spool{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	msg := benchMessage()
 	body := filters.BytesBody(msg)
-	ctx := filters.WithSpool(context.Background(), &filters.Spool{})
+	ctx := context.Background()
 	b.SetBytes(int64(len(msg)))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -177,7 +177,7 @@ func FuzzListZip(f *testing.F) {
 	f.Add([]byte("PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
 	lim := ArchiveLimits{MaxDepth: 3, MaxEntries: 64, MaxSize: 1 << 20, MaxRatio: 100}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		a, err := ListZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim)
+		a, err := ListZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim, nil)
 		if a == nil {
 			t.Fatal("nil Archive")
 		}

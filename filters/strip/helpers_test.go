@@ -16,7 +16,7 @@ import (
 )
 
 // buildFilter decodes src, a `filter "strip" "NAME" { … }` block, with the
-// registered factory.
+// registered kind's decode and build steps.
 func buildFilter(t testing.TB, src string) (*Filter, hcl.Diagnostics) {
 	t.Helper()
 	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
@@ -28,13 +28,16 @@ func buildFilter(t testing.TB, src string) (*Filter, hcl.Diagnostics) {
 		t.Fatalf("want one filter block: %v", diags)
 	}
 	blk := content.Blocks[0]
-	factory, ok := filters.Lookup(blk.Labels[0])
+	spec, diags, ok := filters.DecodeFilter(blk.Labels[0], blk.Labels[1], blk.DefRange, blk.Body, &filters.DecodeContext{})
 	if !ok {
 		t.Fatalf("filter type %q not registered", blk.Labels[0])
 	}
-	flt, diags := factory(blk.Labels[1], blk.Body, &filters.BuildContext{})
-	if flt == nil {
+	if spec == nil {
 		return nil, diags
+	}
+	flt, err := spec.Build(&filters.BuildContext{})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return flt.(*Filter), diags
 }

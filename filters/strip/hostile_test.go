@@ -112,7 +112,7 @@ func TestHostileMIMEUncapped(t *testing.T) {
 	f, err := New("x", Config{
 		Rules:  []Rule{{Name: "x", Extensions: []string{"exe"}}},
 		Limits: Limits{MaxDepth: 20000, MaxParts: 200000},
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,7 +16,7 @@ import (
 // in document order and do not overlap (Decide never matches inside a part
 // it matched).
 func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips []Match) (filters.Body, error) {
-	w := filters.SpoolFrom(ctx).NewWriter()
+	w := f.spool.NewWriter()
 	ok := false
 	defer func() {
 		if !ok {

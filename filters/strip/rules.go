@@ -10,8 +10,6 @@ import (
 	"strings"
 
 	"github.com/gabriel-vasile/mimetype"
-
-	"github.com/popgate/popgate/filters"
 )
 
 // rule is a compiled Rule.
@@ -215,7 +213,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, 
 	if lim.MaxParts < 1 {
 		return nil, &LimitError{Limit: "parts", Max: ev.f.lim.MaxParts, Offset: p.BodyStart}
 	}
-	w := filters.SpoolFrom(ev.ctx).NewWriter()
+	w := ev.f.spool.NewWriter()
 	defer w.Abort()
 	if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
 		return nil, err
@@ -476,7 +474,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
 	if identityEncoding(p.Encoding) {
 		ra, size = io.NewSectionReader(pi.r, p.BodyStart, p.BodyEnd-p.BodyStart), p.BodyEnd-p.BodyStart
 	} else {
-		w := filters.SpoolFrom(ev.ctx).NewWriter()
+		w := ev.f.spool.NewWriter()
 		defer w.Abort()
 		if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(pi.r, p)}); err != nil {
 			pi.archErr = err
@@ -501,7 +499,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
 		}
 		size = b.Size()
 	}
-	a, err := ListZip(ev.ctx, ra, size, ev.f.alim)
+	a, err := ListZip(ev.ctx, ra, size, ev.f.alim, ev.f.spool)
 	var ae *ArchiveLimitError
 	switch {
 	case err == nil:

@@ -170,12 +170,15 @@ type Filter struct {
 	alim      ArchiveLimits
 	onLimit   Action
 	onArchive Action
+	spool     *filters.Spool // for replacement bodies and unpacked members
 }
 
-// New builds a strip filter from cfg.
-func New(name string, cfg Config) (*Filter, error) {
+// New builds a strip filter from cfg; it writes the bodies it makes to
+// spool (nil: a Spool with the defaults).
+func New(name string, cfg Config, spool *filters.Spool) (*Filter, error) {
 	f := &Filter{
 		name:      name,
+		spool:     spool,
 		lim:       cfg.Limits.withDefaults(),
 		alim:      cfg.Archive.withDefaults(),
 		onLimit:   cfg.OnLimit,
@@ -226,7 +229,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	ra, ok := rc.(io.ReaderAt)
 	if !ok {
 		// Not random access (a header-prepending wrapper, say): spool it.
-		w := filters.SpoolFrom(ctx).NewWriter()
+		w := f.spool.NewWriter()
 		if _, err := io.Copy(w, ctxReader{ctx, rc}); err != nil {
 			w.Abort()
 			return filters.Verdict{}, fmt.Errorf("strip: spooling the message: %w", err)

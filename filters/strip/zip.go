@@ -123,11 +123,11 @@ func (e *ArchiveLimitError) Error() string {
 // directory, never trusting its counts: it stops at lim.MaxEntries, checks
 // declared sizes and ratios before it inflates anything, and inflates a
 // nested archive only within what is left of lim.MaxSize, into a body of
-// filters.SpoolFrom(ctx). It returns ErrNotZip for input that is not a zip,
+// spool. It returns ErrNotZip for input that is not a zip,
 // an error wrapping ErrCorruptZip for a malformed one, and an
 // *ArchiveLimitError (with what was listed so far) when a cap is exceeded.
-func ListZip(ctx context.Context, r io.ReaderAt, size int64, lim ArchiveLimits) (*Archive, error) {
-	zl := &zipLister{ctx: ctx, lim: lim.withDefaults(), spool: filters.SpoolFrom(ctx), arch: &Archive{}}
+func ListZip(ctx context.Context, r io.ReaderAt, size int64, lim ArchiveLimits, spool *filters.Spool) (*Archive, error) {
+	zl := &zipLister{ctx: ctx, lim: lim.withDefaults(), spool: spool, arch: &Archive{}}
 	err := zl.list(r, size, 0, "")
 	return zl.arch, err
 }

@@ -166,7 +166,7 @@ func readZip(t testing.TB, name string) []byte {
 
 func list(t testing.TB, data []byte, lim ArchiveLimits) (*Archive, error) {
 	t.Helper()
-	return ListZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim)
+	return ListZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim, nil)
 }
 
 func paths(a *Archive) []string {
@@ -346,7 +346,7 @@ func TestListZipCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	z := readZip(t, "nested.zip")
-	if _, err := ListZip(ctx, bytes.NewReader(z), int64(len(z)), ArchiveLimits{}); !errors.Is(err, context.Canceled) {
+	if _, err := ListZip(ctx, bytes.NewReader(z), int64(len(z)), ArchiveLimits{}, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("err %v", err)
 	}
 }

@@ -21,7 +21,7 @@ var schema = &hcl.BodySchema{
 	},
 }
 
-// Build is the filters.Factory of the "tag" type: it decodes
+// decode is the decode step of the "tag" kind: it reads
 //
 //	headers               = { "Name" = "value", … }  # optional, added in this order
 //	subject_prefix        = "[SCANNED]"               # optional
@@ -31,11 +31,8 @@ var schema = &hcl.BodySchema{
 //
 // and reports every problem as a diagnostic with the range of the offending
 // key or value.
-func Build(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filter, hcl.Diagnostics) {
-	var ctx *hcl.EvalContext
-	if bc != nil {
-		ctx = bc.Eval
-	}
+func decode(name string, body hcl.Body, dc *filters.DecodeContext) (Config, hcl.Diagnostics) {
+	ctx := dc.Eval
 	content, diags := body.Content(schema)
 	var cfg Config
 	seen := map[string]hcl.Range{}
@@ -113,7 +110,7 @@ func Build(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filter
 		}
 	}
 	if diags.HasErrors() {
-		return nil, diags
+		return Config{}, diags
 	}
 	if len(cfg.Headers) == 0 && cfg.SubjectPrefix == "" && !cfg.Verdicts && !cfg.Version {
 		r := body.MissingItemRange()
@@ -124,12 +121,11 @@ func Build(name string, body hcl.Body, bc *filters.BuildContext) (filters.Filter
 			Subject:  &r,
 		})
 	}
-	t, err := New(name, cfg)
-	if err != nil { // checked above already; kept as a safety net
+	if _, err := New(name, cfg, nil, ""); err != nil { // checked above already; kept as a safety net
 		r := body.MissingItemRange()
-		return nil, append(diags, errorDiag(r, "Invalid tag filter", err.Error()))
+		return Config{}, append(diags, errorDiag(r, "Invalid tag filter", err.Error()))
 	}
-	return t, diags
+	return cfg, diags
 }
 
 func errorDiag(r hcl.Range, summary, detail string) *hcl.Diagnostic {

@@ -12,24 +12,31 @@ import (
 	"github.com/popgate/popgate/filters"
 )
 
-func build(t *testing.T, src string) (filters.Filter, hcl.Diagnostics) {
+func decodeAndBuild(t *testing.T, src string) (filters.Filter, hcl.Diagnostics) {
 	t.Helper()
 	f, diags := hclsyntax.ParseConfig([]byte(src), "tag.hcl", hcl.Pos{Line: 1, Column: 1})
 	if diags.HasErrors() {
 		t.Fatalf("parse: %v", diags)
 	}
-	factory, ok := filters.Lookup("tag")
+	dc := &filters.DecodeContext{Eval: &hcl.EvalContext{Variables: map[string]cty.Value{
+		"site": cty.StringVal("gw1"),
+	}}}
+	spec, diags, ok := filters.DecodeFilter("tag", "stamp", hcl.Range{}, f.Body, dc)
 	if !ok {
 		t.Fatal(`"tag" is not registered`)
 	}
-	bc := &filters.BuildContext{Eval: &hcl.EvalContext{Variables: map[string]cty.Value{
-		"site": cty.StringVal("gw1"),
-	}}}
-	return factory("stamp", f.Body, bc)
+	if spec == nil {
+		return nil, diags
+	}
+	flt, err := spec.Build(&filters.BuildContext{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return flt, diags
 }
 
 func TestBuild(t *testing.T) {
-	flt, diags := build(t, `
+	flt, diags := decodeAndBuild(t, `
 headers = {
   "X-Popgate-Scanned" = "yes"
   X-Popgate-Site      = "gw-${site}"
@@ -57,7 +64,7 @@ subject_prefix = "[SCANNED]"
 		t.Error("lossless rewrite not marked KeepsOriginal")
 	}
 
-	flt, diags = build(t, `
+	flt, diags = decodeAndBuild(t, `
 subject_prefix = "[S]"
 keep_original_subject = false
 `)
@@ -96,7 +103,7 @@ func TestBuildDiagnostics(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			flt, diags := build(t, tc.src)
+			flt, diags := decodeAndBuild(t, tc.src)
 			if len(diags) == 0 {
 				t.Fatal("no diagnostics")
 			}

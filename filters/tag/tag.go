@@ -104,16 +104,25 @@ type Filter struct {
 	keepOriginal           bool
 	blockCRLF, blockLF     []byte // the added fields, per line break
 	verdicts, version      bool
+	versionText            string         // popgate's version, for X-Popgate-Version
+	spool                  *filters.Spool // for the tagged copies
 }
 
 var _ filters.Filter = (*Filter)(nil)
 
 func init() {
-	filters.Register("tag", Build)
+	filters.RegisterFilter("tag", filters.FilterKind[Config]{Decode: decode, Build: build})
 }
 
-// New builds a tag filter from cfg, checking it as Build does.
-func New(name string, cfg Config) (*Filter, error) {
+// build is the tag kind's build step.
+func build(name string, cfg Config, bc *filters.BuildContext) (filters.Filter, error) {
+	return New(name, cfg, bc.Spool, bc.Version)
+}
+
+// New builds a tag filter from cfg, checking it as decode does. It writes
+// the tagged copies to spool (nil: a Spool with the defaults), and stamps
+// version in X-Popgate-Version when cfg asks for it.
+func New(name string, cfg Config, spool *filters.Spool, version string) (*Filter, error) {
 	var errs []error
 	seen := map[string]bool{}
 	for _, f := range cfg.Headers {
@@ -145,6 +154,8 @@ func New(name string, cfg Config) (*Filter, error) {
 		keepOriginal: !cfg.DropOriginalSubject,
 		verdicts:     cfg.Verdicts,
 		version:      cfg.Version,
+		versionText:  version,
+		spool:        spool,
 	}
 	if prefix != "" {
 		t.encPrefix = encodeText(prefix)
@@ -293,10 +304,14 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		top.Write(t.blockCRLF)
 	}
 	if t.verdicts {
-		top.WriteString(fold(VerdictHeader, encodeText(verdictText(filters.StepsFrom(ctx))), info.eol))
+		var steps []filters.Step
+		if env != nil {
+			steps = env.Steps
+		}
+		top.WriteString(fold(VerdictHeader, encodeText(verdictText(steps)), info.eol))
 	}
 	if t.version {
-		top.WriteString(fold(VersionHeader, encodeText("popgate "+printable(filters.Version, 64)), info.eol))
+		top.WriteString(fold(VersionHeader, encodeText("popgate "+printable(t.versionText, 64)), info.eol))
 	}
 	if addSubject {
 		top.WriteString(fold("Subject", t.encPrefix, info.eol))
@@ -329,7 +344,7 @@ func (t *Filter) write(ctx context.Context, body filters.Body, top []byte, info 
 	}
 	defer r.Close()
 	src := &ctxReader{ctx: ctx, r: r}
-	sw := filters.SpoolFrom(ctx).NewWriter()
+	sw := t.spool.NewWriter()
 	want := body.Size() + int64(len(top))
 	err = func() error {
 		if _, err := sw.Write(top); err != nil {

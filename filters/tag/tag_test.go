@@ -15,7 +15,7 @@ import (
 
 func mustNew(t *testing.T, cfg Config) *Filter {
 	t.Helper()
-	f, err := New("stamp", cfg)
+	f, err := New("stamp", cfg, nil, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,9 +353,12 @@ func TestEncodedPrefixDecodes(t *testing.T) {
 // A message larger than the spool's memory limit goes through a file and
 // streams; the result is still exact.
 func TestLargeMessageThroughFile(t *testing.T) {
-	f := mustNew(t, Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: "[S]"})
+	f, err := New("stamp", Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: "[S]"}, &filters.Spool{Dir: t.TempDir(), MemoryLimit: 4096}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	big := "Subject: big\r\n\r\n" + strings.Repeat("0123456789abcdef\r\n", 200000)
-	ctx := filters.WithSpool(context.Background(), &filters.Spool{Dir: t.TempDir(), MemoryLimit: 4096})
+	ctx := context.Background()
 	in := filters.BytesBody([]byte(big))
 	v, err := f.Filter(ctx, nil, in)
 	if err != nil {
@@ -370,12 +373,14 @@ func TestLargeMessageThroughFile(t *testing.T) {
 }
 
 func TestCanceled(t *testing.T) {
-	f := mustNew(t, Config{Headers: []Field{{"X-A", "1"}}})
+	dir := t.TempDir()
+	f, err := New("stamp", Config{Headers: []Field{{"X-A", "1"}}}, &filters.Spool{Dir: dir, MemoryLimit: -1}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	dir := t.TempDir()
-	ctx = filters.WithSpool(ctx, &filters.Spool{Dir: dir, MemoryLimit: -1})
-	_, err := f.Filter(ctx, nil, filters.BytesBody([]byte("Subject: x\r\n\r\nbody\r\n")))
+	_, err = f.Filter(ctx, nil, filters.BytesBody([]byte("Subject: x\r\n\r\nbody\r\n")))
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
@@ -434,7 +439,7 @@ func TestNewRejects(t *testing.T) {
 		{SubjectPrefix: "[A]\n"},
 		{SubjectPrefix: strings.Repeat("a", 201)},
 	} {
-		if _, err := New("x", cfg); err == nil {
+		if _, err := New("x", cfg, nil, ""); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
 	}
@@ -460,7 +465,7 @@ func FuzzTag(f *testing.F) {
 		f.Add(s, "[GEPRÜFT]")
 	}
 	f.Fuzz(func(t *testing.T, msg, prefix string) {
-		tg, err := New("f", Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: prefix})
+		tg, err := New("f", Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: prefix}, nil, "")
 		if err != nil {
 			return
 		}

@@ -19,7 +19,7 @@ func (f reasonFilter) Filter(context.Context, *filters.Envelope, filters.Body) (
 // The verdict and version headers report what ran before the tag filter,
 // and a hostile reason cannot add a header field of its own.
 func TestVerdictAndVersionHeaders(t *testing.T) {
-	tag, err := New("stamp", Config{Verdicts: true, Version: true})
+	tag, err := New("stamp", Config{Verdicts: true, Version: true}, nil, "1.2.3-test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +37,7 @@ func TestVerdictAndVersionHeaders(t *testing.T) {
 	out, _ := io.ReadAll(rc)
 	rc.Close()
 	want := "X-Popgate-Verdict: av=pass (clean); evil=pass (x  Bcc: victim@example.com)\r\n" +
-		"X-Popgate-Version: popgate " + filters.Version + "\r\n" +
+		"X-Popgate-Version: popgate 1.2.3-test\r\n" +
 		"Subject: hi\r\n\r\nbody\r\n"
 	if string(out) != want {
 		t.Fatalf("got\n%q\nwant\n%q", out, want)

@@ -19,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/popgate/popgate/filters"
-	"github.com/popgate/popgate/filters/clamav"
 	"github.com/popgate/popgate/proxy"
 )
 
@@ -51,7 +50,7 @@ type Metrics struct {
 
 	families  []Family
 	listeners sync.Map // name → *listenerMetrics
-	scanners  atomic.Pointer[map[string]*clamav.Scanner]
+	scanners  atomic.Pointer[[]Scanner]
 }
 
 var _ proxy.Observer = (*Metrics)(nil)
@@ -89,7 +88,7 @@ func New() *Metrics {
 	m.messages = counter("messages_total", "Filtered messages, by policy and outcome (delivered, changed, withheld, refused, deferred, failed_open).", "policy", "outcome")
 	m.verdicts = counter("filter_verdicts_total", "Filter verdicts, by filter and verdict (pass, replace, reject, retry, error).", "filter", "verdict")
 	m.filterDuration = histogram("filter_duration_seconds", "Time each filter took per message.", "filter")
-	m.scanDuration = histogram("clamd_scan_duration_seconds", "Time a clamd scan took, failovers and waiting for a slot included, by scanner.", "scanner")
+	m.scanDuration = histogram("scan_duration_seconds", "Time a scan took, failovers and waiting for a slot included, by scanner and kind (clamav).", "scanner", "kind")
 	m.quarantine = counter("quarantine_writes_total", "Originals written to quarantine, by result (ok, failed).", "result")
 	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_generation",
 		Help: "The configuration generation new sessions get (1 at start, +1 per successful reload)."})
@@ -100,7 +99,7 @@ func New() *Metrics {
 	m.upstreamConnect = histogram("upstream_connect_seconds", "Time to connect to an upstream, TLS and greeting included, by upstream (transparent for original destinations).", "upstream")
 	m.upstreamFailed = counter("upstream_connect_failures_total", "Failed connections to an upstream, by upstream.", "upstream")
 	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	family("clamd_backend_up", false, "scanner", "address")
+	family("scanner_backend_up", false, "scanner", "kind", "address")
 	for _, r := range []string{"ok", "failed"} {
 		m.reloads.WithLabelValues(r)
 		m.quarantine.WithLabelValues(r)
@@ -134,14 +133,21 @@ func (m *Metrics) Reloaded(ok bool) {
 	}
 }
 
-// SetScanners makes the clamd scanners of the configuration now in force
-// the ones whose backends are reported, and times their scans.
-func (m *Metrics) SetScanners(scanners map[string]*clamav.Scanner) {
-	for name, s := range scanners {
-		h := m.scanDuration.WithLabelValues(name)
-		s.OnScan(func(d time.Duration, _ error) { h.Observe(d.Seconds()) })
-	}
+// Scanner is a scanner of the configuration in force, as reported.
+type Scanner struct {
+	Name, Kind string
+	Scanner    filters.Scanner
+}
+
+// SetScanners makes the scanners of the configuration now in force the ones
+// whose backends are reported.
+func (m *Metrics) SetScanners(scanners []Scanner) {
 	m.scanners.Store(&scanners)
+}
+
+// Scanned times one scan (filters.BuildContext.OnScan).
+func (m *Metrics) Scanned(scanner, kind string, took time.Duration, _ error) {
+	m.scanDuration.WithLabelValues(scanner, kind).Observe(took.Seconds())
 }
 
 // Refused implements proxy.Observer.
@@ -257,13 +263,13 @@ func outcome(res *filters.Result, changed bool) string {
 	return "delivered"
 }
 
-// backendCollector reports popgate_clamd_backend_up from the scanners'
+// backendCollector reports popgate_scanner_backend_up from the scanners'
 // own health state at scrape time.
 type backendCollector struct{ m *Metrics }
 
-var backendUp = prometheus.NewDesc(namespace+"_clamd_backend_up",
-	"Whether a clamd backend answered its last health check or scan (1) or not (0), by scanner and address.",
-	[]string{"scanner", "address"}, nil)
+var backendUp = prometheus.NewDesc(namespace+"_scanner_backend_up",
+	"Whether a scanner backend (a clamd) answered its last health check or scan (1) or not (0), by scanner, kind and address.",
+	[]string{"scanner", "kind", "address"}, nil)
 
 func (c backendCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backendUp }
 
@@ -272,13 +278,13 @@ func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
 	if p == nil {
 		return
 	}
-	for name, s := range *p {
-		for _, b := range s.Backends() {
+	for _, s := range *p {
+		for _, b := range s.Scanner.Backends() {
 			up := 0.0
 			if b.Up {
 				up = 1
 			}
-			ch <- prometheus.MustNewConstMetric(backendUp, prometheus.GaugeValue, up, name, b.Address)
+			ch <- prometheus.MustNewConstMetric(backendUp, prometheus.GaugeValue, up, s.Name, s.Kind, b.Address)
 		}
 	}
 }

@@ -18,7 +18,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/proxy"
-	"github.com/popgate/popgate/proxy/metrics"
+	"github.com/popgate/popgate/internal/metrics"
 	"github.com/popgate/popgate/proxy/pop3/server"
 )
 

@@ -1,0 +1,108 @@
+package generation
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/netip"
+	"os"
+
+	"github.com/popgate/popgate/policy"
+	"github.com/popgate/popgate/proxy"
+)
+
+// ProxyOptions turns the configuration's listeners and upstreams into the
+// proxy's options, with the generation's PolicyFor. It loads certificates
+// and CA bundles, which decoding has only checked. Listeners and upstreams
+// are bound when the proxy starts: a reload does not change them.
+func (g *Generation) ProxyOptions() (proxy.Options, error) {
+	cfg := g.Config
+	ups := map[string]*proxy.Upstream{}
+	for name, u := range cfg.Upstreams {
+		pu, err := proxyUpstream(u)
+		if err != nil {
+			return proxy.Options{}, err
+		}
+		ups[name] = pu
+	}
+	opts := proxy.Options{PolicyFor: g.PolicyFor}
+	for _, l := range cfg.Listeners {
+		pl := proxy.Listener{
+			Name:                l.Name,
+			Address:             l.Address,
+			Transparent:         l.Transparent,
+			TProxy:              l.TProxy,
+			MaxConnections:      l.MaxConnections,
+			MaxConnectionsPerIP: l.MaxConnectionsPerIP,
+			LoginTimeout:        l.LoginTimeout,
+			IdleTimeout:         l.IdleTimeout,
+			MaxCommandLine:      l.MaxCommandLine,
+		}
+		if pp := l.ProxyProtocol; pp != nil {
+			pl.ProxyProtocol = &proxy.ProxyProtocol{Trusted: pp.Trusted, Timeout: pp.Timeout}
+		}
+		if l.Upstream != "" {
+			pl.Upstream = ups[l.Upstream]
+		}
+		if cfg.RoutesByLogin(l) {
+			pl.Router = func(login string) (*proxy.Upstream, string, error) {
+				name, user, err := cfg.RouteLogin(l, login)
+				if err != nil {
+					return nil, "", err
+				}
+				return ups[name], user, nil
+			}
+		}
+		if l.Transparent {
+			pl.DestRouter = func(dst netip.Addr) *proxy.Upstream { return ups[cfg.RouteDestination(l, dst)] }
+		}
+		if l.TLS != nil {
+			cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
+			if err != nil {
+				return proxy.Options{}, fmt.Errorf("listener %s: %w", l.Name, err)
+			}
+			pl.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			pl.Implicit = l.TLS.Implicit
+		}
+		opts.Listeners = append(opts.Listeners, pl)
+	}
+	return opts, nil
+}
+
+func proxyUpstream(u *policy.Upstream) (*proxy.Upstream, error) {
+	pu := &proxy.Upstream{
+		Name:           u.Name,
+		Address:        u.Address,
+		ConnectTimeout: u.ConnectTimeout,
+		Timeout:        u.Timeout,
+		MaxStatusLine:  u.MaxStatusLine,
+	}
+	switch u.ProxyProtocol {
+	case policy.ProxyProtocolV1:
+		pu.ProxyProtocol = 1
+	case policy.ProxyProtocolV2:
+		pu.ProxyProtocol = 2
+	}
+	switch u.TLS {
+	case policy.UpstreamTLSStartTLS:
+		pu.TLSMode = proxy.TLSStartTLS
+	case policy.UpstreamTLSImplicit:
+		pu.TLSMode = proxy.TLSImplicit
+	}
+	if pu.TLSMode == proxy.TLSNone {
+		return pu, nil
+	}
+	tc := &tls.Config{ServerName: u.ServerName, InsecureSkipVerify: u.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
+	if u.CAFile != "" {
+		pem, err := os.ReadFile(u.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("upstream %s: no certificates in %s", u.Name, u.CAFile)
+		}
+	}
+	pu.TLS = tc
+	return pu, nil
+}
