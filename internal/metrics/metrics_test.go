@@ -17,8 +17,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
-	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/internal/metrics"
+	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/proxy/pop3/server"
 )
 
