@@ -319,14 +319,16 @@ func genPolicy(gen string) func(SessionInfo) (*SessionPolicy, error) {
 // generation is retired once its last session ends, not before.
 func TestSetPolicyKeepsRunningSessions(t *testing.T) {
 	_, up := startMailServer(t, mailConfig())
-	srv, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) { o.PolicyFor = genPolicy("1") })
+	var retired1, retired2, retired3 atomic.Int32
+	srv, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
+		o.PolicyFor, o.Retire = genPolicy("1"), func() { retired1.Add(1) }
+	})
 	login := func() *client {
 		c := dialClient(t, addr)
 		c.line()
 		c.login(testUser, testPass)
 		return c
 	}
-	var retired2, retired3 atomic.Int32
 	gen1 := login()
 	srv.SetPolicy(2, genPolicy("2"), func() { retired2.Add(1) })
 	gen2 := login()
@@ -346,7 +348,7 @@ func TestSetPolicyKeepsRunningSessions(t *testing.T) {
 		tc.c.expectOK("QUIT")
 	}
 	waitFor(t, func() bool { return srv.Sessions() == 0 })
-	if retired2.Load() != 1 || retired3.Load() != 0 {
-		t.Fatalf("retired: generation 2 %d times (want 1), the current generation %d times (want 0)", retired2.Load(), retired3.Load())
+	if retired1.Load() != 1 || retired2.Load() != 1 || retired3.Load() != 0 {
+		t.Fatalf("retired: generation 1 %d and 2 %d times (want 1), the current generation %d times (want 0)", retired1.Load(), retired2.Load(), retired3.Load())
 	}
 }

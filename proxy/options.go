@@ -123,6 +123,10 @@ type Options struct {
 	// connections close (no QUIT). Nil, or a policy with an empty chain,
 	// relays messages without spooling them.
 	PolicyFor func(SessionInfo) (*SessionPolicy, error)
+	// Retire (may be nil) is called once PolicyFor's generation has been
+	// replaced by SetPolicy and has no session left, as SetPolicy's retire
+	// is for later generations.
+	Retire func()
 	// MaxSASLLine bounds one line of an AUTH exchange (RFC 5034 allows
 	// responses longer than a command line); default 16 KiB.
 	MaxSASLLine int

@@ -72,7 +72,7 @@ func New(opts Options) (*Server, error) {
 		}
 	}
 	return &Server{opts: opts, log: opts.Logger, live: map[*session]struct{}{}, done: make(chan struct{}),
-		gen: &generation{id: 1, policyFor: opts.PolicyFor, current: true}}, nil
+		gen: &generation{id: 1, policyFor: opts.PolicyFor, retire: opts.Retire, current: true}}, nil
 }
 
 // Listen binds every listener. On error nothing stays bound.

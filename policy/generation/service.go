@@ -56,6 +56,7 @@ func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 	opts, err := g.ProxyOptions()
 	if err == nil {
 		opts.Logger = o.Log
+		opts.Retire = func() { _ = g.Close() }
 		if s.metrics != nil {
 			opts.Observer = s.metrics
 		}
@@ -167,9 +168,8 @@ func (s *Service) reload() error {
 }
 
 // use makes g, as generation gen, the one new sessions get and the one
-// metrics and /readyz report on. The previous one is retired by the proxy
-// when its last session ends (SetPolicy), or, for the first, never: it is
-// the bound generation's and closes with the service.
+// metrics and /readyz report on. The proxy retires the previous one when
+// its last session ends.
 func (s *Service) use(g *Generation, gen int64) {
 	s.mu.Lock()
 	s.current = g

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Unit tests of the command line, run in-process; the end-to-end suite
+// drives the built binary against the real servers.
+
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}, {"-help"}} {
+		var out, errOut bytes.Buffer
+		if code := run(args, &out, &errOut); code != 0 || !strings.Contains(out.String(), "usage:") || errOut.Len() != 0 {
+			t.Errorf("popgate %s: exit %d, stdout %q, stderr %q", args[0], code, out.String(), errOut.String())
+		}
+	}
+	var out, errOut bytes.Buffer
+	if code := run([]string{"frobnicate"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "usage:") {
+		t.Errorf("an unknown command: exit %d, stderr %q", code, errOut.String())
+	}
+}
+
+func TestVersionIsNamed(t *testing.T) {
+	var out bytes.Buffer
+	if code := run([]string{"version"}, &out, &out); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	first, _, _ := strings.Cut(out.String(), "\n")
+	if first == "popgate dev" || first == "popgate " || !strings.HasPrefix(first, "popgate ") {
+		t.Errorf("version line %q names no release or revision", first)
+	}
+	defer func(v string) { version = v }(version)
+	version = "v1.2.3"
+	if got := popgateVersion(); got != "v1.2.3" {
+		t.Errorf("a stamped version reads %q", got)
+	}
+}
+
+// check and --explain decode the configuration only: a clamd that cannot
+// be reached costs them nothing.
+func TestCheckWithClamdUnreachable(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "popgate.hcl")
+	src := fmt.Sprintf(`
+listener "pop3" {
+  address  = "127.0.0.1:1110"
+  upstream = "mail"
+}
+upstream "mail" { address = "127.0.0.1:110" }
+scanner "clamav" "farm" { addresses = ["tcp://192.0.2.1:3310", "unix://%s/no-such.sock"] }
+filter "clamav" "av" { scanner = "farm" }
+quarantine { dir = %q }
+policy "all" { chain = ["av"] }
+`, dir, filepath.Join(dir, "q"))
+	if err := os.WriteFile(cfg, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"check", "-c", cfg},
+		{"check", "-c", cfg, "--explain", "ann@example.com"},
+	} {
+		var out, errOut bytes.Buffer
+		start := time.Now()
+		code := run(args, &out, &errOut)
+		if code != 0 || errOut.Len() != 0 {
+			t.Errorf("%v: exit %d\n%s%s", args, code, out.String(), errOut.String())
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Errorf("%v took %v: it waited for clamd", args, took)
+		}
+		if len(args) > 3 && !strings.Contains(out.String(), "scanners:   farm (clamav)") {
+			t.Errorf("--explain does not name the scanner the chain uses:\n%s", out.String())
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "q")); !os.IsNotExist(err) {
+		t.Errorf("check created the quarantine directory (%v)", err)
+	}
+}
