@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/testenv.sh — the real test environment of popgate (DESIGN.md §6).
+# scripts/testenv.sh — the real test environment of popgate (docs/ARCHITECTURE.md §5).
 #
 #   scripts/testenv.sh up       install (apt-get, when root and something is missing) and start,
 #                               on 127.0.0.1, a real Dovecot (POP3+STLS, POP3S; passwd-file users,
