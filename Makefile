@@ -9,11 +9,16 @@ FUZZTIME ?= 30s
 # so only without it is RSS checked; make test runs a short soak with -race).
 SOAK_TIME ?= 3m
 SOAK_FLAGS ?=
+# The version `make build` stamps into the binary (popgate version, the
+# X-Popgate-Version header): the release tag, or the commit when untagged.
+# An unstamped `go build` falls back to the VCS revision in Go's build info.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+LDFLAGS  := -X main.version=$(VERSION)
 
 .PHONY: build test vet lint fuzz fuzz-short bench soak demo clean testenv-up testenv-down
 
 build:
-	$(GO) build -o $(BIN) ./cmd/popgate
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/popgate
 
 demo: build
 	$(BIN) demo

@@ -19,6 +19,7 @@ import (
 	"testing"
 
 	"github.com/popgate/popgate/internal/metrics"
+	"github.com/popgate/popgate/proxy/testenv"
 )
 
 // TestEveryExampleChecked fails for a file in examples/ that no test loads:
@@ -61,7 +62,7 @@ func readExample(t *testing.T, path string) string {
 }
 
 // TestHAProxyExample checks the shape cmd/popgate's scale-out test relies
-// on, and that haproxy accepts the file, when haproxy is installed.
+// on, and that haproxy accepts the file (haproxy missing: see testenv.LookPath).
 func TestHAProxyExample(t *testing.T) {
 	cfg := readExample(t, "haproxy.cfg")
 	for _, want := range []string{
@@ -83,10 +84,8 @@ func TestHAProxyExample(t *testing.T) {
 			t.Errorf("server line without send-proxy-v2 or a check on the metrics port: %s", strings.TrimSpace(s))
 		}
 	}
-	haproxy, err := exec.LookPath("haproxy")
-	if err != nil {
-		t.Skip("haproxy not installed: `haproxy -c` not run")
-	}
+	// Skips, or fails under POPGATE_REQUIRE_INTEGRATION=1, without haproxy.
+	haproxy := testenv.LookPath(t, "haproxy")
 	// chroot and user are the packaged service's; haproxy -c checks they exist.
 	tmp := filepath.Join(t.TempDir(), "haproxy.cfg")
 	cfg = regexp.MustCompile(`(?m)^[ \t]*(chroot|user|group)\b.*\n`).ReplaceAllString(cfg, "")
@@ -127,7 +126,7 @@ func parseUnit(t *testing.T, text string) unitFile {
 }
 
 // TestSystemdUnit checks the hardening of examples/popgate.service, and
-// runs `systemd-analyze verify` on it when systemd-analyze is installed.
+// runs `systemd-analyze verify` on it (missing: see testenv.LookPath).
 func TestSystemdUnit(t *testing.T) {
 	text := readExample(t, "popgate.service")
 	u := parseUnit(t, text)
@@ -168,10 +167,8 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("User=root")
 	}
 
-	sa, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed: the unit was not verified by systemd")
-	}
+	// Skips, or fails under POPGATE_REQUIRE_INTEGRATION=1, without systemd-analyze.
+	sa := testenv.LookPath(t, "systemd-analyze")
 	// verify insists that the programs exist: point them at one that does.
 	dir := t.TempDir()
 	path := filepath.Join(dir, "popgate.service")

@@ -1,4 +1,4 @@
-# minimal.hcl — the smallest complete popgate configuration (DESIGN.md §3):
+# minimal.hcl — the smallest complete popgate configuration (docs/ARCHITECTURE.md §2):
 # one listener, one upstream, a clamd scanner, three filters, a quarantine and
 # the policy that chains the filters.
 listener "pop3" {

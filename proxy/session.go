@@ -442,8 +442,8 @@ func (s *session) loggedIn(user string) error {
 var (
 	errUpstreamLost        = errors.New("upstream connection lost") // went away or stalled
 	errUpstreamUnavailable = errors.New("upstream unavailable")     // could not connect, or refused the session
-	errClientGone          = errors.New("client")                   // closed or reset the connection
-	errClientFault         = errors.New("client")                   // broke the protocol, or its TLS failed
+	errClientGone          = errors.New("client connection lost")   // closed or reset the connection
+	errClientFault         = errors.New("client protocol error")    // broke the protocol, or its TLS failed
 	errClientIdle          = errors.New("client: idle timeout")
 	errPolicyRefused       = errors.New("policy")
 )

@@ -303,3 +303,24 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestSessionEndTexts: each cause a session ends with reads differently in
+// the "session end" log line, so a client that left and a client that broke
+// the protocol are told apart without the metric.
+func TestSessionEndTexts(t *testing.T) {
+	errs := []error{errUpstreamLost, errUpstreamUnavailable, errClientGone, errClientFault, errClientIdle, errPolicyRefused}
+	seen := map[string]bool{}
+	for _, err := range errs {
+		if seen[err.Error()] {
+			t.Errorf("two session end causes read %q", err)
+		}
+		seen[err.Error()] = true
+	}
+	results := map[string]bool{}
+	for _, err := range errs {
+		results[sessionResult(fmt.Errorf("wrapped: %w", err), false)] = true
+	}
+	if len(results) != len(errs) {
+		t.Errorf("session results %v: want one per cause (%d)", results, len(errs))
+	}
+}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/testenv.sh — the real test environment of popgate (DESIGN.md §6).
+# scripts/testenv.sh — the real test environment of popgate (docs/ARCHITECTURE.md §5).
 #
 #   scripts/testenv.sh up       install (apt-get, when root and something is missing) and start,
 #                               on 127.0.0.1, a real Dovecot (POP3+STLS, POP3S; passwd-file users,
@@ -72,7 +72,8 @@ missing_packages() {
 	command -v ip >/dev/null || miss+=(iproute2)        # transparent-mode test: network namespace
 	command -v iptables >/dev/null || miss+=(iptables) # and REDIRECT rules inside it
 	python3 -c 'import sys' >/dev/null 2>&1 || miss+=(python3) # a client the tests use
-	command -v haproxy >/dev/null || miss+=(haproxy)           # scale-out test: PROXY v2 in front of two popgates
+	command -v haproxy >/dev/null || miss+=(haproxy)           # scale-out test: PROXY v2 in front of two popgates; haproxy -c of examples/haproxy.cfg
+	command -v systemd-analyze >/dev/null || miss+=(systemd)   # systemd-analyze verify of examples/popgate.service
 	[ -x /usr/sbin/nginx ] || miss+=(nginx)                      # benchmark peer: nginx's mail proxy
 	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || miss+=(libnginx-mod-mail)
 	command -v gnuplot >/dev/null || miss+=(gnuplot-nox)       # benchmark chart (PNG)

@@ -1,7 +1,7 @@
 // Package quarantine is a durable directory store of original messages: the
 // chain puts a message here before it delivers a lossy change of it or a
-// notice in its place (DESIGN.md §5, invariant 4), and `popgate quarantine
-// list | show ID | export ID` browses it.
+// notice in its place (docs/ARCHITECTURE.md §4, invariant 4), and
+// `popgate quarantine list | show ID | export ID` browses it.
 //
 // Layout of the directory (created 0700, files 0600):
 //

@@ -11,7 +11,8 @@ import (
 	"github.com/popgate/popgate/filters"
 )
 
-// TestDesignShortForm: the block of DESIGN.md §3 works as it says.
+// TestDesignShortForm: the strip block of examples/minimal.hcl (the smallest
+// configuration, docs/ARCHITECTURE.md §2) works as it says.
 func TestDesignShortForm(t *testing.T) {
 	f := mustFilter(t, `filter "strip" "dangerous" {
   extensions = ["exe", "scr", "js", "vbs", "bat", "cmd", "com", "pif", "docm", "xlsm"]

@@ -17,9 +17,9 @@
 // # Losslessness
 //
 // A Replace that is not lossless makes the chain put the original in
-// quarantine before delivering (DESIGN.md §5, invariant 4). Prefixing every
-// subject must not mean quarantining every message, so by default the
-// rewrite keeps the original: the original Subject value, byte for byte
+// quarantine before delivering (docs/ARCHITECTURE.md §4, invariant 4).
+// Prefixing every subject must not mean quarantining every message, so by
+// default the rewrite keeps the original: the original Subject value, byte for byte
 // (folding, encoded words and line breaks included), goes into an
 // X-Popgate-Original-Subject field placed first in the message, and Restore
 // undoes the rewrite exactly. The verdict is then KeepsOriginal. With

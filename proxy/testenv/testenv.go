@@ -1,5 +1,5 @@
 // Package testenv gives tests the real Dovecot and clamd that scripts/testenv.sh starts
-// (DESIGN.md §6), through the POPGATE_TEST_* variables of its env file:
+// (docs/ARCHITECTURE.md §5), through the POPGATE_TEST_* variables of its env file:
 //
 //	scripts/testenv.sh up && . "$(scripts/testenv.sh envfile)" && go test ./...
 //
