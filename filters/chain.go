@@ -98,7 +98,7 @@ type Chain struct {
 	ErrorHeader string
 	// Quarantine keeps the original of every message the chain refuses or
 	// changes with a lossy Replace, before anything else is delivered
-	// (DESIGN.md §5, invariant 4). Nil means no quarantine: a refused
+	// (docs/ARCHITECTURE.md §4, invariant 4). Nil means no quarantine: a refused
 	// message then gets -ERR [SYS/PERM] and stays on the server, and a
 	// lossy change counts as a failure (OnError), since delivering it would
 	// let the client delete the only copy of the original.

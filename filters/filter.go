@@ -70,7 +70,7 @@ type Verdict struct {
 	// with a change the filter documents how to undo exactly (tag keeps the
 	// original Subject in X-Popgate-Original-Subject; tag.Restore puts it
 	// back). Such a change does not need the original in quarantine first;
-	// every other Replace does (DESIGN.md §5, invariant 4).
+	// every other Replace does (docs/ARCHITECTURE.md §4, invariant 4).
 	KeepsOriginal bool
 }
 

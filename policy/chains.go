@@ -50,7 +50,7 @@ type Quarantine struct {
 	// (mode 0700) if it does not exist.
 	Dir string
 	// NoticeFrom is the From address of notices (attribute notice_from,
-	// default "popgate <postmaster@localhost>").
+	// default "Mail gateway <postmaster@localhost>", quarantine.DefaultNoticeFrom).
 	NoticeFrom string
 }
 

@@ -51,8 +51,8 @@ func TestExamples(t *testing.T) {
 	}
 }
 
-// TestExampleMinimal checks that examples/minimal.hcl still is the DESIGN.md
-// §3 minimal file: every block it names is there.
+// TestExampleMinimal checks that examples/minimal.hcl is still the minimal
+// configuration of docs/ARCHITECTURE.md §2: every block it names is there.
 func TestExampleMinimal(t *testing.T) {
 	cfg, diags := Load(filepath.Join("..", "examples", "minimal.hcl"))
 	if diags.HasErrors() {
