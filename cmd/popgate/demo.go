@@ -14,9 +14,9 @@ import (
 	"github.com/popgate/popgate/examples"
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/clamav"
+	server "github.com/popgate/popgate/internal/pop3server"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
-	"github.com/popgate/popgate/proxy/pop3/server"
 )
 
 const (

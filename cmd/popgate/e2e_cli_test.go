@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // runPopgate runs the popgate binary to completion and returns its stdout,

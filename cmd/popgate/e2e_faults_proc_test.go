@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // mountTmpfs mounts a tmpfs of the given size (as "64k") on a new

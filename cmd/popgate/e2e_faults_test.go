@@ -43,8 +43,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/internal/testenv"
 	"github.com/popgate/popgate/proxy/pop3"
-	"github.com/popgate/popgate/proxy/testenv"
 )
 
 // reportSummary makes a summary line visible: go test shows neither t.Log

@@ -40,7 +40,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // stampHeader is what the "stamp" tag filter adds at the top of every

@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // haproxyServer is where the test puts one popgate instance of the example.

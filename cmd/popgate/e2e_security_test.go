@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // secClient is a raw POP3 client that keeps everything it received, so the

@@ -12,7 +12,7 @@ package main
 //	. "$(scripts/testenv.sh envfile)" && go test -race -count=1 ./cmd/popgate/
 //
 // Without it the tests that need Dovecot or a client program skip loudly (or
-// fail with POPGATE_REQUIRE_INTEGRATION=1), see proxy/testenv.
+// fail with POPGATE_REQUIRE_INTEGRATION=1), see internal/testenv.
 
 import (
 	"bufio"
@@ -37,7 +37,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // popgateBin is the popgate binary built by TestMain (with -race when the

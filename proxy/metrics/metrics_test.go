@@ -17,9 +17,9 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
+	server "github.com/popgate/popgate/internal/pop3server"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/proxy/metrics"
-	"github.com/popgate/popgate/proxy/pop3/server"
 )
 
 // verdictByMsg passes message 1, rejects message 2 and fails on message 3.
