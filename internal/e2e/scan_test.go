@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // `popgate check --explain` and `popgate scan`, through the real binary.
 

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the filters a user installs popgate for (issue 3,
 // "Prove"): the real popgate binary with a policy of

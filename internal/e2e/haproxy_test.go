@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Scale-out: Debian's real haproxy, configured from examples/haproxy.cfg, in
 // front of two real popgate processes (PROXY v2 in, /readyz health checks on

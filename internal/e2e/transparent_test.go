@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package e2e
 
 // The transparent gateway, end to end, across three network namespaces:
 //

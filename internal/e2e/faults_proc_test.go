@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The fault cases that need a popgate process of their own: the quarantine
 // directory read-only or full, the spool directory full, SIGTERM and SIGHUP
