@@ -1,7 +1,7 @@
 package examples_test
 
 // Checks of the deployment examples that are not HCL: examples/haproxy.cfg
-// (also run for real by cmd/popgate/e2e_haproxy_test.go), popgate.service,
+// (also run for real by internal/e2e/haproxy_test.go), popgate.service,
 // docker/Dockerfile and grafana/popgate.json. The .hcl files are loaded by
 // policy/examples_test.go.
 
@@ -19,14 +19,14 @@ import (
 	"testing"
 
 	"github.com/popgate/popgate/internal/metrics"
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // TestEveryExampleChecked fails for a file in examples/ that no test loads:
 // a new kind of example needs its check here (or in policy's for .hcl).
 func TestEveryExampleChecked(t *testing.T) {
 	checked := map[string]string{
-		"haproxy.cfg":                    "TestHAProxyExample, cmd/popgate TestHAProxyScaleOut",
+		"haproxy.cfg":                    "TestHAProxyExample, internal/e2e TestHAProxyScaleOut",
 		"popgate.service":                "TestSystemdUnit",
 		"docker/Dockerfile":              "TestDockerfile",
 		"docker/Dockerfile.dockerignore": "TestDockerfile",
@@ -61,7 +61,7 @@ func readExample(t *testing.T, path string) string {
 	return string(b)
 }
 
-// TestHAProxyExample checks the shape cmd/popgate's scale-out test relies
+// TestHAProxyExample checks the shape internal/e2e's scale-out test relies
 // on, and that haproxy accepts the file (haproxy missing: see testenv.LookPath).
 func TestHAProxyExample(t *testing.T) {
 	cfg := readExample(t, "haproxy.cfg")

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // Messages as real mail looks on disk: CRLF and LF-only files, dot lines,

@@ -20,7 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"github.com/popgate/popgate/proxy/pop3/server"
+	"github.com/popgate/popgate/internal/pop3server"
 )
 
 // syncBuffer collects log output from concurrent sessions.
@@ -42,13 +42,13 @@ func (b *syncBuffer) String() string {
 }
 
 // startMailServer runs the built-in POP3 server on loopback.
-func startMailServer(t testing.TB, cfg server.Config) (*server.Server, string) {
+func startMailServer(t testing.TB, cfg pop3server.Config) (*pop3server.Server, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(cfg)
+	srv := pop3server.New(cfg)
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return srv, ln.Addr().String()

@@ -7,16 +7,16 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/popgate/popgate/proxy/pop3/server"
+	"github.com/popgate/popgate/internal/pop3server"
 )
 
 // routedPair runs two mail servers, "north" holding bob and "south"
 // holding carol, behind a login-routed listener: "@south.example" and a
 // "#south" suffix go south, "#evil" is refused, the rest goes north.
-func routedPair(t *testing.T) (north, south *server.Server, addr string, dials *atomic.Int32) {
+func routedPair(t *testing.T) (north, south *pop3server.Server, addr string, dials *atomic.Int32) {
 	northCfg, southCfg := mailConfig(), mailConfig()
 	southCfg.Users = map[string]string{"carol@south.example": "carol-pw", "dave": "dave-pw"}
-	southCfg.Mailboxes = map[string][]server.Message{
+	southCfg.Mailboxes = map[string][]pop3server.Message{
 		"carol@south.example": {{UIDL: "s1", Data: []byte("Subject: south\r\n\r\nfrom the south\r\n")}},
 		"dave":                {{UIDL: "s2", Data: []byte("Subject: dave\r\n\r\nhi dave\r\n")}},
 	}

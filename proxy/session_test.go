@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/pop3/server"
+	"github.com/popgate/popgate/internal/pop3server"
 )
 
 const (
@@ -17,18 +17,18 @@ const (
 	testPass = "s3cret pass-phrase"
 )
 
-func testMessages() []server.Message {
-	return []server.Message{
+func testMessages() []pop3server.Message {
+	return []pop3server.Message{
 		{UIDL: "u1", Data: []byte("Subject: one\r\n\r\nhello\r\n.dot line\r\n..two dots\r\n.\r\nend\r\n")},
 		{UIDL: "u2", Data: []byte("Subject: two\r\n\r\n" + strings.Repeat("a long line of text\r\n", 5000))},
 		{UIDL: "u3", Data: []byte("Subject: three\r\n\r\nno final newline")},
 	}
 }
 
-func mailConfig() server.Config {
-	return server.Config{
+func mailConfig() pop3server.Config {
+	return pop3server.Config{
 		Users:     map[string]string{testUser: testPass},
-		Mailboxes: map[string][]server.Message{testUser: testMessages()},
+		Mailboxes: map[string][]pop3server.Message{testUser: testMessages()},
 		Hostname:  "mail.test",
 	}
 }

@@ -284,7 +284,7 @@ auth_failure_delay = 0
 auth_verbose = yes
 # {PLAIN} passwords (APOP and CRAM-MD5 need the plaintext), in passwd-file format
 # "name:{PLAIN}password:uid:gid::home::".
-# 1. $USERS/<name>: one file per user, written (atomically) by proxy/testenv.NewUser. Dovecot
+# 1. $USERS/<name>: one file per user, written (atomically) by internal/testenv.NewUser. Dovecot
 #    opens a path it has not seen yet at the first lookup, so a new user can log in at once.
 # 2. $PASSWD: alice, bob and whatever is appended by hand. Dovecot re-reads it when its mtime or
 #    size changes, but checks at most once per second: a line appended in the same second as an

@@ -16,9 +16,9 @@ import (
 
 	"github.com/popgate/popgate/examples"
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/pop3server"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/policy/generation"
-	"github.com/popgate/popgate/proxy/pop3/server"
 )
 
 const (
@@ -55,9 +55,9 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "popgate demo: the sample mailbox server needs %s: %v\n", up.Address, err)
 		return 1
 	}
-	mail := server.New(server.Config{
+	mail := pop3server.New(pop3server.Config{
 		Users:     map[string]string{demoUser: demoPassword},
-		Mailboxes: map[string][]server.Message{demoUser: demoMailbox()},
+		Mailboxes: map[string][]pop3server.Message{demoUser: demoMailbox()},
 		Hostname:  "demo.popgate.invalid",
 	})
 	go func() { _ = mail.Serve(mailLn) }()
@@ -106,9 +106,9 @@ Press Ctrl-C to stop.
 // but every scanner reports it.
 const eicar = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`
 
-func demoMailbox() []server.Message {
+func demoMailbox() []pop3server.Message {
 	crlf := func(s string) []byte { return []byte(strings.ReplaceAll(s, "\n", "\r\n")) }
-	return []server.Message{
+	return []pop3server.Message{
 		{UIDL: "demo-clean-1", Data: crlf(`From: Alice <alice@example.com>
 To: demo@example.com
 Subject: Lunch on Friday?

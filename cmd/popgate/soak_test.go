@@ -37,9 +37,9 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	"github.com/popgate/popgate/internal/testenv"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/policy/generation"
-	"github.com/popgate/popgate/proxy/testenv"
 )
 
 const soakWorkers = 200

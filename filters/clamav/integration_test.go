@@ -23,7 +23,7 @@ import (
 	clamd "github.com/dutchcoders/go-clamd"
 
 	"github.com/popgate/popgate/filters"
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // clamdStreamMax is the test clamd's StreamMaxLength 25M: 25 MiB.

@@ -38,7 +38,7 @@ func (s *Store) List(opts ListOptions) ([]Meta, error) {
 	ids := make([]string, 0, len(entries))
 	for _, e := range entries {
 		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if ok && ValidID(id) && e.Type().IsRegular() {
+		if ok && validID(id) && e.Type().IsRegular() {
 			ids = append(ids, id)
 		}
 	}

@@ -29,7 +29,7 @@ func TestWithChain(t *testing.T) {
 	in := filters.BytesBody([]byte(testMsg))
 	res := c.Run(context.Background(), testEnv, in)
 	defer res.Release()
-	if res.Outcome != filters.Deliver || !res.Withheld || !ValidID(res.QuarantineID) {
+	if res.Outcome != filters.Deliver || !res.Withheld || !validID(res.QuarantineID) {
 		t.Fatalf("outcome %v withheld %v id %q reason %q", res.Outcome, res.Withheld, res.QuarantineID, res.Reason)
 	}
 	_, text := parseNotice(t, readBody(t, res.Body))

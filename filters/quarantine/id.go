@@ -32,9 +32,9 @@ func newID(t time.Time) (string, error) {
 	return t.UTC().Format(idTimeLayout) + "-" + idEncoding.EncodeToString(b[:])[:idRandLen], nil
 }
 
-// ValidID reports whether id has the form of the ids Store makes. Only such
+// validID reports whether id has the form of the ids Store makes. Only such
 // ids are ever turned into file names.
-func ValidID(id string) bool {
+func validID(id string) bool {
 	const n = len(idTimeLayout) + 1 + idRandLen
 	if len(id) != n || id[len(idTimeLayout)] != '-' {
 		return false
@@ -62,7 +62,7 @@ func ValidID(id string) bool {
 }
 
 func checkID(id string) error {
-	if !ValidID(id) {
+	if !validID(id) {
 		return fmt.Errorf("%w %s", ErrInvalidID, trimID(id))
 	}
 	return nil

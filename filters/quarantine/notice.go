@@ -248,7 +248,7 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 		writeField(&hdr, "References", mid)
 	}
 	writeField(&hdr, "Auto-Submitted", "auto-generated")
-	if ValidID(id) {
+	if validID(id) {
 		writeField(&hdr, "X-Popgate-Quarantine-ID", id)
 	}
 	writeField(&hdr, "MIME-Version", "1.0")
@@ -299,7 +299,7 @@ func (c *NoticeConfig) messageID(id string) string {
 	var b [9]byte
 	_, _ = rand.Read(b[:])
 	left := "notice." + base64.RawURLEncoding.EncodeToString(b[:])
-	if ValidID(id) {
+	if validID(id) {
 		left = "notice." + id + "." + base64.RawURLEncoding.EncodeToString(b[:6])
 	}
 	return "<" + strings.ReplaceAll(left, "_", "-") + "@" + host + ">"

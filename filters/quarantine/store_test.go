@@ -81,7 +81,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !ValidID(id) {
+	if !validID(id) {
 		t.Fatalf("Store returned an invalid id %q", id)
 	}
 	if f := files(t, s, tmpDir); len(f) > 0 {

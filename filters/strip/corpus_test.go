@@ -88,7 +88,7 @@ func TestCorpus(t *testing.T) {
 	for _, tc := range corpus {
 		t.Run(tc.file, func(t *testing.T) {
 			msg := readCorpus(t, tc.file)
-			d, err := f.Decide(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+			d, err := f.decide(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -162,7 +162,7 @@ func TestCorpusStripAll(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := f.Decide(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+		d, err := f.decide(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +214,7 @@ func TestReadsOnce(t *testing.T) {
 	} {
 		f := mustFilter(t, tc.policy)
 		cr := &countingReaderAt{r: bytes.NewReader(msg)}
-		d, err := f.Decide(context.Background(), cr, int64(len(msg)))
+		d, err := f.decide(context.Background(), cr, int64(len(msg)))
 		if err != nil || d.Action != filters.Pass {
 			t.Fatalf("%s: %v %v", tc.policy, d, err)
 		}

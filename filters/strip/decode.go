@@ -7,11 +7,11 @@ import (
 	"io"
 )
 
-// ContentReader returns the decoded body of p (base64 and quoted-printable
+// contentReader returns the decoded body of p (base64 and quoted-printable
 // are decoded; any other encoding is returned as it is). Decoding is lenient
 // like a mail client's: base64 ignores characters outside its alphabet and
 // missing padding, quoted-printable passes malformed escapes through.
-func ContentReader(r io.ReaderAt, p *Part) io.Reader {
+func contentReader(r io.ReaderAt, p *mimePart) io.Reader {
 	raw := io.NewSectionReader(r, p.BodyStart, p.BodyEnd-p.BodyStart)
 	switch p.Encoding {
 	case "base64":

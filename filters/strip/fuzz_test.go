@@ -60,8 +60,8 @@ func FuzzStripNoop(f *testing.F) {
 		if v.Body != nil {
 			t.Fatalf("%v with a body", v.Action)
 		}
-		_, perr := Parse(bytes.NewReader(data), int64(len(data)), noop.lim)
-		var le *LimitError
+		_, perr := parseMIME(bytes.NewReader(data), int64(len(data)), noop.lim)
+		var le *limitError
 		switch {
 		case perr == nil:
 			// An archive beyond the archive limits (a zip bomb by its
@@ -117,7 +117,7 @@ func FuzzStrip(f *testing.F) {
 			}
 		}()
 		for _, flt := range []*Filter{all, real} {
-			d, err := flt.Decide(context.Background(), bytes.NewReader(data), int64(len(data)))
+			d, err := flt.decide(context.Background(), bytes.NewReader(data), int64(len(data)))
 			if err != nil {
 				t.Fatalf("%s: Decide: %v", flt.Name(), err)
 			}
@@ -138,7 +138,7 @@ func FuzzStrip(f *testing.F) {
 				out.ReadFrom(rc)
 				rc.Close()
 				v.Body.Remove()
-				if _, err := Parse(bytes.NewReader(out.Bytes()), int64(out.Len()), flt.lim); err != nil {
+				if _, err := parseMIME(bytes.NewReader(out.Bytes()), int64(out.Len()), flt.lim); err != nil {
 					t.Fatalf("%s: result does not re-parse: %v", flt.Name(), err)
 				}
 				checkSplice(t, data, out.Bytes(), d.Matches)
@@ -148,8 +148,8 @@ func FuzzStrip(f *testing.F) {
 				}
 				if flt == all && d.Limit == nil {
 					leaves := 0
-					d.Root.Walk(func(p *Part) bool {
-						if p.Kind != Multipart {
+					d.Root.Walk(func(p *mimePart) bool {
+						if p.Kind != kindMultipart {
 							leaves++
 						}
 						return true
@@ -177,13 +177,13 @@ func FuzzListZip(f *testing.F) {
 	f.Add([]byte("PK\x05\x06\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
 	lim := ArchiveLimits{MaxDepth: 3, MaxEntries: 64, MaxSize: 1 << 20, MaxRatio: 100}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		a, err := ListZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim, nil)
+		a, err := listZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim, nil)
 		if a == nil {
 			t.Fatal("nil Archive")
 		}
-		var ae *ArchiveLimitError
+		var ae *archiveLimitError
 		switch {
-		case err == nil, errors.Is(err, ErrNotZip), errors.Is(err, ErrCorruptZip), errors.As(err, &ae):
+		case err == nil, errors.Is(err, errNotZip), errors.Is(err, errCorruptZip), errors.As(err, &ae):
 		default:
 			t.Fatalf("unexpected error %v", err)
 		}

@@ -77,39 +77,39 @@ func run(t testing.TB, f *Filter, msg []byte) (filters.Verdict, []byte) {
 	return v, out
 }
 
-func mustParse(t testing.TB, msg []byte) *Part {
+func mustParse(t testing.TB, msg []byte) *mimePart {
 	t.Helper()
-	root, err := Parse(bytes.NewReader(msg), int64(len(msg)), Limits{})
+	root, err := parseMIME(bytes.NewReader(msg), int64(len(msg)), Limits{})
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
 	return root
 }
 
-func partBytes(msg []byte, p *Part) []byte { return msg[p.HeaderStart:p.BodyEnd] }
+func partBytes(msg []byte, p *mimePart) []byte { return msg[p.HeaderStart:p.BodyEnd] }
 
 // checkSplice verifies a stripped message against its original by ranges:
 // out re-parses; each part not stripped has the same place in the tree, and
 // a part with nothing stripped inside it is byte-identical; each stripped
 // part is now a text/plain notice naming its file; and the bytes before the
 // first and after the last part are untouched.
-func checkSplice(t testing.TB, orig, out []byte, strips []Match) {
+func checkSplice(t testing.TB, orig, out []byte, strips []match) {
 	t.Helper()
 	o := mustParse(t, orig)
-	n, err := Parse(bytes.NewReader(out), int64(len(out)), Limits{})
+	n, err := parseMIME(bytes.NewReader(out), int64(len(out)), Limits{})
 	if err != nil {
 		t.Fatalf("result does not re-parse: %v", err)
 	}
-	stripped := map[*Part]*Match{}
+	stripped := map[*mimePart]*match{}
 	for i := range strips {
 		stripped[strips[i].Part] = &strips[i]
 	}
-	// Strips refer to the tree of Decide's own parse; map them by position.
-	byPos := map[int64]*Match{}
+	// Strips refer to the tree of decide's own parse; map them by position.
+	byPos := map[int64]*match{}
 	for p, m := range stripped {
 		byPos[p.HeaderStart] = m
 	}
-	contains := func(p *Part) bool {
+	contains := func(p *mimePart) bool {
 		for _, m := range strips {
 			if m.Part.HeaderStart >= p.HeaderStart && m.Part.BodyEnd <= p.BodyEnd {
 				return true
@@ -117,10 +117,10 @@ func checkSplice(t testing.TB, orig, out []byte, strips []Match) {
 		}
 		return false
 	}
-	var walk func(op, np *Part, path string)
-	walk = func(op, np *Part, path string) {
+	var walk func(op, np *mimePart, path string)
+	walk = func(op, np *mimePart, path string) {
 		if m, ok := byPos[op.HeaderStart]; ok && m.Part.BodyEnd == op.BodyEnd && m.Part.Depth == op.Depth {
-			if np.ContentType != "text/plain" || np.Kind != Leaf {
+			if np.ContentType != "text/plain" || np.Kind != kindLeaf {
 				t.Errorf("%s: stripped part is %s %v, want a text/plain leaf", path, np.ContentType, np.Kind)
 			}
 			body := string(out[np.BodyStart:np.BodyEnd])
@@ -129,7 +129,7 @@ func checkSplice(t testing.TB, orig, out []byte, strips []Match) {
 				want = "(no name)"
 			}
 			if np.Encoding == "quoted-printable" {
-				dec, _ := io.ReadAll(ContentReader(bytes.NewReader(out), np))
+				dec, _ := io.ReadAll(contentReader(bytes.NewReader(out), np))
 				body = string(dec)
 			}
 			if !strings.Contains(body, "File: "+want+"\n") && !strings.Contains(body, "File: "+want+"\r\n") {

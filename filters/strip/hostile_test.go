@@ -96,8 +96,8 @@ func TestHostileMIME(t *testing.T) {
 			if alloc > 32<<20 {
 				t.Errorf("allocated %d bytes", alloc)
 			}
-			_, err := Parse(bytes.NewReader(tc.msg), int64(len(tc.msg)), Limits{})
-			var le *LimitError
+			_, err := parseMIME(bytes.NewReader(tc.msg), int64(len(tc.msg)), Limits{})
+			var le *limitError
 			if !errors.As(err, &le) || le.Limit != tc.limit {
 				t.Errorf("Parse: %v, want a %s LimitError", err, tc.limit)
 			}
@@ -125,9 +125,9 @@ func TestHostileMIMEUncapped(t *testing.T) {
 		{"100000-parts", wideMessage(100000), "wide.exe"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var root *Part
+			var root *mimePart
 			var perr error
-			dp, alloc := measure(func() { root, perr = Parse(bytes.NewReader(tc.msg), int64(len(tc.msg)), f.lim) })
+			dp, alloc := measure(func() { root, perr = parseMIME(bytes.NewReader(tc.msg), int64(len(tc.msg)), f.lim) })
 			if perr != nil {
 				t.Fatal(perr)
 			}
@@ -149,7 +149,7 @@ func TestHostileMIMEUncapped(t *testing.T) {
 			if len(out) == 0 {
 				t.Fatal("no output")
 			}
-			root2, err := Parse(bytes.NewReader(out), int64(len(out)), f.lim)
+			root2, err := parseMIME(bytes.NewReader(out), int64(len(out)), f.lim)
 			if err != nil || countParts(root2) != n {
 				t.Errorf("result: %v, %d parts (want %d)", err, countParts(root2), n)
 			}

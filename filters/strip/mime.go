@@ -20,7 +20,7 @@ const (
 // boundary delimiter (with nothing but white space after them).
 const lineBufSize = 64 << 10
 
-// Limits caps what Parse accepts. A zero or negative field means its default.
+// Limits caps what parseMIME accepts. A zero or negative field means its default.
 type Limits struct {
 	// MaxDepth is the deepest nesting allowed: the message itself is depth
 	// 0, each multipart child and each message/rfc822 body one level more.
@@ -45,16 +45,16 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// LimitError is what Parse returns when a message exceeds one of its
-// Limits. Parse stops at the first byte beyond the cap, so a hostile message
+// limitError is what parseMIME returns when a message exceeds one of its
+// Limits. parseMIME stops at the first byte beyond the cap, so a hostile message
 // costs at most the cap.
-type LimitError struct {
+type limitError struct {
 	Limit  string // "depth", "parts" or "header"
 	Max    int    // the cap that was exceeded
 	Offset int64  // where in the message it was exceeded
 }
 
-func (e *LimitError) Error() string {
+func (e *limitError) Error() string {
 	switch e.Limit {
 	case "depth":
 		return fmt.Sprintf("MIME structure nested deeper than %d levels (at byte %d)", e.Max, e.Offset)
@@ -66,35 +66,35 @@ func (e *LimitError) Error() string {
 	return fmt.Sprintf("MIME %s limit %d exceeded (at byte %d)", e.Limit, e.Max, e.Offset)
 }
 
-// Kind says how Parse treated a part.
-type Kind int
+// partKind says how parseMIME treated a part.
+type partKind int
 
 const (
-	// Leaf is a part with no structure Parse looked into.
-	Leaf Kind = iota
-	// Multipart is a multipart/* part with a boundary; its Children are its
+	// kindLeaf is a part with no structure parseMIME looked into.
+	kindLeaf partKind = iota
+	// kindMultipart is a multipart/* part with a boundary; its Children are its
 	// body parts.
-	Multipart
-	// Message is a message/rfc822 (or message/global) part in an identity
+	kindMultipart
+	// kindMessage is a message/rfc822 (or message/global) part in an identity
 	// transfer encoding; its only Child is the embedded message.
-	Message
+	kindMessage
 )
 
-func (k Kind) String() string {
+func (k partKind) String() string {
 	switch k {
-	case Leaf:
+	case kindLeaf:
 		return "leaf"
-	case Multipart:
+	case kindMultipart:
 		return "multipart"
-	case Message:
+	case kindMessage:
 		return "message"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
 
-// Part is one entity of a message: the message itself, a body part of a
+// mimePart is one entity of a message: the message itself, a body part of a
 // multipart, or a message embedded in a message/rfc822 part. All offsets are
-// byte offsets into the input of Parse.
+// byte offsets into the input of parseMIME.
 //
 // The header section is [HeaderStart, HeaderEnd): its field lines with their
 // line breaks, without the empty line that ends it. The body is
@@ -102,16 +102,16 @@ func (k Kind) String() string {
 // the line break that precedes the next boundary delimiter (RFC 2046: that
 // line break belongs to the delimiter), so [HeaderStart, BodyEnd) is exactly
 // what can be replaced by another entity.
-type Part struct {
+type mimePart struct {
 	HeaderStart, HeaderEnd int64
 	BodyStart, BodyEnd     int64
 
-	Kind  Kind
+	Kind  partKind
 	Depth int // 0 for the message itself
 	Index int // position in document order; 0 for the message itself
 
-	Parent   *Part
-	Children []*Part
+	Parent   *mimePart
+	Children []*mimePart
 
 	// ContentType is the media type of the first Content-Type field,
 	// lower-cased, without parameters; the RFC 2045 default (text/plain, or
@@ -134,9 +134,9 @@ type Part struct {
 	Names []string
 	// Encoding is the lower-cased Content-Transfer-Encoding ("" if none).
 	Encoding string
-	// Boundary is the boundary parameter of a Multipart part.
+	// Boundary is the boundary parameter of a kindMultipart part.
 	Boundary string
-	// Unterminated is set on a Multipart part whose close delimiter never
+	// Unterminated is set on a kindMultipart part whose close delimiter never
 	// came (the message or an enclosing part ended first).
 	Unterminated bool
 	// LF is set when the part's lines end in a bare LF rather than CRLF
@@ -148,17 +148,17 @@ type Part struct {
 }
 
 // Range is [HeaderStart, BodyEnd): the whole part.
-func (p *Part) Range() (start, end int64) { return p.HeaderStart, p.BodyEnd }
+func (p *mimePart) Range() (start, end int64) { return p.HeaderStart, p.BodyEnd }
 
 // IsEntity reports whether the part is a message root (the message itself or
 // the body of a message/rfc822 part) rather than a body part of a multipart.
-func (p *Part) IsEntity() bool { return p.Parent == nil || p.Parent.Kind == Message }
+func (p *mimePart) IsEntity() bool { return p.Parent == nil || p.Parent.Kind == kindMessage }
 
 // Walk calls fn for p and every part below it in document order, without
 // recursion (so any depth is fine). When fn returns false for a part, its
 // children are skipped.
-func (p *Part) Walk(fn func(*Part) bool) {
-	stack := []*Part{p}
+func (p *mimePart) Walk(fn func(*mimePart) bool) {
+	stack := []*mimePart{p}
 	for len(stack) > 0 {
 		q := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
@@ -171,16 +171,16 @@ func (p *Part) Walk(fn func(*Part) bool) {
 	}
 }
 
-// Parse scans the message of size bytes in r and returns its part tree. It
+// parseMIME scans the message of size bytes in r and returns its part tree. It
 // reads the message once, sequentially, keeping no more than one header
 // section (at most lim.MaxHeaderBytes) and a line buffer in memory, and takes
 // time linear in size and in the number of parts, whatever the nesting.
 //
-// Parse never fails on malformed MIME: it accepts CRLF and bare LF lines,
+// parseMIME never fails on malformed MIME: it accepts CRLF and bare LF lines,
 // missing close delimiters, preambles and epilogues, 8-bit and non-UTF-8
 // bytes, and treats what it cannot interpret as a leaf. It fails only when
-// reading fails, or with a *LimitError when a cap of lim is exceeded.
-func Parse(r io.ReaderAt, size int64, lim Limits) (*Part, error) {
+// reading fails, or with a *limitError when a cap of lim is exceeded.
+func parseMIME(r io.ReaderAt, size int64, lim Limits) (*mimePart, error) {
 	br := lineBufs.Get().(*bufio.Reader)
 	br.Reset(io.NewSectionReader(r, 0, size))
 	defer func() { br.Reset(nil); lineBufs.Put(br) }()
@@ -202,7 +202,7 @@ const (
 )
 
 type frame struct {
-	p     *Part
+	p     *mimePart
 	state int
 	// hdr collects the header section while state is stHeader.
 	hdr      []byte
@@ -237,8 +237,8 @@ type line struct {
 	brk    int // length of the line break: 0 (EOF), 1 (LF) or 2 (CRLF)
 }
 
-func (p *parser) run() (*Part, error) {
-	root := &Part{}
+func (p *parser) run() (*mimePart, error) {
+	root := &mimePart{}
 	p.nparts = 1
 	p.stack = append(p.stack, &frame{p: root, state: stHeader, hdr: p.getHdr()})
 	prevBrk := 0
@@ -278,7 +278,7 @@ func (p *parser) run() (*Part, error) {
 					return nil, err
 				}
 			} else if top.overflow {
-				return nil, &LimitError{Limit: "header", Max: p.lim.MaxHeaderBytes, Offset: ln.start}
+				return nil, &limitError{Limit: "header", Max: p.lim.MaxHeaderBytes, Offset: ln.start}
 			}
 		}
 		prevBrk = ln.brk
@@ -470,12 +470,12 @@ func (p *parser) deactivate(i int) {
 func (p *parser) push(parent *frame, start int64, lf bool) error {
 	pp := parent.p
 	if pp.Depth+1 > p.lim.MaxDepth {
-		return &LimitError{Limit: "depth", Max: p.lim.MaxDepth, Offset: start}
+		return &limitError{Limit: "depth", Max: p.lim.MaxDepth, Offset: start}
 	}
 	if p.nparts+1 > p.lim.MaxParts {
-		return &LimitError{Limit: "parts", Max: p.lim.MaxParts, Offset: start}
+		return &limitError{Limit: "parts", Max: p.lim.MaxParts, Offset: start}
 	}
-	child := &Part{
+	child := &mimePart{
 		HeaderStart: start,
 		Depth:       pp.Depth + 1,
 		Index:       p.nparts,
@@ -517,18 +517,18 @@ func (p *parser) endHeader(f *frame, body bool) error {
 	applyHeader(part, &h)
 	f.state = stBody
 	if !body {
-		if part.Kind == Message {
-			part.Kind = Leaf
+		if part.Kind == kindMessage {
+			part.Kind = kindLeaf
 		}
 		return nil
 	}
 	switch part.Kind {
-	case Multipart:
+	case kindMultipart:
 		f.state = stPreamble
 		f.active = true
 		i := len(p.stack) - 1
 		p.bmap[part.Boundary] = append(p.bmap[part.Boundary], i)
-	case Message:
+	case kindMessage:
 		// The embedded message starts right here, with its own header.
 		if err := p.push(f, part.BodyStart, part.LF); err != nil {
 			return err
@@ -537,7 +537,7 @@ func (p *parser) endHeader(f *frame, body bool) error {
 	return nil
 }
 
-// header holds the fields of one header section that Parse interprets.
+// header holds the fields of one header section that parseMIME interprets.
 type header struct {
 	ct, cd, cte []string
 }
@@ -607,7 +607,7 @@ func asciiEqualFold(b []byte, s string) bool {
 }
 
 // applyHeader sets the content fields of part from h.
-func applyHeader(part *Part, h *header) {
+func applyHeader(part *mimePart, h *header) {
 	part.ContentTypeFields = len(h.ct)
 	part.DispositionFields = len(h.cd)
 	part.ContentType = ""
@@ -624,7 +624,7 @@ func applyHeader(part *Part, h *header) {
 	}
 	if part.ContentType == "" {
 		part.ContentType = "text/plain"
-		if pp := part.Parent; pp != nil && pp.Kind == Multipart && pp.ContentType == "multipart/digest" {
+		if pp := part.Parent; pp != nil && pp.Kind == kindMultipart && pp.ContentType == "multipart/digest" {
 			part.ContentType = "message/rfc822"
 		}
 	}
@@ -652,16 +652,16 @@ func applyHeader(part *Part, h *header) {
 			part.Names = append(part.Names, n)
 		}
 	}
-	part.Kind = Leaf
+	part.Kind = kindLeaf
 	switch {
 	case strings.HasPrefix(part.ContentType, "multipart/"):
 		if b := part.Params["boundary"]; b != "" {
-			part.Kind = Multipart
+			part.Kind = kindMultipart
 			part.Boundary = b
 		}
 	case part.ContentType == "message/rfc822" || part.ContentType == "message/global":
 		if identityEncoding(part.Encoding) {
-			part.Kind = Message
+			part.Kind = kindMessage
 		}
 	}
 }

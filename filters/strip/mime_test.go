@@ -12,7 +12,7 @@ import (
 	"testing/iotest"
 )
 
-func parseString(t *testing.T, s string) (*Part, []byte) {
+func parseString(t *testing.T, s string) (*mimePart, []byte) {
 	t.Helper()
 	b := []byte(s)
 	return mustParse(t, b), b
@@ -23,7 +23,7 @@ func rng(b []byte, from, to int64) string { return string(b[from:to]) }
 func TestParseRanges(t *testing.T) {
 	msg := "Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain\r\n\r\none\r\n--b\r\n\r\ntwo\r\n\r\n--b--\r\nepilogue\r\n"
 	root, b := parseString(t, msg)
-	if root.Kind != Multipart || root.Boundary != "b" || len(root.Children) != 2 || root.Unterminated {
+	if root.Kind != kindMultipart || root.Boundary != "b" || len(root.Children) != 2 || root.Unterminated {
 		t.Fatalf("root %+v", root)
 	}
 	if got := rng(b, root.HeaderStart, root.HeaderEnd); got != "Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n" {
@@ -122,13 +122,13 @@ func TestParseMessy(t *testing.T) {
 	t.Run("digest default type", func(t *testing.T) {
 		root, _ := parseString(t, "Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: in\r\n\r\nx\r\n--d--\r\n")
 		c := root.Children[0]
-		if c.ContentType != "message/rfc822" || c.Kind != Message || len(c.Children) != 1 {
+		if c.ContentType != "message/rfc822" || c.Kind != kindMessage || len(c.Children) != 1 {
 			t.Errorf("%+v", c)
 		}
 	})
 	t.Run("encoded message is a leaf", func(t *testing.T) {
 		root, _ := parseString(t, "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\nU3ViamVjdDogeA0KDQp4DQo=\r\n")
-		if root.Kind != Leaf {
+		if root.Kind != kindLeaf {
 			t.Errorf("%v", root.Kind)
 		}
 	})
@@ -172,7 +172,7 @@ func TestParseMessy(t *testing.T) {
 func TestParseWalkOrder(t *testing.T) {
 	root := mustParse(t, readCorpus(t, "02_mixed_double_ext.eml"))
 	var idx []int
-	root.Walk(func(p *Part) bool { idx = append(idx, p.Index); return true })
+	root.Walk(func(p *mimePart) bool { idx = append(idx, p.Index); return true })
 	if !slices.IsSorted(idx) || len(idx) != 6 {
 		t.Errorf("walk order %v", idx)
 	}
@@ -180,11 +180,11 @@ func TestParseWalkOrder(t *testing.T) {
 
 func TestParseReadError(t *testing.T) {
 	msg := []byte("Subject: x\r\n\r\nbody")
-	_, err := Parse(bytes.NewReader(msg), int64(len(msg))+10, Limits{})
+	_, err := parseMIME(bytes.NewReader(msg), int64(len(msg))+10, Limits{})
 	if err != nil {
 		t.Logf("short reader: %v", err)
 	}
-	_, err = Parse(errReaderAt{}, 100, Limits{})
+	_, err = parseMIME(errReaderAt{}, 100, Limits{})
 	if !errors.Is(err, errBoom) {
 		t.Errorf("err %v", err)
 	}
@@ -251,7 +251,7 @@ func TestNormalizeName(t *testing.T) {
 		{"\xff\xfe.exe", "\ufffd\ufffd.exe", false},
 		{"ÜBER.EXE", "über.exe", false},
 	} {
-		n, s := NormalizeName(tc.in)
+		n, s := normalizeName(tc.in)
 		if n != tc.norm || s != tc.sus {
 			t.Errorf("%q: %q %v, want %q %v", tc.in, n, s, tc.norm, tc.sus)
 		}
@@ -274,8 +274,8 @@ func TestDecoders(t *testing.T) {
 		{"quoted-printable", strings.Repeat("q", 20000) + "=41", strings.Repeat("q", 20000) + "A"},
 		{"7bit", "as is=41", "as is=41"},
 	} {
-		p := &Part{BodyStart: 0, BodyEnd: int64(len(tc.in)), Encoding: tc.enc}
-		got, err := readAllSmall(ContentReader(strings.NewReader(tc.in), p))
+		p := &mimePart{BodyStart: 0, BodyEnd: int64(len(tc.in)), Encoding: tc.enc}
+		got, err := readAllSmall(contentReader(strings.NewReader(tc.in), p))
 		if err != nil || got != tc.want {
 			t.Errorf("%s %q: %q %v, want %q", tc.enc, tc.in, got, err, tc.want)
 		}

@@ -8,7 +8,7 @@ import (
 	"unicode/utf8"
 )
 
-// NormalizeName returns the form of a file name that rules match against,
+// normalizeName returns the form of a file name that rules match against,
 // and whether it held characters that disguise names:
 //
 //   - invalid UTF-8 becomes U+FFFD; control characters go;
@@ -20,7 +20,7 @@ import (
 //   - trailing dots and white space go, as Windows drops them ("x.exe. " →
 //     "x.exe"); leading white space too;
 //   - the result is lower-cased.
-func NormalizeName(name string) (norm string, suspicious bool) {
+func normalizeName(name string) (norm string, suspicious bool) {
 	var b strings.Builder
 	b.Grow(len(name))
 	for i := 0; i < len(name); {

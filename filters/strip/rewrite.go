@@ -13,9 +13,9 @@ import (
 
 // rewrite splices the message: every byte outside the parts of strips is
 // copied as it is; each of those parts is replaced by a notice. strips are
-// in document order and do not overlap (Decide never matches inside a part
+// in document order and do not overlap (decide never matches inside a part
 // it matched).
-func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips []Match) (filters.Body, error) {
+func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips []match) (filters.Body, error) {
 	w := f.spool.NewWriter()
 	ok := false
 	defer func() {
@@ -127,7 +127,7 @@ func keepNonContentFields(hdr []byte) []byte {
 // empty line, a short text naming the file and the reason. Its body ends
 // with a line break only when brk is set (elsewhere the line break before
 // the next boundary follows).
-func notice(m *Match, nl string, brk bool) []byte {
+func notice(m *match, nl string, brk bool) []byte {
 	name := displayName(m.Name)
 	if name == "" {
 		name = "(no name)"

@@ -119,7 +119,7 @@ type evaluator struct {
 
 // partInfo caches what the rules need of one part.
 type partInfo struct {
-	p     *Part
+	p     *mimePart
 	r     io.ReaderAt
 	names []nameInfo
 
@@ -130,7 +130,7 @@ type partInfo struct {
 	eocd     bool // the decoded content ends like a zip
 
 	archDone bool
-	arch     *Archive
+	arch     *zipListing
 	archErr  error
 }
 
@@ -144,11 +144,11 @@ const sniffLen = 3072
 
 // tree evaluates the parts of the message rooted at root (read from r),
 // depth being the nesting of root in the outermost message.
-func (ev *evaluator) tree(r io.ReaderAt, root *Part, depth int) ([]Match, error) {
-	var matches []Match
+func (ev *evaluator) tree(r io.ReaderAt, root *mimePart, depth int) ([]match, error) {
+	var matches []match
 	var err error
 	n := 0
-	root.Walk(func(p *Part) bool {
+	root.Walk(func(p *mimePart) bool {
 		if err != nil {
 			return false
 		}
@@ -157,10 +157,10 @@ func (ev *evaluator) tree(r io.ReaderAt, root *Part, depth int) ([]Match, error)
 				return false
 			}
 		}
-		if p.Kind == Multipart {
+		if p.Kind == kindMultipart {
 			return true
 		}
-		var m *Match
+		var m *match
 		m, err = ev.part(r, p, depth)
 		if err != nil {
 			return false
@@ -169,32 +169,32 @@ func (ev *evaluator) tree(r io.ReaderAt, root *Part, depth int) ([]Match, error)
 			matches = append(matches, *m)
 			return false
 		}
-		return p.Kind == Message
+		return p.Kind == kindMessage
 	})
 	return matches, err
 }
 
 // part evaluates one part that is not a multipart.
-func (ev *evaluator) part(r io.ReaderAt, p *Part, depth int) (*Match, error) {
+func (ev *evaluator) part(r io.ReaderAt, p *mimePart, depth int) (*match, error) {
 	pi := &partInfo{p: p, r: r}
 	for _, n := range p.Names {
-		norm, sus := NormalizeName(n)
+		norm, sus := normalizeName(n)
 		pi.names = append(pi.names, nameInfo{raw: n, norm: norm, suspicious: sus})
 	}
 	for _, rl := range ev.f.rules {
 		why, name, ok, err := ev.match(rl, pi)
 		if err != nil {
-			var ae *ArchiveLimitError
+			var ae *archiveLimitError
 			if errors.As(err, &ae) {
-				return &Match{Part: p, Name: p.Filename, Action: ev.f.onArchive, Why: ae.Error()}, nil
+				return &match{Part: p, Name: p.Filename, Action: ev.f.onArchive, Why: ae.Error()}, nil
 			}
 			return nil, err
 		}
 		if ok {
-			return &Match{Part: p, Name: name, Rule: rl.name, Action: rl.action, Why: why}, nil
+			return &match{Part: p, Name: name, Rule: rl.name, Action: rl.action, Why: why}, nil
 		}
 	}
-	if p.Kind == Leaf && (p.ContentType == "message/rfc822" || p.ContentType == "message/global") && !identityEncoding(p.Encoding) {
+	if p.Kind == kindLeaf && (p.ContentType == "message/rfc822" || p.ContentType == "message/global") && !identityEncoding(p.Encoding) {
 		return ev.encodedMessage(r, p, depth)
 	}
 	return nil, nil
@@ -203,19 +203,19 @@ func (ev *evaluator) part(r io.ReaderAt, p *Part, depth int) (*Match, error) {
 // encodedMessage looks into a message/rfc822 part that was sent base64 or
 // quoted-printable encoded (not allowed, but clients open it): when anything
 // in it matches, the whole part gets the most severe action found.
-func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, error) {
+func (ev *evaluator) encodedMessage(r io.ReaderAt, p *mimePart, depth int) (*match, error) {
 	lim := ev.f.lim
 	lim.MaxDepth -= depth + p.Depth + 1
 	if lim.MaxDepth < 1 {
-		return nil, &LimitError{Limit: "depth", Max: ev.f.lim.MaxDepth, Offset: p.BodyStart}
+		return nil, &limitError{Limit: "depth", Max: ev.f.lim.MaxDepth, Offset: p.BodyStart}
 	}
 	lim.MaxParts = ev.partsLeft
 	if lim.MaxParts < 1 {
-		return nil, &LimitError{Limit: "parts", Max: ev.f.lim.MaxParts, Offset: p.BodyStart}
+		return nil, &limitError{Limit: "parts", Max: ev.f.lim.MaxParts, Offset: p.BodyStart}
 	}
 	w := ev.f.spool.NewWriter()
 	defer w.Abort()
-	if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
+	if _, err := copyPooled(w, ctxReader{ev.ctx, contentReader(r, p)}); err != nil {
 		return nil, err
 	}
 	b, err := w.Finish()
@@ -232,11 +232,11 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, 
 	if !ok {
 		return nil, errors.New("strip: spool body without io.ReaderAt")
 	}
-	sub, err := Parse(ra, b.Size(), lim)
-	var le *LimitError
+	sub, err := parseMIME(ra, b.Size(), lim)
+	var le *limitError
 	if errors.As(err, &le) {
 		// Report the limit in the outer terms.
-		le = &LimitError{Limit: le.Limit, Offset: p.BodyStart}
+		le = &limitError{Limit: le.Limit, Offset: p.BodyStart}
 		switch le.Limit {
 		case "depth":
 			le.Max = ev.f.lim.MaxDepth
@@ -269,7 +269,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, 
 		}
 		inner = fmt.Sprintf("%s (%s)", name, worst.Why)
 	}
-	return &Match{Part: p, Name: p.Filename, Rule: worst.Rule, Action: worst.Action,
+	return &match{Part: p, Name: p.Filename, Rule: worst.Rule, Action: worst.Action,
 		Why: "attached message holds " + inner, inner: inner}, nil
 }
 
@@ -369,7 +369,7 @@ func (rl *rule) detected(head []byte) (string, bool) {
 // archive applies archive_filenames and encrypted_archives.
 func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 	a, err := ev.archiveOf(pi)
-	var ae *ArchiveLimitError
+	var ae *archiveLimitError
 	if errors.As(err, &ae) {
 		if ev.f.onArchive == ActionPass {
 			return "", false, nil
@@ -387,7 +387,7 @@ func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 			continue
 		}
 		full := strings.ToLower(e.Path)
-		base, _ := NormalizeName(e.Name)
+		base, _ := normalizeName(e.Name)
 		for _, g := range rl.archiveGlobs {
 			if globMatch(g, full, base) {
 				return fmt.Sprintf("archive member %s matches %s", displayName(e.Path), g), true, nil
@@ -403,7 +403,7 @@ func (ev *evaluator) headOf(pi *partInfo) []byte {
 	}
 	pi.headDone = true
 	buf := make([]byte, sniffLen)
-	n, _ := io.ReadFull(ContentReader(pi.r, pi.p), buf)
+	n, _ := io.ReadFull(contentReader(pi.r, pi.p), buf)
 	pi.head = buf[:n]
 	return pi.head
 }
@@ -429,7 +429,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	bp := tailBufs.Get().(*[]byte)
 	tw := &tailWriter{keep: tailKeep, buf: (*bp)[:0]}
 	defer func() { *bp = tw.buf[:0]; tailBufs.Put(bp) }()
-	n, err := copyPooled(tw, ctxReader{ev.ctx, ContentReader(pi.r, p)})
+	n, err := copyPooled(tw, ctxReader{ev.ctx, contentReader(pi.r, p)})
 	if err != nil {
 		return 0, err
 	}
@@ -440,7 +440,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 
 // archiveOf lists the part as a zip archive when it may be one; it returns
 // nil for parts that are not.
-func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
+func (ev *evaluator) archiveOf(pi *partInfo) (*zipListing, error) {
 	if pi.archDone {
 		return pi.arch, pi.archErr
 	}
@@ -476,7 +476,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
 	} else {
 		w := ev.f.spool.NewWriter()
 		defer w.Abort()
-		if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(pi.r, p)}); err != nil {
+		if _, err := copyPooled(w, ctxReader{ev.ctx, contentReader(pi.r, p)}); err != nil {
 			pi.archErr = err
 			return nil, err
 		}
@@ -499,14 +499,14 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
 		}
 		size = b.Size()
 	}
-	a, err := ListZip(ev.ctx, ra, size, ev.f.alim, ev.f.spool)
-	var ae *ArchiveLimitError
+	a, err := listZip(ev.ctx, ra, size, ev.f.alim, ev.f.spool)
+	var ae *archiveLimitError
 	switch {
 	case err == nil:
 		pi.arch = a
 	case errors.As(err, &ae):
 		pi.arch, pi.archErr = a, err
-	case errors.Is(err, ErrNotZip), errors.Is(err, ErrCorruptZip):
+	case errors.Is(err, errNotZip), errors.Is(err, errCorruptZip):
 		// Not an archive we can read: no member names to match.
 	default:
 		pi.archErr = err

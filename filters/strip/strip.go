@@ -6,8 +6,9 @@
 //
 // Rewriting splices byte ranges: every byte outside a stripped part stays as
 // it was, and a message that no rule matches is passed as it is (Pass, no
-// new body). The MIME scanner (Parse) and the archive lister (ListZip) are
-// exported for reuse.
+// new body). The MIME scanner (parseMIME) and the archive lister (listZip)
+// are the package's own; its API is the configuration (Config, Rule,
+// Limits, ArchiveLimits, Action), New and Factory.
 //
 // # Configuration
 //
@@ -114,7 +115,7 @@ func ParseAction(s string) (Action, error) {
 type Rule struct {
 	Name string
 	// Filenames are globs (path.Match syntax, case-insensitive) matched
-	// against the normalized names of a part (see NormalizeName).
+	// against the normalized names of a part (see normalizeName).
 	Filenames []string
 	// Extensions match the last extension of a name ("exe" matches
 	// "invoice.pdf.exe"); an entry with a dot ("tar.gz") matches that suffix.
@@ -253,7 +254,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 }
 
 func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64) (filters.Verdict, error) {
-	d, err := f.Decide(ctx, ra, size)
+	d, err := f.decide(ctx, ra, size)
 	if err != nil {
 		return filters.Verdict{}, err
 	}
@@ -270,9 +271,9 @@ func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64) (filter
 	return filters.Verdict{Action: d.Action, Reason: d.Reason}, nil
 }
 
-// Match is one part a rule (or an archive limit) matched.
-type Match struct {
-	Part *Part
+// match is one part a rule (or an archive limit) matched.
+type match struct {
+	Part *mimePart
 	// Name is the part's file name as sent ("" for a part without one).
 	Name   string
 	Rule   string // the rule's name; "" for an archive limit
@@ -284,7 +285,7 @@ type Match struct {
 }
 
 // Describe is "invoice.pdf.exe (rule dangerous: extension exe)".
-func (m *Match) Describe() string {
+func (m *match) Describe() string {
 	name := displayName(m.Name)
 	if name == "" {
 		name = fmt.Sprintf("part %d (%s)", m.Part.Index, m.Part.ContentType)
@@ -295,28 +296,28 @@ func (m *Match) Describe() string {
 	return fmt.Sprintf("%s (rule %s: %s)", name, m.Rule, m.Why)
 }
 
-// Decision is what the filter decided for one message, before any rewrite.
-type Decision struct {
+// decision is what the filter decided for one message, before any rewrite.
+type decision struct {
 	// Action is filters.Pass, Replace (strip Matches), Reject or Retry.
 	Action filters.Action
 	Reason string
 	// Root is the parsed message (nil when parsing hit a limit).
-	Root *Part
+	Root *mimePart
 	// Matches are the parts matched, in document order. For Replace they
 	// are exactly the parts to strip.
-	Matches []Match
+	Matches []match
 	// Limit is set when the message exceeded a MIME limit.
-	Limit *LimitError
+	Limit *limitError
 }
 
-// Decide parses the message of size bytes in r and applies the rules,
+// decide parses the message of size bytes in r and applies the rules,
 // without rewriting anything. It is what Filter does, for tools (popgate
 // scan) and tests.
-func (f *Filter) Decide(ctx context.Context, r io.ReaderAt, size int64) (*Decision, error) {
-	d := &Decision{Action: filters.Pass}
+func (f *Filter) decide(ctx context.Context, r io.ReaderAt, size int64) (*decision, error) {
+	d := &decision{Action: filters.Pass}
 	r = ctxReaderAt{ctx, r}
-	root, err := Parse(r, size, f.lim)
-	var le *LimitError
+	root, err := parseMIME(r, size, f.lim)
+	var le *limitError
 	if errors.As(err, &le) {
 		return f.limitDecision(d, le), nil
 	}
@@ -338,7 +339,7 @@ func (f *Filter) Decide(ctx context.Context, r io.ReaderAt, size int64) (*Decisi
 	}
 	// The most severe action wins: reject/quarantine, then tempfail, then
 	// strip.
-	var rejects, temps, strips []Match
+	var rejects, temps, strips []match
 	for _, m := range matches {
 		switch m.Action {
 		case ActionReject, ActionQuarantine:
@@ -370,7 +371,7 @@ func (f *Filter) Decide(ctx context.Context, r io.ReaderAt, size int64) (*Decisi
 	return d, nil
 }
 
-func (f *Filter) limitDecision(d *Decision, le *LimitError) *Decision {
+func (f *Filter) limitDecision(d *decision, le *limitError) *decision {
 	d.Limit = le
 	d.Root = nil
 	switch f.onLimit {
@@ -390,7 +391,7 @@ func (f *Filter) limitDecision(d *Decision, le *LimitError) *Decision {
 // maxReason bounds the length of a verdict's reason.
 const maxReason = 400
 
-func reasonList(verb string, ms []Match) string {
+func reasonList(verb string, ms []match) string {
 	var b strings.Builder
 	b.WriteString(verb)
 	b.WriteString(": ")
@@ -408,8 +409,8 @@ func reasonList(verb string, ms []Match) string {
 	return b.String()
 }
 
-func countParts(root *Part) int {
+func countParts(root *mimePart) int {
 	n := 0
-	root.Walk(func(*Part) bool { n++; return true })
+	root.Walk(func(*mimePart) bool { n++; return true })
 	return n
 }

@@ -27,7 +27,7 @@ const (
 	ratioFloor = 1 << 20
 )
 
-// ArchiveLimits caps ListZip. A zero or negative field means its default.
+// ArchiveLimits caps listZip. A zero or negative field means its default.
 type ArchiveLimits struct {
 	// MaxDepth is how many levels of archives are listed: 1 is the archive
 	// itself only, 3 (the default) also zips inside it and zips inside those.
@@ -59,8 +59,8 @@ func (l ArchiveLimits) withDefaults() ArchiveLimits {
 	return l
 }
 
-// ArchiveEntry is one member of a zip archive (or of a zip inside it).
-type ArchiveEntry struct {
+// archiveEntry is one member of a zip archive (or of a zip inside it).
+type archiveEntry struct {
 	// Name is the member's name as stored, decoded to UTF-8 (the Info-ZIP
 	// Unicode path when present, else UTF-8 or code page 437).
 	Name string
@@ -76,27 +76,27 @@ type ArchiveEntry struct {
 	Dir                  bool
 }
 
-// Archive is what ListZip found.
-type Archive struct {
-	Entries []ArchiveEntry
+// zipListing is what listZip found.
+type zipListing struct {
+	Entries []archiveEntry
 	// Encrypted is set when any listed member is encrypted (or the central
 	// directory itself is).
 	Encrypted bool
 	// Unreadable lists the paths of nested archives that looked like zips
 	// but could not be read; Skipped those beyond MaxDepth or stored with a
-	// compression method ListZip does not inflate.
+	// compression method listZip does not inflate.
 	Unreadable, Skipped []string
 }
 
-// ErrNotZip means the input has no zip end of central directory record.
-var ErrNotZip = errors.New("not a zip archive")
+// errNotZip means the input has no zip end of central directory record.
+var errNotZip = errors.New("not a zip archive")
 
-// ErrCorruptZip is wrapped by the errors about malformed archives.
-var ErrCorruptZip = errors.New("corrupt zip archive")
+// errCorruptZip is wrapped by the errors about malformed archives.
+var errCorruptZip = errors.New("corrupt zip archive")
 
-// ArchiveLimitError is returned when an archive exceeds ArchiveLimits. A zip
+// archiveLimitError is returned when an archive exceeds ArchiveLimits. A zip
 // bomb is one whose Limit is "size" or "ratio".
-type ArchiveLimitError struct {
+type archiveLimitError struct {
 	Limit string // "entries", "size" or "ratio"
 	Max   int64
 	Path  string // the member (or nested archive) where the cap was hit
@@ -104,9 +104,9 @@ type ArchiveLimitError struct {
 }
 
 // Bomb reports whether the error is about a zip bomb (size or ratio).
-func (e *ArchiveLimitError) Bomb() bool { return e.Limit == "size" || e.Limit == "ratio" }
+func (e *archiveLimitError) Bomb() bool { return e.Limit == "size" || e.Limit == "ratio" }
 
-func (e *ArchiveLimitError) Error() string {
+func (e *archiveLimitError) Error() string {
 	switch e.Limit {
 	case "entries":
 		return fmt.Sprintf("archive has more than %d entries", e.Max)
@@ -118,16 +118,16 @@ func (e *ArchiveLimitError) Error() string {
 	return fmt.Sprintf("archive %s limit %d exceeded at %s", e.Limit, e.Max, e.Path)
 }
 
-// ListZip lists the members of the zip archive of size bytes in r, and of the
+// listZip lists the members of the zip archive of size bytes in r, and of the
 // zip archives inside it down to lim.MaxDepth. It reads the central
 // directory, never trusting its counts: it stops at lim.MaxEntries, checks
 // declared sizes and ratios before it inflates anything, and inflates a
 // nested archive only within what is left of lim.MaxSize, into a body of
-// spool. It returns ErrNotZip for input that is not a zip,
-// an error wrapping ErrCorruptZip for a malformed one, and an
-// *ArchiveLimitError (with what was listed so far) when a cap is exceeded.
-func ListZip(ctx context.Context, r io.ReaderAt, size int64, lim ArchiveLimits, spool *filters.Spool) (*Archive, error) {
-	zl := &zipLister{ctx: ctx, lim: lim.withDefaults(), spool: spool, arch: &Archive{}}
+// spool. It returns errNotZip for input that is not a zip,
+// an error wrapping errCorruptZip for a malformed one, and an
+// *archiveLimitError (with what was listed so far) when a cap is exceeded.
+func listZip(ctx context.Context, r io.ReaderAt, size int64, lim ArchiveLimits, spool *filters.Spool) (*zipListing, error) {
+	zl := &zipLister{ctx: ctx, lim: lim.withDefaults(), spool: spool, arch: &zipListing{}}
 	err := zl.list(r, size, 0, "")
 	return zl.arch, err
 }
@@ -136,7 +136,7 @@ type zipLister struct {
 	ctx      context.Context
 	lim      ArchiveLimits
 	spool    *filters.Spool
-	arch     *Archive
+	arch     *zipListing
 	entries  int
 	declared uint64
 	inflated uint64
@@ -154,7 +154,7 @@ const (
 )
 
 func corrupt(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrCorruptZip, fmt.Sprintf(format, args...))
+	return fmt.Errorf("%w: %s", errCorruptZip, fmt.Sprintf(format, args...))
 }
 
 type dirEnd struct {
@@ -166,7 +166,7 @@ type dirEnd struct {
 func (zl *zipLister) findEnd(r io.ReaderAt, size int64) (dirEnd, error) {
 	var d dirEnd
 	if size < eocdLen {
-		return d, ErrNotZip
+		return d, errNotZip
 	}
 	n := min(size, 65535+eocdLen)
 	buf := make([]byte, n)
@@ -183,7 +183,7 @@ func (zl *zipLister) findEnd(r io.ReaderAt, size int64) (dirEnd, error) {
 		}
 	}
 	if i < 0 {
-		return d, ErrNotZip
+		return d, errNotZip
 	}
 	b := buf[i:]
 	d.offset = size - n + int64(i)
@@ -225,7 +225,7 @@ func (zl *zipLister) findEnd64(r io.ReaderAt, eocd int64) (dirEnd, bool) {
 }
 
 type central struct {
-	entry       ArchiveEntry
+	entry       archiveEntry
 	flags       uint16
 	localOffset uint64
 }
@@ -272,7 +272,7 @@ func (zl *zipLister) list(r io.ReaderAt, size int64, depth int, prefix string) e
 		}
 		zl.entries++
 		if zl.entries > zl.lim.MaxEntries {
-			return &ArchiveLimitError{Limit: "entries", Max: int64(zl.lim.MaxEntries), Path: strings.TrimSuffix(prefix, "/"), Value: uint64(zl.entries)}
+			return &archiveLimitError{Limit: "entries", Max: int64(zl.lim.MaxEntries), Path: strings.TrimSuffix(prefix, "/"), Value: uint64(zl.entries)}
 		}
 		flags := binary.LittleEndian.Uint16(hdr[8:])
 		c := central{flags: flags}
@@ -315,11 +315,11 @@ func (zl *zipLister) list(r io.ReaderAt, size int64, depth int, prefix string) e
 		zl.declared += e.Size
 		if zl.declared > uint64(zl.lim.MaxSize) {
 			zl.arch.Entries = append(zl.arch.Entries, *e)
-			return &ArchiveLimitError{Limit: "size", Max: zl.lim.MaxSize, Path: e.Path, Value: zl.declared}
+			return &archiveLimitError{Limit: "size", Max: zl.lim.MaxSize, Path: e.Path, Value: zl.declared}
 		}
 		if e.Size > ratioFloor && e.Size/max(e.CompressedSize, 1) > uint64(zl.lim.MaxRatio) {
 			zl.arch.Entries = append(zl.arch.Entries, *e)
-			return &ArchiveLimitError{Limit: "ratio", Max: int64(zl.lim.MaxRatio), Path: e.Path, Value: e.Size / max(e.CompressedSize, 1)}
+			return &archiveLimitError{Limit: "ratio", Max: int64(zl.lim.MaxRatio), Path: e.Path, Value: e.Size / max(e.CompressedSize, 1)}
 		}
 		zl.arch.Entries = append(zl.arch.Entries, *e)
 		members = append(members, c)
@@ -343,7 +343,7 @@ func (zl *zipLister) list(r io.ReaderAt, size int64, depth int, prefix string) e
 
 // parseExtra reads the zip64 and Info-ZIP Unicode path extra fields; it
 // returns the Unicode path, if any.
-func (zl *zipLister) parseExtra(extra []byte, e *ArchiveEntry, localOffset *uint64) string {
+func (zl *zipLister) parseExtra(extra []byte, e *archiveEntry, localOffset *uint64) string {
 	name := ""
 	for len(extra) >= 4 {
 		id := binary.LittleEndian.Uint16(extra)
@@ -480,9 +480,9 @@ func (zl *zipLister) nested(r io.ReaderAt, size, base int64, c *central, depth i
 	}
 	switch {
 	case uint64(got) > ratioCap:
-		return &ArchiveLimitError{Limit: "ratio", Max: int64(zl.lim.MaxRatio), Path: e.Path, Value: uint64(got) / max(e.CompressedSize, 1)}
+		return &archiveLimitError{Limit: "ratio", Max: int64(zl.lim.MaxRatio), Path: e.Path, Value: uint64(got) / max(e.CompressedSize, 1)}
 	case zl.inflated > uint64(zl.lim.MaxSize):
-		return &ArchiveLimitError{Limit: "size", Max: zl.lim.MaxSize, Path: e.Path, Value: zl.inflated}
+		return &archiveLimitError{Limit: "size", Max: zl.lim.MaxSize, Path: e.Path, Value: zl.inflated}
 	}
 	body, err := w.Finish()
 	if err != nil {
@@ -501,7 +501,7 @@ func (zl *zipLister) nested(r io.ReaderAt, size, base int64, c *central, depth i
 	err = zl.list(ra, body.Size(), depth+1, e.Path+"/")
 	switch {
 	case err == nil:
-	case errors.Is(err, ErrNotZip), errors.Is(err, ErrCorruptZip):
+	case errors.Is(err, errNotZip), errors.Is(err, errCorruptZip):
 		zl.arch.Unreadable = append(zl.arch.Unreadable, e.Path)
 	default:
 		return err
@@ -519,7 +519,7 @@ func isDecodeError(err error) bool {
 var archiveExts = []string{"zip", "jar", "docx", "docm", "xlsx", "xlsm", "pptx", "pptm", "odt", "ods", "odp", "epub", "apk", "zipx"}
 
 func looksLikeArchiveName(name string) bool {
-	n, _ := NormalizeName(name)
+	n, _ := normalizeName(name)
 	ext := extensionOf(n)
 	for _, a := range archiveExts {
 		if ext == a {

@@ -164,12 +164,12 @@ func readZip(t testing.TB, name string) []byte {
 	return b
 }
 
-func list(t testing.TB, data []byte, lim ArchiveLimits) (*Archive, error) {
+func list(t testing.TB, data []byte, lim ArchiveLimits) (*zipListing, error) {
 	t.Helper()
-	return ListZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim, nil)
+	return listZip(context.Background(), bytes.NewReader(data), int64(len(data)), lim, nil)
 }
 
-func paths(a *Archive) []string {
+func paths(a *zipListing) []string {
 	var p []string
 	for _, e := range a.Entries {
 		p = append(p, e.Path)
@@ -260,14 +260,14 @@ func TestListZipOddities(t *testing.T) {
 	for name, data := range map[string][]byte{
 		"empty": nil, "text": []byte("hello world, this is not a zip archive at all"),
 	} {
-		if _, err := list(t, data, ArchiveLimits{}); !errors.Is(err, ErrNotZip) {
+		if _, err := list(t, data, ArchiveLimits{}); !errors.Is(err, errNotZip) {
 			t.Errorf("%s: %v, want ErrNotZip", name, err)
 		}
 	}
 	cut := slices.Clone(plain)
 	cd := bytes.Index(cut, []byte("PK\x01\x02"))
 	cut[cd] = 'X'
-	if _, err := list(t, cut, ArchiveLimits{}); !errors.Is(err, ErrCorruptZip) {
+	if _, err := list(t, cut, ArchiveLimits{}); !errors.Is(err, errCorruptZip) {
 		t.Errorf("broken directory: %v, want ErrCorruptZip", err)
 	}
 	// An empty archive is fine.
@@ -290,7 +290,7 @@ func TestListZipLimits(t *testing.T) {
 	for i := range 20 {
 		files = append(files, strings.Repeat("f", i+1), "x")
 	}
-	var ae *ArchiveLimitError
+	var ae *archiveLimitError
 	if _, err := list(t, mkzip(t, files...), ArchiveLimits{MaxEntries: 10}); !errors.As(err, &ae) || ae.Limit != "entries" || ae.Bomb() {
 		t.Errorf("entries: %v", err)
 	}
@@ -346,7 +346,7 @@ func TestListZipCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	z := readZip(t, "nested.zip")
-	if _, err := ListZip(ctx, bytes.NewReader(z), int64(len(z)), ArchiveLimits{}, nil); !errors.Is(err, context.Canceled) {
+	if _, err := listZip(ctx, bytes.NewReader(z), int64(len(z)), ArchiveLimits{}, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("err %v", err)
 	}
 }
@@ -390,7 +390,7 @@ func TestZipBombVerdict(t *testing.T) {
 			t.Errorf("took %v", d)
 		}
 		if tc.want == filters.Replace {
-			d, _ := f.Decide(context.Background(), bytes.NewReader(msg), int64(len(msg)))
+			d, _ := f.decide(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 			checkSplice(t, msg, out, d.Matches)
 		}
 	}

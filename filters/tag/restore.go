@@ -32,7 +32,7 @@ var ErrNoSubject = errors.New("tag: X-Popgate-Original-Subject without a Subject
 func Restore(dst io.Writer, src io.Reader) (restored bool, err error) {
 	lr := newLineReader(src)
 	name, _, ok := fieldName(lr.peekLine())
-	if !ok || !strings.EqualFold(string(name), OriginalSubjectHeader) {
+	if !ok || !strings.EqualFold(string(name), originalSubjectHeader) {
 		_, err := io.Copy(dst, lr.br)
 		return false, err
 	}
@@ -44,7 +44,7 @@ func Restore(dst io.Writer, src io.Reader) (restored bool, err error) {
 		return false, err
 	}
 	if field.over {
-		return false, fmt.Errorf("tag: %s field longer than %d bytes", OriginalSubjectHeader, maxRestoreField)
+		return false, fmt.Errorf("tag: %s field longer than %d bytes", originalSubjectHeader, maxRestoreField)
 	}
 	original := field.buf[bytes.IndexByte(field.buf, ':')+1:]
 	for {

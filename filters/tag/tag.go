@@ -45,9 +45,9 @@ import (
 	"github.com/popgate/popgate/filters"
 )
 
-// OriginalSubjectHeader is the field that keeps the original Subject value
+// originalSubjectHeader is the field that keeps the original Subject value
 // when the filter rewrites it (see Restore).
-const OriginalSubjectHeader = "X-Popgate-Original-Subject"
+const originalSubjectHeader = "X-Popgate-Original-Subject"
 
 // Limits on the configuration.
 const (
@@ -87,8 +87,8 @@ type Config struct {
 
 // Header fields the tag filter writes itself.
 const (
-	VerdictHeader = "X-Popgate-Verdict"
-	VersionHeader = "X-Popgate-Version"
+	verdictHeader = "X-Popgate-Verdict"
+	versionHeader = "X-Popgate-Version"
 )
 
 // Filter is the tag filter. It is immutable and safe for concurrent use.
@@ -291,7 +291,7 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 			newValue = t.rewrite(info.raw, info.nameLen, info.subjectEOL())
 			notes = append(notes, "subject prefixed")
 			if t.keepOriginal && bytes.HasSuffix(info.raw, []byte("\n")) {
-				top.WriteString(OriginalSubjectHeader + ":")
+				top.WriteString(originalSubjectHeader + ":")
 				top.Write(info.raw)
 			} else {
 				lossless = false
@@ -308,10 +308,10 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		if env != nil {
 			steps = env.Steps
 		}
-		top.WriteString(fold(VerdictHeader, encodeText(verdictText(steps)), info.eol))
+		top.WriteString(fold(verdictHeader, encodeText(verdictText(steps)), info.eol))
 	}
 	if t.version {
-		top.WriteString(fold(VersionHeader, encodeText("popgate "+printable(t.versionText, 64)), info.eol))
+		top.WriteString(fold(versionHeader, encodeText("popgate "+printable(t.versionText, 64)), info.eol))
 	}
 	if addSubject {
 		top.WriteString(fold("Subject", t.encPrefix, info.eol))

@@ -18,8 +18,8 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/internal/metrics"
+	"github.com/popgate/popgate/internal/pop3server"
 	"github.com/popgate/popgate/proxy"
-	"github.com/popgate/popgate/proxy/pop3/server"
 )
 
 // verdictByMsg passes message 1, rejects message 2 and fails on message 3.
@@ -47,9 +47,9 @@ func (memQuarantine) Store(context.Context, *filters.Envelope, filters.Body, *fi
 // sessions run, and the names carry no user or address.
 func TestMetricsFollowSessions(t *testing.T) {
 	const user, pass = "carol", "pw-not-in-metrics"
-	mail := server.New(server.Config{
+	mail := pop3server.New(pop3server.Config{
 		Users: map[string]string{user: pass},
-		Mailboxes: map[string][]server.Message{user: {
+		Mailboxes: map[string][]pop3server.Message{user: {
 			{UIDL: "a", Data: []byte("Subject: a\r\n\r\nclean\r\n")},
 			{UIDL: "b", Data: []byte("Subject: b\r\n\r\nbad\r\n")},
 			{UIDL: "c", Data: []byte("Subject: c\r\n\r\nunscannable\r\n")},

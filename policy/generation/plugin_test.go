@@ -20,8 +20,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/pop3server"
 	"github.com/popgate/popgate/policy"
-	"github.com/popgate/popgate/proxy/pop3/server"
 )
 
 // The kinds below exist only in this file. They plug in by registering
@@ -144,9 +144,9 @@ func init() {
 }
 
 func TestNewKindPlugsIn(t *testing.T) {
-	mail := server.New(server.Config{
+	mail := pop3server.New(pop3server.Config{
 		Users: map[string]string{"ann": "pw"},
-		Mailboxes: map[string][]server.Message{"ann": {
+		Mailboxes: map[string][]pop3server.Message{"ann": {
 			{UIDL: "a", Data: []byte("Subject: fine\r\n\r\nhello\r\n")},
 			{UIDL: "b", Data: []byte("Subject: bad\r\n\r\nsome FORBIDDEN text\r\n")},
 		}},

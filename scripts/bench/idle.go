@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/popgate/popgate/proxy/pop3/server"
+	"github.com/popgate/popgate/internal/pop3server"
 )
 
 // The memory per idle session: N sessions are opened through a fresh
@@ -34,7 +34,7 @@ import (
 // fds do not count against ours.
 
 // idleServerArg makes the bench binary run the built-in POP3 server
-// (proxy/pop3/server) for the idle measurement: it prints its address and
+// (internal/pop3server) for the idle measurement: it prints its address and
 // serves until its stdin closes.
 const idleServerArg = "-idle-server"
 
@@ -45,9 +45,9 @@ const (
 )
 
 func idleServerMain(_ []string) {
-	srv := server.New(server.Config{
+	srv := pop3server.New(pop3server.Config{
 		Users: map[string]string{idleUser: idlePassword},
-		Mailboxes: map[string][]server.Message{idleUser: {{UIDL: "idle-1",
+		Mailboxes: map[string][]pop3server.Message{idleUser: {{UIDL: "idle-1",
 			Data: []byte("From: a@example.com\r\nSubject: idle\r\n\r\nhello\r\n")}}},
 	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")

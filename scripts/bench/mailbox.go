@@ -9,10 +9,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
-// benchTB lets the harness use proxy/testenv (NewUser, AddMessages) outside
+// benchTB lets the harness use internal/testenv (NewUser, AddMessages) outside
 // of `go test`. Only the methods testenv calls are implemented; the embedded
 // nil testing.TB makes any other call panic, which would be a bug here.
 // Fatalf and Skipf abort by panicking with tbAbort, which withTB recovers.

@@ -13,7 +13,7 @@
 //
 //	make build && . "$(scripts/testenv.sh envfile)" && go run ./scripts/bench -out docs/PERFORMANCE.md
 //
-// Bench users are made with proxy/testenv (per-user passwd-files, Maildirs
+// Bench users are made with internal/testenv (per-user passwd-files, Maildirs
 // owned by the mail uid) and removed at the end. Nothing is deleted from a
 // mailbox (no DELE), so the mailboxes are made once and shared.
 package main

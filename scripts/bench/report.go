@@ -513,7 +513,7 @@ func (rp *report) markdown() string {
 		w("with the test environment's configuration (`!include`, same users and mail) plus `service pop3-login { service_count = 0; client_limit; process_min_avail = 2 }` (high-performance mode), its own port and base_dir. ")
 		w("The test environment's Dovecot stays as it is, since the other tests use it.\n")
 		w("- **greeted, routed by login**: a listener with a `route` by user: popgate greets by itself and connects upstream only at USER, as nginx always does; one socket per session.\n")
-		w("- **logged in**: USER/PASS answered `+OK`, then idle. Dovecot forks a `pop3` process per logged-in session, which would measure Dovecot, so these go to popgate's built-in POP3 server (`proxy/pop3/server`, in a child process of the benchmark). ")
+		w("- **logged in**: USER/PASS answered `+OK`, then idle. Dovecot forks a `pop3` process per logged-in session, which would measure Dovecot, so these go to popgate's built-in POP3 server (`internal/pop3server`, in a child process of the benchmark). ")
 		w("nginx gets there through its auth_http responder (in the benchmark), which sends it to the same server.\n")
 		w("- The fd limit of this machine is %d per process and cannot be raised here (no CAP_SYS_RESOURCE); ", rp.idle.fdLimit)
 		w("a session with an upstream connection needs two fds in the proxy, so those rows hold %d sessions (asked: %d).\n", min(rp.idle.requested, (rp.idle.fdLimit-fdMargin)/2), rp.idle.requested)
@@ -573,7 +573,7 @@ func (rp *report) markdown() string {
 	w("`-targets direct,popgate,nginx`, `-quickack 1,32` (levels with the TCP_QUICKACK series; `\"\"` for none), `-chains none,strip+tag,clamd,rss,idle` (which measurements), ")
 	w("`-fmessages 50`, `-cmessages 20`, `-stripsessions 1,32,256`, `-exesessions 1,32`, `-clamdsessions 1,32,256`, `-bigsize 100MB`, `-idle 10000`, `-popgate bin/popgate`, `-nginx /usr/sbin/nginx`, ")
 	w("`-nginxmodule /usr/lib/nginx/modules/ngx_mail_module.so`, `-loglevel warn`, `-idlewait 500ms`, `-retries 0`, `-out FILE`, `-chart FILE` (default: perf-throughput.png next to -out). ")
-	w("A quick run: `-sessions 1,32 -quickack 32 -repeat 1 -chains none,idle -idle 2000`. The bench users (per-user passwd-files and Maildirs, made with `proxy/testenv`) are removed at the end.\n\n")
+	w("A quick run: `-sessions 1,32 -quickack 32 -repeat 1 -chains none,idle -idle 2000`. The bench users (per-user passwd-files and Maildirs, made with `internal/testenv`) are removed at the end.\n\n")
 
 	w("## Caveats\n\n")
 	w("- **%d cores for everything.** The client, Dovecot (a login and a pop3 process per session), the proxy and clamd share them. ", m.cpus)

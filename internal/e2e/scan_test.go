@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // `popgate check --explain` and `popgate scan`, through the real binary.
 
@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // explainConfig has three policies in file order: vip (users boss@* from

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The fault matrix (issue 6): the real popgate binary in front of the real
 // Dovecot and the real clamd, with an in-process fault relay
@@ -43,8 +43,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/internal/testenv"
 	"github.com/popgate/popgate/proxy/pop3"
-	"github.com/popgate/popgate/proxy/testenv"
 )
 
 // reportSummary makes a summary line visible: go test shows neither t.Log
@@ -407,9 +407,8 @@ var (
 	dovecotEnd   = regexp.MustCompile(`pop3\(([^)]*)\)<[0-9]+><([^>]*)>: .*Disconnected`)
 )
 
-// dovecotLogOffset is where Dovecot's log stood when TestFaultMatrix or
-// TestSoak began (they never overlap: TestSoak is not parallel): the log is
-// shared by every test of the run and grows.
+// dovecotLogOffset is where Dovecot's log stood when TestFaultMatrix
+// began: the log is shared by every test of the run and grows.
 var dovecotLogOffset atomic.Int64
 
 // markDovecotLog records the size of Dovecot's log, before the test makes

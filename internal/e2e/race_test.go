@@ -1,6 +1,6 @@
-//go:build !race
+//go:build race
 
-package main
+package e2e
 
 // raceEnabled makes TestMain build the popgate binary with -race too.
-const raceEnabled = false
+const raceEnabled = true

@@ -1,4 +1,4 @@
-package server
+package pop3server
 
 import (
 	"bufio"

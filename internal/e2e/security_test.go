@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bufio"
@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // secClient is a raw POP3 client that keeps everything it received, so the

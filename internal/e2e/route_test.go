@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // Routes and login routing through the real binary: each login reaches the

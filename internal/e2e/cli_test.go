@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // runPopgate runs the popgate binary to completion and returns its stdout,
@@ -165,7 +165,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo printed the unbound address %s", addr)
 	}
 
-	mailbox := demoMailbox()
+	mailbox := demoMailbox(t, text)
 	if !strings.Contains(text, "Scanning: on") {
 		t.Fatalf("the demo does not scan with the test clamd:\n%s", text)
 	}
@@ -279,4 +279,43 @@ func TestDemo(t *testing.T) {
 	if !bytes.Equal(orig, mailbox[2].Data) {
 		t.Fatalf("exported original differs from the mailbox's message 3:\n%q", orig)
 	}
+}
+
+// demoMessage is a message of the demo's sample mailbox.
+type demoMessage struct {
+	UIDL string
+	Data []byte
+}
+
+// demoMailbox reads the demo's sample mailbox straight from its built-in
+// mailbox server (whose address and login the demo prints), bypassing
+// popgate: what popgate serves is compared with it. (The suite is not in
+// package main, so it cannot call cmd/popgate's demoMailbox.)
+func demoMailbox(t *testing.T, text string) []demoMessage {
+	t.Helper()
+	m := regexp.MustCompile(`sample mailbox server \(built in\):\s+(\S+)\s+user "([^"]*)" password "([^"]*)"`).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("demo does not print its mailbox server's address and login:\n%s", text)
+	}
+	p := dialPOP(t, m[1])
+	p.ok("USER " + m[2])
+	p.ok("PASS " + m[3])
+	p.ok("UIDL")
+	var msgs []demoMessage
+	for l := range strings.Lines(p.multi()) {
+		f := strings.Fields(l)
+		if len(f) != 2 {
+			t.Fatalf("demo mailbox UIDL line %q", l)
+		}
+		msgs = append(msgs, demoMessage{UIDL: f[1]})
+	}
+	for i := range msgs {
+		p.ok(fmt.Sprintf("RETR %d", i+1))
+		msgs[i].Data = unstuff([]byte(p.multi()))
+	}
+	p.ok("QUIT")
+	if len(msgs) == 0 {
+		t.Fatal("the demo's mailbox is empty")
+	}
+	return msgs
 }

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // End-to-end tests of the filters a user installs popgate for (issue 3,
 // "Prove"): the real popgate binary with a policy of
@@ -40,7 +40,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // stampHeader is what the "stamp" tag filter adds at the top of every

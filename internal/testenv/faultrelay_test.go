@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // echoServer greets with "HELLO <stamp>\r\n" (a varying prefix, as a POP3

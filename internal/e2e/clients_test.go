@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"bytes"
@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // checkLogin checks a login event: the user popgate learned, the listener and

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 import (
 	"io"
@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // metricsAddr is the address the metrics listener logged.

@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // Scale-out: Debian's real haproxy, configured from examples/haproxy.cfg, in
 // front of two real popgate processes (PROXY v2 in, /readyz health checks on
@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // haproxyServer is where the test puts one popgate instance of the example.

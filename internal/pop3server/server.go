@@ -1,4 +1,4 @@
-// Package server is a small in-memory POP3 server (RFC 1939, with CAPA,
+// Package pop3server is a small in-memory POP3 server (RFC 1939, with CAPA,
 // RESP-CODES, PIPELINING and UIDL from RFC 2449, SASL PLAIN from RFC 5034
 // and STLS from RFC 2595). popgate demo runs it as the upstream behind the
 // proxy, and tests use it for fault injection. It is not a mail store: each
@@ -14,7 +14,7 @@
 // deleted (matched by UIDL) from whatever the mailbox holds at that time, so
 // a message deleted by two sessions is removed once. Give every message of a
 // mailbox a distinct UIDL.
-package server
+package pop3server
 
 import (
 	"bufio"

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package e2e
 
 // The transparent gateway, end to end, across three network namespaces:
 //
@@ -40,7 +40,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 const (

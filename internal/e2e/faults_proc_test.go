@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The fault cases that need a popgate process of their own: the quarantine
 // directory read-only or full, the spool directory full, SIGTERM and SIGHUP
@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/popgate/popgate/proxy/testenv"
+	"github.com/popgate/popgate/internal/testenv"
 )
 
 // mountTmpfs mounts a tmpfs of the given size (as "64k") on a new
