@@ -44,10 +44,10 @@ test: lint fuzz-short
 	  $(GO) test -race -count=1 -timeout 30m ./... || rc=$$?; \
 	  cat "$$POPGATE_TEST_SUMMARY"; rm -f "$$POPGATE_TEST_SUMMARY"; exit $$rc
 
-# soak runs the soak test (cmd/popgate TestSoak) for SOAK_TIME instead of the
+# soak runs the soak test (internal/e2e TestSoak) for SOAK_TIME instead of the
 # short version in `make test`.
 soak:
-	@$(WITH_TESTENV); POPGATE_SOAK_TIME=$(SOAK_TIME) $(GO) test $(SOAK_FLAGS) -count=1 -timeout 60m -run '^TestSoak$$' -v ./cmd/popgate/
+	@$(WITH_TESTENV); POPGATE_SOAK_TIME=$(SOAK_TIME) $(GO) test $(SOAK_FLAGS) -count=1 -timeout 60m -run '^TestSoak$$' -v ./internal/e2e/
 
 testenv-up:
 	$(TESTENV) up

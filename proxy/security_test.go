@@ -20,7 +20,7 @@ import (
 // Security tests of issue 6 (docs/SECURITY.md points here). STLS injection
 // on both sides is in faults_test.go (TestClientSTLSInjectionDiscarded,
 // TestUpstreamSTLSInjectionRefused), secrets in logs in TestSecretsNeverLogged
-// and, end to end, in cmd/popgate's secrets scan.
+// and, end to end, in internal/e2e's secrets scan.
 
 // tlsClientCase is a client (or, upstream side, a server) TLS setting and
 // whether popgate must accept it.

@@ -797,7 +797,7 @@ func TestFilterEicar(t *testing.T) {
 	}
 	// The log says the same: every infected message refused, with a notice
 	// and its quarantine id; the clean ones delivered. It holds no byte of
-	// the messages' bodies (DESIGN.md §5, invariant 7).
+	// the messages' bodies (docs/ARCHITECTURE.md §4, invariant 7).
 	evs := p.waitFiltered(2 * len(msgs))
 	logged := p.logBytes()
 	for _, c := range cases {

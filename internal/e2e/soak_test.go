@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The soak (issue 6): popgate in this process (wired as `popgate run` wires
 // it, so goleak sees its goroutines), in front of the real Dovecot and
@@ -37,6 +37,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 
+	_ "github.com/popgate/popgate/filters/builtin" // the soak runs popgate in-process
 	"github.com/popgate/popgate/internal/testenv"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/policy/generation"
