@@ -101,61 +101,49 @@ type BuildContext struct {
 	OnScan func(scanner string, took time.Duration, err error)
 }
 
-// FilterSpec is a decoded filter block: its type, name and settings, ready
-// to be built. It is immutable.
-type FilterSpec struct {
+// Spec is a decoded block of a kind: its type, name and settings, ready to
+// be built. It is immutable.
+type Spec[T any] struct {
 	Type  string
 	Name  string
 	Range hcl.Range // the block header
-	// Uses names the scanner blocks the filter refers to.
+	// Uses names the scanner blocks a filter refers to (none for a
+	// scanner).
 	Uses []string
 
 	settings any
-	kind     *erasedKind[Filter]
+	kind     *erasedKind[T]
 }
+
+// FilterSpec is a decoded `filter` block, ScannerSpec a decoded `scanner`
+// block.
+type (
+	FilterSpec  = Spec[Filter]
+	ScannerSpec = Spec[Scanner]
+)
 
 // Settings returns the decoded settings (the kind's own type).
-func (s *FilterSpec) Settings() any { return s.settings }
+func (s *Spec[T]) Settings() any { return s.settings }
 
-// Build makes a running filter from the spec.
-func (s *FilterSpec) Build(bc *BuildContext) (Filter, error) {
-	f, err := s.kind.build(s.Name, s.settings, bc)
+// Build makes the running filter or scanner from the spec.
+func (s *Spec[T]) Build(bc *BuildContext) (T, error) {
+	v, err := s.kind.build(s.Name, s.settings, bc)
 	if err != nil {
-		return nil, fmt.Errorf("filter %q: %w", s.Name, err)
+		return v, fmt.Errorf("%s %q: %w", s.kind.what, s.Name, err)
 	}
-	return f, nil
-}
-
-// ScannerSpec is a decoded scanner block. It is immutable.
-type ScannerSpec struct {
-	Type  string
-	Name  string
-	Range hcl.Range
-
-	settings any
-	kind     *erasedKind[Scanner]
-}
-
-// Settings returns the decoded settings (the kind's own type).
-func (s *ScannerSpec) Settings() any { return s.settings }
-
-// Build connects the scanner the spec describes.
-func (s *ScannerSpec) Build(bc *BuildContext) (Scanner, error) {
-	sc, err := s.kind.build(s.Name, s.settings, bc)
-	if err != nil {
-		return nil, fmt.Errorf("scanner %q: %w", s.Name, err)
-	}
-	return sc, nil
+	return v, nil
 }
 
 // erasedKind is a registered kind with its settings type erased.
 type erasedKind[T any] struct {
+	what   string // "filter" or "scanner"
 	decode func(name string, body hcl.Body, dc *DecodeContext) (any, hcl.Diagnostics)
 	build  func(name string, settings any, bc *BuildContext) (T, error)
 }
 
-func erase[S, T any](decode func(string, hcl.Body, *DecodeContext) (S, hcl.Diagnostics), build func(string, S, *BuildContext) (T, error)) *erasedKind[T] {
+func erase[S, T any](what string, decode func(string, hcl.Body, *DecodeContext) (S, hcl.Diagnostics), build func(string, S, *BuildContext) (T, error)) *erasedKind[T] {
 	return &erasedKind[T]{
+		what: what,
 		decode: func(name string, body hcl.Body, dc *DecodeContext) (any, hcl.Diagnostics) {
 			return decode(name, body, dc)
 		},
@@ -213,13 +201,13 @@ var (
 // blocks. It is meant for init functions, is safe for concurrent use, and
 // panics on an empty type, a missing step, or a type registered twice.
 func RegisterFilter[S any](typ string, k FilterKind[S]) {
-	filterKinds.register(typ, erase(k.Decode, k.Build), k.Decode != nil && k.Build != nil)
+	filterKinds.register(typ, erase(filterKinds.what, k.Decode, k.Build), k.Decode != nil && k.Build != nil)
 }
 
 // RegisterScanner makes a scanner type available to `scanner "TYPE" "NAME"`
 // blocks, as RegisterFilter does for filters.
 func RegisterScanner[S any](typ string, k ScannerKind[S]) {
-	scannerKinds.register(typ, erase(k.Decode, k.Build), k.Decode != nil && k.Build != nil)
+	scannerKinds.register(typ, erase(scannerKinds.what, k.Decode, k.Build), k.Decode != nil && k.Build != nil)
 }
 
 // FilterTypes and ScannerTypes return the registered type names, sorted.
