@@ -36,13 +36,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"strings"
 	"unicode/utf8"
 
-	"github.com/emersion/go-message/charset"
-
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // OriginalSubjectHeader is the field that keeps the original Subject value
@@ -147,10 +145,10 @@ func New(name string, cfg Config) (*Filter, error) {
 		version:      cfg.Version,
 	}
 	if prefix != "" {
-		t.encPrefix = encodeText(prefix)
+		t.encPrefix = mailtext.EncodeWords(prefix)
 		t.encPrefixSp = t.encPrefix
 		if t.encPrefix != prefix {
-			t.encPrefixSp = encodeText(prefix + " ")
+			t.encPrefixSp = mailtext.EncodeWords(prefix + " ")
 		}
 	}
 	t.blockCRLF = t.block("\r\n")
@@ -161,7 +159,7 @@ func New(name string, cfg Config) (*Filter, error) {
 func (t *Filter) block(eol string) []byte {
 	var b bytes.Buffer
 	for _, f := range t.fields {
-		b.WriteString(fold(f.Name, encodeText(f.Value), eol))
+		b.WriteString(fold(f.Name, mailtext.EncodeWords(f.Value), eol))
 	}
 	return b.Bytes()
 }
@@ -200,7 +198,7 @@ func scan(ctx context.Context, body filters.Body, subject bool) (headerInfo, err
 		return info, err
 	}
 	defer r.Close()
-	lr := newLineReader(&ctxReader{ctx: ctx, r: r})
+	lr := newLineReader(mailtext.NewReader(ctx, r))
 	for first := true; ; first = false {
 		if lr.continues() {
 			// A continuation line of a field that is not looked at (or
@@ -293,10 +291,10 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		top.Write(t.blockCRLF)
 	}
 	if t.verdicts {
-		top.WriteString(fold(VerdictHeader, encodeText(verdictText(filters.StepsFrom(ctx))), info.eol))
+		top.WriteString(fold(VerdictHeader, mailtext.EncodeWords(verdictText(filters.StepsFrom(ctx))), info.eol))
 	}
 	if t.version {
-		top.WriteString(fold(VersionHeader, encodeText("popgate "+printable(filters.Version, 64)), info.eol))
+		top.WriteString(fold(VersionHeader, mailtext.EncodeWords("popgate "+mailtext.Text(filters.Version, 64)), info.eol))
 	}
 	if addSubject {
 		top.WriteString(fold("Subject", t.encPrefix, info.eol))
@@ -328,7 +326,7 @@ func (t *Filter) write(ctx context.Context, body filters.Body, top []byte, info 
 		return nil, fmt.Errorf("tag: %w", err)
 	}
 	defer r.Close()
-	src := &ctxReader{ctx: ctx, r: r}
+	src := mailtext.NewReader(ctx, r)
 	sw := filters.SpoolFrom(ctx).NewWriter()
 	want := body.Size() + int64(len(top))
 	err = func() error {
@@ -368,9 +366,6 @@ func (t *Filter) write(ctx context.Context, body filters.Body, top []byte, info 
 	return out, nil
 }
 
-// wordDecoder decodes RFC 2047 encoded words in any charset go-message knows.
-var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
-
 // unfold removes the line breaks of a folded value (and its final one).
 func unfold(raw []byte) string {
 	s := strings.ReplaceAll(string(raw), "\r\n", "")
@@ -380,10 +375,7 @@ func unfold(raw []byte) string {
 // prefixed reports whether the Subject value raw (decoded) already starts
 // with the prefix.
 func (t *Filter) prefixed(raw []byte) bool {
-	s := unfold(raw)
-	if d, err := wordDecoder.DecodeHeader(s); err == nil {
-		s = d
-	}
+	s := mailtext.DecodeWords(unfold(raw))
 	return strings.HasPrefix(strings.TrimLeft(s, " \t"), t.prefix)
 }
 
@@ -460,30 +452,6 @@ func startsWithEncodedWord(s []byte) bool {
 	return len(parts) == 3 && parts[0] != "" && (strings.EqualFold(parts[1], "q") || strings.EqualFold(parts[1], "b"))
 }
 
-// encodeText returns s as it may appear in an unstructured header value:
-// unchanged when it is plain printable ASCII, else as RFC 2047 encoded
-// words (utf-8, Q or B encoding, whichever is shorter).
-func encodeText(s string) string {
-	if plainText(s) {
-		return s
-	}
-	q := mime.QEncoding.Encode("utf-8", s)
-	b := mime.BEncoding.Encode("utf-8", s)
-	if len(b) < len(q) {
-		return b
-	}
-	return q
-}
-
-func plainText(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < ' ' || c > '~') && c != '\t' {
-			return false
-		}
-	}
-	return true
-}
-
 // fold formats the field name: value, breaking the line before spaces so
 // that lines stay within foldAt bytes where the words allow it.
 func fold(name, value, eol string) string {
@@ -529,7 +497,7 @@ func checkName(name string) error {
 	switch {
 	case name == "":
 		return errors.New("a header field name cannot be empty")
-	case !validName(name):
+	case !mailtext.ValidFieldName(name):
 		return errors.New("a header field name is printable ASCII without spaces or ':' (RFC 5322 ftext)")
 	case len(name) > maxNameLen:
 		return fmt.Errorf("a header field name may have at most %d characters", maxNameLen)
@@ -544,8 +512,9 @@ func checkName(name string) error {
 	return nil
 }
 
-// checkValue accepts text without control characters (tab aside), valid
-// UTF-8, not looking like an encoded word, and at most max bytes.
+// checkValue accepts valid UTF-8 without control characters (tab aside)
+// or invisible ones (bidi controls and the like, mailtext.IsInvisible), not
+// looking like an encoded word, and at most max bytes.
 func checkValue(v string, max int) error {
 	if !utf8.ValidString(v) {
 		return errors.New("the value is not valid UTF-8")
@@ -554,8 +523,11 @@ func checkValue(v string, max int) error {
 		if r == '\r' || r == '\n' {
 			return errors.New("the value cannot contain a line break")
 		}
-		if (r < 0x20 && r != '\t') || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+		if r != '\t' && mailtext.IsControl(r) {
 			return fmt.Errorf("the value cannot contain the control character %U", r)
+		}
+		if mailtext.IsInvisible(r) {
+			return fmt.Errorf("the value cannot contain the invisible character %U (a bidi control, zero-width or format character)", r)
 		}
 	}
 	if strings.Contains(v, "=?") {
@@ -575,7 +547,7 @@ func checkPrefix(p string) error {
 }
 
 // verdictText summarises the steps as "name=action (reason); …", one line
-// of printable text of bounded length.
+// of clean text (mailtext.Text) of bounded length.
 func verdictText(steps []filters.Step) string {
 	if len(steps) == 0 {
 		return "none"
@@ -587,27 +559,9 @@ func verdictText(steps []filters.Step) string {
 		case st.Err != nil:
 			p = st.Filter + "=error"
 		case st.Reason != "":
-			p += " (" + printable(st.Reason, 120) + ")"
+			p += " (" + mailtext.Text(st.Reason, 120) + ")"
 		}
 		parts = append(parts, p)
 	}
-	return printable(strings.Join(parts, "; "), 800)
-}
-
-// printable makes s safe for a header value: control characters become
-// spaces, and it is cut to at most max bytes at a rune boundary.
-func printable(s string, max int) string {
-	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) <= max {
-		return s
-	}
-	for max > 0 && !utf8.RuneStart(s[max]) {
-		max--
-	}
-	return s[:max]
+	return mailtext.Text(strings.Join(parts, "; "), 800)
 }
