@@ -12,6 +12,7 @@ import (
 	"github.com/gabriel-vasile/mimetype"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // rule is a compiled Rule.
@@ -217,7 +218,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *Part, depth int) (*Match, 
 	}
 	w := filters.SpoolFrom(ev.ctx).NewWriter()
 	defer w.Abort()
-	if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(r, p)}); err != nil {
+	if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, ContentReader(r, p))); err != nil {
 		return nil, err
 	}
 	b, err := w.Finish()
@@ -431,7 +432,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	bp := tailBufs.Get().(*[]byte)
 	tw := &tailWriter{keep: tailKeep, buf: (*bp)[:0]}
 	defer func() { *bp = tw.buf[:0]; tailBufs.Put(bp) }()
-	n, err := copyPooled(tw, ctxReader{ev.ctx, ContentReader(pi.r, p)})
+	n, err := copyPooled(tw, mailtext.NewReader(ev.ctx, ContentReader(pi.r, p)))
 	if err != nil {
 		return 0, err
 	}
@@ -478,7 +479,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*Archive, error) {
 	} else {
 		w := filters.SpoolFrom(ev.ctx).NewWriter()
 		defer w.Abort()
-		if _, err := copyPooled(w, ctxReader{ev.ctx, ContentReader(pi.r, p)}); err != nil {
+		if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, ContentReader(pi.r, p))); err != nil {
 			pi.archErr = err
 			return nil, err
 		}

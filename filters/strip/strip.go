@@ -58,6 +58,7 @@ import (
 	"strings"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // Action is what happens to a part a rule matches, or to a message that
@@ -227,7 +228,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	if !ok {
 		// Not random access (a header-prepending wrapper, say): spool it.
 		w := filters.SpoolFrom(ctx).NewWriter()
-		if _, err := io.Copy(w, ctxReader{ctx, rc}); err != nil {
+		if _, err := io.Copy(w, mailtext.NewReader(ctx, rc)); err != nil {
 			w.Abort()
 			return filters.Verdict{}, fmt.Errorf("strip: spooling the message: %w", err)
 		}
@@ -311,7 +312,7 @@ type Decision struct {
 // scan) and tests.
 func (f *Filter) Decide(ctx context.Context, r io.ReaderAt, size int64) (*Decision, error) {
 	d := &Decision{Action: filters.Pass}
-	r = ctxReaderAt{ctx, r}
+	r = mailtext.NewReaderAt(ctx, r)
 	root, err := Parse(r, size, f.lim)
 	var le *LimitError
 	if errors.As(err, &le) {
