@@ -223,13 +223,13 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 		from = DefaultNoticeFrom
 	}
 	fromAddr, _ := mail.ParseAddress(from) // checked by Check
-	writeField(&hdr, "From", fromAddr.String())
-	writeField(&hdr, "To", headerAddresses(h.get("to")))
+	hdr.WriteString(mailtext.Field("From", fromAddr.String(), "\r\n"))
+	hdr.WriteString(mailtext.Field("To", headerAddresses(h.get("to")), "\r\n"))
 	date := t
 	if d, err := mail.ParseDate(h.get("date")); err == nil {
 		date = d
 	}
-	writeField(&hdr, "Date", date.Format(time.RFC1123Z))
+	hdr.WriteString(mailtext.Field("Date", date.Format(time.RFC1123Z), "\r\n"))
 	prefix := c.SubjectPrefix
 	if prefix == "" {
 		prefix = DefaultNoticeSubjectPrefix
@@ -238,19 +238,19 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 	if data.OriginalSubject != "" {
 		subject += " " + data.OriginalSubject
 	}
-	writeField(&hdr, "Subject", mailtext.EncodeWords(subject))
-	writeField(&hdr, "Message-ID", c.messageID(id))
+	hdr.WriteString(mailtext.Field("Subject", mailtext.EncodeWords(subject), "\r\n"))
+	hdr.WriteString(mailtext.Field("Message-ID", c.messageID(id), "\r\n"))
 	if mid := msgID(h.get("message-id")); mid != "" {
-		writeField(&hdr, "In-Reply-To", mid)
-		writeField(&hdr, "References", mid)
+		hdr.WriteString(mailtext.Field("In-Reply-To", mid, "\r\n"))
+		hdr.WriteString(mailtext.Field("References", mid, "\r\n"))
 	}
-	writeField(&hdr, "Auto-Submitted", "auto-generated")
+	hdr.WriteString(mailtext.Field("Auto-Submitted", "auto-generated", "\r\n"))
 	if ValidID(id) {
-		writeField(&hdr, "X-Popgate-Quarantine-ID", id)
+		hdr.WriteString(mailtext.Field("X-Popgate-Quarantine-ID", id, "\r\n"))
 	}
-	writeField(&hdr, "MIME-Version", "1.0")
-	writeField(&hdr, "Content-Type", "text/plain; charset=utf-8")
-	writeField(&hdr, "Content-Transfer-Encoding", "quoted-printable")
+	hdr.WriteString(mailtext.Field("MIME-Version", "1.0", "\r\n"))
+	hdr.WriteString(mailtext.Field("Content-Type", "text/plain; charset=utf-8", "\r\n"))
+	hdr.WriteString(mailtext.Field("Content-Transfer-Encoding", "quoted-printable", "\r\n"))
 	hdr.WriteString("\r\n")
 
 	sw := spool.NewWriter()
@@ -447,31 +447,6 @@ func headerAddresses(v string) string {
 		parts[i] = a.String()
 	}
 	return strings.Join(parts, ", ")
-}
-
-// writeField writes name: value folded at spaces to 78 columns where the
-// words allow, CRLF-terminated. CR and LF in value become spaces, as a last
-// line of defence: values are built clean already.
-func writeField(b *bytes.Buffer, name, value string) {
-	value = strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' {
-			return ' '
-		}
-		return r
-	}, value)
-	b.WriteString(name)
-	b.WriteByte(':')
-	lineLen := len(name) + 1
-	for i, w := range strings.Split(value, " ") {
-		if i > 0 && w != "" && lineLen+1+len(w) > 78 && lineLen > len(name)+1 {
-			b.WriteString("\r\n")
-			lineLen = 0
-		}
-		b.WriteByte(' ')
-		b.WriteString(w)
-		lineLen += 1 + len(w)
-	}
-	b.WriteString("\r\n")
 }
 
 // limitWriter fails once more than max bytes were written (w nil: discard).

@@ -58,9 +58,6 @@ const (
 // subject is left as it is.
 const maxSubjectBytes = 16 << 10
 
-// foldAt is the line length the added lines are folded at when they can be.
-const foldAt = 78
-
 // Field is a header field to add.
 type Field struct {
 	Name  string
@@ -159,7 +156,7 @@ func New(name string, cfg Config) (*Filter, error) {
 func (t *Filter) block(eol string) []byte {
 	var b bytes.Buffer
 	for _, f := range t.fields {
-		b.WriteString(fold(f.Name, mailtext.EncodeWords(f.Value), eol))
+		b.WriteString(mailtext.Field(f.Name, mailtext.EncodeWords(f.Value), eol))
 	}
 	return b.Bytes()
 }
@@ -291,13 +288,13 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		top.Write(t.blockCRLF)
 	}
 	if t.verdicts {
-		top.WriteString(fold(VerdictHeader, mailtext.EncodeWords(verdictText(filters.StepsFrom(ctx))), info.eol))
+		top.WriteString(mailtext.Field(VerdictHeader, mailtext.EncodeWords(verdictText(filters.StepsFrom(ctx))), info.eol))
 	}
 	if t.version {
-		top.WriteString(fold(VersionHeader, mailtext.EncodeWords("popgate "+mailtext.Text(filters.Version, 64)), info.eol))
+		top.WriteString(mailtext.Field(VersionHeader, mailtext.EncodeWords("popgate "+mailtext.Text(filters.Version, 64)), info.eol))
 	}
 	if addSubject {
-		top.WriteString(fold("Subject", t.encPrefix, info.eol))
+		top.WriteString(mailtext.Field("Subject", t.encPrefix, info.eol))
 	}
 	if top.Len() == 0 && newValue == nil {
 		return filters.Verdict{Action: filters.Pass}, nil
@@ -426,7 +423,7 @@ func (t *Filter) rewrite(raw []byte, nameLen int, eol string) []byte {
 	if j := bytes.LastIndexByte(lead, '\n'); j >= 0 {
 		before = len(lead) - j - 1
 	}
-	if before+len(word)+1+len(firstLine) > foldAt {
+	if before+len(word)+1+len(firstLine) > mailtext.FoldAt {
 		b.WriteString(eol)
 	}
 	b.WriteByte(' ')
@@ -450,30 +447,6 @@ func startsWithEncodedWord(s []byte) bool {
 	}
 	parts := strings.Split(w[2:len(w)-2], "?")
 	return len(parts) == 3 && parts[0] != "" && (strings.EqualFold(parts[1], "q") || strings.EqualFold(parts[1], "b"))
-}
-
-// fold formats the field name: value, breaking the line before spaces so
-// that lines stay within foldAt bytes where the words allow it.
-func fold(name, value, eol string) string {
-	var b strings.Builder
-	b.WriteString(name)
-	b.WriteByte(':')
-	if value == "" {
-		b.WriteString(eol)
-		return b.String()
-	}
-	lineLen := b.Len()
-	for i, w := range strings.Split(value, " ") {
-		if i > 0 && w != "" && lineLen+1+len(w) > foldAt && lineLen > len(name)+1 {
-			b.WriteString(eol)
-			lineLen = 0
-		}
-		b.WriteByte(' ')
-		b.WriteString(w)
-		lineLen += 1 + len(w)
-	}
-	b.WriteString(eol)
-	return b.String()
 }
 
 // reserved are the fields headers may not add, with the reason.

@@ -293,3 +293,26 @@ func FuzzSanitize(f *testing.F) {
 		}
 	})
 }
+
+func TestField(t *testing.T) {
+	long := strings.Repeat("word ", 30)
+	for _, tt := range []struct{ name, value, eol, want string }{
+		{"X-A", "b", "\r\n", "X-A: b\r\n"},
+		{"X-A", "", "\n", "X-A:\n"},
+		{"X-A", "a\r\nBcc: x", "\r\n", "X-A: a  Bcc: x\r\n"},
+		{"X-A", strings.Repeat("x", 100), "\r\n", "X-A: " + strings.Repeat("x", 100) + "\r\n"},
+	} {
+		if got := Field(tt.name, tt.value, tt.eol); got != tt.want {
+			t.Errorf("Field(%q, %q) = %q, want %q", tt.name, tt.value, got, tt.want)
+		}
+	}
+	got := Field("Subject", long, "\r\n")
+	for line := range strings.SplitSeq(strings.TrimSuffix(got, "\r\n"), "\r\n") {
+		if len(line) > FoldAt {
+			t.Errorf("line of %d bytes: %q", len(line), line)
+		}
+	}
+	if unfolded := strings.ReplaceAll(got, "\r\n", ""); unfolded != "Subject: "+long {
+		t.Errorf("folding changed the value: %q", unfolded)
+	}
+}
