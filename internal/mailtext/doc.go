@@ -3,7 +3,8 @@
 // matches, or writes again into header fields, notices and logs. Each rule
 // is here once, so that the filters and the proxy cannot drift apart:
 //
-//   - [ValidFieldName]: what a header field name is (RFC 5322 ftext);
+//   - [ValidFieldName]: what a header field name is (RFC 5322 ftext), and
+//     [Field]: how popgate writes one (folded at [FoldAt]);
 //   - [DecodeWords] and [ParseAddressList]: RFC 2047 encoded words, in the
 //     charsets go-message knows, with the charset conversion bounded as in
 //     [ToUTF8];
@@ -18,12 +19,15 @@
 //   - the three uses of that text, which differ on purpose: [Text] for
 //     what a recipient reads (notices, header values before encoding),
 //     where a hidden character becomes a space; [Visible] for what an
-//     administrator reads (logs, reasons, terminals), where it is shown as
-//     <U+XXXX> so that a disguise is seen rather than acting; and
+//     administrator reads (logs, terminals) and for reasons naming what
+//     was found in a message, where it is shown as <U+XXXX> so that a
+//     disguise is seen rather than acting; and
 //     [HeaderText] for header fields written without encoding (ASCII only);
 //   - [NewReader] and [NewReaderAt]: readers that stop once a context ends,
 //     so that long copies of message text stop promptly.
 //
-// Every function that returns text for output returns valid UTF-8 without
-// control or invisible characters, at most the given number of bytes long.
+// Text, HeaderText and Visible return valid UTF-8 without control or
+// invisible characters, at most the given number of bytes long, whatever
+// their input (FuzzSanitize checks it). DecodeWords, ParseAddressList and
+// ToUTF8 return untrusted text, to be passed through one of them.
 package mailtext

@@ -48,8 +48,9 @@ func Text(s string, max int) string { return clean(s, max, false, "…") }
 // unstructured header value as it is.
 func HeaderText(s string, max int) string { return clean(s, max, true, "...") }
 
-// Visible makes untrusted text safe for what an administrator reads: a log
-// field, a filter's reason, a terminal. It returns valid UTF-8 (invalid
+// Visible makes untrusted text safe for what an administrator reads (a log
+// field, a terminal), and for a reason that names what was found in a
+// message (strip's notices name the file they replace). It returns valid UTF-8 (invalid
 // bytes become U+FFFD) in which every control and invisible character is
 // written as <U+XXXX>, at most max bytes long ("…" marks a cut). Unlike
 // [Text] it keeps the disguise in view: "invoice\u202Efdp.exe" reads
