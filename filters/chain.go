@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // OnError is what the chain does with a message when a filter cannot decide
@@ -243,7 +245,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 			res.Steps = append(res.Steps, Step{Filter: name, Err: err})
 			if c.OnError == PassWithTag {
 				// Out of time: the rest cannot run either.
-				skipped = append(skipped, headerText(name, 64)+": "+shortReason(err))
+				skipped = append(skipped, mailtext.HeaderText(name, 64)+": "+shortReason(err))
 				res.Reason = strings.TrimPrefix(res.Reason+"; "+name+": "+err.Error(), "; ")
 				break
 			}
@@ -267,7 +269,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 			if c.OnError == PassWithTag {
 				// Fail open for this filter only: the rest of the chain
 				// still runs (a dead scanner must not let an .exe through).
-				skipped = append(skipped, headerText(name, 64)+": "+shortReason(err))
+				skipped = append(skipped, mailtext.HeaderText(name, 64)+": "+shortReason(err))
 				res.Reason = strings.TrimPrefix(res.Reason+"; "+name+": "+err.Error(), "; ")
 				continue
 			}
@@ -321,7 +323,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 }
 
 func (c *Chain) errorHeader() string {
-	if validFieldName(c.ErrorHeader) {
+	if mailtext.ValidFieldName(c.ErrorHeader) {
 		return c.ErrorHeader
 	}
 	return DefaultErrorHeader
@@ -391,7 +393,7 @@ func (c *Chain) fail(res *Result, name string, err error, in, cur Body) *Result 
 	res.Reason = name + ": " + err.Error()
 	switch c.OnError {
 	case PassWithTag:
-		w := PrependHeader(cur, c.errorHeader()+": not filtered: "+headerText(name, 64)+": "+shortReason(err))
+		w := PrependHeader(cur, c.errorHeader()+": not filtered: "+mailtext.HeaderText(name, 64)+": "+shortReason(err))
 		res.owned = append(res.owned, w)
 		res.Outcome, res.Body, res.FailedOpen = Deliver, w, true
 	case RejectMessage:

@@ -2,7 +2,6 @@ package filters
 
 import (
 	"io"
-	"strings"
 	"testing"
 )
 
@@ -81,39 +80,4 @@ func TestPrependHeaderOverSpoolFile(t *testing.T) {
 	}
 	in.Remove()
 	assertDirEmpty(t, dir)
-}
-
-func TestHeaderText(t *testing.T) {
-	tests := []struct {
-		in   string
-		max  int
-		want string
-	}{
-		{"plain reason", 100, "plain reason"},
-		{"a\r\nX-Evil: 1\r\n\r\nbody", 100, "a X-Evil: 1 body"},
-		{"tab\tand\x00nul\x7fdel", 100, "tab and nul del"},
-		{"  leading and trailing  \n", 100, "leading and trailing"},
-		{"Grüße", 100, "Gr??e"},
-		{strings.Repeat("x", 50), 20, strings.Repeat("x", 17) + "..."},
-	}
-	for _, tt := range tests {
-		got := headerText(tt.in, tt.max)
-		if got != tt.want {
-			t.Errorf("headerText(%q, %d) = %q, want %q", tt.in, tt.max, got, tt.want)
-		}
-		if len(got) > tt.max || strings.ContainsAny(got, "\r\n") {
-			t.Errorf("headerText(%q) = %q is not one short line", tt.in, got)
-		}
-	}
-}
-
-func TestValidFieldName(t *testing.T) {
-	for s, want := range map[string]bool{
-		"X-Popgate-Warning": true, "": false, "X A": false, "X:A": false,
-		"X\r\nB": false, "Ä": false,
-	} {
-		if got := validFieldName(s); got != want {
-			t.Errorf("validFieldName(%q) = %v", s, got)
-		}
-	}
 }

@@ -11,8 +11,11 @@ import (
 	"sync/atomic"
 )
 
-// DefaultMemoryLimit is the MemoryLimit used when a Spool's MemoryLimit is 0.
-const DefaultMemoryLimit = 1 << 20 // 1 MiB
+// DefaultMemoryLimit is the MemoryLimit used when a Spool's MemoryLimit is
+// 0, and the default of the configuration's spool.memory_limit ("1MB" in
+// docs/CONFIG.md: 1,000,000 bytes, decimal like every "MB" of popgate's
+// sizes). It is the one definition: policy uses it.
+const DefaultMemoryLimit = 1000 * 1000
 
 // spoolBufferSize is the write buffer used once a body has moved to a file.
 const spoolBufferSize = 32 << 10

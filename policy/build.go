@@ -15,23 +15,28 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/proxy/pop3"
 )
 
-// Defaults for values the configuration leaves out.
+// Defaults for values the configuration leaves out. Those of the proxy
+// and of the spool are defined once, by the packages that use them.
 const (
 	DefaultShutdownTimeout     = 30 * time.Second
 	DefaultMaxConnections      = 1000
 	DefaultMaxConnectionsPerIP = 50
-	DefaultLoginTimeout        = 60 * time.Second
-	DefaultIdleTimeout         = 10 * time.Minute
-	DefaultMaxCommandLine      = 255 // RFC 2449 §4
-	DefaultConnectTimeout      = 10 * time.Second
-	DefaultUpstreamTimeout     = 60 * time.Second
-	DefaultMaxStatusLine       = 512 // RFC 2449 §4
-	DefaultSpoolMemoryLimit    = 1000 * 1000
+	DefaultLoginTimeout        = proxy.DefaultLoginTimeout
+	DefaultIdleTimeout         = proxy.DefaultIdleTimeout
+	DefaultMaxCommandLine      = pop3.MaxCommandLine // RFC 2449 §4
+	DefaultConnectTimeout      = proxy.DefaultConnectTimeout
+	DefaultUpstreamTimeout     = proxy.DefaultUpstreamTimeout
+	DefaultMaxStatusLine       = pop3.MaxStatusLine // RFC 2449 §4
+	DefaultSpoolMemoryLimit    = filters.DefaultMemoryLimit
 	DefaultLogLevel            = "info"
 	DefaultLogFormat           = "json"
-	DefaultProxyHeaderTimeout  = 5 * time.Second
+	DefaultProxyHeaderTimeout  = proxy.DefaultProxyHeaderTimeout
 )
 
 // Bounds of the line-length limits: below 64 octets POP3 commands do not fit,

@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // WriteDiagnostics prints diags for a person, in the given order:
@@ -87,14 +89,16 @@ func writeSnippet(w io.Writer, src []byte, r hcl.Range) {
 	fmt.Fprintf(w, "%s| %s%s\n", strings.Repeat(" ", len(gutter)-2), pad.String(), strings.Repeat("^", width))
 }
 
-// sanitizeLine replaces control characters other than tab, so that a snippet
-// of a broken file cannot disturb the terminal.
+// sanitizeLine replaces control characters other than tab, and bidi and
+// other invisible characters (mailtext's rule), by '?', so that a snippet
+// of a broken file cannot disturb the terminal or reorder the line, and the
+// caret below still lines up (one character for one).
 func sanitizeLine(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r == '\t' || (r >= ' ' && r != 0x7f && (r < 0x80 || r >= 0xa0)) {
-			return r
+		if r != '\t' && (mailtext.IsControl(r) || mailtext.IsInvisible(r)) {
+			return '?'
 		}
-		return '?'
+		return r
 	}, s)
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"crypto/tls"
+	"encoding/base64"
 	"io"
 	"net"
 	"slices"
@@ -179,5 +180,33 @@ func TestSecretsNeverLogged(t *testing.T) {
 	}
 	if strings.Count(out, `"user":"bob"`) < 2 {
 		t.Fatalf("logins not logged with the user name:\n%s", out)
+	}
+}
+
+// A login name is client text: in the log its control and bidi characters
+// are shown as <U+XXXX>, so AUTH PLAIN (whose base64 may hold any byte but
+// CR and LF) cannot drive the terminal a console log is read on or reorder
+// what the reader sees.
+func TestLoginNameLoggedVisible(t *testing.T) {
+	const user = "eve\x1b[2J\t\u202egnp.exe\u009b"
+	cfg := mailConfig()
+	cfg.Users[user] = "pw"
+	_, up := startMailServer(t, cfg)
+	_, addr, logs := startProxy(t, up, nil)
+
+	c := dialClient(t, addr)
+	c.line()
+	if got := c.cmd("AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+user+"\x00pw"))); !strings.HasPrefix(got, "+OK") {
+		t.Fatalf("AUTH PLAIN: %q", got)
+	}
+	c.expectOK("QUIT")
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "session end") })
+	out := logs.String()
+	want := `"user":"eve<U+001B>[2J<U+0009><U+202E>gnp.exe<U+009B>"`
+	if strings.Count(out, want) < 2 {
+		t.Fatalf("login name not logged as %s:\n%s", want, out)
+	}
+	if strings.Contains(out, "\u202e") || strings.Contains(out, `\u001b`) {
+		t.Fatalf("raw control or bidi characters of the login name in the log:\n%s", out)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/proxy/pop3"
 )
 
 // Observer is told what the server's sessions do, for metrics. Its methods
@@ -63,23 +64,13 @@ const (
 	SessionError               = "error"                // anything else
 )
 
-// KnownCommands are the command names counted under their own name.
-var KnownCommands = []string{
-	"USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "STAT", "LIST", "UIDL",
-	"RETR", "TOP", "DELE", "NOOP", "RSET", "QUIT", "UTF8", "LANG",
-}
-
-var knownCommand = func() map[string]bool {
-	m := map[string]bool{}
-	for _, c := range KnownCommands {
-		m[c] = true
-	}
-	return m
-}()
+// KnownCommands returns the command names counted under their own name:
+// the POP3 commands popgate knows (pop3.Commands), in a new slice.
+func KnownCommands() []string { return pop3.Commands() }
 
 // commandLabel bounds command names to KnownCommands and "other".
 func commandLabel(name string) string {
-	if knownCommand[name] {
+	if pop3.IsCommand(name) {
 		return name
 	}
 	return "other"

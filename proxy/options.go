@@ -15,6 +15,19 @@ import (
 	"github.com/popgate/popgate/proxy/pop3"
 )
 
+// Defaults of Options, Listener, Upstream and ProxyProtocol for zero
+// values, and of the configuration (package policy uses these). The line
+// limits are POP3's own: pop3.MaxCommandLine and pop3.MaxStatusLine.
+const (
+	DefaultConnectTimeout     = 10 * time.Second // Upstream.ConnectTimeout
+	DefaultUpstreamTimeout    = 60 * time.Second // Upstream.Timeout
+	DefaultLoginTimeout       = 60 * time.Second // Listener.LoginTimeout
+	DefaultIdleTimeout        = 10 * time.Minute // Listener.IdleTimeout: RFC 1939 §3's minimum
+	DefaultProxyHeaderTimeout = 5 * time.Second  // ProxyProtocol.Timeout
+	DefaultWriteTimeout       = 60 * time.Second // Options.WriteTimeout
+	DefaultMaxSASLLine        = 16 << 10         // Options.MaxSASLLine
+)
+
 // TLSMode says how popgate talks TLS to an upstream server.
 type TLSMode int
 
@@ -32,9 +45,9 @@ type Upstream struct {
 	// TLS verifies the server. Nil means the system roots and the host of
 	// Address as server name; InsecureSkipVerify is honoured if set.
 	TLS            *tls.Config
-	ConnectTimeout time.Duration // dial and TLS handshake; default 10s
+	ConnectTimeout time.Duration // dial and TLS handshake; default DefaultConnectTimeout
 	// Timeout bounds the wait for each read from the server (a response
-	// that keeps flowing never times out); default 60s.
+	// that keeps flowing never times out); default DefaultUpstreamTimeout.
 	Timeout       time.Duration
 	MaxStatusLine int // longest status line accepted, CRLF included; default pop3.MaxStatusLine
 	// ProxyProtocol, 1 or 2, sends a PROXY protocol header of that version
@@ -76,8 +89,8 @@ type Listener struct {
 
 	MaxConnections      int           // all clients of this listener; 0 = unlimited
 	MaxConnectionsPerIP int           // from one client address; 0 = unlimited
-	LoginTimeout        time.Duration // client idle before login; default 60s; login within loginDeadlineFactor times it
-	IdleTimeout         time.Duration // client idle after login; default 10m (RFC 1939 §3)
+	LoginTimeout        time.Duration // client idle before login; default DefaultLoginTimeout; login within loginDeadlineFactor times it
+	IdleTimeout         time.Duration // client idle after login; default DefaultIdleTimeout
 	MaxCommandLine      int           // default pop3.MaxCommandLine
 
 	// ProxyProtocol, when set, takes the client's address from a PROXY
@@ -93,7 +106,7 @@ type Listener struct {
 // is served as a direct client and refused if it sends a header.
 type ProxyProtocol struct {
 	Trusted []netip.Prefix
-	Timeout time.Duration // for the header; default 5s
+	Timeout time.Duration // for the header; default DefaultProxyHeaderTimeout
 }
 
 func (p *ProxyProtocol) trusts(a netip.Addr) bool {
@@ -128,9 +141,10 @@ type Options struct {
 	// is for later generations.
 	Retire func()
 	// MaxSASLLine bounds one line of an AUTH exchange (RFC 5034 allows
-	// responses longer than a command line); default 16 KiB.
+	// responses longer than a command line); default DefaultMaxSASLLine.
 	MaxSASLLine int
-	// WriteTimeout bounds each write to a client or upstream; default 60s.
+	// WriteTimeout bounds each write to a client or upstream; default
+	// DefaultWriteTimeout.
 	WriteTimeout time.Duration
 	// Observer is told what sessions do (metrics); nil means nobody.
 	Observer Observer
@@ -165,10 +179,10 @@ const loginDeadlineFactor = 3
 func (u *Upstream) withDefaults() *Upstream {
 	c := *u
 	if c.ConnectTimeout <= 0 {
-		c.ConnectTimeout = 10 * time.Second
+		c.ConnectTimeout = DefaultConnectTimeout
 	}
 	if c.Timeout <= 0 {
-		c.Timeout = 60 * time.Second
+		c.Timeout = DefaultUpstreamTimeout
 	}
 	if c.MaxStatusLine <= 0 {
 		c.MaxStatusLine = pop3.MaxStatusLine
@@ -185,10 +199,10 @@ func (u *Upstream) withDefaults() *Upstream {
 func (l *Listener) withDefaults() *Listener {
 	c := *l
 	if c.LoginTimeout <= 0 {
-		c.LoginTimeout = 60 * time.Second
+		c.LoginTimeout = DefaultLoginTimeout
 	}
 	if c.IdleTimeout <= 0 {
-		c.IdleTimeout = 10 * time.Minute
+		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.MaxCommandLine <= 0 {
 		c.MaxCommandLine = pop3.MaxCommandLine

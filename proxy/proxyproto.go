@@ -17,7 +17,7 @@ func (s *session) readProxyHeader() error {
 	pp := s.cfg.ProxyProtocol
 	timeout := pp.Timeout
 	if timeout <= 0 {
-		timeout = 5 * time.Second
+		timeout = DefaultProxyHeaderTimeout
 	}
 	if err := s.raw.Conn.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return err

@@ -297,10 +297,10 @@ func (t *topReader) Read(p []byte) (int, error) {
 
 func (s *session) logResult(env *filters.Envelope, in filters.Body, res *filters.Result, d time.Duration) {
 	s.obs.Message(s.policy.Name, res)
-	ev := s.log.Info().Str("command", env.Command).Int("msg", env.MsgNum).Str("uidl", env.UIDL).Int64("size", in.Size()).
+	ev := s.log.Info().Str("command", env.Command).Int("msg", env.MsgNum).Str("uidl", logText(env.UIDL)).Int64("size", in.Size()).
 		Str("outcome", res.Outcome.String()).Dur("filter_time", d)
 	if res.Reason != "" {
-		ev = ev.Str("reason", res.Reason)
+		ev = ev.Str("reason", logText(res.Reason))
 	}
 	if res.FailedOpen {
 		ev = ev.Bool("failed_open", true)

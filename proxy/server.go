@@ -54,10 +54,10 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("proxy: no listeners")
 	}
 	if opts.MaxSASLLine <= 0 {
-		opts.MaxSASLLine = 16 << 10
+		opts.MaxSASLLine = DefaultMaxSASLLine
 	}
 	if opts.WriteTimeout <= 0 {
-		opts.WriteTimeout = 60 * time.Second
+		opts.WriteTimeout = DefaultWriteTimeout
 	}
 	if opts.Observer == nil {
 		opts.Observer = nopObserver{}

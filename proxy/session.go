@@ -19,6 +19,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
+	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/proxy/pop3"
 )
 
@@ -144,7 +145,7 @@ func (s *session) run() {
 	}
 	s.obs.Ended(sessionResult(reason, aborted))
 	ev := s.log.Info().Dur("duration", time.Since(start)).Int64("client_rx", s.raw.rx).Int64("client_tx", s.raw.tx).
-		Int("commands", s.commands).Int("messages", s.messages).Str("user", s.user)
+		Int("commands", s.commands).Int("messages", s.messages).Str("user", logText(s.user))
 	s.srv.ports.release(s.outPort)
 	s.cache.clear()
 	if up != nil {
@@ -421,7 +422,7 @@ func (s *session) loggedIn(user string) error {
 	if s.gen.policyFor != nil {
 		pol, err := s.gen.policyFor(SessionInfo{ID: s.id, Listener: s.cfg.Name, Client: s.client, Upstream: s.upName, User: user})
 		if err != nil {
-			s.log.Warn().Str("user", user).Err(err).Msg("login refused by policy")
+			s.log.Warn().Str("user", logText(user)).Err(err).Msg("login refused by policy")
 			s.replyErr("SYS/PERM", "no mail policy applies to this account")
 			return fmt.Errorf("%w: %w", errPolicyRefused, err)
 		}
@@ -430,7 +431,7 @@ func (s *session) loggedIn(user string) error {
 	s.state = stateTransaction
 	s.raw.until = time.Time{}
 	s.raw.setReadTimeout(s.cfg.IdleTimeout)
-	ev := s.log.Info().Str("user", user).Str("upstream", s.upName).Bool("tls", s.tlsOn).Int64("config_generation", s.gen.id)
+	ev := s.log.Info().Str("user", logText(user)).Str("upstream", s.upName).Bool("tls", s.tlsOn).Int64("config_generation", s.gen.id)
 	if s.policy != nil {
 		ev = ev.Str("policy", s.policy.Name)
 	}
@@ -648,3 +649,12 @@ func (s *session) startTLS() error {
 	s.cw = newClientWriter(s.conn)
 	return nil
 }
+
+// maxLogText bounds a log field of untrusted text.
+const maxLogText = 1000
+
+// logText is a log field of untrusted text (a login name from the client, a
+// UIDL from the server, a filter's reason): control and bidi characters are
+// shown as <U+XXXX> (mailtext.Visible), so that a name cannot forge a line
+// of a console log, drive the terminal it is read on, or reorder it.
+func logText(s string) string { return mailtext.Visible(s, maxLogText) }

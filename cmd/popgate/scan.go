@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/policy/generation"
 )
@@ -430,6 +431,8 @@ func writeScanText(w io.Writer, r *ScanResult) {
 	fmt.Fprintf(w, "  total      %.3fms\n\n", r.DurationMS)
 }
 
+// oneLine is reason or detail text for the terminal: white space runs
+// collapse, and control and bidi characters show as <U+XXXX>.
 func oneLine(s string) string {
-	return strings.Join(strings.Fields(s), " ")
+	return mailtext.Visible(strings.Join(strings.Fields(s), " "), 2000)
 }

@@ -13,7 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
+
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // The clamd protocol, as far as this package speaks it (clamd(8)):
@@ -59,7 +60,7 @@ func (e *connError) Unwrap() error { return e.err }
 // reply that came before the end of the stream, or one that does not parse.
 type ReplyError struct {
 	Backend string
-	Reply   string // as received, without the NUL; cut and made printable
+	Reply   string // as received, without the NUL; cut and made visible (mailtext.Visible)
 	Problem string
 	Err     error // ErrSizeLimit for clamd's size-limit refusal, else nil
 }
@@ -206,7 +207,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			return verdict{}, s.ctxError(ctx, b, "waiting for the verdict", timeout)
 		}
 		if res.line != "" {
-			return verdict{}, &ReplyError{Backend: b.addr, Reply: printable(res.line), Problem: "reply cut short: " + res.err.Error()}
+			return verdict{}, &ReplyError{Backend: b.addr, Reply: mailtext.Visible(res.line, maxReplyText), Problem: "reply cut short: " + res.err.Error()}
 		}
 		return verdict{}, &connError{backend: b.addr, op: "waiting for the verdict", err: connClosed(res.err)}
 	}
@@ -284,7 +285,7 @@ func parseReply(b *backend, rp reply) (verdict, error) {
 		return verdict{}, nil
 	case strings.HasPrefix(line, prefix) && strings.HasSuffix(line, found) && len(line) >= len(prefix)+len(found):
 		sig := strings.TrimSpace(line[len(prefix) : len(line)-len(found)])
-		if sig = printable(sig); sig == "" {
+		if sig = mailtext.Visible(sig, maxReplyText); sig == "" {
 			sig = "unnamed"
 		}
 		return verdict{infected: true, signature: sig}, nil
@@ -296,7 +297,7 @@ func parseReply(b *backend, rp reply) (verdict, error) {
 func replyProblem(b *backend, rp reply, problem string) error {
 	line := rp.line
 	if strings.Contains(line, "size limit exceeded") {
-		return &ReplyError{Backend: b.addr, Reply: printable(line), Problem: "clamd refused the stream: its StreamMaxLength is below max_size", Err: ErrSizeLimit}
+		return &ReplyError{Backend: b.addr, Reply: mailtext.Visible(line, maxReplyText), Problem: "clamd refused the stream: its StreamMaxLength is below max_size", Err: ErrSizeLimit}
 	}
 	if problem == "" {
 		problem = "no verdict in the reply"
@@ -304,27 +305,12 @@ func replyProblem(b *backend, rp reply, problem string) error {
 			problem = "clamd error"
 		}
 	}
-	return &ReplyError{Backend: b.addr, Reply: printable(line), Problem: problem}
+	return &ReplyError{Backend: b.addr, Reply: mailtext.Visible(line, maxReplyText), Problem: problem}
 }
 
-// printable cuts s to 200 bytes of valid UTF-8 and replaces control
-// characters, so that it can go into logs and header fields.
-func printable(s string) string {
-	s = strings.ToValidUTF8(s, "?")
-	if len(s) > 200 {
-		i := 200
-		for i > 0 && !utf8.RuneStart(s[i]) {
-			i--
-		}
-		s = s[:i]
-	}
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return '?'
-		}
-		return r
-	}, s)
-}
+// maxReplyText bounds the text of a clamd reply kept for errors, logs and
+// reasons.
+const maxReplyText = 200
 
 // fill reads into p until it is full, r ends (io.EOF, also when some bytes
 // were read) or fails. A reader that keeps returning nothing is an error.
@@ -403,7 +389,7 @@ func (s *Scanner) ping(ctx context.Context, b *backend) error {
 	case !rp.ok:
 		return fmt.Errorf("clamav: %s: PING: %w", b.addr, connClosed(rp.err))
 	case rp.line != "PONG":
-		return fmt.Errorf("clamav: %s: PING: unexpected reply %q", b.addr, printable(rp.line))
+		return fmt.Errorf("clamav: %s: PING: unexpected reply %q", b.addr, mailtext.Visible(rp.line, maxReplyText))
 	}
 	return nil
 }

@@ -51,7 +51,8 @@ func TestReplies(t *testing.T) {
 		infected string // signature, or "" for an error
 	}{
 		{"stream: Win.Test.EICAR_HDB-1 FOUND\x00", "Win.Test.EICAR_HDB-1"},
-		{"stream: Bad\x01Name FOUND\x00", "Bad?Name"},
+		{"stream: Bad\x01Name FOUND\x00", "Bad<U+0001>Name"},
+		{"stream: Evil\u202eName\u009b FOUND\x00", "Evil<U+202E>Name<U+009B>"},
 		{"stream:  FOUND\x00", "unnamed"},
 		{"stream: OK", ""},       // no NUL: cut short
 		{"stream: OK\n", ""},     // wrong terminator

@@ -13,8 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
+
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // maxMetaSize bounds the metadata records Get reads.
@@ -137,26 +137,27 @@ func (s *Store) Verify(id string) error {
 }
 
 // FormatList writes metas as a table for a terminal: id, time, user,
-// size, outcome and reason. Text from the records is made printable (no
-// control characters or terminal escapes).
+// size, outcome and reason. Text from the records is made visible as by
+// mailtext.Visible: control characters (terminal escapes, tabs, line
+// breaks) and bidi controls are shown as <U+XXXX> instead of acting.
 func FormatList(w io.Writer, metas []Meta) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tTIME\tUSER\tSIZE\tOUTCOME\tREASON")
 	for _, m := range metas {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n",
-			printable(m.ID, 40), m.Time.UTC().Format(time.DateTime), orDash(printable(m.User, 40)),
-			m.Size, orDash(printable(m.Outcome, 16)), orDash(printable(m.Reason, 60)))
+			mailtext.Visible(m.ID, 40), m.Time.UTC().Format(time.DateTime), orDash(mailtext.Visible(m.User, 40)),
+			m.Size, orDash(mailtext.Visible(m.Outcome, 16)), orDash(mailtext.Visible(m.Reason, 60)))
 	}
 	return tw.Flush()
 }
 
-// FormatMeta writes one record in full for a terminal, made printable like
+// FormatMeta writes one record in full for a terminal, made visible like
 // FormatList's.
 func FormatMeta(w io.Writer, m Meta) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
 	line := func(k, v string) {
 		if v != "" {
-			fmt.Fprintf(tw, "%s:\t%s\n", k, printable(v, 1000))
+			fmt.Fprintf(tw, "%s:\t%s\n", k, mailtext.Visible(v, 1000))
 		}
 	}
 	line("ID", m.ID)
@@ -187,8 +188,8 @@ func FormatMeta(w io.Writer, m Meta) error {
 			if v.Error != "" {
 				what = "error: " + v.Error
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", printable(v.Filter, 40), orDash(printable(what, 200)),
-				v.Duration.Round(time.Microsecond), printable(v.Reason, 200))
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", mailtext.Visible(v.Filter, 40), orDash(mailtext.Visible(what, 200)),
+				v.Duration.Round(time.Microsecond), mailtext.Visible(v.Reason, 200))
 		}
 		return tw.Flush()
 	}
@@ -200,35 +201,4 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// printable makes s safe for a terminal and a single table cell: invalid
-// UTF-8, control characters (escape sequences included), tabs and bidi
-// controls become spaces or '?', and s is cut to max runes.
-func printable(s string, max int) string {
-	var b strings.Builder
-	n := 0
-	for _, r := range s {
-		if n == max {
-			b.WriteString("…")
-			break
-		}
-		switch {
-		case r == utf8.RuneError:
-			r = '?'
-		case r == '\t' || r == '\n' || r == '\r':
-			r = ' '
-		case unicode.IsControl(r) || isBidiControl(r):
-			r = '?'
-		}
-		b.WriteRune(r)
-		n++
-	}
-	return b.String()
-}
-
-// isBidiControl reports the invisible characters that reorder text (used
-// to disguise file names and subjects) and other format controls.
-func isBidiControl(r rune) bool {
-	return unicode.Is(unicode.Cf, r)
 }

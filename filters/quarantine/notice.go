@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"mime/quotedprintable"
 	"net/mail"
 	"os"
@@ -17,11 +16,9 @@ import (
 	"text/template"
 	"time"
 	"unicode"
-	"unicode/utf8"
-
-	"github.com/emersion/go-message/charset"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // Defaults of NoticeConfig.
@@ -34,11 +31,11 @@ const (
 const (
 	maxOriginalHeader = 256 << 10 // bytes of the original's header read
 	maxNoticeText     = 64 << 10  // bytes of template output
-	maxSubjectRunes   = 200
+	maxSubjectBytes   = 200
 	maxAddresses      = 20
 )
 
-// DefaultNoticeText is the text of DefaultNoticeTemplate.
+// DefaultNoticeText is the notice text used when none is configured.
 const DefaultNoticeText = `This message was withheld by the mail gateway and replaced by this notice.
 
   From:    {{or .OriginalFrom "(unknown)"}}
@@ -58,12 +55,15 @@ If you need it, ask your mail administrator to release it, quoting this id.
 popgate, {{.Time.Format "2006-01-02 15:04:05 MST"}}
 `
 
-// DefaultNoticeTemplate is the notice text used when none is configured.
-var DefaultNoticeTemplate = template.Must(template.New("notice").Parse(DefaultNoticeText))
+// defaultNoticeTemplate is DefaultNoticeText parsed. It is unexported so
+// that nobody can change the default for every notice (a template is safe
+// for concurrent Execute, not for changes).
+var defaultNoticeTemplate = template.Must(template.New("notice").Parse(DefaultNoticeText))
 
 // NoticeData is what a notice template is executed with. Every string has
-// been decoded (RFC 2047) and cleaned: no control characters, no bidi
-// controls, valid UTF-8, bounded length.
+// been decoded (RFC 2047) and cleaned by mailtext.Text: no control
+// characters, no bidi or other invisible characters, valid UTF-8, bounded
+// length.
 type NoticeData struct {
 	OriginalFrom    string
 	OriginalTo      string
@@ -112,7 +112,7 @@ type NoticeConfig struct {
 	// SubjectPrefix goes before the original subject; "" means
 	// DefaultNoticeSubjectPrefix.
 	SubjectPrefix string
-	// Template renders the text; nil means DefaultNoticeTemplate.
+	// Template renders the text; nil means DefaultNoticeText.
 	Template *template.Template
 	// Hostname is the right side of the notice's Message-ID; "" means
 	// the host's name (or "popgate.invalid").
@@ -186,23 +186,23 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 	data := NoticeData{
 		OriginalFrom:    displayAddresses(h.get("from")),
 		OriginalTo:      displayAddresses(h.get("to")),
-		OriginalSubject: cleanText(decodeWords(h.get("subject")), maxSubjectRunes),
-		OriginalDate:    cleanText(h.get("date"), 100),
-		QuarantineID:    cleanText(id, 100),
+		OriginalSubject: mailtext.Text(mailtext.DecodeWords(h.get("subject")), maxSubjectBytes),
+		OriginalDate:    mailtext.Text(h.get("date"), 100),
+		QuarantineID:    mailtext.Text(id, 100),
 		Time:            t,
 	}
 	if env != nil {
-		data.User = cleanText(env.User, 200)
+		data.User = mailtext.Text(env.User, 200)
 	}
 	if res != nil {
-		data.Reason = cleanText(res.Reason, 500)
+		data.Reason = mailtext.Text(res.Reason, 500)
 		for _, st := range res.Steps {
 			if st.Filter == "quarantine" && st.Reason == id && st.Err == nil {
 				continue // the chain's own step of storing the original
 			}
-			v := NoticeVerdict{Filter: cleanText(st.Filter, 100), Action: st.Action.String(), Reason: cleanText(st.Reason, 300)}
+			v := NoticeVerdict{Filter: mailtext.Text(st.Filter, 100), Action: st.Action.String(), Reason: mailtext.Text(st.Reason, 300)}
 			if st.Err != nil {
-				v.Action, v.Reason = "error", cleanText(st.Err.Error(), 300)
+				v.Action, v.Reason = "error", mailtext.Text(st.Err.Error(), 300)
 			}
 			data.Verdicts = append(data.Verdicts, v)
 		}
@@ -212,7 +212,7 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 	}
 	tmpl := c.Template
 	if tmpl == nil {
-		tmpl = DefaultNoticeTemplate
+		tmpl = defaultNoticeTemplate
 	}
 	var text bytes.Buffer
 	if err := tmpl.Execute(&limitWriter{w: &text, max: maxNoticeText}, data); err != nil {
@@ -226,34 +226,34 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 		from = DefaultNoticeFrom
 	}
 	fromAddr, _ := mail.ParseAddress(from) // checked by Check
-	writeField(&hdr, "From", fromAddr.String())
-	writeField(&hdr, "To", headerAddresses(h.get("to")))
+	hdr.WriteString(mailtext.Field("From", fromAddr.String(), "\r\n"))
+	hdr.WriteString(mailtext.Field("To", headerAddresses(h.get("to")), "\r\n"))
 	date := t
 	if d, err := mail.ParseDate(h.get("date")); err == nil {
 		date = d
 	}
-	writeField(&hdr, "Date", date.Format(time.RFC1123Z))
+	hdr.WriteString(mailtext.Field("Date", date.Format(time.RFC1123Z), "\r\n"))
 	prefix := c.SubjectPrefix
 	if prefix == "" {
 		prefix = DefaultNoticeSubjectPrefix
 	}
-	subject := cleanText(prefix, 200)
+	subject := mailtext.Text(prefix, 200)
 	if data.OriginalSubject != "" {
 		subject += " " + data.OriginalSubject
 	}
-	writeField(&hdr, "Subject", encodeText(subject))
-	writeField(&hdr, "Message-ID", c.messageID(id))
+	hdr.WriteString(mailtext.Field("Subject", mailtext.EncodeWords(subject), "\r\n"))
+	hdr.WriteString(mailtext.Field("Message-ID", c.messageID(id), "\r\n"))
 	if mid := msgID(h.get("message-id")); mid != "" {
-		writeField(&hdr, "In-Reply-To", mid)
-		writeField(&hdr, "References", mid)
+		hdr.WriteString(mailtext.Field("In-Reply-To", mid, "\r\n"))
+		hdr.WriteString(mailtext.Field("References", mid, "\r\n"))
 	}
-	writeField(&hdr, "Auto-Submitted", "auto-generated")
+	hdr.WriteString(mailtext.Field("Auto-Submitted", "auto-generated", "\r\n"))
 	if validID(id) {
-		writeField(&hdr, "X-Popgate-Quarantine-ID", id)
+		hdr.WriteString(mailtext.Field("X-Popgate-Quarantine-ID", id, "\r\n"))
 	}
-	writeField(&hdr, "MIME-Version", "1.0")
-	writeField(&hdr, "Content-Type", "text/plain; charset=utf-8")
-	writeField(&hdr, "Content-Transfer-Encoding", "quoted-printable")
+	hdr.WriteString(mailtext.Field("MIME-Version", "1.0", "\r\n"))
+	hdr.WriteString(mailtext.Field("Content-Type", "text/plain; charset=utf-8", "\r\n"))
+	hdr.WriteString(mailtext.Field("Content-Transfer-Encoding", "quoted-printable", "\r\n"))
 	hdr.WriteString("\r\n")
 
 	sw := spool.NewWriter()
@@ -383,7 +383,7 @@ func readOrigHeader(b filters.Body) (origHeader, error) {
 			flush()
 			name, value, ok := strings.Cut(content, ":")
 			name = strings.TrimRight(name, " \t")
-			if !ok || !validFieldName(name) {
+			if !ok || !mailtext.ValidFieldName(name) {
 				return h, nil // not a header line: the header ends here
 			}
 			if l := strings.ToLower(name); wantedFields[l] {
@@ -399,37 +399,12 @@ func readOrigHeader(b filters.Body) (origHeader, error) {
 	return h, nil
 }
 
-func validFieldName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 33 || c > 126 || c == ':' {
-			return false
-		}
-	}
-	return true
-}
-
-var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
-
-// decodeWords decodes RFC 2047 encoded words, leaving the text as it is
-// when it cannot.
-func decodeWords(s string) string {
-	if d, err := wordDecoder.DecodeHeader(s); err == nil {
-		return d
-	}
-	return s
-}
-
-var addressParser = &mail.AddressParser{WordDecoder: wordDecoder}
-
 // parseAddresses parses an address list, cleaning the display names.
 func parseAddresses(v string) []*mail.Address {
 	if strings.TrimSpace(v) == "" {
 		return nil
 	}
-	list, err := addressParser.ParseList(v)
+	list, err := mailtext.ParseAddressList(v)
 	if err != nil {
 		return nil
 	}
@@ -438,10 +413,10 @@ func parseAddresses(v string) []*mail.Address {
 	}
 	out := list[:0]
 	for _, a := range list {
-		if cleanText(a.Address, 320) != a.Address || strings.ContainsAny(a.Address, " \t") {
+		if mailtext.Text(a.Address, 320) != a.Address || strings.ContainsAny(a.Address, " \t") {
 			continue
 		}
-		a.Name = cleanText(a.Name, 100)
+		a.Name = mailtext.Text(a.Name, 100)
 		out = append(out, a)
 	}
 	return out
@@ -451,7 +426,7 @@ func parseAddresses(v string) []*mail.Address {
 func displayAddresses(v string) string {
 	list := parseAddresses(v)
 	if len(list) == 0 {
-		return cleanText(decodeWords(v), 300)
+		return mailtext.Text(mailtext.DecodeWords(v), 300)
 	}
 	parts := make([]string, len(list))
 	for i, a := range list {
@@ -461,7 +436,7 @@ func displayAddresses(v string) string {
 			parts[i] = a.Address
 		}
 	}
-	return cleanText(strings.Join(parts, ", "), 1000)
+	return mailtext.Text(strings.Join(parts, ", "), 1000)
 }
 
 // headerAddresses is an address list for the notice's To field.
@@ -475,97 +450,6 @@ func headerAddresses(v string) string {
 		parts[i] = a.String()
 	}
 	return strings.Join(parts, ", ")
-}
-
-// cleanText makes s safe text: valid UTF-8, control and format characters
-// (CR, LF, escapes, bidi overrides, zero-width) become spaces, runs of
-// spaces collapse, and s is cut to max runes ("…" marks a cut).
-func cleanText(s string, max int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	var b strings.Builder
-	n := 0
-	space := true // drop leading spaces
-	for _, r := range s {
-		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || unicode.IsSpace(r) {
-			if !space {
-				b.WriteByte(' ')
-				n++
-				space = true
-			}
-			continue
-		}
-		if n >= max {
-			return strings.TrimRight(b.String(), " ") + "…"
-		}
-		space = false
-		b.WriteRune(r)
-		n++
-	}
-	return strings.TrimRight(b.String(), " ")
-}
-
-// encodeText returns s as it may appear in an unstructured header field:
-// as it is when it is printable ASCII that cannot be mistaken for encoded
-// words, else as RFC 2047 encoded words in utf-8.
-func encodeText(s string) string {
-	plain := !strings.Contains(s, "=?")
-	for i := 0; plain && i < len(s); i++ {
-		if c := s[i]; c < ' ' || c > '~' {
-			plain = false
-		}
-	}
-	if plain {
-		return s
-	}
-	if !isASCII(s) {
-		return mime.QEncoding.Encode("utf-8", s)
-	}
-	// Printable ASCII with "=?" in it: the mime encoders would leave it as
-	// it is, so encode it here, in B words of at most 45 bytes.
-	var words []string
-	for s != "" {
-		n := min(45, len(s))
-		for n < len(s) && n > 0 && !utf8.RuneStart(s[n]) {
-			n--
-		}
-		words = append(words, "=?utf-8?b?"+base64.StdEncoding.EncodeToString([]byte(s[:n]))+"?=")
-		s = s[n:]
-	}
-	return strings.Join(words, " ")
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
-// writeField writes name: value folded at spaces to 78 columns where the
-// words allow, CRLF-terminated. CR and LF in value become spaces, as a last
-// line of defence: values are built clean already.
-func writeField(b *bytes.Buffer, name, value string) {
-	value = strings.Map(func(r rune) rune {
-		if r == '\r' || r == '\n' {
-			return ' '
-		}
-		return r
-	}, value)
-	b.WriteString(name)
-	b.WriteByte(':')
-	lineLen := len(name) + 1
-	for i, w := range strings.Split(value, " ") {
-		if i > 0 && w != "" && lineLen+1+len(w) > 78 && lineLen > len(name)+1 {
-			b.WriteString("\r\n")
-			lineLen = 0
-		}
-		b.WriteByte(' ')
-		b.WriteString(w)
-		lineLen += 1 + len(w)
-	}
-	b.WriteString("\r\n")
 }
 
 // limitWriter fails once more than max bytes were written (w nil: discard).

@@ -32,6 +32,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // Subdirectories of a store.
@@ -239,7 +240,7 @@ func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filte
 			return err
 		}
 		defer r.Close()
-		size, err = io.Copy(io.MultiWriter(w, h), &ctxReader{ctx: ctx, r: r})
+		size, err = io.Copy(io.MultiWriter(w, h), mailtext.NewReader(ctx, r))
 		if err != nil {
 			return err
 		}
@@ -322,19 +323,6 @@ func (s *Store) writeDurable(ctx context.Context, sub, name string, fill func(io
 		return fmt.Errorf("fsync directory: %w", err)
 	}
 	return nil
-}
-
-// ctxReader fails reads once ctx has ended.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // Meta is the metadata record of a quarantined message.

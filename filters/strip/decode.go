@@ -2,7 +2,6 @@ package strip
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"io"
 )
@@ -200,30 +199,4 @@ func (d *b64Reader) flush(o []byte) []byte {
 	}
 	d.acc, d.nacc = 0, 0
 	return o
-}
-
-// ctxReader fails with the context's error once ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}
-
-// ctxReaderAt fails with the context's error once ctx ends.
-type ctxReaderAt struct {
-	ctx context.Context
-	r   io.ReaderAt
-}
-
-func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.ReadAt(p, off)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // buildFilter decodes src, a `filter "strip" "NAME" { … }` block, with the
@@ -139,7 +140,7 @@ func checkSplice(t testing.TB, orig, out []byte, strips []match) {
 			if m.Rule != "" {
 				reason = "rule " + m.Rule + ": " + m.Why
 			}
-			if !strings.HasSuffix(strings.TrimRight(body, "\r\n"), "\nReason: "+cleanText(reason, 900)) {
+			if !strings.HasSuffix(strings.TrimRight(body, "\r\n"), "\nReason: "+mailtext.Visible(reason, 900)) {
 				t.Errorf("%s: notice does not end with the reason %q:\n%q", path, reason, body)
 			}
 			if !bytes.HasPrefix(out[np.HeaderStart:], []byte("Content-Type: text/plain; charset=utf-8")) && !op.IsEntity() {

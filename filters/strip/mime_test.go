@@ -250,6 +250,9 @@ func TestNormalizeName(t *testing.T) {
 		{"a\x00b\r\n.exe", "ab.exe", false},
 		{"\xff\xfe.exe", "\ufffd\ufffd.exe", false},
 		{"ÜBER.EXE", "über.exe", false},
+		{"invoice.pdf\u2028.exe", "invoice.pdf.exe", true},
+		{"a\u3164.exe", "a.exe", true},
+		{"=?utf-8?q?x?=\u0085.exe", "=?utf-8?q?x?=.exe", false},
 	} {
 		n, s := normalizeName(tc.in)
 		if n != tc.norm || s != tc.sus {
@@ -258,6 +261,9 @@ func TestNormalizeName(t *testing.T) {
 	}
 	if got := displayName("invoice\u202Efdp.exe\r\n"); got != "invoice<U+202E>fdp.exe<U+000D><U+000A>" {
 		t.Errorf("displayName %q", got)
+	}
+	if got := displayName(strings.Repeat("\u202e", 100)); len(got) > 200 || !strings.HasSuffix(got, ">…") {
+		t.Errorf("displayName of 100 overrides: %d bytes %q", len(got), got)
 	}
 }
 

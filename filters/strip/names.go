@@ -6,16 +6,20 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // normalizeName returns the form of a file name that rules match against,
 // and whether it held characters that disguise names:
 //
 //   - invalid UTF-8 becomes U+FFFD; control characters go;
-//   - Unicode format characters go (and make the name suspicious): the bidi
-//     overrides and isolates (U+202A–U+202E, U+2066–U+2069), the marks
-//     U+200E/U+200F/U+061C, zero-width characters, U+FEFF, soft hyphens, …,
-//     so "invoice\u202Efdp.exe", shown as "invoiceexe.pdf", matches *.exe;
+//   - invisible characters (mailtext.IsInvisible) go and make the name
+//     suspicious: the bidi overrides and isolates (U+202A–U+202E,
+//     U+2066–U+2069), the marks U+200E/U+200F/U+061C, zero-width
+//     characters, U+FEFF, soft hyphens, line separators, invisible
+//     fillers, …, so "invoice\u202Efdp.exe", shown as "invoiceexe.pdf",
+//     matches *.exe;
 //   - only the last path element is kept ("..\\x.exe" → "x.exe");
 //   - trailing dots and white space go, as Windows drops them ("x.exe. " →
 //     "x.exe"); leading white space too;
@@ -29,9 +33,9 @@ func normalizeName(name string) (norm string, suspicious bool) {
 		switch {
 		case r == utf8.RuneError && n <= 1:
 			b.WriteRune(utf8.RuneError)
-		case unicode.IsControl(r):
+		case mailtext.IsControl(r):
 			// dropped
-		case unicode.Is(unicode.Cf, r) || r == '\u180E' || r == '\u3164' || r == '\uFFA0' || r == '\u115F' || r == '\u1160':
+		case mailtext.IsInvisible(r):
 			suspicious = true
 		default:
 			b.WriteRune(r)
@@ -120,29 +124,7 @@ func globMatch(pattern, full, base string) bool {
 	return ok
 }
 
-// displayName makes a file name safe to show in a notice or a reason:
-// control and format characters are written as <U+XXXX>, so a
-// right-to-left override is visible instead of acting.
-func displayName(name string) string { return cleanText(name, 200) }
-
-// cleanText is displayName with a length limit of its own.
-func cleanText(name string, limit int) string {
-	var b strings.Builder
-	for i := 0; i < len(name); {
-		r, n := utf8.DecodeRuneInString(name[i:])
-		i += n
-		switch {
-		case r == utf8.RuneError && n <= 1:
-			b.WriteRune(utf8.RuneError)
-		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r):
-			fmt.Fprintf(&b, "<U+%04X>", r)
-		default:
-			b.WriteRune(r)
-		}
-		if b.Len() > limit {
-			b.WriteString("…")
-			break
-		}
-	}
-	return b.String()
-}
+// displayName makes a file name safe to show in a notice or a reason
+// (mailtext.Visible): control and invisible characters are written as
+// <U+XXXX>, so a right-to-left override is visible instead of acting.
+func displayName(name string) string { return mailtext.Visible(name, 200) }

@@ -1,19 +1,11 @@
 package strip
 
 import (
-	"bytes"
-	"io"
-	"mime"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
-	"github.com/emersion/go-message/charset"
+	"github.com/popgate/popgate/internal/mailtext"
 )
-
-// wordDecoder decodes RFC 2047 encoded words in any charset go-message
-// knows.
-var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
 
 // paramSet is the parameters of one header field value.
 type paramSet struct {
@@ -175,7 +167,7 @@ func parseParams(s string) (string, paramSet) {
 		}
 		for _, v := range plain[base] {
 			if base == "name" || base == "filename" {
-				v = decode2047(v)
+				v = mailtext.DecodeWords(v) // not allowed by RFC 2231, produced by many clients anyway
 			}
 			vals = append(vals, v)
 		}
@@ -214,7 +206,7 @@ func joinSegments(segs []segment) string {
 			buf = append(buf, v...)
 		}
 	}
-	return toUTF8(cs, buf)
+	return mailtext.ToUTF8(cs, buf)
 }
 
 // decode2231 decodes an extended value: charset'language'percent-encoded.
@@ -223,7 +215,7 @@ func decode2231(v string, first bool) string {
 	if first {
 		cs, v = split2231(v)
 	}
-	return toUTF8(cs, pctDecode(v))
+	return mailtext.ToUTF8(cs, pctDecode(v))
 }
 
 func split2231(v string) (cs, rest string) {
@@ -266,49 +258,6 @@ func unhex(c byte) (byte, bool) {
 		return c - 'A' + 10, true
 	}
 	return 0, false
-}
-
-// toUTF8 converts b from charset cs to UTF-8; an empty, unknown or failing
-// charset leaves the bytes as they are.
-func toUTF8(cs string, b []byte) string {
-	switch strings.ToLower(strings.TrimSpace(cs)) {
-	case "", "utf-8", "utf8", "us-ascii", "ascii":
-		return string(b)
-	}
-	if isASCII(b) {
-		return string(b)
-	}
-	r, err := charset.Reader(cs, bytes.NewReader(b))
-	if err != nil {
-		return string(b)
-	}
-	out, err := io.ReadAll(io.LimitReader(r, int64(8*len(b)+16)))
-	if err != nil || !utf8.Valid(out) {
-		return string(b)
-	}
-	return string(out)
-}
-
-func isASCII(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
-// decode2047 decodes RFC 2047 encoded words in a parameter value (not
-// allowed by the RFC, produced by many clients anyway).
-func decode2047(v string) string {
-	if !strings.Contains(v, "=?") {
-		return v
-	}
-	d, err := wordDecoder.DecodeHeader(v)
-	if err != nil {
-		return v
-	}
-	return d
 }
 
 // stripComments removes RFC 5322 comments "( … )" (nested, with quoted

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // rewrite splices the message: every byte outside the parts of strips is
@@ -28,7 +29,7 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 		if to <= from {
 			return nil
 		}
-		_, err := io.CopyBuffer(w, ctxReader{ctx, io.NewSectionReader(r, from, to-from)}, buf)
+		_, err := io.CopyBuffer(w, mailtext.NewReader(ctx, io.NewSectionReader(r, from, to-from)), buf)
 		return err
 	}
 	pos := int64(0)
@@ -141,7 +142,7 @@ func notice(m *match, nl string, brk bool) []byte {
 		"",
 		"File: " + name,
 		"Type: " + displayName(m.Part.ContentType),
-		"Reason: " + cleanText(reason, 900),
+		"Reason: " + mailtext.Visible(reason, 900),
 	}
 	text := strings.Join(lines, "\n")
 	cte := "7bit"
@@ -172,4 +173,13 @@ func notice(m *match, nl string, brk bool) []byte {
 		out.WriteString(nl)
 	}
 	return out.Bytes()
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

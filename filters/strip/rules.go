@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/gabriel-vasile/mimetype"
+
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // rule is a compiled Rule.
@@ -215,7 +217,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *mimePart, depth int) (*mat
 	}
 	w := ev.f.spool.NewWriter()
 	defer w.Abort()
-	if _, err := copyPooled(w, ctxReader{ev.ctx, contentReader(r, p)}); err != nil {
+	if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, contentReader(r, p))); err != nil {
 		return nil, err
 	}
 	b, err := w.Finish()
@@ -429,7 +431,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	bp := tailBufs.Get().(*[]byte)
 	tw := &tailWriter{keep: tailKeep, buf: (*bp)[:0]}
 	defer func() { *bp = tw.buf[:0]; tailBufs.Put(bp) }()
-	n, err := copyPooled(tw, ctxReader{ev.ctx, contentReader(pi.r, p)})
+	n, err := copyPooled(tw, mailtext.NewReader(ev.ctx, contentReader(pi.r, p)))
 	if err != nil {
 		return 0, err
 	}
@@ -476,7 +478,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*zipListing, error) {
 	} else {
 		w := ev.f.spool.NewWriter()
 		defer w.Abort()
-		if _, err := copyPooled(w, ctxReader{ev.ctx, contentReader(pi.r, p)}); err != nil {
+		if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, contentReader(pi.r, p))); err != nil {
 			pi.archErr = err
 			return nil, err
 		}

@@ -59,6 +59,7 @@ import (
 	"strings"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // Action is what happens to a part a rule matches, or to a message that
@@ -231,7 +232,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	if !ok {
 		// Not random access (a header-prepending wrapper, say): spool it.
 		w := f.spool.NewWriter()
-		if _, err := io.Copy(w, ctxReader{ctx, rc}); err != nil {
+		if _, err := io.Copy(w, mailtext.NewReader(ctx, rc)); err != nil {
 			w.Abort()
 			return filters.Verdict{}, fmt.Errorf("strip: spooling the message: %w", err)
 		}
@@ -315,7 +316,7 @@ type decision struct {
 // scan) and tests.
 func (f *Filter) decide(ctx context.Context, r io.ReaderAt, size int64) (*decision, error) {
 	d := &decision{Action: filters.Pass}
-	r = ctxReaderAt{ctx, r}
+	r = mailtext.NewReaderAt(ctx, r)
 	root, err := parseMIME(r, size, f.lim)
 	var le *limitError
 	if errors.As(err, &le) {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/text/encoding/charmap"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // Defaults of ArchiveLimits.
@@ -462,7 +463,7 @@ func (zl *zipLister) nested(r io.ReaderAt, size, base int64, c *central, depth i
 	}
 	ew := &errWriter{w: w}
 	limit := min(left, ratioCap)
-	got, err := io.Copy(ew, io.LimitReader(ctxReader{zl.ctx, mr}, int64(limit)-int64(n)+1))
+	got, err := io.Copy(ew, io.LimitReader(mailtext.NewReader(zl.ctx, mr), int64(limit)-int64(n)+1))
 	got += int64(n)
 	zl.inflated += uint64(got)
 	if ctxErr := zl.ctx.Err(); ctxErr != nil {

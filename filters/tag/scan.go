@@ -3,8 +3,9 @@ package tag
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"io"
+
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // readBufferSize is the buffer of the header scanners. Field names must fit
@@ -126,24 +127,10 @@ func fieldName(head []byte) (name []byte, colon int, ok bool) {
 		return nil, 0, false
 	}
 	name = bytes.TrimRight(head[:colon], " \t")
-	if len(name) == 0 || !validName(string(name)) {
+	if !mailtext.ValidFieldName(name) {
 		return nil, 0, false
 	}
 	return name, colon, true
-}
-
-// validName reports whether s is a header field name: RFC 5322 ftext,
-// printable US-ASCII except ':'.
-func validName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 33 || c > 126 || c == ':' {
-			return false
-		}
-	}
-	return true
 }
 
 // boundedBuffer collects up to max bytes and records whether more came.
@@ -160,17 +147,4 @@ func (b *boundedBuffer) Write(p []byte) (int, error) {
 	}
 	b.buf = append(b.buf, p...)
 	return len(p), nil
-}
-
-// ctxReader fails reads once ctx has ended, so long copies stop promptly.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c *ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }

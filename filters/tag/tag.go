@@ -36,13 +36,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
 	"strings"
 	"unicode/utf8"
 
-	"github.com/emersion/go-message/charset"
-
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // originalSubjectHeader is the field that keeps the original Subject value
@@ -59,9 +57,6 @@ const (
 // maxSubjectBytes bounds the Subject field the filter rewrites; a longer
 // subject is left as it is.
 const maxSubjectBytes = 16 << 10
-
-// foldAt is the line length the added lines are folded at when they can be.
-const foldAt = 78
 
 // Field is a header field to add.
 type Field struct {
@@ -158,10 +153,10 @@ func New(name string, cfg Config, spool *filters.Spool, version string) (*Filter
 		spool:        spool,
 	}
 	if prefix != "" {
-		t.encPrefix = encodeText(prefix)
+		t.encPrefix = mailtext.EncodeWords(prefix)
 		t.encPrefixSp = t.encPrefix
 		if t.encPrefix != prefix {
-			t.encPrefixSp = encodeText(prefix + " ")
+			t.encPrefixSp = mailtext.EncodeWords(prefix + " ")
 		}
 	}
 	t.blockCRLF = t.block("\r\n")
@@ -172,7 +167,7 @@ func New(name string, cfg Config, spool *filters.Spool, version string) (*Filter
 func (t *Filter) block(eol string) []byte {
 	var b bytes.Buffer
 	for _, f := range t.fields {
-		b.WriteString(fold(f.Name, encodeText(f.Value), eol))
+		b.WriteString(mailtext.Field(f.Name, mailtext.EncodeWords(f.Value), eol))
 	}
 	return b.Bytes()
 }
@@ -211,7 +206,7 @@ func scan(ctx context.Context, body filters.Body, subject bool) (headerInfo, err
 		return info, err
 	}
 	defer r.Close()
-	lr := newLineReader(&ctxReader{ctx: ctx, r: r})
+	lr := newLineReader(mailtext.NewReader(ctx, r))
 	for first := true; ; first = false {
 		if lr.continues() {
 			// A continuation line of a field that is not looked at (or
@@ -308,13 +303,13 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		if env != nil {
 			steps = env.Steps
 		}
-		top.WriteString(fold(verdictHeader, encodeText(verdictText(steps)), info.eol))
+		top.WriteString(mailtext.Field(verdictHeader, mailtext.EncodeWords(verdictText(steps)), info.eol))
 	}
 	if t.version {
-		top.WriteString(fold(versionHeader, encodeText("popgate "+printable(t.versionText, 64)), info.eol))
+		top.WriteString(mailtext.Field(versionHeader, mailtext.EncodeWords("popgate "+mailtext.Text(t.versionText, 64)), info.eol))
 	}
 	if addSubject {
-		top.WriteString(fold("Subject", t.encPrefix, info.eol))
+		top.WriteString(mailtext.Field("Subject", t.encPrefix, info.eol))
 	}
 	if top.Len() == 0 && newValue == nil {
 		return filters.Verdict{Action: filters.Pass}, nil
@@ -343,7 +338,7 @@ func (t *Filter) write(ctx context.Context, body filters.Body, top []byte, info 
 		return nil, fmt.Errorf("tag: %w", err)
 	}
 	defer r.Close()
-	src := &ctxReader{ctx: ctx, r: r}
+	src := mailtext.NewReader(ctx, r)
 	sw := t.spool.NewWriter()
 	want := body.Size() + int64(len(top))
 	err = func() error {
@@ -383,9 +378,6 @@ func (t *Filter) write(ctx context.Context, body filters.Body, top []byte, info 
 	return out, nil
 }
 
-// wordDecoder decodes RFC 2047 encoded words in any charset go-message knows.
-var wordDecoder = &mime.WordDecoder{CharsetReader: charset.Reader}
-
 // unfold removes the line breaks of a folded value (and its final one).
 func unfold(raw []byte) string {
 	s := strings.ReplaceAll(string(raw), "\r\n", "")
@@ -395,10 +387,7 @@ func unfold(raw []byte) string {
 // prefixed reports whether the Subject value raw (decoded) already starts
 // with the prefix.
 func (t *Filter) prefixed(raw []byte) bool {
-	s := unfold(raw)
-	if d, err := wordDecoder.DecodeHeader(s); err == nil {
-		s = d
-	}
+	s := mailtext.DecodeWords(unfold(raw))
 	return strings.HasPrefix(strings.TrimLeft(s, " \t"), t.prefix)
 }
 
@@ -449,7 +438,7 @@ func (t *Filter) rewrite(raw []byte, nameLen int, eol string) []byte {
 	if j := bytes.LastIndexByte(lead, '\n'); j >= 0 {
 		before = len(lead) - j - 1
 	}
-	if before+len(word)+1+len(firstLine) > foldAt {
+	if before+len(word)+1+len(firstLine) > mailtext.FoldAt {
 		b.WriteString(eol)
 	}
 	b.WriteByte(' ')
@@ -475,54 +464,6 @@ func startsWithEncodedWord(s []byte) bool {
 	return len(parts) == 3 && parts[0] != "" && (strings.EqualFold(parts[1], "q") || strings.EqualFold(parts[1], "b"))
 }
 
-// encodeText returns s as it may appear in an unstructured header value:
-// unchanged when it is plain printable ASCII, else as RFC 2047 encoded
-// words (utf-8, Q or B encoding, whichever is shorter).
-func encodeText(s string) string {
-	if plainText(s) {
-		return s
-	}
-	q := mime.QEncoding.Encode("utf-8", s)
-	b := mime.BEncoding.Encode("utf-8", s)
-	if len(b) < len(q) {
-		return b
-	}
-	return q
-}
-
-func plainText(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < ' ' || c > '~') && c != '\t' {
-			return false
-		}
-	}
-	return true
-}
-
-// fold formats the field name: value, breaking the line before spaces so
-// that lines stay within foldAt bytes where the words allow it.
-func fold(name, value, eol string) string {
-	var b strings.Builder
-	b.WriteString(name)
-	b.WriteByte(':')
-	if value == "" {
-		b.WriteString(eol)
-		return b.String()
-	}
-	lineLen := b.Len()
-	for i, w := range strings.Split(value, " ") {
-		if i > 0 && w != "" && lineLen+1+len(w) > foldAt && lineLen > len(name)+1 {
-			b.WriteString(eol)
-			lineLen = 0
-		}
-		b.WriteByte(' ')
-		b.WriteString(w)
-		lineLen += 1 + len(w)
-	}
-	b.WriteString(eol)
-	return b.String()
-}
-
 // reserved are the fields headers may not add, with the reason.
 var reserved = map[string]string{
 	"subject":                    "use subject_prefix to change the subject",
@@ -544,7 +485,7 @@ func checkName(name string) error {
 	switch {
 	case name == "":
 		return errors.New("a header field name cannot be empty")
-	case !validName(name):
+	case !mailtext.ValidFieldName(name):
 		return errors.New("a header field name is printable ASCII without spaces or ':' (RFC 5322 ftext)")
 	case len(name) > maxNameLen:
 		return fmt.Errorf("a header field name may have at most %d characters", maxNameLen)
@@ -559,8 +500,9 @@ func checkName(name string) error {
 	return nil
 }
 
-// checkValue accepts text without control characters (tab aside), valid
-// UTF-8, not looking like an encoded word, and at most max bytes.
+// checkValue accepts valid UTF-8 without control characters (tab aside)
+// or invisible ones (bidi controls and the like, mailtext.IsInvisible), not
+// looking like an encoded word, and at most max bytes.
 func checkValue(v string, max int) error {
 	if !utf8.ValidString(v) {
 		return errors.New("the value is not valid UTF-8")
@@ -569,8 +511,11 @@ func checkValue(v string, max int) error {
 		if r == '\r' || r == '\n' {
 			return errors.New("the value cannot contain a line break")
 		}
-		if (r < 0x20 && r != '\t') || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+		if r != '\t' && mailtext.IsControl(r) {
 			return fmt.Errorf("the value cannot contain the control character %U", r)
+		}
+		if mailtext.IsInvisible(r) {
+			return fmt.Errorf("the value cannot contain the invisible character %U (a bidi control, zero-width or format character)", r)
 		}
 	}
 	if strings.Contains(v, "=?") {
@@ -590,7 +535,7 @@ func checkPrefix(p string) error {
 }
 
 // verdictText summarises the steps as "name=action (reason); …", one line
-// of printable text of bounded length.
+// of clean text (mailtext.Text) of bounded length.
 func verdictText(steps []filters.Step) string {
 	if len(steps) == 0 {
 		return "none"
@@ -602,27 +547,9 @@ func verdictText(steps []filters.Step) string {
 		case st.Err != nil:
 			p = st.Filter + "=error"
 		case st.Reason != "":
-			p += " (" + printable(st.Reason, 120) + ")"
+			p += " (" + mailtext.Text(st.Reason, 120) + ")"
 		}
 		parts = append(parts, p)
 	}
-	return printable(strings.Join(parts, "; "), 800)
-}
-
-// printable makes s safe for a header value: control characters become
-// spaces, and it is cut to at most max bytes at a rune boundary.
-func printable(s string, max int) string {
-	s = strings.Map(func(r rune) rune {
-		if r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) <= max {
-		return s
-	}
-	for max > 0 && !utf8.RuneStart(s[max]) {
-		max--
-	}
-	return s[:max]
+	return mailtext.Text(strings.Join(parts, "; "), 800)
 }

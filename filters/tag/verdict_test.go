@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 type reasonFilter struct{ name, reason string }
@@ -36,7 +37,7 @@ func TestVerdictAndVersionHeaders(t *testing.T) {
 	rc, _ := res.Body.Open()
 	out, _ := io.ReadAll(rc)
 	rc.Close()
-	want := "X-Popgate-Verdict: av=pass (clean); evil=pass (x  Bcc: victim@example.com)\r\n" +
+	want := "X-Popgate-Verdict: av=pass (clean); evil=pass (x Bcc: victim@example.com)\r\n" +
 		"X-Popgate-Version: popgate 1.2.3-test\r\n" +
 		"Subject: hi\r\n\r\nbody\r\n"
 	if string(out) != want {
@@ -44,5 +45,32 @@ func TestVerdictAndVersionHeaders(t *testing.T) {
 	}
 	if strings.Contains(string(out), "\r\nBcc:") {
 		t.Fatal("a reason injected a header field")
+	}
+}
+
+// A reason that holds encoded words of its own does not reach the reader
+// as such (they would decode to CR LF): popgate encodes the header, which decodes
+// to the reason's clean text.
+func TestVerdictHeaderEncodedWordsInReason(t *testing.T) {
+	tag, err := New("stamp", Config{Verdicts: true}, nil, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := &filters.Chain{Filters: []filters.Filter{
+		reasonFilter{"strip", "removed =?utf-8?q?evil=0D=0A?= file"},
+		tag,
+	}}
+	res := chain.Run(context.Background(), &filters.Envelope{}, filters.BytesBody([]byte("Subject: hi\r\n\r\nbody\r\n")))
+	defer res.Release()
+	rc, _ := res.Body.Open()
+	out, _ := io.ReadAll(rc)
+	rc.Close()
+	field, _, _ := strings.Cut(string(out), "\r\nSubject:")
+	value := strings.ReplaceAll(strings.TrimPrefix(field, verdictHeader+": "), "\r\n ", " ")
+	if strings.Contains(value, "=?utf-8?q?evil") {
+		t.Fatalf("the reason's own encoded word is in the header as it is: %q", field)
+	}
+	if got, want := mailtext.DecodeWords(value), "strip=pass (removed =?utf-8?q?evil=0D=0A?= file)"; got != want {
+		t.Fatalf("decoded verdict header %q, want %q", got, want)
 	}
 }

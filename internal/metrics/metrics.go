@@ -81,7 +81,7 @@ func New() *Metrics {
 	m.sessions = counter("sessions_total", "Sessions ended, by listener and how they ended (quit, client_closed, timeout, client_error, upstream_unavailable, upstream_error, policy_refused, shutdown, error).", "listener", "result")
 	commands := counter("commands_total", "Client commands, by command (unknown ones as other).", "command")
 	m.commands = map[string]prometheus.Counter{"other": commands.WithLabelValues("other")}
-	for _, c := range proxy.KnownCommands {
+	for _, c := range proxy.KnownCommands() {
 		m.commands[c] = commands.WithLabelValues(c)
 	}
 	m.bytes = counter("bytes_total", "Bytes moved, by listener and direction (client_in, client_out, upstream_in, upstream_out).", "listener", "direction")

@@ -2,6 +2,7 @@ package pop3
 
 import (
 	"errors"
+	"slices"
 	"strings"
 )
 
@@ -69,7 +70,7 @@ func ParseCommand(line []byte) (Command, error) {
 }
 
 // upperASCII upper-cases an ASCII keyword, returning a constant string for
-// the common commands so that parsing them does not allocate.
+// the known commands so that parsing them does not allocate.
 func upperASCII(b []byte) string {
 	var buf [MaxKeyword]byte
 	n := copy(buf[:], b)
@@ -79,7 +80,7 @@ func upperASCII(b []byte) string {
 		}
 	}
 	u := buf[:n]
-	for _, k := range knownKeywords {
+	for _, k := range commands {
 		if string(u) == k {
 			return k
 		}
@@ -87,10 +88,22 @@ func upperASCII(b []byte) string {
 	return string(u)
 }
 
-var knownKeywords = [...]string{
+// commands are the POP3 commands popgate knows: RFC 1939's, CAPA (RFC
+// 2449), STLS (RFC 2595), AUTH (RFC 5034), UTF8 and LANG (RFC 6856). This
+// is the one list: [ParseCommand] returns them as constant strings, and
+// the proxy counts them under their own name (see [Commands]).
+var commands = [...]string{
 	"USER", "PASS", "APOP", "AUTH", "STLS", "CAPA", "QUIT",
 	"STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "UTF8", "LANG",
 }
+
+// Commands returns the POP3 commands popgate knows, upper-case, in a new
+// slice the caller may keep or change.
+func Commands() []string { return slices.Clone(commands[:]) }
+
+// IsCommand reports whether name, upper-case as in [Command].Name, is one
+// of [Commands].
+func IsCommand(name string) bool { return slices.Contains(commands[:], name) }
 
 // Redacted returns the command for logging, without secrets: PASS and the
 // AUTH initial response are replaced by "***", the APOP digest too.

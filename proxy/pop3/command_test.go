@@ -74,3 +74,27 @@ func TestRedacted(t *testing.T) {
 		}
 	}
 }
+
+// The command list is one: every command parses to itself without
+// allocating, IsCommand knows exactly those, and Commands hands out a copy.
+func TestCommands(t *testing.T) {
+	cmds := Commands()
+	if len(cmds) != 17 {
+		t.Errorf("%d commands: %v", len(cmds), cmds)
+	}
+	for _, c := range cmds {
+		got, err := ParseCommand([]byte(c + "\r\n"))
+		if err != nil || got.Name != c || !IsCommand(c) {
+			t.Errorf("%s: parsed %+v, %v; IsCommand %v", c, got, err, IsCommand(c))
+		}
+	}
+	for _, c := range []string{"", "user", "XTND", "OTHER", "USERX"} {
+		if IsCommand(c) {
+			t.Errorf("IsCommand(%q)", c)
+		}
+	}
+	cmds[0] = "CHANGED"
+	if Commands()[0] == "CHANGED" || IsCommand("CHANGED") {
+		t.Error("changing the slice Commands returned changed the list")
+	}
+}
