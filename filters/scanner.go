@@ -18,6 +18,9 @@ type Scanner interface {
 	Backends() []Backend
 	// Check asks every backend now; nil when at least one answers.
 	Check(ctx context.Context) error
+	// Version names the signatures the backends last reported ("" when
+	// unknown); a message scanned under others may be scanned again.
+	Version() string
 	// Close stops what the scanner started (health checks); scans after
 	// Close fail.
 	Close() error

@@ -34,7 +34,9 @@ import (
 	"net"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -142,7 +144,8 @@ type backend struct {
 	network string // "tcp" or "unix"
 	address string // host:port or socket path
 	healthy atomic.Bool
-	mu      sync.Mutex // serialises state changes, so transitions log once
+	version atomic.Pointer[string] // its last VERSION reply
+	mu      sync.Mutex             // serialises state changes, so transitions log once
 	// seen counts health observations; a PING's result is dropped when
 	// something newer (a failed scan) was observed while it ran.
 	seen uint64
@@ -169,6 +172,20 @@ func (s *Scanner) Backends() []filters.Backend {
 		out[i] = filters.Backend{Address: b.addr, Up: b.healthy.Load()}
 	}
 	return out
+}
+
+// Version names the signature versions the backends last reported (their
+// VERSION replies, distinct, sorted, joined by "; "): the message memory
+// rescans what was scanned under others. "" until a health check ran.
+func (s *Scanner) Version() string {
+	var vs []string
+	for _, b := range s.backends {
+		if v := b.version.Load(); v != nil && !slices.Contains(vs, *v) {
+			vs = append(vs, *v)
+		}
+	}
+	slices.Sort(vs)
+	return strings.Join(vs, "; ")
 }
 
 // Check pings every backend now (filters.Scanner).
@@ -557,6 +574,9 @@ func (s *Scanner) checkAll(ctx context.Context) int {
 			}
 			if err == nil {
 				up.Add(1)
+				if v, verr := s.version(ctx, b); verr == nil {
+					b.version.Store(&v)
+				}
 			}
 			s.observe(b, err, since, true)
 		})

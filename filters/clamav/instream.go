@@ -36,6 +36,7 @@ const (
 var (
 	cmdInstream = []byte("zINSTREAM\x00")
 	cmdPing     = []byte("zPING\x00")
+	cmdVersion  = []byte("zVERSION\x00")
 	endOfStream = []byte{0, 0, 0, 0}
 )
 
@@ -365,31 +366,49 @@ func connClosed(err error) error {
 
 // ping sends PING to b and expects PONG, within PingTimeout.
 func (s *Scanner) ping(ctx context.Context, b *backend) error {
+	line, err := s.command(ctx, b, cmdPing, "PING")
+	if err == nil && line != "PONG" {
+		err = fmt.Errorf("clamav: %s: PING: unexpected reply %q", b.addr, mailtext.Visible(line, maxReplyText))
+	}
+	return err
+}
+
+// version asks b for its VERSION: "ClamAV 1.4.6/27433/Thu Dec  4 09:24:02
+// 2026", engine, signature database version and date.
+func (s *Scanner) version(ctx context.Context, b *backend) (string, error) {
+	line, err := s.command(ctx, b, cmdVersion, "VERSION")
+	if err == nil && !strings.HasPrefix(line, "ClamAV ") {
+		err = fmt.Errorf("clamav: %s: VERSION: unexpected reply %q", b.addr, mailtext.Visible(line, maxReplyText))
+	}
+	return line, err
+}
+
+// command sends a one-line command to b and returns its one-line reply,
+// within PingTimeout.
+func (s *Scanner) command(ctx context.Context, b *backend, cmd []byte, name string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.PingTimeout)
 	defer cancel()
 	d := net.Dialer{Timeout: s.cfg.PingTimeout}
 	conn, err := d.DialContext(ctx, b.network, b.address)
 	if err != nil {
-		return fmt.Errorf("clamav: %s: PING: %w", b.addr, err)
+		return "", fmt.Errorf("clamav: %s: %s: %w", b.addr, name, err)
 	}
 	defer conn.Close()
 	dl, _ := ctx.Deadline()
 	_ = conn.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
-	if _, err := conn.Write(cmdPing); err != nil {
-		return fmt.Errorf("clamav: %s: PING: %w", b.addr, err)
+	if _, err := conn.Write(cmd); err != nil {
+		return "", fmt.Errorf("clamav: %s: %s: %w", b.addr, name, err)
 	}
 	var final atomic.Bool
 	final.Store(true)
 	rp := readReply(conn, &final, false)
 	switch {
 	case !rp.ok && (ctx.Err() != nil || isTimeout(rp.err)):
-		return fmt.Errorf("clamav: %s: PING: no answer within %v", b.addr, s.cfg.PingTimeout)
+		return "", fmt.Errorf("clamav: %s: %s: no answer within %v", b.addr, name, s.cfg.PingTimeout)
 	case !rp.ok:
-		return fmt.Errorf("clamav: %s: PING: %w", b.addr, connClosed(rp.err))
-	case rp.line != "PONG":
-		return fmt.Errorf("clamav: %s: PING: unexpected reply %q", b.addr, mailtext.Visible(rp.line, maxReplyText))
+		return "", fmt.Errorf("clamav: %s: %s: %w", b.addr, name, connClosed(rp.err))
 	}
-	return nil
+	return rp.line, nil
 }

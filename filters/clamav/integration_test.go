@@ -375,3 +375,21 @@ func BenchmarkRealClamd(b *testing.B) {
 		})
 	}
 }
+
+// The health checks learn the signature version of every backend: the
+// message memory rescans what was scanned under an older database.
+func TestVersionFromRealClamd(t *testing.T) {
+	c := testenv.Clamd(t)
+	s := realScanner(t, c.TCP, c.Unix)
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Version() == "" && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	v := s.Version()
+	// With the official databases clamd says "ClamAV 1.4.6/27433/date";
+	// with only the test environment's own signature file it names the
+	// engine alone.
+	if !strings.HasPrefix(v, "ClamAV 1.") || strings.Contains(v, ";") {
+		t.Errorf("Version() = %q, want one \"ClamAV x.y.z[/db/date]\" for two backends of one clamd", v)
+	}
+}

@@ -73,6 +73,8 @@ func (s *wordScanner) Check(context.Context) error {
 
 func (s *wordScanner) Close() error { s.closed.Store(true); return nil }
 
+func (s *wordScanner) Version() string { return "words-" + s.word }
+
 var _ filters.Scanner = (*wordScanner)(nil)
 
 // wordFilter withholds what its scanner finds and stamps the rest.
