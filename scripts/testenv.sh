@@ -68,6 +68,7 @@ missing_packages() {
 	command -v curl >/dev/null || miss+=(curl)
 	command -v fetchmail >/dev/null || miss+=(fetchmail)
 	command -v mpop >/dev/null || miss+=(mpop)
+	command -v getmail >/dev/null || miss+=(getmail6) # getmail6's command is getmail
 	command -v flock >/dev/null || miss+=(util-linux)
 	command -v ip >/dev/null || miss+=(iproute2)        # transparent-mode test: network namespace
 	command -v iptables >/dev/null || miss+=(iptables) # and REDIRECT rules inside it
