@@ -63,15 +63,7 @@ func TestCurl(t *testing.T) {
 	u, paths := newMailbox(t, d, msgs)
 	p := startPopgate(t, dovecotConfig(d, configOpts{}), "", "plain", "pop3s")
 
-	// Credentials go in a config file, not on the command line.
-	cfg := filepath.Join(t.TempDir(), "curlrc")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("user = %q\n", u.Name+":"+u.Password)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	curlDo := func(args ...string) []byte {
-		t.Helper()
-		return runClient(t, 30*time.Second, nil, curl, append([]string{"-sS", "--max-time", "25", "-K", cfg}, args...)...)
-	}
+	curlDo := curlRunner(t, curl, u, nil)
 	plain, pop3s := "pop3://"+p.addr("plain"), "pop3s://"+p.addr("pop3s")
 	sessions := 0
 	login := func(listener string, tls bool) {
@@ -141,9 +133,29 @@ func TestCurl(t *testing.T) {
 	})
 }
 
+// curlRunner returns a function that runs curl with u's credentials (in a
+// config file, not on the command line) and returns its stdout; stderr, if
+// not nil, collects what curl printed there.
+func curlRunner(t *testing.T, curl string, u *testenv.User, stderr *bytes.Buffer) func(args ...string) []byte {
+	t.Helper()
+	cfg := filepath.Join(t.TempDir(), "curlrc")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("user = %q\n", u.Name+":"+u.Password)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return func(args ...string) []byte {
+		t.Helper()
+		out, errOut := runClientBoth(t, 30*time.Second, nil, curl, append([]string{"-sS", "--max-time", "25", "-K", cfg}, args...)...)
+		if stderr != nil {
+			stderr.Write(errOut)
+		}
+		return out
+	}
+}
+
 // pythonPOP is a poplib client; POP_MODE picks how it connects and logs in.
 // Parameters come from the environment, never the command line. It prints
-// one JSON object with what it saw.
+// one JSON object with what it saw. With POP_DELE=1 it deletes every
+// message before QUIT.
 const pythonPOP = `
 import base64, json, os, poplib, ssl, sys
 poplib._MAXLINE = 1 << 20
@@ -194,6 +206,8 @@ for i in range(1, out["stat"][0] + 1):
     out["retr"].append({"resp": resp.decode(), "data": b64(b"".join(l + b"\r\n" for l in lines)), "octets": octets})
     resp, lines, octets = p.top(i, 2)
     out["top"].append({"resp": resp.decode(), "data": b64(b"".join(l + b"\r\n" for l in lines)), "octets": octets})
+if env.get("POP_DELE") == "1":
+    out["dele"] = [p.dele(i).decode() for i in range(1, out["stat"][0] + 1)]
 out["quit"] = p.quit().decode()
 print(json.dumps(out))
 `
@@ -217,6 +231,7 @@ type pyResult struct {
 	UIDL       []string    `json:"uidl"`
 	Retr       []pyMessage `json:"retr"`
 	Top        []pyMessage `json:"top"`
+	Dele       []string    `json:"dele"`
 	Quit       string      `json:"quit"`
 }
 
@@ -347,33 +362,11 @@ func TestFetchmail(t *testing.T) {
 				opts = fmt.Sprintf("sslproto 'tls1.2+' sslcertck sslcertfile %s sslcommonname localhost", strconv.Quote(d.CAFile))
 				auth = "auth password" // USER/PASS
 			}
-			mda := fmt.Sprintf(`/bin/sh -c 'cat > %s/msg.$$'`, outDir)
-			rc := fmt.Sprintf(`set no bouncemail
-set invisible
-set no syslog
-poll %s port %s proto pop3 timeout 30 %s
-  user %s password %s
-  keep fetchall no rewrite %s
-  mda %s
-`, host, port, auth, strconv.Quote(u.Name), strconv.Quote(u.Password), opts, strconv.Quote(mda))
-			rcFile := filepath.Join(home, "fetchmailrc")
-			if err := os.WriteFile(rcFile, []byte(rc), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			rcFile := writeFetchmailRC(t, home, host, port, u, auth, "keep fetchall", opts, outDir)
 			runClient(t, 60*time.Second, []string{"FETCHMAILHOME=" + home}, fetchmail, "-f", rcFile, "--nodetach")
 
-			ents, err := os.ReadDir(outDir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var got, want [][]byte
-			for _, e := range ents {
-				b, err := os.ReadFile(filepath.Join(outDir, e.Name()))
-				if err != nil {
-					t.Fatal(err)
-				}
-				got = append(got, b)
-			}
+			got := readDir(t, outDir)
+			var want [][]byte
 			for _, m := range msgs {
 				want = append(want, lf(m))
 			}
@@ -390,6 +383,86 @@ poll %s port %s proto pop3 timeout 30 %s
 			checkLogin(t, p.nthLogin(n+1), user, "plain", tc.tls)
 			checkUpstreamTLS(t, d, u, 1, true) // popgate to Dovecot: STLS
 		})
+	}
+}
+
+// writeFetchmailRC writes a fetchmailrc into home for polling u at
+// host:port: auth is empty (fetchmail picks AUTH CRAM-MD5) or an auth
+// option, keep the keep and fetchall options, opts the TLS options; an MDA
+// delivers each message to a file of its own in outDir.
+func writeFetchmailRC(t *testing.T, home, host, port string, u *testenv.User, auth, keep, opts, outDir string) string {
+	t.Helper()
+	mda := fmt.Sprintf(`/bin/sh -c 'cat > %s/msg.$$'`, outDir)
+	rc := fmt.Sprintf(`set no bouncemail
+set invisible
+set no syslog
+poll %s port %s proto pop3 timeout 30 %s
+  user %s password %s
+  %s no rewrite %s
+  mda %s
+`, host, port, auth, strconv.Quote(u.Name), strconv.Quote(u.Password), keep, opts, strconv.Quote(mda))
+	rcFile := filepath.Join(home, "fetchmailrc")
+	if err := os.WriteFile(rcFile, []byte(rc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return rcFile
+}
+
+// readDir returns the contents of the files in dir.
+func readDir(t *testing.T, dir string) [][]byte {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// newMaildir makes an empty Maildir dir/Maildir for a client to deliver
+// to.
+func newMaildir(t *testing.T, dir string) string {
+	t.Helper()
+	maildir := filepath.Join(dir, "Maildir")
+	for _, sub := range []string{"", "cur", "new", "tmp"} {
+		if err := os.Mkdir(filepath.Join(maildir, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return maildir
+}
+
+// readMaildir returns the messages delivered to a Maildir (new and cur).
+func readMaildir(t *testing.T, maildir string) [][]byte {
+	t.Helper()
+	return append(readDir(t, filepath.Join(maildir, "new")), readDir(t, filepath.Join(maildir, "cur"))...)
+}
+
+// mpopArgs are the arguments for mpop to download u's mailbox from
+// host:port into maildir, keeping the messages on the server or deleting
+// them, with its state (password file, UIDLs) in dir; no Received header.
+func mpopArgs(t *testing.T, host, port string, u *testenv.User, dir, maildir string, keep bool) []string {
+	t.Helper()
+	pwFile := filepath.Join(dir, "password")
+	if err := os.WriteFile(pwFile, []byte(u.Password), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k := "--keep=off"
+	if keep {
+		k = "--keep=on"
+	}
+	return []string{
+		"--host=" + host, "--port=" + port, "--user=" + u.Name,
+		"--passwordeval=cat '" + pwFile + "'",
+		k, "--only-new=off", "--received-header=off", "--timeout=30",
+		"--delivery=maildir," + maildir, "--uidls-file=" + filepath.Join(dir, "uidls"),
 	}
 }
 
@@ -413,39 +486,13 @@ func TestMpop(t *testing.T) {
 			msgs := corpus("mpop-" + tc.name)
 			u, paths := newMailbox(t, d, msgs)
 			dir := t.TempDir()
-			maildir := filepath.Join(dir, "Maildir")
-			for _, sub := range []string{"", "cur", "new", "tmp"} {
-				if err := os.Mkdir(filepath.Join(maildir, sub), 0o700); err != nil {
-					t.Fatal(err)
-				}
-			}
-			pwFile := filepath.Join(dir, "password")
-			if err := os.WriteFile(pwFile, []byte(u.Password), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			maildir := newMaildir(t, dir)
 			host, port, _ := net.SplitHostPort(p.addr(tc.listener))
-			args := append([]string{
-				"--host=" + host, "--port=" + port, "--user=" + u.Name,
-				"--passwordeval=cat '" + pwFile + "'",
-				"--keep=on", "--only-new=off", "--received-header=off", "--timeout=30",
-				"--delivery=maildir," + maildir, "--uidls-file=" + filepath.Join(dir, "uidls"), "-Q",
-			}, tc.args...)
-			runClient(t, 60*time.Second, nil, mpop, args...)
+			args := append(mpopArgs(t, host, port, u, dir, maildir, true), "-Q")
+			runClient(t, 60*time.Second, nil, mpop, append(args, tc.args...)...)
 
-			var got, want [][]byte
-			for _, sub := range []string{"new", "cur"} {
-				ents, err := os.ReadDir(filepath.Join(maildir, sub))
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, e := range ents {
-					b, err := os.ReadFile(filepath.Join(maildir, sub, e.Name()))
-					if err != nil {
-						t.Fatal(err)
-					}
-					got = append(got, b)
-				}
-			}
+			got := readMaildir(t, maildir)
+			var want [][]byte
 			for _, m := range msgs {
 				want = append(want, lf(m))
 			}

@@ -129,6 +129,13 @@ func firstLine(b []byte) string {
 // fails the test, showing stderr, when the program fails.
 func runClient(t *testing.T, timeout time.Duration, env []string, name string, args ...string) []byte {
 	t.Helper()
+	out, _ := runClientBoth(t, timeout, env, name, args...)
+	return out
+}
+
+// runClientBoth is runClient that also returns stderr.
+func runClientBoth(t *testing.T, timeout time.Duration, env []string, name string, args ...string) ([]byte, []byte) {
+	t.Helper()
 	out, errOut, err := runClientErr(t, timeout, env, name, args...)
 	if err != nil {
 		shown := slices.Clone(args)
@@ -137,9 +144,9 @@ func runClient(t *testing.T, timeout time.Duration, env []string, name string, a
 				shown[i] = "<script>"
 			}
 		}
-		t.Fatalf("%s %s: %v\nstderr:\n%s", filepath.Base(name), strings.Join(shown, " "), err, errOut)
+		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(name), strings.Join(shown, " "), err, out, errOut)
 	}
-	return out
+	return out, errOut
 }
 
 func runClientErr(t *testing.T, timeout time.Duration, env []string, name string, args ...string) ([]byte, []byte, error) {
