@@ -109,9 +109,9 @@ func (nopObserver) UpstreamOut() Adder             { return nopAdder{} }
 func (nopObserver) Command(string)                 {}
 func (nopObserver) UpstreamConnected(string, time.Duration, error) {
 }
-func (nopObserver) Message(string, *filters.Result) {}
+func (nopObserver) Message(string, *filters.Result)      {}
 func (nopObserver) Memory(string, string, time.Duration) {}
-func (nopObserver) Ended(string)                    {}
+func (nopObserver) Ended(string)                         {}
 
 var (
 	_ Observer        = nopObserver{}
