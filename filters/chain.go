@@ -166,6 +166,19 @@ type Result struct {
 	// Withheld is set when Body is a notice delivered in place of a refused
 	// message.
 	Withheld bool
+	// Pieces states the delivered Body as pieces of the chain's input (see
+	// Piece) when Reproducible is set: nil when Body is the input itself,
+	// else the composition of the Edits of every Replace of the run, in
+	// order (a later filter's pieces refer to an earlier one's output;
+	// these refer to the input), with the PassWithTag warning header on
+	// top when there is one. It is nil whenever Reproducible is not set.
+	Pieces []Piece
+	// Reproducible is set when the delivered form is known: Outcome is
+	// Deliver, Body is not a notice (Withheld; the caller reads a notice
+	// itself), and either no filter changed the message or every Replace
+	// that did gave valid Verdict.Edits. SplicedBody(input, Pieces) then
+	// reads byte for byte as Body.
+	Reproducible bool
 
 	owned []Body // bodies the chain created and Release removes
 	errs  []error
@@ -217,16 +230,25 @@ var (
 //
 // Run never removes in; the caller does, after Result.Release.
 func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
-	res := &Result{Outcome: Deliver, Body: in}
+	res := c.run(ctx, env, in)
+	if res.Outcome != Deliver || res.Withheld {
+		res.Pieces, res.Reproducible = nil, false
+	}
+	return res
+}
+
+func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
+	res := &Result{Outcome: Deliver, Body: in, Reproducible: true}
 	if c.Empty() {
 		return res
 	}
 	if c.MaxSize > 0 && in.Size() > c.MaxSize {
 		err := fmt.Errorf("%w: %d bytes, max_size %d", ErrTooLarge, in.Size(), c.MaxSize)
 		res.Steps = append(res.Steps, Step{Filter: "max_size", Err: err})
-		return c.settle(ctx, env, in, c.fail(res, "max_size", err, in, in), false)
+		return c.settle(ctx, env, in, c.fail(res, "max_size", err, in, in, inputForm), false)
 	}
 	cur := in
+	cf := inputForm      // cur as pieces of in
 	lossy := false       // a Replace dropped bytes of the original
 	var skipped []string // filters that failed under PassWithTag
 	// dispose removes b when it is a body the chain does not otherwise
@@ -249,7 +271,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 				res.Reason = strings.TrimPrefix(res.Reason+"; "+name+": "+err.Error(), "; ")
 				break
 			}
-			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
+			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur, cf), lossy)
 		}
 		start := time.Now()
 		v, err := callFilter(ctx, f, name, withSteps(env, res.Steps), in, cur)
@@ -273,7 +295,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 				res.Reason = strings.TrimPrefix(res.Reason+"; "+name+": "+err.Error(), "; ")
 				continue
 			}
-			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur), lossy)
+			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur, cf), lossy)
 		}
 		switch v.Action {
 		case Pass:
@@ -301,6 +323,7 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 				step.Action = Pass
 				break
 			}
+			cf = cf.apply(v, cur)
 			old := cur
 			cur = v.Body
 			lossy = lossy || !v.KeepsOriginal
@@ -313,11 +336,10 @@ func (c *Chain) Run(ctx context.Context, env *Envelope, in Body) *Result {
 		res.Steps = append(res.Steps, step)
 	}
 	res.Body = cur
+	res.setForm(in, cf)
 	res.own(in, cur)
 	if len(skipped) > 0 {
-		w := PrependHeader(cur, c.errorHeader()+": not filtered: "+strings.Join(skipped, "; "))
-		res.owned = append(res.owned, w)
-		res.Body, res.FailedOpen = w, true
+		c.warn(res, in, cur, cf, "not filtered: "+strings.Join(skipped, "; "))
 	}
 	return c.settle(ctx, env, in, res, lossy)
 }
@@ -376,7 +398,7 @@ func (c *Chain) quarantineFailed(res *Result, err error, in Body) *Result {
 		}
 		return res
 	}
-	return c.fail(res, "quarantine", err, in, in)
+	return c.fail(res, "quarantine", err, in, in, inputForm)
 }
 
 // own makes the result own cur unless it is the input.
@@ -387,21 +409,76 @@ func (r *Result) own(in, cur Body) {
 }
 
 // fail applies c.OnError after filter name failed with err; cur is the body
-// the filter was given.
-func (c *Chain) fail(res *Result, name string, err error, in, cur Body) *Result {
+// the filter was given, cf its form.
+func (c *Chain) fail(res *Result, name string, err error, in, cur Body, cf form) *Result {
 	res.own(in, cur)
 	res.Reason = name + ": " + err.Error()
 	switch c.OnError {
 	case PassWithTag:
-		w := PrependHeader(cur, c.errorHeader()+": not filtered: "+mailtext.HeaderText(name, 64)+": "+shortReason(err))
-		res.owned = append(res.owned, w)
-		res.Outcome, res.Body, res.FailedOpen = Deliver, w, true
+		res.Outcome = Deliver
+		c.warn(res, in, cur, cf, "not filtered: "+mailtext.HeaderText(name, 64)+": "+shortReason(err))
 	case RejectMessage:
 		res.Outcome, res.Body = Refuse, nil
 	default: // TempFail, and any unknown value: never call the message clean
 		res.Outcome, res.Body = Defer, nil
 	}
 	return res
+}
+
+// warn makes the result deliver cur, of form cf, with the PassWithTag
+// warning header field (value text) on top.
+func (c *Chain) warn(res *Result, in, cur Body, cf form, text string) {
+	hp := HeaderPieces(cur, c.errorHeader()+": "+text)
+	w := SplicedBody(cur, hp)
+	res.owned = append(res.owned, w)
+	res.Body, res.FailedOpen = w, true
+	res.setForm(in, cf.then(hp, cur.Size()))
+}
+
+// form is what the chain knows of a body as pieces of its input.
+type form struct {
+	pieces []Piece // nil: the input itself
+	known  bool
+}
+
+var inputForm = form{known: true}
+
+// apply returns the form of v.Body, the replacement of cur (of form f):
+// unknown unless v has Edits that fit both bodies.
+func (f form) apply(v Verdict, cur Body) form {
+	if v.Edits == nil || PiecesSize(v.Edits) != v.Body.Size() || checkPieces(v.Edits, cur.Size()) != nil {
+		return form{}
+	}
+	return f.then(v.Edits, cur.Size())
+}
+
+// then returns the form of the body that edits states against a body of
+// form f and size bytes.
+func (f form) then(edits []Piece, size int64) form {
+	if !f.known {
+		return form{}
+	}
+	base := f.pieces
+	if base == nil {
+		base = []Piece{{Off: 0, Len: size}}
+	}
+	ps, err := ComposePieces(base, edits)
+	if err != nil {
+		return form{}
+	}
+	return form{pieces: ps, known: true}
+}
+
+// setForm records the form of the result's Body.
+func (r *Result) setForm(in Body, f form) {
+	switch {
+	case sameBody(r.Body, in):
+		r.Pieces, r.Reproducible = nil, true
+	case f.known && f.pieces != nil:
+		r.Pieces, r.Reproducible = f.pieces, true
+	default:
+		r.Pieces, r.Reproducible = nil, false
+	}
 }
 
 // shortReason is the reason shown in the PassWithTag header, which every

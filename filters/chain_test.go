@@ -304,6 +304,12 @@ func TestChainVerdicts(t *testing.T) {
 			} else if res.Body != nil {
 				t.Errorf("Body = %v for %v", res.Body, res.Outcome)
 			}
+			// These filters give no Edits: only an unchanged message has a
+			// known form.
+			if want := tt.outcome == Deliver && tt.sameAsInput; res.Reproducible != want {
+				t.Errorf("Reproducible = %v, want %v", res.Reproducible, want)
+			}
+			checkResultPieces(t, s.in, res)
 			if res.Reason != tt.reason {
 				t.Errorf("Reason = %q, want %q", res.Reason, tt.reason)
 			}
@@ -452,7 +458,8 @@ func TestChainOnError(t *testing.T) {
 				repl := &tbody{data: []byte("Subject: x\r\n\r\nstripped\r\n")}
 				var afterCalled atomic.Bool
 				first := &funcFilter{name: "strip", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
-					return Verdict{Action: Replace, Body: repl, Reason: "stripped", KeepsOriginal: true}, nil
+					edits := []Piece{{Off: 0, Len: 14}, {Data: []byte("stripped")}, {Off: 22, Len: 2}}
+					return Verdict{Action: Replace, Body: repl, Edits: edits, Reason: "stripped", KeepsOriginal: true}, nil
 				}}
 				after := &funcFilter{name: "stamp", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
 					afterCalled.Store(true)
@@ -516,9 +523,16 @@ func TestChainOnError(t *testing.T) {
 					if got, err := bodyString(res.Body); got != want || err != nil {
 						t.Errorf("delivered %q, %v\nwant %q", got, err, want)
 					}
+					if !res.Reproducible {
+						t.Errorf("the warning header over known edits is not Reproducible")
+					}
+					checkResultPieces(t, in, res)
 				} else {
 					if res.FailedOpen || res.Body != nil {
 						t.Errorf("FailedOpen %v, Body %v for %v", res.FailedOpen, res.Body, res.Outcome)
+					}
+					if res.Reproducible || res.Pieces != nil {
+						t.Errorf("Reproducible %v, Pieces %v for %v", res.Reproducible, res.Pieces, res.Outcome)
 					}
 				}
 				if err := res.Release(); err != nil {

@@ -13,10 +13,11 @@ import (
 // called any number of times; each reader starts at the first byte. The owner
 // (whoever created the Body) calls Remove exactly once when done.
 //
-// The Bodies of this package (Spool, BytesBody, PrependHeader) are safe for
-// concurrent use, their readers are independent of each other, Remove is
-// idempotent, and Open after Remove returns an error. Their readers also
-// implement io.ReaderAt and io.Seeker, except PrependHeader's.
+// The Bodies of this package (Spool, BytesBody, SplicedBody, PrependHeader)
+// are safe for concurrent use, their readers are independent of each other,
+// Remove is idempotent, and Open after Remove returns an error. Their readers
+// also implement io.ReaderAt and io.Seeker, except SplicedBody's (and so
+// PrependHeader's).
 type Body interface {
 	Open() (io.ReadCloser, error)
 	Size() int64
@@ -72,6 +73,18 @@ type Verdict struct {
 	// back). Such a change does not need the original in quarantine first;
 	// every other Replace does (docs/ARCHITECTURE.md §4, invariant 4).
 	KeepsOriginal bool
+	// Edits, optional on a Replace, states Body as pieces of the body the
+	// filter was given: SplicedBody(given, Edits) reads byte for byte as
+	// Body (so PiecesSize(Edits) is Body.Size()), its runs in increasing,
+	// non-overlapping order. The chain composes the Edits of a run into
+	// Result.Pieces, which lets popgate's message memory rebuild the
+	// delivered message from the upstream's copy without filtering it
+	// again. A Replace without Edits is valid: the message's delivered form
+	// is then not remembered (Result.Reproducible is false). Edits the
+	// chain finds inconsistent with the bodies (runs beyond the given body,
+	// out of order, or a size other than Body's) count as none. Body is
+	// still a body of its own: Edits describe it, they do not replace it.
+	Edits []Piece
 }
 
 // Envelope describes where a message comes from and who downloads it.

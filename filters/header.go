@@ -2,10 +2,7 @@ package filters
 
 import (
 	"bytes"
-	"fmt"
-	"io"
 	"strings"
-	"sync"
 )
 
 // PrependHeader returns a Body whose content is field followed by the content
@@ -16,12 +13,26 @@ import (
 // remains, the content is body's unchanged. field is not otherwise checked:
 // a caller that puts untrusted text in it must clean it first.
 //
+// It is SplicedBody(body, HeaderPieces(body, field)); a filter that returns
+// it in a Replace can give those pieces as the Verdict's Edits.
+//
 // Ownership: the returned Body wraps body and does not own it. Its Remove
 // only marks the wrapper removed (Open then fails); it never removes body.
 // Whoever owns body must keep it until the wrapper is no longer used, and
 // remove it afterwards as usual. body must not be nil.
 func PrependHeader(body Body, field string) Body {
-	return &prefixBody{prefix: headerLines(field), body: body}
+	return SplicedBody(body, HeaderPieces(body, field))
+}
+
+// HeaderPieces states the content of PrependHeader(body, field) as pieces
+// of body: the normalised field lines (when there are any), then all of
+// body.
+func HeaderPieces(body Body, field string) []Piece {
+	var ps []Piece
+	if h := headerLines(field); len(h) > 0 {
+		ps = append(ps, Piece{Data: h})
+	}
+	return AppendPiece(ps, Piece{Off: 0, Len: body.Size()})
 }
 
 // headerLines normalises field to CRLF-terminated, non-empty lines.
@@ -38,46 +49,6 @@ func headerLines(field string) []byte {
 	}
 	return b.Bytes()
 }
-
-// prefixBody is the Body of PrependHeader.
-type prefixBody struct {
-	prefix []byte
-	body   Body
-
-	mu      sync.Mutex
-	removed bool
-}
-
-func (p *prefixBody) Open() (io.ReadCloser, error) {
-	p.mu.Lock()
-	removed := p.removed
-	p.mu.Unlock()
-	if removed {
-		return nil, fmt.Errorf("header wrapper: %w", errRemoved)
-	}
-	r, err := p.body.Open()
-	if err != nil {
-		return nil, err
-	}
-	return &prefixReader{Reader: io.MultiReader(bytes.NewReader(p.prefix), r), c: r}, nil
-}
-
-func (p *prefixBody) Size() int64 { return int64(len(p.prefix)) + p.body.Size() }
-
-// Remove marks the wrapper removed; the wrapped Body is left alone.
-func (p *prefixBody) Remove() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.removed = true
-	return nil
-}
-
-type prefixReader struct {
-	io.Reader
-	c io.Closer
-}
-
-func (r *prefixReader) Close() error { return r.c.Close() }
 
 // DefaultErrorHeader is the header field the chain adds to a message it
 // delivers unfiltered under PassWithTag, when Chain.ErrorHeader is "".

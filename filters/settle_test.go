@@ -42,7 +42,7 @@ func TestChainSettle(t *testing.T) {
 		return Verdict{Action: Replace, Body: BytesBody([]byte("stripped"))}
 	})
 	tag := verdictFilter("tag", func() Verdict {
-		return Verdict{Action: Replace, Body: BytesBody([]byte("X: y\r\noriginal")), KeepsOriginal: true}
+		return Verdict{Action: Replace, Body: BytesBody([]byte("X: y\r\noriginal")), Edits: []Piece{{Data: []byte("X: y\r\n")}, {Off: 0, Len: 8}}, KeepsOriginal: true}
 	})
 	virus := verdictFilter("av", func() Verdict { return Verdict{Action: Reject, Reason: "virus: Eicar"} })
 	tooBig := verdictFilter("av", func() Verdict { return Verdict{Action: Retry, Reason: "too large to scan"} })
@@ -88,11 +88,13 @@ func TestChainSettle(t *testing.T) {
 			if tc.notice {
 				c.Notice = notice
 			}
-			res := c.Run(context.Background(), &Envelope{}, BytesBody([]byte("original")))
+			in := BytesBody([]byte("original"))
+			res := c.Run(context.Background(), &Envelope{}, in)
 			defer res.Release()
 			if res.Outcome != tc.outcome {
 				t.Fatalf("outcome %v (%s), want %v", res.Outcome, res.Reason, tc.outcome)
 			}
+			checkResultPieces(t, in, res)
 			if tc.outcome == Deliver {
 				got, err := bodyString(res.Body)
 				if err != nil || got != tc.body {
@@ -138,10 +140,15 @@ func TestChainMaxSize(t *testing.T) {
 	} {
 		ran = false
 		c := &Chain{Filters: []Filter{f}, OnError: tc.mode, MaxSize: 8}
-		res := c.Run(context.Background(), &Envelope{}, BytesBody([]byte("123456789"[:tc.size])))
+		in := BytesBody([]byte("123456789"[:tc.size]))
+		res := c.Run(context.Background(), &Envelope{}, in)
 		if res.Outcome != tc.outcome || ran != (tc.size <= 8) {
 			t.Fatalf("%v, %d bytes: outcome %v, filter ran %v", tc.mode, tc.size, res.Outcome, ran)
 		}
+		if res.Reproducible != (tc.outcome == Deliver) {
+			t.Fatalf("%v, %d bytes: Reproducible %v", tc.mode, tc.size, res.Reproducible)
+		}
+		checkResultPieces(t, in, res)
 		if tc.body != "" {
 			if got, _ := bodyString(res.Body); got != tc.body {
 				t.Fatalf("delivered %q", got)

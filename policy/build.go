@@ -107,6 +107,7 @@ func (d *decoder) build(root *rootSchema, body hcl.Body) *Config {
 	cfg.indexPolicies()
 	cfg.indexRoutes()
 	cfg.Metrics = d.metrics(single(d, "metrics", root.Metrics))
+	cfg.Memory = d.memory(single(d, "memory", root.Memory), cfg.Quarantine)
 	return cfg
 }
 

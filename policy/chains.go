@@ -38,6 +38,10 @@ type Policy struct {
 	// quarantine) or "error" (-ERR [SYS/PERM]; the message stays on the
 	// server).
 	NoticeOnReject bool
+	// Rescan (attribute rescan) says when the message memory's verdicts
+	// are not trusted any more, or (Off) that the policy scans every
+	// download.
+	Rescan Rescan
 	// Match says who the policy applies to; nil for the default policy
 	// (see Config.Select).
 	Match *Match
@@ -68,6 +72,7 @@ type policySchema struct {
 	KeepAlive *hcl.Attribute `hcl:"keepalive,optional"`
 	MaxSize   *hcl.Attribute `hcl:"max_size,optional"`
 	Rejected  *hcl.Attribute `hcl:"rejected,optional"`
+	Rescan    *hcl.Attribute `hcl:"rescan,optional"`
 
 	Match []*matchSchema `hcl:"match,block"` // at most one
 }
@@ -211,6 +216,7 @@ func (d *decoder) policy(s *policySchema, built map[string]*filters.FilterSpec, 
 	}
 	p.MaxSize = d.size(s.MaxSize, 0)
 	p.NoticeOnReject = d.enum(s.Rejected, "notice", "notice", "error") == "notice"
+	p.Rescan = d.rescan(s.Rescan)
 	return p
 }
 

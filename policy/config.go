@@ -33,7 +33,7 @@
 //	                      relative to the directory of the configuration file
 //
 // Sizes are strings such as "25MB" (see filters.ParseSize) and durations are strings
-// such as "1h30m" (see time.ParseDuration).
+// such as "1h30m" (see time.ParseDuration) or, in whole days, "30d".
 //
 // # Paths
 //
@@ -79,6 +79,9 @@ type Config struct {
 
 	// Metrics is the metrics block, nil when there is none.
 	Metrics *Metrics
+	// Memory is where the message memory lives (the memory block, or its
+	// embedded default); nil when it is off.
+	Memory *Memory
 
 	// Files maps each file name used in diagnostics to its parsed file, for
 	// WriteDiagnostics. It is set even when loading fails.

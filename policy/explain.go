@@ -27,6 +27,11 @@ type Explanation struct {
 	Policy *PolicyExplanation `json:"policy"`
 	// Quarantine is the quarantine directory, "" when there is none.
 	Quarantine string `json:"quarantine"`
+	// Memory says where the message memory lives ("" when it is off or the
+	// policy does not use it) and Rescan when the policy scans a
+	// remembered message again.
+	Memory string `json:"memory"`
+	Rescan string `json:"rescan"`
 }
 
 // PolicyExplanation describes the chosen
@@ -116,6 +121,7 @@ func (cfg *Config) Explain(who Who, listener string) (*Explanation, error) {
 		ex.Why = "match block matched: " + matchText(p.Match)
 	}
 	ex.Policy = explainPolicy(cfg, p)
+	ex.Memory, ex.Rescan = explainMemory(cfg, p)
 	return ex, nil
 }
 
@@ -192,4 +198,32 @@ func matchText(m *Match) string {
 		parts = append(parts, k+" = ["+strings.Join(q, ", ")+"]")
 	}
 	return "match { " + strings.Join(parts, ", ") + " }"
+}
+
+func explainMemory(cfg *Config, p *Policy) (where, rescan string) {
+	m := cfg.Memory
+	switch {
+	case m == nil:
+		return "", "every download is scanned (the memory is off)"
+	case p.Rescan.Off:
+		return "", "every download is scanned (rescan = \"always\")"
+	case len(p.Filters) == 0:
+		return "", ""
+	case m.Store == MemoryRedis:
+		where = fmt.Sprintf("redis %s db %d", m.Redis.Address, m.Redis.DB)
+	default:
+		where = "embedded " + m.Path
+	}
+	where += fmt.Sprintf(" (records kept %s after their last use)", m.Retention)
+	var when []string
+	if p.Rescan.OnSignatureChange {
+		when = append(when, "when the scanners' signatures change")
+	}
+	if p.Rescan.After > 0 {
+		when = append(when, fmt.Sprintf("when the scan is older than %s", p.Rescan.After))
+	}
+	if len(when) == 0 {
+		return where, "never: a remembered verdict stands until the record expires"
+	}
+	return where, "a message remembered as deliverable is scanned again " + strings.Join(when, " or ")
 }

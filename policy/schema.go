@@ -22,6 +22,7 @@ type rootSchema struct {
 	Quarantine []*quarantineSchema `hcl:"quarantine,block"` // at most one
 	Routes     []*routeSchema      `hcl:"route,block"`
 	Metrics    []*metricsSchema    `hcl:"metrics,block"` // at most one
+	Memory     []*memorySchema     `hcl:"memory,block"`  // at most one
 }
 
 type listenerSchema struct {

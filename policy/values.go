@@ -123,11 +123,11 @@ func (d *decoder) duration(attr *hcl.Attribute, def time.Duration, allowZero boo
 		return def
 	}
 	s := v.AsString()
-	dur, err := time.ParseDuration(s)
+	dur, err := parseDuration(s)
 	switch {
 	case err != nil:
 		d.errorf(attr.Expr.Range(), "Invalid duration",
-			`%q is not a duration: %v; write a number with a unit (ns, us, ms, s, m, h), like "30s", "10m" or "1h30m".`,
+			`%q is not a duration: %v; write a number with a unit (ns, us, ms, s, m, h, or d for days), like "30s", "10m", "1h30m" or "30d".`,
 			s, strings.TrimPrefix(err.Error(), "time: "))
 	case dur < 0:
 		d.errorf(attr.Expr.Range(), "Invalid duration", "%s must not be negative.", attr.Name)
@@ -190,4 +190,17 @@ func quoteEach(items []string) []string {
 // posString renders the start of r as file:line:col, the form diagnostics use.
 func posString(r hcl.Range) string {
 	return fmt.Sprintf("%s:%d:%d", r.Filename, r.Start.Line, r.Start.Column)
+}
+
+// parseDuration is time.ParseDuration, plus whole days ("30d"): retention
+// periods are written in days.
+func parseDuration(s string) (time.Duration, error) {
+	if days, ok := strings.CutSuffix(s, "d"); ok && days != "" && !strings.ContainsAny(days, "hms.+-") {
+		n, err := strconv.ParseUint(days, 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("invalid number of days %q", days)
+		}
+		return time.Duration(n) * 24 * time.Hour, nil
+	}
+	return time.ParseDuration(s)
 }

@@ -47,9 +47,26 @@ type SessionObserver interface {
 	UpstreamConnected(upstream string, took time.Duration, err error)
 	// Message reports a filtered message.
 	Message(policy string, res *filters.Result)
+	// Memory reports a use of the message memory: op is MemoryLookup,
+	// MemoryWrite or MemoryDelete, result one of the Memory* results.
+	Memory(op, result string, took time.Duration)
 	// Ended is the session's end: one of the Session* results.
 	Ended(result string)
 }
+
+// Message memory operations and their results, as Memory reports them.
+const (
+	MemoryLookup = "lookup"
+	MemoryWrite  = "write"
+	MemoryDelete = "delete"
+
+	MemoryHit     = "hit"     // a record served the message: no scan
+	MemoryMiss    = "miss"    // no record (or none for this size or chain)
+	MemoryRescan  = "rescan"  // a record too old, or made under older signatures
+	MemoryChanged = "changed" // the upstream's message differs from the record's
+	MemoryOK      = "ok"
+	MemoryError   = "error" // the store failed or timed out: a rescan, never a pass
+)
 
 // Session results, as Ended reports them.
 const (
@@ -92,8 +109,9 @@ func (nopObserver) UpstreamOut() Adder             { return nopAdder{} }
 func (nopObserver) Command(string)                 {}
 func (nopObserver) UpstreamConnected(string, time.Duration, error) {
 }
-func (nopObserver) Message(string, *filters.Result) {}
-func (nopObserver) Ended(string)                    {}
+func (nopObserver) Message(string, *filters.Result)      {}
+func (nopObserver) Memory(string, string, time.Duration) {}
+func (nopObserver) Ended(string)                         {}
 
 var (
 	_ Observer        = nopObserver{}

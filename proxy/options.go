@@ -168,6 +168,9 @@ type SessionPolicy struct {
 	// until the RETR that usually follows, and those whose original went
 	// to quarantine (so it goes there once); default 16.
 	TOPCacheSize int
+	// Memory, when set, remembers each message's verdict across sessions,
+	// restarts and instances (see Memory).
+	Memory *Memory
 }
 
 // loginDeadlineFactor times LoginTimeout is the most a client may take to

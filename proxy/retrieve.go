@@ -2,15 +2,18 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/memory"
+	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/proxy/pop3"
 )
 
@@ -63,10 +66,30 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	}
 
 	// The UIDL goes into quarantine records and logs, so an admin can find
-	// the message on the server.
+	// the message on the server; with the size LIST gives, it names the
+	// message in the memory.
 	uidl, err := s.uidl(cmd.Args[0])
 	if err != nil {
 		return err
+	}
+	mem, listSize := s.memory(), int64(-1)
+	if uidl == "" {
+		mem = nil
+	}
+	var rec *memory.Record
+	lookup, lookupStart := "", time.Now()
+	if mem != nil {
+		if listSize, err = s.listSize(cmd.Args[0]); err != nil {
+			return err
+		}
+		rec, lookup = s.recall(mem, uidl, listSize)
+		if top && rec != nil {
+			handled, err := s.topFromMemory(rec, cmd.Args[0], lines)
+			if handled {
+				s.obs.Memory(MemoryLookup, MemoryHit, time.Since(lookupStart))
+				return err
+			}
+		}
 	}
 	// TOP under a filtering policy fetches the whole message: filters see
 	// what RETR would give, and TOP shows the start of that result.
@@ -87,7 +110,13 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	// A spool that fails (disk full) must not stop the read half way: the
 	// rest of the message would stay unread upstream and end the session.
 	// Finish reports the failure.
-	if _, err := pop3.NewDotReader(s.up.r).WriteTo(&stickyWriter{w: sw}); err != nil {
+	var dst io.Writer = &stickyWriter{w: sw}
+	var sum hash.Hash
+	if mem != nil {
+		sum = newHash()
+		dst = hashingWriter{w: dst, h: sum}
+	}
+	if _, err := pop3.NewDotReader(s.up.r).WriteTo(dst); err != nil {
 		sw.Abort()
 		return upstreamErr(fmt.Errorf("%s %d: %w", cmd.Name, msgNum, err))
 	}
@@ -97,14 +126,40 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		s.replyErr("SYS/TEMP", "message could not be checked, try again later")
 		return nil
 	}
+	var digest []byte
+	if sum != nil {
+		digest = sum.Sum(nil)
+	}
 
 	env := &filters.Envelope{
 		SessionID: s.id, User: s.user, Client: s.client, Listener: s.cfg.Name,
 		Upstream: s.upName, Command: cmd.Name, MsgNum: msgNum, UIDL: uidl,
 	}
-	res, err := s.runChain(chain, env, in)
-	if err != nil {
-		return err
+	var res *filters.Result
+	switch {
+	case rec != nil && rec.Size == in.Size() && bytes.Equal(rec.SHA256[:], digest):
+		// Remembered: served as the first time, no scan, no new quarantine
+		// record.
+		res = served(rec, in)
+		s.obs.Memory(MemoryLookup, MemoryHit, time.Since(lookupStart))
+		s.log.Info().Str("command", env.Command).Int("msg", env.MsgNum).Str("uidl", mailtext.Visible(uidl, 200)).
+			Str("outcome", res.Outcome.String()).Str("quarantine_id", rec.QuarantineID).Msg("message served from memory")
+	default:
+		if rec != nil {
+			lookup = MemoryChanged // recycled UIDL: the record goes, the message is scanned
+			s.forget(mem, s.memKey(uidl))
+		}
+		if mem != nil {
+			s.obs.Memory(MemoryLookup, lookup, time.Since(lookupStart))
+		}
+		if res, err = s.runChain(chain, env, in); err != nil {
+			return err
+		}
+		if mem != nil {
+			if r := s.record(mem, listSize, in, digest, res); r != nil {
+				s.remember(mem, s.memKey(uidl), r)
+			}
+		}
 	}
 	if res.Outcome == filters.Deliver && (top || res.QuarantineID != "") {
 		// Keep it: a client that TOPs a message usually RETRs it next; and
@@ -143,24 +198,14 @@ func (sw *stickyWriter) Write(p []byte) (int, error) {
 // change within a session, RFC 1939 §5), not a round trip per message.
 func (s *session) uidl(msg string) (string, error) {
 	if s.uidls == nil {
-		s.uidls = map[string]string{}
-		_, st, err := s.exchange([]byte("UIDL"))
-		if err != nil || !st.OK {
+		m, _, _, err := s.listing("UIDL")
+		if err != nil {
 			return "", err
 		}
-		listing, err := io.ReadAll(io.LimitReader(pop3.NewDotReader(s.up.r), maxUIDLListing+1))
-		if err != nil {
-			return "", upstreamErr(err)
+		if m == nil {
+			m = map[string]string{}
 		}
-		if len(listing) > maxUIDLListing {
-			return "", fmt.Errorf("%w: UIDL listing over %d octets", errUpstreamProtocol, maxUIDLListing)
-		}
-		for l := range strings.Lines(string(listing)) {
-			// "msg uidl"
-			if f := strings.Fields(l); len(f) == 2 {
-				s.uidls[f[0]] = f[1]
-			}
-		}
+		s.uidls = m
 	}
 	return s.uidls[msg], nil
 }

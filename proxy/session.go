@@ -19,6 +19,7 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
+	"github.com/popgate/popgate/filters/memory"
 	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/proxy/pop3"
 )
@@ -62,6 +63,7 @@ type session struct {
 
 	gen         *generation // the configuration this session started under
 	upName      string
+	upAddr      string // the upstream's address: part of the message memory's keys
 	outPort     uint16 // local port of a transparent upstream connection, for loop detection
 	state       state
 	pendingUser string // from USER, until PASS succeeds
@@ -69,6 +71,8 @@ type session struct {
 	policy      *SessionPolicy
 	cache       topCache          // filtered messages, for TOP and RETR after TOP
 	uidls       map[string]string // message number → UIDL, fetched once when filtering
+	sizes       map[string]int64  // message number → LIST size, fetched once under a memory
+	deleted     []memory.Key      // messages DELEted: their records go at a committed QUIT
 	lineBuf     []byte
 
 	// responding is set once any byte of the current response may have
@@ -280,6 +284,7 @@ func (s *session) connectUpstream(u *Upstream) (*upstreamConn, error) {
 		return nil, errors.New(s.aborted)
 	}
 	s.up = up
+	s.upAddr = addr
 	s.log.Debug().Str("upstream", s.upName).Str("address", addr).Msg("upstream connected")
 	return up, nil
 }
@@ -362,8 +367,14 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 	case "CAPA":
 		return s.capa(line)
 	case "QUIT":
-		_, err := s.relaySingle(line)
+		st, err := s.relaySingle(line)
 		if err == nil {
+			if st.OK && s.state == stateTransaction {
+				// The deletions are committed: their records go too.
+				if m := s.memory(); m != nil {
+					s.forget(m, s.deleted...)
+				}
+			}
 			s.state = stateUpdate
 		}
 		return err
@@ -384,12 +395,43 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 			return s.retrieve(cmd, line)
 		}
 	case "DELE":
+		var key *memory.Key
+		if m := s.memory(); m != nil && s.state == stateTransaction {
+			// The UIDL of a deleted message is gone from the listing.
+			uidl, err := s.uidl(firstArg(cmd))
+			if err != nil {
+				return err
+			}
+			if uidl != "" {
+				k := s.memKey(uidl)
+				key = &k
+			}
+		}
 		st, err := s.relaySingle(line)
 		if err == nil && st.OK {
 			s.cache.drop(firstArg(cmd))
+			if key != nil {
+				s.deleted = append(s.deleted, *key)
+			}
 		}
 		return err
-	case "LIST", "UIDL":
+	case "RSET":
+		st, err := s.relaySingle(line)
+		if err == nil && st.OK {
+			s.deleted = nil
+		}
+		return err
+	case "LIST", "STAT":
+		if m := s.memory(); m != nil && s.state == stateTransaction && len(cmd.Args) <= 1 {
+			if cmd.Name == "STAT" {
+				return s.stat(m, line)
+			}
+			return s.list(m, cmd, line)
+		}
+		if cmd.Name == "LIST" && len(cmd.Args) == 0 {
+			return s.relayMulti(line)
+		}
+	case "UIDL":
 		if len(cmd.Args) == 0 {
 			return s.relayMulti(line)
 		}

@@ -4,13 +4,14 @@
 #   scripts/testenv.sh up       install (apt-get, when root and something is missing) and start,
 #                               on 127.0.0.1, a real Dovecot (POP3+STLS, POP3S; passwd-file users,
 #                               Maildir) and a real clamd (TCP + unix socket; a signature database
-#                               written here that holds only the EICAR test signature).
-#   scripts/testenv.sh down     stop both daemons (idempotent; the state dir and its logs stay).
+#                               written here that holds only the EICAR test signature), and a real
+#                               redis-server (no persistence) for the shared message memory.
+#   scripts/testenv.sh down     stop the daemons (idempotent; the state dir and its logs stay).
 #   scripts/testenv.sh restart  down, then a fresh up.
 #   scripts/testenv.sh envfile  print the path of the env file (bash `export` lines) to source.
-#   scripts/testenv.sh status   say what runs (exit 0 when both daemons run, 1 otherwise).
+#   scripts/testenv.sh status   say what runs (exit 0 when all daemons run, 1 otherwise).
 #
-# State lives in ${POPGATE_TESTENV_DIR:-/tmp/popgate-testenv}. `up` when both daemons already run
+# State lives in ${POPGATE_TESTENV_DIR:-/tmp/popgate-testenv}. `up` when all daemons already run
 # from this same version of the script REUSES them (same ports, users, mail) and only prints the
 # summary; anything else (nothing running, half running, script changed) stops leftovers, wipes the
 # state dir and starts fresh on newly chosen free ports. Use `restart` to force a fresh start.
@@ -22,7 +23,7 @@
 #   implicit TLS), POPGATE_TEST_CA, POPGATE_TEST_CERT, POPGATE_TEST_KEY, POPGATE_TEST_PASSWD (the
 #   shared passwd-file), POPGATE_TEST_USERS (dir of per-user passwd-files), POPGATE_TEST_MAILROOT, POPGATE_TEST_MAILUID, POPGATE_TEST_MAILGID, POPGATE_TEST_CLAMD
 #   (tcp://127.0.0.1:port), POPGATE_TEST_CLAMD_UNIX (unix:///path), POPGATE_TEST_DOVECOT_CONF,
-#   POPGATE_TEST_CLAMD_CONF.
+#   POPGATE_TEST_CLAMD_CONF, POPGATE_TEST_REDIS (127.0.0.1:port).
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
@@ -45,6 +46,8 @@ CLAM=$DIR/clamd
 CLAMCONF=$CLAM/clamd.conf
 CLAMPID=$CLAM/clamd.pid
 CLAMSOCK=$CLAM/clamd.sock
+REDIS=$DIR/redis
+REDISPID=$REDIS/redis.pid
 
 # The 68-byte EICAR anti-virus test file; md5 44d88612fea8a8f36de82e1278abb02f (checked in up).
 # shellcheck disable=SC2016 # literal $ signs
@@ -78,6 +81,7 @@ missing_packages() {
 	[ -x /usr/sbin/nginx ] || miss+=(nginx)                      # benchmark peer: nginx's mail proxy
 	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || miss+=(libnginx-mod-mail)
 	command -v gnuplot >/dev/null || miss+=(gnuplot-nox)       # benchmark chart (PNG)
+	command -v redis-server >/dev/null || miss+=(redis-server) # shared message memory (filters/memory/redisstore)
 	if [ ${#miss[@]} -gt 0 ]; then printf '%s\n' "${miss[@]}"; fi
 }
 
@@ -163,6 +167,18 @@ clamd_ping() {
 		exec 3<&- 3>&-
 	} 2>/dev/null
 	[ "$reply" = PONG ]
+}
+
+# redis_ping PORT: redis-server answers +PONG on 127.0.0.1:PORT.
+redis_ping() {
+	local reply=""
+	{
+		exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+		printf 'PING\r\n' >&3
+		IFS= read -r -t 2 reply <&3 || true
+		exec 3<&- 3>&-
+	} 2>/dev/null
+	[ "${reply%$'\r'}" = +PONG ]
 }
 
 # pop3_greets PORT: something on 127.0.0.1:PORT sends a "+OK" greeting (plain POP3 only).
@@ -402,6 +418,7 @@ write_envfile() {
 		printf 'export POPGATE_TEST_CLAMD_UNIX=%q\n' "unix://$CLAMSOCK"
 		printf 'export POPGATE_TEST_DOVECOT_CONF=%q\n' "$DOVCONF"
 		printf 'export POPGATE_TEST_CLAMD_CONF=%q\n' "$CLAMCONF"
+		printf 'export POPGATE_TEST_REDIS=%q\n' "127.0.0.1:$4"
 	} >"$ENVFILE.tmp"
 	mv "$ENVFILE.tmp" "$ENVFILE"
 }
@@ -418,25 +435,26 @@ popgate test environment ($1) in $DIR
          per-user passwd-files of test users in $POPGATE_TEST_USERS
   mail:  $POPGATE_TEST_MAILROOT/<user>/Maildir, uid:gid $POPGATE_TEST_MAILUID:$POPGATE_TEST_MAILGID
   CA:    $POPGATE_TEST_CA (server cert for localhost and 127.0.0.1: $POPGATE_TEST_CERT)
-  logs:  $DOV/dovecot.log $CLAM/clamd.log
+  redis $(redis-server --version 2>/dev/null | sed -n 's/.* v=\([^ ]*\).*/\1/p') pid $(pidof_file "$REDISPID"): $POPGATE_TEST_REDIS (no persistence)
+  logs:  $DOV/dovecot.log $CLAM/clamd.log $REDIS/redis.log
   env:   . $ENVFILE
   try:   curl --ssl-reqd --cacert $POPGATE_TEST_CA -u alice:alice-secret-pw pop3://$POPGATE_TEST_POP3/1
 EOF
 	)
 }
 
-running() { alive "$DOVPID" dovecot && alive "$CLAMPID" clamd; }
+running() { alive "$DOVPID" dovecot && alive "$CLAMPID" clamd && alive "$REDISPID" redis-server; }
 
 do_down() {
-	stop "$DOVPID" dovecot "$CLAMPID" clamd
+	stop "$DOVPID" dovecot "$CLAMPID" clamd "$REDISPID" redis-server
 	rm -f "$ENVFILE" "$DIR/script.hash"
 }
 
 # start_once: one attempt on fresh ports; returns 1 when a port was taken in between.
 start_once() {
-	local ports pop3 pop3s clamport i
-	ports=$(free_ports 3)
-	read -r pop3 pop3s clamport <<<"$ports"
+	local ports pop3 pop3s clamport redisport i
+	ports=$(free_ports 4)
+	read -r pop3 pop3s clamport redisport <<<"$ports"
 
 	write_dovecot_conf "$pop3" "$pop3s"
 	write_clamd_conf "$clamport"
@@ -471,7 +489,31 @@ start_once() {
 		die "clamd does not answer PING on 127.0.0.1:$clamport"
 	fi
 	[ -S "$CLAMSOCK" ] || die "clamd did not create $CLAMSOCK"
-	write_envfile "$pop3" "$pop3s" "$clamport"
+
+	# redis-server: in memory only (no RDB, no AOF), its files in $REDIS. With --daemonize the
+	# launcher exits before the server binds: a taken port shows in its log.
+	mkdir -p "$REDIS"
+	: >"$REDIS/redis.log"
+	if ! redis-server --bind 127.0.0.1 --port "$redisport" --save "" --appendonly no \
+		--daemonize yes --pidfile "$REDISPID" --dir "$REDIS" --logfile "$REDIS/redis.log" \
+		</dev/null >>"$REDIS/redis.out" 2>&1 9>&-; then
+		tail -n 5 "$REDIS/redis.out" "$REDIS/redis.log" >&2 2>/dev/null || true
+		die "redis-server failed to start"
+	fi
+	for i in $(seq 100); do
+		redis_ping "$redisport" && break
+		grep -q 'Address already in use' "$REDIS/redis.log" 2>/dev/null && break
+		sleep 0.05
+	done
+	if ! redis_ping "$redisport"; then
+		tail -n 20 "$REDIS/redis.log" >&2 2>/dev/null || true
+		if grep -q 'Address already in use' "$REDIS/redis.log" 2>/dev/null; then
+			stop "$DOVPID" dovecot "$CLAMPID" clamd "$REDISPID" redis-server
+			return 1
+		fi
+		die "redis-server does not answer PING on 127.0.0.1:$redisport"
+	fi
+	write_envfile "$pop3" "$pop3s" "$clamport" "$redisport"
 }
 
 do_up() {
@@ -482,9 +524,11 @@ do_up() {
 		ports=$(
 			# shellcheck source=/dev/null
 			. "$ENVFILE"
-			echo "${POPGATE_TEST_POP3##*:} ${POPGATE_TEST_CLAMD##*:}"
+			echo "${POPGATE_TEST_POP3##*:} ${POPGATE_TEST_CLAMD##*:} ${POPGATE_TEST_REDIS##*:}"
 		)
-		if pop3_greets "${ports% *}" && clamd_ping "${ports#* }"; then
+		local p_pop3 p_clamd p_redis
+		read -r p_pop3 p_clamd p_redis <<<"$ports"
+		if pop3_greets "$p_pop3" && clamd_ping "$p_clamd" && redis_ping "$p_redis"; then
 			summary "already running: reused; 'restart' starts afresh"
 			return 0
 		fi
@@ -531,7 +575,7 @@ do_up() {
 		if start_once; then break; fi
 		[ "$attempt" -lt 5 ] || die "could not find free ports after $attempt attempts"
 		log "port taken meanwhile; retrying with other ports"
-		stop "$CLAMPID" clamd
+		stop "$CLAMPID" clamd "$REDISPID" redis-server
 	done
 	script_hash >"$DIR/script.hash"
 	trap - EXIT
@@ -550,6 +594,12 @@ do_status() {
 		echo "clamd: running, pid $(pidof_file "$CLAMPID")"
 	else
 		echo "clamd: not running"
+		rc=1
+	fi
+	if alive "$REDISPID" redis-server; then
+		echo "redis-server: running, pid $(pidof_file "$REDISPID")"
+	else
+		echo "redis-server: not running"
 		rc=1
 	fi
 	if [ -s "$ENVFILE" ]; then

@@ -98,11 +98,13 @@ func (f *Filter) tooLarge(body filters.Body, size int64) filters.Verdict {
 	max := f.scanner.MaxSize()
 	switch f.oversize {
 	case OversizePassWithTag:
+		edits := filters.HeaderPieces(body, fmt.Sprintf("%s: not scanned: too large (%d bytes > max_size %d)", WarningHeader, size, max))
 		return filters.Verdict{
 			Action:        filters.Replace,
-			Body:          filters.PrependHeader(body, fmt.Sprintf("%s: not scanned: too large (%d bytes > max_size %d)", WarningHeader, size, max)),
+			Body:          filters.SplicedBody(body, edits), // PrependHeader's body
 			Reason:        "too large to scan, passed with a warning",
 			KeepsOriginal: true,
+			Edits:         edits,
 		}
 	case OversizeReject, OversizeQuarantine:
 		return filters.Verdict{Action: filters.Reject, Reason: fmt.Sprintf("too large to scan (%d bytes > max_size %d)", size, max)}

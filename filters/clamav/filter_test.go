@@ -103,6 +103,13 @@ func TestFilterOversize(t *testing.T) {
 			if got := readBody(t, v.Body); got != want || !v.KeepsOriginal {
 				t.Errorf("tagged body %.100q, KeepsOriginal %v", got, v.KeepsOriginal)
 			}
+			// The warning is an edit the chain can remember: the field,
+			// then all of the message.
+			if len(v.Edits) != 2 || v.Edits[1].Data != nil || v.Edits[1].Off != 0 || v.Edits[1].Len != big.Size() {
+				t.Errorf("Edits %v", v.Edits)
+			} else if got := readBody(t, filters.SplicedBody(big, v.Edits)); got != want {
+				t.Errorf("Edits read %.100q", got)
+			}
 			v.Body.Remove()
 		} else if v.Body != nil {
 			t.Errorf("%v: a Body on %v", c.o, v.Action)

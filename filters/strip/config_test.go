@@ -2,6 +2,7 @@ package strip
 
 import (
 	"context"
+	"io"
 	"os"
 	"strings"
 	"testing"
@@ -283,6 +284,27 @@ func TestBodyWithoutReaderAt(t *testing.T) {
 	if string(head) != "X-Test: 1" {
 		t.Errorf("result starts %q", head)
 	}
+	// The Edits refer to the body given (the wrapper), not to the copy
+	// spooled for random access.
+	given, err := io.ReadAll(mustOpen(t, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(mustOpen(t, v.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEdits(t, given, v, out)
+}
+
+func mustOpen(t *testing.T, b filters.Body) io.Reader {
+	t.Helper()
+	rc, err := b.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	return rc
 }
 
 func TestConfigEmptySelectors(t *testing.T) {

@@ -87,7 +87,8 @@ func FuzzStripNoop(f *testing.F) {
 
 // FuzzStrip: with a rule that strips every part, and with a realistic
 // policy, any input gives a clear verdict; a stripped result re-parses, its
-// kept parts are byte-identical, and each notice names its file.
+// kept parts are byte-identical, each notice names its file, and the
+// verdict's Edits read as its body.
 func FuzzStrip(f *testing.F) {
 	addCorpusSeeds(f)
 	all := mustFilter(f, `filter "strip" "all" {
@@ -142,6 +143,7 @@ func FuzzStrip(f *testing.F) {
 					t.Fatalf("%s: result does not re-parse: %v", flt.Name(), err)
 				}
 				checkSplice(t, data, out.Bytes(), d.Matches)
+				checkEdits(t, data, v, out.Bytes())
 			case filters.Pass:
 				if v.Body != nil {
 					t.Fatalf("%s: pass with a body", flt.Name())

@@ -75,7 +75,54 @@ func run(t testing.TB, f *Filter, msg []byte) (filters.Verdict, []byte) {
 			t.Fatal(err)
 		}
 	}
+	if v.Action == filters.Replace {
+		checkEdits(t, msg, v, out)
+	}
 	return v, out
+}
+
+// checkEdits checks that a Replace states its Body (out) as Edits of the
+// message it was given (msg), which read as out byte for byte, through
+// SplicedBody and every way it reads the message.
+func checkEdits(t testing.TB, msg []byte, v filters.Verdict, out []byte) {
+	t.Helper()
+	if v.Edits == nil {
+		t.Fatalf("Replace without Edits")
+	}
+	if got := filters.PiecesSize(v.Edits); got != int64(len(out)) {
+		t.Fatalf("Edits of %d bytes for a body of %d", got, len(out))
+	}
+	for _, in := range []filters.Body{filters.BytesBody(msg), sequentialBody{filters.BytesBody(msg)}} {
+		rc, err := filters.SplicedBody(in, v.Edits).Open()
+		if err != nil {
+			t.Fatalf("SplicedBody: %v", err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, out) {
+			t.Fatalf("Edits read (%v)\n%q\nthe body is\n%q", err, got, out)
+		}
+	}
+	for _, p := range v.Edits {
+		if len(p.Data) > 4096 {
+			t.Errorf("a literal of %d bytes: message bytes should be runs", len(p.Data))
+		}
+	}
+}
+
+// sequentialBody is a Body whose readers only Read (like a header-prepending
+// wrapper's).
+type sequentialBody struct{ filters.Body }
+
+func (b sequentialBody) Open() (io.ReadCloser, error) {
+	rc, err := b.Body.Open()
+	if err != nil {
+		return nil, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{rc, rc}, nil
 }
 
 func mustParse(t testing.TB, msg []byte) *mimePart {
@@ -185,6 +232,16 @@ func checkSplice(t testing.TB, orig, out []byte, strips []match) {
 			t.Errorf("bytes after the last stripped part changed")
 		}
 	}
+}
+
+// keepNonContentFields returns the header section hdr without its Content-*
+// fields (continuation lines included): what keptFields keeps.
+func keepNonContentFields(hdr []byte) []byte {
+	var out []byte
+	for _, k := range keptFields(hdr) {
+		out = append(out, hdr[k[0]:k[1]]...)
+	}
+	return out
 }
 
 // b64 encodes data in base64 lines of 76 characters, CRLF-separated.

@@ -15,8 +15,13 @@ import (
 // rewrite splices the message: every byte outside the parts of strips is
 // copied as it is; each of those parts is replaced by a notice. strips are
 // in document order and do not overlap (decide never matches inside a part
-// it matched).
-func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips []match) (filters.Body, error) {
+// it matched). It returns the new message and the same as pieces of the
+// original (the Verdict's Edits): the message is written from them.
+func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips []match) (filters.Body, []filters.Piece, error) {
+	pieces, err := splice(r, size, strips)
+	if err != nil {
+		return nil, nil, err
+	}
 	w := f.spool.NewWriter()
 	ok := false
 	defer func() {
@@ -25,12 +30,40 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 		}
 	}()
 	buf := make([]byte, 32<<10)
-	copyRange := func(from, to int64) error {
-		if to <= from {
-			return nil
+	for _, p := range pieces {
+		if p.Data != nil {
+			if _, err := w.Write(p.Data); err != nil {
+				return nil, nil, err
+			}
+			continue
 		}
-		_, err := io.CopyBuffer(w, mailtext.NewReader(ctx, io.NewSectionReader(r, from, to-from)), buf)
-		return err
+		if _, err := io.CopyBuffer(w, mailtext.NewReader(ctx, io.NewSectionReader(r, p.Off, p.Len)), buf); err != nil {
+			return nil, nil, err
+		}
+	}
+	b, err := w.Finish()
+	if err != nil {
+		return nil, nil, err
+	}
+	ok = true
+	return b, pieces, nil
+}
+
+// splice states the stripped message as pieces of the original: the bytes
+// outside the parts of strips as runs; each of those parts replaced by its
+// notice (a literal), after the header fields of a message root but its
+// Content-* ones (runs).
+func splice(r io.ReaderAt, size int64, strips []match) ([]filters.Piece, error) {
+	var pieces []filters.Piece
+	var lit []byte // the literal being gathered
+	keep := func(from, to int64) {
+		if to <= from {
+			return
+		}
+		if len(lit) > 0 {
+			pieces, lit = append(pieces, filters.Piece{Data: lit}), nil
+		}
+		pieces = filters.AppendPiece(pieces, filters.Piece{Off: from, Len: to - from})
 	}
 	pos := int64(0)
 	for i := range strips {
@@ -39,9 +72,7 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 		if p.HeaderStart < pos {
 			return nil, fmt.Errorf("strip: internal error: overlapping parts at byte %d", p.HeaderStart)
 		}
-		if err := copyRange(pos, p.HeaderStart); err != nil {
-			return nil, err
-		}
+		keep(pos, p.HeaderStart)
 		nl := "\r\n"
 		if p.LF {
 			nl = "\n"
@@ -54,9 +85,7 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 				return nil, err
 			}
 			if prev[0] != '\n' {
-				if _, err := io.WriteString(w, nl); err != nil {
-					return nil, err
-				}
+				lit = append(lit, nl...)
 			}
 		}
 		if p.IsEntity() {
@@ -66,12 +95,12 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 			if _, err := r.ReadAt(hdr, p.HeaderStart); err != nil && err != io.EOF {
 				return nil, err
 			}
-			kept := keepNonContentFields(hdr)
-			if len(kept) > 0 && kept[len(kept)-1] != '\n' {
-				kept = append(kept, nl...)
+			kept := keptFields(hdr)
+			for _, k := range kept {
+				keep(p.HeaderStart+int64(k[0]), p.HeaderStart+int64(k[1]))
 			}
-			if _, err := w.Write(kept); err != nil {
-				return nil, err
+			if n := len(kept); n > 0 && hdr[kept[n-1][1]-1] != '\n' {
+				lit = append(lit, nl...)
 			}
 		}
 		// The notice ends with a line break at the end of the message, and
@@ -85,41 +114,38 @@ func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips 
 			}
 			needBreak = next[0] != '\r' && next[0] != '\n'
 		}
-		if _, err := w.Write(notice(m, nl, needBreak)); err != nil {
-			return nil, err
-		}
+		lit = append(lit, notice(m, nl, needBreak)...)
 		pos = p.BodyEnd
 	}
-	if err := copyRange(pos, size); err != nil {
-		return nil, err
+	keep(pos, size)
+	if len(lit) > 0 {
+		pieces = append(pieces, filters.Piece{Data: lit})
 	}
-	b, err := w.Finish()
-	if err != nil {
-		return nil, err
-	}
-	ok = true
-	return b, nil
+	return pieces, nil
 }
 
-// keepNonContentFields returns the header section hdr without its Content-*
-// fields (continuation lines included); the rest stays byte for byte.
-func keepNonContentFields(hdr []byte) []byte {
-	out := make([]byte, 0, len(hdr))
+// keptFields returns the ranges of the header section hdr without its
+// Content-* fields (continuation lines included), in order, contiguous
+// ones joined; what they cover stays byte for byte.
+func keptFields(hdr []byte) [][2]int {
+	var out [][2]int
 	drop := false
-	for len(hdr) > 0 {
-		i := bytes.IndexByte(hdr, '\n')
-		var ln []byte
-		if i < 0 {
-			ln, hdr = hdr, nil
-		} else {
-			ln, hdr = hdr[:i+1], hdr[i+1:]
+	for i := 0; i < len(hdr); {
+		end := len(hdr)
+		if j := bytes.IndexByte(hdr[i:], '\n'); j >= 0 {
+			end = i + j + 1
 		}
-		if ln[0] != ' ' && ln[0] != '\t' {
-			drop = len(ln) >= 8 && asciiEqualFold(ln[:8], "content-")
+		if hdr[i] != ' ' && hdr[i] != '\t' {
+			drop = end-i >= 8 && asciiEqualFold(hdr[i:i+8], "content-")
 		}
 		if !drop {
-			out = append(out, ln...)
+			if n := len(out); n > 0 && out[n-1][1] == i {
+				out[n-1][1] = end
+			} else {
+				out = append(out, [2]int{i, end})
+			}
 		}
+		i = end
 	}
 	return out
 }

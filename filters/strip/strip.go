@@ -263,11 +263,11 @@ func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64) (filter
 	case filters.Pass:
 		return filters.Verdict{Action: filters.Pass, Reason: d.Reason}, nil
 	case filters.Replace:
-		b, err := f.rewrite(ctx, ra, size, d.Matches)
+		b, edits, err := f.rewrite(ctx, ra, size, d.Matches)
 		if err != nil {
 			return filters.Verdict{}, err
 		}
-		return filters.Verdict{Action: filters.Replace, Body: b, Reason: d.Reason}, nil
+		return filters.Verdict{Action: filters.Replace, Body: b, Reason: d.Reason, Edits: edits}, nil
 	}
 	return filters.Verdict{Action: d.Action, Reason: d.Reason}, nil
 }

@@ -327,7 +327,22 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		Body:          out,
 		Reason:        "tagged: " + strings.Join(notes, ", "),
 		KeepsOriginal: lossless,
+		Edits:         edits(top.Bytes(), info, newValue, body.Size()),
 	}, nil
+}
+
+// edits states what write writes as pieces of the message of size bytes:
+// top, then the message, its Subject value replaced by newValue when that
+// is not nil.
+func edits(top []byte, info headerInfo, newValue []byte, size int64) []filters.Piece {
+	ps := filters.AppendPiece(nil, filters.Piece{Data: top})
+	if newValue == nil {
+		return filters.AppendPiece(ps, filters.Piece{Off: 0, Len: size})
+	}
+	end := info.valueOff + info.valueLen
+	ps = filters.AppendPiece(ps, filters.Piece{Off: 0, Len: info.valueOff})
+	ps = filters.AppendPiece(ps, filters.Piece{Data: newValue})
+	return filters.AppendPiece(ps, filters.Piece{Off: end, Len: size - end})
 }
 
 // write streams top, then the message with the Subject value replaced by

@@ -40,7 +40,25 @@ func run(t *testing.T, f *Filter, msg string) (filters.Verdict, string) {
 		t.Fatalf("verdict %v with body %v", v.Action, v.Body)
 	}
 	t.Cleanup(func() { v.Body.Remove() })
-	return v, read(t, v.Body)
+	out := read(t, v.Body)
+	checkEdits(t, in, v, out)
+	return v, out
+}
+
+// checkEdits checks that a Replace states its Body as Edits of the message
+// it was given, and that they read byte for byte as the Body (out).
+func checkEdits(t *testing.T, in filters.Body, v filters.Verdict, out string) {
+	t.Helper()
+	if v.Edits == nil {
+		t.Fatalf("Replace without Edits")
+	}
+	if got := filters.PiecesSize(v.Edits); got != int64(len(out)) {
+		t.Fatalf("Edits of %d bytes for a body of %d", got, len(out))
+	}
+	spliced := read(t, filters.SplicedBody(in, v.Edits))
+	if spliced != out {
+		t.Fatalf("Edits %v read\n%q\nthe body is\n%q", v.Edits, spliced, out)
+	}
 }
 
 func read(t *testing.T, b filters.Body) string {
@@ -367,6 +385,10 @@ func TestLargeMessageThroughFile(t *testing.T) {
 	if got != want {
 		t.Fatalf("large message differs (len %d, want %d)", len(got), len(want))
 	}
+	checkEdits(t, in, v, got)
+	if len(v.Edits) != 4 {
+		t.Errorf("edits %d pieces, want 4 (top, message to the Subject value, new value, the rest)", len(v.Edits))
+	}
 }
 
 func TestCanceled(t *testing.T) {
@@ -446,9 +468,9 @@ func TestNewRejects(t *testing.T) {
 }
 
 // FuzzTag checks, on any input, that tagging never fails on a readable
-// message, that an unchanged message is a Pass, and that a verdict that
-// claims to keep the original does: Restore gives it back behind the added
-// fields.
+// message, that an unchanged message is a Pass, that the verdict's Edits
+// read as its Body, and that a verdict that claims to keep the original
+// does: Restore gives it back behind the added fields.
 func FuzzTag(f *testing.F) {
 	for _, s := range []string{
 		"Subject: Hi\r\n\r\nbody\r\n",
@@ -469,7 +491,8 @@ func FuzzTag(f *testing.F) {
 		if err != nil {
 			return
 		}
-		v, err := tg.Filter(context.Background(), nil, filters.BytesBody([]byte(msg)))
+		in := filters.BytesBody([]byte(msg))
+		v, err := tg.Filter(context.Background(), nil, in)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -478,6 +501,7 @@ func FuzzTag(f *testing.F) {
 		}
 		defer v.Body.Remove()
 		out := read(t, v.Body)
+		checkEdits(t, in, v, out)
 		if !v.KeepsOriginal {
 			return
 		}

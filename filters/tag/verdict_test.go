@@ -29,7 +29,8 @@ func TestVerdictAndVersionHeaders(t *testing.T) {
 		reasonFilter{"evil", "x\r\nBcc: victim@example.com"},
 		tag,
 	}}
-	res := chain.Run(context.Background(), &filters.Envelope{}, filters.BytesBody([]byte("Subject: hi\r\n\r\nbody\r\n")))
+	in := filters.BytesBody([]byte("Subject: hi\r\n\r\nbody\r\n"))
+	res := chain.Run(context.Background(), &filters.Envelope{}, in)
 	defer res.Release()
 	if res.Outcome != filters.Deliver {
 		t.Fatalf("outcome %v: %s", res.Outcome, res.Reason)
@@ -37,6 +38,13 @@ func TestVerdictAndVersionHeaders(t *testing.T) {
 	rc, _ := res.Body.Open()
 	out, _ := io.ReadAll(rc)
 	rc.Close()
+	// The chain knows the delivered form: the tag's pieces of the input.
+	if !res.Reproducible {
+		t.Fatal("not Reproducible")
+	}
+	if spliced := read(t, filters.SplicedBody(in, res.Pieces)); spliced != string(out) {
+		t.Fatalf("Result.Pieces read %q, the body %q", spliced, out)
+	}
 	want := "X-Popgate-Verdict: av=pass (clean); evil=pass (x Bcc: victim@example.com)\r\n" +
 		"X-Popgate-Version: popgate 1.2.3-test\r\n" +
 		"Subject: hi\r\n\r\nbody\r\n"

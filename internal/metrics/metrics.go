@@ -47,6 +47,8 @@ type Metrics struct {
 	refused         *prometheus.CounterVec
 	upstreamConnect *prometheus.HistogramVec
 	upstreamFailed  *prometheus.CounterVec
+	memoryOps       *prometheus.CounterVec
+	memoryLatency   *prometheus.HistogramVec
 
 	families  []Family
 	listeners sync.Map // name → *listenerMetrics
@@ -98,6 +100,8 @@ func New() *Metrics {
 	m.refused = counter("limit_rejections_total", "Connections refused before a session started, by listener and limit (total, per_ip, proxy_header).", "listener", "limit")
 	m.upstreamConnect = histogram("upstream_connect_seconds", "Time to connect to an upstream, TLS and greeting included, by upstream (transparent for original destinations).", "upstream")
 	m.upstreamFailed = counter("upstream_connect_failures_total", "Failed connections to an upstream, by upstream.", "upstream")
+	m.memoryOps = counter("memory_operations_total", "Uses of the message memory, by operation (lookup, write, delete) and result (hit, miss, rescan, changed for lookups; ok; error).", "op", "result")
+	m.memoryLatency = histogram("memory_seconds", "Time a message memory operation took, by operation (lookup, write, delete).", "op")
 	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	family("scanner_backend_up", false, "scanner", "kind", "address")
 	for _, r := range []string{"ok", "failed"} {
@@ -218,6 +222,12 @@ func (s *sessionMetrics) Ended(result string) {
 	}
 	s.l.active.Dec()
 	s.m.sessions.WithLabelValues(s.l.name, result).Inc()
+}
+
+// Memory counts a use of the message memory.
+func (s *sessionMetrics) Memory(op, result string, took time.Duration) {
+	s.m.memoryOps.WithLabelValues(op, result).Inc()
+	s.m.memoryLatency.WithLabelValues(op).Observe(took.Seconds())
 }
 
 // Message counts a filtered message, each filter's verdict and time, and

@@ -166,6 +166,18 @@ func (s *Server) Mailbox(user string) []Message {
 	return append([]Message(nil), s.boxes[user]...)
 }
 
+// SetMessage replaces the data of user's message with the given UIDL, as
+// a server that recycles a UIDL would (sessions starting later see it).
+func (s *Server) SetMessage(user, uidl string, data []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, m := range s.boxes[user] {
+		if m.UIDL == uidl {
+			s.boxes[user][i].Data = data
+		}
+	}
+}
+
 // Sessions returns the number of live connections.
 func (s *Server) Sessions() int {
 	s.mu.Lock()

@@ -1,4 +1,4 @@
-// Package testenv gives tests the real Dovecot and clamd that scripts/testenv.sh starts
+// Package testenv gives tests the real Dovecot, clamd and redis-server that scripts/testenv.sh starts
 // (docs/ARCHITECTURE.md §5), through the POPGATE_TEST_* variables of its env file:
 //
 //	scripts/testenv.sh up && . "$(scripts/testenv.sh envfile)" && go test ./...
@@ -219,6 +219,43 @@ func probeClamd(addr string) error {
 		return fmt.Errorf("reading PING reply: %w", err)
 	}
 	if reply != "PONG\x00" {
+		return fmt.Errorf("PING reply %q", reply)
+	}
+	return nil
+}
+
+// Redis returns the address (host:port) of the running test redis-server (in memory only, no
+// persistence), with the same skip-or-fail rule as Dovecot. Tests share it: use keys of their
+// own (a random prefix), never FLUSHALL.
+func Redis(t testing.TB) string {
+	t.Helper()
+	v, ok := getenv(t, "redis", "POPGATE_TEST_REDIS")
+	if !ok {
+		return ""
+	}
+	addr := v["POPGATE_TEST_REDIS"]
+	if err := probe("redis "+addr, func() error { return probeRedis(addr) }); err != nil {
+		Require(t, fmt.Sprintf("test redis-server at %s does not answer PING (%v); %s", addr, err, howto))
+		return ""
+	}
+	return addr
+}
+
+func probeRedis(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	reply, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("reading PING reply: %w", err)
+	}
+	if reply != "+PONG\r\n" {
 		return fmt.Errorf("PING reply %q", reply)
 	}
 	return nil

@@ -452,6 +452,37 @@ func TestClamd(t *testing.T) {
 	}
 }
 
+func TestRedis(t *testing.T) {
+	t.Parallel()
+	addr := testenv.Redis(t)
+	if !strings.HasPrefix(addr, "127.0.0.1:") {
+		t.Fatalf("Redis() = %q", addr)
+	}
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	// The environment's redis keeps nothing on disk: no RDB snapshots, no AOF.
+	if _, err := c.Write([]byte("CONFIG GET save\r\nCONFIG GET appendonly\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	var lines []string
+	for len(lines) < 10 {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading CONFIG GET replies: %v (so far %q)", err, lines)
+		}
+		lines = append(lines, strings.TrimSuffix(l, "\r\n"))
+	}
+	want := []string{"*2", "$4", "save", "$0", "", "*2", "$10", "appendonly", "$2", "no"}
+	if strings.Join(lines, "|") != strings.Join(want, "|") {
+		t.Fatalf("CONFIG GET save/appendonly = %q, want %q", lines, want)
+	}
+}
+
 // fakeTB records what Require does with it.
 type fakeTB struct {
 	testing.TB
@@ -485,6 +516,11 @@ func TestRequire(t *testing.T) {
 	f = &fakeTB{TB: t}
 	if c := testenv.Clamd(f); c != nil || !strings.Contains(f.skipped, "POPGATE_TEST_CLAMD") {
 		t.Fatalf("Clamd without env: %v, skipped %q", c, f.skipped)
+	}
+	t.Setenv("POPGATE_TEST_REDIS", "")
+	f = &fakeTB{TB: t}
+	if a := testenv.Redis(f); a != "" || !strings.Contains(f.skipped, "POPGATE_TEST_REDIS") {
+		t.Fatalf("Redis without env: %q, skipped %q", a, f.skipped)
 	}
 	f = &fakeTB{TB: t}
 	if p := testenv.LookPath(f, "no-such-program-popgate"); p != "" || f.skipped == "" {
