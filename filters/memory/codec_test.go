@@ -324,3 +324,21 @@ func withLiteralNoise(r *memory.Record, d []byte, n int64) *memory.Record {
 	r.Pieces = append(r.Pieces, filters.Piece{Off: n, Len: -n, Data: d})
 	return r
 }
+
+func TestKeyHash(t *testing.T) {
+	a := memory.Key{Upstream: "u", Mailbox: "ab", UIDL: "c"}
+	b := memory.Key{Upstream: "u", Mailbox: "a", UIDL: "bc"}
+	c := memory.Key{Upstream: "u", Mailbox: "a\x00b", UIDL: "c"}
+	d := memory.Key{Upstream: "u", Mailbox: "a", UIDL: "b\x00c"}
+	seen := map[[memory.HashSize]byte]memory.Key{}
+	for _, k := range []memory.Key{a, b, c, d, {}, {UIDL: "u"}, {Upstream: "u"}} {
+		h := k.Hash()
+		if o, dup := seen[h]; dup {
+			t.Fatalf("%q and %q hash alike", k, o)
+		}
+		seen[h] = k
+		if k.Hash() != h {
+			t.Fatal("Hash is not stable")
+		}
+	}
+}
