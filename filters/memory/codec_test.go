@@ -3,6 +3,7 @@ package memory_test
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"math"
 	"strings"
@@ -330,6 +331,12 @@ func TestKeyHash(t *testing.T) {
 	b := memory.Key{Upstream: "u", Mailbox: "a", UIDL: "bc"}
 	c := memory.Key{Upstream: "u", Mailbox: "a\x00b", UIDL: "c"}
 	d := memory.Key{Upstream: "u", Mailbox: "a", UIDL: "b\x00c"}
+	// Stores keep records under this name: it never changes within a
+	// version of the key prefix or file layout.
+	golden := memory.Key{Upstream: "mail.example.org:995", Mailbox: "alice", UIDL: "00000001a1b2c3d4"}.Hash()
+	if got := hex.EncodeToString(golden[:]); got != "3675df0eb7e1753b7875553a9304676f" {
+		t.Fatalf("Hash changed: %s", got)
+	}
 	seen := map[[memory.HashSize]byte]memory.Key{}
 	for _, k := range []memory.Key{a, b, c, d, {}, {UIDL: "u"}, {Upstream: "u"}} {
 		h := k.Hash()

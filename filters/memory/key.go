@@ -15,14 +15,12 @@ const HashSize = 16
 // collision between two of a store's keys practically impossible; and a
 // record found is used only for a message of the same size and SHA-256.
 func (k Key) Hash() [HashSize]byte {
-	h := sha256.New()
-	var n [binary.MaxVarintLen64]byte
+	var buf [256]byte
+	b := buf[:0]
 	for _, f := range [...]string{k.Upstream, k.Mailbox, k.UIDL} {
-		h.Write(n[:binary.PutUvarint(n[:], uint64(len(f)))])
-		h.Write([]byte(f))
+		b = binary.AppendUvarint(b, uint64(len(f)))
+		b = append(b, f...)
 	}
-	var sum [sha256.Size]byte
-	var out [HashSize]byte
-	copy(out[:], h.Sum(sum[:0]))
-	return out
+	sum := sha256.Sum256(b)
+	return [HashSize]byte(sum[:HashSize])
 }
