@@ -32,7 +32,7 @@ type Memory struct {
 	// another is not used.
 	Fingerprint string
 	// Signatures returns the signature versions of the chain's scanners
-	// now (nil: none are known).
+	// now, "" while any is unknown (nil: the chain has no scanner).
 	Signatures func() string
 	// Rescan says when a message remembered as deliverable is scanned again.
 	Rescan Rescan
@@ -96,8 +96,12 @@ func (m *Memory) judge(rec *memory.Record, listSize int64) string {
 		return MemoryHit
 	case m.Rescan.After > 0 && time.Since(rec.Created) > m.Rescan.After:
 		return MemoryRescan
-	case m.Rescan.OnSignatureChange && m.Signatures != nil && rec.Signatures != m.Signatures():
-		return MemoryRescan
+	case m.Rescan.OnSignatureChange && m.Signatures != nil:
+		// Unknown now (no scanner has answered yet): no change is known, and
+		// a scan could not be done anyway.
+		if now := m.Signatures(); now != "" && rec.Signatures != now {
+			return MemoryRescan
+		}
 	}
 	return MemoryHit
 }
@@ -250,6 +254,8 @@ func newHash() hash.Hash { return sha256.New() }
 // "msg value" lines as a map; ok is false on an -ERR.
 func (s *session) listing(cmd string) (map[string]string, []byte, bool, error) {
 	status, st, err := s.exchange([]byte(cmd))
+	// status is a view of the read buffer: the next exchange overwrites it.
+	status = bytes.Clone(status)
 	if err != nil || !st.OK {
 		return nil, status, false, err
 	}
@@ -388,6 +394,7 @@ func (s *session) list(m *Memory, cmd pop3.Command, line []byte) error {
 // stat answers STAT under a memory: the total the client will receive.
 func (s *session) stat(m *Memory, line []byte) error {
 	status, st, err := s.exchange(line)
+	status = bytes.Clone(status) // the LIST and UIDL exchanges reuse the buffer
 	if err != nil || !st.OK {
 		s.writeLine(status)
 		return err

@@ -140,4 +140,10 @@ func writeExplanation(w io.Writer, ex *policy.Explanation) {
 		q = ex.Quarantine
 	}
 	fmt.Fprintf(w, "quarantine: %s\n", q)
+	if ex.Memory != "" {
+		fmt.Fprintf(w, "memory:     %s\n", ex.Memory)
+	}
+	if ex.Rescan != "" {
+		fmt.Fprintf(w, "rescan:     %s\n", ex.Rescan)
+	}
 }

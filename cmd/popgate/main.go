@@ -5,6 +5,7 @@
 //	popgate scan -c FILE MSG…   run the chain a session would run on message files
 //	popgate demo                run a built-in mailbox behind popgate, on loopback
 //	popgate quarantine …        browse and recover quarantined originals
+//	popgate memory …            show or forget what popgate remembers of a message
 //	popgate version             print versions
 package main
 
@@ -86,6 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdDemo(args, stdout, stderr)
 	case "quarantine":
 		return cmdQuarantine(args, stdout, stderr)
+	case "memory":
+		return cmdMemory(args, stdout, stderr)
 	case "version":
 		printVersion(stdout)
 		return 0
@@ -107,6 +110,8 @@ func usage(w io.Writer) {
                               run a session's chain on message files (popgate scan -h for output and exit codes)
   popgate demo                a sample mailbox behind popgate on loopback, with curl lines to try
   popgate quarantine list|show ID|export ID [-o FILE]   browse and recover quarantined originals
+  popgate memory show|forget -c FILE|DIR --user LOGIN --uidl UIDL [--upstream NAME]
+                              what popgate remembers of a message; forget it (its next download is scanned)
   popgate version             popgate, Go and dependency versions
 `)
 }

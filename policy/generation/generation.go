@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/memory"
 	"github.com/popgate/popgate/filters/quarantine"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
@@ -36,6 +37,9 @@ type Options struct {
 	// QuarantineDir, when set, replaces the configured quarantine
 	// directory (`popgate scan` runs against a throwaway one).
 	QuarantineDir string
+	// Memory is the message memory's store (OpenMemory), shared by the
+	// generations of a service; nil: no memory.
+	Memory memory.Store
 }
 
 // Scanner is a running scanner with the block it was built from.
@@ -129,7 +133,8 @@ func Build(cfg *policy.Config, o Options) (_ *Generation, err error) {
 				chain.Notice = nc.ChainNotice()
 			}
 		}
-		g.policies[p] = &proxy.SessionPolicy{Name: p.Name, Chain: chain, FilterTOP: p.FilterTOP, KeepAlive: p.KeepAlive}
+		g.policies[p] = &proxy.SessionPolicy{Name: p.Name, Chain: chain, FilterTOP: p.FilterTOP, KeepAlive: p.KeepAlive,
+			Memory: g.policyMemory(p, o.Memory)}
 	}
 	return g, nil
 }
@@ -173,9 +178,15 @@ func (g *Generation) Ready() error {
 	return nil
 }
 
-// Close stops what Build started (scanner health checks). A generation is
-// closed once no session uses it any more.
+// Close stops what Build started (scanner health checks) once the message
+// memory's writes of its sessions are done. A generation is closed once no
+// session uses it any more; the memory's store is not its to close.
 func (g *Generation) Close() error {
+	for _, sp := range g.policies {
+		if sp.Memory != nil {
+			sp.Memory.Wait()
+		}
+	}
 	var errs []error
 	for _, s := range g.scanners {
 		errs = append(errs, s.Scanner.Close())

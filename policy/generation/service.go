@@ -41,6 +41,14 @@ type Service struct {
 // turns reloading off). The caller Serves next.
 func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 	s := &Service{log: o.Log, opts: o, path: path, bound: cfg}
+	if s.opts.Memory, err = OpenMemory(cfg.Memory, o.Log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && s.opts.Memory != nil {
+			_ = s.opts.Memory.Close()
+		}
+	}()
 	if cfg.Metrics != nil {
 		if s.ln, err = net.Listen("tcp", cfg.Metrics.Address); err != nil {
 			return nil, fmt.Errorf("metrics listener: %w", err)
@@ -122,6 +130,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 	if cerr := s.Current().Close(); err == nil {
 		err = cerr
 	}
+	if s.opts.Memory != nil {
+		if cerr := s.opts.Memory.Close(); err == nil {
+			err = cerr
+		}
+	}
 	return err
 }
 
@@ -130,8 +143,8 @@ func (s *Service) Shutdown(ctx context.Context) error {
 // quarantine; running sessions keep theirs, and the previous generation is
 // closed once its last session ends. A configuration with errors, or whose
 // parts cannot be built, is refused and the running one stays. Settings
-// bound at start (listeners, upstreams, routes, metrics, log) are logged as
-// needing a restart.
+// bound at start (listeners, upstreams, routes, metrics, log, memory) are
+// logged as needing a restart.
 func (s *Service) Reload() error {
 	err := s.reload()
 	if s.metrics != nil {
@@ -240,6 +253,9 @@ func boundChanges(a, b *policy.Config) string {
 	}
 	if a.Log != b.Log {
 		changed = append(changed, "log")
+	}
+	if !reflect.DeepEqual(a.Memory, b.Memory) {
+		changed = append(changed, "memory")
 	}
 	for name, u := range a.Upstreams {
 		v := b.Upstreams[name]

@@ -122,7 +122,9 @@ func chainHCL(dir, clamdAddr string, chain []string) (string, error) {
 	}
 	fmt.Fprintf(&b, "filter \"strip\" \"dangerous\" {\n  extensions        = %s\n  archive_filenames = [\"*.exe\", \"*.scr\", \"*.js\"]\n}\n", hclList(stripExtensions))
 	b.WriteString("filter \"tag\" \"stamp\" {\n  headers = { \"X-Popgate-Scanned\" = \"yes\" }\n}\n")
-	fmt.Fprintf(&b, "policy \"default\" {\n  chain = %s\n}\n", hclList(chain))
+	// rescan = "always": these runs measure the chain itself, every
+	// download scanned (the message memory would serve repeats unscanned).
+	fmt.Fprintf(&b, "policy \"default\" {\n  chain  = %s\n  rescan = \"always\"\n}\n", hclList(chain))
 	return b.String(), nil
 }
 

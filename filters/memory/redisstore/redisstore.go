@@ -78,8 +78,18 @@ type Store struct {
 
 var _ memory.Store = (*Store)(nil)
 
+// silenceClient keeps go-redis from writing its own log lines (plain text
+// on standard error, which would break popgate's JSON log): every error it
+// would log reaches the caller as an error anyway.
+var silenceClient sync.Once
+
+type noLogging struct{}
+
+func (noLogging) Printf(context.Context, string, ...any) {}
+
 // New makes a Store for the redis at o.Address. It does not connect.
 func New(o Options) (*Store, error) {
+	silenceClient.Do(func() { redis.SetLogger(noLogging{}) })
 	if o.Address == "" {
 		return nil, errors.New("redisstore: no address")
 	}
