@@ -120,3 +120,35 @@ func TestMemoryRemembers(t *testing.T) {
 		t.Errorf("%d quarantine records after the second download, want still %d", n, records)
 	}
 }
+
+// Two popgates behind a balancer share the memory through Redis: a mailbox
+// downloaded through one is served by the other without a scan (its clamd
+// is out of reach), byte for byte, with the delivered sizes in LIST.
+func TestMemorySharedByInstances(t *testing.T) {
+	t.Parallel()
+	d := testenv.Dovecot(t)
+	redis := testenv.Redis(t)
+	memoryBlock := fmt.Sprintf("memory {\n  store = \"redis\"\n  redis {\n    address = %s\n  }\n}\n", hclString(redis))
+	qdir := filepath.Join(t.TempDir(), "quarantine") // shared, as issue 12 will have it
+	a := startPopgate(t, avConfig(t, d, avOpts{quarantine: qdir})+memoryBlock, "", "plain")
+	gone := testenv.NewRelay(t, testenv.Clamd(t).Addr())
+	gone.Close()
+	b := startPopgate(t, avConfig(t, d, avOpts{quarantine: qdir, clamd: "tcp://" + gone.Addr()})+memoryBlock, "", "plain")
+	u, _ := newMailbox(t, d, memoryMailbox())
+
+	_, first := downloadAll(t, a.addr("plain"), u, false)
+	time.Sleep(300 * time.Millisecond) // the records are written after the answers
+	records := quarantineRecords(t, qdir)
+	sizes, second := downloadAll(t, b.addr("plain"), u, true)
+	for i := range first {
+		if !bytes.Equal(first[i], second[i]) {
+			t.Errorf("message %d through the second instance differs:\n--- first\n%s\n--- second\n%s", i+1, first[i], second[i])
+		}
+		if sizes[i] != int64(len(second[i])) {
+			t.Errorf("message %d: the second instance's LIST says %d, RETR gave %d octets", i+1, sizes[i], len(second[i]))
+		}
+	}
+	if n := quarantineRecords(t, qdir); n != records || records != 2 {
+		t.Errorf("quarantine records: %d after the first instance, %d after the second; want 2 and 2", records, n)
+	}
+}
