@@ -2,12 +2,20 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/memory"
+	"github.com/popgate/popgate/policy/generation"
 )
 
 // Unit tests of the command line, run in-process; the end-to-end suite
@@ -80,5 +88,56 @@ policy "all" { chain = ["av"] }
 	}
 	if _, err := os.Stat(filepath.Join(dir, "q")); !os.IsNotExist(err) {
 		t.Errorf("check created the quarantine directory (%v)", err)
+	}
+}
+
+// popgate memory shows and forgets what the embedded store holds of a
+// message.
+func TestMemoryShowForget(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "popgate.hcl")
+	src := fmt.Sprintf(`
+listener "pop3" {
+  address  = "127.0.0.1:1110"
+  upstream = "mail"
+}
+upstream "mail" { address = "127.0.0.1:110" }
+filter "tag" "stamp" { headers = { "X-Scanned" = "yes" } }
+quarantine { dir = %q }
+policy "all" { chain = ["stamp"] }
+`, filepath.Join(dir, "q"))
+	if err := os.WriteFile(cfg, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loaded := load(cfg, io.Discard)
+	store, err := generation.OpenMemory(loaded.Memory, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := memory.Key{Upstream: "127.0.0.1:110", Mailbox: "ann", UIDL: "u-1"}
+	rec := &memory.Record{ListSize: 10, Size: 10, Outcome: memory.Deliver, DeliveredSize: 27, Fingerprint: "abcd",
+		Pieces: []filters.Piece{{Data: []byte("X-Scanned: yes\r\n")}, {Off: 0, Len: 10}}, Created: time.Now().UTC().Truncate(time.Second)}
+	if err := store.Put(context.Background(), key, rec); err != nil {
+		t.Fatal(err)
+	}
+	store.Close()
+
+	run1 := func(args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := run(append([]string{"memory"}, args...), &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	code, out, errOut := run1("show", "-c", cfg, "--user", "ann", "--uidl", "u-1")
+	if code != 0 || !strings.Contains(out, "outcome:        deliver with edits") || !strings.Contains(out, "delivered size: 27 (2 pieces)") {
+		t.Fatalf("show: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut = run1("forget", "-c", cfg, "--user", "ann", "--uidl", "u-1"); code != 0 || !strings.Contains(out, "forgot") {
+		t.Fatalf("forget: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut = run1("show", "-c", cfg, "--user", "ann", "--uidl", "u-1"); code != 1 || !strings.Contains(errOut, "no record") {
+		t.Errorf("show after forget: exit %d, %q", code, errOut)
+	}
+	if code, _, _ = run1("show", "-c", cfg); code != 2 {
+		t.Errorf("show without --user/--uidl: exit %d, want 2", code)
 	}
 }
