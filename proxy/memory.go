@@ -108,20 +108,22 @@ func (m *Memory) judge(rec *memory.Record, listSize int64) string {
 
 // recall looks a message up. It returns the record when it may serve the
 // message (still to be checked against the message's bytes for RETR), and
-// the lookup's result for the observer.
-func (s *session) recall(m *Memory, uidl string, listSize int64) (*memory.Record, string) {
+// the lookup's result and duration for the observer.
+func (s *session) recall(m *Memory, uidl string, listSize int64) (*memory.Record, string, time.Duration) {
 	ctx, cancel := context.WithTimeout(s.ctx, m.timeout())
 	defer cancel()
+	start := time.Now()
 	rec, err := m.Store.Get(ctx, s.memKey(uidl))
+	took := time.Since(start)
 	if err != nil {
 		s.log.Warn().Err(err).Msg("message memory lookup failed: scanning")
-		return nil, MemoryError
+		return nil, MemoryError, took
 	}
 	r := m.judge(rec, listSize)
 	if r != MemoryHit {
-		return nil, r
+		return nil, r, took
 	}
-	return rec, r
+	return rec, r, took
 }
 
 // served rebuilds, from the original in, what rec says the client gets.

@@ -99,7 +99,13 @@ func stampChain(runs *atomic.Int32) *filters.Chain {
 
 func memoryProxy(t *testing.T, up string, store memory.Store, runs *atomic.Int32, fp string) (string, *Memory) {
 	t.Helper()
-	mem := &Memory{Store: store, Fingerprint: fp}
+	return memoryProxyWith(t, up, &Memory{Store: store, Fingerprint: fp}, runs)
+}
+
+// memoryProxyWith runs popgate with mem, which must be complete: sessions
+// read it from other goroutines.
+func memoryProxyWith(t *testing.T, up string, mem *Memory, runs *atomic.Int32) (string, *Memory) {
+	t.Helper()
 	chain := stampChain(runs)
 	_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
 		o.PolicyFor = func(SessionInfo) (*SessionPolicy, error) {
@@ -254,9 +260,8 @@ func TestMemoryRescan(t *testing.T) {
 	var runs atomic.Int32
 	var sigs atomic.Value
 	sigs.Store("db-1")
-	addr, mem := memoryProxy(t, up, store, &runs, "fp")
-	mem.Signatures = func() string { return sigs.Load().(string) }
-	mem.Rescan = Rescan{OnSignatureChange: true}
+	addr, mem := memoryProxyWith(t, up, &Memory{Store: store, Fingerprint: "fp",
+		Signatures: func() string { return sigs.Load().(string) }, Rescan: Rescan{OnSignatureChange: true}}, &runs)
 	memSession(t, addr, "RETR 1")
 	mem.Wait()
 	memSession(t, addr, "RETR 1")
@@ -270,7 +275,7 @@ func TestMemoryRescan(t *testing.T) {
 	if runs.Load() != 2 {
 		t.Errorf("new signatures: %d runs, want 2", runs.Load())
 	}
-	mem.Rescan = Rescan{After: time.Nanosecond}
+	addr, mem = memoryProxyWith(t, up, &Memory{Store: store, Fingerprint: "fp", Rescan: Rescan{After: time.Nanosecond}}, &runs)
 	time.Sleep(time.Millisecond)
 	memSession(t, addr, "RETR 1")
 	mem.Wait()

@@ -77,16 +77,17 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		mem = nil
 	}
 	var rec *memory.Record
-	lookup, lookupStart := "", time.Now()
+	var lookup string
+	var lookupTook time.Duration // the store's answer alone, not the fetch
 	if mem != nil {
 		if listSize, err = s.listSize(cmd.Args[0]); err != nil {
 			return err
 		}
-		rec, lookup = s.recall(mem, uidl, listSize)
+		rec, lookup, lookupTook = s.recall(mem, uidl, listSize)
 		if top && rec != nil {
 			handled, err := s.topFromMemory(rec, cmd.Args[0], lines)
 			if handled {
-				s.obs.Memory(MemoryLookup, MemoryHit, time.Since(lookupStart))
+				s.obs.Memory(MemoryLookup, MemoryHit, lookupTook)
 				return err
 			}
 		}
@@ -141,23 +142,27 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		// Remembered: served as the first time, no scan, no new quarantine
 		// record.
 		res = served(rec, in)
-		s.obs.Memory(MemoryLookup, MemoryHit, time.Since(lookupStart))
+		s.obs.Memory(MemoryLookup, MemoryHit, lookupTook)
+		s.obs.Message(s.policy.Name, res)
 		s.log.Info().Str("command", env.Command).Int("msg", env.MsgNum).Str("uidl", mailtext.Visible(uidl, 200)).
 			Str("outcome", res.Outcome.String()).Str("quarantine_id", rec.QuarantineID).Msg("message served from memory")
 	default:
 		if rec != nil {
-			lookup = MemoryChanged // recycled UIDL: the record goes, the message is scanned
-			s.forget(mem, s.memKey(uidl))
+			lookup = MemoryChanged // recycled UIDL: the message is scanned, its record replaced
 		}
 		if mem != nil {
-			s.obs.Memory(MemoryLookup, lookup, time.Since(lookupStart))
+			s.obs.Memory(MemoryLookup, lookup, lookupTook)
 		}
 		if res, err = s.runChain(chain, env, in); err != nil {
 			return err
 		}
 		if mem != nil {
+			// One write per key: a delete and a put of the same key in
+			// flight together could land in either order.
 			if r := s.record(mem, listSize, in, digest, res); r != nil {
 				s.remember(mem, s.memKey(uidl), r)
+			} else if rec != nil {
+				s.forget(mem, s.memKey(uidl))
 			}
 		}
 	}

@@ -39,6 +39,13 @@ func mountTmpfs(t *testing.T, size string) string {
 	return dir
 }
 
+// memoryElsewhere is a memory block that keeps the message memory out of
+// the quarantine's directory (its default place), whose file system the
+// quarantine cases break.
+func memoryElsewhere(t *testing.T) string {
+	return fmt.Sprintf("memory {\n  path = %s\n}\n", hclString(filepath.Join(t.TempDir(), "memory.db")))
+}
+
 // avConfigWith is avConfig (the real clamd, the av, dangerous and stamp
 // filters) plus extra top-level blocks.
 func avConfigWith(t *testing.T, d *testenv.DovecotEnv, qdir, extra string) string {
@@ -60,7 +67,7 @@ func quarantineReadOnly(t *testing.T, d *testenv.DovecotEnv, _ *testenv.ClamdEnv
 	procCase(t, tally, "quarantine-read-only", func(t *testing.T) (int, int, int, string) {
 		mnt := mountTmpfs(t, "1m")
 		qdir := filepath.Join(cmpOr(mnt, t.TempDir()), "q")
-		p := startPopgate(t, avConfigWith(t, d, qdir, ""), "", "plain")
+		p := startPopgate(t, avConfigWith(t, d, qdir, memoryElsewhere(t)), "", "plain")
 		how := "tmpfs remounted read-only"
 		if mnt != "" {
 			if out, err := exec.Command("mount", "-o", "remount,ro", mnt).CombinedOutput(); err != nil {
@@ -117,7 +124,7 @@ func quarantineDiskFull(t *testing.T, d *testenv.DovecotEnv, _ *testenv.ClamdEnv
 			how = "FALLBACK: no mount; msg/ replaced by a file"
 			qdir = filepath.Join(t.TempDir(), "q")
 		}
-		p := startPopgate(t, avConfigWith(t, d, qdir, ""), "", "plain")
+		p := startPopgate(t, avConfigWith(t, d, qdir, memoryElsewhere(t)), "", "plain")
 		if mnt == "" {
 			msgDir := filepath.Join(qdir, "msg")
 			_ = os.Remove(msgDir)

@@ -60,6 +60,10 @@ type avOpts struct {
 	onError    string // the policy's on_error; "" leaves the default
 	keepalive  string // the policy's keepalive; "" leaves it off
 	quarantine string // the quarantine directory (required)
+	// rescan is the policy's rescan; "always" for a test of what the
+	// filters do on every download, which the message memory would
+	// otherwise serve from the first.
+	rescan string
 }
 
 // avConfig is dovecotConfig (plain upstream: the filters are under test
@@ -99,6 +103,9 @@ filter "tag" "stamp" {
 	}
 	if o.keepalive != "" {
 		fmt.Fprintf(&b, "  keepalive = %s\n", hclString(o.keepalive))
+	}
+	if o.rescan != "" {
+		fmt.Fprintf(&b, "  rescan = %s\n", hclString(o.rescan))
 	}
 	b.WriteString("}\n")
 	return b.String()
@@ -845,7 +852,7 @@ func TestFilterStrip(t *testing.T) {
 	d := testenv.Dovecot(t)
 	testenv.Clamd(t)
 	qdir := filepath.Join(t.TempDir(), "quarantine") // popgate creates it
-	p := startPopgate(t, avConfig(t, d, avOpts{quarantine: qdir}), "", "plain")
+	p := startPopgate(t, avConfig(t, d, avOpts{quarantine: qdir, rescan: "always"}), "", "plain")
 
 	exeB64 := b64Lines([]byte(fakeEXE))[:40]
 	pdf := attachment("application/pdf", "terms.pdf", []byte(fakePDF))
@@ -1093,7 +1100,7 @@ func TestFilterClamdFaults(t *testing.T) {
 		{name: "dropped-mid-stream", opts: avOpts{clamd: dropping.addr()}, msgs: faultMsgs, fake: dropping},
 		{name: "oversize", opts: avOpts{clamd: clamd.TCP, maxSize: "100KB"}, msgs: [][]byte{cleanMsg("oversize"), large},
 			deliver: map[int]*regexp.Regexp{1: regexp.MustCompile(`^X-Popgate-Scanned: yes\r\n$`)}},
-		{name: "oversize-pass-with-tag", opts: avOpts{clamd: clamd.TCP, maxSize: "100KB", oversize: "pass-with-tag"},
+		{name: "oversize-pass-with-tag", opts: avOpts{clamd: clamd.TCP, maxSize: "100KB", oversize: "pass-with-tag", rescan: "always"},
 			msgs: [][]byte{cleanMsg("oversize-tag"), large},
 			deliver: map[int]*regexp.Regexp{
 				1: regexp.MustCompile(`^X-Popgate-Scanned: yes\r\n$`),
