@@ -342,7 +342,7 @@ func (c *memoryCell) sizeEmbedded(path string) {
 			return errors.New(`no "records" bucket`)
 		}
 		st := b.Stats()
-		c.records, c.leafInuse = int64(st.KeyN), int64(st.LeafInuse)
+		c.records, c.leafInuse = int64(st.KeyN), int64(st.LeafInuse+st.InlineBucketInuse) // a small bucket is inline in its parent page
 		return b.ForEach(func(_, v []byte) error { c.valueBytes += int64(len(v)); return nil })
 	})
 	if err != nil {
