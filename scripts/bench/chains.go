@@ -21,9 +21,9 @@ import (
 )
 
 // chainNames are the measurements of -chains: the empty chain (main.go),
-// strip+tag, clamd alone, the peak RSS with a big message, and the memory
-// per idle session (idle.go).
-var chainNames = []string{"none", "strip+tag", "clamd", "rss", "idle"}
+// strip+tag, clamd alone, the message memory (memory.go), the peak RSS with
+// a big message, and the memory per idle session (idle.go).
+var chainNames = []string{"none", "strip+tag", "clamd", "memory", "rss", "idle"}
 
 // chainLevel is one filter-chain measurement: one chain, one message
 // variant, one concurrency; direct, popgate and (clamd) direct INSTREAM runs.
@@ -67,6 +67,7 @@ type chainResults struct {
 	clamdAddr  string
 	clamdscan  *clamdscanResult
 	size       int
+	memory     *memoryResults
 }
 
 // clamdConf reads a setting of clamd.conf ($POPGATE_TEST_CLAMD_CONF).
@@ -107,13 +108,22 @@ func hclList(v []string) string {
 
 // chainHCL is the configuration added to popgate's for a chain.
 func chainHCL(dir, clamdAddr string, chain []string) (string, error) {
+	// rescan = "always": these runs measure the chain itself, every
+	// download scanned (the message memory would serve repeats unscanned).
+	s, _, err := chainConfig(dir, clamdAddr, chain, "  rescan = \"always\"\n")
+	return s, err
+}
+
+// chainConfig is chainHCL with policyExtra added to the policy block; it
+// also returns the quarantine directory (where the embedded memory.db is).
+func chainConfig(dir, clamdAddr string, chain []string, policyExtra string) (string, string, error) {
 	qdir, err := os.MkdirTemp(dir, "quarantine-")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	sdir := filepath.Join(dir, "spool")
 	if err := os.MkdirAll(sdir, 0o700); err != nil {
-		return "", err
+		return "", "", err
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "spool {\n  dir          = %q\n  memory_limit = \"1MB\"\n}\nquarantine {\n  dir = %q\n}\n", sdir, qdir)
@@ -122,29 +132,32 @@ func chainHCL(dir, clamdAddr string, chain []string) (string, error) {
 	}
 	fmt.Fprintf(&b, "filter \"strip\" \"dangerous\" {\n  extensions        = %s\n  archive_filenames = [\"*.exe\", \"*.scr\", \"*.js\"]\n}\n", hclList(stripExtensions))
 	b.WriteString("filter \"tag\" \"stamp\" {\n  headers = { \"X-Popgate-Scanned\" = \"yes\" }\n}\n")
-	// rescan = "always": these runs measure the chain itself, every
-	// download scanned (the message memory would serve repeats unscanned).
-	fmt.Fprintf(&b, "policy \"default\" {\n  chain  = %s\n  rescan = \"always\"\n}\n", hclList(chain))
-	return b.String(), nil
+	fmt.Fprintf(&b, "policy \"default\" {\n  chain  = %s\n%s}\n", hclList(chain), policyExtra)
+	return b.String(), qdir, nil
 }
 
 // runChains runs the filter-chain measurements asked for in cfg.chains.
 func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream string) (*chainResults, error) {
-	if !cfg.has("strip+tag") && !cfg.has("clamd") && !cfg.has("rss") {
+	if !cfg.has("strip+tag") && !cfg.has("clamd") && !cfg.has("memory") && !cfg.has("rss") {
 		return nil, nil
 	}
 	cr := &chainResults{maxThreads: clamdConf("MaxThreads"), streamMax: clamdConf("StreamMaxLength"), size: cfg.size}
 	cr.clamdAddr = os.Getenv("POPGATE_TEST_CLAMD")
-	if cfg.has("strip+tag") || cfg.has("clamd") {
+	if cfg.has("strip+tag") || cfg.has("clamd") || cfg.has("memory") {
 		n := 0
 		if cfg.has("strip+tag") {
 			n = slices.Max(cfg.stripSessions)
 		}
-		if cfg.has("clamd") {
+		if cfg.has("clamd") || cfg.has("memory") {
 			if cr.clamdAddr == "" {
 				return nil, errors.New("POPGATE_TEST_CLAMD is not set")
 			}
+		}
+		if cfg.has("clamd") {
 			n = max(n, slices.Max(cfg.clamdSessions))
+		}
+		if cfg.has("memory") {
+			n = max(n, slices.Max(cfg.memSessions))
 		}
 		clean := make([][]byte, cfg.fmessages)
 		mixed := make([][]byte, cfg.fmessages)
@@ -196,6 +209,13 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 				cr.levels = append(cr.levels, lv)
 			}
 			cr.clamdscan = runClamdscan(ctx, dir, cm)
+		}
+		if cfg.has("memory") {
+			mr, err := runMemory(ctx, cfg, dir, upstream, cr.clamdAddr, users, clean)
+			if err != nil {
+				return nil, err
+			}
+			cr.memory = mr
 		}
 	}
 	if cfg.has("rss") {

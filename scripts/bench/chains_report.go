@@ -158,6 +158,7 @@ func (cr *chainResults) summary() string {
 	if len(cr.rss) > 0 {
 		b.WriteString("\npeak RSS with a big message:\n\n" + cr.rssTable())
 	}
+	b.WriteString(cr.memory.summary())
 	return b.String()
 }
 

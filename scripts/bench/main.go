@@ -66,6 +66,10 @@ type config struct {
 	exeSessions   []int // of those, where the 10% .exe variant runs too
 	retries       int   // re-measurements of a disturbed run
 	bigSize       int
+	// Message memory (memory.go).
+	memSessions []int
+	memStores   []string // of memStoreNames
+	memGoBench  bool     // also run the stores' Go benchmarks
 	// Idle sessions (idle.go).
 	idle int
 }
@@ -145,13 +149,16 @@ func parseFlags(args []string) (config, error) {
 	quick := fs.String("quickack", "1,32", "levels at which every target runs a second series with TCP_QUICKACK set by the client (\"\": none)")
 	nginx := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary")
 	nginxMod := fs.String("nginxmodule", "/usr/lib/nginx/modules/ngx_mail_module.so", "nginx's mail module (load_module)")
-	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain: direct, popgate, nginx), strip+tag, clamd, rss (peak RSS with a big message), idle (memory per idle session)")
+	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain: direct, popgate, nginx), strip+tag, clamd, memory (a second download through the full chain served by the message memory), rss (peak RSS with a big message), idle (memory per idle session)")
 	fmessages := fs.Int("fmessages", 50, "filter chains: attachment-heavy messages per variant (clean, 10% .exe) in each mailbox, the most a session downloads")
 	cmessages := fs.Int("cmessages", 20, "clamd: messages each session downloads (the first clean ones)")
 	clamdSessions := fs.String("clamdsessions", "1,32,256", "clamd: comma-separated numbers of concurrent sessions")
 	stripSessions := fs.String("stripsessions", "1,32,256", "strip+tag: comma-separated numbers of concurrent sessions (clean messages)")
 	exeSessions := fs.String("exesessions", "1,32", "strip+tag: the levels of -stripsessions at which the 10% .exe variant runs too")
 	retries := fs.Int("retries", 0, "measure a run again, at most this often, when others used more than 10% of the machine during it (on a busy shared machine every run is; 0: mark such runs only)")
+	memSessions := fs.String("memsessions", "1,32", "memory: comma-separated numbers of concurrent sessions")
+	memStores := fs.String("memstores", strings.Join(memStoreNames, ","), "memory: the stores measured (embedded, redis)")
+	memGoBench := fs.Bool("membench", true, "memory: also run the stores' Go benchmarks (go test -bench, from the module's root)")
 	bigSize := fs.String("bigsize", "100MB", "rss: size of the big message")
 	idle := fs.Int("idle", 10000, "idle: sessions to hold open (capped per path by the fd limit)")
 	if err := fs.Parse(args); err != nil {
@@ -162,7 +169,7 @@ func parseFlags(args []string) (config, error) {
 	}
 	c := config{mailboxes: *mailboxes, messages: *messages, repeat: *repeat, out: *out, chart: *chart, popgate: *bin,
 		logLevel: *level, idleWait: *idleWait, duration: *duration, warmup: *warmup, nginx: *nginx, nginxMod: *nginxMod,
-		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle, retries: *retries}
+		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle, retries: *retries, memGoBench: *memGoBench}
 	var err error
 	if c.sessions, err = intList("sessions", *sessions); err != nil {
 		return config{}, err
@@ -178,6 +185,15 @@ func parseFlags(args []string) (config, error) {
 	}
 	if c.exeSessions, err = intList("exesessions", *exeSessions); err != nil {
 		return config{}, err
+	}
+	if c.memSessions, err = intList("memsessions", *memSessions); err != nil {
+		return config{}, err
+	}
+	if c.memStores, err = nameList("memstores", *memStores, memStoreNames); err != nil {
+		return config{}, err
+	}
+	if c.has("memory") && (len(c.memSessions) == 0 || len(c.memStores) == 0) {
+		return config{}, errors.New("-memsessions and -memstores: at least one each for the memory measurement")
 	}
 	if c.quickAck, err = intList("quickack", *quick); err != nil {
 		return config{}, err
