@@ -12,7 +12,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/memory"
-	"github.com/popgate/popgate/filters/memory/memorytest"
+	"github.com/popgate/popgate/internal/memorytest"
 )
 
 func TestRecordSizes(t *testing.T) {

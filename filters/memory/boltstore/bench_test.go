@@ -8,7 +8,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/popgate/popgate/filters/memory"
-	"github.com/popgate/popgate/filters/memory/memorytest"
+	"github.com/popgate/popgate/internal/memorytest"
 )
 
 // BenchmarkStore: go test -run XXX -bench . ./filters/memory/boltstore/

@@ -19,7 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/popgate/popgate/filters/memory"
-	"github.com/popgate/popgate/filters/memory/memorytest"
+	"github.com/popgate/popgate/internal/memorytest"
 )
 
 // Every test ends with no goroutine of a Store left running.

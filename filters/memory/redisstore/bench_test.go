@@ -3,7 +3,7 @@ package redisstore
 import (
 	"testing"
 
-	"github.com/popgate/popgate/filters/memory/memorytest"
+	"github.com/popgate/popgate/internal/memorytest"
 	"github.com/popgate/popgate/internal/testenv"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters/memory"
-	"github.com/popgate/popgate/filters/memory/memorytest"
+	"github.com/popgate/popgate/internal/memorytest"
 	"github.com/popgate/popgate/internal/testenv"
 )
 
