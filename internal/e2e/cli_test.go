@@ -239,6 +239,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("the demo does not say it scans:\n%s", text)
 	}
 	clamdPid, clamdDir := demoClamdPid(t, text)
+	checkREADMEDemo(t, text)
 
 	mailbox := demoMailbox(t, text)
 	if len(mailbox) < 3 || !bytes.Contains(mailbox[2].Data, []byte(`filename="report.txt"`)) ||
@@ -365,6 +366,38 @@ func TestDemo(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), "DATA RACE") {
 		t.Errorf("data race in popgate demo:\n%s", stderr.String())
+	}
+}
+
+// checkREADMEDemo compares README.md's copy of the demo's instructions (the
+// text block of "## The demo") with what the demo printed, up to what varies:
+// addresses, the socket, pid and version of its clamd, the quarantine dir and
+// the binary's path.
+func checkREADMEDemo(t *testing.T, printed string) {
+	t.Helper()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile("(?s)\n## The demo\n.*?\n```text\n(.*?)```\n").FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README.md has no text block in a section \"## The demo\"")
+	}
+	norm := func(s string) string {
+		for _, r := range []struct{ re, with string }{
+			{`127\.0\.0\.1:\d+`, "ADDR"},
+			{`unix:///\S+`, "SOCK"},
+			{`pid \d+`, "pid N"},
+			{`ClamAV [0-9.]+`, "ClamAV V"},
+			{`-dir \S+`, "-dir DIR"},
+			{`(?m)^(\s+)\S*popgate quarantine`, "${1}popgate quarantine"},
+		} {
+			s = regexp.MustCompile(r.re).ReplaceAllString(s, r.with)
+		}
+		return s
+	}
+	if got, want := norm(printed), norm(string(m[1])); got != want {
+		t.Errorf("README.md's demo block differs from what the demo prints:\n--- printed\n%s\n--- README.md\n%s", got, want)
 	}
 }
 
