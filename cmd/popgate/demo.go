@@ -70,7 +70,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	up := cfg.Upstreams[cfg.Listeners[0].Upstream]
 	mailLn, err := net.Listen("tcp", cmp.Or(*mailbox, up.Address))
 	if err != nil {
-		fmt.Fprintf(stderr, "popgate demo: the sample mailbox server needs %s: %v\n", up.Address, err)
+		fmt.Fprintf(stderr, "popgate demo: the sample mailbox server needs %s: %v\n", cmp.Or(*mailbox, up.Address), err)
 		return 1
 	}
 	mail := pop3server.New(pop3server.Config{
