@@ -20,7 +20,12 @@ LDFLAGS  := -X main.version=$(VERSION)
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/popgate
 
+# demo runs `popgate demo`, which starts a clamd of its own (examples/clamd's
+# EICAR-only signatures, a unix socket in a temp dir, stopped with the demo).
+# First, as root, clamav-daemon is installed from Debian when clamd is missing
+# (POPGATE_DEMO_INSTALL=no skips that); without root it says what is missing.
 demo: build
+	@$(TESTENV) demo-deps
 	$(BIN) demo
 
 vet:

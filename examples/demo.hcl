@@ -21,9 +21,11 @@ log {
   format = "console" # console for people, json for log collectors
 }
 
-# Virus scanning with the local clamd. If none answers, `popgate demo` says
-# so and runs the chain without "av" (a real proxy would defer every
-# message instead: see on_error below).
+# Virus scanning with clamd. Unless POPGATE_DEMO_CLAMD names one, `popgate
+# demo` starts a clamd of its own (/usr/sbin/clamd, the EICAR-only signatures
+# of examples/clamd, a unix socket in a temp dir) and sets POPGATE_DEMO_CLAMD
+# to it. If none answers, the demo says so and runs the chain without "av"
+# (a real proxy would defer every message instead: see on_error below).
 scanner "clamav" "local" {
   addresses = [env("POPGATE_DEMO_CLAMD", "tcp://127.0.0.1:3310")]
   timeout   = "30s"

@@ -3,9 +3,20 @@
 // binary as the configuration of `popgate demo`.
 package examples
 
-import _ "embed"
+import "embed"
 
 // Demo is examples/demo.hcl, the configuration `popgate demo` runs with.
 //
 //go:embed demo.hcl
 var Demo []byte
+
+// ClamdSignatures holds clamd/: the project's own signature database, which
+// only knows the EICAR test file — an .hdb line (MD5:SIZE:NAME, the exact
+// 68-byte file) and an .ndb body signature (the string anywhere, as the
+// official database matches it inside MIME parts). clamd reports it as
+// "Eicar-Test-Signature.UNOFFICIAL". `popgate demo` starts its clamd with
+// these files and scripts/testenv.sh copies them into the test clamd's
+// database directory: one source, no download.
+//
+//go:embed clamd/popgate-eicar.hdb clamd/popgate-eicar.ndb
+var ClamdSignatures embed.FS

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -37,6 +38,23 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// demo.hcl's scanner reads POPGATE_DEMO_CLAMD: a clamd of the user's,
+	// or else the one started here.
+	clamdNote, clamdLine := "", ""
+	if addr, ok := os.LookupEnv("POPGATE_DEMO_CLAMD"); ok {
+		clamdNote = "POPGATE_DEMO_CLAMD=" + addr
+		clamdLine = fmt.Sprintf("  clamd (POPGATE_DEMO_CLAMD):        %s\n", addr)
+	} else if clamd, err := startDemoClamd(30 * time.Second); err != nil {
+		clamdNote = "The demo did not start its own clamd: " + err.Error() + "."
+	} else {
+		defer clamd.Stop()
+		if err := os.Setenv("POPGATE_DEMO_CLAMD", clamd.Addr); err != nil {
+			fmt.Fprintf(stderr, "popgate demo: %v\n", err)
+			return 1
+		}
+		clamdLine = fmt.Sprintf("  clamd (started for the demo):     %s   pid %d, %s, signatures: examples/clamd (EICAR only)\n",
+			clamd.Addr, clamd.Pid, cmp.Or(clamd.Version, "ClamAV"))
+	}
 	cfg, diags := policy.LoadBytes("demo.hcl", examples.Demo)
 	if diags.HasErrors() {
 		policy.WriteDiagnostics(stderr, diags, cfg.Files)
@@ -52,7 +70,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	up := cfg.Upstreams[cfg.Listeners[0].Upstream]
 	mailLn, err := net.Listen("tcp", cmp.Or(*mailbox, up.Address))
 	if err != nil {
-		fmt.Fprintf(stderr, "popgate demo: the sample mailbox server needs %s: %v\n", up.Address, err)
+		fmt.Fprintf(stderr, "popgate demo: the sample mailbox server needs %s: %v\n", cmp.Or(*mailbox, up.Address), err)
 		return 1
 	}
 	mail := pop3server.New(pop3server.Config{
@@ -69,7 +87,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	if *listen != "" {
 		cfg.Listeners[0].Address = *listen
 	}
-	scanning := demoScanning(cfg, log)
+	scanning := demoScanning(cfg, log, clamdNote)
 	svc, err := generation.Start(cfg, "", generation.Options{Log: log, Version: popgateVersion()})
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
@@ -78,27 +96,34 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	addr := svc.Addrs()[0].String()
 	base := fmt.Sprintf("pop3://%s", addr)
 	auth := fmt.Sprintf("-u %s:%s", demoUser, demoPassword)
+	// The commands name this binary as it was started (bin/popgate under
+	// make demo), so they work as printed.
+	self := "popgate"
+	if strings.Contains(os.Args[0], "/") {
+		self = os.Args[0]
+	}
 	fmt.Fprintf(stdout, `popgate demo
   sample mailbox server (built in): %s   user %q password %q
-  popgate (examples/demo.hcl):      %s
+%s  popgate (examples/demo.hcl):      %s
 
 Try, in another terminal:
   curl %s %s/            # list the mailbox through popgate
   curl %s %s/1           # a clean message: tagged X-Popgate-Scanned and -Verdict, nothing else changed
-  curl %s %s/2           # an .exe attachment: stripped, the rest untouched
-  curl %s %s/3           # the EICAR test file attached: withheld, a notice instead
+  curl %s %s/2           # invoice.pdf.exe attached: cut out by the strip rules, the rest untouched
+  curl %s %s/3           # report.txt, the EICAR test file: only clamd catches it; a notice naming the signature instead
   curl %s %s/ -X UIDL    # unique ids, relayed
   curl -v %s %s/1 2>&1 | grep '^<'   # the raw POP3 dialogue
 
 %s
+
 Quarantined originals:
-  popgate quarantine list -dir %s
-  popgate quarantine export -dir %s ID     # the original, byte for byte
+  %s quarantine list -dir %s
+  %s quarantine export -dir %s ID     # the original, byte for byte
 
 Press Ctrl-C to stop.
-`, mailLn.Addr(), demoUser, demoPassword, addr,
+`, mailLn.Addr(), demoUser, demoPassword, clamdLine, addr,
 		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base,
-		scanning, cfg.Quarantine.Dir, cfg.Quarantine.Dir)
+		scanning, self, cfg.Quarantine.Dir, self, cfg.Quarantine.Dir)
 	return serveUntilSignal(svc, false)
 }
 
@@ -144,9 +169,11 @@ Content-Transfer-Encoding: base64
 TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
 --b1--
 `)},
+		// The EICAR file under a name and type no strip rule objects to:
+		// only the virus scanner can catch it.
 		{UIDL: "demo-eicar-3", Data: crlf(`From: Mallory <mallory@example.org>
 To: demo@example.com
-Subject: test file
+Subject: Quarterly report
 Date: Mon, 23 Nov 2026 11:30:00 +0000
 Message-ID: <eicar-3@example.org>
 MIME-Version: 1.0
@@ -155,11 +182,11 @@ Content-Type: multipart/mixed; boundary="b3"
 --b3
 Content-Type: text/plain; charset=us-ascii
 
-The attachment is the EICAR antivirus test file.
+Here is the report. (The attachment is the EICAR antivirus test file.)
 
 --b3
-Content-Type: application/octet-stream; name="eicar.com"
-Content-Disposition: attachment; filename="eicar.com"
+Content-Type: text/plain; charset=us-ascii; name="report.txt"
+Content-Disposition: attachment; filename="report.txt"
 Content-Transfer-Encoding: base64
 
 ` + base64.StdEncoding.EncodeToString([]byte(eicar)) + `
@@ -171,8 +198,9 @@ Content-Transfer-Encoding: base64
 // demoScanning checks that the demo's scanners (its clamd) answer. If one
 // does not, the filters that use it leave the demo's chains (a real
 // deployment would defer every message instead), and the returned text says
-// why.
-func demoScanning(cfg *policy.Config, log zerolog.Logger) string {
+// why; clamdNote says where the clamd came from, or why the demo could not
+// start its own.
+func demoScanning(cfg *policy.Config, log zerolog.Logger, clamdNote string) string {
 	down := map[string]bool{}
 	var why []string
 	for _, spec := range cfg.Scanners {
@@ -189,7 +217,7 @@ func demoScanning(cfg *policy.Config, log zerolog.Logger) string {
 		}
 	}
 	if len(down) == 0 {
-		return "Scanning: on (clamd answers): message 3 is replaced by a notice."
+		return `Scanning: on (clamd answers): message 3 is withheld by the "av" filter.`
 	}
 	for _, p := range cfg.Policies {
 		var keep []*filters.FilterSpec
@@ -200,7 +228,12 @@ func demoScanning(cfg *policy.Config, log zerolog.Logger) string {
 		}
 		p.Filters = keep
 	}
-	return fmt.Sprintf(`Scanning: OFF — no clamd answers for %s.
-  Install and start clamav-daemon, or point POPGATE_DEMO_CLAMD at one
-  (tcp://HOST:PORT or unix:///PATH). Message 3 arrives unscanned.`, strings.Join(why, ", "))
+	text := fmt.Sprintf("Scanning: OFF — no clamd answers for %s.\n", strings.Join(why, ", "))
+	if clamdNote != "" {
+		text += "  " + clamdNote + "\n"
+	}
+	return text + `  To scan: install clamav-daemon (sudo apt-get install clamav-daemon; make demo run
+  as root does it) and start the demo again, or point POPGATE_DEMO_CLAMD at a running
+  clamd (tcp://HOST:PORT or unix:///PATH). Message 3 arrives unscanned: the strip rules
+  let its report.txt through.`
 }
