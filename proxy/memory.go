@@ -199,35 +199,29 @@ func readSmall(b filters.Body, max int64) ([]byte, error) {
 // remember stores rec in the background: the client has its answer
 // already, and a failed write only costs a rescan.
 func (s *session) remember(m *Memory, k memory.Key, rec *memory.Record) {
-	m.pending.Add(1)
-	go func() {
-		defer m.pending.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), memoryWriteTimeout)
-		defer cancel()
-		start := time.Now()
-		err := m.Store.Put(ctx, k, rec)
-		s.obs.Memory(MemoryWrite, okOrError(err), time.Since(start))
-		if err != nil {
-			s.log.Warn().Err(err).Msg("message memory write failed")
-		}
-	}()
+	s.inBackground(m, MemoryWrite, func(ctx context.Context) error { return m.Store.Put(ctx, k, rec) })
 }
 
 // forget removes records in the background.
 func (s *session) forget(m *Memory, ks ...memory.Key) {
-	if len(ks) == 0 {
-		return
+	if len(ks) > 0 {
+		s.inBackground(m, MemoryDelete, func(ctx context.Context) error { return m.Store.Delete(ctx, ks...) })
 	}
+}
+
+// inBackground runs a store write of op, bounded by memoryWriteTimeout,
+// counted in m.pending, observed and logged.
+func (s *session) inBackground(m *Memory, op string, write func(context.Context) error) {
 	m.pending.Add(1)
 	go func() {
 		defer m.pending.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), memoryWriteTimeout)
 		defer cancel()
 		start := time.Now()
-		err := m.Store.Delete(ctx, ks...)
-		s.obs.Memory(MemoryDelete, okOrError(err), time.Since(start))
+		err := write(ctx)
+		s.obs.Memory(op, okOrError(err), time.Since(start))
 		if err != nil {
-			s.log.Warn().Err(err).Int("records", len(ks)).Msg("message memory delete failed")
+			s.log.Warn().Err(err).Str("op", op).Msg("message memory write failed: the message will be scanned again")
 		}
 	}()
 }
