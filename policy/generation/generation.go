@@ -188,9 +188,10 @@ func (g *Generation) Close() error {
 		}
 	}
 	var errs []error
+	// g.scanners stays as it is: /readyz may still be reading a retired
+	// generation, and a closed scanner only reports its last state.
 	for _, s := range g.scanners {
 		errs = append(errs, s.Scanner.Close())
 	}
-	g.scanners = nil
 	return errors.Join(errs...)
 }

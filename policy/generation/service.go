@@ -174,8 +174,10 @@ func (s *Service) reload() error {
 		s.log.Warn().Str("changed", changed).Msg("reload: these settings take effect only after a restart")
 	}
 	gen++
-	s.srv.SetPolicy(gen, g.PolicyFor, func() { _ = g.Close() })
+	// Metrics and /readyz move to the new generation before the proxy
+	// retires the old one.
 	s.use(g, gen)
+	s.srv.SetPolicy(gen, g.PolicyFor, func() { _ = g.Close() })
 	s.log.Info().Int64("config_generation", gen).Int("policies", len(next.Policies)).Msg("configuration reloaded")
 	return nil
 }
