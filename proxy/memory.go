@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
@@ -244,8 +243,6 @@ func (hw hashingWriter) Write(p []byte) (int, error) {
 	return hw.w.Write(p)
 }
 
-func newHash() hash.Hash { return sha256.New() }
-
 // listing fetches a multi-line listing ("LIST" or "UIDL") and returns its
 // "msg value" lines as a map; ok is false on an -ERR.
 func (s *session) listing(cmd string) (map[string]string, []byte, bool, error) {
@@ -271,20 +268,36 @@ func (s *session) listing(cmd string) (map[string]string, []byte, bool, error) {
 	return m, status, true, nil
 }
 
+// listSizes fetches the upstream's LIST and returns each message's size;
+// ok is false on an -ERR (status holds it).
+func (s *session) listSizes() (sizes map[string]int64, status []byte, ok bool, err error) {
+	listed, status, ok, err := s.listing("LIST")
+	if err != nil || !ok {
+		return nil, status, ok, err
+	}
+	sizes = make(map[string]int64, len(listed))
+	for msg, v := range listed {
+		n, err1 := strconv.ParseInt(v, 10, 64)
+		num, err2 := strconv.Atoi(msg)
+		if err1 == nil && err2 == nil && n >= 0 && num > 0 {
+			sizes[msg] = n
+		}
+	}
+	return sizes, status, true, nil
+}
+
 // listSize returns a message's size as the upstream's LIST gives it
 // (fetched once per session: sizes do not change within a session), -1 if
 // unknown.
 func (s *session) listSize(msg string) (int64, error) {
 	if s.sizes == nil {
-		m, _, _, err := s.listing("LIST")
+		sizes, _, _, err := s.listSizes()
 		if err != nil {
 			return -1, err
 		}
-		s.sizes = map[string]int64{}
-		for k, v := range m {
-			if n, err := strconv.ParseInt(v, 10, 64); err == nil && n >= 0 {
-				s.sizes[k] = n
-			}
+		s.sizes = sizes
+		if s.sizes == nil {
+			s.sizes = map[string]int64{}
 		}
 	}
 	if n, ok := s.sizes[msg]; ok {
@@ -356,20 +369,14 @@ func (s *session) list(m *Memory, cmd pop3.Command, line []byte) error {
 		s.cw.WriteString("+OK " + f[0] + " " + strconv.FormatInt(sizes[f[0]], 10) + "\r\n")
 		return nil
 	}
-	listed, status, ok, err := s.listing("LIST")
+	sizes, status, ok, err := s.listSizes()
 	if err != nil || !ok {
 		s.writeLine(status)
 		return err
 	}
-	sizes := map[string]int64{}
-	var order []int
-	for msg, v := range listed {
-		n, err1 := strconv.ParseInt(v, 10, 64)
-		num, err2 := strconv.Atoi(msg)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		sizes[msg] = n
+	order := make([]int, 0, len(sizes))
+	for msg := range sizes {
+		num, _ := strconv.Atoi(msg) // listSizes kept numbers only
 		order = append(order, num)
 	}
 	out, err := s.delivered(m, sizes)
@@ -400,7 +407,7 @@ func (s *session) stat(m *Memory, line []byte) error {
 		s.writeLine(status)
 		return nil
 	}
-	listed, _, ok, err := s.listing("LIST")
+	sizes, _, ok, err := s.listSizes()
 	if err != nil {
 		return err
 	}
@@ -408,13 +415,7 @@ func (s *session) stat(m *Memory, line []byte) error {
 		s.writeLine(status)
 		return nil
 	}
-	sizes := map[string]int64{}
 	var total int64
-	for msg, v := range listed {
-		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-			sizes[msg] = n
-		}
-	}
 	out, err := s.delivered(m, sizes)
 	if err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
@@ -114,7 +115,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	var dst io.Writer = &stickyWriter{w: sw}
 	var sum hash.Hash
 	if mem != nil {
-		sum = newHash()
+		sum = sha256.New()
 		dst = hashingWriter{w: dst, h: sum}
 	}
 	if _, err := pop3.NewDotReader(s.up.r).WriteTo(dst); err != nil {

@@ -54,21 +54,11 @@ func TestVersionIsNamed(t *testing.T) {
 // be reached costs them nothing.
 func TestCheckWithClamdUnreachable(t *testing.T) {
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "popgate.hcl")
-	src := fmt.Sprintf(`
-listener "pop3" {
-  address  = "127.0.0.1:1110"
-  upstream = "mail"
-}
-upstream "mail" { address = "127.0.0.1:110" }
-scanner "clamav" "farm" { addresses = ["tcp://192.0.2.1:3310", "unix://%s/no-such.sock"] }
+	cfg := writeConfig(t, dir, fmt.Sprintf(`scanner "clamav" "farm" { addresses = ["tcp://192.0.2.1:3310", "unix://%s/no-such.sock"] }
 filter "clamav" "av" { scanner = "farm" }
 quarantine { dir = %q }
 policy "all" { chain = ["av"] }
-`, dir, filepath.Join(dir, "q"))
-	if err := os.WriteFile(cfg, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, dir, filepath.Join(dir, "q")))
 	for _, args := range [][]string{
 		{"check", "-c", cfg},
 		{"check", "-c", cfg, "--explain", "ann@example.com"},
@@ -95,20 +85,10 @@ policy "all" { chain = ["av"] }
 // message.
 func TestMemoryShowForget(t *testing.T) {
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "popgate.hcl")
-	src := fmt.Sprintf(`
-listener "pop3" {
-  address  = "127.0.0.1:1110"
-  upstream = "mail"
-}
-upstream "mail" { address = "127.0.0.1:110" }
-filter "tag" "stamp" { headers = { "X-Scanned" = "yes" } }
+	cfg := writeConfig(t, dir, fmt.Sprintf(`filter "tag" "stamp" { headers = { "X-Scanned" = "yes" } }
 quarantine { dir = %q }
 policy "all" { chain = ["stamp"] }
-`, filepath.Join(dir, "q"))
-	if err := os.WriteFile(cfg, []byte(src), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, filepath.Join(dir, "q")))
 	loaded := load(cfg, io.Discard)
 	store, err := generation.OpenMemory(loaded.Memory, zerolog.Nop())
 	if err != nil {
@@ -140,4 +120,22 @@ policy "all" { chain = ["stamp"] }
 	if code, _, _ = run1("show", "-c", cfg); code != 2 {
 		t.Errorf("show without --user/--uidl: exit %d, want 2", code)
 	}
+}
+
+// writeConfig writes a configuration of one listener and one upstream plus
+// blocks into dir and returns its path.
+func writeConfig(t *testing.T, dir, blocks string) string {
+	t.Helper()
+	path := filepath.Join(dir, "popgate.hcl")
+	src := `
+listener "pop3" {
+  address  = "127.0.0.1:1110"
+  upstream = "mail"
+}
+upstream "mail" { address = "127.0.0.1:110" }
+` + blocks
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

@@ -365,17 +365,7 @@ func TestFetchmail(t *testing.T) {
 			rcFile := writeFetchmailRC(t, home, host, port, u, auth, "keep fetchall", opts, outDir)
 			runClient(t, 60*time.Second, []string{"FETCHMAILHOME=" + home}, fetchmail, "-f", rcFile, "--nodetach")
 
-			got := readDir(t, outDir)
-			var want [][]byte
-			for _, m := range msgs {
-				want = append(want, lf(m))
-			}
-			if err := sameSet(got, want); err != nil {
-				t.Fatal(err)
-			}
-			if got := u.Files(t); !slices.Equal(got, paths) {
-				t.Errorf("Maildir after fetchmail with keep: %v, want %v", got, paths)
-			}
+			checkKeptDownload(t, "fetchmail with keep", readDir(t, outDir), msgs, u, paths)
 			user := ""
 			if tc.tls {
 				user = u.Name // USER/PASS; the plain run uses CRAM-MD5
@@ -491,19 +481,26 @@ func TestMpop(t *testing.T) {
 			args := append(mpopArgs(t, host, port, u, dir, maildir, true), "-Q")
 			runClient(t, 60*time.Second, nil, mpop, append(args, tc.args...)...)
 
-			got := readMaildir(t, maildir)
-			var want [][]byte
-			for _, m := range msgs {
-				want = append(want, lf(m))
-			}
-			if err := sameSet(got, want); err != nil {
-				t.Fatal(err)
-			}
-			if got := u.Files(t); !slices.Equal(got, paths) {
-				t.Errorf("Maildir after mpop --keep: %v, want %v", got, paths)
-			}
+			checkKeptDownload(t, "mpop --keep", readMaildir(t, maildir), msgs, u, paths)
 			checkLogin(t, p.nthLogin(n+1), u.Name, tc.listener, tc.name != "plain")
 			checkUpstreamTLS(t, d, u, 1, true) // popgate to Dovecot: implicit TLS
 		})
+	}
+}
+
+// checkKeptDownload checks what a client that keeps mail on the server
+// stored (got, in LF form): every message of msgs once, and the user's
+// Maildir on Dovecot still holding every file.
+func checkKeptDownload(t *testing.T, client string, got, msgs [][]byte, u *testenv.User, paths []string) {
+	t.Helper()
+	var want [][]byte
+	for _, m := range msgs {
+		want = append(want, lf(m))
+	}
+	if err := sameSet(got, want); err != nil {
+		t.Fatal(err)
+	}
+	if files := u.Files(t); !slices.Equal(files, paths) {
+		t.Errorf("Maildir after %s: %v, want %v", client, files, paths)
 	}
 }
