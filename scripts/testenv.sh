@@ -2,7 +2,7 @@
 # scripts/testenv.sh — the real test environment of popgate (docs/ARCHITECTURE.md §5).
 #
 #   scripts/testenv.sh up       install (apt-get, when root and something is missing) and start,
-#                               on 127.0.0.1, a real Dovecot (POP3+STLS, POP3S; passwd-file users,
+#                               on 127.0.0.1, a real Dovecot (POP3+STLS, POP3S, LMTP; passwd-file users,
 #                               Maildir) and a real clamd (TCP + unix socket; a signature database
 #                               written here that holds only the EICAR test signature), and a real
 #                               redis-server (no persistence) for the shared message memory.
@@ -27,7 +27,8 @@
 #   implicit TLS), POPGATE_TEST_CA, POPGATE_TEST_CERT, POPGATE_TEST_KEY, POPGATE_TEST_PASSWD (the
 #   shared passwd-file), POPGATE_TEST_USERS (dir of per-user passwd-files), POPGATE_TEST_MAILROOT, POPGATE_TEST_MAILUID, POPGATE_TEST_MAILGID, POPGATE_TEST_CLAMD
 #   (tcp://127.0.0.1:port), POPGATE_TEST_CLAMD_UNIX (unix:///path), POPGATE_TEST_DOVECOT_CONF,
-#   POPGATE_TEST_CLAMD_CONF, POPGATE_TEST_REDIS (127.0.0.1:port).
+#   POPGATE_TEST_CLAMD_CONF, POPGATE_TEST_REDIS (127.0.0.1:port), POPGATE_TEST_LMTP (Dovecot's LMTP,
+#   127.0.0.1:port).
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
@@ -69,6 +70,7 @@ missing_packages() {
 	local -a miss=()
 	[ -x /usr/sbin/dovecot ] || miss+=(dovecot-core)
 	[ -x /usr/lib/dovecot/pop3 ] && [ -x /usr/lib/dovecot/pop3-login ] || miss+=(dovecot-pop3d)
+	[ -x /usr/lib/dovecot/lmtp ] || miss+=(dovecot-lmtpd) # quarantine release delivers over LMTP
 	[ -x /usr/sbin/clamd ] || miss+=(clamav-daemon)
 	command -v clamdscan >/dev/null || miss+=(clamdscan) # a package of its own on Debian 12
 	command -v openssl >/dev/null || miss+=(openssl)
@@ -303,7 +305,7 @@ add_sample() {
 }
 
 write_dovecot_conf() {
-	local pop3=$1 pop3s=$2 me rootless="" dh=""
+	local pop3=$1 pop3s=$2 lmtp=$3 me rootless="" dh=""
 	me=$(id -un)
 	if [ "$(id -u)" -ne 0 ]; then
 		# Rootless Dovecot: no privilege separation users, no chroots.
@@ -318,7 +320,7 @@ base_dir = $DOV/run
 state_dir = $DOV/state
 log_path = $DOV/dovecot.log
 instance_name = popgate-testenv
-protocols = pop3
+protocols = pop3 lmtp
 listen = 127.0.0.1
 shutdown_clients = yes
 $rootless
@@ -386,6 +388,17 @@ service pop3-login {
 service pop3 {
   process_limit = 1000
 }
+# LMTP: where popgate's quarantine release delivers. RCPT TO:<alice@any.domain> finds the
+# passwd-file user alice; delivery adds Return-Path, Delivered-To and Received on top.
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = $lmtp
+  }
+}
+protocol lmtp {
+  auth_username_format = %n
+}
 # Failed logins: no growing per-IP penalty (2 s, 4 s, ... 15 s for everyone on 127.0.0.1). Mode 0
 # disables this listener; the auth process then finds no socket and skips penalties silently.
 service anvil {
@@ -451,6 +464,7 @@ write_envfile() {
 		printf 'export POPGATE_TEST_DOVECOT_CONF=%q\n' "$DOVCONF"
 		printf 'export POPGATE_TEST_CLAMD_CONF=%q\n' "$CLAMCONF"
 		printf 'export POPGATE_TEST_REDIS=%q\n' "127.0.0.1:$4"
+		printf 'export POPGATE_TEST_LMTP=%q\n' "127.0.0.1:$5"
 	} >"$ENVFILE.tmp"
 	mv "$ENVFILE.tmp" "$ENVFILE"
 }
@@ -461,7 +475,7 @@ summary() {
 		. "$ENVFILE"
 		cat <<EOF
 popgate test environment ($1) in $DIR
-  Dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1) pid $(pidof_file "$DOVPID"): POP3+STLS $POPGATE_TEST_POP3, POP3S $POPGATE_TEST_POP3S
+  Dovecot $(dovecot --version 2>/dev/null | cut -d' ' -f1) pid $(pidof_file "$DOVPID"): POP3+STLS $POPGATE_TEST_POP3, POP3S $POPGATE_TEST_POP3S, LMTP $POPGATE_TEST_LMTP
   clamd $(clamd --version 2>/dev/null | cut -d/ -f1 | sed 's/^ClamAV //') pid $(pidof_file "$CLAMPID"): $POPGATE_TEST_CLAMD, $POPGATE_TEST_CLAMD_UNIX (EICAR only)
   users: alice/alice-secret-pw, bob/bob-secret-pw (passwd-file $POPGATE_TEST_PASSWD);
          per-user passwd-files of test users in $POPGATE_TEST_USERS
@@ -484,11 +498,11 @@ do_down() {
 
 # start_once: one attempt on fresh ports; returns 1 when a port was taken in between.
 start_once() {
-	local ports pop3 pop3s clamport redisport i
-	ports=$(free_ports 4)
-	read -r pop3 pop3s clamport redisport <<<"$ports"
+	local ports pop3 pop3s clamport redisport lmtpport i
+	ports=$(free_ports 5)
+	read -r pop3 pop3s clamport redisport lmtpport <<<"$ports"
 
-	write_dovecot_conf "$pop3" "$pop3s"
+	write_dovecot_conf "$pop3" "$pop3s" "$lmtpport"
 	write_clamd_conf "$clamport"
 
 	if ! dovecot -c "$DOVCONF" </dev/null >>"$DOV/dovecot.out" 2>&1 9>&-; then
@@ -545,7 +559,7 @@ start_once() {
 		fi
 		die "redis-server does not answer PING on 127.0.0.1:$redisport"
 	fi
-	write_envfile "$pop3" "$pop3s" "$clamport" "$redisport"
+	write_envfile "$pop3" "$pop3s" "$clamport" "$redisport" "$lmtpport"
 }
 
 do_up() {

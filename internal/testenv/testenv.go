@@ -96,6 +96,9 @@ type DovecotEnv struct {
 	MailUID  int    // owner of all mail files
 	MailGID  int
 	Conf     string // dovecot.conf, e.g. for `doveadm -c`
+	// LMTP is host:port of Dovecot's LMTP service: RCPT TO:<NAME@any.domain>
+	// delivers to the user NAME.
+	LMTP string
 }
 
 // ClamdEnv describes the running test clamd.
@@ -148,7 +151,7 @@ func Dovecot(t testing.TB) *DovecotEnv {
 	t.Helper()
 	v, ok := getenv(t, "Dovecot", "POPGATE_TEST_POP3", "POPGATE_TEST_POP3S", "POPGATE_TEST_CA",
 		"POPGATE_TEST_CERT", "POPGATE_TEST_KEY", "POPGATE_TEST_PASSWD", "POPGATE_TEST_USERS",
-		"POPGATE_TEST_MAILROOT", "POPGATE_TEST_MAILUID", "POPGATE_TEST_MAILGID")
+		"POPGATE_TEST_MAILROOT", "POPGATE_TEST_MAILUID", "POPGATE_TEST_MAILGID", "POPGATE_TEST_LMTP")
 	if !ok {
 		return nil
 	}
@@ -157,6 +160,7 @@ func Dovecot(t testing.TB) *DovecotEnv {
 		CAFile: v["POPGATE_TEST_CA"], CertFile: v["POPGATE_TEST_CERT"], KeyFile: v["POPGATE_TEST_KEY"],
 		Passwd: v["POPGATE_TEST_PASSWD"], UsersDir: v["POPGATE_TEST_USERS"],
 		MailRoot: v["POPGATE_TEST_MAILROOT"], Conf: os.Getenv("POPGATE_TEST_DOVECOT_CONF"),
+		LMTP: v["POPGATE_TEST_LMTP"],
 	}
 	var err1, err2 error
 	d.MailUID, err1 = strconv.Atoi(v["POPGATE_TEST_MAILUID"])
