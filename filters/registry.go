@@ -34,6 +34,10 @@ import (
 type FilterKind[S any] struct {
 	Decode func(name string, body hcl.Body, dc *DecodeContext) (S, hcl.Diagnostics)
 	Build  func(name string, settings S, bc *BuildContext) (Filter, error)
+	// Release is who may release a message a filter of this type held,
+	// unless its block says otherwise (attribute release): "user" or
+	// "admin"; "" means "admin".
+	Release string
 }
 
 // ScannerKind is the pair of steps of a scanner type.
@@ -202,6 +206,21 @@ var (
 // panics on an empty type, a missing step, or a type registered twice.
 func RegisterFilter[S any](typ string, k FilterKind[S]) {
 	filterKinds.register(typ, erase(filterKinds.what, k.Decode, k.Build), k.Decode != nil && k.Build != nil)
+	if k.Release != "" {
+		releaseDefaults.Store(typ, k.Release)
+	}
+}
+
+// releaseDefaults maps a filter type to its FilterKind.Release.
+var releaseDefaults sync.Map
+
+// FilterReleaseDefault returns who may release what a filter of type typ
+// held when its block does not say: its kind's Release, or "admin".
+func FilterReleaseDefault(typ string) string {
+	if v, ok := releaseDefaults.Load(typ); ok {
+		return v.(string)
+	}
+	return "admin"
 }
 
 // RegisterScanner makes a scanner type available to `scanner "TYPE" "NAME"`

@@ -63,9 +63,13 @@ func (d *decoder) build(root *rootSchema, body hcl.Body) *Config {
 		ShutdownTimeout: d.duration(root.ShutdownTimeout, DefaultShutdownTimeout, true),
 	}
 
+	cfg.Deliveries = d.deliveries(root.Deliveries)
 	firstUpstream := map[string]hcl.Range{}
 	for _, s := range root.Upstreams {
 		u := d.upstream(s)
+		if r := single(d, "release", s.Release); r != nil {
+			u.Release = d.upstreamRelease(r, cfg.Deliveries)
+		}
 		if first, dup := firstUpstream[s.Name]; dup {
 			d.errorf(s.NameRange, "Duplicate upstream",
 				"An upstream named %q was already defined at %s. Upstream names must be unique.", s.Name, posString(first))
@@ -108,6 +112,7 @@ func (d *decoder) build(root *rootSchema, body hcl.Body) *Config {
 	cfg.indexRoutes()
 	cfg.Metrics = d.metrics(single(d, "metrics", root.Metrics))
 	cfg.Memory = d.memory(single(d, "memory", root.Memory), cfg.Quarantine)
+	cfg.Notify = d.notify(single(d, "notify", root.Notify), cfg.Deliveries, cfg.Quarantine)
 	return cfg
 }
 
@@ -254,6 +259,16 @@ func (d *decoder) metrics(s *metricsSchema) *Metrics {
 	m := &Metrics{}
 	if d.requireAttr(s.Address, s.DefRange, "metrics", "address", `address = "127.0.0.1:9110"`) {
 		m.Address = d.address(s.Address, true)
+	}
+	if s.AdminTokenFile != nil {
+		if raw, path, ok := d.pathAttr(s.AdminTokenFile); ok {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				d.fileProblem(s.AdminTokenFile, raw, path, err)
+			} else if m.AdminToken = strings.TrimSpace(string(b)); len(m.AdminToken) < 16 {
+				d.errorf(s.AdminTokenFile.Expr.Range(), "Admin token too short", "admin_token_file: %s holds %d characters; the admin API needs a token of at least 16 (such as the output of `openssl rand -hex 32`).", path, len(m.AdminToken))
+			}
+		}
 	}
 	return m
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/quarantine"
+	"github.com/popgate/popgate/filters/quarantine/release"
 )
 
 // Policy is one `policy "NAME"` block: what happens to the messages of the
@@ -56,6 +57,11 @@ type Quarantine struct {
 	// NoticeFrom is the From address of notices (attribute notice_from,
 	// default "Mail gateway <postmaster@localhost>", quarantine.DefaultNoticeFrom).
 	NoticeFrom string
+	// Retention is how long an original is kept (attribute retention,
+	// default "30d"; "0" keeps it until deleted).
+	Retention time.Duration
+	// Release is the release block (or its defaults).
+	Release QuarantineRelease
 }
 
 // DefaultNoticeFrom is the From of notices when quarantine sets none.
@@ -82,6 +88,9 @@ type quarantineSchema struct {
 
 	Dir        *hcl.Attribute `hcl:"dir,optional"`
 	NoticeFrom *hcl.Attribute `hcl:"notice_from,optional"`
+	Retention  *hcl.Attribute `hcl:"retention,optional"`
+
+	Release []*quarantineReleaseSchema `hcl:"release,block"` // at most one
 }
 
 func (s *quarantineSchema) defRange() hcl.Range { return s.DefRange }
@@ -112,6 +121,7 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 	}
 
 	cfg.Filters = map[string]*filters.FilterSpec{}
+	cfg.Release = map[string]release.Permission{}
 	filterRanges := map[string]hcl.Range{}
 	for _, b := range root.Filters {
 		d.checkName("filter", b.Name, b.NameRange)
@@ -120,7 +130,8 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 			continue
 		}
 		filterRanges[b.Name] = b.NameRange
-		spec, diags, ok := filters.DecodeFilter(b.Type, b.Name, b.DefRange, b.Body, dc)
+		perm, body := d.filterRelease(b.Type, b.Body)
+		spec, diags, ok := filters.DecodeFilter(b.Type, b.Name, b.DefRange, body, dc)
 		if !ok {
 			d.errorf(b.TypeRange, "Unknown filter type", "There is no filter type %q; known types: %q.", b.Type, filters.FilterTypes())
 			continue
@@ -128,6 +139,7 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 		d.diags = append(d.diags, diags...)
 		if spec != nil {
 			cfg.Filters[b.Name] = spec
+			cfg.Release[b.Name] = perm
 		}
 	}
 
@@ -247,5 +259,7 @@ func (d *decoder) quarantine(s *quarantineSchema) *Quarantine {
 		d.fileProblem(s.Dir, raw, dir, err)
 	}
 	q.Dir = dir
+	q.Retention = d.duration(s.Retention, DefaultQuarantineRetention, true)
+	d.quarantineRelease(single(d, "release", s.Release), q)
 	return q
 }

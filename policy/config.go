@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/quarantine/release"
 
 	"github.com/hashicorp/hcl/v2"
 )
@@ -82,6 +83,13 @@ type Config struct {
 	// Memory is where the message memory lives (the memory block, or its
 	// embedded default); nil when it is off.
 	Memory *Memory
+	// Deliveries are the delivery blocks by name; Notify is the notify
+	// block (nil without one).
+	Deliveries map[string]*Delivery
+	Notify     *Notify
+	// Release says, by filter name, who may release what the filter held
+	// (attribute release of each filter block, or its type's default).
+	Release map[string]release.Permission
 
 	// Files maps each file name used in diagnostics to its parsed file, for
 	// WriteDiagnostics. It is set even when loading fails.
@@ -191,6 +199,9 @@ type Upstream struct {
 	// else, carrying the client's address (attribute proxy_protocol,
 	// default "none"; Dovecot needs haproxy_trusted_networks).
 	ProxyProtocol string
+	// Release is the release block: how released originals get back into
+	// this upstream's mailboxes; nil means they cannot.
+	Release *UpstreamRelease
 	// Range is the block header (`upstream "NAME"`).
 	Range hcl.Range
 }
@@ -221,6 +232,9 @@ const (
 type Metrics struct {
 	// Address is host:port to listen on (attribute address, required).
 	Address string
+	// AdminToken enables the administrator API on this listener: the
+	// bearer token read from attribute admin_token_file.
+	AdminToken string
 }
 
 // Log is the `log` block.

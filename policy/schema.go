@@ -23,6 +23,8 @@ type rootSchema struct {
 	Routes     []*routeSchema      `hcl:"route,block"`
 	Metrics    []*metricsSchema    `hcl:"metrics,block"` // at most one
 	Memory     []*memorySchema     `hcl:"memory,block"`  // at most one
+	Deliveries []*deliverySchema   `hcl:"delivery,block"`
+	Notify     []*notifySchema     `hcl:"notify,block"` // at most one
 }
 
 type listenerSchema struct {
@@ -73,6 +75,8 @@ type upstreamSchema struct {
 	Timeout        *hcl.Attribute `hcl:"timeout,optional"`
 	MaxStatusLine  *hcl.Attribute `hcl:"max_status_line,optional"`
 	ProxyProtocol  *hcl.Attribute `hcl:"proxy_protocol,optional"`
+
+	Release []*upstreamReleaseSchema `hcl:"release,block"` // at most one
 }
 
 type logSchema struct {
@@ -103,7 +107,8 @@ type typedBlock struct {
 type metricsSchema struct {
 	DefRange hcl.Range `hcl:",def_range"`
 
-	Address *hcl.Attribute `hcl:"address,optional"`
+	Address        *hcl.Attribute `hcl:"address,optional"`
+	AdminTokenFile *hcl.Attribute `hcl:"admin_token_file,optional"`
 }
 
 func (s *listenerTLSSchema) defRange() hcl.Range   { return s.DefRange }

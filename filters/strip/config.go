@@ -15,7 +15,7 @@ import (
 )
 
 func init() {
-	filters.RegisterFilter("strip", filters.FilterKind[Config]{Decode: decode, Build: build})
+	filters.RegisterFilter("strip", filters.FilterKind[Config]{Decode: decode, Build: build, Release: "user"})
 }
 
 // The attributes a rule has, in a rule block and (the short form) directly in
