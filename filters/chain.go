@@ -113,6 +113,16 @@ type Chain struct {
 	// its original is in quarantine (Result.QuarantineID is set). Nil means
 	// refused messages get -ERR [SYS/PERM].
 	Notice func(ctx context.Context, env *Envelope, original Body, res *Result) (Body, error)
+	// Released, when set, recognises a released copy of a quarantined
+	// message: the filters it names held the original and are skipped
+	// (their step is a Pass saying so); the others run as usual.
+	Released Recognizer
+}
+
+// Recognizer vouches for released copies (filters/quarantine/release).
+// An error or an empty list means the message is filtered as any other.
+type Recognizer interface {
+	Released(ctx context.Context, env *Envelope, in Body) (id string, filters []string, err error)
 }
 
 // Quarantine is a durable store of originals.
@@ -251,6 +261,7 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 	cf := inputForm      // cur as pieces of in
 	lossy := false       // a Replace dropped bytes of the original
 	var skipped []string // filters that failed under PassWithTag
+	passes, releasedID := c.released(ctx, env, in)
 	// dispose removes b when it is a body the chain does not otherwise
 	// know: not the input and not the current body.
 	dispose := func(b Body) {
@@ -272,6 +283,10 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 				break
 			}
 			return c.settle(ctx, env, in, c.fail(res, name, err, in, cur, cf), lossy)
+		}
+		if passes[name] {
+			res.Steps = append(res.Steps, Step{Filter: name, Action: Pass, Reason: "released from quarantine " + releasedID})
+			continue
 		}
 		start := time.Now()
 		v, err := callFilter(ctx, f, name, withSteps(env, res.Steps), in, cur)
@@ -342,6 +357,23 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 		c.warn(res, in, cur, cf, "not filtered: "+strings.Join(skipped, "; "))
 	}
 	return c.settle(ctx, env, in, res, lossy)
+}
+
+// released asks c.Released whether in is a released copy, and returns the
+// filters it passes.
+func (c *Chain) released(ctx context.Context, env *Envelope, in Body) (map[string]bool, string) {
+	if c.Released == nil {
+		return nil, ""
+	}
+	id, names, err := c.Released.Released(ctx, env, in)
+	if err != nil || len(names) == 0 {
+		return nil, ""
+	}
+	passes := make(map[string]bool, len(names))
+	for _, n := range names {
+		passes[n] = true
+	}
+	return passes, id
 }
 
 func (c *Chain) errorHeader() string {

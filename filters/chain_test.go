@@ -806,3 +806,48 @@ func TestParseOnError(t *testing.T) {
 		}
 	}
 }
+
+type recognizer struct {
+	id    string
+	names []string
+	err   error
+}
+
+func (r recognizer) Released(context.Context, *Envelope, Body) (string, []string, error) {
+	return r.id, r.names, r.err
+}
+
+// A released copy passes the filters that held its original and no others.
+func TestChainReleasedCopy(t *testing.T) {
+	var ran []string
+	filter := func(name string, a Action) Filter {
+		return &funcFilter{name: name, fn: func(context.Context, *Envelope, Body) (Verdict, error) {
+			ran = append(ran, name)
+			return Verdict{Action: a, Reason: name}, nil
+		}}
+	}
+	for _, tc := range []struct {
+		name    string
+		rec     Recognizer
+		ran     string
+		outcome Outcome
+	}{
+		{"released", recognizer{id: "q1", names: []string{"av"}}, "strip", Deliver},
+		{"not a released copy", recognizer{}, "av", Refuse},
+		{"recognizer failed", recognizer{id: "q1", names: []string{"av"}, err: errors.New("read")}, "av", Refuse},
+		{"no recognizer", nil, "av", Refuse},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ran = nil
+			c := &Chain{Filters: []Filter{filter("av", Reject), filter("strip", Pass)}, Released: tc.rec}
+			res := c.Run(context.Background(), &Envelope{}, BytesBody([]byte("Subject: x\r\n\r\nbody\r\n")))
+			defer res.Release()
+			if strings.Join(ran, ",") != tc.ran || res.Outcome != tc.outcome {
+				t.Fatalf("ran %v, outcome %v; want %s, %v", ran, res.Outcome, tc.ran, tc.outcome)
+			}
+			if tc.outcome == Deliver && (res.Steps[0].Action != Pass || !strings.Contains(res.Steps[0].Reason, "released from quarantine q1")) {
+				t.Fatalf("the skipped filter's step: %+v", res.Steps[0])
+			}
+		})
+	}
+}

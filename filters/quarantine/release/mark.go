@@ -161,3 +161,19 @@ func parseMark(v string) (id, filtersList string, mac []byte, ok bool) {
 	}
 	return vals[0], vals[1], mac, true
 }
+
+// Released makes Keys a filters.Recognizer for a chain: a released copy in
+// the mailbox of env.User passes the filters its mark names.
+func (k Keys) Released(ctx context.Context, env *filters.Envelope, in filters.Body) (string, []string, error) {
+	login := ""
+	if env != nil {
+		login = env.User
+	}
+	r, err := k.Recognize(ctx, in, login)
+	if r == nil || err != nil {
+		return "", nil, err
+	}
+	return r.ID, r.Filters, nil
+}
+
+var _ filters.Recognizer = Keys{}
