@@ -49,8 +49,13 @@ The original message is kept in quarantine under the id
 
   {{.QuarantineID}}
 
-If you need it, ask your mail administrator to release it, quoting this id.
+{{if .ReleaseURL}}You can have it delivered to your mailbox from this page:
 
+  {{.ReleaseURL}}
+
+(the link works once and expires; or ask your mail administrator, quoting the id).
+{{else}}If you need it, ask your mail administrator to release it, quoting this id.
+{{end}}
 -- 
 popgate, {{.Time.Format "2006-01-02 15:04:05 MST"}}
 `
@@ -72,8 +77,11 @@ type NoticeData struct {
 	User            string
 	Reason          string
 	QuarantineID    string
-	Verdicts        []NoticeVerdict
-	Time            time.Time
+	// ReleaseURL is the release link for the user, "" where the policy
+	// does not let the user release the message (or links are off).
+	ReleaseURL string
+	Verdicts   []NoticeVerdict
+	Time       time.Time
 }
 
 // NoticeVerdict is one filter's step, for the template.
@@ -95,7 +103,8 @@ func ParseNoticeTemplate(name, text string) (*template.Template, error) {
 		OriginalFrom: "Sender <sender@example.org>", OriginalTo: "user@example.org", OriginalSubject: "Subject",
 		OriginalDate: "Mon, 02 Jan 2006 15:04:05 +0000", User: "user", Reason: "reason",
 		QuarantineID: "20060102T150405.000000Z-abcdefghij", Time: time.Now(),
-		Verdicts: []NoticeVerdict{{Filter: "av", Action: "reject", Reason: "Eicar-Signature FOUND"}},
+		ReleaseURL: "https://mailgw.example.org/release/token",
+		Verdicts:   []NoticeVerdict{{Filter: "av", Action: "reject", Reason: "Eicar-Signature FOUND"}},
 	}
 	if err := t.Execute(&limitWriter{max: maxNoticeText}, sample); err != nil {
 		return nil, err
@@ -122,6 +131,9 @@ type NoticeConfig struct {
 	// Spool holds the notices ChainNotice builds; nil means a Spool with
 	// the defaults.
 	Spool *filters.Spool
+	// ReleaseLink returns the release link for the original stored under
+	// id, "" when the user may not release it; nil means no links.
+	ReleaseLink func(env *filters.Envelope, res *filters.Result, id string) string
 }
 
 // Check reports an invalid From address or subject prefix.
@@ -193,6 +205,9 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 	}
 	if env != nil {
 		data.User = mailtext.Text(env.User, 200)
+	}
+	if c.ReleaseLink != nil && id != "" {
+		data.ReleaseURL = mailtext.Text(c.ReleaseLink(env, res, id), 2000)
 	}
 	if res != nil {
 		data.Reason = mailtext.Text(res.Reason, 500)
