@@ -67,8 +67,7 @@ type UpstreamRelease struct {
 	// recipient, default "%u"): %u is the login, %n its part before "@",
 	// %d its part after "@", %% a percent sign.
 	Recipient string
-	// From is the envelope sender (attribute from); "" means the original's
-	// Return-Path, or the null sender when it has none.
+	// From is the envelope sender (attribute from); "" is the null sender.
 	From string
 }
 

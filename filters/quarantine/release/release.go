@@ -37,6 +37,10 @@ type Request struct {
 	// Actor names who released it, for the record and the log ("cli",
 	// "api", "link").
 	Actor string
+	// Force delivers even when an earlier release is recorded: after an
+	// uncertain or interrupted one, or for a second copy on purpose. Never
+	// from a link.
+	Force bool
 }
 
 // Result is what a release did.
