@@ -3,12 +3,15 @@ package release
 import (
 	"bytes"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -43,6 +46,47 @@ func LoadKeys(path string) (Keys, error) {
 		return Keys{}, fmt.Errorf("release key: %w", err)
 	}
 	return NewKeys(bytes.TrimRight(b, "\r\n"))
+}
+
+// LoadOrCreateKeys is LoadKeys, but first creates the key file with a new
+// random key when it does not exist (mode 0600). Instances sharing a
+// quarantine directory share its default key file: the file appears
+// atomically (written aside, then linked into place, which fails when
+// another instance was first), so they all end up with the same key.
+func LoadOrCreateKeys(path string) (Keys, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if err := createKey(path); err != nil {
+			return Keys{}, fmt.Errorf("release key: %w", err)
+		}
+	}
+	return LoadKeys(path)
+}
+
+func createKey(path string) error {
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".release-key-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.WriteString(hex.EncodeToString(key[:]) + "\n")
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Link(tmp, path); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return nil
 }
 
 // Valid reports whether k holds keys (the zero Keys do not).

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,5 +121,31 @@ func TestLink(t *testing.T) {
 	}
 	if _, err := NewKeys([]byte("short")); err == nil {
 		t.Fatal("a short key must be refused")
+	}
+}
+
+// Instances starting at once on one shared directory end up with one key.
+func TestLoadOrCreateKeysShared(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "release.key")
+	keys := make([]Keys, 8)
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if keys[i], err = LoadOrCreateKeys(path); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, k := range keys[1:] {
+		if !bytes.Equal(k.mark, keys[0].mark) {
+			t.Fatal("two instances made different keys")
+		}
+	}
+	if st, err := os.Stat(path); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v", st, err)
 	}
 }
