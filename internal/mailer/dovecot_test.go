@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"os"
 	"strings"
 	"testing"
@@ -205,3 +207,39 @@ func TestDovecotReaderFails(t *testing.T) {
 type failing struct{ err error }
 
 func (f *failing) Read([]byte) (int, error) { return 0, f.err }
+
+// TestAuthAfterSTARTTLS: with STARTTLS, the EHLO and AUTH come only over
+// TLS. The test Dovecot's LMTP has no AUTH, so a fake server plays the MTA,
+// with the test certificate.
+func TestAuthAfterSTARTTLS(t *testing.T) {
+	d := testenv.Dovecot(t)
+	serverTLS := d.ServerTLSConfig(t)
+	addr := fake(t, func(f *fakeConn) {
+		f.hello("STARTTLS") // no AUTH offered in plain text
+		f.expect("STARTTLS")
+		f.say("220 2.0.0 ready")
+		tc := tls.Server(f.raw, serverTLS)
+		if err := tc.Handshake(); err != nil {
+			f.t.Errorf("fake: handshake: %v", err)
+			return
+		}
+		s := &fakeConn{Conn: textproto.NewConn(tc), t: f.t, raw: tc, done: f.done}
+		s.expect("EHLO relay.example.org")
+		s.say("250-fake.test", "250 AUTH PLAIN")
+		want := "AUTH PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00popgate\x00s3cret-pw"))
+		if l := s.expect("AUTH PLAIN"); l != want {
+			s.t.Errorf("fake: %q, want %q", l, want)
+		}
+		s.say("235 2.7.0 ok")
+		s.envelope(1)
+		s.data()
+		s.say("250 2.0.0 queued")
+		s.expect("QUIT")
+		s.say("221 bye")
+	})
+	o := Options{Address: addr, TLS: TLSStartTLS, TLSConfig: d.ClientTLSConfig(t),
+		Username: "popgate", Password: "s3cret-pw", Helo: "relay.example.org"}
+	if err := send(context.Background(), t, o); err != nil {
+		t.Fatal(err)
+	}
+}
