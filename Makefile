@@ -15,7 +15,7 @@ SOAK_FLAGS ?=
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS  := -X main.version=$(VERSION)
 
-.PHONY: build test vet lint fuzz fuzz-short bench soak demo clean testenv-up testenv-down
+.PHONY: build test vet lint fuzz fuzz-short bench soak demo clean testenv-up testenv-down screenshot
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/popgate
@@ -87,6 +87,12 @@ fuzz-short:
 
 bench: build
 	@$(WITH_TESTENV); $(GO) run ./scripts/bench -out docs/PERFORMANCE.md
+
+# screenshot saves the release link's confirmation page, for a sample
+# message, as docs/release-page.png: headless Chromium (Debian's chromium
+# package) renders it.
+screenshot:
+	POPGATE_SCREENSHOT=$(CURDIR)/docs/release-page.png $(GO) test -count=1 -run '^TestScreenshotReleasePage$$' ./filters/quarantine/web/
 
 clean:
 	rm -rf bin

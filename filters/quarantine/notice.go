@@ -195,11 +195,12 @@ func (c *NoticeConfig) Build(env *filters.Envelope, original filters.Body, res *
 	}
 
 	// The text.
+	hl := h.headline()
 	data := NoticeData{
-		OriginalFrom:    displayAddresses(h.get("from")),
+		OriginalFrom:    hl.From,
 		OriginalTo:      displayAddresses(h.get("to")),
-		OriginalSubject: mailtext.Text(mailtext.DecodeWords(h.get("subject")), maxSubjectBytes),
-		OriginalDate:    mailtext.Text(h.get("date"), 100),
+		OriginalSubject: hl.Subject,
+		OriginalDate:    hl.Date,
 		QuarantineID:    mailtext.Text(id, 100),
 		Time:            t,
 	}
@@ -358,15 +359,20 @@ func (h origHeader) get(k string) string { return h[k] }
 
 var wantedFields = map[string]bool{"from": true, "to": true, "date": true, "subject": true, "message-id": true}
 
-// readOrigHeader reads the header section of b (up to maxOriginalHeader
-// bytes, stopping at the blank line or at a line that is not a header line)
-// and keeps the first value of each wanted field.
+// readOrigHeader reads the header of b, as parseOrigHeader.
 func readOrigHeader(b filters.Body) (origHeader, error) {
 	r, err := b.Open()
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
+	return parseOrigHeader(r)
+}
+
+// parseOrigHeader reads the header section from r (up to maxOriginalHeader
+// bytes, stopping at the blank line or at a line that is not a header line)
+// and keeps the first value of each wanted field.
+func parseOrigHeader(r io.Reader) (origHeader, error) {
 	br := bufio.NewReader(io.LimitReader(r, maxOriginalHeader))
 	h := origHeader{}
 	var cur string // the wanted field being read, or ""

@@ -1,0 +1,16 @@
+package release
+
+import "errors"
+
+// Errors a Releaser wraps so that its callers can tell the cases apart (the
+// admin API answers each with its own status, a release link with its own
+// page). A record that does not exist is quarantine.ErrNotFound, an id that
+// is not one quarantine.ErrInvalidID; any other error is a failed delivery,
+// worth trying again.
+var (
+	// ErrNotPermitted: the policy does not let this requester release the
+	// message (Request.ByUser for a message that needs Admin, or Never).
+	ErrNotPermitted = errors.New("release: not permitted by the policy")
+	// ErrInProgress: another release of the message is under way.
+	ErrInProgress = errors.New("release: another release of this message is in progress")
+)
