@@ -160,7 +160,7 @@ func (n *Notifier) userDigest(ctx context.Context, end time.Time) {
 		d := Data{Total: len(ms), Since: from.In(n.loc), Until: end.In(n.loc), User: mailtext.Text(ms[0].User, 200), Address: addr}
 		for _, m := range ms[:min(len(ms), maxItems)] {
 			it := item(m, n.loc)
-			if s, err := n.o.Store.Summary(m.ID); err == nil {
+			if s, err := n.o.Store.Headline(m.ID); err == nil {
 				it.From, it.Subject = mailtext.Text(s.From, 200), s.Subject
 			}
 			it.Link = mailtext.Text(n.o.Link(m), 1000)

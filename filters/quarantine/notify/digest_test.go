@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/textproto"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/quarantine"
+	"github.com/popgate/popgate/internal/mailer"
 	"github.com/popgate/popgate/internal/testenv"
 )
 
@@ -72,13 +71,17 @@ func claims(t *testing.T, dir string) []string {
 }
 
 func userOptions(r *recorder, s *quarantine.Store, now time.Time) Options {
-	return Options{Send: r.Send, UserDigest: time.Hour, Store: s, Now: func() time.Time { return now },
+	o := Options{UserDigest: time.Hour, Store: s, Now: func() time.Time { return now },
 		Link: func(m quarantine.Meta) string {
 			if m.Reason == "spam" {
 				return "https://gateway.example.org/release/" + m.ID
 			}
 			return ""
 		}}
+	if r != nil {
+		o.Send = r.Send
+	}
+	return o
 }
 
 // TestUserDigestOnce: two instances on one directory send one digest per
@@ -187,73 +190,46 @@ func TestUserDigestRetry(t *testing.T) {
 	}
 }
 
-// lmtpSend is a minimal LMTP client (RFC 2033), until internal/mailer is
-// there to use.
-func lmtpSend(addr string) func(context.Context, string, []string, io.Reader) error {
-	return func(ctx context.Context, from string, to []string, msg io.Reader) error {
-		c, err := new(net.Dialer).DialContext(ctx, "tcp", addr)
-		if err != nil {
-			return err
-		}
-		tc := textproto.NewConn(c)
-		defer tc.Close()
-		if _, _, err := tc.ReadResponse(220); err != nil {
-			return err
-		}
-		cmd := func(code int, format string, args ...any) error {
-			if err := tc.PrintfLine(format, args...); err != nil {
-				return err
-			}
-			_, _, err := tc.ReadResponse(code)
-			return err
-		}
-		steps := []func() error{func() error { return cmd(250, "LHLO popgate.test") }, func() error { return cmd(250, "MAIL FROM:<%s>", from) }}
-		for _, rcpt := range to {
-			steps = append(steps, func() error { return cmd(250, "RCPT TO:<%s>", rcpt) })
-		}
-		steps = append(steps, func() error { return cmd(354, "DATA") })
-		for _, step := range steps {
-			if err := step(); err != nil {
-				return err
-			}
-		}
-		w := tc.DotWriter()
-		if _, err := io.Copy(w, msg); err != nil {
-			return err
-		}
-		if err := w.Close(); err != nil {
-			return err
-		}
-		for range to { // one reply per recipient
-			if _, _, err := tc.ReadResponse(250); err != nil {
-				return err
-			}
-		}
-		return cmd(221, "QUIT")
-	}
-}
-
-// TestDovecotLMTP delivers an admin digest to a real mailbox.
+// TestDovecotLMTP delivers an admin and a user digest to a real mailbox
+// through internal/mailer.
 func TestDovecotLMTP(t *testing.T) {
 	d := testenv.Dovecot(t)
 	u := d.NewUser(t)
-	n := newNotifier(t, Options{Send: lmtpSend(d.LMTP), Admin: []string{u.Name + "@example.org"}, AdminDelay: time.Millisecond})
-	run(t, n)
-	n.Held(meta("20260301T120000.000000Z-aaaaaaaaaa", "alice@example.org", "Eicar-Signature FOUND", time.Now()))
-	for deadline := time.Now().Add(10 * time.Second); len(u.Files(t)) == 0; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("no digest delivered")
-		}
-	}
-	data, err := os.ReadFile(u.Files(t)[0])
+	m, err := mailer.New(mailer.Options{Address: d.LMTP, LMTP: true, TLS: mailer.TLSNone, Helo: "popgate.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Delivery adds Return-Path, Delivered-To and Received on top; the
-	// Maildir may keep LF line ends.
-	crlf := strings.ReplaceAll(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n", "\r\n")
-	_, after, ok := strings.Cut(crlf, "\r\nFrom: ")
-	if _, text := parse(t, "From: "+after); !ok || !strings.Contains(text, "20260301T120000.000000Z-aaaaaaaaaa") {
-		t.Errorf("delivered:\n%s", data)
+	dir := filepath.Join(t.TempDir(), "q")
+	s := openStore(t, dir)
+	held := hold(t, s, u.Name+"@example.org", "=?utf-8?q?Gr=C3=BC=C3=9Fe?=", "spam")
+	_, due := periodAfter(held)
+	o := userOptions(nil, s, due)
+	o.Send, o.Admin, o.AdminDelay = m.Send, []string{u.Name + "@example.org"}, time.Millisecond
+	n := newNotifier(t, o)
+	n.Held(held)
+	n.step(context.Background(), due.Add(time.Second))
+	files := u.Files(t)
+	if len(files) != 2 {
+		t.Fatalf("%d messages delivered, want 2", len(files))
+	}
+	var subjects []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Delivery adds Return-Path, Delivered-To and Received on top; the
+		// Maildir may keep LF line ends.
+		crlf := strings.ReplaceAll(strings.ReplaceAll(string(data), "\r\n", "\n"), "\n", "\r\n")
+		_, after, ok := strings.Cut(crlf, "\r\nFrom: ")
+		h, text := parse(t, "From: "+after)
+		if !ok || !strings.Contains(text, held.ID) {
+			t.Errorf("delivered:\n%s", data)
+		}
+		subjects = append(subjects, subject(t, h))
+	}
+	slices.Sort(subjects)
+	if want := "[popgate] 1 message(s) held,[popgate] 1 message(s) held for you"; strings.Join(subjects, ",") != want {
+		t.Errorf("subjects %q, want %q", subjects, want)
 	}
 }
