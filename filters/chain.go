@@ -149,6 +149,11 @@ type Step struct {
 	// Pass.
 	Action Action
 	Reason string
+	// Lossy marks a Replace that drops bytes of the message it was given
+	// (Verdict.KeepsOriginal false): it is why the original went to
+	// quarantine, and, like a Reject, it held the message back (the
+	// quarantine record names such filters; a released copy passes them).
+	Lossy bool
 	// Err is why the filter could not decide: its own error, a *PanicError,
 	// an invalid verdict, or the context's error.
 	Err      error
@@ -341,7 +346,8 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 			cf = cf.apply(v, cur)
 			old := cur
 			cur = v.Body
-			lossy = lossy || !v.KeepsOriginal
+			step.Lossy = !v.KeepsOriginal
+			lossy = lossy || step.Lossy
 			if !sameBody(old, in) {
 				if err := old.Remove(); err != nil {
 					res.errs = append(res.errs, err)

@@ -157,3 +157,30 @@ func TestChainMaxSize(t *testing.T) {
 		res.Release()
 	}
 }
+
+// Step.Lossy marks the Replaces that dropped bytes: what the quarantine
+// record names as having held the message. A lossless Replace, a Replace
+// that returns its own input (recorded as Pass) and a Reject are not lossy.
+func TestStepLossy(t *testing.T) {
+	strip := verdictFilter("strip", func() Verdict {
+		return Verdict{Action: Replace, Body: BytesBody([]byte("stripped"))}
+	})
+	tag := verdictFilter("tag", func() Verdict {
+		return Verdict{Action: Replace, Body: BytesBody([]byte("X: y\r\noriginal")), KeepsOriginal: true}
+	})
+	same := &funcFilter{name: "same", fn: func(_ context.Context, _ *Envelope, b Body) (Verdict, error) {
+		return Verdict{Action: Replace, Body: b}, nil
+	}}
+	virus := verdictFilter("av", func() Verdict { return Verdict{Action: Reject, Reason: "virus"} })
+	c := &Chain{Filters: []Filter{tag, same, strip, virus}, Quarantine: &memQuarantine{}}
+	res := c.Run(context.Background(), &Envelope{}, BytesBody([]byte("original")))
+	defer res.Release()
+	var got []string
+	for _, s := range res.Steps {
+		got = append(got, s.Filter+"="+s.Action.String()+map[bool]string{true: "/lossy"}[s.Lossy])
+	}
+	want := "tag=replace,same=pass,strip=replace/lossy,av=reject,quarantine=pass"
+	if strings.Join(got, ",") != want {
+		t.Errorf("steps %s, want %s", strings.Join(got, ","), want)
+	}
+}

@@ -174,6 +174,7 @@ func FormatMeta(w io.Writer, m Meta) error {
 	line("SHA-256", m.SHA256)
 	line("Outcome", m.Outcome)
 	line("Reason", m.Reason)
+	line("Held by", strings.Join(m.Held, ", "))
 	if m.FailedOpen {
 		line("Failed open", "yes")
 	}

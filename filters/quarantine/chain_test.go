@@ -3,6 +3,7 @@ package quarantine
 import (
 	"context"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -45,7 +46,7 @@ func TestWithChain(t *testing.T) {
 		t.Errorf("stored %q", got)
 	}
 	m, err := s.Get(res.QuarantineID)
-	if err != nil || m.Outcome != "refuse" || len(m.Verdicts) != 1 || m.Verdicts[0].Action != "reject" {
+	if err != nil || m.Outcome != "refuse" || len(m.Verdicts) != 1 || m.Verdicts[0].Action != "reject" || !slices.Equal(m.Held, []string{"av"}) {
 		t.Errorf("record %+v, %v", m, err)
 	}
 }

@@ -343,6 +343,10 @@ type Meta struct {
 	// Verdicts are the chain's steps up to the decision that needed the
 	// quarantine.
 	Verdicts []Verdict `json:"verdicts,omitempty"`
+	// Held names the filters that held the message back: those whose step
+	// was a Reject or a lossy Replace (filters.Step.Lossy), in chain order.
+	// A released copy passes these filters and no others.
+	Held []string `json:"held,omitempty"`
 	// Outcome is the chain's outcome when the original was stored:
 	// "refuse" (withheld; a notice may stand in for it) or "deliver" (a
 	// changed form was delivered).
@@ -377,6 +381,9 @@ func newMeta(id string, now time.Time, env *filters.Envelope, res *filters.Resul
 				v.Error = st.Err.Error()
 			} else {
 				v.Action = st.Action.String()
+				if st.Action == filters.Reject || st.Action == filters.Replace && st.Lossy {
+					m.Held = append(m.Held, st.Filter)
+				}
 			}
 			m.Verdicts = append(m.Verdicts, v)
 		}

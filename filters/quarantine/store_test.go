@@ -43,6 +43,7 @@ func testResult() *filters.Result {
 		Reason:  "Eicar-Signature FOUND",
 		Steps: []filters.Step{
 			{Filter: "stamp", Action: filters.Replace, Reason: "tagged", Duration: time.Millisecond},
+			{Filter: "strip", Action: filters.Replace, Lossy: true, Reason: "removed invoice.exe"},
 			{Filter: "av", Action: filters.Reject, Reason: "Eicar-Signature FOUND", Duration: 20 * time.Millisecond},
 			{Filter: "broken", Err: errors.New("clamd: timeout")},
 		},
@@ -120,9 +121,11 @@ func TestRoundTrip(t *testing.T) {
 		Listener: "pop3", Upstream: "mail", MsgNum: 3, Command: "RETR", Size: int64(len(big)), SHA256: hex.EncodeToString(sum[:]),
 		Verdicts: []Verdict{
 			{Filter: "stamp", Action: "replace", Reason: "tagged", Duration: time.Millisecond},
+			{Filter: "strip", Action: "replace", Reason: "removed invoice.exe"},
 			{Filter: "av", Action: "reject", Reason: "Eicar-Signature FOUND", Duration: 20 * time.Millisecond},
 			{Filter: "broken", Error: "clamd: timeout"},
 		},
+		Held:    []string{"strip", "av"},
 		Outcome: "refuse", Reason: "Eicar-Signature FOUND",
 	}
 	if fmt.Sprint(m) != fmt.Sprint(want) {
@@ -513,6 +516,7 @@ func TestFormat(t *testing.T) {
 		ID: "20261125T103000.000000Z-aaaaaaaaaa", Time: time.Date(2026, 11, 25, 10, 30, 0, 0, time.UTC),
 		User: "eve\x1b]0;pwned\x07", Size: 42, Outcome: "refuse", Reason: "bad\r\nthing \u202egnp.exe",
 		Verdicts: []Verdict{{Filter: "av", Action: "reject", Reason: "Eicar", Duration: time.Millisecond}, {Filter: "x", Error: "boom"}},
+		Held:     []string{"av"},
 	}
 	var b bytes.Buffer
 	if err := FormatList(&b, []Meta{m}); err != nil {
@@ -522,7 +526,7 @@ func TestFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"ID", m.ID, "2026-11-25 10:30:00", "refuse", "Eicar", "error: boom", "42 bytes"} {
+	for _, want := range []string{"ID", m.ID, "2026-11-25 10:30:00", "refuse", "Eicar", "error: boom", "42 bytes", "Held by: av"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
