@@ -17,7 +17,7 @@ import (
 	"github.com/popgate/popgate/internal/mailtext"
 )
 
-// maxMetaSize bounds the metadata records Get reads.
+// maxMetaSize bounds the metadata records and release states read.
 const maxMetaSize = 4 << 20
 
 // ListOptions selects what List returns.
@@ -62,34 +62,53 @@ func (s *Store) List(opts ListOptions) ([]Meta, error) {
 	return out, nil
 }
 
-// Get returns the record of id.
+// Get returns the record of id, with its release state (Meta.Release).
 func (s *Store) Get(id string) (Meta, error) {
 	if err := checkID(id); err != nil {
 		return Meta{}, err
 	}
-	f, err := os.Open(filepath.Join(s.dir, metaDir, id+".json"))
-	if errors.Is(err, os.ErrNotExist) {
-		return Meta{}, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	if err != nil {
-		return Meta{}, fmt.Errorf("quarantine: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxMetaSize+1))
-	if err != nil {
-		return Meta{}, fmt.Errorf("quarantine: %w", err)
-	}
-	if len(data) > maxMetaSize {
-		return Meta{}, fmt.Errorf("quarantine: record %s is larger than %d bytes", id, maxMetaSize)
-	}
 	var m Meta
-	if err := json.Unmarshal(data, &m); err != nil {
-		return Meta{}, fmt.Errorf("quarantine: record %s: %w", id, err)
+	found, err := readJSON(filepath.Join(s.dir, metaDir, id+".json"), "record "+id, &m)
+	if err != nil {
+		return Meta{}, err
+	}
+	if !found {
+		return Meta{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
 	if m.ID != id {
 		return Meta{}, fmt.Errorf("quarantine: record %s names id %s", id, trimID(m.ID))
 	}
+	m.Release, err = s.ReleaseStateOf(id)
+	if err != nil {
+		// A state that cannot be read may say it was delivered: show the
+		// record (release refuses it, ClaimRelease fails on it) as such.
+		m.Release = &ReleaseState{ID: id, State: ReleaseUncertain, Error: err.Error()}
+	}
 	return m, nil
+}
+
+// readJSON decodes the JSON file at path, of at most maxMetaSize bytes,
+// into v; what names it in errors. A missing file is (false, nil).
+func readJSON(path, what string, v any) (bool, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("quarantine: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxMetaSize+1))
+	if err != nil {
+		return false, fmt.Errorf("quarantine: %w", err)
+	}
+	if len(data) > maxMetaSize {
+		return false, fmt.Errorf("quarantine: %s is larger than %d bytes", what, maxMetaSize)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return false, fmt.Errorf("quarantine: %s: %w", what, err)
+	}
+	return true, nil
 }
 
 // Open returns the original message of id, byte for byte (for export).
@@ -137,16 +156,21 @@ func (s *Store) Verify(id string) error {
 }
 
 // FormatList writes metas as a table for a terminal: id, time, user,
-// size, outcome and reason. Text from the records is made visible as by
-// mailtext.Visible: control characters (terminal escapes, tabs, line
-// breaks) and bidi controls are shown as <U+XXXX> instead of acting.
+// size, outcome, release state and reason. Text from the records is made
+// visible as by mailtext.Visible: control characters (terminal escapes,
+// tabs, line breaks) and bidi controls are shown as <U+XXXX> instead of
+// acting.
 func FormatList(w io.Writer, metas []Meta) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tTIME\tUSER\tSIZE\tOUTCOME\tREASON")
+	fmt.Fprintln(tw, "ID\tTIME\tUSER\tSIZE\tOUTCOME\tRELEASE\tREASON")
 	for _, m := range metas {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\n",
+		release := ""
+		if m.Release != nil {
+			release = m.Release.State
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
 			mailtext.Visible(m.ID, 40), m.Time.UTC().Format(time.DateTime), orDash(mailtext.Visible(m.User, 40)),
-			m.Size, orDash(mailtext.Visible(m.Outcome, 16)), orDash(mailtext.Visible(m.Reason, 60)))
+			m.Size, orDash(mailtext.Visible(m.Outcome, 16)), orDash(mailtext.Visible(release, 16)), orDash(mailtext.Visible(m.Reason, 60)))
 	}
 	return tw.Flush()
 }
@@ -177,6 +201,12 @@ func FormatMeta(w io.Writer, m Meta) error {
 	line("Held by", strings.Join(m.Held, ", "))
 	if m.FailedOpen {
 		line("Failed open", "yes")
+	}
+	if r := m.Release; r != nil {
+		line("Release", strings.TrimSpace(r.State+" "+r.Time.UTC().Format(time.RFC3339)))
+		line("Released by", strings.TrimSpace(r.Actor+" "+r.Instance))
+		line("Released to", r.Recipient)
+		line("Release error", r.Error)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -5,15 +5,17 @@
 //
 // Layout of the directory (created 0700, files 0600):
 //
-//	tmp/          files being written; never read
-//	msg/ID.eml    the original, byte for byte as the upstream sent it
-//	meta/ID.json  its metadata record (Meta)
+//	tmp/             files being written; never read
+//	msg/ID.eml       the original, byte for byte as the upstream sent it
+//	meta/ID.json     its metadata record (Meta)
+//	release/ID.json  its release state (ReleaseState), once a release began
 //
 // Store writes each file to tmp/, fsyncs it, renames it into place and
 // fsyncs the directory, first the message, then the record. A record is
 // only ever visible once its message is durable, and Store returns the id
 // only once both are; on any failure it removes what it wrote and returns
-// an error, so that the chain applies on_error.
+// an error, so that the chain applies on_error. Delete and Purge remove in
+// the opposite order: the record first, then the message.
 package quarantine
 
 import (
@@ -37,9 +39,10 @@ import (
 
 // Subdirectories of a store.
 const (
-	tmpDir  = "tmp"
-	msgDir  = "msg"
-	metaDir = "meta"
+	tmpDir     = "tmp"
+	msgDir     = "msg"
+	metaDir    = "meta"
+	releaseDir = "release"
 )
 
 // staleAfter is the age after which Open removes leftovers in tmp/ (from a
@@ -81,6 +84,7 @@ type fsOps struct {
 	rename     func(from, to string) error
 	syncDir    func(dir string) error
 	remove     func(name string) error
+	link       func(from, to string) error
 }
 
 func osOps() fsOps {
@@ -90,6 +94,7 @@ func osOps() fsOps {
 		rename:     os.Rename,
 		syncDir:    syncDir,
 		remove:     os.Remove,
+		link:       os.Link,
 	}
 }
 
@@ -123,7 +128,7 @@ func Open(dir string, log zerolog.Logger) (*Store, error) {
 		log.Warn().Str("dir", dir).Str("mode", st.Mode().Perm().String()).
 			Msg("quarantine directory is accessible to other users; it holds mail (0700 is advised)")
 	}
-	for _, sub := range []string{tmpDir, msgDir, metaDir} {
+	for _, sub := range []string{tmpDir, msgDir, metaDir, releaseDir} {
 		p := filepath.Join(dir, sub)
 		if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("quarantine: %w", err)
@@ -142,7 +147,9 @@ func Open(dir string, log zerolog.Logger) (*Store, error) {
 }
 
 // OpenReadOnly opens an existing store for browsing only (List, Get, Open,
-// Verify); it creates and writes nothing. Store fails with ErrReadOnly.
+// Verify, ReleaseStateOf); it creates and writes nothing, and every method
+// that would write fails with ErrReadOnly. A store without release/ (made
+// by an older popgate) is fine: nothing in it has a release state.
 func OpenReadOnly(dir string, log zerolog.Logger) (*Store, error) {
 	for _, sub := range []string{msgDir, metaDir} {
 		p := filepath.Join(dir, sub)
@@ -178,7 +185,7 @@ func (s *Store) checkWritable() error {
 	}
 	if err == nil {
 		// Also makes the subdirectories Open may just have created durable.
-		for _, d := range []string{filepath.Join(s.dir, msgDir), filepath.Join(s.dir, metaDir), s.dir} {
+		for _, d := range []string{filepath.Join(s.dir, msgDir), filepath.Join(s.dir, metaDir), filepath.Join(s.dir, releaseDir), s.dir} {
 			if err = syncDir(d); err != nil {
 				break
 			}
@@ -257,10 +264,7 @@ func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filte
 	data, err := json.MarshalIndent(m, "", "  ")
 	if err == nil {
 		data = append(data, '\n')
-		err = s.writeDurable(ctx, metaDir, id+".json", func(w io.Writer) error {
-			_, err := w.Write(data)
-			return err
-		})
+		err = s.writeDurable(ctx, metaDir, id+".json", writeBytes(data))
 	}
 	if err != nil {
 		// The message alone is of no use and must not linger visibly.
@@ -278,51 +282,77 @@ func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filte
 // rename to sub/name, fsync sub/. On failure nothing is left behind (the
 // temporary file, or the renamed file when the directory sync fails, is
 // removed).
-func (s *Store) writeDurable(ctx context.Context, sub, name string, fill func(io.Writer) error) (err error) {
+func (s *Store) writeDurable(ctx context.Context, sub, name string, fill func(io.Writer) error) error {
+	return s.writeFile(name, fill, func(tmp string) error {
+		if err := ctx.Err(); err != nil {
+			s.removeLogged(tmp)
+			return err
+		}
+		final := filepath.Join(s.dir, sub, name)
+		if err := s.ops.rename(tmp, final); err != nil {
+			s.removeLogged(tmp)
+			return fmt.Errorf("rename: %w", err)
+		}
+		if err := s.ops.syncDir(filepath.Join(s.dir, sub)); err != nil {
+			s.removeLogged(final)
+			return fmt.Errorf("fsync directory: %w", err)
+		}
+		return nil
+	})
+}
+
+// writeFile writes a file in tmp/ (create, fill, fsync, close) and hands
+// its name to put, which moves it into place and removes whatever it leaves
+// unfinished when it fails. A failure before put removes the temporary
+// file. Errors name the file name is written for.
+func (s *Store) writeFile(name string, fill func(io.Writer) error, put func(tmp string) error) (err error) {
 	f, err := s.ops.createTemp(filepath.Join(s.dir, tmpDir), name+".*")
 	if err != nil {
 		return fmt.Errorf("quarantine: create %s: %w", name, err)
 	}
-	tmp := f.Name()
-	closed, renamed := false, false
-	final := filepath.Join(s.dir, sub, name)
 	defer func() {
-		if err == nil {
-			return
+		if err != nil {
+			err = fmt.Errorf("quarantine: write %s: %w", name, err)
 		}
-		if !closed {
-			_ = f.Close()
-		}
-		victim := tmp
-		if renamed {
-			victim = final
-		}
-		if rerr := s.ops.remove(victim); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-			s.log.Error().Err(rerr).Str("file", victim).Msg("quarantine: cannot remove a failed write")
-		}
-		err = fmt.Errorf("quarantine: write %s: %w", name, err)
 	}()
-	if err := fill(f); err != nil {
+	tmp := f.Name()
+	err = fill(f)
+	if err == nil {
+		if err = s.ops.syncFile(f); err != nil {
+			err = fmt.Errorf("fsync: %w", err)
+		}
+	}
+	if err != nil {
+		_ = f.Close()
+		s.removeLogged(tmp)
 		return err
 	}
-	if err := s.ops.syncFile(f); err != nil {
-		return fmt.Errorf("fsync: %w", err)
-	}
-	closed = true
 	if err := f.Close(); err != nil {
+		s.removeLogged(tmp)
 		return fmt.Errorf("close: %w", err)
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	return put(tmp)
+}
+
+// removeLogged removes a file the store wrote and no longer wants, logging
+// (not returning) a failure: the caller reports its own error.
+func (s *Store) removeLogged(name string) {
+	if err := s.ops.remove(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Error().Err(err).Str("file", name).Msg("quarantine: cannot remove a failed write")
 	}
-	if err := s.ops.rename(tmp, final); err != nil {
-		return fmt.Errorf("rename: %w", err)
+}
+
+// removeSynced removes sub/name and fsyncs sub/. A file that does not exist
+// is (false, nil).
+func (s *Store) removeSynced(sub, name string) (bool, error) {
+	err := s.ops.remove(filepath.Join(s.dir, sub, name))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
 	}
-	renamed = true
-	if err := s.ops.syncDir(filepath.Join(s.dir, sub)); err != nil {
-		return fmt.Errorf("fsync directory: %w", err)
+	if err == nil {
+		err = s.ops.syncDir(filepath.Join(s.dir, sub))
 	}
-	return nil
+	return err == nil, err
 }
 
 // Meta is the metadata record of a quarantined message.
@@ -353,6 +383,10 @@ type Meta struct {
 	Outcome    string `json:"outcome,omitempty"`
 	Reason     string `json:"reason,omitempty"`
 	FailedOpen bool   `json:"failed_open,omitempty"`
+	// Release is the message's release state, nil when no release began.
+	// It is not part of the record file: Get and List fill it from
+	// release/ID.json (see ClaimRelease).
+	Release *ReleaseState `json:"release,omitempty"`
 }
 
 // Verdict is one filter's step in a Meta.

@@ -75,6 +75,40 @@ func assertEmpty(t *testing.T, s *Store) {
 	}
 }
 
+// storeAt stores msg with s's clock at at and returns its id.
+func storeAt(t *testing.T, s *Store, at time.Time, msg string) string {
+	t.Helper()
+	s.now = func() time.Time { return at }
+	defer func() { s.now = time.Now }()
+	id, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(msg)), testResult())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// exists reports which of id's files are in the store: "meta", "msg",
+// "release", joined by "+", or "none".
+func exists(s *Store, id string) string {
+	var have []string
+	for _, f := range [...]struct{ sub, ext string }{{metaDir, ".json"}, {msgDir, ".eml"}, {releaseDir, ".json"}} {
+		if _, err := os.Lstat(filepath.Join(s.dir, f.sub, id+f.ext)); err == nil {
+			have = append(have, f.sub)
+		}
+	}
+	if len(have) == 0 {
+		return "none"
+	}
+	return strings.Join(have, "+")
+}
+
+func claim(t *testing.T, s *Store, id string) {
+	t.Helper()
+	if _, err := s.ClaimRelease(id, ReleaseState{State: Released, Actor: "cli"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRoundTrip(t *testing.T) {
 	s := openStore(t)
 	big := testMsg + strings.Repeat("line of the body\r\n", 50000)
@@ -354,8 +388,16 @@ func (r *recorder) install(s *Store) {
 			return real.syncDir(dir)
 		},
 		remove: func(name string) error {
-			r.step("remove " + base(name))
+			if err := r.step("remove " + base(name)); err != nil {
+				return err
+			}
 			return real.remove(name)
+		},
+		link: func(from, to string) error {
+			if err := r.step("link " + base(from) + " " + base(to)); err != nil {
+				return err
+			}
+			return real.link(from, to)
 		},
 	}
 }
@@ -517,6 +559,8 @@ func TestFormat(t *testing.T) {
 		User: "eve\x1b]0;pwned\x07", Size: 42, Outcome: "refuse", Reason: "bad\r\nthing \u202egnp.exe",
 		Verdicts: []Verdict{{Filter: "av", Action: "reject", Reason: "Eicar", Duration: time.Millisecond}, {Filter: "x", Error: "boom"}},
 		Held:     []string{"av"},
+		Release: &ReleaseState{State: Released, Actor: "link", Instance: "mx1:42", Recipient: "eve@example.org",
+			Time: time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)},
 	}
 	var b bytes.Buffer
 	if err := FormatList(&b, []Meta{m}); err != nil {
@@ -526,7 +570,8 @@ func TestFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"ID", m.ID, "2026-11-25 10:30:00", "refuse", "Eicar", "error: boom", "42 bytes", "Held by: av"} {
+	for _, want := range []string{"ID", m.ID, "2026-11-25 10:30:00", "refuse", "Eicar", "error: boom", "42 bytes", "Held by:",
+		"RELEASE", " released ", "2026-11-26T08:00:00Z", "link mx1:42", "eve@example.org"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
