@@ -4,7 +4,7 @@
 //	popgate check -c FILE|DIR   validate a configuration
 //	popgate scan -c FILE MSG…   run the chain a session would run on message files
 //	popgate demo                run a built-in mailbox behind popgate, on loopback
-//	popgate quarantine …        browse and recover quarantined originals
+//	popgate quarantine …        browse, recover and remove quarantined originals
 //	popgate memory …            show or forget what popgate remembers of a message
 //	popgate version             print versions
 package main
@@ -110,6 +110,7 @@ func usage(w io.Writer) {
                               run a session's chain on message files (popgate scan -h for output and exit codes)
   popgate demo                a sample mailbox behind popgate on loopback, with curl lines to try
   popgate quarantine list|show ID|export ID [-o FILE]   browse and recover quarantined originals
+  popgate quarantine delete ID…|purge --older-than D    remove quarantined originals ("30d", "36h")
   popgate memory show|forget -c FILE|DIR --user LOGIN --uidl UIDL [--upstream NAME]
                               what popgate remembers of a message; forget it (its next download is scanned)
   popgate version             popgate, Go and dependency versions

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/memory"
+	"github.com/popgate/popgate/filters/quarantine"
 	"github.com/popgate/popgate/policy/generation"
 )
 
@@ -138,4 +141,101 @@ upstream "mail" { address = "127.0.0.1:110" }
 		t.Fatal(err)
 	}
 	return path
+}
+
+// popgate quarantine delete and purge remove originals from a store the
+// daemon may be using; list and show tell a released message.
+func TestQuarantineDeletePurge(t *testing.T) {
+	dir := t.TempDir()
+	qdir := filepath.Join(dir, "q")
+	cfg := writeConfig(t, dir, fmt.Sprintf("quarantine { dir = %q }\n", qdir))
+	store, err := quarantine.Open(qdir, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func() string {
+		id, err := store.Store(context.Background(), &filters.Envelope{User: "ann"}, filters.BytesBody([]byte("Subject: x\r\n\r\nbody\r\n")), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	run1 := func(args ...string) (int, string, string) {
+		var out, errOut bytes.Buffer
+		code := run(append([]string{"quarantine"}, args...), &out, &errOut)
+		return code, out.String(), errOut.String()
+	}
+	old1, old2 := put(), put()
+	time.Sleep(time.Second)
+	a, b, c := put(), put(), put()
+
+	if _, err := store.ClaimRelease(c, quarantine.ReleaseState{State: quarantine.Released, Actor: "cli", Recipient: "ann@example.org"}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := run1("list", "-dir", qdir)
+	if code != 0 || !strings.Contains(out, "RELEASE") || !regexp.MustCompile(c+`.* released `).MatchString(out) {
+		t.Errorf("list: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, out, errOut = run1("show", "-c", cfg, c); code != 0 || !strings.Contains(out, "ann@example.org") || !strings.Contains(out, "released") {
+		t.Errorf("show: exit %d\n%s%s", code, out, errOut)
+	}
+
+	if code, out, errOut = run1("delete", "-c", cfg, a); code != 0 || out != "deleted "+a+"\n" {
+		t.Errorf("delete: exit %d\n%s%s", code, out, errOut)
+	}
+	if code, _, errOut = run1("delete", "-dir", qdir, a); code != 1 || !strings.Contains(errOut, "no such id") {
+		t.Errorf("delete again: exit %d, %q", code, errOut)
+	}
+	code, out, errOut = run1("delete", "-dir", qdir, "../etc/passwd", b, c)
+	if code != 1 || out != "deleted "+b+"\ndeleted "+c+"\n" || !strings.Contains(errOut, "invalid id") {
+		t.Errorf("delete with a bad id: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, id := range []string{a, b, c} {
+		if _, err := store.Get(id); !errors.Is(err, quarantine.ErrNotFound) {
+			t.Errorf("%s after delete: %v", id, err)
+		}
+	}
+
+	for _, args := range [][]string{
+		{"purge", "-dir", qdir},
+		{"purge", "-dir", qdir, "--older-than", "0"},
+		{"purge", "-dir", qdir, "--older-than", "0d"},
+		{"purge", "-dir", qdir, "--older-than", "-1h"},
+		{"purge", "-dir", qdir, "--older-than", "a week"},
+		{"purge", "-dir", qdir, "--older-than", "1d", old1},
+		{"list", "-dir", qdir, "--older-than", "1d"},
+		{"delete", "-dir", qdir},
+		{"frob", "-dir", qdir},
+	} {
+		if code, _, errOut := run1(args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (%q)", args, code, errOut)
+		}
+	}
+	keep := put()
+	code, out, errOut = run1("purge", "-dir", qdir, "--older-than", "700ms")
+	if code != 0 || !strings.HasPrefix(out, "purged 2 records, 0 orphaned messages, 0 release states quarantined before ") {
+		t.Errorf("purge: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, id := range []string{old1, old2} {
+		if _, err := store.Get(id); !errors.Is(err, quarantine.ErrNotFound) {
+			t.Errorf("%s after purge: %v", id, err)
+		}
+	}
+	if err := store.Verify(keep); err != nil {
+		t.Errorf("a newer message after purge: %v", err)
+	}
+	if code, out, _ = run1("purge", "-c", cfg, "--older-than", "30d"); code != 0 || !strings.HasPrefix(out, "purged 0 records") {
+		t.Errorf("purge of nothing: exit %d\n%s", code, out)
+	}
+
+	// A mistyped directory is an error, not a new empty store.
+	missing := filepath.Join(dir, "no-such-quarantine")
+	for _, args := range [][]string{{"delete", "-dir", missing, keep}, {"purge", "-dir", missing, "--older-than", "1d"}} {
+		if code, _, errOut := run1(args...); code != 1 {
+			t.Errorf("%v: exit %d (%q)", args, code, errOut)
+		}
+	}
+	if _, err := os.Stat(missing); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("delete or purge created %s (%v)", missing, err)
+	}
 }

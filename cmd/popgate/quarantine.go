@@ -5,20 +5,25 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters/quarantine"
 )
 
-// cmdQuarantine browses and recovers quarantined originals:
+// cmdQuarantine browses, recovers and removes quarantined originals:
 //
 //	popgate quarantine list   [-c FILE | -dir DIR] [-user U] [-limit N]
 //	popgate quarantine show   [-c FILE | -dir DIR] ID
 //	popgate quarantine export [-c FILE | -dir DIR] [-o FILE] ID
+//	popgate quarantine delete [-c FILE | -dir DIR] ID...
+//	popgate quarantine purge  [-c FILE | -dir DIR] --older-than D
 func cmdQuarantine(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: popgate quarantine list|show ID|export ID [-c FILE | -dir DIR]")
+		fmt.Fprintln(stderr, "usage: popgate quarantine list|show ID|export ID|delete ID...|purge --older-than D [-c FILE | -dir DIR]")
 		return 2
 	}
 	sub, args := args[0], args[1:]
@@ -29,8 +34,33 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) int {
 	user := fs.String("user", "", "list: only this user's messages")
 	limit := fs.Int("limit", 0, "list: at most this many, newest first")
 	out := fs.String("o", "", "export: write the original here instead of standard output")
+	olderThan := fs.String("older-than", "", `purge: remove what was quarantined longer ago than this ("30d", "36h", "90m")`)
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	var nargs bool
+	switch sub {
+	case "list", "purge":
+		nargs = fs.NArg() == 0
+	case "show", "export":
+		nargs = fs.NArg() == 1 && fs.Arg(0) != ""
+	case "delete":
+		nargs = fs.NArg() > 0
+	default:
+		fmt.Fprintf(stderr, "popgate quarantine: unknown subcommand %q\n", sub)
+		return 2
+	}
+	if !nargs || (*olderThan != "") != (sub == "purge") {
+		fmt.Fprintf(stderr, "popgate quarantine %s: wrong arguments\n", sub)
+		return 2
+	}
+	var age time.Duration
+	if sub == "purge" {
+		var err error
+		if age, err = parseAge(*olderThan); err != nil {
+			fmt.Fprintf(stderr, "popgate quarantine purge: --older-than: %v\n", err)
+			return 2
+		}
 	}
 	if *dir == "" {
 		cfg := load(*config, stderr)
@@ -44,17 +74,17 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) int {
 		}
 		*dir = cfg.Quarantine.Dir
 	}
+	// Read-only first, also for delete and purge: it checks that the store
+	// exists, where Open would make an empty one of a mistyped directory.
 	store, err := quarantine.OpenReadOnly(*dir, zerolog.Nop())
+	if err == nil && (sub == "delete" || sub == "purge") {
+		store, err = quarantine.Open(*dir, zerolog.Nop())
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate quarantine: %v\n", err)
 		return 1
 	}
 	id := fs.Arg(0)
-	needID := sub == "show" || sub == "export"
-	if needID && (fs.NArg() != 1 || id == "") || !needID && fs.NArg() != 0 {
-		fmt.Fprintf(stderr, "popgate quarantine %s: wrong arguments\n", sub)
-		return 2
-	}
 	switch sub {
 	case "list":
 		metas, err := store.List(quarantine.ListOptions{User: *user, Limit: *limit})
@@ -70,9 +100,42 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) int {
 		return report(err, stderr)
 	case "export":
 		return report(export(store, id, *out, stdout), stderr)
+	case "delete":
+		code := 0
+		for _, id := range fs.Args() {
+			err := store.Delete(id)
+			if err == nil {
+				fmt.Fprintf(stdout, "deleted %s\n", id)
+			}
+			code = max(code, report(err, stderr))
+		}
+		return code
 	}
-	fmt.Fprintf(stderr, "popgate quarantine: unknown subcommand %q\n", sub)
-	return 2
+	before := time.Now().Add(-age)
+	res, err := store.Purge(before)
+	fmt.Fprintf(stdout, "purged %v quarantined before %s\n", res, before.UTC().Format(time.RFC3339))
+	return report(err, stderr)
+}
+
+// parseAge parses purge's --older-than: a Go duration ("36h", "90m") or
+// whole days ("30d"); it must be positive.
+func parseAge(s string) (time.Duration, error) {
+	var d time.Duration
+	var err error
+	if days, ok := strings.CutSuffix(s, "d"); ok && days != "" && !strings.ContainsAny(days, "hms.+-") {
+		var n uint64
+		n, err = strconv.ParseUint(days, 10, 16)
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		d, err = time.ParseDuration(s)
+	}
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("%q is not a duration; write it like \"30d\", \"36h\" or \"90m\"", s)
+	case d <= 0:
+		return 0, fmt.Errorf("%q: the age must be greater than zero", s)
+	}
+	return d, nil
 }
 
 // export writes a quarantined original, byte for byte, after checking it
