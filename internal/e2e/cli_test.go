@@ -345,7 +345,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("the demo's quarantine commands %q, want list and export with -dir %s", quarantineCmds, qdir)
 	}
 	qlist := runClient(t, 30*time.Second, nil, "/bin/sh", "-c", quarantineCmds[0])
-	ids := regexp.MustCompile(`(?m)^(\d{8}T\S+)\s.*refuse\s+virus: Eicar-Test-Signature`).FindSubmatch(qlist)
+	ids := regexp.MustCompile(`(?m)^(\d{8}T\S+)\s.*refuse\s+-\s+virus: Eicar-Test-Signature`).FindSubmatch(qlist)
 	if ids == nil || bytes.Count(qlist, []byte("\n")) != 3 {
 		t.Fatalf("quarantine list:\n%s", qlist)
 	}

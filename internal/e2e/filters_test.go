@@ -798,7 +798,7 @@ func TestFilterEicar(t *testing.T) {
 		t.Errorf("quarantine lists %d originals, the clients saw %d notices, want %d:\n%v", len(list), len(viruses), 2*len(cases), list)
 	}
 	for id := range viruses {
-		if l, ok := list[id]; !ok || !regexp.MustCompile(`\srefuse\s+virus: Eicar-Test-Signature`).MatchString(l) {
+		if l, ok := list[id]; !ok || !regexp.MustCompile(`\srefuse\s+-\s+virus: Eicar-Test-Signature`).MatchString(l) {
 			t.Errorf("quarantine list line of %s: %q, want the virus named", id, l)
 		}
 	}
