@@ -239,3 +239,15 @@ func TestQuarantineDeletePurge(t *testing.T) {
 		t.Errorf("delete or purge created %s (%v)", missing, err)
 	}
 }
+
+// parseAge never panics, and what it accepts is a positive duration.
+func FuzzParseAge(f *testing.F) {
+	for _, s := range []string{"30d", "36h", "90m", "1h30m", "0", "0d", "-1h", "65536d", "1.5d", "d", "+3d", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if d, err := parseAge(s); err == nil && d <= 0 {
+			t.Errorf("parseAge(%q) = %v", s, d)
+		}
+	})
+}
