@@ -170,7 +170,7 @@ func (d *decoder) rescan(attr *hcl.Attribute) Rescan {
 	case "always":
 		return Rescan{Off: true}
 	}
-	if dur, err := parseDuration(v); err == nil && dur > 0 {
+	if dur, err := ParseDuration(v); err == nil && dur > 0 {
 		return Rescan{After: dur}
 	}
 	d.errorf(attr.Expr.Range(), "Invalid value",

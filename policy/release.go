@@ -5,12 +5,12 @@ import (
 	"net/mail"
 	"path/filepath"
 	"strings"
-	"text/template"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/filters/quarantine/notify"
 	"github.com/popgate/popgate/filters/quarantine/release"
 )
 
@@ -312,7 +312,7 @@ func (d *decoder) notify(s *notifySchema, deliveries map[string]*Delivery, q *Qu
 		if *t.dst == "" {
 			continue
 		}
-		if _, err := template.New(t.attr.Name).Parse(*t.dst); err != nil {
+		if _, err := notify.ParseTemplate(t.attr.Name, *t.dst); err != nil {
 			d.errorf(t.attr.Expr.Range(), "Invalid template", "%s: %v.", t.attr.Name, err)
 		}
 	}

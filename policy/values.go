@@ -123,7 +123,7 @@ func (d *decoder) duration(attr *hcl.Attribute, def time.Duration, allowZero boo
 		return def
 	}
 	s := v.AsString()
-	dur, err := parseDuration(s)
+	dur, err := ParseDuration(s)
 	switch {
 	case err != nil:
 		d.errorf(attr.Expr.Range(), "Invalid duration",
@@ -192,9 +192,9 @@ func posString(r hcl.Range) string {
 	return fmt.Sprintf("%s:%d:%d", r.Filename, r.Start.Line, r.Start.Column)
 }
 
-// parseDuration is time.ParseDuration, plus whole days ("30d"): retention
+// ParseDuration is time.ParseDuration, plus whole days ("30d"): retention
 // periods are written in days.
-func parseDuration(s string) (time.Duration, error) {
+func ParseDuration(s string) (time.Duration, error) {
 	if days, ok := strings.CutSuffix(s, "d"); ok && days != "" && !strings.ContainsAny(days, "hms.+-") {
 		n, err := strconv.ParseUint(days, 10, 16)
 		if err != nil {

@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters/quarantine"
+	"github.com/popgate/popgate/policy"
 )
 
 // cmdQuarantine browses, recovers and removes quarantined originals:
@@ -21,12 +20,16 @@ import (
 //	popgate quarantine export [-c FILE | -dir DIR] [-o FILE] ID
 //	popgate quarantine delete [-c FILE | -dir DIR] ID...
 //	popgate quarantine purge  [-c FILE | -dir DIR] --older-than D
+//	popgate quarantine release [-c FILE] [--to ADDRESS [--login NAME]] [--force] ID
 func cmdQuarantine(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: popgate quarantine list|show ID|export ID|delete ID...|purge --older-than D [-c FILE | -dir DIR]")
+		fmt.Fprintln(stderr, "usage: popgate quarantine list|show ID|export ID|release ID|delete ID...|purge --older-than D [-c FILE | -dir DIR]")
 		return 2
 	}
 	sub, args := args[0], args[1:]
+	if sub == "release" {
+		return quarantineRelease(args, stdout, stderr)
+	}
 	fs := flag.NewFlagSet("quarantine "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	config := fs.String("c", defaultConfig, "configuration whose quarantine block names the directory")
@@ -120,15 +123,7 @@ func cmdQuarantine(args []string, stdout, stderr io.Writer) int {
 // parseAge parses purge's --older-than: a Go duration ("36h", "90m") or
 // whole days ("30d"); it must be positive.
 func parseAge(s string) (time.Duration, error) {
-	var d time.Duration
-	var err error
-	if days, ok := strings.CutSuffix(s, "d"); ok && days != "" && !strings.ContainsAny(days, "hms.+-") {
-		var n uint64
-		n, err = strconv.ParseUint(days, 10, 16)
-		d = time.Duration(n) * 24 * time.Hour
-	} else {
-		d, err = time.ParseDuration(s)
-	}
+	d, err := policy.ParseDuration(s)
 	switch {
 	case err != nil:
 		return 0, fmt.Errorf("%q is not a duration; write it like \"30d\", \"36h\" or \"90m\"", s)

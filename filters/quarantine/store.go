@@ -415,14 +415,24 @@ func newMeta(id string, now time.Time, env *filters.Envelope, res *filters.Resul
 				v.Error = st.Err.Error()
 			} else {
 				v.Action = st.Action.String()
-				if st.Action == filters.Reject || st.Action == filters.Replace && st.Lossy {
-					m.Held = append(m.Held, st.Filter)
-				}
 			}
 			m.Verdicts = append(m.Verdicts, v)
 		}
+		m.Held = HeldBy(res)
 	}
 	return m
+}
+
+// HeldBy names the filters that held a message back in res: those whose
+// step was a Reject or a lossy Replace, in chain order.
+func HeldBy(res *filters.Result) []string {
+	var held []string
+	for _, st := range res.Steps {
+		if st.Err == nil && (st.Action == filters.Reject || st.Action == filters.Replace && st.Lossy) {
+			held = append(held, st.Filter)
+		}
+	}
+	return held
 }
 
 // trimID is used in error messages about invalid ids: short and printable.

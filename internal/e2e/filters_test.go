@@ -64,6 +64,9 @@ type avOpts struct {
 	// filters do on every download, which the message memory would
 	// otherwise serve from the first.
 	rescan string
+	// upstreamExtra goes inside the upstream block; quarantineExtra
+	// inside the quarantine block.
+	upstreamExtra, quarantineExtra string
 }
 
 // avConfig is dovecotConfig (plain upstream: the filters are under test
@@ -78,7 +81,7 @@ func avConfig(t *testing.T, d *testenv.DovecotEnv, o avOpts) string {
 		o.clamd = testenv.Clamd(t).TCP
 	}
 	var b strings.Builder
-	b.WriteString(dovecotConfig(d, configOpts{upstreamTLS: "none"}))
+	b.WriteString(dovecotConfig(d, configOpts{upstreamTLS: "none", upstreamExtra: o.upstreamExtra}))
 	fmt.Fprintf(&b, "scanner \"clamav\" \"clamd\" {\n  addresses = [%s]\n  timeout   = %s\n", hclString(o.clamd), hclString(cmp.Or(o.timeout, "10s")))
 	if o.maxSize != "" {
 		fmt.Fprintf(&b, "  max_size  = %s\n", hclString(o.maxSize))
@@ -96,7 +99,7 @@ filter "tag" "stamp" {
   headers = { "X-Popgate-Scanned" = "yes" }
 }
 `)
-	fmt.Fprintf(&b, "quarantine {\n  dir = %s\n}\n", hclString(o.quarantine))
+	fmt.Fprintf(&b, "quarantine {\n  dir = %s\n%s}\n", hclString(o.quarantine), o.quarantineExtra)
 	b.WriteString("policy \"default\" {\n  chain = [\"av\", \"dangerous\", \"stamp\"]\n")
 	if o.onError != "" {
 		fmt.Fprintf(&b, "  on_error = %s\n", hclString(o.onError))

@@ -250,6 +250,8 @@ type configOpts struct {
 	// trustedProxies, when set, makes both listeners take PROXY headers
 	// from these addresses.
 	trustedProxies []string
+	// upstreamExtra goes inside the upstream block (a release block).
+	upstreamExtra string
 }
 
 // dovecotConfig is a configuration with two listeners in front of the test
@@ -296,7 +298,7 @@ func dovecotConfig(d *testenv.DovecotEnv, o configOpts) string {
 	default:
 		panic("upstreamTLS " + o.upstreamTLS)
 	}
-	b.WriteString("  connect_timeout = \"10s\"\n  timeout = \"30s\"\n}\n")
+	b.WriteString("  connect_timeout = \"10s\"\n  timeout = \"30s\"\n" + o.upstreamExtra + "}\n")
 	b.WriteString("log {\n  level  = \"debug\"\n  format = \"json\"\n")
 	if o.logFile != "" {
 		fmt.Fprintf(&b, "  file   = %s\n", hclString(o.logFile))

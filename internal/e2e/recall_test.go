@@ -31,10 +31,23 @@ func memoryMailbox() [][]byte {
 	}
 }
 
-// download is one session of a raw POP3 client: LIST, then RETR of every
+// downloadAll is one session of a raw POP3 client: LIST, then RETR of every
 // message (TOP 1 0 of each first when top is set), QUIT. It returns the
 // LIST sizes and the messages as received (dot-unstuffed).
 func downloadAll(t *testing.T, addr string, u *testenv.User, top bool) ([]int64, [][]byte) {
+	t.Helper()
+	return popSession(t, addr, u, top, false)
+}
+
+// downloadAndDelete is downloadAll without TOP, with DELE of every message
+// before QUIT: a client that does not leave mail on the server.
+func downloadAndDelete(t *testing.T, addr string, u *testenv.User) [][]byte {
+	t.Helper()
+	_, msgs := popSession(t, addr, u, false, true)
+	return msgs
+}
+
+func popSession(t *testing.T, addr string, u *testenv.User, top, dele bool) ([]int64, [][]byte) {
 	t.Helper()
 	p := dialPOP(t, addr)
 	p.ok("USER " + u.Name)
@@ -58,6 +71,9 @@ func downloadAll(t *testing.T, addr string, u *testenv.User, top bool) ([]int64,
 			m = append(m, strings.TrimPrefix(l, ".")...)
 		}
 		msgs = append(msgs, m)
+		if dele {
+			p.ok(fmt.Sprintf("DELE %d", i+1))
+		}
 	}
 	p.ok("QUIT")
 	return sizes, msgs

@@ -42,6 +42,7 @@ type Metrics struct {
 	filterDuration  *prometheus.HistogramVec
 	scanDuration    *prometheus.HistogramVec
 	quarantine      *prometheus.CounterVec
+	releases        *prometheus.CounterVec
 	generation      prometheus.Gauge
 	reloads         *prometheus.CounterVec
 	refused         *prometheus.CounterVec
@@ -92,6 +93,7 @@ func New() *Metrics {
 	m.filterDuration = histogram("filter_duration_seconds", "Time each filter took per message.", "filter")
 	m.scanDuration = histogram("scan_duration_seconds", "Time a scan took, failovers and waiting for a slot included, by scanner and kind (clamav).", "scanner", "kind")
 	m.quarantine = counter("quarantine_writes_total", "Originals written to quarantine, by result (ok, failed).", "result")
+	m.releases = counter("quarantine_releases_total", "Quarantine releases, by actor (cli, api, link) and result (released, already, refused, failed, uncertain).", "actor", "result")
 	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_generation",
 		Help: "The configuration generation new sessions get (1 at start, +1 per successful reload)."})
 	m.reg.MustRegister(m.generation)
@@ -148,6 +150,9 @@ type Scanner struct {
 func (m *Metrics) SetScanners(scanners []Scanner) {
 	m.scanners.Store(&scanners)
 }
+
+// Released counts one quarantine release (generation.Options.OnRelease).
+func (m *Metrics) Released(actor, result string) { m.releases.WithLabelValues(actor, result).Inc() }
 
 // Scanned times one scan (filters.BuildContext.OnScan).
 func (m *Metrics) Scanned(scanner, kind string, took time.Duration, _ error) {
@@ -302,8 +307,14 @@ func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
 // Handler serves /metrics (Prometheus text format), /healthz (200 while the
 // process serves HTTP at all) and /readyz (200 when ready returns nil, else
 // 503 with its reason: for load balancer health checks).
-func (m *Metrics) Handler(ready func() error) http.Handler {
+// extra, when set, serves /release/ and /api/ (release links and the admin
+// API).
+func (m *Metrics) Handler(ready func() error, extra http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	if extra != nil {
+		mux.Handle("/release/", extra)
+		mux.Handle("/api/", extra)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")

@@ -83,7 +83,7 @@ func TestMetricsFollowSessions(t *testing.T) {
 	defer srv.Shutdown(context.Background())
 	addr := srv.Addrs()[0].String()
 	ready := func() error { return srv.Ready() }
-	h := m.Handler(ready)
+	h := m.Handler(ready, nil)
 	waitFor(t, func() bool { return srv.Ready() == nil })
 
 	c, r := dial(t, addr)
@@ -159,7 +159,7 @@ func TestReloadsAndGeneration(t *testing.T) {
 	m.Reloaded(false)
 	m.Reloaded(true)
 	m.SetGeneration(2)
-	page := scrape(t, m.Handler(func() error { return nil }), "/metrics")
+	page := scrape(t, m.Handler(func() error { return nil }, nil), "/metrics")
 	for series, want := range map[string]float64{
 		`popgate_config_generation`:                     2,
 		`popgate_config_reloads_total{result="ok"}`:     1,

@@ -12,8 +12,11 @@
 package generation
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -21,6 +24,8 @@ import (
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/memory"
 	"github.com/popgate/popgate/filters/quarantine"
+	"github.com/popgate/popgate/filters/quarantine/notify"
+	"github.com/popgate/popgate/filters/quarantine/release"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
 )
@@ -40,6 +45,12 @@ type Options struct {
 	// Memory is the message memory's store (OpenMemory), shared by the
 	// generations of a service; nil: no memory.
 	Memory memory.Store
+	// OnRelease, when set, sees every quarantine release (metrics).
+	OnRelease func(actor, result string)
+	// Background runs the quarantine's retention purge and the
+	// notifications while the generation lives (a running service; not
+	// `popgate scan`).
+	Background bool
 }
 
 // Scanner is a running scanner with the block it was built from.
@@ -61,6 +72,15 @@ type Generation struct {
 	quarantine *quarantine.Store
 	spool      *filters.Spool
 	policies   map[*policy.Policy]*proxy.SessionPolicy
+
+	keys     release.Keys
+	releaser *release.Service
+	web      http.Handler
+	notifier *notify.Notifier
+	// stopBackground ends the retention purge and the notifier, which
+	// background waits for.
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
 }
 
 // ErrNoPolicy is PolicyFor's answer for a login no policy applies to.
@@ -111,6 +131,9 @@ func Build(cfg *policy.Config, o Options) (_ *Generation, err error) {
 		if g.quarantine, err = quarantine.Open(dir, o.Log); err != nil {
 			return nil, fmt.Errorf("quarantine: %w", err)
 		}
+		if err := g.buildRelease(o); err != nil {
+			return nil, fmt.Errorf("quarantine: %w", err)
+		}
 	}
 
 	built := map[*filters.FilterSpec]filters.Filter{}
@@ -128,8 +151,12 @@ func Build(cfg *policy.Config, o Options) (_ *Generation, err error) {
 		}
 		if g.quarantine != nil {
 			chain.Quarantine = g.quarantine
+			if g.notifier != nil {
+				chain.Quarantine = notifying{g.quarantine, g.notifier}
+			}
+			chain.Released = g.keys
 			if p.NoticeOnReject {
-				nc := &quarantine.NoticeConfig{From: cfg.Quarantine.NoticeFrom, Spool: g.spool}
+				nc := &quarantine.NoticeConfig{From: cfg.Quarantine.NoticeFrom, Spool: g.spool, ReleaseLink: releaseLink(cfg, g.keys)}
 				chain.Notice = nc.ChainNotice()
 			}
 		}
@@ -167,6 +194,13 @@ func (g *Generation) Spool() *filters.Spool { return g.spool }
 // Quarantine is the opened quarantine store, nil without a quarantine block.
 func (g *Generation) Quarantine() *quarantine.Store { return g.quarantine }
 
+// Releaser gives quarantined originals back; nil without a quarantine.
+func (g *Generation) Releaser() *release.Service { return g.releaser }
+
+// Web is the HTTP handler of release links and the admin API (paths under
+// /release/ and /api/); nil without a quarantine.
+func (g *Generation) Web() http.Handler { return g.web }
+
 // Ready reports nil when every scanner a policy needs has a backend that
 // answers, else which one has none.
 func (g *Generation) Ready() error {
@@ -182,6 +216,10 @@ func (g *Generation) Ready() error {
 // memory's writes of its sessions are done. A generation is closed once no
 // session uses it any more; the memory's store is not its to close.
 func (g *Generation) Close() error {
+	if g.stopBackground != nil {
+		g.stopBackground()
+		g.background.Wait()
+	}
 	for _, sp := range g.policies {
 		if sp.Memory != nil {
 			sp.Memory.Wait()

@@ -41,6 +41,7 @@ type Service struct {
 // turns reloading off). The caller Serves next.
 func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 	s := &Service{log: o.Log, opts: o, path: path, bound: cfg}
+	s.opts.Background = true
 	if s.opts.Memory, err = OpenMemory(cfg.Memory, o.Log); err != nil {
 		return nil, err
 	}
@@ -55,6 +56,7 @@ func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 		}
 		s.metrics = metrics.New()
 		s.opts.OnScan = s.metrics.Scanned
+		s.opts.OnRelease = s.metrics.Released
 	}
 	g, err := Build(cfg, s.opts)
 	if err != nil {
@@ -79,7 +81,7 @@ func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 	}
 	s.use(g, s.srv.Generation())
 	if s.metrics != nil {
-		s.http = &http.Server{Handler: s.metrics.Handler(s.ready), ReadHeaderTimeout: 10 * time.Second}
+		s.http = &http.Server{Handler: s.metrics.Handler(s.ready, http.HandlerFunc(s.serveQuarantine)), ReadHeaderTimeout: 10 * time.Second}
 		s.log.Info().Str("address", s.ln.Addr().String()).Msg("metrics listening")
 		go func() {
 			if err := s.http.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -198,6 +200,17 @@ func (s *Service) use(g *Generation, gen int64) {
 	}
 	s.metrics.SetScanners(ms)
 	s.metrics.SetGeneration(gen)
+}
+
+// serveQuarantine serves release links and the admin API with the
+// generation in force (404 without a quarantine).
+func (s *Service) serveQuarantine(w http.ResponseWriter, r *http.Request) {
+	h := s.Current().Web()
+	if h == nil {
+		http.NotFound(w, r)
+		return
+	}
+	h.ServeHTTP(w, r)
 }
 
 // ready is /readyz: every listener accepts, and every scanner a policy of

@@ -253,19 +253,6 @@ func messageIDHost(addr string) string {
 func item(m quarantine.Meta, loc *time.Location) Item {
 	return Item{
 		ID: mailtext.Text(m.ID, 64), Time: m.Time.In(loc), User: mailtext.Text(m.User, 200),
-		Reason: mailtext.Text(m.Reason, 300), HeldBy: mailtext.Text(strings.Join(heldBy(m), ", "), 300),
+		Reason: mailtext.Text(m.Reason, 300), HeldBy: mailtext.Text(strings.Join(m.Held, ", "), 300),
 	}
-}
-
-// heldBy names the filters that held m: those whose verdict rejected or
-// replaced it. (When the store records Meta.Held, that list is the
-// answer: a replace that changed nothing of value did not hold anything.)
-func heldBy(m quarantine.Meta) []string {
-	var names []string
-	for _, v := range m.Verdicts {
-		if v.Action == "reject" || v.Action == "replace" {
-			names = append(names, v.Filter)
-		}
-	}
-	return names
 }

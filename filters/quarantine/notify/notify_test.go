@@ -133,7 +133,7 @@ var fixedNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 func meta(id, user, reason string, at time.Time) quarantine.Meta {
 	return quarantine.Meta{ID: id, User: user, Reason: reason, Time: at, Verdicts: []quarantine.Verdict{
-		{Filter: "tag", Action: "pass"}, {Filter: "av", Action: "reject", Reason: reason}}}
+		{Filter: "tag", Action: "pass"}, {Filter: "av", Action: "reject", Reason: reason}}, Held: []string{"av"}}
 }
 
 func newNotifier(t *testing.T, o Options) *Notifier {
