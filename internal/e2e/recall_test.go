@@ -36,18 +36,18 @@ func memoryMailbox() [][]byte {
 // LIST sizes and the messages as received (dot-unstuffed).
 func downloadAll(t *testing.T, addr string, u *testenv.User, top bool) ([]int64, [][]byte) {
 	t.Helper()
-	return popSession(t, addr, u, top, false)
+	return retrieveSession(t, addr, u, top, false)
 }
 
 // downloadAndDelete is downloadAll without TOP, with DELE of every message
 // before QUIT: a client that does not leave mail on the server.
 func downloadAndDelete(t *testing.T, addr string, u *testenv.User) [][]byte {
 	t.Helper()
-	_, msgs := popSession(t, addr, u, false, true)
+	_, msgs := retrieveSession(t, addr, u, false, true)
 	return msgs
 }
 
-func popSession(t *testing.T, addr string, u *testenv.User, top, dele bool) ([]int64, [][]byte) {
+func retrieveSession(t *testing.T, addr string, u *testenv.User, top, dele bool) ([]int64, [][]byte) {
 	t.Helper()
 	p := dialPOP(t, addr)
 	p.ok("USER " + u.Name)
