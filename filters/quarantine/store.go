@@ -419,6 +419,17 @@ func newMeta(id string, now time.Time, env *filters.Envelope, res *filters.Resul
 			m.Verdicts = append(m.Verdicts, v)
 		}
 		m.Held = HeldBy(res)
+		if m.Reason == "" {
+			// A lossy change is delivered without a reason of the
+			// chain's; the filters that made it say what they did.
+			var reasons []string
+			for _, st := range res.Steps {
+				if st.Err == nil && st.Lossy && st.Reason != "" {
+					reasons = append(reasons, st.Filter+": "+st.Reason)
+				}
+			}
+			m.Reason = strings.Join(reasons, "; ")
+		}
 	}
 	return m
 }

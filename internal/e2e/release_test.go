@@ -480,3 +480,168 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 	t.Fatalf("timed out waiting for %s", what)
 }
+
+// readMailbox returns the messages in u's Maildir.
+func readMailbox(t *testing.T, u *testenv.User) []string {
+	t.Helper()
+	var out []string
+	for _, f := range u.Files(t) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, string(b))
+	}
+	return out
+}
+
+// Notifications through the real LMTP: the administrator gets one digest
+// for a burst of held messages, the user a digest of what was held for
+// them (with a release link for the stripped attachment, none for the
+// virus); a purged original still gets its notice on the next download,
+// from the message memory.
+func TestNotifyAndRetention(t *testing.T) {
+	t.Parallel()
+	d := testenv.Dovecot(t)
+	admin := d.NewUser(t)
+	registerUser(admin)
+	httpAddr := freePort(t)
+	extra := fmt.Sprintf(`notify {
+  via            = "mailbox"
+  admin          = [%s]
+  admin_delay    = "1s"
+  admin_interval = "1h"
+  user_digest    = "3s"
+}
+metrics {
+  address = %s
+}
+`, hclString(admin.Name+"@example.com"), hclString(httpAddr))
+	link := fmt.Sprintf("  release {\n    link_url = %s\n  }\n", hclString("http://"+httpAddr))
+	qdir := filepath.Join(t.TempDir(), "quarantine")
+	s := newReleaseSetup(t, d, qdir, d.LMTP, extra, link)
+	msgs := releaseMailbox()
+	for i := range 4 { // a burst: five viruses in all
+		msgs = append(msgs, multipartMsg(fmt.Sprintf("burst-%d", i), "burst", textPart("x\n"),
+			attachment("text/plain", "test-file.txt", []byte(testenv.EICAR))))
+	}
+	u, _ := newMailbox(t, d, msgs)
+	p := startPopgate(t, s.cfg, "", "plain")
+	downloadAndDelete(t, p.addr("plain"), u)
+	waitDovecotIdle(t, d, u)
+
+	waitFor(t, "the admin digest", func() bool { return len(admin.Files(t)) > 0 })
+	time.Sleep(2 * time.Second) // no second admin mail within the interval
+	adminMail := readMailbox(t, admin)
+	if len(adminMail) != 1 || !strings.Contains(adminMail[0], "[popgate] 6 message(s) held") {
+		t.Errorf("admin digests: %d, want one for the six held messages:\n%s", len(adminMail), strings.Join(adminMail, "\n---\n"))
+	}
+	waitFor(t, "the user digest", func() bool { return len(u.Files(t)) > 0 })
+	userMail := readMailbox(t, u)
+	if len(userMail) != 1 || !strings.Contains(userMail[0], "held for you") {
+		t.Fatalf("user digests: %d:\n%s", len(userMail), strings.Join(userMail, "\n---\n"))
+	}
+	text := noticeText(t, []byte(strings.ReplaceAll(userMail[0], "\n", "\r\n")))
+	if !strings.Contains(text, "your invoice") || !strings.Contains(text, "invoice.pdf.exe") || !strings.Contains(text, "http://"+httpAddr+"/release/") {
+		t.Errorf("the user digest lacks the stripped message or its link:\n%s", text)
+	}
+	if strings.Count(text, "/release/") != 1 {
+		t.Errorf("the user digest offers links for what only an administrator releases:\n%s", text)
+	}
+
+	// Retention: purge everything, then download the virus again (it was
+	// deleted: put it back as the same message under a new name keeps no
+	// UIDL, so use a leave-on-server mailbox instead).
+	v := d.NewUser(t)
+	registerUser(v)
+	v.AddMessages(t, msgs[0])
+	_, before := downloadAll(t, p.addr("plain"), v, false)
+	time.Sleep(1100 * time.Millisecond)
+	if out, errOut, code := runPopgate(t, "quarantine", "purge", "-c", s.cfgPath, "--older-than", "1s"); code != 0 {
+		t.Fatalf("purge: exit %d: %s %s", code, out, errOut)
+	}
+	if n := quarantineRecords(t, qdir); n != 0 {
+		t.Fatalf("%d records after purging everything", n)
+	}
+	_, after := downloadAll(t, p.addr("plain"), v, false)
+	if _, ok := isNotice(after[0]); !ok || !bytes.Equal(before[0], after[0]) {
+		t.Errorf("a purged message's next download: not its notice:\n%s", after[0])
+	}
+	if n := quarantineRecords(t, qdir); n != 0 {
+		t.Errorf("the download after the purge quarantined again (%d records)", n)
+	}
+}
+
+// Two instances sharing the quarantine directory: a message held through
+// one is released by links opened on both at once (one delivery), its
+// released copy passes through the other, and the other's admin API
+// deletes what the first held.
+func TestReleaseTwoInstances(t *testing.T) {
+	t.Parallel()
+	d := testenv.Dovecot(t)
+	qdir := filepath.Join(t.TempDir(), "quarantine")
+	tokenFile := filepath.Join(t.TempDir(), "admin.token")
+	const token = "fedcba9876543210fedcba9876543210"
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Instances that share a quarantine share the memory through Redis
+	// (the embedded one is a file only one process opens).
+	memoryBlock := fmt.Sprintf("memory {\n  store = \"redis\"\n  redis {\n    address = %s\n  }\n}\n", hclString(testenv.Redis(t)))
+	instance := func() (*popgateProc, string) {
+		addr := freePort(t)
+		extra := fmt.Sprintf("metrics {\n  address = %s\n  admin_token_file = %s\n}\n", hclString(addr), hclString(tokenFile)) + memoryBlock
+		s := newReleaseSetup(t, d, qdir, d.LMTP, extra, "")
+		return startPopgate(t, s.cfg, "", "plain"), addr
+	}
+	a, aHTTP := instance()
+	b, bHTTP := instance()
+	u, _ := newMailbox(t, d, releaseMailbox())
+	downloadAndDelete(t, a.addr("plain"), u)
+	waitDovecotIdle(t, d, u)
+	s := &releaseSetup{qdir: qdir}
+	recs := s.records(t)
+	keys, err := release.LoadKeys(filepath.Join(qdir, "release.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token1 := keys.Link(recs["dangerous"].ID, time.Now().Add(time.Hour))
+	codes := make(chan int, 2)
+	for _, addr := range []string{aHTTP, bHTTP} {
+		go func() {
+			resp, err := http.PostForm("http://"+addr+"/release/"+token1, url.Values{})
+			if err != nil {
+				codes <- 0
+				return
+			}
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	got := []int{<-codes, <-codes}
+	// One delivers; the other finds it released (200) or in progress (409).
+	for _, c := range got {
+		if c != http.StatusOK && c != http.StatusConflict {
+			t.Errorf("link POSTs on both instances: %v", got)
+		}
+	}
+	waitFor(t, "the release", func() bool { return mailboxFiles(t, u) >= 1 })
+	time.Sleep(500 * time.Millisecond)
+	if n := mailboxFiles(t, u); n != 1 {
+		t.Fatalf("%d copies after releasing through both instances at once, want 1", n)
+	}
+	back := downloadAndDelete(t, b.addr("plain"), u)
+	if len(back) != 1 || !bytes.Contains(back[0], []byte(b64Lines([]byte(fakeEXE))[:40])) {
+		t.Errorf("the released copy through the other instance lost its attachment:\n%s", back)
+	}
+	req, _ := http.NewRequest(http.MethodDelete, "http://"+bHTTP+"/api/v1/quarantine/"+recs["av"].ID, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || quarantineRecords(t, qdir) != 1 {
+		t.Errorf("delete through the other instance: %d, %d records left", resp.StatusCode, quarantineRecords(t, qdir))
+	}
+}

@@ -263,7 +263,7 @@ func boundChanges(a, b *policy.Config) string {
 	if !reflect.DeepEqual(strip(a.Routes), strip(b.Routes)) {
 		changed = append(changed, "routes")
 	}
-	if !reflect.DeepEqual(a.Metrics, b.Metrics) {
+	if (a.Metrics == nil) != (b.Metrics == nil) || a.Metrics != nil && a.Metrics.Address != b.Metrics.Address {
 		changed = append(changed, "metrics")
 	}
 	if a.Log != b.Log {
@@ -278,8 +278,11 @@ func boundChanges(a, b *policy.Config) string {
 			changed = append(changed, "upstream "+name)
 			continue
 		}
+		// The release block is the generation's (its releaser and
+		// notifier are rebuilt on reload).
 		x, y := *u, *v
 		x.Range, y.Range = hcl.Range{}, hcl.Range{}
+		x.Release, y.Release = nil, nil
 		if !reflect.DeepEqual(x, y) {
 			changed = append(changed, "upstream "+name)
 		}

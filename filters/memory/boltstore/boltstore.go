@@ -190,7 +190,10 @@ func openChecked(path string) (*bolt.DB, error) {
 		// the file (invalid, checksum, version, "file size too small", a
 		// panic) is about its content.
 		var pe *fs.PathError
-		if errors.As(err, &pe) || errors.Is(err, berrors.ErrTimeout) || errors.Is(err, fs.ErrPermission) {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return nil, fmt.Errorf("boltstore: %s is in use by another process (another popgate sharing the directory?): give each instance a memory path of its own, or share the memory through Redis: %w", path, err)
+		}
+		if errors.As(err, &pe) || errors.Is(err, fs.ErrPermission) {
 			return nil, fmt.Errorf("boltstore: opening %s: %w", path, err)
 		}
 		return nil, &corruptError{fmt.Errorf("boltstore: opening %s: %w", path, err)}
