@@ -67,6 +67,10 @@ upstream "mailstore" {
   server_name     = "pop.example.com" # the name in the server's certificate
   connect_timeout = "5s"              # dialing and the TLS handshake
   timeout         = "2m"              # waiting for each server response
+  release {
+    via       = "mailstore-lmtp"     # the delivery block below
+    recipient = "%n@example.com"     # login "alice" → alice@example.com
+  }
 }
 
 # Settings for intercepted connections to the same server's plain POP3 port
@@ -165,10 +169,43 @@ filter "tag" "stamp" {
 
 # Originals of stripped or withheld messages are written here and fsynced
 # before anything else reaches the client (created, mode 0700, if missing).
-# Browse with `popgate quarantine list`.
+# Browse with `popgate quarantine list`, give back with `popgate quarantine
+# release ID` (docs/DEPLOYMENT.md, "Handling the quarantine").
 quarantine {
   dir         = "/var/lib/popgate/quarantine"
   notice_from = "IT Security <it-security@example.com>" # sender of withheld-message notices
+  retention   = "30d"                                    # purged after a month
+  release {
+    # Notices of what users may release themselves (stripped attachments;
+    # viruses are the administrator's) carry a link to this address, which
+    # an HTTPS reverse proxy forwards to the metrics listener's /release/.
+    link_url = "https://mailgw.example.com"
+    link_ttl = "7d"
+  }
+}
+
+# Released originals go back into the mailbox over the mail server's LMTP
+# service; digests go out through the company relay.
+delivery "mailstore-lmtp" {
+  address  = "mail.internal.example.com:24"
+  protocol = "lmtp"
+  tls      = "starttls"
+  ca_file  = env("POPGATE_CA_FILE", "/etc/popgate/internal-ca.pem")
+}
+
+delivery "relay" {
+  address = "smtp.internal.example.com:25"
+  tls     = "starttls"
+  ca_file = env("POPGATE_CA_FILE", "/etc/popgate/internal-ca.pem")
+}
+
+# The administrators hear of held mail (one digest per burst, at most one an
+# hour); each user gets a daily list of what was held for them.
+notify {
+  via            = "relay"
+  admin          = ["it-security@example.com"]
+  admin_interval = "1h"
+  user_digest    = "24h"
 }
 
 # --- Policy -------------------------------------------------------------------
