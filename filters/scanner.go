@@ -35,6 +35,43 @@ type ScanResult struct {
 	Backend string
 	// Took is the whole scan, waiting and failed attempts included.
 	Took time.Duration
+	// Spam is a spam scanner's assessment (rspamd); nil for other kinds.
+	Spam *SpamReport
+}
+
+// SpamReport is what a spam scanner says of a message. Filters of a spam
+// kind decide with it; the scanner only reports.
+type SpamReport struct {
+	// Score and Required are the message's score and the scanner's own
+	// threshold for its strongest action.
+	Score, Required float64
+	// Action is the scanner's own recommendation, as it names it (rspamd:
+	// "no action", "greylist", "add header", "rewrite subject",
+	// "soft reject", "reject").
+	Action string
+	// Symbols are the rules that matched, by name.
+	Symbols []SpamSymbol
+	// AddHeaders and RemoveHeaders are the header changes the scanner asks
+	// for (rspamd's milter block: Authentication-Results, X-Spam, ...).
+	AddHeaders    []HeaderField
+	RemoveHeaders []string
+	// Subject is the scanner's rewritten subject, for "rewrite subject".
+	Subject string
+	// Skipped: the scanner did not examine the message (its own limits or
+	// settings); a filter treats it as no verdict.
+	Skipped bool
+}
+
+// SpamSymbol is one matched rule of a SpamReport.
+type SpamSymbol struct {
+	Name    string
+	Score   float64
+	Options []string
+}
+
+// HeaderField is a header field name and its (unfolded) value.
+type HeaderField struct {
+	Name, Value string
 }
 
 // Backend is the state of one backend of a scanner.
