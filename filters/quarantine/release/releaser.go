@@ -44,6 +44,11 @@ type Options struct {
 	// Uncertain tells a delivery failure that may have delivered (the
 	// server took the message but did not answer) from one that did not.
 	Uncertain func(error) bool
+	// Delivered, when set, is told of each message delivered by a
+	// release (not of an earlier one found again): a spam scanner learns
+	// from it that the message was ham. Its error is logged; the release
+	// stands.
+	Delivered func(ctx context.Context, m quarantine.Meta) error
 	// OnRelease, when set, sees each release's actor and result
 	// ("released", "already", "refused", "failed", "uncertain"): metrics.
 	OnRelease func(actor, result string)
@@ -179,6 +184,11 @@ func (s *Service) release(ctx context.Context, id string, req Request) (Result, 
 		log.Error().Err(err).Msg("release: delivered, but the released mark could not be written")
 	}
 	log.Info().Str("upstream", meta.Upstream).Msg("released from quarantine")
+	if s.o.Delivered != nil {
+		if err := s.o.Delivered(ctx, meta); err != nil {
+			log.Warn().Err(err).Msg("release: after the delivery")
+		}
+	}
 	return Result{ID: id, Recipient: rcpt, At: state.Time}, nil
 }
 
