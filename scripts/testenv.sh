@@ -4,8 +4,12 @@
 #   scripts/testenv.sh up       install (apt-get, when root and something is missing) and start,
 #                               on 127.0.0.1, a real Dovecot (POP3+STLS, POP3S, LMTP; passwd-file users,
 #                               Maildir) and a real clamd (TCP + unix socket; a signature database
-#                               written here that holds only the EICAR test signature), and a real
-#                               redis-server (no persistence) for the shared message memory.
+#                               written here that holds only the EICAR test signature), a real
+#                               redis-server (no persistence) for the shared message memory, and a
+#                               real rspamd (normal worker and password-protected controller, its
+#                               network checks failing fast on a dead DNS server, Bayes in that
+#                               redis-server, db 3; started as root it drops to _rspamd). rspamd
+#                               takes ~10-20 s to answer after a fresh start.
 #   scripts/testenv.sh down     stop the daemons (idempotent; the state dir and its logs stay).
 #   scripts/testenv.sh restart  down, then a fresh up.
 #   scripts/testenv.sh envfile  print the path of the env file (bash `export` lines) to source.
@@ -28,7 +32,9 @@
 #   shared passwd-file), POPGATE_TEST_USERS (dir of per-user passwd-files), POPGATE_TEST_MAILROOT, POPGATE_TEST_MAILUID, POPGATE_TEST_MAILGID, POPGATE_TEST_CLAMD
 #   (tcp://127.0.0.1:port), POPGATE_TEST_CLAMD_UNIX (unix:///path), POPGATE_TEST_DOVECOT_CONF,
 #   POPGATE_TEST_CLAMD_CONF, POPGATE_TEST_REDIS (127.0.0.1:port), POPGATE_TEST_LMTP (Dovecot's LMTP,
-#   127.0.0.1:port).
+#   127.0.0.1:port), POPGATE_TEST_RSPAMD (rspamd's normal worker, 127.0.0.1:port: /checkv2),
+#   POPGATE_TEST_RSPAMD_CONTROLLER (its controller, 127.0.0.1:port: /learnham, /learnspam, /stat),
+#   POPGATE_TEST_RSPAMD_PASSWORD (the controller's password, also its enable_password; random per up).
 set -euo pipefail
 
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
@@ -53,6 +59,8 @@ CLAMPID=$CLAM/clamd.pid
 CLAMSOCK=$CLAM/clamd.sock
 REDIS=$DIR/redis
 REDISPID=$REDIS/redis.pid
+RSPAMD=$DIR/rspamd
+RSPAMDPID=$RSPAMD/run/rspamd.pid
 
 # clamd's signature database: the project's own, shared with `popgate demo` (examples/examples.go
 # ClamdSignatures; examples/clamd_test.go checks it): only the EICAR test file.
@@ -88,6 +96,7 @@ missing_packages() {
 	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || miss+=(libnginx-mod-mail)
 	command -v gnuplot >/dev/null || miss+=(gnuplot-nox)       # benchmark chart (PNG)
 	command -v redis-server >/dev/null || miss+=(redis-server) # shared message memory (filters/memory/redisstore)
+	command -v rspamd >/dev/null || miss+=(rspamd)             # the spam scanner (filters/rspamd)
 	if [ ${#miss[@]} -gt 0 ]; then printf '%s\n' "${miss[@]}"; fi
 }
 
@@ -107,8 +116,8 @@ install_missing() {
 # apt_install PKG...: apt-get install, as root, without starting the packaged services.
 apt_install() {
 	local -a pkgs=("$@")
-	# A policy-rc.d that exits 101 keeps the packaged services (Dovecot on :110, freshclam) from
-	# starting during the install. Remove it afterwards only if we created it.
+	# A policy-rc.d that exits 101 keeps the packaged services (Dovecot on :110, freshclam, rspamd on
+	# localhost:11333-11334) from starting during the install. Remove it afterwards only if we created it.
 	local created_policy=0
 	if [ ! -e /usr/sbin/policy-rc.d ]; then
 		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
@@ -215,6 +224,14 @@ redis_ping() {
 		exec 3<&- 3>&-
 	} 2>/dev/null
 	[ "${reply%$'\r'}" = +PONG ]
+}
+
+# rspamd_ping PORT: an rspamd worker answers "pong" to GET /ping on 127.0.0.1:PORT (the controller
+# with a CRLF after it).
+rspamd_ping() {
+	local reply
+	reply=$(curl -s -m 2 "http://127.0.0.1:$1/ping" 2>/dev/null) || return 1
+	[ "${reply%$'\r'}" = pong ]
 }
 
 # pop3_greets PORT: something on 127.0.0.1:PORT sends a "+OK" greeting (plain POP3 only).
@@ -445,6 +462,59 @@ SelfCheck 3600
 EOF
 }
 
+# write_rspamd_conf NORMAL CONTROLLER REDIS PASSWORD: local overrides of Debian's
+# /etc/rspamd/rspamd.conf, which rspamd reads with LOCAL_CONFDIR=$RSPAMD (local.d/ merges into a
+# section, override.d/ replaces the keys it names).
+write_rspamd_conf() {
+	mkdir -p "$RSPAMD/local.d" "$RSPAMD/override.d" "$RSPAMD/db" "$RSPAMD/run"
+	cat >"$RSPAMD/local.d/worker-normal.inc" <<-EOF
+		bind_socket = "127.0.0.1:$1";
+		count = 1;
+	EOF
+	cat >"$RSPAMD/local.d/worker-controller.inc" <<-EOF
+		bind_socket = "127.0.0.1:$2";
+		count = 1;
+		password = "$4";
+		enable_password = "$4";
+	EOF
+	# Debian's controller lets 127.0.0.1 in without a password (secure_ip): trust only an address
+	# nobody has (TEST-NET-1), so that learning through the controller needs the password.
+	echo 'secure_ip = "192.0.2.1";' >"$RSPAMD/override.d/worker-controller.inc"
+	echo 'enabled = false;' >"$RSPAMD/local.d/worker-proxy.inc"
+	echo 'enabled = false;' >"$RSPAMD/local.d/worker-fuzzy.inc"
+	# No internet: DNS goes to a port where nothing answers and gives up fast, so RBL, SPF, DKIM
+	# key and map lookups fail in a fraction of a second instead of timing out the scan.
+	cat >"$RSPAMD/local.d/options.inc" <<-EOF
+		dns {
+		  nameserver = ["127.0.0.1:5353"];
+		  timeout = 0.2s;
+		  retransmits = 1;
+		}
+	EOF
+	cat >"$RSPAMD/local.d/logging.inc" <<-EOF
+		type = "file";
+		filename = "$RSPAMD/rspamd.log";
+		level = "info";
+	EOF
+	# Bayes (learnham/learnspam), history and the like live in the environment's redis-server, in a
+	# database of their own.
+	cat >"$RSPAMD/local.d/redis.conf" <<-EOF
+		servers = "127.0.0.1:$3";
+		db = "3";
+	EOF
+	# Greylisting answers "soft reject" to the first sight of any message that is not from an
+	# authenticated user or a local address: it is for SMTP, and a POP3 gateway sees mail that was
+	# delivered long ago.
+	echo 'enabled = false;' >"$RSPAMD/local.d/greylist.conf"
+	# The milter block of /checkv2 answers: Authentication-Results added (with DKIM/SPF/DMARC
+	# results where rspamd has them, "none" otherwise) and upstream ones removed.
+	echo 'use = ["authentication-results"];' >"$RSPAMD/local.d/milter_headers.conf"
+	if [ "$(id -u)" -eq 0 ]; then
+		chown -R _rspamd:_rspamd "$RSPAMD"
+		chmod 750 "$RSPAMD/local.d" "$RSPAMD/override.d" # the password is in there
+	fi
+}
+
 write_envfile() {
 	{
 		echo "# Generated by scripts/testenv.sh; source it: . \"\$(scripts/testenv.sh envfile)\""
@@ -465,6 +535,9 @@ write_envfile() {
 		printf 'export POPGATE_TEST_CLAMD_CONF=%q\n' "$CLAMCONF"
 		printf 'export POPGATE_TEST_REDIS=%q\n' "127.0.0.1:$4"
 		printf 'export POPGATE_TEST_LMTP=%q\n' "127.0.0.1:$5"
+		printf 'export POPGATE_TEST_RSPAMD=%q\n' "127.0.0.1:$6"
+		printf 'export POPGATE_TEST_RSPAMD_CONTROLLER=%q\n' "127.0.0.1:$7"
+		printf 'export POPGATE_TEST_RSPAMD_PASSWORD=%q\n' "$8"
 	} >"$ENVFILE.tmp"
 	mv "$ENVFILE.tmp" "$ENVFILE"
 }
@@ -482,25 +555,28 @@ popgate test environment ($1) in $DIR
   mail:  $POPGATE_TEST_MAILROOT/<user>/Maildir, uid:gid $POPGATE_TEST_MAILUID:$POPGATE_TEST_MAILGID
   CA:    $POPGATE_TEST_CA (server cert for localhost and 127.0.0.1: $POPGATE_TEST_CERT)
   redis $(redis-server --version 2>/dev/null | sed -n 's/.* v=\([^ ]*\).*/\1/p') pid $(pidof_file "$REDISPID"): $POPGATE_TEST_REDIS (no persistence)
-  logs:  $DOV/dovecot.log $CLAM/clamd.log $REDIS/redis.log
+  rspamd $(rspamd --version 2>/dev/null | sed -n 's/.*version //p') pid $(pidof_file "$RSPAMDPID"): $POPGATE_TEST_RSPAMD (/checkv2), controller $POPGATE_TEST_RSPAMD_CONTROLLER (password in the env file)
+  logs:  $DOV/dovecot.log $CLAM/clamd.log $REDIS/redis.log $RSPAMD/rspamd.log
   env:   . $ENVFILE
   try:   curl --ssl-reqd --cacert $POPGATE_TEST_CA -u alice:alice-secret-pw pop3://$POPGATE_TEST_POP3/1
 EOF
 	)
 }
 
-running() { alive "$DOVPID" dovecot && alive "$CLAMPID" clamd && alive "$REDISPID" redis-server; }
+running() {
+	alive "$DOVPID" dovecot && alive "$CLAMPID" clamd && alive "$REDISPID" redis-server && alive "$RSPAMDPID" rspamd
+}
 
 do_down() {
-	stop "$DOVPID" dovecot "$CLAMPID" clamd "$REDISPID" redis-server
+	stop "$DOVPID" dovecot "$CLAMPID" clamd "$RSPAMDPID" rspamd "$REDISPID" redis-server
 	rm -f "$ENVFILE" "$DIR/script.hash"
 }
 
 # start_once: one attempt on fresh ports; returns 1 when a port was taken in between.
 start_once() {
-	local ports pop3 pop3s clamport redisport lmtpport i
-	ports=$(free_ports 5)
-	read -r pop3 pop3s clamport redisport lmtpport <<<"$ports"
+	local ports pop3 pop3s clamport redisport lmtpport rspamdport rspamdctl rspamdpw i
+	ports=$(free_ports 7)
+	read -r pop3 pop3s clamport redisport lmtpport rspamdport rspamdctl <<<"$ports"
 
 	write_dovecot_conf "$pop3" "$pop3s" "$lmtpport"
 	write_clamd_conf "$clamport"
@@ -559,7 +635,35 @@ start_once() {
 		fi
 		die "redis-server does not answer PING on 127.0.0.1:$redisport"
 	fi
-	write_envfile "$pop3" "$pop3s" "$clamport" "$redisport" "$lmtpport"
+
+	# rspamd, after redis (its Bayes store). The launcher loads the whole configuration before it
+	# forks (~10-20 s on a fresh DBDIR; less once its caches exist), then the workers bind. Started
+	# as root, the workers drop to _rspamd (-u/-g; --insecure would keep them root).
+	rspamdpw=$(openssl rand -hex 12)
+	write_rspamd_conf "$rspamdport" "$rspamdctl" "$redisport" "$rspamdpw"
+	local -a rspamd_user=()
+	[ "$(id -u)" -eq 0 ] && rspamd_user=(-u _rspamd -g _rspamd)
+	if ! (cd "$RSPAMD" && rspamd "${rspamd_user[@]}" -c /etc/rspamd/rspamd.conf \
+		LOCAL_CONFDIR="$RSPAMD" DBDIR="$RSPAMD/db" RUNDIR="$RSPAMD/run" LOGDIR="$RSPAMD" \
+		</dev/null >>"$RSPAMD/rspamd.out" 2>&1 9>&-); then
+		tail -n 20 "$RSPAMD/rspamd.out" "$RSPAMD/rspamd.log" >&2 2>/dev/null || true
+		die "rspamd failed to start (config in $RSPAMD)"
+	fi
+	for i in $(seq 120); do
+		rspamd_ping "$rspamdport" && rspamd_ping "$rspamdctl" && break
+		alive "$RSPAMDPID" rspamd || [ "$i" -lt 10 ] || break
+		grep -q 'Address already in use' "$RSPAMD/rspamd.log" 2>/dev/null && break
+		sleep 0.5
+	done
+	if ! rspamd_ping "$rspamdport" || ! rspamd_ping "$rspamdctl"; then
+		tail -n 20 "$RSPAMD/rspamd.out" "$RSPAMD/rspamd.log" >&2 2>/dev/null || true
+		if grep -q 'Address already in use' "$RSPAMD/rspamd.log" 2>/dev/null; then
+			stop "$DOVPID" dovecot "$CLAMPID" clamd "$RSPAMDPID" rspamd "$REDISPID" redis-server
+			return 1
+		fi
+		die "rspamd does not answer /ping on 127.0.0.1:$rspamdport and :$rspamdctl"
+	fi
+	write_envfile "$pop3" "$pop3s" "$clamport" "$redisport" "$lmtpport" "$rspamdport" "$rspamdctl" "$rspamdpw"
 }
 
 do_up() {
@@ -570,11 +674,12 @@ do_up() {
 		ports=$(
 			# shellcheck source=/dev/null
 			. "$ENVFILE"
-			echo "${POPGATE_TEST_POP3##*:} ${POPGATE_TEST_CLAMD##*:} ${POPGATE_TEST_REDIS##*:}"
+			echo "${POPGATE_TEST_POP3##*:} ${POPGATE_TEST_CLAMD##*:} ${POPGATE_TEST_REDIS##*:} ${POPGATE_TEST_RSPAMD##*:} ${POPGATE_TEST_RSPAMD_CONTROLLER##*:}"
 		)
-		local p_pop3 p_clamd p_redis
-		read -r p_pop3 p_clamd p_redis <<<"$ports"
-		if pop3_greets "$p_pop3" && clamd_ping "$p_clamd" && redis_ping "$p_redis"; then
+		local p_pop3 p_clamd p_redis p_rspamd p_rspamdctl
+		read -r p_pop3 p_clamd p_redis p_rspamd p_rspamdctl <<<"$ports"
+		if pop3_greets "$p_pop3" && clamd_ping "$p_clamd" && redis_ping "$p_redis" &&
+			rspamd_ping "$p_rspamd" && rspamd_ping "$p_rspamdctl"; then
 			summary "already running: reused; 'restart' starts afresh"
 			return 0
 		fi
@@ -620,7 +725,7 @@ do_up() {
 		if start_once; then break; fi
 		[ "$attempt" -lt 5 ] || die "could not find free ports after $attempt attempts"
 		log "port taken meanwhile; retrying with other ports"
-		stop "$CLAMPID" clamd "$REDISPID" redis-server
+		stop "$CLAMPID" clamd "$RSPAMDPID" rspamd "$REDISPID" redis-server
 	done
 	script_hash >"$DIR/script.hash"
 	trap - EXIT
@@ -645,6 +750,12 @@ do_status() {
 		echo "redis-server: running, pid $(pidof_file "$REDISPID")"
 	else
 		echo "redis-server: not running"
+		rc=1
+	fi
+	if alive "$RSPAMDPID" rspamd; then
+		echo "rspamd: running, pid $(pidof_file "$RSPAMDPID")"
+	else
+		echo "rspamd: not running"
 		rc=1
 	fi
 	if [ -s "$ENVFILE" ]; then
