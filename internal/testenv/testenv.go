@@ -1,4 +1,4 @@
-// Package testenv gives tests the real Dovecot, clamd and redis-server that scripts/testenv.sh starts
+// Package testenv gives tests the real Dovecot, clamd, redis-server and rspamd that scripts/testenv.sh starts
 // (docs/ARCHITECTURE.md §5), through the POPGATE_TEST_* variables of its env file:
 //
 //	scripts/testenv.sh up && . "$(scripts/testenv.sh envfile)" && go test ./...
@@ -25,6 +25,13 @@
 //     (auth_failure_delay = 0 and no growing per-IP auth penalty).
 //   - clamd's database holds only the EICAR test signature; clamd reports it as
 //     "Eicar-Test-Signature.UNOFFICIAL" (see EICARFound).
+//   - rspamd answers a message holding GTUBE with action "reject" (score = required_score,
+//     is_skipped: the pattern stops the other rules). A complete ordinary message (From and To
+//     with names, Date, Message-ID, MIME headers) gets "no action"; a bare one without Date and
+//     Message-ID scores ~6, action "greylist" (rspamd's lowest threshold, 4, not greylisting).
+//     Its DNS goes nowhere, so network rules fail fast. Greylisting is off (it soft-rejects any first sight). The controller checks
+//     its password from 127.0.0.1 too, and Bayes keeps what it learns in the environment's
+//     redis-server (db 3), shared by every test: learn messages of the test's own.
 package testenv
 
 import (
@@ -34,7 +41,9 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +66,10 @@ const EICAR = `X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H
 // the test database defines the signature as "Eicar-Test-Signature", and clamd appends
 // ".UNOFFICIAL" to the names of signatures that are not from the official databases.
 const EICARFound = "stream: Eicar-Test-Signature.UNOFFICIAL FOUND"
+
+// GTUBE is the Generic Test for Unsolicited Bulk Email: a message body holding this line gets
+// rspamd's "reject" action (its symbol GTUBE), deterministically and without any network.
+const GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 const howto = "start it with `scripts/testenv.sh up && . \"$(scripts/testenv.sh envfile)\"`, or run `make test`"
 
@@ -113,6 +126,13 @@ func (c *ClamdEnv) Addr() string { return strings.TrimPrefix(c.TCP, "tcp://") }
 
 // SocketPath is Unix without its scheme, for net.Dial("unix", …).
 func (c *ClamdEnv) SocketPath() string { return strings.TrimPrefix(c.Unix, "unix://") }
+
+// RspamdEnv describes the running test rspamd.
+type RspamdEnv struct {
+	Addr       string // host:port of the normal worker: POST /checkv2, GET /ping
+	Controller string // host:port of the controller: POST /learnham, /learnspam; GET /stat
+	Password   string // the controller's password (its enable_password too)
+}
 
 // getenv returns the named variables, or applies Require naming the first missing one.
 func getenv(t testing.TB, component string, names ...string) (map[string]string, bool) {
@@ -261,6 +281,41 @@ func probeRedis(addr string) error {
 	}
 	if reply != "+PONG\r\n" {
 		return fmt.Errorf("PING reply %q", reply)
+	}
+	return nil
+}
+
+// Rspamd returns the running test rspamd, with the same skip-or-fail rule as Dovecot.
+func Rspamd(t testing.TB) *RspamdEnv {
+	t.Helper()
+	v, ok := getenv(t, "rspamd", "POPGATE_TEST_RSPAMD", "POPGATE_TEST_RSPAMD_CONTROLLER", "POPGATE_TEST_RSPAMD_PASSWORD")
+	if !ok {
+		return nil
+	}
+	r := &RspamdEnv{Addr: v["POPGATE_TEST_RSPAMD"], Controller: v["POPGATE_TEST_RSPAMD_CONTROLLER"], Password: v["POPGATE_TEST_RSPAMD_PASSWORD"]}
+	for _, addr := range []string{r.Addr, r.Controller} {
+		if err := probe("rspamd "+addr, func() error { return probeRspamd(addr) }); err != nil {
+			Require(t, fmt.Sprintf("test rspamd at %s does not answer /ping (%v); %s", addr, err, howto))
+			return nil
+		}
+	}
+	return r
+}
+
+// probeRspamd asks an rspamd worker for GET /ping: "pong" (the controller adds a CRLF).
+func probeRspamd(addr string) error {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/ping")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64))
+	if err != nil {
+		return fmt.Errorf("reading /ping reply: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != "pong" {
+		return fmt.Errorf("/ping reply %s %q", resp.Status, body)
 	}
 	return nil
 }

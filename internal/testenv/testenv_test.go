@@ -4,12 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/md5"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -483,6 +487,75 @@ func TestRedis(t *testing.T) {
 	}
 }
 
+// rspamdPost posts body to an rspamd worker and returns the status and the body of the answer.
+func rspamdPost(t *testing.T, addr, path string, hdr map[string]string, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+func TestRspamd(t *testing.T) {
+	t.Parallel()
+	r := testenv.Rspamd(t)
+	if !strings.HasPrefix(r.Addr, "127.0.0.1:") || !strings.HasPrefix(r.Controller, "127.0.0.1:") || r.Password == "" {
+		t.Fatalf("RspamdEnv %+v", r)
+	}
+	type answer struct {
+		Action        string  `json:"action"`
+		Score         float64 `json:"score"`
+		RequiredScore float64 `json:"required_score"`
+	}
+	check := func(msg string) answer {
+		code, b := rspamdPost(t, r.Addr, "/checkv2", nil, msg)
+		var a answer
+		if err := json.Unmarshal(b, &a); code != http.StatusOK || err != nil {
+			t.Fatalf("/checkv2: %d %q (%v)", code, trunc(b), err)
+		}
+		return a
+	}
+	if a := check("From: a@example.org\r\nSubject: spam\r\n\r\n" + testenv.GTUBE + "\r\n"); a.Action != "reject" || a.Score < a.RequiredScore {
+		t.Fatalf("GTUBE: %+v, want action reject", a)
+	}
+	ham := "From: Bob <bob@example.org>\r\nTo: Alice <alice@example.org>\r\nSubject: Lunch\r\n" +
+		"Date: " + time.Now().Format(time.RFC1123Z) + "\r\nMessage-ID: <testenv-lunch@example.org>\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nShall we meet for lunch on Thursday?\r\n"
+	if a := check(ham); a.Action != "no action" {
+		t.Fatalf("a plain message: %+v, want no action (is greylisting on?)", a)
+	}
+	// The controller wants its password, even from 127.0.0.1.
+	msg := fmt.Sprintf("From: a@example.org\r\nSubject: learn %d\r\nMessage-ID: <testenv-%d-%s@example.org>\r\n\r\n%s\r\n",
+		os.Getpid(), os.Getpid(), randToken(t), strings.Repeat("words enough for the bayes tokenizer to learn from ", 4))
+	if code, b := rspamdPost(t, r.Controller, "/learnham", nil, msg); code != http.StatusUnauthorized {
+		t.Fatalf("/learnham without password: %d %q, want 401", code, trunc(b))
+	}
+	if code, b := rspamdPost(t, r.Controller, "/learnham", map[string]string{"Password": r.Password}, msg); code != http.StatusOK {
+		t.Fatalf("/learnham: %d %q, want 200", code, trunc(b))
+	}
+}
+
+func randToken(t *testing.T) string {
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
 // fakeTB records what Require does with it.
 type fakeTB struct {
 	testing.TB
@@ -521,6 +594,11 @@ func TestRequire(t *testing.T) {
 	f = &fakeTB{TB: t}
 	if a := testenv.Redis(f); a != "" || !strings.Contains(f.skipped, "POPGATE_TEST_REDIS") {
 		t.Fatalf("Redis without env: %q, skipped %q", a, f.skipped)
+	}
+	t.Setenv("POPGATE_TEST_RSPAMD", "")
+	f = &fakeTB{TB: t}
+	if r := testenv.Rspamd(f); r != nil || !strings.Contains(f.skipped, "POPGATE_TEST_RSPAMD") {
+		t.Fatalf("Rspamd without env: %v, skipped %q", r, f.skipped)
 	}
 	f = &fakeTB{TB: t}
 	if p := testenv.LookPath(f, "no-such-program-popgate"); p != "" || f.skipped == "" {
