@@ -37,13 +37,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/backends"
 )
 
 // Defaults of Config.
@@ -124,31 +124,19 @@ type Result struct {
 // concurrent use. NewScanner starts one goroutine (the health checker);
 // Close stops it.
 type Scanner struct {
-	cfg      Config
-	logger   zerolog.Logger
-	onScan   atomic.Pointer[func(time.Duration, error)]
-	backends []*backend
-	next     atomic.Uint64 // round-robin start
-	slots    chan struct{}
-
-	done      chan struct{} // closed by Close
-	ctx       context.Context
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	closeOnce sync.Once
+	cfg    Config
+	logger zerolog.Logger
+	onScan atomic.Pointer[func(time.Duration, error)]
+	pool   *backends.Pool[*backend]
+	slots  chan struct{}
 }
 
 // backend is one clamd address.
 type backend struct {
-	addr    string // as configured, for results and logs
-	network string // "tcp" or "unix"
-	address string // host:port or socket path
-	healthy atomic.Bool
-	version atomic.Pointer[string] // its last VERSION reply
-	mu      sync.Mutex             // serialises state changes, so transitions log once
-	// seen counts health observations; a PING's result is dropped when
-	// something newer (a failed scan) was observed while it ran.
-	seen uint64
+	backends.Health                        // Addr: as configured, for results and logs
+	network         string                 // "tcp" or "unix"
+	address         string                 // host:port or socket path
+	version         atomic.Pointer[string] // its last VERSION reply
 }
 
 func (s *Scanner) log() *zerolog.Logger { return &s.logger }
@@ -166,20 +154,14 @@ func (s *Scanner) OnScan(f func(time.Duration, error)) {
 var _ filters.Scanner = (*Scanner)(nil)
 
 // Backends returns the state of every backend, in configuration order.
-func (s *Scanner) Backends() []filters.Backend {
-	out := make([]filters.Backend, len(s.backends))
-	for i, b := range s.backends {
-		out[i] = filters.Backend{Address: b.addr, Up: b.healthy.Load()}
-	}
-	return out
-}
+func (s *Scanner) Backends() []filters.Backend { return s.pool.Backends() }
 
 // Version names the signature versions the backends last reported (their
 // VERSION replies, distinct, sorted, joined by "; "): the message memory
 // rescans what was scanned under others. "" until a health check ran.
 func (s *Scanner) Version() string {
 	var vs []string
-	for _, b := range s.backends {
+	for _, b := range s.pool.Members() {
 		if v := b.version.Load(); v != nil && !slices.Contains(vs, *v) {
 			vs = append(vs, *v)
 		}
@@ -266,8 +248,8 @@ func NewScanner(cfg Config, log zerolog.Logger) (*Scanner, error) {
 		cfg:    cfg,
 		logger: log,
 		slots:  make(chan struct{}, cfg.MaxConcurrent),
-		done:   make(chan struct{}),
 	}
+	var members []*backend
 	seen := make(map[string]bool)
 	for _, a := range cfg.Addresses {
 		network, address, err := ParseAddress(a)
@@ -278,13 +260,9 @@ func NewScanner(cfg Config, log zerolog.Logger) (*Scanner, error) {
 			return nil, fmt.Errorf("clamav: address %q listed twice", a)
 		}
 		seen[network+" "+address] = true
-		b := &backend{addr: a, network: network, address: address}
-		b.healthy.Store(true)
-		s.backends = append(s.backends, b)
+		members = append(members, &backend{Health: backends.Health{Addr: a}, network: network, address: address})
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.wg.Add(1)
-	go s.healthLoop()
+	s.pool = backends.New("clamd", log, members, cfg.HealthInterval, s.check)
 	return s, nil
 }
 
@@ -300,15 +278,7 @@ func (s *Scanner) Config() Config {
 
 // Healthy is the number of backends that answered their last health check
 // (or scan), or have not been checked yet.
-func (s *Scanner) Healthy() int {
-	n := 0
-	for _, b := range s.backends {
-		if b.healthy.Load() {
-			n++
-		}
-	}
-	return n
-}
+func (s *Scanner) Healthy() int { return s.pool.Healthy() }
 
 // ScanTimeout is the deadline a scan of size bytes gets, once it holds a
 // slot: MinTimeout + size/Throughput, capped at Timeout. With the defaults
@@ -336,21 +306,8 @@ func scanTimeout(cfg Config, size int64) time.Duration {
 // run to their end (each is bounded by its deadline). Close is idempotent
 // and returns nil.
 func (s *Scanner) Close() error {
-	s.closeOnce.Do(func() {
-		close(s.done)
-		s.cancel()
-	})
-	s.wg.Wait()
+	s.pool.Close()
 	return nil
-}
-
-func (s *Scanner) closed() bool {
-	select {
-	case <-s.done:
-		return true
-	default:
-		return false
-	}
 }
 
 // ScanReader sends size bytes read from r to clamd and returns its verdict. size
@@ -431,7 +388,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 			(*f)(res.Duration, err)
 		}
 	}()
-	if s.closed() {
+	if s.pool.Closed() {
 		return Result{}, ErrClosed
 	}
 	if size > s.cfg.MaxSize {
@@ -446,7 +403,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
 		return Result{}, fmt.Errorf("clamav: waiting for a scan slot: %w", ctx.Err())
-	case <-s.done:
+	case <-s.pool.Done():
 		return Result{}, ErrClosed
 	}
 	defer func() { <-s.slots }()
@@ -456,7 +413,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	defer cancel()
 
 	var errs []error
-	for n, b := range s.candidates() {
+	for n, b := range s.pool.Candidates() {
 		if n >= s.cfg.MaxAttempts {
 			break
 		}
@@ -470,16 +427,16 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 		}
 		v, err := s.scanOne(ctx, b, r, size, timeout)
 		if err == nil {
-			s.setHealth(b, nil)
-			return Result{Infected: v.infected, Signature: v.signature, Backend: b.addr}, nil
+			s.pool.Observe(b, nil)
+			return Result{Infected: v.infected, Signature: v.signature, Backend: b.Addr}, nil
 		}
 		errs = append(errs, err)
 		var ce *connError
 		if !errors.As(err, &ce) || ctx.Err() != nil {
 			break // a verdict-less answer, a timeout or a read error: not retried
 		}
-		s.setHealth(b, err)
-		s.log().Warn().Str("backend", b.addr).Err(err).Int("attempt", n+1).Msg("clamd scan failed on a connection error")
+		s.pool.Observe(b, err)
+		s.log().Warn().Str("backend", b.Addr).Err(err).Int("attempt", n+1).Msg("clamd scan failed on a connection error")
 	}
 	if len(errs) == 1 {
 		return Result{}, errs[0]
@@ -490,138 +447,22 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	return Result{}, fmt.Errorf("%w: %w", ErrNoVerdict, errors.Join(errs...))
 }
 
-// candidates returns the backends to try, round-robin from a rotating
-// start: the healthy ones; or, when none is healthy, all of them (the health
-// state may be stale: trying costs a refused connection, while waiting for
-// the next health check would refuse every message until then).
-func (s *Scanner) candidates() []*backend {
-	n := len(s.backends)
-	first := int(s.next.Add(1)-1) % n
-	healthy := make([]*backend, 0, n)
-	down := make([]*backend, 0, n)
-	for i := range n {
-		b := s.backends[(first+i)%n]
-		if b.healthy.Load() {
-			healthy = append(healthy, b)
-		} else {
-			down = append(down, b)
-		}
+// check is the health check of b: PING, then VERSION for Version.
+func (s *Scanner) check(ctx context.Context, b *backend) error {
+	if err := s.ping(ctx, b); err != nil {
+		return err
 	}
-	if len(healthy) > 0 {
-		return healthy
+	if v, err := s.version(ctx, b); err == nil {
+		b.version.Store(&v)
 	}
-	return down
-}
-
-// setHealth records the outcome of a health check or scan on b, logging
-// transitions.
-func (s *Scanner) setHealth(b *backend, err error) {
-	s.observe(b, err, 0, false)
-}
-
-// snapshot returns b's observation count, for observe after a PING.
-func snapshot(b *backend) uint64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.seen
-}
-
-// observe records err on b. With ifUnchanged, it is dropped when b was
-// observed since the snapshot since was taken.
-func (s *Scanner) observe(b *backend, err error, since uint64, ifUnchanged bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if ifUnchanged && b.seen != since {
-		return
-	}
-	b.seen++
-	was := b.healthy.Load()
-	b.healthy.Store(err == nil)
-	switch {
-	case was && err != nil:
-		s.log().Warn().Str("backend", b.addr).Err(err).Msg("clamd backend down: skipped until it answers PING again")
-	case !was && err == nil:
-		s.log().Info().Str("backend", b.addr).Msg("clamd backend up")
-	}
-}
-
-// healthLoop PINGs every backend at once and then every HealthInterval,
-// until Close.
-func (s *Scanner) healthLoop() {
-	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.HealthInterval)
-	defer t.Stop()
-	for {
-		s.checkAll(s.ctx)
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// checkAll PINGs every backend concurrently and records the outcomes.
-func (s *Scanner) checkAll(ctx context.Context) int {
-	var wg sync.WaitGroup
-	var up atomic.Int32
-	for _, b := range s.backends {
-		wg.Go(func() {
-			since := snapshot(b)
-			err := s.safePing(ctx, b)
-			if ctx.Err() != nil && err != nil {
-				return // Close interrupted the check: it says nothing about b
-			}
-			if err == nil {
-				up.Add(1)
-				if v, verr := s.version(ctx, b); verr == nil {
-					b.version.Store(&v)
-				}
-			}
-			s.observe(b, err, since, true)
-		})
-	}
-	wg.Wait()
-	return int(up.Load())
-}
-
-// safePing is ping that turns a panic into an error: a health check must
-// never take the process down.
-func (s *Scanner) safePing(ctx context.Context, b *backend) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("clamav: health check panicked: %v", p)
-		}
-	}()
-	return s.ping(ctx, b)
+	return nil
 }
 
 // Ping checks every backend now, updating the health state, and returns nil
 // when at least one answered PONG; otherwise the backends' errors.
 func (s *Scanner) Ping(ctx context.Context) error {
-	if s.closed() {
+	if s.pool.Closed() {
 		return ErrClosed
 	}
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, b := range s.backends {
-		wg.Go(func() {
-			since := snapshot(b)
-			err := s.safePing(ctx, b)
-			if err == nil || ctx.Err() == nil {
-				s.observe(b, err, since, true)
-			}
-			if err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if len(errs) < len(s.backends) {
-		return nil
-	}
-	return errors.Join(errs...)
+	return s.pool.Check(ctx)
 }

@@ -96,7 +96,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		if ctx.Err() != nil {
 			return verdict{}, s.ctxError(ctx, b, "connecting", timeout)
 		}
-		return verdict{}, &connError{backend: b.addr, op: "connecting", err: err}
+		return verdict{}, &connError{backend: b.Addr, op: "connecting", err: err}
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
@@ -135,7 +135,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		if isTimeout(werr) {
 			return s.ctxError(ctx, b, op, timeout)
 		}
-		return &connError{backend: b.addr, op: op, err: werr}
+		return &connError{backend: b.Addr, op: op, err: werr}
 	}
 
 	if _, err := conn.Write(cmdInstream); err != nil {
@@ -158,7 +158,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			if ctx.Err() != nil {
 				return verdict{}, s.ctxError(ctx, b, "sending the message", timeout)
 			}
-			return verdict{}, &connError{backend: b.addr, op: "sending the message", err: connClosed(rp.err)}
+			return verdict{}, &connError{backend: b.Addr, op: "sending the message", err: connClosed(rp.err)}
 		default:
 		}
 		want := int64(chunkSize)
@@ -208,9 +208,9 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			return verdict{}, s.ctxError(ctx, b, "waiting for the verdict", timeout)
 		}
 		if res.line != "" {
-			return verdict{}, &ReplyError{Backend: b.addr, Reply: mailtext.Visible(res.line, maxReplyText), Problem: "reply cut short: " + res.err.Error()}
+			return verdict{}, &ReplyError{Backend: b.Addr, Reply: mailtext.Visible(res.line, maxReplyText), Problem: "reply cut short: " + res.err.Error()}
 		}
-		return verdict{}, &connError{backend: b.addr, op: "waiting for the verdict", err: connClosed(res.err)}
+		return verdict{}, &connError{backend: b.Addr, op: "waiting for the verdict", err: connClosed(res.err)}
 	}
 	switch {
 	case res.early:
@@ -236,9 +236,9 @@ func (s *Scanner) dial(ctx context.Context, b *backend) (net.Conn, error) {
 func (s *Scanner) ctxError(ctx context.Context, b *backend, op string, timeout time.Duration) error {
 	err := ctx.Err()
 	if err == nil || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("clamav: %s: no verdict before the deadline (scan timeout %v; %s): %w", b.addr, timeout.Round(time.Millisecond), op, context.DeadlineExceeded)
+		return fmt.Errorf("clamav: %s: no verdict before the deadline (scan timeout %v; %s): %w", b.Addr, timeout.Round(time.Millisecond), op, context.DeadlineExceeded)
 	}
-	return fmt.Errorf("clamav: %s: %s: %w", b.addr, op, err)
+	return fmt.Errorf("clamav: %s: %s: %w", b.Addr, op, err)
 }
 
 // readReply reads one NUL-terminated reply of at most maxReply bytes; with
@@ -298,7 +298,7 @@ func parseReply(b *backend, rp reply) (verdict, error) {
 func replyProblem(b *backend, rp reply, problem string) error {
 	line := rp.line
 	if strings.Contains(line, "size limit exceeded") {
-		return &ReplyError{Backend: b.addr, Reply: mailtext.Visible(line, maxReplyText), Problem: "clamd refused the stream: its StreamMaxLength is below max_size", Err: ErrSizeLimit}
+		return &ReplyError{Backend: b.Addr, Reply: mailtext.Visible(line, maxReplyText), Problem: "clamd refused the stream: its StreamMaxLength is below max_size", Err: ErrSizeLimit}
 	}
 	if problem == "" {
 		problem = "no verdict in the reply"
@@ -306,7 +306,7 @@ func replyProblem(b *backend, rp reply, problem string) error {
 			problem = "clamd error"
 		}
 	}
-	return &ReplyError{Backend: b.addr, Reply: mailtext.Visible(line, maxReplyText), Problem: problem}
+	return &ReplyError{Backend: b.Addr, Reply: mailtext.Visible(line, maxReplyText), Problem: problem}
 }
 
 // maxReplyText bounds the text of a clamd reply kept for errors, logs and
@@ -368,7 +368,7 @@ func connClosed(err error) error {
 func (s *Scanner) ping(ctx context.Context, b *backend) error {
 	line, err := s.command(ctx, b, cmdPing, "PING")
 	if err == nil && line != "PONG" {
-		err = fmt.Errorf("clamav: %s: PING: unexpected reply %q", b.addr, mailtext.Visible(line, maxReplyText))
+		err = fmt.Errorf("clamav: %s: PING: unexpected reply %q", b.Addr, mailtext.Visible(line, maxReplyText))
 	}
 	return err
 }
@@ -378,7 +378,7 @@ func (s *Scanner) ping(ctx context.Context, b *backend) error {
 func (s *Scanner) version(ctx context.Context, b *backend) (string, error) {
 	line, err := s.command(ctx, b, cmdVersion, "VERSION")
 	if err == nil && !strings.HasPrefix(line, "ClamAV ") {
-		err = fmt.Errorf("clamav: %s: VERSION: unexpected reply %q", b.addr, mailtext.Visible(line, maxReplyText))
+		err = fmt.Errorf("clamav: %s: VERSION: unexpected reply %q", b.Addr, mailtext.Visible(line, maxReplyText))
 	}
 	return line, err
 }
@@ -391,7 +391,7 @@ func (s *Scanner) command(ctx context.Context, b *backend, cmd []byte, name stri
 	d := net.Dialer{Timeout: s.cfg.PingTimeout}
 	conn, err := d.DialContext(ctx, b.network, b.address)
 	if err != nil {
-		return "", fmt.Errorf("clamav: %s: %s: %w", b.addr, name, err)
+		return "", fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, err)
 	}
 	defer conn.Close()
 	dl, _ := ctx.Deadline()
@@ -399,16 +399,16 @@ func (s *Scanner) command(ctx context.Context, b *backend, cmd []byte, name stri
 	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
 	defer stop()
 	if _, err := conn.Write(cmd); err != nil {
-		return "", fmt.Errorf("clamav: %s: %s: %w", b.addr, name, err)
+		return "", fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, err)
 	}
 	var final atomic.Bool
 	final.Store(true)
 	rp := readReply(conn, &final, false)
 	switch {
 	case !rp.ok && (ctx.Err() != nil || isTimeout(rp.err)):
-		return "", fmt.Errorf("clamav: %s: %s: no answer within %v", b.addr, name, s.cfg.PingTimeout)
+		return "", fmt.Errorf("clamav: %s: %s: no answer within %v", b.Addr, name, s.cfg.PingTimeout)
 	case !rp.ok:
-		return "", fmt.Errorf("clamav: %s: %s: %w", b.addr, name, connClosed(rp.err))
+		return "", fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, connClosed(rp.err))
 	}
 	return rp.line, nil
 }

@@ -230,8 +230,7 @@ func TestRestartMidScan(t *testing.T) {
 		restartAt(a, 500_000)
 		cfg := testConfig(a.url, b.url)
 		cfg.HealthInterval = 50 * time.Millisecond
-		s := newTestScanner(t, cfg)
-		s.next.Store(0)
+		s := newTestScanner(t, cfg) // a new scanner starts its round-robin at a
 		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg)))
 		if err != nil || !res.Infected || res.Backend != b.url {
 			t.Fatalf("%+v, %v", res, err)
