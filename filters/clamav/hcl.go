@@ -2,14 +2,13 @@ package clamav
 
 import (
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/hcldecode"
 )
 
 func init() {
@@ -53,18 +52,21 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 		return Config{}, diags
 	}
 	var cfg Config
-	d := &decoder{eval: eval}
+	d := &hcldecode.Decoder{Eval: eval}
 	if blk.Addresses == nil {
-		d.missing(body, "addresses", `addresses = ["tcp://127.0.0.1:3310"]`)
-		return Config{}, append(diags, d.diags...)
+		d.Missing(body, "addresses", `addresses = ["tcp://127.0.0.1:3310"]`)
+		return Config{}, append(diags, d.Diags...)
 	}
-	cfg.Addresses = d.addresses(blk.Addresses)
-	cfg.Timeout = d.duration(blk.Timeout, DefaultTimeout)
-	cfg.MaxSize = d.size(blk.MaxSize, DefaultMaxSize)
-	cfg.MaxConcurrent = d.integer(blk.MaxConcurrent, DefaultMaxConcurrent, 1, maxPolicyConc)
-	cfg.HealthInterval = d.duration(blk.HealthInterval, DefaultHealthInterval)
+	cfg.Addresses = d.Addresses(blk.Addresses, "clamd", `"tcp://127.0.0.1:3310" or "unix:///run/clamav/clamd.ctl"`, func(s string) (string, error) {
+		network, address, err := ParseAddress(s)
+		return network + " " + address, err
+	})
+	cfg.Timeout = d.Duration(blk.Timeout, DefaultTimeout, minPolicyDuration, maxPolicyDuration)
+	cfg.MaxSize = d.Size(blk.MaxSize, DefaultMaxSize, maxPolicySize, "2GiB (ClamAV cannot scan more)")
+	cfg.MaxConcurrent = d.Integer(blk.MaxConcurrent, DefaultMaxConcurrent, 1, maxPolicyConc)
+	cfg.HealthInterval = d.Duration(blk.HealthInterval, DefaultHealthInterval, minPolicyDuration, maxPolicyDuration)
 	if blk.MaxSize != nil && cfg.MaxSize > clamdDefaultMaxFileSize {
-		d.diags = append(d.diags, &hcl.Diagnostic{
+		d.Diags = append(d.Diags, &hcl.Diagnostic{
 			Severity: hcl.DiagWarning,
 			Summary:  "max_size above clamd's default MaxFileSize",
 			Detail: "clamd does not scan a stream larger than its MaxFileSize (default 100M) and calls it clean " +
@@ -72,7 +74,7 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 			Subject: blk.MaxSize.Expr.Range().Ptr(),
 		})
 	}
-	return cfg, append(diags, d.diags...)
+	return cfg, append(diags, d.Diags...)
 }
 
 // decodeScanner is the clamav scanner kind's decode step.
@@ -105,27 +107,27 @@ func decodeFilter(_ string, body hcl.Body, dc *filters.DecodeContext) (FilterSet
 	if diags.HasErrors() {
 		return FilterSettings{}, diags
 	}
-	d := &decoder{eval: dc.Eval}
+	d := &hcldecode.Decoder{Eval: dc.Eval}
 	if blk.Scanner == nil {
-		d.missing(body, "scanner", `scanner = "local", the name of a scanner "clamav" block`)
-		return FilterSettings{}, append(diags, d.diags...)
+		d.Missing(body, "scanner", `scanner = "local", the name of a scanner "clamav" block`)
+		return FilterSettings{}, append(diags, d.Diags...)
 	}
 	fs := FilterSettings{Oversize: OversizeTempFail}
 	if blk.Oversize != nil {
-		if s, ok := d.str(blk.Oversize); ok {
+		if s, ok := d.Str(blk.Oversize); ok {
 			o, err := ParseOversize(s)
 			if err != nil {
-				d.errorf(blk.Oversize.Expr.Range(), "Invalid value", "oversize must be one of \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\", not %q.", s)
+				d.Errorf(blk.Oversize.Expr.Range(), "Invalid value", "oversize must be one of \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\", not %q.", s)
 			}
 			fs.Oversize = o
 		}
 	}
-	if ref, ok := d.str(blk.Scanner); ok {
+	if ref, ok := d.Str(blk.Scanner); ok {
 		_, sd := dc.Scanner(ref, "clamav", blk.Scanner.Expr.Range())
-		d.diags = append(d.diags, sd...)
+		d.Diags = append(d.Diags, sd...)
 		fs.Scanner = ref
 	}
-	return fs, append(diags, d.diags...)
+	return fs, append(diags, d.Diags...)
 }
 
 // buildFilter is the clamav filter kind's build step.
@@ -135,132 +137,4 @@ func buildFilter(name string, fs FilterSettings, bc *filters.BuildContext) (filt
 		return nil, fmt.Errorf("scanner %q is not a running clamav scanner", fs.Scanner)
 	}
 	return NewFilter(name, s, fs.Oversize), nil
-}
-
-type decoder struct {
-	eval  *hcl.EvalContext
-	diags hcl.Diagnostics
-}
-
-func (d *decoder) errorf(r hcl.Range, summary, format string, args ...any) {
-	d.diags = append(d.diags, filters.Diagnostic(hcl.DiagError, r, summary, format, args...))
-}
-
-// missing reports a required attribute that the block lacks. (gohcl does
-// not, for *hcl.Attribute fields.)
-func (d *decoder) missing(body hcl.Body, name, example string) {
-	d.errorf(body.MissingItemRange(), "Missing required argument",
-		"The argument %q is required, but no definition was found; for example %s.", name, example)
-}
-
-// decode evaluates expr into target (a pointer), keeping its diagnostics.
-func (d *decoder) decode(expr hcl.Expression, target any) bool {
-	diags := gohcl.DecodeExpression(expr, d.eval, target)
-	d.diags = append(d.diags, diags...)
-	return !diags.HasErrors()
-}
-
-func (d *decoder) str(attr *hcl.Attribute) (string, bool) {
-	var s string
-	if attr == nil || !d.decode(attr.Expr, &s) {
-		return "", false
-	}
-	return s, true
-}
-
-// addresses evaluates the address list element by element when it is a
-// literal list, so that a bad address is pointed at exactly.
-func (d *decoder) addresses(attr *hcl.Attribute) []string {
-	type item struct {
-		s string
-		r hcl.Range
-	}
-	var items []item
-	if elems, diags := hcl.ExprList(attr.Expr); !diags.HasErrors() {
-		for _, e := range elems {
-			var s string
-			if d.decode(e, &s) {
-				items = append(items, item{s, e.Range()})
-			}
-		}
-	} else {
-		var list []string
-		if !d.decode(attr.Expr, &list) {
-			return nil
-		}
-		for _, s := range list {
-			items = append(items, item{s, attr.Expr.Range()})
-		}
-	}
-	if len(items) == 0 && !d.diags.HasErrors() {
-		d.errorf(attr.Expr.Range(), "No clamd address", `addresses must list at least one clamd address, like "tcp://127.0.0.1:3310" or "unix:///run/clamav/clamd.ctl".`)
-		return nil
-	}
-	var out []string
-	seen := make(map[string]hcl.Range)
-	for _, it := range items {
-		network, address, err := ParseAddress(it.s)
-		if err != nil {
-			d.errorf(it.r, "Invalid clamd address", "%s.", err)
-			continue
-		}
-		key := network + " " + address
-		if first, dup := seen[key]; dup {
-			d.errorf(it.r, "Duplicate clamd address", "%q is already listed at %s:%d:%d.", it.s, first.Filename, first.Start.Line, first.Start.Column)
-			continue
-		}
-		seen[key] = it.r
-		out = append(out, it.s)
-	}
-	return slices.Clip(out)
-}
-
-func (d *decoder) duration(attr *hcl.Attribute, def time.Duration) time.Duration {
-	s, ok := d.str(attr)
-	if !ok {
-		return def
-	}
-	dur, err := time.ParseDuration(s)
-	switch {
-	case err != nil:
-		d.errorf(attr.Expr.Range(), "Invalid duration",
-			`%q is not a duration: %v; write a number with a unit (ms, s, m, h), like "30s" or "1m".`, s, strings.TrimPrefix(err.Error(), "time: "))
-	case dur < minPolicyDuration || dur > maxPolicyDuration:
-		d.errorf(attr.Expr.Range(), "Invalid duration", "%s must be from %v to %v, not %v.", attr.Name, minPolicyDuration, maxPolicyDuration, dur)
-	default:
-		return dur
-	}
-	return def
-}
-
-func (d *decoder) size(attr *hcl.Attribute, def int64) int64 {
-	s, ok := d.str(attr)
-	if !ok {
-		return def
-	}
-	n, err := filters.ParseSize(s)
-	switch {
-	case err != nil:
-		d.errorf(attr.Expr.Range(), "Invalid size", "%q is not a size: %v.", s, err)
-	case n < 1 || n > maxPolicySize:
-		d.errorf(attr.Expr.Range(), "Invalid size", "%s must be from 1 byte to 2GiB (ClamAV cannot scan more), not %q.", attr.Name, s)
-	default:
-		return n
-	}
-	return def
-}
-
-func (d *decoder) integer(attr *hcl.Attribute, def, lo, hi int) int {
-	if attr == nil {
-		return def
-	}
-	var n int
-	if !d.decode(attr.Expr, &n) {
-		return def
-	}
-	if n < lo || n > hi {
-		d.errorf(attr.Expr.Range(), "Invalid value", "%s must be from %d to %d, not %d.", attr.Name, lo, hi, n)
-		return def
-	}
-	return n
 }
