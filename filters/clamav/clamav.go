@@ -34,9 +34,7 @@ import (
 	"net"
 	"net/url"
 	"path"
-	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -133,10 +131,9 @@ type Scanner struct {
 
 // backend is one clamd address.
 type backend struct {
-	backends.Health                        // Addr: as configured, for results and logs
-	network         string                 // "tcp" or "unix"
-	address         string                 // host:port or socket path
-	version         atomic.Pointer[string] // its last VERSION reply
+	backends.Health        // Addr: as configured, for results and logs; version: its last VERSION reply
+	network         string // "tcp" or "unix"
+	address         string // host:port or socket path
 }
 
 func (s *Scanner) log() *zerolog.Logger { return &s.logger }
@@ -159,16 +156,7 @@ func (s *Scanner) Backends() []filters.Backend { return s.pool.Backends() }
 // Version names the signature versions the backends last reported (their
 // VERSION replies, distinct, sorted, joined by "; "): the message memory
 // rescans what was scanned under others. "" until a health check ran.
-func (s *Scanner) Version() string {
-	var vs []string
-	for _, b := range s.pool.Members() {
-		if v := b.version.Load(); v != nil && !slices.Contains(vs, *v) {
-			vs = append(vs, *v)
-		}
-	}
-	slices.Sort(vs)
-	return strings.Join(vs, "; ")
-}
+func (s *Scanner) Version() string { return s.pool.Version() }
 
 // Check pings every backend now (filters.Scanner).
 func (s *Scanner) Check(ctx context.Context) error { return s.Ping(ctx) }
@@ -453,7 +441,7 @@ func (s *Scanner) check(ctx context.Context, b *backend) error {
 		return err
 	}
 	if v, err := s.version(ctx, b); err == nil {
-		b.version.Store(&v)
+		b.SetVersion(v)
 	}
 	return nil
 }

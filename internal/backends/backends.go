@@ -10,6 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,8 +27,9 @@ type Health struct {
 	// Addr is the backend's address as configured, for results and logs.
 	Addr string
 
-	up atomic.Bool
-	mu sync.Mutex // serialises state changes, so that a transition logs once
+	up      atomic.Bool
+	version atomic.Pointer[string] // what it last said it runs
+	mu      sync.Mutex             // serialises state changes, so that a transition logs once
 	// seen counts observations; a health check's result is dropped when
 	// something newer (a failed scan) was observed while it ran.
 	seen uint64
@@ -35,6 +38,14 @@ type Health struct {
 // Up reports whether the backend answered its last health check or scan,
 // or has not been checked yet.
 func (h *Health) Up() bool { return h.up.Load() }
+
+// SetVersion records what the backend said it runs ("ClamAV 1.4.6/27433/…",
+// "rspamd/3.4"); "" is ignored.
+func (h *Health) SetVersion(v string) {
+	if v != "" {
+		h.version.Store(&v)
+	}
+}
 
 func (h *Health) health() *Health { return h }
 
@@ -84,6 +95,20 @@ func (p *Pool[M]) Backends() []filters.Backend {
 		out[i] = filters.Backend{Address: h.Addr, Up: h.Up()}
 	}
 	return out
+}
+
+// Version names the versions the backends last reported: distinct, sorted,
+// joined by "; "; "" before any did. A scanner's Version (filters.Scanner):
+// the message memory scans again what was scanned under others.
+func (p *Pool[M]) Version() string {
+	var vs []string
+	for _, m := range p.members {
+		if v := m.health().version.Load(); v != nil && !slices.Contains(vs, *v) {
+			vs = append(vs, *v)
+		}
+	}
+	slices.Sort(vs)
+	return strings.Join(vs, "; ")
 }
 
 // Healthy counts the backends that are up.
