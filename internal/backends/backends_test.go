@@ -168,3 +168,17 @@ func TestLoopAndPanics(t *testing.T) {
 		t.Fatal("Done not closed")
 	}
 }
+
+func TestVersion(t *testing.T) {
+	p, ms := newPool(t, time.Hour, failing, "a", "b", "c")
+	if v := p.Version(); v != "" {
+		t.Fatalf("before any report: %q", v)
+	}
+	ms[0].SetVersion("rspamd/3.4")
+	ms[1].SetVersion("")
+	ms[2].SetVersion("rspamd/3.2")
+	ms[1].SetVersion("rspamd/3.4")
+	if v := p.Version(); v != "rspamd/3.2; rspamd/3.4" {
+		t.Fatalf("Version = %q", v)
+	}
+}
