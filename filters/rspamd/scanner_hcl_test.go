@@ -1,0 +1,209 @@
+package rspamd
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/rs/zerolog"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/popgate/popgate/filters"
+)
+
+// parseBlock parses src, a single block, and returns its body.
+func parseBlock(t *testing.T, src string) hcl.Body {
+	t.Helper()
+	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
+	if diags.HasErrors() {
+		t.Fatalf("parse: %v", diags)
+	}
+	blocks := f.Body.(*hclsyntax.Body).Blocks
+	if len(blocks) != 1 {
+		t.Fatalf("%d blocks", len(blocks))
+	}
+	return blocks[0].Body
+}
+
+// decodeBlock decodes src through the registered kind.
+func decodeBlock(t *testing.T, src string) (*filters.ScannerSpec, hcl.Diagnostics) {
+	t.Helper()
+	eval := &hcl.EvalContext{Variables: map[string]cty.Value{"pw": cty.StringVal("s3cret")}}
+	spec, diags, ok := filters.DecodeScanner("rspamd", "local", hcl.Range{}, parseBlock(t, src), &filters.DecodeContext{Eval: eval})
+	if !ok {
+		t.Fatal("scanner type rspamd not registered")
+	}
+	return spec, diags
+}
+
+func TestHCLScanner(t *testing.T) {
+	spec, diags := decodeBlock(t, `scanner "rspamd" "local" {
+  addresses           = ["http://127.0.0.1:11333", "10.0.0.7:11333"]
+  timeout             = "20s"
+  max_size            = "10MB"
+  password            = "worker"
+  controller          = "http://127.0.0.1:11334"
+  controller_password = pw
+  health_interval     = "5s"
+}`)
+	if diags.HasErrors() || spec == nil {
+		t.Fatalf("%v", diags)
+	}
+	v, err := spec.Build(&filters.BuildContext{Log: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := v.(*Scanner)
+	defer s.Close()
+	c := s.Config()
+	if strings.Join(c.Addresses, " ") != "http://127.0.0.1:11333 10.0.0.7:11333" || c.Timeout != 20*time.Second ||
+		c.MaxSize != 10_000_000 || c.Password != "worker" || c.Controller != "http://127.0.0.1:11334" ||
+		c.ControllerPassword != "s3cret" || c.HealthInterval != 5*time.Second {
+		t.Errorf("config %+v", c)
+	}
+	if ctl := ControllerOf(s); ctl == nil || ctl.Addr() != "http://127.0.0.1:11334" {
+		t.Errorf("ControllerOf = %v", ctl)
+	}
+
+	spec, diags = decodeBlock(t, `scanner "rspamd" "local" {
+  addresses = ["127.0.0.1:11333"]
+}`)
+	if len(diags) != 0 {
+		t.Fatal(diags)
+	}
+	c = spec.Settings().(Config)
+	if c.Timeout != DefaultTimeout || c.MaxSize != DefaultMaxSize || c.HealthInterval != DefaultHealthInterval || c.Controller != "" {
+		t.Errorf("defaults %+v", c)
+	}
+}
+
+func TestHCLScannerDiagnostics(t *testing.T) {
+	for _, c := range []struct {
+		src  string
+		want []string // "line:col: substring of the summary and detail"
+	}{
+		{`scanner "rspamd" "x" {
+}`, []string{"1:22: Missing required argument"}},
+		{`scanner "rspamd" "x" {
+  addresses = []
+}`, []string{"2:15: at least one rspamd address"}},
+		{`scanner "rspamd" "x" {
+  addresses = ["127.0.0.1:11333", "https://127.0.0.1:11333",
+               "http://127.0.0.1:11333/", "tcp://x:1", "127.0.0.1"]
+}`, []string{"2:35: HTTPCrypt", "3:16: already listed at test.hcl:2:16", "3:43: scheme must be http://", "3:56: want http://host:port"}},
+		{`scanner "rspamd" "x" {
+  addresses = "127.0.0.1:11333"
+}`, []string{"2:16: list of string required"}},
+		{`scanner "rspamd" "x" {
+  addresses       = ["127.0.0.1:11333"]
+  timeout         = "15"
+  max_size        = "3GiB"
+  health_interval = "10ms"
+  controller      = "127.0.0.1"
+  bogus           = 1
+}`, []string{"7:3: Unsupported argument"}},
+		{`scanner "rspamd" "x" {
+  addresses       = ["127.0.0.1:11333"]
+  timeout         = "15"
+  max_size        = "3GiB"
+  health_interval = "10ms"
+  controller      = "127.0.0.1"
+}`, []string{"3:21: missing unit", "4:21: Invalid size: max_size must be from 1 byte to 2GiB", "5:21: from 1s to 1h0m0s", "6:21: Invalid rspamd controller address"}},
+		{`scanner "rspamd" "x" {
+  addresses           = ["127.0.0.1:11333"]
+  controller_password = "pw"
+}`, []string{"3:25: Password without a controller"}},
+		{`scanner "rspamd" "x" {
+  addresses = ["127.0.0.1:11333"]
+  password  = 12
+  timeout   = 15
+}`, []string{"4:15: "}},
+	} {
+		_, diags := decodeBlock(t, c.src)
+		if !diags.HasErrors() {
+			t.Errorf("no error for\n%s", c.src)
+			continue
+		}
+		var got []string
+		for _, d := range diags {
+			got = append(got, fmt.Sprintf("%d:%d: %s: %s", d.Subject.Start.Line, d.Subject.Start.Column, d.Summary, d.Detail))
+		}
+		for _, w := range c.want {
+			pos, text, _ := strings.Cut(w, ": ")
+			found := false
+			for _, g := range got {
+				if strings.HasPrefix(g, pos+": ") && strings.Contains(g, text) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("want a diagnostic %q, got:\n  %s", w, strings.Join(got, "\n  "))
+			}
+		}
+	}
+}
+
+func TestHCLControllerWithoutPassword(t *testing.T) {
+	spec, diags := decodeBlock(t, `scanner "rspamd" "x" {
+  addresses  = ["127.0.0.1:11333"]
+  controller = "127.0.0.1:11334"
+}`)
+	if spec == nil || diags.HasErrors() || len(diags) != 1 || diags[0].Severity != hcl.DiagWarning ||
+		diags[0].Subject.Start.Line != 3 || !strings.Contains(diags[0].Detail, "controller_password") {
+		t.Errorf("%v", diags)
+	}
+}
+
+func TestFindController(t *testing.T) {
+	var specs []*filters.ScannerSpec
+	for _, src := range []string{
+		`scanner "rspamd" "a" {
+  addresses = ["127.0.0.1:11333"]
+}`, `scanner "rspamd" "b" {
+  addresses           = ["127.0.0.1:11333"]
+  controller          = "127.0.0.1:11334"
+  controller_password = "pw"
+}`,
+	} {
+		spec, diags := decodeBlock(t, src)
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		name := strings.Fields(src)[2]
+		spec.Name = strings.Trim(name, `"`)
+		specs = append(specs, spec)
+	}
+	clam := &filters.ScannerSpec{Type: "clamav", Name: "c"}
+	all := append([]*filters.ScannerSpec{clam}, specs...)
+
+	c, name, err := FindController(all, "")
+	if err != nil || name != "b" || c.Addr() != "127.0.0.1:11334" {
+		t.Fatalf("the only one with a controller: %v %q %v", c, name, err)
+	}
+	if c, name, err = FindController(all, "b"); err != nil || name != "b" {
+		t.Fatalf("by name: %v %q %v", c, name, err)
+	}
+	for _, x := range []struct {
+		specs []*filters.ScannerSpec
+		name  string
+		err   string
+	}{
+		{all, "a", `scanner "a" names no controller`},
+		{all, "c", `there is no rspamd scanner "c"`},
+		{all[:2], "", "no rspamd scanner block names a controller"},
+		{append(all, &filters.ScannerSpec{Type: "rspamd", Name: "d"}), "", ""}, // a spec without settings is no rspamd block
+	} {
+		_, _, err := FindController(x.specs, x.name)
+		if x.err == "" && err != nil || x.err != "" && (err == nil || !strings.Contains(err.Error(), x.err)) {
+			t.Errorf("FindController(%d specs, %q) = %v, want %q", len(x.specs), x.name, err, x.err)
+		}
+	}
+	two := *specs[1]
+	two.Name = "b2"
+	if _, _, err := FindController(append(all, &two), ""); err == nil || !strings.Contains(err.Error(), `"b", "b2"`) {
+		t.Errorf("two controllers: %v", err)
+	}
+}
