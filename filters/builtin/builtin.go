@@ -4,6 +4,7 @@ package builtin
 
 import (
 	_ "github.com/popgate/popgate/filters/clamav"
+	_ "github.com/popgate/popgate/filters/rspamd"
 	_ "github.com/popgate/popgate/filters/strip"
 	_ "github.com/popgate/popgate/filters/tag"
 )
