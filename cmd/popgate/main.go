@@ -6,6 +6,7 @@
 //	popgate demo                run a built-in mailbox behind popgate, on loopback
 //	popgate quarantine …        browse, recover and remove quarantined originals
 //	popgate memory …            show or forget what popgate remembers of a message
+//	popgate spam learn …        teach rspamd spam or ham, from files or the quarantine
 //	popgate version             print versions
 package main
 
@@ -89,6 +90,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdQuarantine(args, stdout, stderr)
 	case "memory":
 		return cmdMemory(args, stdout, stderr)
+	case "spam":
+		return cmdSpam(args, stdout, stderr)
 	case "version":
 		printVersion(stdout)
 		return 0
@@ -113,6 +116,8 @@ func usage(w io.Writer) {
   popgate quarantine delete ID…|purge --older-than D    remove quarantined originals ("30d", "36h")
   popgate memory show|forget -c FILE|DIR --user LOGIN --uidl UIDL [--upstream NAME]
                               what popgate remembers of a message; forget it (its next download is scanned)
+  popgate spam learn -c FILE|DIR --spam|--ham [--scanner NAME] [--user LOGIN] [--id QUARANTINE_ID]... [MSG.eml...]
+                              teach rspamd (the controller of a scanner "rspamd" block) from quarantined originals or files
   popgate version             popgate, Go and dependency versions
 `)
 }
