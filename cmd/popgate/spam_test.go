@@ -69,8 +69,9 @@ scanner "rspamd" "local" {
 		t.Fatalf("again: exit %d\n%s%s", code, out, errOut)
 	}
 	// A missing file and a missing id fail; the rest is still learned.
-	code, out, errOut = run1("-c", cfg, "--ham", "--id", "20260101T000000Z-0000000000000000", filepath.Join(dir, "none.eml"), file)
-	if code != 1 || !strings.Contains(out, "learned "+file+" as ham") || strings.Count(errOut, "popgate spam learn: ") != 2 {
+	code, out, errOut = run1("-c", cfg, "--ham", "--id", "20260101T000000.000000Z-aaaaaaaaaa", filepath.Join(dir, "none.eml"), file)
+	if code != 1 || !strings.Contains(out, "learned "+file+" as ham") || strings.Count(errOut, "popgate spam learn: ") != 2 ||
+		!strings.Contains(errOut, "no such id") {
 		t.Fatalf("with failures: exit %d\n%s%s", code, out, errOut)
 	}
 
