@@ -130,15 +130,41 @@ func reason(status string) string {
 	return strings.TrimPrefix(r, "<undef> ")
 }
 
-// ControllerOf returns the controller of s when s is an rspamd scanner
-// whose block names one, else nil. With filters.FilterSpec.Uses, it finds
-// what to teach about a message a filter held: the controllers of the
-// scanners that filter uses.
-func ControllerOf(s filters.Scanner) *Controller {
-	if r, ok := s.(*Scanner); ok {
-		return r.Controller()
+// ControllersFor returns the controllers to teach when a message that the
+// filters named held (quarantine.Meta.Held) turns out to be ham (its
+// release): those of the rspamd scanner blocks, with a controller, that
+// these filters use (filters.FilterSpec.Uses), once each, in the order of
+// held. It reads the decoded configuration only, so that it serves
+// `popgate quarantine release`, where no scanner runs, as well as the
+// daemon. None: nothing to teach.
+func ControllersFor(held []string, filterSpecs map[string]*filters.FilterSpec, scanners []*filters.ScannerSpec) []*Controller {
+	byName := map[string]*filters.ScannerSpec{}
+	for _, sp := range scanners {
+		byName[sp.Name] = sp
 	}
-	return nil
+	var out []*Controller
+	seen := map[string]bool{}
+	for _, f := range held {
+		fs := filterSpecs[f]
+		if fs == nil {
+			continue // a filter of an older configuration
+		}
+		for _, use := range fs.Uses {
+			sp := byName[use]
+			if sp == nil || sp.Type != "rspamd" || seen[use] {
+				continue
+			}
+			seen[use] = true
+			cfg, ok := sp.Settings().(Config)
+			if !ok || cfg.Controller == "" {
+				continue
+			}
+			if c, err := NewController(cfg.Controller, cfg.ControllerPassword, cfg.Timeout, cfg.MaxSize); err == nil { // DecodeConfig checked the address
+				out = append(out, c)
+			}
+		}
+	}
+	return out
 }
 
 // FindController returns a controller client for the rspamd scanner block

@@ -98,8 +98,9 @@ type Config struct {
 	// worker behind a proxy that wants it (rspamd's normal worker itself
 	// asks for none).
 	Password string
-	// Controller is the controller worker's address, for learning; "" when
-	// the scanner does not learn.
+	// Controller is the controller worker's address, for learning
+	// (ControllersFor, FindController); "" when the scanner does not learn.
+	// The scanner itself only scans.
 	Controller string
 	// ControllerPassword is the controller's password (its enable_password
 	// where the two differ: learning needs it).
@@ -131,12 +132,11 @@ var (
 // checks and failover. It is safe for concurrent use. NewScanner starts one
 // goroutine (the health checker); Close stops it.
 type Scanner struct {
-	cfg        Config
-	log        zerolog.Logger
-	client     *http.Client
-	pool       *backends.Pool[*backend]
-	controller *Controller // nil without Config.Controller
-	onScan     atomic.Pointer[func(time.Duration, error)]
+	cfg    Config
+	log    zerolog.Logger
+	client *http.Client
+	pool   *backends.Pool[*backend]
+	onScan atomic.Pointer[func(time.Duration, error)]
 }
 
 // backend is one normal worker.
@@ -167,13 +167,6 @@ func NewScanner(cfg Config, log zerolog.Logger) (*Scanner, error) {
 		}
 		members = append(members, &backend{Health: backends.Health{Addr: a}, base: base})
 	}
-	if cfg.Controller != "" {
-		c, err := NewController(cfg.Controller, cfg.ControllerPassword, cfg.Timeout, cfg.MaxSize)
-		if err != nil {
-			return nil, err
-		}
-		s.controller = c
-	}
 	s.pool = backends.New("rspamd", log, members, cfg.HealthInterval, s.check)
 	return s, nil
 }
@@ -197,10 +190,6 @@ func (s *Scanner) Config() Config {
 
 // MaxSize is the largest message a scan sends.
 func (s *Scanner) MaxSize() int64 { return s.cfg.MaxSize }
-
-// Controller is the scanner's controller, for learning; nil when its
-// block names none.
-func (s *Scanner) Controller() *Controller { return s.controller }
 
 // Backends returns the state of every backend, in configuration order.
 func (s *Scanner) Backends() []filters.Backend { return s.pool.Backends() }

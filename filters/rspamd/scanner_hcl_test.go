@@ -64,9 +64,6 @@ func TestHCLScanner(t *testing.T) {
 		c.ControllerPassword != "s3cret" || c.HealthInterval != 5*time.Second {
 		t.Errorf("config %+v", c)
 	}
-	if ctl := ControllerOf(s); ctl == nil || ctl.Addr() != "http://127.0.0.1:11334" {
-		t.Errorf("ControllerOf = %v", ctl)
-	}
 
 	spec, diags = decodeBlock(t, `scanner "rspamd" "local" {
   addresses = ["127.0.0.1:11333"]
@@ -205,5 +202,45 @@ func TestFindController(t *testing.T) {
 	two.Name = "b2"
 	if _, _, err := FindController(append(all, &two), ""); err == nil || !strings.Contains(err.Error(), `"b", "b2"`) {
 		t.Errorf("two controllers: %v", err)
+	}
+}
+
+func TestControllersFor(t *testing.T) {
+	decode := func(name, src string) *filters.ScannerSpec {
+		spec, diags := decodeBlock(t, src)
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		spec.Name = name
+		return spec
+	}
+	learns := decode("learns", `scanner "rspamd" "x" {
+  addresses           = ["127.0.0.1:11333"]
+  controller          = "127.0.0.1:11334"
+  controller_password = "pw"
+}`)
+	mute := decode("mute", `scanner "rspamd" "x" {
+  addresses = ["127.0.0.1:11333"]
+}`)
+	scanners := []*filters.ScannerSpec{learns, mute, {Type: "clamav", Name: "av"}}
+	specs := map[string]*filters.FilterSpec{
+		"spam":  {Type: "spam", Name: "spam", Uses: []string{"learns"}},
+		"spam2": {Type: "spam", Name: "spam2", Uses: []string{"learns", "mute"}},
+		"virus": {Type: "clamav", Name: "virus", Uses: []string{"av"}},
+		"strip": {Type: "strip", Name: "strip"},
+	}
+	for _, c := range []struct {
+		held []string
+		want int
+	}{
+		{[]string{"spam"}, 1},
+		{[]string{"spam", "spam2", "virus"}, 1}, // once per controller
+		{[]string{"virus", "strip", "gone"}, 0},
+		{nil, 0},
+	} {
+		got := ControllersFor(c.held, specs, scanners)
+		if len(got) != c.want || (c.want == 1 && got[0].Addr() != "127.0.0.1:11334") {
+			t.Errorf("ControllersFor(%v) = %v, want %d", c.held, got, c.want)
+		}
 	}
 }

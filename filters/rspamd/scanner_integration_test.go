@@ -30,11 +30,12 @@ func gtube() []byte {
 // ham is an ordinary message, unique per call so that learning it is news
 // to rspamd; words adds body text (Bayes wants 11 tokens).
 func ham(words int) []byte {
-	body := "Shall we meet for lunch on Thursday at noon?"
+	tok := token() // rspamd knows a learned message by its text
+	body := "Shall we meet for lunch on Thursday at noon? Ref " + tok + "."
 	for i := 0; i < words; i++ {
 		body += fmt.Sprintf(" The architects sent drawing %d of the new library.", i)
 	}
-	return []byte("From: Bob <bob@example.org>\r\nTo: Alice <alice@example.org>\r\nSubject: Lunch " + token() + "\r\n" +
+	return []byte("From: Bob <bob@example.org>\r\nTo: Alice <alice@example.org>\r\nSubject: Lunch " + tok + "\r\n" +
 		"Date: " + time.Now().Format(time.RFC1123Z) + "\r\nMessage-ID: <lunch-" + token() + "@example.org>\r\n" +
 		"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n")
 }
