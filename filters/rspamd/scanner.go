@@ -212,6 +212,7 @@ func (s *Scanner) Version() string { return s.pool.Version() }
 // idempotent and returns nil.
 func (s *Scanner) Close() error {
 	s.pool.Close()
+	s.client.CloseIdleConnections()
 	return nil
 }
 

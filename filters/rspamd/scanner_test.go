@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -362,4 +364,22 @@ func TestRelayFaults(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Close leaves no goroutine behind (a generation's scanners are closed at
+// every reload): the health checker ends, idle connections are closed.
+func TestCloseLeavesNothing(t *testing.T) {
+	f := newFake(t, "ok")
+	base := runtime.NumGoroutine()
+	s, err := NewScanner(Config{Addresses: []string{f.url}, HealthInterval: 10 * time.Millisecond}, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := s.Scan(context.Background(), filters.BytesBody([]byte("Subject: x\r\n\r\nhi\r\n"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	waitFor(t, fmt.Sprintf("goroutines back to %d", base), func() bool { return runtime.NumGoroutine() <= base })
 }
