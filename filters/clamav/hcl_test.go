@@ -7,33 +7,19 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/rs/zerolog"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/hcltest"
 )
-
-// parseBlock parses src, a single block, and returns its body.
-func parseBlock(t *testing.T, src string) hcl.Body {
-	t.Helper()
-	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatalf("parse: %v", diags)
-	}
-	blocks := f.Body.(*hclsyntax.Body).Blocks
-	if len(blocks) != 1 {
-		t.Fatalf("%d blocks", len(blocks))
-	}
-	return blocks[0].Body
-}
 
 // newScanner decodes src through the registered kind and builds the
 // scanner (nil when src has errors).
 func newScanner(t *testing.T, src string) (*Scanner, hcl.Diagnostics) {
 	t.Helper()
 	eval := &hcl.EvalContext{Variables: map[string]cty.Value{"clamd_port": cty.StringVal("3310")}}
-	spec, diags, ok := filters.DecodeScanner("clamav", "local", hcl.Range{}, parseBlock(t, src), &filters.DecodeContext{Eval: eval})
+	spec, diags, ok := filters.DecodeScanner("clamav", "local", hcl.Range{}, hcltest.Block(t, src), &filters.DecodeContext{Eval: eval})
 	if !ok {
 		t.Fatal("scanner type clamav not registered")
 	}
@@ -115,26 +101,7 @@ func TestHCLScannerDiagnostics(t *testing.T) {
 }`, []string{"3:20: 2GiB", "4:20: "}},
 	} {
 		_, diags := newScanner(t, c.src)
-		if !diags.HasErrors() {
-			t.Errorf("no error for\n%s", c.src)
-			continue
-		}
-		var got []string
-		for _, d := range diags {
-			got = append(got, fmt.Sprintf("%d:%d: %s: %s", d.Subject.Start.Line, d.Subject.Start.Column, d.Summary, d.Detail))
-		}
-		for _, w := range c.want {
-			pos, text, _ := strings.Cut(w, ": ")
-			found := false
-			for _, g := range got {
-				if strings.HasPrefix(g, pos+": ") && strings.Contains(g, text) {
-					found = true
-				}
-			}
-			if !found {
-				t.Errorf("want a diagnostic %q, got:\n  %s", w, strings.Join(got, "\n  "))
-			}
-		}
+		hcltest.WantErrors(t, c.src, diags, c.want...)
 	}
 }
 
@@ -159,7 +126,7 @@ func TestHCLFilter(t *testing.T) {
 	}}
 	bc := &filters.BuildContext{Scanners: map[string]filters.Scanner{"local": scanner}}
 	build := func(src string) (filters.Filter, hcl.Diagnostics) {
-		spec, diags, ok := filters.DecodeFilter("clamav", "av", hcl.Range{}, parseBlock(t, src), dc)
+		spec, diags, ok := filters.DecodeFilter("clamav", "av", hcl.Range{}, hcltest.Block(t, src), dc)
 		if !ok {
 			t.Fatal("filter type clamav not registered")
 		}

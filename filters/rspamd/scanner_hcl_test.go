@@ -1,38 +1,23 @@
 package rspamd
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/rs/zerolog"
 	"github.com/zclconf/go-cty/cty"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/hcltest"
 )
-
-// parseBlock parses src, a single block, and returns its body.
-func parseBlock(t *testing.T, src string) hcl.Body {
-	t.Helper()
-	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatalf("parse: %v", diags)
-	}
-	blocks := f.Body.(*hclsyntax.Body).Blocks
-	if len(blocks) != 1 {
-		t.Fatalf("%d blocks", len(blocks))
-	}
-	return blocks[0].Body
-}
 
 // decodeBlock decodes src through the registered kind.
 func decodeBlock(t *testing.T, src string) (*filters.ScannerSpec, hcl.Diagnostics) {
 	t.Helper()
 	eval := &hcl.EvalContext{Variables: map[string]cty.Value{"pw": cty.StringVal("s3cret")}}
-	spec, diags, ok := filters.DecodeScanner("rspamd", "local", hcl.Range{}, parseBlock(t, src), &filters.DecodeContext{Eval: eval})
+	spec, diags, ok := filters.DecodeScanner("rspamd", "local", hcl.Range{}, hcltest.Block(t, src), &filters.DecodeContext{Eval: eval})
 	if !ok {
 		t.Fatal("scanner type rspamd not registered")
 	}
@@ -120,26 +105,7 @@ func TestHCLScannerDiagnostics(t *testing.T) {
 }`, []string{"4:15: "}},
 	} {
 		_, diags := decodeBlock(t, c.src)
-		if !diags.HasErrors() {
-			t.Errorf("no error for\n%s", c.src)
-			continue
-		}
-		var got []string
-		for _, d := range diags {
-			got = append(got, fmt.Sprintf("%d:%d: %s: %s", d.Subject.Start.Line, d.Subject.Start.Column, d.Summary, d.Detail))
-		}
-		for _, w := range c.want {
-			pos, text, _ := strings.Cut(w, ": ")
-			found := false
-			for _, g := range got {
-				if strings.HasPrefix(g, pos+": ") && strings.Contains(g, text) {
-					found = true
-				}
-			}
-			if !found {
-				t.Errorf("want a diagnostic %q, got:\n  %s", w, strings.Join(got, "\n  "))
-			}
-		}
+		hcltest.WantErrors(t, c.src, diags, c.want...)
 	}
 }
 
