@@ -11,6 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/quarantine"
 	"github.com/popgate/popgate/filters/rspamd"
 )
@@ -72,7 +73,7 @@ func cmdSpam(args []string, stdout, stderr io.Writer) int {
 		class = "spam"
 	}
 	code := 0
-	learn := func(what string, body *openedBody, login string, err error) {
+	learn := func(what string, body filters.Body, login string, err error) {
 		if err == nil {
 			err = ctl.Learn(ctx, body, *spam, login)
 		}
@@ -88,8 +89,8 @@ func cmdSpam(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "teaching %s through the controller of scanner %q (%s)\n", class, name, ctl.Addr())
 	for _, id := range ids {
-		body, login, err := quarantined(store, id)
-		learn(id, body, login, err)
+		body, m, err := store.Original(id)
+		learn(id, body, m.User, err)
 	}
 	for _, file := range fs.Args() {
 		body, err := messageFile(file)
@@ -98,8 +99,8 @@ func cmdSpam(args []string, stdout, stderr io.Writer) int {
 	return code
 }
 
-// openedBody is a filters.Body over a message popgate does not own (a
-// file, a quarantined original): Open opens it afresh, Remove leaves it.
+// openedBody is a filters.Body over a message file popgate does not own:
+// Open opens it afresh, Remove leaves it.
 type openedBody struct {
 	open func() (io.ReadCloser, error)
 	size int64
@@ -108,19 +109,6 @@ type openedBody struct {
 func (b *openedBody) Open() (io.ReadCloser, error) { return b.open() }
 func (b *openedBody) Size() int64                  { return b.size }
 func (b *openedBody) Remove() error                { return nil }
-
-// quarantined is the original of id, checked against its record, and the
-// login it was quarantined for.
-func quarantined(store *quarantine.Store, id string) (*openedBody, string, error) {
-	if err := store.Verify(id); err != nil {
-		return nil, "", err
-	}
-	m, err := store.Get(id)
-	if err != nil {
-		return nil, "", err
-	}
-	return &openedBody{open: func() (io.ReadCloser, error) { return store.Open(id) }, size: m.Size}, m.User, nil
-}
 
 // messageFile is a message file, as it is (rspamd reads LF and CRLF
 // alike).

@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/internal/mailtext"
 )
 
@@ -131,6 +132,30 @@ func (s *Store) Open(id string) (io.ReadCloser, error) {
 	}
 	return f, nil
 }
+
+// Original returns the original of id as a filters.Body (Remove leaves it
+// in the store), after checking it against its record, and the record.
+func (s *Store) Original(id string) (filters.Body, Meta, error) {
+	if err := s.Verify(id); err != nil {
+		return nil, Meta{}, err
+	}
+	m, err := s.Get(id)
+	if err != nil {
+		return nil, Meta{}, err
+	}
+	return storedBody{s: s, id: id, size: m.Size}, m, nil
+}
+
+// storedBody is an original in the store as a filters.Body.
+type storedBody struct {
+	s    *Store
+	id   string
+	size int64
+}
+
+func (b storedBody) Open() (io.ReadCloser, error) { return b.s.Open(b.id) }
+func (b storedBody) Size() int64                  { return b.size }
+func (b storedBody) Remove() error                { return nil }
 
 // Verify checks that the message of id has the size and SHA-256 its record
 // gives.

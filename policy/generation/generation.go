@@ -8,7 +8,8 @@
 // It is the one place where configuration turns into running parts:
 // `popgate run`, `scan` and `demo`, reloads and the tests all build through
 // it. Filter and scanner kinds plug in by registering their decode and build
-// steps with package filters; nothing here names a kind.
+// steps with package filters; nothing here names a kind but one: a release
+// of a message a spam filter held teaches rspamd (learnHam).
 package generation
 
 import (

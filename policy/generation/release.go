@@ -18,6 +18,7 @@ import (
 	"github.com/popgate/popgate/filters/quarantine/notify"
 	"github.com/popgate/popgate/filters/quarantine/release"
 	"github.com/popgate/popgate/filters/quarantine/web"
+	"github.com/popgate/popgate/filters/rspamd"
 	"github.com/popgate/popgate/internal/mailer"
 	"github.com/popgate/popgate/policy"
 )
@@ -100,13 +101,35 @@ func NewReleaser(cfg *policy.Config, store *quarantine.Store, keys release.Keys,
 		routes[name] = release.Route{Sender: mailers[r.Via], Recipient: r.RecipientFor, From: r.From}
 	}
 	return release.New(release.Options{
-		Store: store, Keys: keys, Routes: routes, Log: log, OnRelease: onRelease,
+		Store: store, Keys: keys, Routes: routes, Log: log, OnRelease: onRelease, Delivered: learnHam(cfg, store),
 		Permission: func(m quarantine.Meta) release.Permission { return Permission(cfg, m.Held) },
 		Uncertain: func(err error) bool {
 			var me *mailer.Error
 			return errors.As(err, &me) && me.Uncertain
 		},
 	})
+}
+
+// learnHam tells the rspamd controllers of the spam filters that held a
+// released message that it was ham: an administrator or the user said so.
+func learnHam(cfg *policy.Config, store *quarantine.Store) func(context.Context, quarantine.Meta) error {
+	return func(ctx context.Context, m quarantine.Meta) error {
+		ctls := rspamd.ControllersFor(m.Held, cfg.Filters, cfg.Scanners)
+		if len(ctls) == 0 {
+			return nil
+		}
+		body, _, err := store.Original(m.ID)
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, c := range ctls {
+			if err := c.Learn(ctx, body, false, m.User); err != nil && !rspamd.NotLearned(err) {
+				errs = append(errs, fmt.Errorf("learn ham: %w", err))
+			}
+		}
+		return errors.Join(errs...)
+	}
 }
 
 // releaseLink returns the notice's release-link function of cfg, nil when
