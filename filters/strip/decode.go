@@ -4,13 +4,15 @@ import (
 	"bytes"
 	"encoding/base64"
 	"io"
+
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // contentReader returns the decoded body of p (base64 and quoted-printable
 // are decoded; any other encoding is returned as it is). Decoding is lenient
 // like a mail client's: base64 ignores characters outside its alphabet and
 // missing padding, quoted-printable passes malformed escapes through.
-func contentReader(r io.ReaderAt, p *mimePart) io.Reader {
+func contentReader(r io.ReaderAt, p *mimetree.Part) io.Reader {
 	raw := io.NewSectionReader(r, p.BodyStart, p.BodyEnd-p.BodyStart)
 	switch p.Encoding {
 	case "base64":
@@ -199,4 +201,17 @@ func (d *b64Reader) flush(o []byte) []byte {
 	}
 	d.acc, d.nacc = 0, 0
 	return o
+}
+
+// unhex is the value of the hexadecimal digit c.
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }

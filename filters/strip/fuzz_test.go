@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // addCorpusSeeds adds the messages of testdata/corpus to f (the files of
@@ -61,7 +62,7 @@ func FuzzStripNoop(f *testing.F) {
 			t.Fatalf("%v with a body", v.Action)
 		}
 		_, perr := parseMIME(bytes.NewReader(data), int64(len(data)), noop.lim)
-		var le *limitError
+		var le *mimetree.LimitError
 		switch {
 		case perr == nil:
 			// An archive beyond the archive limits (a zip bomb by its
@@ -150,8 +151,8 @@ func FuzzStrip(f *testing.F) {
 				}
 				if flt == all && d.Limit == nil {
 					leaves := 0
-					d.Root.Walk(func(p *mimePart) bool {
-						if p.Kind != kindMultipart {
+					d.Root.Walk(func(p *mimetree.Part) bool {
+						if p.Kind != mimetree.Multipart {
 							leaves++
 						}
 						return true

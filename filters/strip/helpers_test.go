@@ -14,6 +14,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/internal/mailtext"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // buildFilter decodes src, a `filter "strip" "NAME" { … }` block, with the
@@ -125,16 +126,16 @@ func (b sequentialBody) Open() (io.ReadCloser, error) {
 	}{rc, rc}, nil
 }
 
-func mustParse(t testing.TB, msg []byte) *mimePart {
+func mustParse(t testing.TB, msg []byte) *mimetree.Part {
 	t.Helper()
-	root, err := parseMIME(bytes.NewReader(msg), int64(len(msg)), Limits{})
+	root, err := parseMIME(bytes.NewReader(msg), int64(len(msg)), mimetree.Limits{})
 	if err != nil {
 		t.Fatalf("Parse: %v", err)
 	}
 	return root
 }
 
-func partBytes(msg []byte, p *mimePart) []byte { return msg[p.HeaderStart:p.BodyEnd] }
+func partBytes(msg []byte, p *mimetree.Part) []byte { return msg[p.HeaderStart:p.BodyEnd] }
 
 // checkSplice verifies a stripped message against its original by ranges:
 // out re-parses; each part not stripped has the same place in the tree, and
@@ -144,11 +145,11 @@ func partBytes(msg []byte, p *mimePart) []byte { return msg[p.HeaderStart:p.Body
 func checkSplice(t testing.TB, orig, out []byte, strips []match) {
 	t.Helper()
 	o := mustParse(t, orig)
-	n, err := parseMIME(bytes.NewReader(out), int64(len(out)), Limits{})
+	n, err := parseMIME(bytes.NewReader(out), int64(len(out)), mimetree.Limits{})
 	if err != nil {
 		t.Fatalf("result does not re-parse: %v", err)
 	}
-	stripped := map[*mimePart]*match{}
+	stripped := map[*mimetree.Part]*match{}
 	for i := range strips {
 		stripped[strips[i].Part] = &strips[i]
 	}
@@ -157,7 +158,7 @@ func checkSplice(t testing.TB, orig, out []byte, strips []match) {
 	for p, m := range stripped {
 		byPos[p.HeaderStart] = m
 	}
-	contains := func(p *mimePart) bool {
+	contains := func(p *mimetree.Part) bool {
 		for _, m := range strips {
 			if m.Part.HeaderStart >= p.HeaderStart && m.Part.BodyEnd <= p.BodyEnd {
 				return true
@@ -165,10 +166,10 @@ func checkSplice(t testing.TB, orig, out []byte, strips []match) {
 		}
 		return false
 	}
-	var walk func(op, np *mimePart, path string)
-	walk = func(op, np *mimePart, path string) {
+	var walk func(op, np *mimetree.Part, path string)
+	walk = func(op, np *mimetree.Part, path string) {
 		if m, ok := byPos[op.HeaderStart]; ok && m.Part.BodyEnd == op.BodyEnd && m.Part.Depth == op.Depth {
-			if np.ContentType != "text/plain" || np.Kind != kindLeaf {
+			if np.ContentType != "text/plain" || np.Kind != mimetree.Leaf {
 				t.Errorf("%s: stripped part is %s %v, want a text/plain leaf", path, np.ContentType, np.Kind)
 			}
 			body := string(out[np.BodyStart:np.BodyEnd])

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // deepMessage nests depth multipart/mixed levels, with an .exe at the bottom.
@@ -96,8 +97,8 @@ func TestHostileMIME(t *testing.T) {
 			if alloc > 32<<20 {
 				t.Errorf("allocated %d bytes", alloc)
 			}
-			_, err := parseMIME(bytes.NewReader(tc.msg), int64(len(tc.msg)), Limits{})
-			var le *limitError
+			_, err := parseMIME(bytes.NewReader(tc.msg), int64(len(tc.msg)), mimetree.Limits{})
+			var le *mimetree.LimitError
 			if !errors.As(err, &le) || le.Limit != tc.limit {
 				t.Errorf("Parse: %v, want a %s LimitError", err, tc.limit)
 			}
@@ -111,7 +112,7 @@ func TestHostileMIME(t *testing.T) {
 func TestHostileMIMEUncapped(t *testing.T) {
 	f, err := New("x", Config{
 		Rules:  []Rule{{Name: "x", Extensions: []string{"exe"}}},
-		Limits: Limits{MaxDepth: 20000, MaxParts: 200000},
+		Limits: mimetree.Limits{MaxDepth: 20000, MaxParts: 200000},
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +126,7 @@ func TestHostileMIMEUncapped(t *testing.T) {
 		{"100000-parts", wideMessage(100000), "wide.exe"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var root *mimePart
+			var root *mimetree.Part
 			var perr error
 			dp, alloc := measure(func() { root, perr = parseMIME(bytes.NewReader(tc.msg), int64(len(tc.msg)), f.lim) })
 			if perr != nil {

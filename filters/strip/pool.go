@@ -1,19 +1,17 @@
 package strip
 
 import (
-	"bufio"
 	"io"
 	"sync"
 )
 
 // Buffers reused across messages: every part of every message needs a
-// copy buffer and a tail window, and the parser a line buffer. Without
-// reuse, many concurrent sessions churn hundreds of KiB per message and
-// the heap (and RSS) grows with the garbage.
+// copy buffer and a tail window. Without reuse, many concurrent sessions
+// churn hundreds of KiB per message and the heap (and RSS) grows with the
+// garbage.
 var (
 	copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 	tailBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2*tailKeep); return &b }}
-	lineBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lineBufSize) }}
 )
 
 // tailKeep is how much of a part's end the size pass keeps: enough for a

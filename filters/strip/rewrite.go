@@ -136,7 +136,7 @@ func keptFields(hdr []byte) [][2]int {
 			end = i + j + 1
 		}
 		if hdr[i] != ' ' && hdr[i] != '\t' {
-			drop = end-i >= 8 && asciiEqualFold(hdr[i:i+8], "content-")
+			drop = end-i >= 8 && bytes.EqualFold(hdr[i:i+8], []byte("content-"))
 		}
 		if !drop {
 			if n := len(out); n > 0 && out[n-1][1] == i {

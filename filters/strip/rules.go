@@ -12,6 +12,7 @@ import (
 	"github.com/gabriel-vasile/mimetype"
 
 	"github.com/popgate/popgate/internal/mailtext"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // rule is a compiled Rule.
@@ -121,7 +122,7 @@ type evaluator struct {
 
 // partInfo caches what the rules need of one part.
 type partInfo struct {
-	p     *mimePart
+	p     *mimetree.Part
 	r     io.ReaderAt
 	names []nameInfo
 
@@ -146,11 +147,11 @@ const sniffLen = 3072
 
 // tree evaluates the parts of the message rooted at root (read from r),
 // depth being the nesting of root in the outermost message.
-func (ev *evaluator) tree(r io.ReaderAt, root *mimePart, depth int) ([]match, error) {
+func (ev *evaluator) tree(r io.ReaderAt, root *mimetree.Part, depth int) ([]match, error) {
 	var matches []match
 	var err error
 	n := 0
-	root.Walk(func(p *mimePart) bool {
+	root.Walk(func(p *mimetree.Part) bool {
 		if err != nil {
 			return false
 		}
@@ -159,7 +160,7 @@ func (ev *evaluator) tree(r io.ReaderAt, root *mimePart, depth int) ([]match, er
 				return false
 			}
 		}
-		if p.Kind == kindMultipart {
+		if p.Kind == mimetree.Multipart {
 			return true
 		}
 		var m *match
@@ -171,13 +172,13 @@ func (ev *evaluator) tree(r io.ReaderAt, root *mimePart, depth int) ([]match, er
 			matches = append(matches, *m)
 			return false
 		}
-		return p.Kind == kindMessage
+		return p.Kind == mimetree.Message
 	})
 	return matches, err
 }
 
 // part evaluates one part that is not a multipart.
-func (ev *evaluator) part(r io.ReaderAt, p *mimePart, depth int) (*match, error) {
+func (ev *evaluator) part(r io.ReaderAt, p *mimetree.Part, depth int) (*match, error) {
 	pi := &partInfo{p: p, r: r}
 	for _, n := range p.Names {
 		norm, sus := normalizeName(n)
@@ -196,7 +197,7 @@ func (ev *evaluator) part(r io.ReaderAt, p *mimePart, depth int) (*match, error)
 			return &match{Part: p, Name: name, Rule: rl.name, Action: rl.action, Why: why}, nil
 		}
 	}
-	if p.Kind == kindLeaf && (p.ContentType == "message/rfc822" || p.ContentType == "message/global") && !identityEncoding(p.Encoding) {
+	if p.Kind == mimetree.Leaf && (p.ContentType == "message/rfc822" || p.ContentType == "message/global") && !mimetree.IdentityEncoding(p.Encoding) {
 		return ev.encodedMessage(r, p, depth)
 	}
 	return nil, nil
@@ -205,15 +206,15 @@ func (ev *evaluator) part(r io.ReaderAt, p *mimePart, depth int) (*match, error)
 // encodedMessage looks into a message/rfc822 part that was sent base64 or
 // quoted-printable encoded (not allowed, but clients open it): when anything
 // in it matches, the whole part gets the most severe action found.
-func (ev *evaluator) encodedMessage(r io.ReaderAt, p *mimePart, depth int) (*match, error) {
+func (ev *evaluator) encodedMessage(r io.ReaderAt, p *mimetree.Part, depth int) (*match, error) {
 	lim := ev.f.lim
 	lim.MaxDepth -= depth + p.Depth + 1
 	if lim.MaxDepth < 1 {
-		return nil, &limitError{Limit: "depth", Max: ev.f.lim.MaxDepth, Offset: p.BodyStart}
+		return nil, &mimetree.LimitError{Limit: "depth", Max: ev.f.lim.MaxDepth, Offset: p.BodyStart}
 	}
 	lim.MaxParts = ev.partsLeft
 	if lim.MaxParts < 1 {
-		return nil, &limitError{Limit: "parts", Max: ev.f.lim.MaxParts, Offset: p.BodyStart}
+		return nil, &mimetree.LimitError{Limit: "parts", Max: ev.f.lim.MaxParts, Offset: p.BodyStart}
 	}
 	w := ev.f.spool.NewWriter()
 	defer w.Abort()
@@ -235,10 +236,10 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *mimePart, depth int) (*mat
 		return nil, errors.New("strip: spool body without io.ReaderAt")
 	}
 	sub, err := parseMIME(ra, b.Size(), lim)
-	var le *limitError
+	var le *mimetree.LimitError
 	if errors.As(err, &le) {
 		// Report the limit in the outer terms.
-		le = &limitError{Limit: le.Limit, Offset: p.BodyStart}
+		le = &mimetree.LimitError{Limit: le.Limit, Offset: p.BodyStart}
 		switch le.Limit {
 		case "depth":
 			le.Max = ev.f.lim.MaxDepth
@@ -417,7 +418,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 		return pi.size, nil
 	}
 	p := pi.p
-	if identityEncoding(p.Encoding) {
+	if mimetree.IdentityEncoding(p.Encoding) {
 		pi.size = p.BodyEnd - p.BodyStart
 		n := min(pi.size, 65535+eocdLen)
 		tail := make([]byte, n)
@@ -473,7 +474,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*zipListing, error) {
 	p := pi.p
 	var ra io.ReaderAt
 	var size int64
-	if identityEncoding(p.Encoding) {
+	if mimetree.IdentityEncoding(p.Encoding) {
 		ra, size = io.NewSectionReader(pi.r, p.BodyStart, p.BodyEnd-p.BodyStart), p.BodyEnd-p.BodyStart
 	} else {
 		w := ev.f.spool.NewWriter()

@@ -6,9 +6,10 @@
 //
 // Rewriting splices byte ranges: every byte outside a stripped part stays as
 // it was, and a message that no rule matches is passed as it is (Pass, no
-// new body). The MIME scanner (parseMIME) and the archive lister (listZip)
-// are the package's own; its API is the configuration (Config, Rule,
-// Limits, ArchiveLimits, Action), New and Factory.
+// new body). The archive lister (listZip) is the package's own; the MIME
+// structure comes from internal/mimetree, which the chain's signature
+// detection shares. Its API is the configuration (Config, Rule, Limits,
+// ArchiveLimits, Action), New and Factory.
 //
 // # Configuration
 //
@@ -60,6 +61,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/internal/mailtext"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // Action is what happens to a part a rule matches, or to a message that
@@ -150,7 +152,7 @@ type Rule struct {
 // Config is a strip filter's settings.
 type Config struct {
 	Rules   []Rule
-	Limits  Limits
+	Limits  mimetree.Limits
 	Archive ArchiveLimits
 	// OnLimit is what happens to a message beyond Limits: ActionReject (the
 	// default), ActionTempfail or ActionPass.
@@ -168,7 +170,7 @@ type Config struct {
 type Filter struct {
 	name      string
 	rules     []*rule
-	lim       Limits
+	lim       mimetree.Limits
 	alim      ArchiveLimits
 	onLimit   Action
 	onArchive Action
@@ -181,7 +183,7 @@ func New(name string, cfg Config, spool *filters.Spool) (*Filter, error) {
 	f := &Filter{
 		name:      name,
 		spool:     spool,
-		lim:       cfg.Limits.withDefaults(),
+		lim:       cfg.Limits.WithDefaults(),
 		alim:      cfg.Archive.withDefaults(),
 		onLimit:   cfg.OnLimit,
 		onArchive: cfg.OnArchiveLimit,
@@ -274,7 +276,7 @@ func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64) (filter
 
 // match is one part a rule (or an archive limit) matched.
 type match struct {
-	Part *mimePart
+	Part *mimetree.Part
 	// Name is the part's file name as sent ("" for a part without one).
 	Name   string
 	Rule   string // the rule's name; "" for an archive limit
@@ -303,12 +305,17 @@ type decision struct {
 	Action filters.Action
 	Reason string
 	// Root is the parsed message (nil when parsing hit a limit).
-	Root *mimePart
+	Root *mimetree.Part
 	// Matches are the parts matched, in document order. For Replace they
 	// are exactly the parts to strip.
 	Matches []match
 	// Limit is set when the message exceeded a MIME limit.
-	Limit *limitError
+	Limit *mimetree.LimitError
+}
+
+// parseMIME reads the part tree of the size bytes of r.
+func parseMIME(r io.ReaderAt, size int64, lim mimetree.Limits) (*mimetree.Part, error) {
+	return mimetree.Parse(io.NewSectionReader(r, 0, size), size, lim, nil)
 }
 
 // decide parses the message of size bytes in r and applies the rules,
@@ -318,7 +325,7 @@ func (f *Filter) decide(ctx context.Context, r io.ReaderAt, size int64) (*decisi
 	d := &decision{Action: filters.Pass}
 	r = mailtext.NewReaderAt(ctx, r)
 	root, err := parseMIME(r, size, f.lim)
-	var le *limitError
+	var le *mimetree.LimitError
 	if errors.As(err, &le) {
 		return f.limitDecision(d, le), nil
 	}
@@ -372,7 +379,7 @@ func (f *Filter) decide(ctx context.Context, r io.ReaderAt, size int64) (*decisi
 	return d, nil
 }
 
-func (f *Filter) limitDecision(d *decision, le *limitError) *decision {
+func (f *Filter) limitDecision(d *decision, le *mimetree.LimitError) *decision {
 	d.Limit = le
 	d.Root = nil
 	switch f.onLimit {
@@ -410,8 +417,8 @@ func reasonList(verb string, ms []match) string {
 	return b.String()
 }
 
-func countParts(root *mimePart) int {
+func countParts(root *mimetree.Part) int {
 	n := 0
-	root.Walk(func(*mimePart) bool { n++; return true })
+	root.Walk(func(*mimetree.Part) bool { n++; return true })
 	return n
 }

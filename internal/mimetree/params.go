@@ -1,4 +1,4 @@
-package strip
+package mimetree
 
 import (
 	"strconv"
@@ -235,29 +235,15 @@ func pctDecode(s string) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c == '%' && i+2 < len(s) {
-			if h, ok := unhex(s[i+1]); ok {
-				if l, ok := unhex(s[i+2]); ok {
-					b = append(b, h<<4|l)
-					i += 2
-					continue
-				}
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b = append(b, byte(v))
+				i += 2
+				continue
 			}
 		}
 		b = append(b, c)
 	}
 	return b
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // stripComments removes RFC 5322 comments "( … )" (nested, with quoted

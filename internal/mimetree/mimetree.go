@@ -1,4 +1,10 @@
-package strip
+// Package mimetree reads the MIME structure of a message: its tree of
+// parts with their byte offsets, content types, names and encodings, in one
+// bounded, streaming pass. The strip filter decides on it which parts to
+// remove; the chain's signature detection (internal/mailsig) finds signed
+// and encrypted parts with it. It never decodes a body: a caller that wants
+// a part's content reads its range.
+package mimetree
 
 import (
 	"bufio"
@@ -6,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 )
 
 // Default caps of Limits.
@@ -20,7 +27,11 @@ const (
 // boundary delimiter (with nothing but white space after them).
 const lineBufSize = 64 << 10
 
-// Limits caps what parseMIME accepts. A zero or negative field means its default.
+// lineBufs are the parser's line buffers, reused across messages: many
+// concurrent sessions would otherwise churn 64 KiB per message.
+var lineBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lineBufSize) }}
+
+// Limits caps what Parse accepts. A zero or negative field means its default.
 type Limits struct {
 	// MaxDepth is the deepest nesting allowed: the message itself is depth
 	// 0, each multipart child and each message/rfc822 body one level more.
@@ -32,7 +43,7 @@ type Limits struct {
 	MaxHeaderBytes int
 }
 
-func (l Limits) withDefaults() Limits {
+func (l Limits) WithDefaults() Limits {
 	if l.MaxDepth <= 0 {
 		l.MaxDepth = DefaultMaxDepth
 	}
@@ -45,16 +56,16 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// limitError is what parseMIME returns when a message exceeds one of its
-// Limits. parseMIME stops at the first byte beyond the cap, so a hostile message
+// LimitError is what Parse returns when a message exceeds one of its
+// Limits. Parse stops at the first byte beyond the cap, so a hostile message
 // costs at most the cap.
-type limitError struct {
+type LimitError struct {
 	Limit  string // "depth", "parts" or "header"
 	Max    int    // the cap that was exceeded
 	Offset int64  // where in the message it was exceeded
 }
 
-func (e *limitError) Error() string {
+func (e *LimitError) Error() string {
 	switch e.Limit {
 	case "depth":
 		return fmt.Sprintf("MIME structure nested deeper than %d levels (at byte %d)", e.Max, e.Offset)
@@ -66,35 +77,35 @@ func (e *limitError) Error() string {
 	return fmt.Sprintf("MIME %s limit %d exceeded (at byte %d)", e.Limit, e.Max, e.Offset)
 }
 
-// partKind says how parseMIME treated a part.
-type partKind int
+// Kind says how Parse treated a part.
+type Kind int
 
 const (
-	// kindLeaf is a part with no structure parseMIME looked into.
-	kindLeaf partKind = iota
-	// kindMultipart is a multipart/* part with a boundary; its Children are its
+	// Leaf is a part with no structure Parse looked into.
+	Leaf Kind = iota
+	// Multipart is a multipart/* part with a boundary; its Children are its
 	// body parts.
-	kindMultipart
-	// kindMessage is a message/rfc822 (or message/global) part in an identity
+	Multipart
+	// Message is a message/rfc822 (or message/global) part in an identity
 	// transfer encoding; its only Child is the embedded message.
-	kindMessage
+	Message
 )
 
-func (k partKind) String() string {
+func (k Kind) String() string {
 	switch k {
-	case kindLeaf:
+	case Leaf:
 		return "leaf"
-	case kindMultipart:
+	case Multipart:
 		return "multipart"
-	case kindMessage:
+	case Message:
 		return "message"
 	}
 	return fmt.Sprintf("Kind(%d)", int(k))
 }
 
-// mimePart is one entity of a message: the message itself, a body part of a
+// Part is one entity of a message: the message itself, a body part of a
 // multipart, or a message embedded in a message/rfc822 part. All offsets are
-// byte offsets into the input of parseMIME.
+// byte offsets into the input of Parse.
 //
 // The header section is [HeaderStart, HeaderEnd): its field lines with their
 // line breaks, without the empty line that ends it. The body is
@@ -102,16 +113,16 @@ func (k partKind) String() string {
 // the line break that precedes the next boundary delimiter (RFC 2046: that
 // line break belongs to the delimiter), so [HeaderStart, BodyEnd) is exactly
 // what can be replaced by another entity.
-type mimePart struct {
+type Part struct {
 	HeaderStart, HeaderEnd int64
 	BodyStart, BodyEnd     int64
 
-	Kind  partKind
+	Kind  Kind
 	Depth int // 0 for the message itself
 	Index int // position in document order; 0 for the message itself
 
-	Parent   *mimePart
-	Children []*mimePart
+	Parent   *Part
+	Children []*Part
 
 	// ContentType is the media type of the first Content-Type field,
 	// lower-cased, without parameters; the RFC 2045 default (text/plain, or
@@ -134,9 +145,9 @@ type mimePart struct {
 	Names []string
 	// Encoding is the lower-cased Content-Transfer-Encoding ("" if none).
 	Encoding string
-	// Boundary is the boundary parameter of a kindMultipart part.
+	// Boundary is the boundary parameter of a Multipart part.
 	Boundary string
-	// Unterminated is set on a kindMultipart part whose close delimiter never
+	// Unterminated is set on a Multipart part whose close delimiter never
 	// came (the message or an enclosing part ended first).
 	Unterminated bool
 	// LF is set when the part's lines end in a bare LF rather than CRLF
@@ -148,17 +159,17 @@ type mimePart struct {
 }
 
 // Range is [HeaderStart, BodyEnd): the whole part.
-func (p *mimePart) Range() (start, end int64) { return p.HeaderStart, p.BodyEnd }
+func (p *Part) Range() (start, end int64) { return p.HeaderStart, p.BodyEnd }
 
 // IsEntity reports whether the part is a message root (the message itself or
 // the body of a message/rfc822 part) rather than a body part of a multipart.
-func (p *mimePart) IsEntity() bool { return p.Parent == nil || p.Parent.Kind == kindMessage }
+func (p *Part) IsEntity() bool { return p.Parent == nil || p.Parent.Kind == Message }
 
 // Walk calls fn for p and every part below it in document order, without
 // recursion (so any depth is fine). When fn returns false for a part, its
 // children are skipped.
-func (p *mimePart) Walk(fn func(*mimePart) bool) {
-	stack := []*mimePart{p}
+func (p *Part) Walk(fn func(*Part) bool) {
+	stack := []*Part{p}
 	for len(stack) > 0 {
 		q := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
@@ -171,25 +182,43 @@ func (p *mimePart) Walk(fn func(*mimePart) bool) {
 	}
 }
 
-// parseMIME scans the message of size bytes in r and returns its part tree. It
+// Hooks let a caller see what Parse reads as it reads it, so that one pass
+// serves both. The byte slices they get are Parse's buffers: valid only
+// during the call, and not to be modified.
+type Hooks struct {
+	// Header, when set, sees the header section of each part once Parse has
+	// read it: its field lines with their line breaks, and the empty line
+	// that ends it when there is one (at most Limits.MaxHeaderBytes), before
+	// the part's fields are interpreted.
+	Header func(p *Part, raw []byte)
+	// Line, when set, sees each line of the body of each leaf part, without
+	// its line break (of a line longer than 64 KiB, its start only).
+	Line func(p *Part, line []byte)
+}
+
+// Parse scans the message of size bytes in r and returns its part tree. It
 // reads the message once, sequentially, keeping no more than one header
 // section (at most lim.MaxHeaderBytes) and a line buffer in memory, and takes
 // time linear in size and in the number of parts, whatever the nesting.
+// hooks may be nil.
 //
-// parseMIME never fails on malformed MIME: it accepts CRLF and bare LF lines,
+// Parse never fails on malformed MIME: it accepts CRLF and bare LF lines,
 // missing close delimiters, preambles and epilogues, 8-bit and non-UTF-8
 // bytes, and treats what it cannot interpret as a leaf. It fails only when
-// reading fails, or with a *limitError when a cap of lim is exceeded.
-func parseMIME(r io.ReaderAt, size int64, lim Limits) (*mimePart, error) {
+// reading fails, or with a *LimitError when a cap of lim is exceeded.
+func Parse(r io.Reader, size int64, lim Limits, hooks *Hooks) (*Part, error) {
 	br := lineBufs.Get().(*bufio.Reader)
-	br.Reset(io.NewSectionReader(r, 0, size))
+	br.Reset(io.LimitReader(r, size))
 	defer func() { br.Reset(nil); lineBufs.Put(br) }()
 	p := &parser{
-		lim:   lim.withDefaults(),
+		lim:   lim.WithDefaults(),
 		br:    br,
 		size:  size,
 		bmap:  make(map[string][]int),
 		first: true,
+	}
+	if hooks != nil {
+		p.hooks = *hooks
 	}
 	return p.run()
 }
@@ -202,7 +231,7 @@ const (
 )
 
 type frame struct {
-	p     *mimePart
+	p     *Part
 	state int
 	// hdr collects the header section while state is stHeader.
 	hdr      []byte
@@ -212,10 +241,11 @@ type frame struct {
 }
 
 type parser struct {
-	lim  Limits
-	br   *bufio.Reader
-	size int64
-	off  int64
+	lim   Limits
+	hooks Hooks
+	br    *bufio.Reader
+	size  int64
+	off   int64
 
 	stack   []*frame
 	bmap    map[string][]int // active boundary → stack indices, innermost last
@@ -237,8 +267,8 @@ type line struct {
 	brk    int // length of the line break: 0 (EOF), 1 (LF) or 2 (CRLF)
 }
 
-func (p *parser) run() (*mimePart, error) {
-	root := &mimePart{}
+func (p *parser) run() (*Part, error) {
+	root := &Part{}
 	p.nparts = 1
 	p.stack = append(p.stack, &frame{p: root, state: stHeader, hdr: p.getHdr()})
 	prevBrk := 0
@@ -270,6 +300,9 @@ func (p *parser) run() (*mimePart, error) {
 			continue
 		}
 		top := p.stack[len(p.stack)-1]
+		if top.state == stBody && top.p.Kind == Leaf && p.hooks.Line != nil {
+			p.hooks.Line(top.p, ln.head)
+		}
 		if top.state == stHeader {
 			if !ln.long && len(ln.head) == 0 {
 				top.p.HeaderEnd = ln.start
@@ -278,7 +311,7 @@ func (p *parser) run() (*mimePart, error) {
 					return nil, err
 				}
 			} else if top.overflow {
-				return nil, &limitError{Limit: "header", Max: p.lim.MaxHeaderBytes, Offset: ln.start}
+				return nil, &LimitError{Limit: "header", Max: p.lim.MaxHeaderBytes, Offset: ln.start}
 			}
 		}
 		prevBrk = ln.brk
@@ -470,12 +503,12 @@ func (p *parser) deactivate(i int) {
 func (p *parser) push(parent *frame, start int64, lf bool) error {
 	pp := parent.p
 	if pp.Depth+1 > p.lim.MaxDepth {
-		return &limitError{Limit: "depth", Max: p.lim.MaxDepth, Offset: start}
+		return &LimitError{Limit: "depth", Max: p.lim.MaxDepth, Offset: start}
 	}
 	if p.nparts+1 > p.lim.MaxParts {
-		return &limitError{Limit: "parts", Max: p.lim.MaxParts, Offset: start}
+		return &LimitError{Limit: "parts", Max: p.lim.MaxParts, Offset: start}
 	}
-	child := &mimePart{
+	child := &Part{
 		HeaderStart: start,
 		Depth:       pp.Depth + 1,
 		Index:       p.nparts,
@@ -510,6 +543,9 @@ func (p *parser) putHdr(b []byte) {
 // follows (the header ended with an empty line).
 func (p *parser) endHeader(f *frame, body bool) error {
 	part := f.p
+	if p.hooks.Header != nil {
+		p.hooks.Header(part, f.hdr)
+	}
 	var h header
 	parseHeader(f.hdr, &h)
 	p.putHdr(f.hdr)
@@ -517,18 +553,18 @@ func (p *parser) endHeader(f *frame, body bool) error {
 	applyHeader(part, &h)
 	f.state = stBody
 	if !body {
-		if part.Kind == kindMessage {
-			part.Kind = kindLeaf
+		if part.Kind == Message {
+			part.Kind = Leaf
 		}
 		return nil
 	}
 	switch part.Kind {
-	case kindMultipart:
+	case Multipart:
 		f.state = stPreamble
 		f.active = true
 		i := len(p.stack) - 1
 		p.bmap[part.Boundary] = append(p.bmap[part.Boundary], i)
-	case kindMessage:
+	case Message:
 		// The embedded message starts right here, with its own header.
 		if err := p.push(f, part.BodyStart, part.LF); err != nil {
 			return err
@@ -537,7 +573,7 @@ func (p *parser) endHeader(f *frame, body bool) error {
 	return nil
 }
 
-// header holds the fields of one header section that parseMIME interprets.
+// header holds the fields of one header section that Parse interprets.
 type header struct {
 	ct, cd, cte []string
 }
@@ -607,7 +643,7 @@ func asciiEqualFold(b []byte, s string) bool {
 }
 
 // applyHeader sets the content fields of part from h.
-func applyHeader(part *mimePart, h *header) {
+func applyHeader(part *Part, h *header) {
 	part.ContentTypeFields = len(h.ct)
 	part.DispositionFields = len(h.cd)
 	part.ContentType = ""
@@ -624,7 +660,7 @@ func applyHeader(part *mimePart, h *header) {
 	}
 	if part.ContentType == "" {
 		part.ContentType = "text/plain"
-		if pp := part.Parent; pp != nil && pp.Kind == kindMultipart && pp.ContentType == "multipart/digest" {
+		if pp := part.Parent; pp != nil && pp.Kind == Multipart && pp.ContentType == "multipart/digest" {
 			part.ContentType = "message/rfc822"
 		}
 	}
@@ -652,21 +688,21 @@ func applyHeader(part *mimePart, h *header) {
 			part.Names = append(part.Names, n)
 		}
 	}
-	part.Kind = kindLeaf
+	part.Kind = Leaf
 	switch {
 	case strings.HasPrefix(part.ContentType, "multipart/"):
 		if b := part.Params["boundary"]; b != "" {
-			part.Kind = kindMultipart
+			part.Kind = Multipart
 			part.Boundary = b
 		}
 	case part.ContentType == "message/rfc822" || part.ContentType == "message/global":
-		if identityEncoding(part.Encoding) {
-			part.Kind = kindMessage
+		if IdentityEncoding(part.Encoding) {
+			part.Kind = Message
 		}
 	}
 }
 
-func identityEncoding(e string) bool {
+func IdentityEncoding(e string) bool {
 	return e == "" || e == "7bit" || e == "8bit" || e == "binary"
 }
 
