@@ -187,9 +187,10 @@ func (p *Part) Walk(fn func(*Part) bool) {
 // during the call, and not to be modified.
 type Hooks struct {
 	// Header, when set, sees the header section of each part once Parse has
-	// read it: its field lines with their line breaks, and the empty line
-	// that ends it when there is one (at most Limits.MaxHeaderBytes), before
-	// the part's fields are interpreted.
+	// read and interpreted it (the part's type, parameters and encoding are
+	// set; its body and children are still to come): its field lines with
+	// their line breaks, and the empty line that ends it when there is one
+	// (at most Limits.MaxHeaderBytes).
 	Header func(p *Part, raw []byte)
 	// Line, when set, sees each line of the body of each leaf part, without
 	// its line break (of a line longer than 64 KiB, its start only).
@@ -543,14 +544,14 @@ func (p *parser) putHdr(b []byte) {
 // follows (the header ended with an empty line).
 func (p *parser) endHeader(f *frame, body bool) error {
 	part := f.p
+	var h header
+	parseHeader(f.hdr, &h)
+	applyHeader(part, &h)
 	if p.hooks.Header != nil {
 		p.hooks.Header(part, f.hdr)
 	}
-	var h header
-	parseHeader(f.hdr, &h)
 	p.putHdr(f.hdr)
 	f.hdr = nil
-	applyHeader(part, &h)
 	f.state = stBody
 	if !body {
 		if part.Kind == Message {

@@ -233,16 +233,16 @@ func TestHooks(t *testing.T) {
 	var headers []string
 	var lines []string
 	hooks := &Hooks{
-		Header: func(p *Part, raw []byte) { headers = append(headers, fmt.Sprintf("%d:%q", p.Index, raw)) },
+		Header: func(p *Part, raw []byte) { headers = append(headers, fmt.Sprintf("%d:%s:%q", p.Index, p.ContentType, raw)) },
 		Line:   func(p *Part, line []byte) { lines = append(lines, fmt.Sprintf("%d:%s", p.Index, line)) },
 	}
 	if _, err := Parse(strings.NewReader(msg), int64(len(msg)), Limits{}, hooks); err != nil {
 		t.Fatal(err)
 	}
 	wantH := []string{
-		`0:"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"`,
-		`1:"Content-Type: text/plain\r\n\r\n"`,
-		`2:"\r\n"`,
+		`0:multipart/mixed:"Subject: x\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"`,
+		`1:text/plain:"Content-Type: text/plain\r\n\r\n"`,
+		`2:text/plain:"\r\n"`,
 	}
 	if !slices.Equal(headers, wantH) {
 		t.Errorf("headers\n%q\nwant\n%q", headers, wantH)
