@@ -117,6 +117,13 @@ type Chain struct {
 	// message: the filters it names held the original and are skipped
 	// (their step is a Pass saying so); the others run as usual.
 	Released Recognizer
+	// Signed says, by filter name, what becomes of a change of that
+	// filter that would break a signature of the message (see Signed); a
+	// filter it does not name gets SignedChange.
+	Signed map[string]Signed
+	// Encrypted is what happens to a message with encrypted parts before
+	// the filters run (see Encrypted); its step is EncryptedStep.
+	Encrypted Encrypted
 }
 
 // Recognizer vouches for released copies (filters/quarantine/release).
@@ -197,6 +204,7 @@ type Result struct {
 
 	owned []Body // bodies the chain created and Release removes
 	errs  []error
+	sig   signatures
 }
 
 // Release removes every Body the chain created or took over (replacements,
@@ -266,7 +274,13 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 	cf := inputForm      // cur as pieces of in
 	lossy := false       // a Replace dropped bytes of the original
 	var skipped []string // filters that failed under PassWithTag
+	env = withInput(env, in)
 	passes, releasedID := c.released(ctx, env, in)
+	if c.Encrypted != EncryptedIgnore && !passes[EncryptedStep] {
+		if r := c.encrypted(ctx, env, in, res); r != nil {
+			return r
+		}
+	}
 	// dispose removes b when it is a body the chain does not otherwise
 	// know: not the input and not the current body.
 	dispose := func(b Body) {
@@ -302,6 +316,9 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 				err = errReplaceWithoutBody
 			case v.Action < Pass || v.Action > Retry:
 				err = fmt.Errorf("%w %d", errUnknownAction, int(v.Action))
+			case v.Action == Replace && !sameBody(v.Body, cur):
+				v, err = c.signed(ctx, env, name, v, cur, cf, &res.sig)
+				step.Action, step.Reason = v.Action, v.Reason
 			}
 			step.Err = err
 		}
@@ -356,12 +373,12 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 		}
 		res.Steps = append(res.Steps, step)
 	}
-	res.Body = cur
-	res.setForm(in, cf)
 	res.own(in, cur)
+	failed := ""
 	if len(skipped) > 0 {
-		c.warn(res, in, cur, cf, "not filtered: "+strings.Join(skipped, "; "))
+		failed = "not filtered: " + strings.Join(skipped, "; ")
 	}
+	c.deliver(res, in, cur, cf, failed)
 	return c.settle(ctx, env, in, res, lossy)
 }
 
@@ -454,7 +471,7 @@ func (c *Chain) fail(res *Result, name string, err error, in, cur Body, cf form)
 	switch c.OnError {
 	case PassWithTag:
 		res.Outcome = Deliver
-		c.warn(res, in, cur, cf, "not filtered: "+mailtext.HeaderText(name, 64)+": "+shortReason(err))
+		c.deliver(res, in, cur, cf, "not filtered: "+mailtext.HeaderText(name, 64)+": "+shortReason(err))
 	case RejectMessage:
 		res.Outcome, res.Body = Refuse, nil
 	default: // TempFail, and any unknown value: never call the message clean
@@ -463,13 +480,29 @@ func (c *Chain) fail(res *Result, name string, err error, in, cur Body, cf form)
 	return res
 }
 
-// warn makes the result deliver cur, of form cf, with the PassWithTag
-// warning header field (value text) on top.
-func (c *Chain) warn(res *Result, in, cur Body, cf form, text string) {
-	hp := HeaderPieces(cur, c.errorHeader()+": "+text)
+// deliver makes the result deliver cur, of form cf, with the header
+// fields the run has for it on top: the PassWithTag warning when failed is
+// not "" (FailedOpen), the run's notes (encrypted parts, changes left out
+// for a signature), and, when cur is a change of the input, the signatures
+// it broke.
+func (c *Chain) deliver(res *Result, in, cur Body, cf form, failed string) {
+	var lines []string
+	if failed != "" {
+		lines = append(lines, c.errorHeader()+": "+failed)
+	}
+	lines = append(lines, res.sig.notes...)
+	if len(res.sig.broken) > 0 && !sameBody(cur, in) {
+		lines = append(lines, SignatureHeader+": broken by the gateway ("+strings.Join(res.sig.broken, ", ")+")")
+	}
+	if len(lines) == 0 {
+		res.Body = cur
+		res.setForm(in, cf)
+		return
+	}
+	hp := HeaderPieces(cur, strings.Join(lines, "\n"))
 	w := SplicedBody(cur, hp)
 	res.owned = append(res.owned, w)
-	res.Body, res.FailedOpen = w, true
+	res.Body, res.FailedOpen = w, failed != ""
 	res.setForm(in, cf.then(hp, cur.Size()))
 }
 
@@ -595,6 +628,17 @@ func sameBody(a, b Body) (same bool) {
 		}
 	}()
 	return a == b
+}
+
+// withInput returns a copy of env for one run over in: its copies share
+// what the run reads of in once (Envelope.Signatures).
+func withInput(env *Envelope, in Body) *Envelope {
+	e := Envelope{}
+	if env != nil {
+		e = *env
+	}
+	e.input = &input{body: in}
+	return &e
 }
 
 // withSteps returns a copy of env that carries the steps so far: each

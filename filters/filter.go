@@ -100,6 +100,8 @@ type Envelope struct {
 	// Steps are what the filters before this one in the chain did (for a
 	// filter that reports verdicts, like tag); the chain fills it in.
 	Steps []Step
+
+	input *input // the chain run's input, for Signatures
 }
 
 // Filter inspects one message. An error means the filter could not decide;
