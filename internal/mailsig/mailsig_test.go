@@ -262,7 +262,7 @@ func TestHeaderIntactAgreesWithVerifier(t *testing.T) {
 		{"from", "to", "subject", "date"},
 		{"from", "to"},
 		{"from", "x-list"},
-		{"from", "x-list", "x-list"},               // oversigned once
+		{"from", "x-list", "x-list"},                // oversigned once
 		{"from", "subject", "reply-to", "reply-to"}, // oversigned: none there
 		{"from", "subject", "x-popgate-scanned"},
 	} {

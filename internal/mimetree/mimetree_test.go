@@ -233,8 +233,10 @@ func TestHooks(t *testing.T) {
 	var headers []string
 	var lines []string
 	hooks := &Hooks{
-		Header: func(p *Part, raw []byte) { headers = append(headers, fmt.Sprintf("%d:%s:%q", p.Index, p.ContentType, raw)) },
-		Line:   func(p *Part, line []byte) { lines = append(lines, fmt.Sprintf("%d:%s", p.Index, line)) },
+		Header: func(p *Part, raw []byte) {
+			headers = append(headers, fmt.Sprintf("%d:%s:%q", p.Index, p.ContentType, raw))
+		},
+		Line: func(p *Part, line []byte) { lines = append(lines, fmt.Sprintf("%d:%s", p.Index, line)) },
 	}
 	if _, err := Parse(strings.NewReader(msg), int64(len(msg)), Limits{}, hooks); err != nil {
 		t.Fatal(err)
