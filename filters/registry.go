@@ -38,6 +38,11 @@ type FilterKind[S any] struct {
 	// unless its block says otherwise (attribute release): "user" or
 	// "admin"; "" means "admin".
 	Release string
+	// HeaderOnly marks a kind whose filters read and change the header
+	// only (tag): an encrypted part is nothing they would have scanned, so
+	// a chain of such filters leaves the policy's encrypted setting aside.
+	// The zero value, a kind that reads content, is the safe one.
+	HeaderOnly bool
 }
 
 // ScannerKind is the pair of steps of a scanner type.
@@ -209,6 +214,19 @@ func RegisterFilter[S any](typ string, k FilterKind[S]) {
 	if k.Release != "" {
 		releaseDefaults.Store(typ, k.Release)
 	}
+	if k.HeaderOnly {
+		headerOnly.Store(typ, true)
+	}
+}
+
+// headerOnly holds the filter types whose FilterKind.HeaderOnly is set.
+var headerOnly sync.Map
+
+// FilterHeaderOnly reports whether filters of type typ read and change
+// the header only (FilterKind.HeaderOnly).
+func FilterHeaderOnly(typ string) bool {
+	_, ok := headerOnly.Load(typ)
+	return ok
 }
 
 // releaseDefaults maps a filter type to its FilterKind.Release.

@@ -43,6 +43,11 @@ type Policy struct {
 	// are not trusted any more, or (Off) that the policy scans every
 	// download.
 	Rescan Rescan
+	// Encrypted is what happens to a message with encrypted parts, which
+	// no filter can read (attribute encrypted: "pass-with-tag", the
+	// default, "tempfail" or "reject"); filters.EncryptedIgnore when every
+	// filter of the chain reads headers only.
+	Encrypted filters.Encrypted
 	// Match says who the policy applies to; nil for the default policy
 	// (see Config.Select).
 	Match *Match
@@ -79,6 +84,7 @@ type policySchema struct {
 	MaxSize   *hcl.Attribute `hcl:"max_size,optional"`
 	Rejected  *hcl.Attribute `hcl:"rejected,optional"`
 	Rescan    *hcl.Attribute `hcl:"rescan,optional"`
+	Encrypted *hcl.Attribute `hcl:"encrypted,optional"`
 
 	Match []*matchSchema `hcl:"match,block"` // at most one
 }
@@ -122,6 +128,7 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 
 	cfg.Filters = map[string]*filters.FilterSpec{}
 	cfg.Release = map[string]release.Permission{}
+	cfg.Signed = map[string]filters.Signed{}
 	filterRanges := map[string]hcl.Range{}
 	for _, b := range root.Filters {
 		d.checkName("filter", b.Name, b.NameRange)
@@ -131,6 +138,7 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 		}
 		filterRanges[b.Name] = b.NameRange
 		perm, body := d.filterRelease(b.Type, b.Body)
+		signed, body := d.filterSigned(body)
 		spec, diags, ok := filters.DecodeFilter(b.Type, b.Name, b.DefRange, body, dc)
 		if !ok {
 			d.errorf(b.TypeRange, "Unknown filter type", "There is no filter type %q; known types: %q.", b.Type, filters.FilterTypes())
@@ -140,6 +148,7 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 		if spec != nil {
 			cfg.Filters[b.Name] = spec
 			cfg.Release[b.Name] = perm
+			cfg.Signed[b.Name] = signed
 		}
 	}
 
@@ -229,6 +238,7 @@ func (d *decoder) policy(s *policySchema, built map[string]*filters.FilterSpec, 
 	p.MaxSize = d.size(s.MaxSize, 0)
 	p.NoticeOnReject = d.enum(s.Rejected, "notice", "notice", "error") == "notice"
 	p.Rescan = d.rescan(s.Rescan)
+	p.Encrypted = d.encrypted(s, p)
 	return p
 }
 

@@ -90,6 +90,10 @@ type Config struct {
 	// Release says, by filter name, who may release what the filter held
 	// (attribute release of each filter block, or its type's default).
 	Release map[string]release.Permission
+	// Signed says, by filter name, what becomes of a change of the filter
+	// that would break a signature of the message (attribute signed of
+	// each filter block: "change", the default, "withhold" or "keep").
+	Signed map[string]filters.Signed
 
 	// Files maps each file name used in diagnostics to its parsed file, for
 	// WriteDiagnostics. It is set even when loading fails.

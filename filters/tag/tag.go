@@ -106,7 +106,7 @@ type Filter struct {
 var _ filters.Filter = (*Filter)(nil)
 
 func init() {
-	filters.RegisterFilter("tag", filters.FilterKind[Config]{Decode: decode, Build: build})
+	filters.RegisterFilter("tag", filters.FilterKind[Config]{Decode: decode, Build: build, HeaderOnly: true})
 }
 
 // build is the tag kind's build step.

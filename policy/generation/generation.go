@@ -139,8 +139,10 @@ func Build(cfg *policy.Config, o Options) (_ *Generation, err error) {
 
 	built := map[*filters.FilterSpec]filters.Filter{}
 	for _, p := range cfg.Policies {
-		chain := &filters.Chain{OnError: p.OnError, Spool: g.spool, MaxSize: p.MaxSize}
+		chain := &filters.Chain{OnError: p.OnError, Spool: g.spool, MaxSize: p.MaxSize,
+			Signed: map[string]filters.Signed{}, Encrypted: p.Encrypted}
 		for _, spec := range p.Filters {
+			chain.Signed[spec.Name] = cfg.Signed[spec.Name]
 			f := built[spec]
 			if f == nil {
 				if f, err = spec.Build(bc); err != nil {

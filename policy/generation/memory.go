@@ -104,16 +104,16 @@ func (g *Generation) policyMemory(p *policy.Policy, store memory.Store) *proxy.M
 }
 
 // fingerprint identifies what a policy's chain does to a message: the
-// filters' kinds, names and decoded settings, and what becomes of a
-// refused message. A record made under another fingerprint is not used.
+// filters' kinds, names, decoded settings and signed settings, what
+// becomes of an encrypted or a refused message. A record made under another fingerprint is not used.
 func fingerprint(cfg *policy.Config, p *policy.Policy) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "popgate memory v1\x00%s\x00%v\x00%d\x00%v\x00", p.Name, p.OnError, p.MaxSize, p.NoticeOnReject)
+	fmt.Fprintf(h, "popgate memory v1\x00%s\x00%v\x00%d\x00%v\x00%v\x00", p.Name, p.OnError, p.MaxSize, p.NoticeOnReject, p.Encrypted)
 	if cfg.Quarantine != nil {
 		fmt.Fprintf(h, "%s\x00", cfg.Quarantine.NoticeFrom)
 	}
 	for _, f := range p.Filters {
-		fmt.Fprintf(h, "%s\x00%s\x00%#v\x00", f.Type, f.Name, f.Settings())
+		fmt.Fprintf(h, "%s\x00%s\x00%#v\x00%v\x00", f.Type, f.Name, f.Settings(), cfg.Signed[f.Name])
 	}
 	return hex.EncodeToString(h.Sum(nil)[:8])
 }
