@@ -137,6 +137,11 @@ func (d *decoder) filtersAndPolicies(root *rootSchema, cfg *Config) {
 			continue
 		}
 		filterRanges[b.Name] = b.NameRange
+		if b.Name == filters.EncryptedStep {
+			// A released copy passes the steps that held its original by
+			// name: a filter of that name would pass with the chain's own.
+			d.errorf(b.NameRange, "Reserved filter name", "%q names the chain's own step for encrypted messages; choose another name.", b.Name)
+		}
 		perm, body := d.filterRelease(b.Type, b.Body)
 		signed, body := d.filterSigned(body)
 		spec, diags, ok := filters.DecodeFilter(b.Type, b.Name, b.DefRange, body, dc)

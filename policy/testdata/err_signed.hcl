@@ -18,6 +18,10 @@ filter "tag" "stamp" {
   signed  = 1
 }
 
+filter "tag" "encrypted" {
+  headers = { "X-Encrypted" = "maybe" }
+}
+
 policy "default" {
   chain     = ["attachments"]
   encrypted = "pass"
