@@ -521,13 +521,23 @@ func (d *detector) line(p *mimetree.Part, ln []byte) {
 		return
 	}
 	a.carry = append(a.carry[:0], a.carry[n:]...)
-	for _, c := range a.dec[:m] {
-		if c == '\n' {
-			a.check(a.line)
-			a.line = a.line[:0]
-		} else if len(a.line) < len(armourSigned) {
-			a.line = append(a.line, c)
+	for dec := a.dec[:m]; len(dec) > 0; {
+		i := bytes.IndexByte(dec, '\n')
+		if i < 0 {
+			a.keep(dec)
+			return
 		}
+		a.keep(dec[:i])
+		a.check(a.line)
+		a.line, dec = a.line[:0], dec[i+1:]
+	}
+}
+
+// keep adds decoded bytes of the current line to its start, as far as an
+// armour line needs.
+func (a *armour) keep(b []byte) {
+	if room := len(armourSigned) - len(a.line); room > 0 {
+		a.line = append(a.line, b[:min(room, len(b))]...)
 	}
 }
 
