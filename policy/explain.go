@@ -36,15 +36,18 @@ type Explanation struct {
 
 // PolicyExplanation describes the chosen
 type PolicyExplanation struct {
-	Name       string              `json:"name"`
-	At         string              `json:"at"`
-	Match      map[string][]string `json:"match"`
-	Chain      []ChainEntry        `json:"chain"`
-	OnError    string              `json:"on_error"`
-	TOP        string              `json:"top"`
-	KeepAlive  string              `json:"keepalive"`
-	Rejected   string              `json:"rejected"`
-	Quarantine bool                `json:"quarantine"`
+	Name      string              `json:"name"`
+	At        string              `json:"at"`
+	Match     map[string][]string `json:"match"`
+	Chain     []ChainEntry        `json:"chain"`
+	OnError   string              `json:"on_error"`
+	TOP       string              `json:"top"`
+	KeepAlive string              `json:"keepalive"`
+	Rejected  string              `json:"rejected"`
+	// Encrypted is the policy's encrypted setting, "ignore" when no filter
+	// of the chain reads content.
+	Encrypted  string `json:"encrypted"`
+	Quarantine bool   `json:"quarantine"`
 }
 
 // ChainEntry is one filter of a chain.
@@ -53,6 +56,8 @@ type ChainEntry struct {
 	Type string `json:"type"`
 	// Scanners are the scanner blocks the filter uses.
 	Scanners []ScannerEntry `json:"scanners"`
+	// Signed is the filter's signed setting.
+	Signed string `json:"signed"`
 }
 
 // ScannerEntry names a scanner block and its type.
@@ -135,10 +140,11 @@ func explainPolicy(cfg *Config, p *Policy) *PolicyExplanation {
 		TOP:        "pass",
 		KeepAlive:  "off",
 		Rejected:   "error",
+		Encrypted:  p.Encrypted.String(),
 		Quarantine: cfg.Quarantine != nil,
 	}
 	for _, f := range p.Filters {
-		e := ChainEntry{Name: f.Name, Type: f.Type, Scanners: []ScannerEntry{}}
+		e := ChainEntry{Name: f.Name, Type: f.Type, Scanners: []ScannerEntry{}, Signed: cfg.Signed[f.Name].String()}
 		for _, name := range f.Uses {
 			for _, s := range cfg.Scanners {
 				if s.Name == name {

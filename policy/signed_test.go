@@ -29,4 +29,12 @@ func checkSignedSettings(t *testing.T, cfg *Config) {
 	if enc["default"] != filters.EncryptedPassWithTag || enc["strict"] != filters.EncryptedReject || enc["headers"] != filters.EncryptedIgnore {
 		t.Errorf("encrypted: %v", enc)
 	}
+	ex, err := cfg.Explain(Who{User: "ann@lab.example.com"}, "")
+	if err != nil || ex.Policy.Encrypted != "ignore" || len(ex.Policy.Chain) != 1 || ex.Policy.Chain[0].Signed != "change" {
+		t.Errorf("explain: %+v %v", ex.Policy, err)
+	}
+	ex, err = cfg.Explain(Who{User: "ann@example.com"}, "")
+	if err != nil || ex.Policy.Encrypted != "pass-with-tag" || ex.Policy.Chain[0].Signed != "withhold" || ex.Policy.Chain[1].Signed != "keep" {
+		t.Errorf("explain: %+v %v", ex.Policy, err)
+	}
 }

@@ -135,6 +135,14 @@ func writeExplanation(w io.Writer, ex *policy.Explanation) {
 	fmt.Fprintf(w, "top:        %s\n", p.TOP)
 	fmt.Fprintf(w, "keepalive:  %s\n", p.KeepAlive)
 	fmt.Fprintf(w, "rejected:   %s\n", p.Rejected)
+	if len(p.Chain) > 0 {
+		var signed []string
+		for _, c := range p.Chain {
+			signed = append(signed, c.Name+"="+c.Signed)
+		}
+		fmt.Fprintf(w, "signed:     %s\n", strings.Join(signed, ", "))
+		fmt.Fprintf(w, "encrypted:  %s\n", p.Encrypted)
+	}
 	q := "none (a refused message gets -ERR [SYS/PERM]; a change that needs the original kept is deferred)"
 	if ex.Quarantine != "" {
 		q = ex.Quarantine
