@@ -165,6 +165,9 @@ type Step struct {
 	// an invalid verdict, or the context's error.
 	Err      error
 	Duration time.Duration
+	// Scan is the scanner's result the filter reported with its verdict
+	// (Verdict.Scan), nil when it reported none.
+	Scan *ScanResult
 }
 
 // Result is the outcome of Chain.Run. The caller must call Release once the
@@ -309,7 +312,7 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 		}
 		start := time.Now()
 		v, err := callFilter(ctx, f, name, withSteps(env, res.Steps), in, cur)
-		step := Step{Filter: name, Action: v.Action, Reason: v.Reason, Err: err, Duration: time.Since(start)}
+		step := Step{Filter: name, Action: v.Action, Reason: v.Reason, Err: err, Duration: time.Since(start), Scan: v.Scan}
 		if err == nil {
 			switch {
 			case v.Action == Replace && v.Body == nil:

@@ -718,6 +718,27 @@ func TestChainRecordsTiming(t *testing.T) {
 	}
 }
 
+// A filter's scanner result reaches its step, whatever the verdict, and
+// only its own step.
+func TestChainStepsCarryScans(t *testing.T) {
+	spam := &ScanResult{Backend: "b", Spam: &SpamReport{Score: 9, Action: "add header"}}
+	for _, action := range []Action{Pass, Reject} {
+		c := &Chain{Filters: []Filter{
+			&funcFilter{name: "plain", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
+				return Verdict{}, nil
+			}},
+			&funcFilter{name: "scanned", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
+				return Verdict{Action: action, Scan: spam}, nil
+			}},
+		}}
+		res := c.Run(context.Background(), nil, BytesBody([]byte("m")))
+		if len(res.Steps) != 2 || res.Steps[0].Scan != nil || res.Steps[1].Scan != spam {
+			t.Errorf("%v: steps %+v, want the scan on the second only", action, res.Steps)
+		}
+		res.Release()
+	}
+}
+
 // TestChainReplacementsAndSteps: each filter sees on its envelope the steps
 // of the filters before it (and the caller's envelope stays as it was), and
 // the chain removes the replacement files the filters write to their spool.

@@ -85,6 +85,11 @@ type Verdict struct {
 	// out of order, or a size other than Body's) count as none. Body is
 	// still a body of its own: Edits describe it, they do not replace it.
 	Edits []Piece
+	// Scan, optional, is the scanner's result the filter decided with (a
+	// spam score and its symbols, a virus name), for `popgate scan` and
+	// whoever reads Result.Steps; the chain copies it into the Step. It
+	// never changes what the chain does.
+	Scan *ScanResult
 }
 
 // Envelope describes where a message comes from and who downloads it.
