@@ -1,7 +1,10 @@
 package filters
 
 import (
+	"cmp"
 	"context"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -60,6 +63,19 @@ type SpamReport struct {
 	// Skipped: the scanner did not examine the message (its own limits or
 	// settings); a filter treats it as no verdict.
 	Skipped bool
+}
+
+// StrongestSymbols returns a copy of the symbols, the highest score first
+// (by name among equal scores), the order in which people read them.
+func (r *SpamReport) StrongestSymbols() []SpamSymbol {
+	syms := slices.Clone(r.Symbols)
+	slices.SortStableFunc(syms, func(a, b SpamSymbol) int {
+		if c := cmp.Compare(b.Score, a.Score); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return syms
 }
 
 // SpamSymbol is one matched rule of a SpamReport.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -66,7 +67,10 @@ Exit status: 0 every message would be delivered (unchanged or changed);
   reason                why it was refused, deferred or delivered unfiltered
   quarantine_id         the original's id in quarantine ("" if not stored)
   quarantine_dry_run    true when the id is from the throwaway store
-  steps                 [{filter, type, action, reason, error, duration_ms}]
+  steps                 [{filter, type, action, reason, error, duration_ms, spam}]
+                        spam, for a spam filter's step: {score, required,
+                        action, symbols: [{name, score, options}]} (the
+                        scanner's report; required and action are rspamd's)
   delivered_size        bytes the client would get (0 when withheld)
   output                the file -o wrote ("" if none)
   duration_ms           total time of the chain run
@@ -99,12 +103,40 @@ type ScanResult struct {
 
 // ScanStep is one filter's verdict.
 type ScanStep struct {
-	Filter     string  `json:"filter"`
-	Type       string  `json:"type"`
-	Action     string  `json:"action"`
-	Reason     string  `json:"reason"`
-	Error      string  `json:"error"`
-	DurationMS float64 `json:"duration_ms"`
+	Filter     string    `json:"filter"`
+	Type       string    `json:"type"`
+	Action     string    `json:"action"`
+	Reason     string    `json:"reason"`
+	Error      string    `json:"error"`
+	DurationMS float64   `json:"duration_ms"`
+	Spam       *ScanSpam `json:"spam,omitempty"`
+}
+
+// ScanSpam is the spam scanner's report a filter decided with.
+type ScanSpam struct {
+	Score    float64          `json:"score"`
+	Required float64          `json:"required"`
+	Action   string           `json:"action"`
+	Symbols  []ScanSpamSymbol `json:"symbols"`
+}
+
+// ScanSpamSymbol is one rule that matched, the strongest first.
+type ScanSpamSymbol struct {
+	Name    string   `json:"name"`
+	Score   float64  `json:"score"`
+	Options []string `json:"options,omitempty"`
+}
+
+// scanSpam is the report of a step, nil when it has none.
+func scanSpam(sr *filters.ScanResult) *ScanSpam {
+	if sr == nil || sr.Spam == nil {
+		return nil
+	}
+	sp := &ScanSpam{Score: sr.Spam.Score, Required: sr.Spam.Required, Action: sr.Spam.Action, Symbols: []ScanSpamSymbol{}}
+	for _, sym := range sr.Spam.StrongestSymbols() {
+		sp.Symbols = append(sp.Symbols, ScanSpamSymbol{Name: sym.Name, Score: sym.Score, Options: sym.Options})
+	}
+	return sp
 }
 
 func cmdScan(args []string, stdout, stderr io.Writer) int {
@@ -288,7 +320,7 @@ func scanOne(ctx context.Context, chain *filters.Chain, spool *filters.Spool, en
 	r.Notice = res.Withheld
 	r.FailedOpen = res.FailedOpen
 	for _, s := range res.Steps {
-		st := ScanStep{Filter: s.Filter, Type: types[s.Filter], Action: s.Action.String(), Reason: s.Reason, DurationMS: ms(s.Duration)}
+		st := ScanStep{Filter: s.Filter, Type: types[s.Filter], Action: s.Action.String(), Reason: s.Reason, DurationMS: ms(s.Duration), Spam: scanSpam(s.Scan)}
 		if s.Filter == "quarantine" && st.Type == "" {
 			st.Action = "store"
 		}
@@ -395,6 +427,9 @@ func writeScanText(w io.Writer, r *ScanResult) {
 			detail = "would be quarantined (dry run; id " + s.Reason + " in a throwaway store)"
 		}
 		fmt.Fprintf(w, "  step       %-24s %-8s %9.3fms  %s\n", name, s.Action, s.DurationMS, oneLine(detail))
+		if s.Spam != nil {
+			writeScanSpam(w, s.Spam)
+		}
 	}
 	outcome := r.Outcome
 	switch r.Verdict {
@@ -429,6 +464,31 @@ func writeScanText(w io.Writer, r *ScanResult) {
 		fmt.Fprintf(w, "  ERROR      %s\n", r.Error)
 	}
 	fmt.Fprintf(w, "  total      %.3fms\n\n", r.DurationMS)
+}
+
+// writeScanSpam writes a spam report under its step: the score, the
+// scanner's own threshold and action, and the symbols, strongest first,
+// wrapped.
+func writeScanSpam(w io.Writer, sp *ScanSpam) {
+	const indent = "               "
+	fmt.Fprintf(w, "%sspam       score %.2f, required %.2f, action %s\n", indent, sp.Score, sp.Required, strconv.Quote(mailtext.Visible(sp.Action, 64)))
+	if len(sp.Symbols) == 0 {
+		fmt.Fprintf(w, "%ssymbols    none\n", indent)
+		return
+	}
+	line := indent + "symbols   "
+	for i, sym := range sp.Symbols {
+		item := fmt.Sprintf(" %s(%.2f)", mailtext.Visible(sym.Name, 128), sym.Score)
+		if i < len(sp.Symbols)-1 {
+			item += ","
+		}
+		if len(line)+len(item) > 100 && strings.TrimSpace(line) != "symbols" {
+			fmt.Fprintln(w, line)
+			line = indent + "          "
+		}
+		line += item
+	}
+	fmt.Fprintln(w, line)
 }
 
 // oneLine is reason or detail text for the terminal: white space runs

@@ -404,7 +404,7 @@ func (f *Filter) fields(rep *filters.SpamReport, level Level, eol string) []byte
 		b.WriteString(mailtext.Field(FlagHeader, "YES", eol))
 	}
 	if f.fs.SymbolsHeader {
-		b.WriteString(mailtext.Field(SymbolsHeader, symbolsValue(rep.Symbols), eol))
+		b.WriteString(mailtext.Field(SymbolsHeader, symbolsValue(rep), eol))
 	}
 	if f.fs.ScannerHeaders {
 		written, n := 0, 0
@@ -446,20 +446,10 @@ func scannerValue(raw string) string {
 
 // symbolsValue is X-Spam-Symbols' value: "NAME(score), …", the strongest
 // first, at most maxSymbolsValue bytes ("..." ends a cut list).
-func symbolsValue(syms []filters.SpamSymbol) string {
-	sorted := slices.Clone(syms)
-	slices.SortStableFunc(sorted, func(a, b filters.SpamSymbol) int {
-		switch {
-		case a.Score > b.Score:
-			return -1
-		case a.Score < b.Score:
-			return 1
-		}
-		return strings.Compare(a.Name, b.Name)
-	})
+func symbolsValue(rep *filters.SpamReport) string {
 	const more = ", ..."
 	var b strings.Builder
-	for _, s := range sorted {
+	for _, s := range rep.StrongestSymbols() {
 		item := symbolName(s.Name) + "(" + formatScore(s.Score) + ")"
 		sep := ", "
 		if b.Len() == 0 {

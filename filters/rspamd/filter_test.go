@@ -422,18 +422,18 @@ func TestSymbolsHeader(t *testing.T) {
 		t.Errorf("no %q in\n%s", want, out)
 	}
 
-	if got := symbolsValue(nil); got != "none" {
+	if got := symbolsValue(&filters.SpamReport{}); got != "none" {
 		t.Errorf("no symbols: %q", got)
 	}
 	var many []filters.SpamSymbol
 	for i := range 200 {
 		many = append(many, filters.SpamSymbol{Name: fmt.Sprintf("SYMBOL_%03d", i), Score: float64(i)})
 	}
-	v := symbolsValue(many)
+	v := symbolsValue(&filters.SpamReport{Symbols: many})
 	if len(v) > maxSymbolsValue || !strings.HasPrefix(v, "SYMBOL_199(199.00), SYMBOL_198(198.00)") || !strings.HasSuffix(v, ", ...") {
 		t.Errorf("200 symbols: %d bytes: %q", len(v), v)
 	}
-	if v := symbolsValue([]filters.SpamSymbol{{Name: strings.Repeat("X", 5000), Score: 1}}); len(v) > maxSymbolsValue {
+	if v := symbolsValue(&filters.SpamReport{Symbols: []filters.SpamSymbol{{Name: strings.Repeat("X", 5000), Score: 1}}}); len(v) > maxSymbolsValue {
 		t.Errorf("a long name: %d bytes", len(v))
 	}
 	for in, want := range map[string]string{
