@@ -245,12 +245,25 @@ func (fs FilterSettings) reaches(l Level) bool {
 	return false
 }
 
+// envelopeScanner is a scanner that can be told about the session the
+// message is delivered in (rspamd: the login is the mailbox, the key of its
+// per-user settings and Bayes).
+type envelopeScanner interface {
+	ScanEnvelope(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.ScanResult, error)
+}
+
 // Name is the filter's block name.
 func (f *Filter) Name() string { return f.name }
 
 // Filter asks the scanner about body and acts on its report.
 func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, error) {
-	res, err := f.scanner.Scan(ctx, body)
+	var res filters.ScanResult
+	var err error
+	if es, ok := f.scanner.(envelopeScanner); ok {
+		res, err = es.ScanEnvelope(ctx, env, body)
+	} else {
+		res, err = f.scanner.Scan(ctx, body)
+	}
 	if err != nil {
 		return filters.Verdict{}, fmt.Errorf("scanner %s: %w", f.fs.Scanner, err)
 	}

@@ -560,6 +560,30 @@ func checkHeaderBlock(t testing.TB, top, eol string) {
 	}
 }
 
+// envScanner is a reportScanner that is told about the session.
+type envScanner struct {
+	reportScanner
+	got *filters.Envelope
+}
+
+func (s *envScanner) ScanEnvelope(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.ScanResult, error) {
+	s.got = env
+	return s.Scan(ctx, body)
+}
+
+// A scanner that can be told who downloads the message is told.
+func TestScannerGetsTheEnvelope(t *testing.T) {
+	s := &envScanner{reportScanner: reportScanner{rep: &filters.SpamReport{Score: 1}}}
+	f := newFilter(t, withSettings(func(*FilterSettings) {}), s)
+	env := &filters.Envelope{User: "alice", SessionID: "s1"}
+	if _, err := f.Filter(context.Background(), env, filters.BytesBody([]byte(ham))); err != nil {
+		t.Fatal(err)
+	}
+	if s.got != env {
+		t.Errorf("the scanner was told %+v", s.got)
+	}
+}
+
 func TestFilterCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
