@@ -60,7 +60,7 @@ func withSettings(f func(*FilterSettings)) FilterSettings {
 
 var defaultThresholds = []Threshold{{LevelTag, 5}, {LevelSubject, 8}, {LevelQuarantine, 15}}
 
-const ham = "Received: from mx.example.com\r\nFrom: a@example.com\r\nTo: b@example.com\r\nSubject: Hello there\r\n\r\nHi.\r\n"
+const hamText = "Received: from mx.example.com\r\nFrom: a@example.com\r\nTo: b@example.com\r\nSubject: Hello there\r\n\r\nHi.\r\n"
 
 func newFilter(t *testing.T, fs FilterSettings, s filters.Scanner) *Filter {
 	t.Helper()
@@ -150,7 +150,7 @@ func TestThresholds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.score), func(t *testing.T) {
-			v, out, err := run(t, f(tt.score), ham)
+			v, out, err := run(t, f(tt.score), hamText)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -166,9 +166,9 @@ func TestThresholds(t *testing.T) {
 			if !v.KeepsOriginal {
 				t.Error("an addition (and a kept subject) is not lossless")
 			}
-			msg := ham
+			msg := hamText
 			if tt.score >= 8 {
-				msg = strings.Replace(ham, "Subject: Hello there", "Subject: [SPAM] Hello there", 1)
+				msg = strings.Replace(hamText, "Subject: Hello there", "Subject: [SPAM] Hello there", 1)
 			}
 			if got := added(t, out, msg); got != tt.top {
 				t.Errorf("added\n%s\nwant\n%s", got, tt.top)
@@ -207,7 +207,7 @@ func TestScannerActions(t *testing.T) {
 				}
 			}
 			f := newFilter(t, fs, scores(&filters.SpamReport{Score: 3, Required: 15, Action: tt.action}))
-			v, out, err := run(t, f, ham)
+			v, out, err := run(t, f, hamText)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -260,7 +260,7 @@ func TestNoVerdictIsAnError(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFilter(t, tt.fs, tt.scanner)
 			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-			v, err := f.Filter(ctx, &filters.Envelope{}, filters.BytesBody([]byte(ham)))
+			v, err := f.Filter(ctx, &filters.Envelope{}, filters.BytesBody([]byte(hamText)))
 			cancel()
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("verdict %v %q, error %v; want an error saying %q", v.Action, v.Reason, err, tt.want)
@@ -274,7 +274,7 @@ func TestNoVerdictIsAnError(t *testing.T) {
 				outcome filters.Outcome
 			}{{filters.TempFail, filters.Defer}, {filters.RejectMessage, filters.Refuse}, {filters.PassWithTag, filters.Deliver}} {
 				ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-				res := (&filters.Chain{Filters: []filters.Filter{f}, OnError: c.onError}).Run(ctx, &filters.Envelope{}, filters.BytesBody([]byte(ham)))
+				res := (&filters.Chain{Filters: []filters.Filter{f}, OnError: c.onError}).Run(ctx, &filters.Envelope{}, filters.BytesBody([]byte(hamText)))
 				cancel()
 				if res.Outcome != c.outcome {
 					t.Errorf("on_error %v: outcome %v, want %v", c.onError, res.Outcome, c.outcome)
@@ -414,7 +414,7 @@ func TestSymbolsHeader(t *testing.T) {
 		{Name: "B_RULE", Score: 2.5}, {Name: "A_RULE", Score: 1}, {Name: "NEG", Score: -0.5}, {Name: "ZERO"}, {Name: "A2", Score: 1},
 	}}
 	f := newFilter(t, withSettings(func(fs *FilterSettings) { fs.SymbolsHeader = true }), scores(rep))
-	_, out, err := run(t, f, ham)
+	_, out, err := run(t, f, hamText)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,11 +474,11 @@ func TestScannerHeadersInjection(t *testing.T) {
 		{Name: "X-Long", Value: strings.Repeat("word ", 1000)},
 	}}
 	f := newFilter(t, withSettings(func(*FilterSettings) {}), scores(rep))
-	_, out, err := run(t, f, ham)
+	_, out, err := run(t, f, hamText)
 	if err != nil {
 		t.Fatal(err)
 	}
-	top := added(t, out, ham)
+	top := added(t, out, hamText)
 	checkHeaderBlock(t, top, "\r\n")
 	var names []string
 	for _, line := range strings.SplitAfter(top, "\r\n") {
@@ -518,11 +518,11 @@ func TestScannerHeadersInjection(t *testing.T) {
 	for i := range 100 {
 		lots = append(lots, filters.HeaderField{Name: fmt.Sprintf("X-F%d", i), Value: strings.Repeat("v ", 900)})
 	}
-	_, out, err = run(t, newFilter(t, withSettings(func(*FilterSettings) {}), scores(&filters.SpamReport{AddHeaders: lots})), ham)
+	_, out, err = run(t, newFilter(t, withSettings(func(*FilterSettings) {}), scores(&filters.SpamReport{AddHeaders: lots})), hamText)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if top := added(t, out, ham); len(top) > maxScannerBytes+200 || strings.Count(top, "X-F") > maxScannerFields {
+	if top := added(t, out, hamText); len(top) > maxScannerBytes+200 || strings.Count(top, "X-F") > maxScannerFields {
 		t.Errorf("%d bytes, %d fields added", len(top), strings.Count(top, "X-F"))
 	}
 }
@@ -576,7 +576,7 @@ func TestScannerGetsTheEnvelope(t *testing.T) {
 	s := &envScanner{reportScanner: reportScanner{rep: &filters.SpamReport{Score: 1}}}
 	f := newFilter(t, withSettings(func(*FilterSettings) {}), s)
 	env := &filters.Envelope{User: "alice", SessionID: "s1"}
-	if _, err := f.Filter(context.Background(), env, filters.BytesBody([]byte(ham))); err != nil {
+	if _, err := f.Filter(context.Background(), env, filters.BytesBody([]byte(hamText))); err != nil {
 		t.Fatal(err)
 	}
 	if s.got != env {
@@ -588,7 +588,7 @@ func TestFilterCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	f := newFilter(t, withSettings(func(*FilterSettings) {}), scores(&filters.SpamReport{Score: 1}))
-	if v, err := f.Filter(ctx, &filters.Envelope{}, filters.BytesBody([]byte(ham))); err == nil {
+	if v, err := f.Filter(ctx, &filters.Envelope{}, filters.BytesBody([]byte(hamText))); err == nil {
 		t.Errorf("a canceled filter returned %v", v.Action)
 	}
 }
@@ -621,7 +621,7 @@ func TestNewFilterChecks(t *testing.T) {
 // filter does not panic, the fields it adds are well-formed header
 // fields, and its Edits state its Body.
 func FuzzReport(f *testing.F) {
-	f.Add(7.3, 15.0, "add header", "SYM", 2.5, "X-Spam", "Yes", "X-Spam", true, true, []byte(ham))
+	f.Add(7.3, 15.0, "add header", "SYM", 2.5, "X-Spam", "Yes", "X-Spam", true, true, []byte(hamText))
 	f.Add(9.0, 15.0, "rewrite subject", "A(1), B", -1.0, "Authentication-Results", "a;\r\n\tb", "From", false, true, []byte("Subject: x\nX-Spam-Flag: NO\n\nbody"))
 	f.Add(1e300, -1e300, "REJECT", "\x00", 0.0, "X:Y", "=?utf-8?b?DQo=?=", "x-spam-status", true, false, []byte("\r\n\r\n"))
 	f.Add(-0.0, 0.0, "no action", "\u202e", 1e10, "x", "\xff\xfe", "", false, false, []byte(" folded\r\nX-Spam-Score: 1\r\n"))
