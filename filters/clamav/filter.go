@@ -9,47 +9,20 @@ import (
 	"github.com/popgate/popgate/filters"
 )
 
-// Oversize is what the filter does with a message larger than the scanner's
-// max_size, which is never scanned (not even partly) and never called clean.
-type Oversize int
+// Oversize is filters.Oversize under the names clamav's settings and
+// callers have always used.
+type Oversize = filters.Oversize
 
+// The oversize actions (filters.Oversize).
 const (
-	// OversizeTempFail withholds the message for now (filters.Retry,
-	// -ERR [SYS/TEMP]): the client keeps it on the server. The default.
-	OversizeTempFail Oversize = iota
-	// OversizePassWithTag delivers it with an X-Popgate-Warning header.
-	OversizePassWithTag
-	// OversizeReject withholds it for good (filters.Reject).
-	OversizeReject
-	// OversizeQuarantine is OversizeReject: the chain quarantines every
-	// rejected original. It is a spelling of its own for the admin's sake.
-	OversizeQuarantine
+	OversizeTempFail    = filters.OversizeTempFail
+	OversizePassWithTag = filters.OversizePassWithTag
+	OversizeReject      = filters.OversizeReject
+	OversizeQuarantine  = filters.OversizeQuarantine
 )
 
-// ParseOversize parses an oversize setting: "tempfail", "pass-with-tag",
-// "reject" or "quarantine".
-func ParseOversize(s string) (Oversize, error) {
-	for o := OversizeTempFail; o <= OversizeQuarantine; o++ {
-		if o.String() == s {
-			return o, nil
-		}
-	}
-	return OversizeTempFail, fmt.Errorf("invalid oversize %q: want \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\"", s)
-}
-
-func (o Oversize) String() string {
-	switch o {
-	case OversizeTempFail:
-		return "tempfail"
-	case OversizePassWithTag:
-		return "pass-with-tag"
-	case OversizeReject:
-		return "reject"
-	case OversizeQuarantine:
-		return "quarantine"
-	}
-	return fmt.Sprintf("Oversize(%d)", int(o))
-}
+// ParseOversize is filters.ParseOversize.
+func ParseOversize(s string) (Oversize, error) { return filters.ParseOversize(s) }
 
 // WarningHeader is the header field that OversizePassWithTag prepends.
 const WarningHeader = "X-Popgate-Warning"
