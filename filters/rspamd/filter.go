@@ -96,6 +96,12 @@ const (
 	SymbolsHeader = "X-Spam-Symbols"
 )
 
+// DefaultOversize delivers a message too large for the scanner with a
+// warning: unlike a virus scanner's, a spam scanner's limit is far above
+// what spam looks like, and withholding every large message until the
+// limit changes would hold the mail people wait for.
+const DefaultOversize = filters.OversizePassWithTag
+
 // DefaultSubjectPrefix is the subject prefix when the settings name none.
 const DefaultSubjectPrefix = "[SPAM]"
 
@@ -133,6 +139,9 @@ type FilterSettings struct {
 	// ScannerHeaders applies the header changes of rspamd's milter block
 	// (additions always, removals when RemoveHeaders is set too).
 	ScannerHeaders bool
+	// Oversize is what becomes of a message larger than the scanner's
+	// max_size, which is not sent to it.
+	Oversize filters.Oversize
 	// RemoveHeaders lets the filter remove header fields from the message:
 	// the X-Spam-Score, X-Spam-Status, X-Spam-Flag and X-Spam-Symbols it
 	// already has (whoever wrote them, popgate's are the verdict), and
@@ -143,7 +152,7 @@ type FilterSettings struct {
 
 // DefaultFilterSettings are the settings a block starts from.
 func DefaultFilterSettings() FilterSettings {
-	return FilterSettings{SubjectPrefix: DefaultSubjectPrefix, ScannerHeaders: true, RemoveHeaders: true}
+	return FilterSettings{SubjectPrefix: DefaultSubjectPrefix, ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize}
 }
 
 // Filter is the "spam" filter: it asks a spam scanner (rspamd) for a
@@ -206,6 +215,8 @@ func (fs FilterSettings) check() error {
 		return errors.New("no thresholds and no use_scanner_action: the filter would decide nothing")
 	case !fs.UseScannerAction && fs.ScannerActions != nil:
 		return errors.New("scanner_actions without use_scanner_action")
+	case fs.Oversize < filters.OversizeTempFail || fs.Oversize > filters.OversizeQuarantine:
+		return fmt.Errorf("invalid oversize %v", fs.Oversize)
 	}
 	for i, t := range fs.Thresholds {
 		switch {
@@ -252,11 +263,43 @@ type envelopeScanner interface {
 	ScanEnvelope(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.ScanResult, error)
 }
 
+// sizeLimited is a scanner that does not take messages larger than
+// MaxSize bytes.
+type sizeLimited interface {
+	MaxSize() int64
+}
+
+// tooLarge is the verdict on a message larger than the scanner's max
+// bytes, which is not scanned at all.
+func (f *Filter) tooLarge(ctx context.Context, body filters.Body, max int64) (filters.Verdict, error) {
+	size := body.Size()
+	switch f.fs.Oversize {
+	case filters.OversizePassWithTag:
+		hs, err := scanHeader(ctx, body, nil)
+		if err != nil {
+			return filters.Verdict{}, fmt.Errorf("reading the header: %w", err)
+		}
+		warning := mailtext.Field(filters.DefaultErrorHeader, fmt.Sprintf("not scanned for spam: too large (%d bytes > max_size %d)", size, max), hs.eol)
+		pieces := filters.AppendPiece([]filters.Piece{{Data: []byte(warning)}}, filters.Piece{Off: 0, Len: size})
+		out, err := f.write(ctx, filters.SplicedBody(body, pieces))
+		if err != nil {
+			return filters.Verdict{}, err
+		}
+		return filters.Verdict{Action: filters.Replace, Body: out, Reason: "too large to scan for spam, passed with a warning", KeepsOriginal: true, Edits: pieces}, nil
+	case filters.OversizeReject, filters.OversizeQuarantine:
+		return filters.Verdict{Action: filters.Reject, Reason: fmt.Sprintf("too large to scan for spam (%d bytes > max_size %d)", size, max)}, nil
+	}
+	return filters.Verdict{Action: filters.Retry, Reason: "too large to scan for spam"}, nil
+}
+
 // Name is the filter's block name.
 func (f *Filter) Name() string { return f.name }
 
 // Filter asks the scanner about body and acts on its report.
 func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, error) {
+	if sl, ok := f.scanner.(sizeLimited); ok && sl.MaxSize() > 0 && body.Size() > sl.MaxSize() {
+		return f.tooLarge(ctx, body, sl.MaxSize())
+	}
 	var res filters.ScanResult
 	var err error
 	if es, ok := f.scanner.(envelopeScanner); ok {

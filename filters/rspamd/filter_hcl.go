@@ -39,6 +39,7 @@ var filterSchema = &hcl.BodySchema{
 		{Name: "symbols_header"},
 		{Name: "scanner_headers"},
 		{Name: "remove_headers"},
+		{Name: "oversize"},
 	},
 }
 
@@ -55,6 +56,7 @@ var filterSchema = &hcl.BodySchema{
 //	symbols_header        = false
 //	scanner_headers       = true       # apply rspamd's milter header changes
 //	remove_headers        = true       # allow removals (a lossy change)
+//	oversize              = "pass-with-tag"  # over the scanner's max_size
 //
 // Every problem is a diagnostic at the attribute, key or value it is about.
 func decodeFilter(name string, body hcl.Body, dc *filters.DecodeContext) (FilterSettings, hcl.Diagnostics) {
@@ -126,6 +128,15 @@ func decodeFilter(name string, body hcl.Body, dc *filters.DecodeContext) (Filter
 				d.errorf(a.Expr.Range(), "Invalid subject prefix", "%s.", strings.TrimPrefix(err.Error(), "subject_prefix: "))
 			}
 			fs.SubjectPrefix = p
+		}
+	}
+	if a := attrs["oversize"]; a != nil {
+		if v, ok := d.str(a); ok {
+			o, err := filters.ParseOversize(v)
+			if err != nil {
+				d.errorf(a.Expr.Range(), "Invalid value", "oversize must be one of \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\", not %q.", v)
+			}
+			fs.Oversize = o
 		}
 	}
 	keep := true

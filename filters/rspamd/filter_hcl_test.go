@@ -56,7 +56,7 @@ func TestHCLFilter(t *testing.T) {
   tag_above        = 5
   subject_above    = 8
   quarantine_above = 15
-}`, FilterSettings{Scanner: "rs", Thresholds: defaultThresholds, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true}},
+}`, FilterSettings{Scanner: "rs", Thresholds: defaultThresholds, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize}},
 		{`filter "spam" "junk" {
   scanner               = "rs"
   tag_above             = -1.5
@@ -65,16 +65,17 @@ func TestHCLFilter(t *testing.T) {
   symbols_header        = true
   scanner_headers       = false
   remove_headers        = false
-}`, FilterSettings{Scanner: "rs", Thresholds: []Threshold{{LevelTag, -1.5}}, SubjectPrefix: "[Werbung?]", DropOriginalSubject: true, SymbolsHeader: true}},
+  oversize              = "tempfail"
+}`, FilterSettings{Scanner: "rs", Thresholds: []Threshold{{LevelTag, -1.5}}, SubjectPrefix: "[Werbung?]", DropOriginalSubject: true, SymbolsHeader: true, Oversize: filters.OversizeTempFail}},
 		{`filter "spam" "junk" {
   scanner            = "rs"
   use_scanner_action = true
-}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true}},
+}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize}},
 		{`filter "spam" "junk" {
   scanner            = "rs"
   use_scanner_action = true
   scanner_actions    = { "Greylist" = "pass", "reject" = "subject" }
-}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true,
+}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize,
 			ScannerActions: map[string]Level{ActionNone: LevelPass, ActionGreylist: LevelPass, ActionAddHeader: LevelTag,
 				ActionRewriteSubject: LevelSubject, ActionSoftReject: LevelQuarantine, ActionReject: LevelSubject}}},
 	}
@@ -87,7 +88,7 @@ func TestHCLFilter(t *testing.T) {
 		if got.Scanner != tt.want.Scanner || !slices.Equal(got.Thresholds, tt.want.Thresholds) || got.UseScannerAction != tt.want.UseScannerAction ||
 			!maps.Equal(got.ScannerActions, tt.want.ScannerActions) || got.SubjectPrefix != tt.want.SubjectPrefix ||
 			got.DropOriginalSubject != tt.want.DropOriginalSubject || got.SymbolsHeader != tt.want.SymbolsHeader ||
-			got.ScannerHeaders != tt.want.ScannerHeaders || got.RemoveHeaders != tt.want.RemoveHeaders {
+			got.ScannerHeaders != tt.want.ScannerHeaders || got.RemoveHeaders != tt.want.RemoveHeaders || got.Oversize != tt.want.Oversize {
 			t.Errorf("settings\n%+v\nwant\n%+v\nfrom\n%s", got, tt.want, tt.src)
 		}
 		if f.Name() != "junk" {
@@ -163,7 +164,8 @@ func TestHCLFilterDiagnostics(t *testing.T) {
   tag_above      = 5
   symbols_header = "yes please"
   bogus          = 1
-}`, []string{"5:3: Unsupported argument", "4:21: Unsuitable value type"}},
+  oversize       = "pass"
+}`, []string{"5:3: Unsupported argument", "4:21: Unsuitable value type", `6:20: Invalid value: oversize must be one of "tempfail", "pass-with-tag", "reject" or "quarantine", not "pass"`}},
 	} {
 		f, diags := decodeSpam(t, c.src)
 		if f != nil || !diags.HasErrors() {

@@ -584,6 +584,57 @@ func TestScannerGetsTheEnvelope(t *testing.T) {
 	}
 }
 
+// limitedScanner is a reportScanner with a size limit that counts scans.
+type limitedScanner struct {
+	reportScanner
+	max   int64
+	scans int
+}
+
+func (s *limitedScanner) MaxSize() int64 { return s.max }
+func (s *limitedScanner) Scan(ctx context.Context, body filters.Body) (filters.ScanResult, error) {
+	s.scans++
+	return s.reportScanner.Scan(ctx, body)
+}
+
+// A message over the scanner's max_size is not scanned: the oversize
+// setting decides, pass-with-tag by default.
+func TestOversize(t *testing.T) {
+	crlfMsg, lfMsg := hamText, strings.ReplaceAll(hamText, "\r\n", "\n")
+	for _, c := range []struct {
+		o      filters.Oversize
+		msg    string
+		action filters.Action
+		reason string
+		top    string
+	}{
+		{DefaultOversize, crlfMsg, filters.Replace, "too large to scan for spam, passed with a warning",
+			"X-Popgate-Warning: not scanned for spam: too large (100 bytes > max_size 50)\r\n"},
+		{filters.OversizePassWithTag, lfMsg, filters.Replace, "too large to scan for spam, passed with a warning",
+			"X-Popgate-Warning: not scanned for spam: too large (94 bytes > max_size 50)\n"},
+		{filters.OversizeTempFail, crlfMsg, filters.Retry, "too large to scan for spam", ""},
+		{filters.OversizeReject, crlfMsg, filters.Reject, "too large to scan for spam (100 bytes > max_size 50)", ""},
+		{filters.OversizeQuarantine, crlfMsg, filters.Reject, "too large to scan for spam (100 bytes > max_size 50)", ""},
+	} {
+		s := &limitedScanner{reportScanner: reportScanner{rep: &filters.SpamReport{Score: 20}}, max: 50}
+		v, out, err := run(t, newFilter(t, withSettings(func(fs *FilterSettings) { fs.Oversize = c.o }), s), c.msg)
+		if err != nil || v.Action != c.action || v.Reason != c.reason {
+			t.Errorf("%v: %v %q %v", c.o, v.Action, v.Reason, err)
+		}
+		if s.scans != 0 {
+			t.Errorf("%v: a message over max_size was scanned", c.o)
+		}
+		if c.action == filters.Replace && (out != c.top+c.msg || !v.KeepsOriginal) {
+			t.Errorf("%v: delivered %q (KeepsOriginal %v)", c.o, out, v.KeepsOriginal)
+		}
+	}
+	// Up to max_size, the message is scanned.
+	s := &limitedScanner{reportScanner: reportScanner{rep: &filters.SpamReport{Score: 20}}, max: int64(len(hamText))}
+	if v, _, err := run(t, newFilter(t, withSettings(func(*FilterSettings) {}), s), hamText); err != nil || v.Action != filters.Reject || s.scans != 1 {
+		t.Errorf("at max_size: %v %q %v, %d scans", v.Action, v.Reason, err, s.scans)
+	}
+}
+
 func TestFilterCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -606,7 +657,8 @@ func TestNewFilterChecks(t *testing.T) {
 		"unknown action": byAction(withSettings(func(fs *FilterSettings) {
 			fs.Thresholds, fs.ScannerActions = nil, map[string]Level{"discard": LevelTag}
 		})),
-		"bad prefix": withSettings(func(fs *FilterSettings) { fs.SubjectPrefix = "a\r\nb" }),
+		"bad prefix":   withSettings(func(fs *FilterSettings) { fs.SubjectPrefix = "a\r\nb" }),
+		"bad oversize": withSettings(func(fs *FilterSettings) { fs.Oversize = 7 }),
 	} {
 		if _, err := NewFilter("spam", s, fs, nil); err == nil {
 			t.Errorf("%s: no error", name)
