@@ -6,10 +6,10 @@ import (
 	"strings"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/gohcl"
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/tag"
+	"github.com/popgate/popgate/internal/hcldecode"
 )
 
 func init() {
@@ -61,21 +61,20 @@ var filterSchema = &hcl.BodySchema{
 // Every problem is a diagnostic at the attribute, key or value it is about.
 func decodeFilter(name string, body hcl.Body, dc *filters.DecodeContext) (FilterSettings, hcl.Diagnostics) {
 	content, diags := body.Content(filterSchema)
-	d := &filterDecoder{eval: dc.Eval, diags: diags}
+	d := &hcldecode.Decoder{Eval: dc.Eval, Diags: diags}
 	fs := DefaultFilterSettings()
 	attrs := content.Attributes
 
 	if a := attrs["scanner"]; a == nil {
-		d.errorf(body.MissingItemRange(), "Missing required argument",
-			`The argument "scanner" is required, but no definition was found; for example scanner = "rspamd", the name of a scanner "rspamd" block.`)
-	} else if ref, ok := d.str(a); ok {
+		d.Missing(body, "scanner", `scanner = "rspamd", the name of a scanner "rspamd" block`)
+	} else if ref, ok := d.Str(a); ok {
 		_, sd := dc.Scanner(ref, "rspamd", a.Expr.Range())
-		d.diags = append(d.diags, sd...)
+		d.Diags = append(d.Diags, sd...)
 		fs.Scanner = ref
 	}
 
 	if a := attrs["refuse_above"]; a != nil {
-		d.errorf(a.NameRange, "Unsupported argument",
+		d.Errorf(a.NameRange, "Unsupported argument",
 			`A withheld message is refused or replaced by a notice as the policy's "rejected" setting says ("error" or "notice"); write quarantine_above for the score from which the message is withheld.`)
 	}
 	var last *hcl.Attribute
@@ -85,15 +84,15 @@ func decodeFilter(name string, body hcl.Body, dc *filters.DecodeContext) (Filter
 			continue
 		}
 		var x float64
-		if !d.decode(a.Expr, &x) {
+		if !d.Decode(a.Expr, &x) {
 			continue
 		}
 		if math.IsNaN(x) || math.IsInf(x, 0) {
-			d.errorf(a.Expr.Range(), "Invalid threshold", "%s must be a finite score.", ta.name)
+			d.Errorf(a.Expr.Range(), "Invalid threshold", "%s must be a finite score.", ta.name)
 			continue
 		}
 		if n := len(fs.Thresholds); n > 0 && x <= fs.Thresholds[n-1].Score {
-			d.errorf(a.Expr.Range(), "Thresholds not ascending",
+			d.Errorf(a.Expr.Range(), "Thresholds not ascending",
 				"%s (%s) must be above %s (%s, at %s): a higher action needs a higher score; leave an action out rather than give it the same score.",
 				ta.name, formatThreshold(x), last.Name, formatThreshold(fs.Thresholds[n-1].Score), atRange(last.Expr.Range()))
 			continue
@@ -104,37 +103,37 @@ func decodeFilter(name string, body hcl.Body, dc *filters.DecodeContext) (Filter
 
 	useAction := attrs["use_scanner_action"]
 	if useAction != nil {
-		d.decode(useAction.Expr, &fs.UseScannerAction)
+		d.Decode(useAction.Expr, &fs.UseScannerAction)
 	}
 	switch {
 	case fs.UseScannerAction && last != nil:
-		d.errorf(useAction.Expr.Range(), "Conflicting arguments",
+		d.Errorf(useAction.Expr.Range(), "Conflicting arguments",
 			"use_scanner_action = true lets rspamd's action decide, and %s (at %s) sets a threshold of popgate's: choose one.", last.Name, atRange(last.NameRange))
-	case !fs.UseScannerAction && last == nil && !d.diags.HasErrors():
-		d.errorf(body.MissingItemRange(), "No spam actions",
+	case !fs.UseScannerAction && last == nil && !d.Diags.HasErrors():
+		d.Errorf(body.MissingItemRange(), "No spam actions",
 			"filter %q decides nothing: set thresholds (tag_above = 5, subject_above = 8, quarantine_above = 15; any of them) or use_scanner_action = true.", name)
 	}
 	if a := attrs["scanner_actions"]; a != nil {
 		if !fs.UseScannerAction {
-			d.errorf(a.NameRange, "scanner_actions without use_scanner_action",
+			d.Errorf(a.NameRange, "scanner_actions without use_scanner_action",
 				"scanner_actions maps rspamd's actions and applies only with use_scanner_action = true.")
 		}
-		fs.ScannerActions = d.actions(a)
+		fs.ScannerActions = decodeActions(d, a)
 	}
 
 	if a := attrs["subject_prefix"]; a != nil {
-		if p, ok := d.str(a); ok {
+		if p, ok := d.Str(a); ok {
 			if _, err := tag.New(name, tag.Config{SubjectPrefix: p}, nil, ""); err != nil {
-				d.errorf(a.Expr.Range(), "Invalid subject prefix", "%s.", strings.TrimPrefix(err.Error(), "subject_prefix: "))
+				d.Errorf(a.Expr.Range(), "Invalid subject prefix", "%s.", strings.TrimPrefix(err.Error(), "subject_prefix: "))
 			}
 			fs.SubjectPrefix = p
 		}
 	}
 	if a := attrs["oversize"]; a != nil {
-		if v, ok := d.str(a); ok {
+		if v, ok := d.Str(a); ok {
 			o, err := filters.ParseOversize(v)
 			if err != nil {
-				d.errorf(a.Expr.Range(), "Invalid value", "oversize must be one of \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\", not %q.", v)
+				d.Errorf(a.Expr.Range(), "Invalid value", "oversize must be one of \"tempfail\", \"pass-with-tag\", \"reject\" or \"quarantine\", not %q.", v)
 			}
 			fs.Oversize = o
 		}
@@ -150,22 +149,22 @@ func decodeFilter(name string, body hcl.Body, dc *filters.DecodeContext) (Filter
 		{"remove_headers", &fs.RemoveHeaders},
 	} {
 		if a := attrs[b.name]; a != nil {
-			d.decode(a.Expr, b.dst)
+			d.Decode(a.Expr, b.dst)
 		}
 	}
 	fs.DropOriginalSubject = !keep
-	if d.diags.HasErrors() {
-		return FilterSettings{}, d.diags
+	if d.Diags.HasErrors() {
+		return FilterSettings{}, d.Diags
 	}
 	if a := attrs["subject_prefix"]; a != nil && !fs.reaches(LevelSubject) {
-		d.diags = append(d.diags, filters.Diagnostic(hcl.DiagWarning, a.NameRange, "Subject prefix unused",
+		d.Diags = append(d.Diags, filters.Diagnostic(hcl.DiagWarning, a.NameRange, "Subject prefix unused",
 			"No message reaches the subject action (set subject_above, or map an rspamd action to \"subject\"), so subject_prefix is never used."))
 	}
 	if err := fs.check(); err != nil { // checked above already; kept as a safety net
-		d.errorf(body.MissingItemRange(), "Invalid spam filter", "%s.", err)
-		return FilterSettings{}, d.diags
+		d.Errorf(body.MissingItemRange(), "Invalid spam filter", "%s.", err)
+		return FilterSettings{}, d.Diags
 	}
-	return fs, d.diags
+	return fs, d.Diags
 }
 
 // buildFilter is the spam filter kind's build step. It takes any scanner
@@ -178,34 +177,12 @@ func buildFilter(name string, fs FilterSettings, bc *filters.BuildContext) (filt
 	return NewFilter(name, s, fs, bc.Spool)
 }
 
-type filterDecoder struct {
-	eval  *hcl.EvalContext
-	diags hcl.Diagnostics
-}
-
-func (d *filterDecoder) errorf(r hcl.Range, summary, format string, args ...any) {
-	d.diags = append(d.diags, filters.Diagnostic(hcl.DiagError, r, summary, format, args...))
-}
-
-// decode evaluates expr into target (a pointer), keeping its diagnostics.
-func (d *filterDecoder) decode(expr hcl.Expression, target any) bool {
-	diags := gohcl.DecodeExpression(expr, d.eval, target)
-	d.diags = append(d.diags, diags...)
-	return !diags.HasErrors()
-}
-
-func (d *filterDecoder) str(a *hcl.Attribute) (string, bool) {
-	var s string
-	ok := d.decode(a.Expr, &s)
-	return s, ok
-}
-
 // actions decodes scanner_actions, an object of rspamd actions to levels,
 // over DefaultScannerActions.
-func (d *filterDecoder) actions(a *hcl.Attribute) map[string]Level {
+func decodeActions(d *hcldecode.Decoder, a *hcl.Attribute) map[string]Level {
 	pairs, diags := hcl.ExprMap(a.Expr)
 	if diags.HasErrors() {
-		d.errorf(a.Expr.Range(), "Invalid scanner_actions",
+		d.Errorf(a.Expr.Range(), "Invalid scanner_actions",
 			`scanner_actions is an object of rspamd actions to popgate's, like { "greylist" = "pass", "reject" = "quarantine" }.`)
 		return nil
 	}
@@ -216,22 +193,22 @@ func (d *filterDecoder) actions(a *hcl.Attribute) map[string]Level {
 	seen := map[string]hcl.Range{}
 	for _, p := range pairs {
 		var k, v string
-		if !d.decode(p.Key, &k) || !d.decode(p.Value, &v) {
+		if !d.Decode(p.Key, &k) || !d.Decode(p.Value, &v) {
 			continue
 		}
 		action := strings.ToLower(strings.TrimSpace(k))
 		if _, ok := DefaultScannerActions[action]; !ok {
-			d.errorf(p.Key.Range(), "Unknown rspamd action", "%q is not an action of rspamd; it has %s.", k, quoteNames(ScannerActions))
+			d.Errorf(p.Key.Range(), "Unknown rspamd action", "%q is not an action of rspamd; it has %s.", k, quoteNames(ScannerActions))
 			continue
 		}
 		if prev, dup := seen[action]; dup {
-			d.errorf(p.Key.Range(), "Duplicate rspamd action", "%q is already mapped at %s.", k, atRange(prev))
+			d.Errorf(p.Key.Range(), "Duplicate rspamd action", "%q is already mapped at %s.", k, atRange(prev))
 			continue
 		}
 		seen[action] = p.Key.Range()
 		l, err := ParseLevel(v)
 		if err != nil {
-			d.errorf(p.Value.Range(), "Unknown spam action", "%q is not an action of the spam filter; it has %s.", v, quoteNames(levelNames[:]))
+			d.Errorf(p.Value.Range(), "Unknown spam action", "%q is not an action of the spam filter; it has %s.", v, quoteNames(levelNames[:]))
 			continue
 		}
 		m[action] = l

@@ -1,35 +1,26 @@
 package rspamd
 
 import (
-	"fmt"
 	"maps"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/hashicorp/hcl/v2/hclsyntax"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/hcltest"
 )
 
 // decodeSpam decodes src, one `filter "spam"` block, and builds it when it
 // has no errors.
 func decodeSpam(t *testing.T, src string) (*Filter, hcl.Diagnostics) {
 	t.Helper()
-	f, diags := hclsyntax.ParseConfig([]byte(src), "test.hcl", hcl.InitialPos)
-	if diags.HasErrors() {
-		t.Fatalf("parse: %v", diags)
-	}
-	blocks := f.Body.(*hclsyntax.Body).Blocks
-	if len(blocks) != 1 {
-		t.Fatalf("%d blocks", len(blocks))
-	}
 	dc := &filters.DecodeContext{Scanners: map[string]*filters.ScannerSpec{
 		"rs": {Type: "rspamd", Name: "rs"},
 		"av": {Type: "clamav", Name: "av", Range: hcl.Range{Filename: "scanners.hcl", Start: hcl.Pos{Line: 3, Column: 1}}},
 	}}
-	spec, diags, ok := filters.DecodeFilter("spam", "junk", hcl.Range{}, blocks[0].Body, dc)
+	spec, diags, ok := filters.DecodeFilter("spam", "junk", hcl.Range{}, hcltest.Block(t, src), dc)
 	if !ok {
 		t.Fatal("filter type spam not registered")
 	}
@@ -168,20 +159,10 @@ func TestHCLFilterDiagnostics(t *testing.T) {
 }`, []string{"5:3: Unsupported argument", "4:21: Unsuitable value type", `6:20: Invalid value: oversize must be one of "tempfail", "pass-with-tag", "reject" or "quarantine", not "pass"`}},
 	} {
 		f, diags := decodeSpam(t, c.src)
-		if f != nil || !diags.HasErrors() {
-			t.Errorf("no error for\n%s", c.src)
-			continue
+		if f != nil {
+			t.Errorf("a filter from\n%s", c.src)
 		}
-		var got []string
-		for _, d := range diags {
-			got = append(got, fmt.Sprintf("%d:%d: %s: %s", d.Subject.Start.Line, d.Subject.Start.Column, d.Summary, d.Detail))
-		}
-		for _, w := range c.want {
-			pos, text, _ := strings.Cut(w, ": ")
-			if !slices.ContainsFunc(got, func(g string) bool { return strings.HasPrefix(g, pos+": ") && strings.Contains(g, text) }) {
-				t.Errorf("want a diagnostic %q, got:\n  %s", w, strings.Join(got, "\n  "))
-			}
-		}
+		hcltest.WantErrors(t, c.src, diags, c.want...)
 	}
 }
 
