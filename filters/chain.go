@@ -247,8 +247,8 @@ var (
 
 // Run passes in through the filters in order. Each filter gets the current
 // body: in, or the latest replacement. Replace makes Verdict.Body the current
-// body (the chain owns it from then on and removes a superseded replacement
-// at once); Reject stops the chain with Outcome Refuse. When a filter cannot
+// body (the chain owns it from then on, and removes a superseded replacement
+// with the result: a later replacement may read it); Reject stops the chain with Outcome Refuse. When a filter cannot
 // decide (error, panic, Replace without a Body, unknown action) or ctx ends,
 // c.OnError applies (see OnError). A filter that does not return once
 // ctx has ended is abandoned: Run returns, and any replacement Body the filter
@@ -368,11 +368,10 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 			cur = v.Body
 			step.Lossy = !v.KeepsOriginal
 			lossy = lossy || step.Lossy
-			if !sameBody(old, in) {
-				if err := old.Remove(); err != nil {
-					res.errs = append(res.errs, err)
-				}
-			}
+			// A superseded replacement is removed with the result, not
+			// now: the new body may read it (filters.SplicedBody over the
+			// body a filter was given, as a clamav oversize warning is).
+			res.own(in, old)
 		}
 		res.Steps = append(res.Steps, step)
 	}
