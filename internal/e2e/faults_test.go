@@ -531,6 +531,9 @@ type matrixCase struct {
 	tls      bool             // the listener offers STLS
 	up       []testenv.Fault  // faults between popgate and Dovecot
 	clamd    []testenv.Fault  // faults between popgate and clamd
+	// rspamd, when set, adds a spam filter on a relay to the test rspamd
+	// with these faults to the case's chain.
+	rspamd []testenv.Fault
 	upTO     string           // upstream timeout; default "10s"
 	scanTO   string           // scanner timeout; default "10s"
 	opts     clientOpts       // the standard session's variations
@@ -539,8 +542,8 @@ type matrixCase struct {
 	// that a slow clamd still gives verdicts).
 	expect func(t *testing.T, mr *matrixRun, sessions []*faultSession)
 
-	upRelay, clamdRelay *testenv.Relay
-	clamdTarget         *secondClamd
+	upRelay, clamdRelay, rspamdRelay *testenv.Relay
+	clamdTarget                      *secondClamd
 }
 
 type matrixRun struct {
@@ -586,7 +589,14 @@ func matrixConfig(t *testing.T, d *testenv.DovecotEnv, clamdAddr, qdir string, c
 		fmt.Fprintf(&b, "scanner \"clamav\" \"s%s\" {\n  addresses = [%s]\n  timeout = %s\n  health_interval = \"1s\"\n}\n",
 			id, hclString(scan), hclString(cmp.Or(tc.scanTO, "10s")))
 		fmt.Fprintf(&b, "filter \"clamav\" \"av%s\" {\n  scanner = \"s%s\"\n}\n", id, id)
-		fmt.Fprintf(&b, "policy \"p%s\" {\n  match {\n    listeners = [\"c%s\"]\n  }\n  chain = [\"av%s\", \"dangerous\", \"stamp\"]\n}\n", id, id, id)
+		spam := ""
+		if tc.rspamdRelay != nil {
+			fmt.Fprintf(&b, "scanner \"rspamd\" \"r%s\" {\n  addresses = [%s]\n  timeout = %s\n  health_interval = \"1s\"\n}\n",
+				id, hclString("http://"+tc.rspamdRelay.Addr()), hclString(cmp.Or(tc.scanTO, "10s")))
+			fmt.Fprintf(&b, "filter \"spam\" \"sp%s\" {\n  scanner = \"r%s\"\n  tag_above = 5\n  quarantine_above = 15\n}\n", id, id)
+			spam = fmt.Sprintf(", \"sp%s\"", id)
+		}
+		fmt.Fprintf(&b, "policy \"p%s\" {\n  match {\n    listeners = [\"c%s\"]\n  }\n  chain = [\"av%s\"%s, \"dangerous\", \"stamp\"]\n}\n", id, id, id, spam)
 	}
 	b.WriteString(`filter "strip" "dangerous" {
   extensions = ["exe", "scr", "js"]
@@ -754,6 +764,12 @@ func matrixCases(big []byte) []*matrixCase {
 		clamd:  []testenv.Fault{{Dir: down, After: "stream: ", Action: testenv.Delay, Delay: 1500 * time.Millisecond}},
 		expect: expectAllScanned})
 	add("clamd-restarted", matrixCase{run: clamdRestart, expect: expectAllScanned})
+	// rspamd: down (the connection ends at once), hung (it reads the
+	// request and never answers), garbage (an answer that is not its JSON):
+	// no spam verdict, so on_error (tempfail), never a silent ham.
+	add("rspamd-down", matrixCase{rspamd: cut(down, "", 0)})
+	add("rspamd-hung", matrixCase{scanTO: "2s", rspamd: []testenv.Fault{{Dir: up, After: "\r\n\r\n", Offset: 5, Action: testenv.Stall}}})
+	add("rspamd-garbage", matrixCase{rspamd: []testenv.Fault{{Dir: down, After: "\r\n\r\n", Offset: 4, Action: testenv.Corrupt, Data: []byte("<html>")}}})
 	add("client-vanish-mid-STLS", matrixCase{tls: true, run: vanishMidSTLS})
 	return cases
 }
@@ -924,7 +940,12 @@ func TestFaultMatrix(t *testing.T) {
 func runMatrix(t *testing.T, d *testenv.DovecotEnv, clamd *testenv.ClamdEnv, tally *faultTally) {
 	big := bigCleanMsg("anchor", 120_000)
 	cases := matrixCases(big)
+	rspamd := testenv.Rspamd(t)
 	for _, tc := range cases {
+		if tc.rspamd != nil {
+			tc.rspamdRelay = testenv.NewRelay(t, rspamd.Addr)
+			tc.rspamdRelay.SetFaults(tc.rspamd...)
+		}
 		if tc.up != nil {
 			tc.upRelay = testenv.NewRelay(t, d.Addr)
 			tc.upRelay.SetFaults(tc.up...)
@@ -976,12 +997,12 @@ func runMatrix(t *testing.T, d *testenv.DovecotEnv, clamd *testenv.ClamdEnv, tal
 					tc.expect(t, mr, mr.saw)
 				}
 				fired := 0
-				for _, r := range []*testenv.Relay{tc.upRelay, tc.clamdRelay} {
+				for _, r := range []*testenv.Relay{tc.upRelay, tc.clamdRelay, tc.rspamdRelay} {
 					if r != nil {
 						fired += r.Fired()
 					}
 				}
-				if (tc.up != nil || tc.clamd != nil) && fired == 0 {
+				if (tc.up != nil || tc.clamd != nil || tc.rspamd != nil) && fired == 0 {
 					t.Errorf("the fault never fired: the case tests nothing")
 				}
 				tally.add(tc.name, lost, trunc, unscan, describe(t, mr.saw, mb))
