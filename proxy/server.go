@@ -188,7 +188,8 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 
 	go func() {
 		defer s.wg.Done()
-		if s.accept(bl, sess) {
+		ok, refusal := s.accept(bl, sess)
+		if ok {
 			sess.run()
 			s.mu.Lock()
 			if bl.perIP[sess.client.Addr()]--; bl.perIP[sess.client.Addr()] <= 0 {
@@ -203,6 +204,11 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 		g.sessions--
 		retire := !g.current && g.sessions == 0
 		s.mu.Unlock()
+		if refusal != nil {
+			// Only now: a client that reads the refusal and connects again
+			// at once finds the slot free.
+			refusal()
+		}
 		if retire && g.retire != nil {
 			g.retire()
 		}
@@ -211,15 +217,16 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 
 // accept readies a new connection for its session: the PROXY header of a
 // trusted load balancer, then the per-IP limit on the client it names. On
-// false the connection was refused and closed.
-func (s *Server) accept(bl *boundListener, sess *session) bool {
+// false the connection is not served: it was closed, or refusal answers and
+// closes it once the caller has given back its slot.
+func (s *Server) accept(bl *boundListener, sess *session) (bool, func()) {
 	name := bl.cfg.Name
 	if pp := bl.cfg.ProxyProtocol; pp != nil && pp.trusts(sess.client.Addr()) {
 		if err := sess.readProxyHeader(); err != nil {
 			sess.log.Warn().Err(err).Str("reason", "bad PROXY protocol header").Msg("connection refused")
 			s.opts.Observer.Refused(name, RefusedProxyHeader)
 			_ = sess.raw.Close()
-			return false
+			return false, nil
 		}
 	}
 	client := sess.client.Addr()
@@ -233,12 +240,11 @@ func (s *Server) accept(bl *boundListener, sess *session) bool {
 		const reason = "too many connections from your address"
 		sess.log.Warn().Str("reason", reason).Msg("connection refused")
 		s.opts.Observer.Refused(name, RefusedPerIP)
-		refuse(sess.raw, reason, bl.cfg.Implicit)
-		return false
+		return false, func() { refuse(sess.raw, reason, bl.cfg.Implicit) }
 	}
 	sess.obs = s.opts.Observer.Session(name)
 	sess.raw.rxc, sess.raw.txc = sess.obs.ClientIn(), sess.obs.ClientOut()
-	return true
+	return true, nil
 }
 
 // refuse answers a connection popgate will not serve. On an implicit-TLS

@@ -528,16 +528,16 @@ func retrAnchor(msg []byte) string { return fmt.Sprintf("+OK %d octets\r\n", len
 type matrixCase struct {
 	name     string
 	filtered bool
-	tls      bool             // the listener offers STLS
-	up       []testenv.Fault  // faults between popgate and Dovecot
-	clamd    []testenv.Fault  // faults between popgate and clamd
+	tls      bool            // the listener offers STLS
+	up       []testenv.Fault // faults between popgate and Dovecot
+	clamd    []testenv.Fault // faults between popgate and clamd
 	// rspamd, when set, adds a spam filter on a relay to the test rspamd
 	// with these faults to the case's chain.
 	rspamd []testenv.Fault
-	upTO     string           // upstream timeout; default "10s"
-	scanTO   string           // scanner timeout; default "10s"
-	opts     clientOpts       // the standard session's variations
-	run      func(*matrixRun) // instead of one standard session
+	upTO   string           // upstream timeout; default "10s"
+	scanTO string           // scanner timeout; default "10s"
+	opts   clientOpts       // the standard session's variations
+	run    func(*matrixRun) // instead of one standard session
 	// expect checks what the case promises beyond the invariants (e.g.
 	// that a slow clamd still gives verdicts).
 	expect func(t *testing.T, mr *matrixRun, sessions []*faultSession)
