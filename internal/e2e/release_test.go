@@ -645,3 +645,70 @@ func TestReleaseTwoInstances(t *testing.T) {
 		t.Errorf("delete through the other instance: %d, %d records left", resp.StatusCode, quarantineRecords(t, qdir))
 	}
 }
+
+// A message held as spam and released is learned as ham by rspamd: the
+// administrator said it was not spam. (rspamd answers "already learned"
+// when it is taught the same message again.)
+func TestReleaseLearnsHam(t *testing.T) {
+	t.Parallel()
+	d := testenv.Dovecot(t)
+	r := testenv.Rspamd(t)
+	qdir := filepath.Join(t.TempDir(), "quarantine")
+	up := "  release {\n    via       = \"mailbox\"\n    recipient = \"%n@example.com\"\n  }\n"
+	cfg := dovecotConfig(d, configOpts{upstreamTLS: "none", upstreamExtra: up}) + fmt.Sprintf(`scanner "rspamd" "rspamd" {
+  addresses           = [%s]
+  controller          = %s
+  controller_password = %s
+}
+filter "spam" "spam" {
+  scanner          = "rspamd"
+  tag_above        = 1
+  quarantine_above = 2 # the test rspamd gives every message 2.5 (no sender address): all are held
+}
+policy "default" {
+  chain = ["spam"]
+}
+quarantine {
+  dir = %s
+}
+delivery "mailbox" {
+  address  = %s
+  protocol = "lmtp"
+}
+`, hclString("http://"+r.Addr), hclString("http://"+r.Controller), hclString(r.Password), hclString(qdir), hclString(d.LMTP))
+	path := filepath.Join(t.TempDir(), "popgate.hcl")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	text := fmt.Sprintf("Dear colleague, the quarterly planning meeting moves to Thursday afternoon in the large conference room; please bring the budget figures and the staffing proposal (%d).\n", time.Now().UnixNano())
+	u, _ := newMailbox(t, d, [][]byte{multipartMsg("learn-ham", "planning meeting", textPart(text))})
+	p := startPopgate(t, cfg, "", "plain")
+	got := downloadAndDelete(t, p.addr("plain"), u)
+	if _, ok := isNotice(got[0]); !ok {
+		t.Fatalf("the message was not held as spam:\n%s", got[0])
+	}
+	waitDovecotIdle(t, d, u)
+	metas, _ := filepath.Glob(filepath.Join(qdir, "meta", "*.json"))
+	if len(metas) != 1 {
+		t.Fatalf("%d quarantine records", len(metas))
+	}
+	id := strings.TrimSuffix(filepath.Base(metas[0]), ".json")
+	if out, errOut, code := runPopgate(t, "quarantine", "release", "-c", path, id); code != 0 {
+		t.Fatalf("release: exit %d: %s %s", code, out, errOut)
+	}
+	original, err := os.ReadFile(filepath.Join(qdir, "msg", id+".eml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+r.Controller+"/learnham", bytes.NewReader(original))
+	req.Header.Set("Password", r.Password)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAlreadyReported {
+		t.Errorf("teaching the released message as ham again: %d %s; want 208 (the release learned it)", resp.StatusCode, body)
+	}
+}
