@@ -146,13 +146,15 @@ type FilterSettings struct {
 	// the X-Spam-Score, X-Spam-Status, X-Spam-Flag and X-Spam-Symbols it
 	// already has (whoever wrote them, popgate's are the verdict), and
 	// those rspamd's milter block names. A removal is a lossy change: the
-	// chain keeps the original in quarantine first.
+	// chain keeps the original in quarantine first. Off by default: most
+	// mail has an Authentication-Results field rspamd asks to remove, and
+	// nearly every message would be copied into the quarantine.
 	RemoveHeaders bool
 }
 
 // DefaultFilterSettings are the settings a block starts from.
 func DefaultFilterSettings() FilterSettings {
-	return FilterSettings{SubjectPrefix: DefaultSubjectPrefix, ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize}
+	return FilterSettings{SubjectPrefix: DefaultSubjectPrefix, ScannerHeaders: true, Oversize: DefaultOversize}
 }
 
 // Filter is the "spam" filter: it asks a spam scanner (rspamd) for a

@@ -47,7 +47,7 @@ func TestHCLFilter(t *testing.T) {
   tag_above        = 5
   subject_above    = 8
   quarantine_above = 15
-}`, FilterSettings{Scanner: "rs", Thresholds: defaultThresholds, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize}},
+}`, FilterSettings{Scanner: "rs", Thresholds: defaultThresholds, SubjectPrefix: "[SPAM]", ScannerHeaders: true, Oversize: DefaultOversize}},
 		{`filter "spam" "junk" {
   scanner               = "rs"
   tag_above             = -1.5
@@ -61,12 +61,12 @@ func TestHCLFilter(t *testing.T) {
 		{`filter "spam" "junk" {
   scanner            = "rs"
   use_scanner_action = true
-}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize}},
+}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, Oversize: DefaultOversize}},
 		{`filter "spam" "junk" {
   scanner            = "rs"
   use_scanner_action = true
   scanner_actions    = { "Greylist" = "pass", "reject" = "subject" }
-}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, RemoveHeaders: true, Oversize: DefaultOversize,
+}`, FilterSettings{Scanner: "rs", UseScannerAction: true, SubjectPrefix: "[SPAM]", ScannerHeaders: true, Oversize: DefaultOversize,
 			ScannerActions: map[string]Level{ActionNone: LevelPass, ActionGreylist: LevelPass, ActionAddHeader: LevelTag,
 				ActionRewriteSubject: LevelSubject, ActionSoftReject: LevelQuarantine, ActionReject: LevelSubject}}},
 	}

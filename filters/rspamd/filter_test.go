@@ -308,11 +308,11 @@ func TestRemovals(t *testing.T) {
 		want string
 		lost bool
 	}{
-		{"default", withSettings(func(*FilterSettings) {}), top + kept, true},
-		{"no scanner headers", withSettings(func(fs *FilterSettings) { fs.ScannerHeaders = false }),
+		{"removals", withSettings(func(fs *FilterSettings) { fs.RemoveHeaders = true }), top + kept, true},
+		{"removals without scanner headers", withSettings(func(fs *FilterSettings) { fs.ScannerHeaders, fs.RemoveHeaders = false, true }),
 			"X-Spam-Score: 6.00\r\nX-Spam-Status: Yes, score=6.00 required=5.00\r\nX-Spam-Flag: YES\r\n" +
 				"From: a@example.com\r\nX-Spam: forged\r\nSubject: hi\r\nAuthentication-Results: mx.example.com;\r\n\tdkim=pass\r\nContent-Type: text/plain\r\n\r\nX-Spam-Flag: NO (in the body)\r\n", true},
-		{"no removals", withSettings(func(fs *FilterSettings) { fs.RemoveHeaders = false }), top + forged, false},
+		{"no removals (the default)", withSettings(func(*FilterSettings) {}), top + forged, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -341,7 +341,7 @@ func TestRemovals(t *testing.T) {
 		"X-Spam-Flag: NO\r\n",
 		"",
 	} {
-		v, out, err := run(t, newFilter(t, withSettings(func(*FilterSettings) {}), scores(&filters.SpamReport{Score: 1})), msg)
+		v, out, err := run(t, newFilter(t, withSettings(func(fs *FilterSettings) { fs.RemoveHeaders = true }), scores(&filters.SpamReport{Score: 1})), msg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -383,8 +383,8 @@ func TestSubjectIsRestorable(t *testing.T) {
 
 	// With removals too, and without keeping the original subject: lossy.
 	for _, fs := range []FilterSettings{
-		withSettings(func(*FilterSettings) {}),
-		withSettings(func(fs *FilterSettings) { fs.RemoveHeaders, fs.DropOriginalSubject = false, true }),
+		withSettings(func(fs *FilterSettings) { fs.RemoveHeaders = true }),
+		withSettings(func(fs *FilterSettings) { fs.DropOriginalSubject = true }),
 	} {
 		v, out, err := run(t, newFilter(t, fs, scores(&filters.SpamReport{Score: 9})), msg)
 		if err != nil {

@@ -47,6 +47,7 @@ filter "spam" "hold" {
   scanner          = "rspamd"
   tag_above        = 5
   quarantine_above = 15
+  remove_headers   = true
 }
 filter "spam" "mark" {
   scanner            = "rspamd"
