@@ -192,14 +192,14 @@ func parseFlags(args []string) (config, error) {
 	if c.memStores, err = nameList("memstores", *memStores, memStoreNames); err != nil {
 		return config{}, err
 	}
-	if c.has("memory") && (len(c.memSessions) == 0 || len(c.memStores) == 0) {
-		return config{}, errors.New("-memsessions and -memstores: at least one each for the memory measurement")
-	}
 	if c.quickAck, err = intList("quickack", *quick); err != nil {
 		return config{}, err
 	}
 	if c.chains, err = nameList("chains", *chains, chainNames); err != nil {
 		return config{}, err
+	}
+	if c.has("memory") && (len(c.memSessions) == 0 || len(c.memStores) == 0) {
+		return config{}, errors.New("-memsessions and -memstores: at least one each for the memory measurement")
 	}
 	if c.targets, err = nameList("targets", *targets, targetNames); err != nil {
 		return config{}, err
