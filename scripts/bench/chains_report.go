@@ -53,7 +53,7 @@ func summarizeChain(lv *chainLevel) chainSummary {
 	var n int64
 	for _, s := range lv.popgate {
 		cpu += s.cpu
-		cl += s.clamd
+		cl += s.scanner
 		n += s.bytes
 	}
 	if n > 0 {
@@ -85,7 +85,7 @@ func (cr *chainResults) stripTable() string {
 		fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f | %.3f | %s | %s / %s | %s / %s | %.2f | %.1f MiB | %d |\n",
 			c.lv.sessions, c.lv.variant, c.dMBps, c.pMBps, c.ratio, verdict(c.ratio >= targetChainRatio),
 			msf(c.dP50), msf(c.pP50), msf(c.dP99), msf(c.pP99), c.cpuPerGB, float64(c.lv.peakRSSkB)/1024,
-			c.lv.stripped/int64(max(1, len(c.lv.popgate))))
+			c.lv.counted/int64(max(1, len(c.lv.popgate))))
 	}
 	return b.String()
 }
@@ -121,23 +121,27 @@ func cmpChain(c string) string {
 
 func (cr *chainResults) runsTable(lv *chainLevel) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s, %s, %d session(s):\n\n| # | mode | MB/s | RETR p50 ms | RETR p99 ms | RETR mean ms | wall s | popgate CPU s | clamd CPU s | machine busy (others) | discarded |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+	fmt.Fprintf(&b, "%s, %s, %d session(s):\n\n| # | mode | MB/s | msg/s | RETR p50 ms | RETR p99 ms | RETR mean ms | scans: mean ms | wall s | popgate CPU s | scanner CPU s | machine busy (others) | discarded |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
 		lv.chain, lv.variant, lv.sessions)
 	idx := map[string]int{}
 	for i, mode := range lv.order {
-		runs := map[string][]runStats{"direct": lv.direct, "popgate": lv.popgate, "scan": lv.scan}[mode]
+		runs := map[string][]runStats{"direct": lv.direct, "pass": lv.pass, "popgate": lv.popgate, "scan": lv.scan}[mode]
 		s := runs[idx[mode]]
 		idx[mode]++
 		others := fmt.Sprintf("%.0f%% (%.0f%%)", 100*s.busy, 100*s.othersShare())
 		if s.disturbed() {
 			others = fmt.Sprintf("%.0f%% (**%.0f%%**)", 100*s.busy, 100*s.othersShare())
 		}
-		name := mode
-		if mode == "scan" {
-			name = "INSTREAM"
+		name := map[string]string{"pass": "pass-through", "scan": lv.scanLabel}[mode]
+		if name == "" {
+			name = mode
 		}
-		fmt.Fprintf(&b, "| %d | %s | %.1f | %s | %s | %s | %.2f | %.2f | %.2f | %s | %d |\n", i+1, name, s.mbps, msf(s.retrP50), msf(s.retrP99),
-			msf(s.retrMean), s.wall.Seconds(), s.cpu.Seconds(), s.clamd.Seconds(), others, s.retries)
+		scans := "–"
+		if s.scans > 0 && s.scanSum > 0 {
+			scans = fmt.Sprintf("%d: %s", s.scans, msf(s.scanSum/time.Duration(s.scans)))
+		}
+		fmt.Fprintf(&b, "| %d | %s | %.1f | %.0f | %s | %s | %s | %s | %.2f | %.2f | %.2f | %s | %d |\n", i+1, name, s.mbps, s.msgps, msf(s.retrP50), msf(s.retrP99),
+			msf(s.retrMean), scans, s.wall.Seconds(), s.cpu.Seconds(), s.scanner.Seconds(), others, s.retries)
 	}
 	fmt.Fprintf(&b, "\npopgate logged %d lines.\n\n", lv.logLines)
 	return b.String()

@@ -266,7 +266,13 @@ type runStats struct {
 	idle     bool          // the machine was idle before the run
 	retries  int           // disturbed measurements of this run that were discarded
 	retrMean time.Duration // mean RETR (or scan) time
-	clamd    time.Duration // clamd's CPU time during the run (filter chains with clamd)
+	scanner  time.Duration // the scanner's CPU time during the run (filter chains with clamd or rspamd)
+	// Scans during the run and their summed time: in a popgate run as
+	// popgate measured them (popgate_scan_duration_seconds), in a scan run
+	// as the scanner reported them (rspamd's time_real).
+	scans     int64
+	scanSum   time.Duration
+	filterSum time.Duration // a popgate run: the spam filter's time (popgate_filter_duration_seconds)
 }
 
 // maxOthersShare is the share of the machine's CPU time that others may use
