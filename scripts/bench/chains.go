@@ -21,9 +21,10 @@ import (
 )
 
 // chainNames are the measurements of -chains: the empty chain (main.go),
-// strip+tag, clamd alone, the message memory (memory.go), the peak RSS with
-// a big message, and the memory per idle session (idle.go).
-var chainNames = []string{"none", "strip+tag", "clamd", "memory", "rss", "idle"}
+// strip+tag, clamd alone, the spam filter on rspamd (spam.go), the message
+// memory (memory.go), the peak RSS with a big message, and the memory per
+// idle session (idle.go).
+var chainNames = []string{"none", "strip+tag", "clamd", "spam", "memory", "rss", "idle"}
 
 // chainLevel is one filter-chain measurement: one chain, one message
 // variant, one concurrency; direct, popgate, and (spam) pass-through and
@@ -71,6 +72,7 @@ type chainResults struct {
 	clamdscan  *clamdscanResult
 	size       int
 	memory     *memoryResults
+	spam       *spamInfo
 }
 
 // clamdConf reads a setting of clamd.conf ($POPGATE_TEST_CLAMD_CONF).
@@ -145,7 +147,7 @@ func chainConfig(dir, clamdAddr string, chain []string, policyExtra string) (str
 
 // runChains runs the filter-chain measurements asked for in cfg.chains.
 func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream string) (*chainResults, error) {
-	if !cfg.has("strip+tag") && !cfg.has("clamd") && !cfg.has("memory") && !cfg.has("rss") {
+	if !cfg.has("strip+tag") && !cfg.has("clamd") && !cfg.has("spam") && !cfg.has("memory") && !cfg.has("rss") {
 		return nil, nil
 	}
 	cr := &chainResults{maxThreads: clamdConf("MaxThreads"), streamMax: clamdConf("StreamMaxLength"), size: cfg.size}
@@ -231,6 +233,11 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 				return nil, err
 			}
 			cr.memory = mr
+		}
+	}
+	if cfg.has("spam") {
+		if err := cr.runSpam(ctx, cfg, tb, dir, upstream); err != nil {
+			return nil, err
 		}
 	}
 	if cfg.has("rss") {

@@ -66,6 +66,10 @@ type config struct {
 	exeSessions   []int // of those, where the 10% .exe variant runs too
 	retries       int   // re-measurements of a disturbed run
 	bigSize       int
+	// The spam filter (spam.go).
+	spamSessions []int
+	smessages    int // small messages of the mix per mailbox, the most a session downloads
+	spamRounds   int // how often a session goes through the mix in a run through the spam chain or to rspamd
 	// Message memory (memory.go).
 	memSessions []int
 	memStores   []string // of memStoreNames
@@ -149,12 +153,15 @@ func parseFlags(args []string) (config, error) {
 	quick := fs.String("quickack", "1,32", "levels at which every target runs a second series with TCP_QUICKACK set by the client (\"\": none)")
 	nginx := fs.String("nginx", "/usr/sbin/nginx", "the nginx binary")
 	nginxMod := fs.String("nginxmodule", "/usr/lib/nginx/modules/ngx_mail_module.so", "nginx's mail module (load_module)")
-	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain: direct, popgate, nginx), strip+tag, clamd, memory (a second download through the full chain served by the message memory), rss (peak RSS with a big message), idle (memory per idle session)")
+	chains := fs.String("chains", strings.Join(chainNames, ","), "comma-separated measurements: none (empty chain: direct, popgate, nginx), strip+tag, clamd, spam (the spam filter on rspamd), memory (a second download through the full chain served by the message memory), rss (peak RSS with a big message), idle (memory per idle session)")
 	fmessages := fs.Int("fmessages", 50, "filter chains: attachment-heavy messages per variant (clean, 10% .exe) in each mailbox, the most a session downloads")
 	cmessages := fs.Int("cmessages", 20, "clamd: messages each session downloads (the first clean ones)")
 	clamdSessions := fs.String("clamdsessions", "1,32,256", "clamd: comma-separated numbers of concurrent sessions")
 	stripSessions := fs.String("stripsessions", "1,32,256", "strip+tag: comma-separated numbers of concurrent sessions (clean messages)")
 	exeSessions := fs.String("exesessions", "1,32", "strip+tag: the levels of -stripsessions at which the 10% .exe variant runs too")
+	spamSessions := fs.String("spamsessions", "1,32", "spam: comma-separated numbers of concurrent sessions")
+	smessages := fs.Int("smessages", 20, "spam: small messages of the mix in each mailbox, the most a session downloads")
+	spamRounds := fs.Int("spamrounds", 1, "spam: runs through the spam chain and to rspamd are one session per worker that downloads (scans) the mix this often, so that both modes scan the same messages (direct and pass-through runs take -duration)")
 	retries := fs.Int("retries", 0, "measure a run again, at most this often, when others used more than 10% of the machine during it (on a busy shared machine every run is; 0: mark such runs only)")
 	memSessions := fs.String("memsessions", "1,32", "memory: comma-separated numbers of concurrent sessions")
 	memStores := fs.String("memstores", strings.Join(memStoreNames, ","), "memory: the stores measured (embedded, redis)")
@@ -169,7 +176,8 @@ func parseFlags(args []string) (config, error) {
 	}
 	c := config{mailboxes: *mailboxes, messages: *messages, repeat: *repeat, out: *out, chart: *chart, popgate: *bin,
 		logLevel: *level, idleWait: *idleWait, duration: *duration, warmup: *warmup, nginx: *nginx, nginxMod: *nginxMod,
-		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle, retries: *retries, memGoBench: *memGoBench}
+		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle, retries: *retries, memGoBench: *memGoBench,
+		smessages: *smessages, spamRounds: *spamRounds}
 	var err error
 	if c.sessions, err = intList("sessions", *sessions); err != nil {
 		return config{}, err
@@ -184,6 +192,9 @@ func parseFlags(args []string) (config, error) {
 		return config{}, err
 	}
 	if c.exeSessions, err = intList("exesessions", *exeSessions); err != nil {
+		return config{}, err
+	}
+	if c.spamSessions, err = intList("spamsessions", *spamSessions); err != nil {
 		return config{}, err
 	}
 	if c.memSessions, err = intList("memsessions", *memSessions); err != nil {
@@ -201,14 +212,17 @@ func parseFlags(args []string) (config, error) {
 	if c.has("memory") && (len(c.memSessions) == 0 || len(c.memStores) == 0) {
 		return config{}, errors.New("-memsessions and -memstores: at least one each for the memory measurement")
 	}
+	if c.has("spam") && len(c.spamSessions) == 0 {
+		return config{}, errors.New("-spamsessions: at least one level for the spam measurement")
+	}
 	if c.targets, err = nameList("targets", *targets, targetNames); err != nil {
 		return config{}, err
 	}
 	if c.has("none") && !slices.Contains(c.targets, "direct") {
 		return config{}, errors.New("-targets: direct is the baseline and cannot be left out")
 	}
-	if c.fmessages < 1 || c.cmessages < 1 || c.mailboxes < 1 {
-		return config{}, errors.New("-fmessages, -cmessages and -mailboxes must be at least 1")
+	if c.fmessages < 1 || c.cmessages < 1 || c.smessages < 1 || c.spamRounds < 1 || c.mailboxes < 1 {
+		return config{}, errors.New("-fmessages, -cmessages, -smessages, -spamrounds and -mailboxes must be at least 1")
 	}
 	if c.duration < 100*time.Millisecond || c.warmup < 0 {
 		return config{}, errors.New("-duration: at least 100ms; -warmup: not negative")
