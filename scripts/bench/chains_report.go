@@ -23,6 +23,14 @@ type chainSummary struct {
 	cpuPerGB               float64 // popgate
 	clamdPerGB             float64 // clamd CPU per GB in popgate runs
 	overhead, overheadP50  float64
+	// With a pass-through mode (spam).
+	dMsgps, aMsgps, pMsgps float64
+	aP50, aP99, aMean      time.Duration
+	// With popgate's scan metrics (spam): per-run means, medians over the
+	// runs: popgate's scan time and the filter's time in the popgate runs,
+	// the scanner's own reported time in the scan runs.
+	inScan, inFilter, sSelf  time.Duration
+	cpuPerMsg, scannerPerMsg time.Duration // popgate's and the scanner's CPU per message in the popgate runs
 }
 
 func summarizeChain(lv *chainLevel) chainSummary {
@@ -49,16 +57,27 @@ func summarizeChain(lv *chainLevel) chainSummary {
 	c.dP50, c.pP50, c.sP50 = time.Duration(med(lv.direct, p50)), time.Duration(med(lv.popgate, p50)), time.Duration(med(lv.scan, p50))
 	c.dP99, c.pP99, c.sP99 = time.Duration(med(lv.direct, p99)), time.Duration(med(lv.popgate, p99)), time.Duration(med(lv.scan, p99))
 	c.dMean, c.pMean, c.sMean = time.Duration(med(lv.direct, mn)), time.Duration(med(lv.popgate, mn)), time.Duration(med(lv.scan, mn))
+	msgps := func(s runStats) float64 { return s.msgps }
+	c.dMsgps, c.aMsgps, c.pMsgps = med(lv.direct, msgps), med(lv.pass, msgps), med(lv.popgate, msgps)
+	c.aP50, c.aP99, c.aMean = time.Duration(med(lv.pass, p50)), time.Duration(med(lv.pass, p99)), time.Duration(med(lv.pass, mn))
+	perScan := func(f func(runStats) time.Duration) func(runStats) float64 {
+		return func(s runStats) float64 { return float64(f(s)) / float64(max(1, s.scans)) }
+	}
+	c.inScan = time.Duration(med(lv.popgate, perScan(func(s runStats) time.Duration { return s.scanSum })))
+	c.inFilter = time.Duration(med(lv.popgate, perScan(func(s runStats) time.Duration { return s.filterSum })))
+	c.sSelf = time.Duration(med(lv.scan, perScan(func(s runStats) time.Duration { return s.scanSum })))
 	var cpu, cl time.Duration
-	var n int64
+	var n, msgs int64
 	for _, s := range lv.popgate {
 		cpu += s.cpu
 		cl += s.scanner
 		n += s.bytes
+		msgs += s.msgs
 	}
 	if n > 0 {
 		c.cpuPerGB = cpu.Seconds() / (float64(n) / 1e9)
 		c.clamdPerGB = cl.Seconds() / (float64(n) / 1e9)
+		c.cpuPerMsg, c.scannerPerMsg = cpu/time.Duration(msgs), cl/time.Duration(msgs)
 	}
 	if c.sMean > 0 {
 		c.overhead = float64(c.pMean-c.dMean-c.sMean) / float64(c.sMean)
@@ -159,6 +178,9 @@ func (cr *chainResults) summary() string {
 	if len(cr.summaries("clamd")) > 0 {
 		b.WriteString("\nclamd chain:\n\n" + cr.clamdTable())
 	}
+	if len(cr.summaries("spam")) > 0 {
+		b.WriteString("\nspam chain (rspamd):\n\n" + cr.spamTable() + "\n" + cr.spamTimeTable())
+	}
 	if len(cr.rss) > 0 {
 		b.WriteString("\npeak RSS with a big message:\n\n" + cr.rssTable())
 	}
@@ -175,7 +197,7 @@ func (cr *chainResults) markdown(c config) string {
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("## Filter chains: what is measured\n\n")
 	w("Same harness, same client, same Dovecot, same method (workers running sessions back to back, a %s warm-up of the fresh popgate, then %d measured runs of %s each in ABBA order, medians per metric; ", c.warmup, c.repeat, c.duration)
-	w("a fresh popgate per table row). A session downloads at most the messages of its variant, then quits and the worker starts the next. The filter chains run on **attachment-heavy messages** of exactly %d bytes, made by the harness: ", cr.size)
+	w("a fresh popgate per table row). A session downloads at most the messages of its variant, then quits and the worker starts the next. The filter chains (the spam filter excepted: see its section) run on **attachment-heavy messages** of exactly %d bytes, made by the harness: ", cr.size)
 	w("a text part, a zip of three stored documents (docx, xlsx, odt), a PNG-like image and a PDF-like attachment that takes the rest (all base64). ")
 	w("Each bench mailbox (worker i uses mailbox i mod %d) holds %d such messages (**clean**: nothing matches the strip rules, the common case) followed by %d more (**10%% .exe**: ", c.mailboxes, c.fmessages, c.fmessages)
 	w("in every tenth message the image is replaced by `setup-N.exe`, which the strip rules remove and quarantine). ")
@@ -218,6 +240,7 @@ func (cr *chainResults) markdown(c config) string {
 		}
 		w("\n")
 	}
+	b.WriteString(cr.spamMarkdown(c))
 	if len(cr.rss) > 0 {
 		w("## Filter chains: peak RSS with a big message\n\n")
 		w("One session RETRs one message of %d bytes (the empty-chain message shape: a base64 PDF-like attachment) through a fresh popgate, ", cr.rss[0].size)
