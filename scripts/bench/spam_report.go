@@ -102,7 +102,7 @@ func (cr *chainResults) spamMarkdown(c config) string {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("## Filter chains: spam (rspamd)\n\n")
-	w("Chain `[\"junk\"]`: one `filter \"spam\" \"junk\"` (`tag_above = %d`, `subject_above = %d`, `quarantine_above = %d`, the other settings default: rspamd's milter header changes applied, `remove_headers = true`) ",
+	w("Chain `[\"junk\"]`: one `filter \"spam\" \"junk\"` (`tag_above = %d`, `subject_above = %d`, `quarantine_above = %d`, the other settings default: rspamd's milter header changes applied, `remove_headers = false`) ",
 		spamTagAbove, spamSubjectAbove, spamQuarantineAbove)
 	w("on a `scanner \"rspamd\"` (`timeout = \"60s\"`, the rest default) pointing at the test environment's rspamd %s (%s: one normal worker, no network: its DNS checks fail, see below). ", si.version, si.addr)
 	kinds := map[string]int{}
