@@ -143,6 +143,8 @@ base_dir = %s/run
 state_dir = %s/state
 log_path = %s/dovecot.log
 instance_name = popgate-bench-idle
+# POP3 only: the test Dovecot's LMTP listener is on a fixed port, taken.
+protocols = pop3
 default_client_limit = %d
 service pop3-login {
   inet_listener pop3 {
