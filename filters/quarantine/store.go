@@ -63,9 +63,14 @@ type Store struct {
 	readOnly bool
 	now      func() time.Time
 	ops      fsOps
+	stored   func(Meta) // OnStored
 }
 
 var _ filters.Quarantine = (*Store)(nil)
+
+// OnStored makes f see the record of every original Store writes, once it
+// is durable (the notifier's digest). Call it before the store is in use.
+func (s *Store) OnStored(f func(Meta)) { s.stored = f }
 
 // tempFile is what Store writes to; *os.File implements it. Tests wrap it to
 // inject failures.
@@ -274,6 +279,9 @@ func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filte
 			_ = s.ops.syncDir(filepath.Join(s.dir, msgDir))
 		}
 		return "", err
+	}
+	if s.stored != nil {
+		s.stored(m)
 	}
 	return id, nil
 }

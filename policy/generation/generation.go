@@ -154,9 +154,6 @@ func Build(cfg *policy.Config, o Options) (_ *Generation, err error) {
 		}
 		if g.quarantine != nil {
 			chain.Quarantine = g.quarantine
-			if g.notifier != nil {
-				chain.Quarantine = notifying{g.quarantine, g.notifier}
-			}
 			chain.Released = g.keys
 			if p.NoticeOnReject {
 				nc := &quarantine.NoticeConfig{From: cfg.Quarantine.NoticeFrom, Spool: g.spool, ReleaseLink: releaseLink(cfg, g.keys)}

@@ -195,6 +195,7 @@ func (g *Generation) buildRelease(o Options) error {
 	if g.notifier, err = newNotifier(cfg, g.quarantine, keys, mailers, o.Log); err != nil {
 		return err
 	}
+	g.quarantine.OnStored(g.notifier.Held)
 	g.background.Add(1)
 	go func() {
 		defer g.background.Done()
@@ -246,23 +247,4 @@ func metaLink(cfg *policy.Config, keys release.Keys) func(quarantine.Meta) strin
 		}
 		return q.Release.LinkURL + "/release/" + keys.Link(m.ID, time.Now().Add(q.Release.LinkTTL))
 	}
-}
-
-// notifying is the chain's quarantine when held messages are to be told:
-// the store, and a word to the notifier about each refused original.
-type notifying struct {
-	q *quarantine.Store
-	n *notify.Notifier
-}
-
-var _ filters.Quarantine = notifying{}
-
-func (q notifying) Store(ctx context.Context, env *filters.Envelope, original filters.Body, res *filters.Result) (string, error) {
-	id, err := q.q.Store(ctx, env, original, res)
-	if err == nil {
-		if m, gerr := q.q.Get(id); gerr == nil {
-			q.n.Held(m)
-		}
-	}
-	return id, err
 }
