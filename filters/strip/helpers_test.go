@@ -178,7 +178,7 @@ func checkSplice(t testing.TB, orig, out []byte, strips []match) {
 				want = "(no name)"
 			}
 			if np.Encoding == "quoted-printable" {
-				dec, _ := io.ReadAll(contentReader(bytes.NewReader(out), np))
+				dec, _ := io.ReadAll(np.Content(bytes.NewReader(out)))
 				body = string(dec)
 			}
 			if !strings.Contains(body, "File: "+want+"\n") && !strings.Contains(body, "File: "+want+"\r\n") {

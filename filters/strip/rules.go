@@ -218,7 +218,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *mimetree.Part, depth int) 
 	}
 	w := ev.f.spool.NewWriter()
 	defer w.Abort()
-	if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, contentReader(r, p))); err != nil {
+	if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, p.Content(r))); err != nil {
 		return nil, err
 	}
 	b, err := w.Finish()
@@ -406,7 +406,7 @@ func (ev *evaluator) headOf(pi *partInfo) []byte {
 	}
 	pi.headDone = true
 	buf := make([]byte, sniffLen)
-	n, _ := io.ReadFull(contentReader(pi.r, pi.p), buf)
+	n, _ := io.ReadFull(pi.p.Content(pi.r), buf)
 	pi.head = buf[:n]
 	return pi.head
 }
@@ -432,7 +432,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	bp := tailBufs.Get().(*[]byte)
 	tw := &tailWriter{keep: tailKeep, buf: (*bp)[:0]}
 	defer func() { *bp = tw.buf[:0]; tailBufs.Put(bp) }()
-	n, err := copyPooled(tw, mailtext.NewReader(ev.ctx, contentReader(pi.r, p)))
+	n, err := copyPooled(tw, mailtext.NewReader(ev.ctx, p.Content(pi.r)))
 	if err != nil {
 		return 0, err
 	}
@@ -479,7 +479,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*zipListing, error) {
 	} else {
 		w := ev.f.spool.NewWriter()
 		defer w.Abort()
-		if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, contentReader(pi.r, p))); err != nil {
+		if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, p.Content(pi.r))); err != nil {
 			pi.archErr = err
 			return nil, err
 		}

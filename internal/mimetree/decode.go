@@ -1,18 +1,17 @@
-package strip
+package mimetree
 
 import (
 	"bytes"
 	"encoding/base64"
 	"io"
-
-	"github.com/popgate/popgate/internal/mimetree"
 )
 
-// contentReader returns the decoded body of p (base64 and quoted-printable
-// are decoded; any other encoding is returned as it is). Decoding is lenient
-// like a mail client's: base64 ignores characters outside its alphabet and
-// missing padding, quoted-printable passes malformed escapes through.
-func contentReader(r io.ReaderAt, p *mimetree.Part) io.Reader {
+// Content returns the decoded body of p, read from r (the message p was
+// parsed from): base64 and quoted-printable are decoded; any other encoding
+// is returned as it is. Decoding is lenient like a mail client's: base64
+// ignores characters outside its alphabet and missing padding,
+// quoted-printable passes malformed escapes through.
+func (p *Part) Content(r io.ReaderAt) io.Reader {
 	raw := io.NewSectionReader(r, p.BodyStart, p.BodyEnd-p.BodyStart)
 	switch p.Encoding {
 	case "base64":
