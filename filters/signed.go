@@ -12,6 +12,7 @@ import (
 
 	"github.com/popgate/popgate/internal/mailsig"
 	"github.com/popgate/popgate/internal/mailtext"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // Signed is what the chain does when a filter's change would break a
@@ -130,6 +131,31 @@ func (e *Envelope) Signatures(ctx context.Context) (*mailsig.Info, error) {
 		return nil, errNoInput
 	}
 	return e.input.signatures(ctx)
+}
+
+// MIME returns the MIME structure of body (with mimetree's default limits:
+// a filter checks its own tighter ones on the tree). For the chain's input
+// it is the tree read once per run together with the signatures, shared
+// by every filter that asks; for another body (a replacement an earlier
+// filter made) it is parsed on each call. A structure beyond the limits
+// gives mimetree's *LimitError.
+func (e *Envelope) MIME(ctx context.Context, body Body) (*mimetree.Part, error) {
+	if e != nil && e.input != nil && e.input.body == body {
+		info, err := e.input.signatures(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if info.Partial != nil {
+			return nil, info.Partial
+		}
+		return info.Root, nil
+	}
+	r, err := body.Open()
+	if err != nil {
+		return nil, fmt.Errorf("mime: %w", err)
+	}
+	defer r.Close()
+	return mimetree.Parse(mailtext.NewReader(ctx, r), body.Size(), mimetree.Limits{}, nil)
 }
 
 // input is what a chain run reads of its input at most once, shared by the

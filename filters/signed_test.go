@@ -12,6 +12,7 @@ import (
 
 	"github.com/popgate/popgate/internal/dkimtest"
 	"github.com/popgate/popgate/internal/mailsig"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // signedMsg is a multipart message with a text part and an .exe, the
@@ -329,5 +330,35 @@ func TestParseSignedAndEncrypted(t *testing.T) {
 		if _, err := ParseEncrypted(s); err == nil {
 			t.Errorf("encrypted %q accepted", s)
 		}
+	}
+}
+
+// Filters asking for the input's MIME structure share one parse, the one
+// the signatures came from; a replacement body is parsed on its own.
+func TestEnvelopeMIMESharedForInput(t *testing.T) {
+	var roots []*mimetree.Part
+	var mu sync.Mutex
+	asker := func(name string) Filter {
+		return &funcFilter{name: name, fn: func(ctx context.Context, env *Envelope, b Body) (Verdict, error) {
+			root, err := env.MIME(ctx, b)
+			mu.Lock()
+			roots = append(roots, root)
+			mu.Unlock()
+			return Verdict{Action: Pass}, err
+		}}
+	}
+	in := &countingBody{Body: BytesBody([]byte(signedMsg))}
+	c := &Chain{Filters: []Filter{asker("a"), asker("b")}, Encrypted: EncryptedPassWithTag}
+	res := c.Run(context.Background(), nil, in)
+	defer res.Release()
+	if res.Outcome != Deliver || len(roots) != 2 || roots[0] == nil || roots[0] != roots[1] {
+		t.Fatalf("outcome %v, roots %v", res.Outcome, roots)
+	}
+	if in.opens != 1 {
+		t.Errorf("input opened %d times for two filters", in.opens)
+	}
+	other, err := (&Envelope{}).MIME(context.Background(), BytesBody([]byte(signedMsg)))
+	if err != nil || other == nil || other == roots[0] || other.ContentType != roots[0].ContentType {
+		t.Errorf("another body: %v %v", other, err)
 	}
 }

@@ -134,6 +134,9 @@ type Info struct {
 	BodyStart int64
 	// Fields are the message's header fields, in order.
 	Fields []Field
+	// Root is the message's MIME structure, read in the same pass; nil
+	// when it goes beyond mimetree's default limits (see Partial).
+	Root *mimetree.Part
 	// Signatures are the message's signatures: DKIM ones in header order,
 	// then the others in document order.
 	Signatures []Signature
@@ -168,6 +171,7 @@ func Detect(ctx context.Context, r io.Reader, size int64) (*Info, error) {
 		return nil, fmt.Errorf("reading the message structure: %w", err)
 	default:
 		d.info.BodyStart = root.BodyStart
+		d.info.Root = root
 	}
 	d.endArmour()
 	for i := range d.info.Signatures { // DKIM: the body
