@@ -97,6 +97,21 @@ missing_packages() {
 	command -v gnuplot >/dev/null || miss+=(gnuplot-nox)       # benchmark chart (PNG)
 	command -v redis-server >/dev/null || miss+=(redis-server) # shared message memory (filters/memory/redisstore)
 	command -v rspamd >/dev/null || miss+=(rspamd)             # the spam scanner (filters/rspamd)
+	# Containers the archive tests make with the real tools (internal/archive)
+	command -v 7z >/dev/null || miss+=(p7zip-full)
+	command -v genisoimage >/dev/null || miss+=(genisoimage)
+	command -v xorriso >/dev/null || miss+=(xorriso)
+	command -v mkudffs >/dev/null || miss+=(udftools)
+	command -v gcab >/dev/null || miss+=(gcab)
+	command -v cabextract >/dev/null || miss+=(cabextract)
+	command -v cpio >/dev/null || miss+=(cpio)
+	command -v arj >/dev/null || miss+=(arj)
+	command -v tnef >/dev/null || miss+=(tnef)
+	command -v uuencode >/dev/null || miss+=(sharutils)
+	command -v zstd >/dev/null || miss+=(zstd)
+	command -v xz >/dev/null || miss+=(xz-utils)
+	command -v bzip2 >/dev/null || miss+=(bzip2)
+	[ -d /usr/share/clamav-testfiles ] || miss+=(clamav-testfiles) # clamd's own test files, scanned inside messages
 	if [ ${#miss[@]} -gt 0 ]; then printf '%s\n' "${miss[@]}"; fi
 }
 
