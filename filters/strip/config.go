@@ -40,6 +40,7 @@ var filterSchema = &hcl.BodySchema{
 		hcl.AttributeSchema{Name: "max_parts"},
 		hcl.AttributeSchema{Name: "max_header_size"},
 		hcl.AttributeSchema{Name: "on_archive_limit"},
+		hcl.AttributeSchema{Name: "on_unreadable_archive"},
 		hcl.AttributeSchema{Name: "archive_depth"},
 		hcl.AttributeSchema{Name: "archive_max_entries"},
 		hcl.AttributeSchema{Name: "archive_max_size"},
@@ -125,6 +126,7 @@ func decode(name string, body hcl.Body, dc *filters.DecodeContext) (Config, hcl.
 	attrs := content.Attributes
 	cfg.OnLimit = d.action(attrs["on_limit"], "reject", "tempfail", "pass")
 	cfg.OnArchiveLimit = d.action(attrs["on_archive_limit"], "reject", "quarantine", "strip", "tempfail", "pass")
+	cfg.OnUnreadableArchive = d.action(attrs["on_unreadable_archive"], "reject", "quarantine", "strip", "tempfail", "pass")
 	cfg.Limits.MaxDepth = d.integer(attrs["max_depth"], 1, 10000)
 	cfg.Limits.MaxParts = d.integer(attrs["max_parts"], 1, 10000000)
 	cfg.Limits.MaxHeaderBytes = int(d.size(attrs["max_header_size"], 1024, 1<<30))

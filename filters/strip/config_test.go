@@ -10,6 +10,7 @@ import (
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/archive"
 	"github.com/popgate/popgate/internal/mimetree"
 )
 
@@ -63,7 +64,7 @@ func TestFullForm(t *testing.T) {
   archive_max_ratio   = 50
 }`)
 	if len(f.rules) != 4 || f.onLimit != ActionTempfail || f.lim != (mimetree.Limits{MaxDepth: 20, MaxParts: 500, MaxHeaderBytes: 64 << 10}) ||
-		f.onArchive != ActionStrip || f.alim != (ArchiveLimits{2, 100, 100_000_000, 50}) {
+		f.onArchive != ActionStrip || f.alim != (archive.Limits{MaxDepth: 2, MaxEntries: 100, MaxSize: 100_000_000, MaxRatio: 50}) {
 		t.Fatalf("%+v %+v %+v", f.rules, f.lim, f.alim)
 	}
 	r := f.rules[2]

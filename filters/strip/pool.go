@@ -15,8 +15,8 @@ var (
 )
 
 // tailKeep is how much of a part's end the size pass keeps: enough for a
-// zip's end-of-central-directory record and its longest comment.
-const tailKeep = 65535 + eocdLen
+// zip's end-of-central-directory record (22 bytes) and its longest comment.
+const tailKeep = 65535 + 22
 
 // copyPooled is io.Copy with a pooled buffer.
 func copyPooled(w io.Writer, r io.Reader) (int64, error) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gabriel-vasile/mimetype"
 
+	"github.com/popgate/popgate/internal/archive"
 	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/internal/mimetree"
 )
@@ -133,7 +134,7 @@ type partInfo struct {
 	eocd     bool // the decoded content ends like a zip
 
 	archDone bool
-	arch     *zipListing
+	arch     *archive.Listing
 	archErr  error
 }
 
@@ -142,8 +143,10 @@ type nameInfo struct {
 	suspicious bool
 }
 
-// sniffLen is how much decoded content type detection looks at.
-const sniffLen = 3072
+// sniffLen is how much decoded content type detection looks at: what the
+// content sniffer reads (3072 bytes) and what a container format's Sniff
+// is shown.
+const sniffLen = max(3072, archive.HeadLen)
 
 // tree evaluates the parts of the message rooted at root (read from r),
 // depth being the nesting of root in the outermost message.
@@ -187,9 +190,13 @@ func (ev *evaluator) part(r io.ReaderAt, p *mimetree.Part, depth int) (*match, e
 	for _, rl := range ev.f.rules {
 		why, name, ok, err := ev.match(rl, pi)
 		if err != nil {
-			var ae *archiveLimitError
-			if errors.As(err, &ae) {
+			var ae *archive.LimitError
+			var ue *unreadableError
+			switch {
+			case errors.As(err, &ae):
 				return &match{Part: p, Name: p.Filename, Action: ev.f.onArchive, Why: ae.Error()}, nil
+			case errors.As(err, &ue):
+				return &match{Part: p, Name: p.Filename, Action: ev.f.onUnreadable, Why: ue.Error()}, nil
 			}
 			return nil, err
 		}
@@ -369,10 +376,18 @@ func (rl *rule) detected(head []byte) (string, bool) {
 	return "", false
 }
 
-// archive applies archive_filenames and encrypted_archives.
+// unreadableError is a container the lister could not read, in a part a
+// rule needs the members of: on_unreadable_archive decides.
+type unreadableError struct{ p archive.Problem }
+
+func (e *unreadableError) Error() string { return e.p.String() }
+
+// archive applies archive_filenames and encrypted_archives (to the
+// members listed, when some container could not be read: a member that
+// matches decides; else on_unreadable_archive does).
 func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 	a, err := ev.archiveOf(pi)
-	var ae *archiveLimitError
+	var ae *archive.LimitError
 	if errors.As(err, &ae) {
 		if ev.f.onArchive == ActionPass {
 			return "", false, nil
@@ -397,6 +412,9 @@ func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 			}
 		}
 	}
+	if len(a.Unreadable) > 0 && ev.f.onUnreadable != ActionPass {
+		return "", false, &unreadableError{a.Unreadable[0]}
+	}
 	return "", false, nil
 }
 
@@ -420,7 +438,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	p := pi.p
 	if mimetree.IdentityEncoding(p.Encoding) {
 		pi.size = p.BodyEnd - p.BodyStart
-		n := min(pi.size, 65535+eocdLen)
+		n := min(pi.size, tailKeep)
 		tail := make([]byte, n)
 		if _, err := pi.r.ReadAt(tail, p.BodyEnd-n); err != nil && err != io.EOF {
 			return 0, err
@@ -441,22 +459,16 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	return pi.size, nil
 }
 
-// archiveOf lists the part as a zip archive when it may be one; it returns
-// nil for parts that are not.
-func (ev *evaluator) archiveOf(pi *partInfo) (*zipListing, error) {
+// archiveOf lists the part as a container (of any kind internal/archive
+// reads) when it may be one; it returns nil for parts that are not.
+func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	if pi.archDone {
 		return pi.arch, pi.archErr
 	}
 	pi.archDone = true
-	head := ev.headOf(pi)
-	candidate := false
-	for _, m := range zipMagics {
-		if bytes.HasPrefix(head, []byte(m)) {
-			candidate = true
-		}
-	}
+	candidate := archive.Sniffed(ev.headOf(pi), pi.p.Filename)
 	for _, n := range pi.names {
-		if looksLikeArchiveName(n.raw) {
+		if archive.NameKind(n.norm) != "" {
 			candidate = true
 		}
 	}
@@ -502,15 +514,15 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*zipListing, error) {
 		}
 		size = b.Size()
 	}
-	a, err := listZip(ev.ctx, ra, size, ev.f.alim, ev.f.spool)
-	var ae *archiveLimitError
+	a, err := archive.List(ev.ctx, ra, size, p.Filename, ev.f.alim, ev.f.spool)
+	var ae *archive.LimitError
 	switch {
 	case err == nil:
 		pi.arch = a
 	case errors.As(err, &ae):
 		pi.arch, pi.archErr = a, err
-	case errors.Is(err, errNotZip), errors.Is(err, errCorruptZip):
-		// Not an archive we can read: no member names to match.
+	case errors.Is(err, archive.ErrNotFormat):
+		// Not a container after all (a name claiming one is not this).
 	default:
 		pi.archErr = err
 	}

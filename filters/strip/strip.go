@@ -1,15 +1,17 @@
 // Package strip is popgate's attachment policy: it finds the parts of a
 // message by file name (globs, extensions, with the usual disguises undone),
 // by declared and by detected content type, by size and by the names inside
-// zip archives, and strips them (each is replaced by a short text notice) or
-// rejects the whole message.
+// containers (zip, tar, compressed streams and the other kinds
+// internal/archive lists, nested across kinds), and strips them (each is
+// replaced by a short text notice) or rejects the whole message.
 //
 // Rewriting splices byte ranges: every byte outside a stripped part stays as
 // it was, and a message that no rule matches is passed as it is (Pass, no
-// new body). The archive lister (listZip) is the package's own; the MIME
-// structure comes from internal/mimetree, which the chain's signature
-// detection shares. Its API is the configuration (Config, Rule, Limits,
-// ArchiveLimits, Action), New and Factory.
+// new body). Containers are listed by internal/archive, within one set of
+// limits over all levels and kinds; the MIME structure comes from
+// internal/mimetree, which the chain's signature detection shares. Its API
+// is the configuration (Config, Rule, Limits, archive.Limits, Action), New
+// and Factory.
 //
 // # Configuration
 //
@@ -24,8 +26,8 @@
 //	    extensions         = ["exe", "tar.gz"]            # last extension (or suffix)
 //	    content_types      = ["application/x-msdownload", "application/*"]  # declared
 //	    detected_types     = ["application/vnd.microsoft.portable-executable"] # sniffed
-//	    archive_filenames  = ["*.exe", "bin/*"]           # members of zips
-//	    encrypted_archives = true                         # zips with an encrypted member
+//	    archive_filenames  = ["*.exe", "bin/*"]           # members of containers
+//	    encrypted_archives = true                         # containers with an encrypted member
 //	    suspicious_names   = true                         # bidi/invisible characters in names
 //	    min_size           = "10MB"                       # decoded size, inclusive
 //	    max_size           = "100MB"
@@ -37,7 +39,8 @@
 //	  max_parts        = 10000
 //	  max_header_size  = "256KiB"   # per part
 //	  on_archive_limit = "reject"   # zip bomb / too many members: reject | quarantine | strip | tempfail | pass
-//	  archive_depth       = 3       # zips in zips: levels listed
+//	  on_unreadable_archive = "quarantine" # corrupt/unsupported container: reject | quarantine | strip | tempfail | pass
+//	  archive_depth       = 3       # containers in containers: levels listed
 //	  archive_max_entries = 10000
 //	  archive_max_size    = "512MiB" # uncompressed, all levels together
 //	  archive_max_ratio   = 250      # per member over 1 MiB
@@ -60,6 +63,7 @@ import (
 	"strings"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/archive"
 	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/internal/mimetree"
 )
@@ -131,12 +135,13 @@ type Rule struct {
 	// including its more general types (a .docx also is application/zip),
 	// except the catch-alls application/octet-stream and text/plain.
 	DetectedTypes []string
-	// ArchiveFilenames are globs matched against the members of zip
-	// archives, nested up to the filter's archive depth. A glob with a "/"
-	// is matched against the whole member path, others against its last
-	// element.
+	// ArchiveFilenames are globs matched against the members of
+	// containers of every kind internal/archive lists, nested up to the
+	// filter's archive depth. A glob with a "/" is matched against the
+	// whole member path, others against its last element.
 	ArchiveFilenames []string
-	// EncryptedArchives matches zip archives with an encrypted member.
+	// EncryptedArchives matches containers (of any kind) with an encrypted
+	// member or an encrypted member list.
 	EncryptedArchives bool
 	// SuspiciousNames matches parts whose name holds bidi controls or
 	// invisible characters (a right-to-left override, say).
@@ -153,7 +158,7 @@ type Rule struct {
 type Config struct {
 	Rules   []Rule
 	Limits  mimetree.Limits
-	Archive ArchiveLimits
+	Archive archive.Limits
 	// OnLimit is what happens to a message beyond Limits: ActionReject (the
 	// default), ActionTempfail or ActionPass.
 	OnLimit Action
@@ -163,30 +168,40 @@ type Config struct {
 	// ActionTempfail or ActionPass (the archive's members are then not
 	// examined).
 	OnArchiveLimit Action
+	// OnUnreadableArchive is what happens to a part holding a container
+	// the lister cannot read (corrupt, an unsupported variant or method,
+	// or named like a container of no kind it reads), when a rule needs
+	// its members: ActionQuarantine (the default: an admin must not find
+	// such a container passed silently), ActionReject, ActionStrip,
+	// ActionTempfail or ActionPass (it is matched as if it had no members
+	// but those listed).
+	OnUnreadableArchive Action
 }
 
 // Filter is a configured strip filter; it implements filters.Filter and is
 // safe for concurrent use.
 type Filter struct {
-	name      string
-	rules     []*rule
-	lim       mimetree.Limits
-	alim      ArchiveLimits
-	onLimit   Action
-	onArchive Action
-	spool     *filters.Spool // for replacement bodies and unpacked members
+	name         string
+	rules        []*rule
+	lim          mimetree.Limits
+	alim         archive.Limits
+	onLimit      Action
+	onArchive    Action
+	onUnreadable Action
+	spool        *filters.Spool // for replacement bodies and unpacked members
 }
 
 // New builds a strip filter from cfg; it writes the bodies it makes to
 // spool (nil: a Spool with the defaults).
 func New(name string, cfg Config, spool *filters.Spool) (*Filter, error) {
 	f := &Filter{
-		name:      name,
-		spool:     spool,
-		lim:       cfg.Limits.WithDefaults(),
-		alim:      cfg.Archive.withDefaults(),
-		onLimit:   cfg.OnLimit,
-		onArchive: cfg.OnArchiveLimit,
+		name:         name,
+		spool:        spool,
+		lim:          cfg.Limits.WithDefaults(),
+		alim:         cfg.Archive.WithDefaults(),
+		onLimit:      cfg.OnLimit,
+		onArchive:    cfg.OnArchiveLimit,
+		onUnreadable: cfg.OnUnreadableArchive,
 	}
 	switch f.onLimit {
 	case ActionDefault:
@@ -201,6 +216,13 @@ func New(name string, cfg Config, spool *filters.Spool) (*Filter, error) {
 	case ActionReject, ActionQuarantine, ActionStrip, ActionTempfail, ActionPass:
 	default:
 		return nil, fmt.Errorf("on_archive_limit: %v is not one of reject, quarantine, strip, tempfail, pass", f.onArchive)
+	}
+	switch f.onUnreadable {
+	case ActionDefault:
+		f.onUnreadable = ActionQuarantine
+	case ActionReject, ActionQuarantine, ActionStrip, ActionTempfail, ActionPass:
+	default:
+		return nil, fmt.Errorf("on_unreadable_archive: %v is not one of reject, quarantine, strip, tempfail, pass", f.onUnreadable)
 	}
 	var errs []error
 	for i := range cfg.Rules {
