@@ -192,12 +192,12 @@ func NameKind(name string) string {
 	if i := strings.LastIndexAny(n, "/\\"); i >= 0 {
 		n = n[i+1:]
 	}
-	if k, ok := nameKinds[n]; ok {
-		return k
-	}
 	i := strings.LastIndexByte(n, '.')
 	if i < 0 {
-		return ""
+		return "" // "tar" alone claims nothing
+	}
+	if k, ok := nameKinds[n]; ok {
+		return k // winmail.dat
 	}
 	return nameKinds[n[i+1:]]
 }
@@ -253,6 +253,7 @@ type lister struct {
 	entries  int
 	declared int64 // sizes declared by all members so far
 	read     int64 // bytes unpacked from members so far
+	bufs     [][]byte
 }
 
 // abort carries an error of List's own (a limit, the context, the spool)
@@ -351,6 +352,9 @@ func (l *lister) member(f *Format, m *Member, prefix string, level, nest int) er
 		return nil
 	}
 	if m.Open == nil {
+		if m.Size == 0 {
+			return nil // a link, a device: nothing to look into
+		}
 		if k := NameKind(e.Name); k != "" {
 			l.out.Unreadable = append(l.out.Unreadable, Problem{Path: e.Path, Format: k, Reason: "stored with a compression method popgate does not unpack"})
 		} else {
@@ -358,21 +362,25 @@ func (l *lister) member(f *Format, m *Member, prefix string, level, nest int) er
 		}
 		return nil
 	}
-	return l.look(f, m, len(l.out.Entries)-1, level, nest)
+	return l.look(f, m, strings.TrimSuffix(prefix, "/"), len(l.out.Entries)-1, level, nest)
 }
 
-// look reads member m (listed as entry i) far enough to tell whether it is
-// a container, and lists it when it is; a stream's member is read to its
-// end to learn its size.
-func (l *lister) look(f *Format, m *Member, i, level, nest int) error {
+// look reads member m (listed as entry i) of the container at cpath far
+// enough to tell whether it is a container, and lists it when it is; a
+// stream's member is read to its end to learn its size.
+func (l *lister) look(f *Format, m *Member, cpath string, i, level, nest int) error {
 	path := l.out.Entries[i].Path
 	name := l.out.Entries[i].Name
+	// A member that cannot be read makes its container unreadable.
+	unreadable := func(err error) {
+		l.unreadable(cpath, f.Name, fmt.Errorf("member %s: %w", name, err))
+	}
 	rc, err := m.Open()
 	if err != nil {
 		if l.ctx.Err() != nil {
 			return l.ctx.Err()
 		}
-		l.unreadable(path, f.Name, err)
+		unreadable(err)
 		return nil
 	}
 	defer rc.Close()
@@ -402,13 +410,18 @@ func (l *lister) look(f *Format, m *Member, i, level, nest int) error {
 	}
 	start := l.read
 
-	pr := &prefixReader{src: cr, max: sniffMax}
+	// One prefix buffer per nesting level, reused member after member.
+	for len(l.bufs) <= nest {
+		l.bufs = append(l.bufs, nil)
+	}
+	pr := &prefixReader{src: cr, max: sniffMax, buf: l.bufs[nest][:0]}
+	defer func() { l.bufs[nest] = pr.buf }()
 	pr.fill(HeadLen)
 	if pr.err != nil {
 		if err := check(); err != nil {
 			return err
 		}
-		l.unreadable(path, f.Name, pr.err)
+		unreadable(pr.err)
 		return nil
 	}
 	size := m.Size
@@ -424,7 +437,7 @@ func (l *lister) look(f *Format, m *Member, i, level, nest int) error {
 		if err := check(); err != nil {
 			return err
 		}
-		l.unreadable(path, f.Name, pr.err)
+		unreadable(pr.err)
 		return nil
 	}
 	childLevel, childNest := level+1, nest+1
@@ -448,7 +461,7 @@ func (l *lister) look(f *Format, m *Member, i, level, nest int) error {
 		}
 		l.out.Entries[i].Size = l.read - start
 		if err != nil {
-			l.unreadable(path, f.Name, err)
+			unreadable(err)
 		}
 		return nil
 	}
@@ -463,7 +476,7 @@ func (l *lister) look(f *Format, m *Member, i, level, nest int) error {
 		return ew.err // the spool failed: ours, not the container's
 	}
 	if err != nil {
-		l.unreadable(path, f.Name, err)
+		unreadable(err)
 		return nil
 	}
 	if m.Size < 0 {
