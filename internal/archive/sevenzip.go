@@ -155,14 +155,7 @@ func member7z(f *sevenzip.File, info *szArchive) (*Member, error) {
 		return nil, corrupt7z("member %q: folder %d of %d", f.Name, f.Stream, len(info.folders))
 	}
 	fo := &info.folders[f.Stream]
-	// A solid folder packs several members together: each is given its
-	// share of the folder's packed size, so that its ratio is the
-	// folder's.
-	hi, lo := bits.Mul64(fo.packed, f.UncompressedSize)
-	if fo.unpack > 0 && hi < fo.unpack {
-		c, _ := bits.Div64(hi, lo, fo.unpack)
-		m.CompressedSize = int64(c)
-	}
+	m.CompressedSize = packedShare(fo.packed, f.UncompressedSize, fo.unpack)
 	m.Encrypted = fo.encrypted
 	if !fo.encrypted && fo.known {
 		m.Open = func() (io.ReadCloser, error) {
@@ -175,29 +168,6 @@ func member7z(f *sevenzip.File, info *szArchive) (*Member, error) {
 	}
 	return m, nil
 }
-
-// guardedReader wraps a library's member reader: its decode errors wrap
-// ErrCorrupt and its panics (a decoder indexing out of a hostile stream)
-// become such errors too.
-type guardedReader struct {
-	rc   io.ReadCloser
-	what string
-}
-
-func (g *guardedReader) Read(p []byte) (n int, err error) {
-	defer func() {
-		if v := recover(); v != nil {
-			n, err = 0, fmt.Errorf("%w: %s: %v", ErrCorrupt, g.what, v)
-		}
-	}()
-	n, err = g.rc.Read(p)
-	if err != nil && err != io.EOF && !errors.Is(err, ErrCorrupt) {
-		err = fmt.Errorf("%w: %s: %v", ErrCorrupt, g.what, err)
-	}
-	return n, err
-}
-
-func (g *guardedReader) Close() error { return g.rc.Close() }
 
 // szArchive is what check7z learned from the header.
 type szArchive struct {
