@@ -35,7 +35,7 @@ func (g *guardedReader) Read(p []byte) (n int, err error) {
 		}
 	}()
 	n, err = g.rc.Read(p)
-	if err != nil && err != io.EOF && !errors.Is(err, ErrCorrupt) {
+	if err != nil && err != io.EOF && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrEncrypted) {
 		err = fmt.Errorf("%w: %s: %v", ErrCorrupt, g.what, err)
 	}
 	return n, err
