@@ -1,0 +1,75 @@
+package archive
+
+import (
+	"strings"
+	"unicode/utf16"
+	"unicode/utf8"
+
+	"golang.org/x/text/encoding"
+	"golang.org/x/text/encoding/charmap"
+	"golang.org/x/text/encoding/japanese"
+	"golang.org/x/text/encoding/korean"
+	"golang.org/x/text/encoding/simplifiedchinese"
+	"golang.org/x/text/encoding/traditionalchinese"
+)
+
+// Name decoding shared by the formats whose names are not UTF-8: UTF-16
+// (Joliet, UDF, TNEF's Unicode properties) and Windows code pages (TNEF's
+// 8-bit strings).
+
+// utf16Name decodes UTF-16 (or UCS-2) code units of b, big-endian when be
+// is set, up to the first NUL; an odd trailing byte is dropped.
+func utf16Name(b []byte, be bool) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+1 < len(b); i += 2 {
+		c := uint16(b[i])<<8 | uint16(b[i+1])
+		if !be {
+			c = uint16(b[i+1])<<8 | uint16(b[i])
+		}
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return string(utf16.Decode(u))
+}
+
+// codePages maps the Windows code pages TNEF names are written in to their
+// decoders; 1252 is the fallback for any other.
+var codePages = map[uint32]encoding.Encoding{
+	437: charmap.CodePage437, 850: charmap.CodePage850, 852: charmap.CodePage852,
+	866: charmap.CodePage866, 874: charmap.Windows874,
+	932: japanese.ShiftJIS, 936: simplifiedchinese.GBK, 949: korean.EUCKR, 950: traditionalchinese.Big5,
+	1250: charmap.Windows1250, 1251: charmap.Windows1251, 1252: charmap.Windows1252,
+	1253: charmap.Windows1253, 1254: charmap.Windows1254, 1255: charmap.Windows1255,
+	1256: charmap.Windows1256, 1257: charmap.Windows1257, 1258: charmap.Windows1258,
+	20127: charmap.Windows1252, 28591: charmap.ISO8859_1, 28592: charmap.ISO8859_2,
+	28595: charmap.ISO8859_5, 28597: charmap.ISO8859_7, 28605: charmap.ISO8859_15,
+}
+
+// codePageName decodes an 8-bit string of code page cp up to the first NUL.
+// Pure ASCII and code page 65001 (UTF-8) are taken as they are.
+func codePageName(b []byte, cp uint32) string {
+	if i := strings.IndexByte(string(b), 0); i >= 0 {
+		b = b[:i]
+	}
+	ascii := true
+	for _, c := range b {
+		if c >= 0x80 {
+			ascii = false
+			break
+		}
+	}
+	if ascii || (cp == 65001 && utf8.Valid(b)) {
+		return string(b)
+	}
+	enc, ok := codePages[cp]
+	if !ok {
+		enc = charmap.Windows1252
+	}
+	s, err := enc.NewDecoder().Bytes(b)
+	if err != nil {
+		return strings.ToValidUTF8(string(b), "\uFFFD")
+	}
+	return string(s)
+}
