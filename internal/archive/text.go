@@ -1,6 +1,9 @@
 package archive
 
 import (
+	"bufio"
+	"bytes"
+	"io"
 	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -73,3 +76,57 @@ func codePageName(b []byte, cp uint32) string {
 	}
 	return string(s)
 }
+
+// lineScanner reads the lines of a text in r from off to end, for the
+// formats embedded in text (uuencode, BinHex). A line longer than the
+// buffer is returned cut (long is set) and the rest of it skipped, so
+// memory stays bounded whatever the input.
+type lineScanner struct {
+	br      *bufio.Reader
+	off     int64  // of the next line
+	line    []byte // the current line without its line break, valid until next
+	lineOff int64  // of the current line
+	long    bool   // the current line was cut
+	cut     []byte // the start of a cut line
+	err     error
+}
+
+// lineMax is the longest line a lineScanner returns whole: far beyond the
+// 61 or 65 characters of uuencoded and BinHex lines.
+const lineMax = 4096
+
+func newLineScanner(r io.ReaderAt, off, end int64) *lineScanner {
+	return &lineScanner{br: bufio.NewReaderSize(io.NewSectionReader(r, off, end-off), lineMax), off: off}
+}
+
+// next moves to the next line; it returns false at the end of the input or
+// on a read error (s.err).
+func (s *lineScanner) next() bool {
+	s.lineOff, s.long = s.off, false
+	line, err := s.br.ReadSlice('\n')
+	s.off += int64(len(line))
+	if err == bufio.ErrBufferFull {
+		// The buffer is reused by the reads that skip the rest.
+		s.cut = append(s.cut[:0], line...)
+		line = s.cut
+	}
+	for err == bufio.ErrBufferFull {
+		s.long = true
+		var more []byte
+		more, err = s.br.ReadSlice('\n')
+		s.off += int64(len(more))
+	}
+	if err != nil && err != io.EOF {
+		s.err = err
+		return false
+	}
+	if len(line) == 0 && err == io.EOF {
+		return false
+	}
+	s.line = bytes.TrimRight(line, "\r\n")
+	return true
+}
+
+// looksText reports whether head may start a text (no NUL bytes): the
+// formats embedded in text do not scan binary content for their markers.
+func looksText(head []byte) bool { return bytes.IndexByte(head, 0) < 0 }

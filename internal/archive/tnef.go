@@ -70,8 +70,8 @@ func tnefCorrupt(format string, args ...any) error {
 // tnefAttach is what the attributes of one attachment said.
 type tnefAttach struct {
 	title, long, short, display string // names, in order of preference: long, title, short, display
-	off, n                             int64 // the content in the stream
-	hasData                            bool
+	off, n                      int64  // the content in the stream
+	hasData                     bool
 }
 
 func (a *tnefAttach) name() string {
