@@ -49,6 +49,7 @@ func init() {
 				return false
 			}
 			s := newLineScanner(r, 0, size)
+			defer s.close()
 			for s.next() {
 				if binhexStart(s.line) {
 					return true
@@ -77,6 +78,7 @@ type binhexHeader struct {
 
 func walkBinHex(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*Member) error) error {
 	s := newLineScanner(r, 0, size)
+	defer func() { s.close() }()
 	found := false
 	for i := 0; s.next(); i++ {
 		if i%4096 == 0 {
@@ -109,6 +111,7 @@ func walkBinHex(ctx context.Context, r io.ReaderAt, size int64, _ string, fn fun
 		if err := fn(m); err != nil {
 			return err
 		}
+		s.close()
 		s = newLineScanner(r, end, size)
 	}
 	if s.err != nil {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"strings"
+	"sync"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -88,6 +89,7 @@ type lineScanner struct {
 	lineOff int64  // of the current line
 	long    bool   // the current line was cut
 	cut     []byte // the start of a cut line
+	pooled  bool   // br is lineBufs'
 	err     error
 }
 
@@ -95,8 +97,28 @@ type lineScanner struct {
 // 61 or 65 characters of uuencoded and BinHex lines.
 const lineMax = 4096
 
+// lineBufs recycles the scanners' buffers: a text part is scanned by each
+// text format, and a message may have many. A text shorter than the buffer
+// gets a buffer of its size instead.
+var lineBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lineMax) }}
+
 func newLineScanner(r io.ReaderAt, off, end int64) *lineScanner {
-	return &lineScanner{br: bufio.NewReaderSize(io.NewSectionReader(r, off, end-off), lineMax), off: off}
+	sr := io.NewSectionReader(r, off, end-off)
+	if end-off < lineMax {
+		return &lineScanner{br: bufio.NewReaderSize(sr, int(end-off)+1), off: off}
+	}
+	br := lineBufs.Get().(*bufio.Reader)
+	br.Reset(sr)
+	return &lineScanner{br: br, off: off, pooled: true}
+}
+
+// close gives the buffer back; the scanner is not used after it.
+func (s *lineScanner) close() {
+	if s.pooled {
+		s.br.Reset(nil)
+		lineBufs.Put(s.br)
+	}
+	s.br, s.pooled = nil, false
 }
 
 // next moves to the next line; it returns false at the end of the input or

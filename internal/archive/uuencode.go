@@ -29,6 +29,7 @@ func init() {
 				return false
 			}
 			s := newLineScanner(r, 0, size)
+			defer s.close()
 			for s.next() {
 				if _, ok := uuBegin(s.line); ok && !s.long && s.next() {
 					if _, ok := uuLine(s.line); ok {
@@ -82,6 +83,7 @@ func uuLine(line []byte) (int, bool) {
 
 func walkUU(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*Member) error) error {
 	s := newLineScanner(r, 0, size)
+	defer s.close()
 	found := false
 	// more: s holds a line not looked at yet (the one that ended a block
 	// may begin the next).
@@ -115,7 +117,7 @@ func walkUU(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*M
 		found = true
 		m := &Member{Name: name, Size: n, CompressedSize: end - start}
 		m.Open = func() (io.ReadCloser, error) {
-			return io.NopCloser(&uuReader{s: newLineScanner(r, start, end)}), nil
+			return &uuReader{s: newLineScanner(r, start, end)}, nil
 		}
 		if err := fn(m); err != nil {
 			return err
@@ -136,9 +138,14 @@ type uuReader struct {
 	buf []byte // decoded, not yet read
 }
 
+func (u *uuReader) Close() error {
+	u.s.close()
+	return nil
+}
+
 func (u *uuReader) Read(p []byte) (int, error) {
 	for len(u.buf) == 0 {
-		if !u.s.next() {
+		if u.s.br == nil || !u.s.next() {
 			if u.s.err != nil {
 				return 0, fmt.Errorf("uuencode: %w", u.s.err)
 			}
