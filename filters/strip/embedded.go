@@ -33,6 +33,9 @@ var embeddedLabel = map[string]string{
 // at all: every leaf part of every message has one.
 var gateBufs = sync.Pool{New: func() any { b := make([]byte, 512); return &b }}
 
+// errWorst stops a walk at a match no other can outdo (reject).
+var errWorst = errors.New("most severe match found")
+
 // embeddable reports whether a rule says anything about an embedded file:
 // declared content types and archive members it cannot have.
 func (rl *rule) embeddable() bool {
@@ -80,7 +83,6 @@ func (ev *evaluator) embedded(pi *partInfo) (*match, error) {
 	defer done()
 	var worst *match
 	files := 0
-	errStop := errors.New("stop")
 	for _, f := range archive.Formats() {
 		if !f.Attachments {
 			continue
@@ -101,7 +103,7 @@ func (ev *evaluator) embedded(pi *partInfo) (*match, error) {
 			if em != nil && (worst == nil || severity(em.Action) > severity(worst.Action)) {
 				worst = em
 				if severity(em.Action) == severity(ActionReject) {
-					return errStop
+					return errWorst
 				}
 			}
 			return nil
@@ -113,7 +115,7 @@ func (ev *evaluator) embedded(pi *partInfo) (*match, error) {
 				return worst, nil
 			}
 			return &match{Part: p, Name: p.Filename, Action: ev.f.onArchive, Why: ae.Error()}, nil
-		case err == errStop:
+		case err == errWorst:
 			return worst, nil
 		case err != nil && ev.ctx.Err() != nil:
 			return nil, err
