@@ -3,6 +3,7 @@ package strip
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mimetree"
 )
 
 // corpusPolicy is the policy the corpus is judged by.
@@ -200,17 +202,31 @@ func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
-// TestReadsOnce: name and type rules read the message once; content rules
-// add the parts they look at (the sniffed head, or one decoding pass).
+// TestReadsOnce: name and type rules read the message once, and the text
+// parts twice more (uuencode and BinHex each look for files embedded in
+// them, after the head that tells text from binary); content rules add the
+// parts they look at (the sniffed head, or one decoding pass).
 func TestReadsOnce(t *testing.T) {
 	msg := readCorpus(t, "02_mixed_double_ext.eml")
+	var embedded int64
+	mustParse(t, msg).Walk(func(p *mimetree.Part) bool {
+		if p.Kind == mimetree.Leaf {
+			head := make([]byte, 512)
+			n, _ := io.ReadFull(p.Content(bytes.NewReader(msg)), head)
+			embedded += 2 * 512 // the head, encoded
+			if bytes.IndexByte(head[:n], 0) < 0 {
+				embedded += 2 * (p.BodyEnd - p.BodyStart)
+			}
+		}
+		return true
+	})
 	for _, tc := range []struct {
 		policy string
 		max    int64
 	}{
-		{`filter "strip" "x" { extensions = ["none"] }`, int64(len(msg))},
-		{`filter "strip" "x" { detected_types = ["image/gif"] }`, int64(len(msg)) + 4*sniffLen},
-		{`filter "strip" "x" { min_size = "1GB" }`, 2 * int64(len(msg))},
+		{`filter "strip" "x" { extensions = ["none"] }`, int64(len(msg)) + embedded},
+		{`filter "strip" "x" { detected_types = ["image/gif"] }`, int64(len(msg)) + 4*sniffLen + embedded},
+		{`filter "strip" "x" { min_size = "1GB" }`, 2*int64(len(msg)) + embedded},
 	} {
 		f := mustFilter(t, tc.policy)
 		cr := &countingReaderAt{r: bytes.NewReader(msg)}

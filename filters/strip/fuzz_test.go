@@ -95,6 +95,13 @@ func FuzzStripNoop(f *testing.F) {
 // verdict's Edits read as its body.
 func FuzzStrip(f *testing.F) {
 	addCorpusSeeds(f)
+	// Files embedded in parts (embedded.go).
+	f.Add(twoParts("text/plain", "7bit", "Hi\n"+uuBlock("a.exe")))
+	for name, ctype := range map[string]string{"clam.tnef": "application/ms-tnef", "clam.exe.binhex": "text/plain"} {
+		if b, err := os.ReadFile("/usr/share/clamav-testfiles/" + name); err == nil {
+			f.Add(twoParts(ctype, "base64", b64(b)))
+		}
+	}
 	all := mustFilter(f, `filter "strip" "all" {
   content_types = ["*/*"]
 `+fuzzLimits+`}`)

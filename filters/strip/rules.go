@@ -204,6 +204,9 @@ func (ev *evaluator) part(r io.ReaderAt, p *mimetree.Part, depth int) (*match, e
 			return &match{Part: p, Name: name, Rule: rl.name, Action: rl.action, Why: why}, nil
 		}
 	}
+	if m, err := ev.embedded(pi); m != nil || err != nil {
+		return m, err
+	}
 	if p.Kind == mimetree.Leaf && (p.ContentType == "message/rfc822" || p.ContentType == "message/global") && !mimetree.IdentityEncoding(p.Encoding) {
 		return ev.encodedMessage(r, p, depth)
 	}
@@ -483,38 +486,13 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	if !candidate {
 		return nil, nil
 	}
-	p := pi.p
-	var ra io.ReaderAt
-	var size int64
-	if mimetree.IdentityEncoding(p.Encoding) {
-		ra, size = io.NewSectionReader(pi.r, p.BodyStart, p.BodyEnd-p.BodyStart), p.BodyEnd-p.BodyStart
-	} else {
-		w := ev.f.spool.NewWriter()
-		defer w.Abort()
-		if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, p.Content(pi.r))); err != nil {
-			pi.archErr = err
-			return nil, err
-		}
-		b, err := w.Finish()
-		if err != nil {
-			pi.archErr = err
-			return nil, err
-		}
-		defer b.Remove()
-		rc, err := b.Open()
-		if err != nil {
-			pi.archErr = err
-			return nil, err
-		}
-		defer rc.Close()
-		var ok bool
-		if ra, ok = rc.(io.ReaderAt); !ok {
-			pi.archErr = errors.New("strip: spool body without io.ReaderAt")
-			return nil, pi.archErr
-		}
-		size = b.Size()
+	ra, size, done, err := ev.decodedAt(pi.r, pi.p)
+	if err != nil {
+		pi.archErr = err
+		return nil, err
 	}
-	a, err := archive.List(ev.ctx, ra, size, p.Filename, ev.f.alim, ev.f.spool)
+	defer done()
+	a, err := archive.List(ev.ctx, ra, size, pi.p.Filename, ev.f.alim, ev.f.spool)
 	var ae *archive.LimitError
 	switch {
 	case err == nil:

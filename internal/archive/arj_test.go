@@ -36,7 +36,7 @@ func TestArjWalk(t *testing.T) {
 			if !sniffArj(data[:min(len(data), HeadLen)], bytes.NewReader(data), int64(len(data)), "notes.txt") {
 				t.Fatal("sniff: not recognised")
 			}
-			w, err := walkAll(t, walkArj, data, "a.arj")
+			w, err := walkPacked(t, walkArj, data, "a.arj")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -63,7 +63,7 @@ func TestArjWalk(t *testing.T) {
 
 func TestArjClamAV(t *testing.T) {
 	data := readFile(t, "/usr/share/clamav-testfiles/clam.arj")
-	w, err := walkAll(t, walkArj, data, "clam.arj")
+	w, err := walkPacked(t, walkArj, data, "clam.arj")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,12 +86,12 @@ func TestArjCorrupt(t *testing.T) {
 		"content checksum": content,
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := walkAll(t, walkArj, in, ""); !errors.Is(err, ErrCorrupt) {
+			if _, err := walkPacked(t, walkArj, in, ""); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("err %v, want ErrCorrupt", err)
 			}
 		})
 	}
-	if _, err := walkAll(t, walkArj, []byte("MSCF\x00\x00\x00\x00 not arj"), ""); !errors.Is(err, ErrNotFormat) {
+	if _, err := walkPacked(t, walkArj, []byte("MSCF\x00\x00\x00\x00 not arj"), ""); !errors.Is(err, ErrNotFormat) {
 		t.Fatalf("cab: err %v", err)
 	}
 }
@@ -103,7 +103,7 @@ func FuzzArj(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, err := walkAll(t, walkArj, data, "")
+		_, err := walkPacked(t, walkArj, data, "")
 		if err != nil && !errors.Is(err, ErrNotFormat) && !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("unexpected error %v", err)
 		}

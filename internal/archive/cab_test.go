@@ -63,7 +63,7 @@ func TestCabWalk(t *testing.T) {
 			if !sniffCab(data[:min(len(data), HeadLen)], bytes.NewReader(data), int64(len(data)), "photo.jpg") {
 				t.Fatal("sniff: not recognised")
 			}
-			w, err := walkAll(t, walkCab, data, "a.cab")
+			w, err := walkPacked(t, walkCab, data, "a.cab")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,7 +87,7 @@ func TestCabWalk(t *testing.T) {
 
 func TestCabClamAV(t *testing.T) {
 	data := readFile(t, "/usr/share/clamav-testfiles/clam.cab")
-	w, err := walkAll(t, walkCab, data, "clam.cab")
+	w, err := walkPacked(t, walkCab, data, "clam.cab")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestCabVariants(t *testing.T) {
 	// An LZX folder: named, not opened.
 	lzx := bytes.Clone(stored)
 	binary.LittleEndian.PutUint16(lzx[cabHeaderLen+6:], 0x1503)
-	w, err := walkAll(t, walkCab, lzx, "")
+	w, err := walkPacked(t, walkCab, lzx, "")
 	if err != nil || len(w.members) != 3 || w.members[0].Open != nil {
 		t.Fatalf("LZX: err %v, members %+v", err, w.members)
 	}
@@ -119,7 +119,7 @@ func TestCabVariants(t *testing.T) {
 	cp := bytes.Clone(stored)
 	e := cabFileEntry(t, cp, "readme.txt")
 	cp[e+cabFileLen+1] = 0xe9 // "r\xe9adme.txt"
-	w, err = walkAll(t, walkCab, cp, "")
+	w, err = walkPacked(t, walkCab, cp, "")
 	if err != nil || w.member("réadme.txt") == nil {
 		t.Fatalf("code page name: err %v, members %+v", err, w.members)
 	}
@@ -127,14 +127,14 @@ func TestCabVariants(t *testing.T) {
 	utf := bytes.Clone(stored)
 	e = cabFileEntry(t, utf, "readme.txt")
 	binary.LittleEndian.PutUint16(utf[e+14:], cabNameUTF)
-	if w, err = walkAll(t, walkCab, utf, ""); err != nil || w.member("readme.txt") == nil {
+	if w, err = walkPacked(t, walkCab, utf, ""); err != nil || w.member("readme.txt") == nil {
 		t.Fatalf("utf-8 name: err %v, members %+v", err, w.members)
 	}
 	// Continued from a previous cabinet: named, not opened.
 	cont := bytes.Clone(stored)
 	e = cabFileEntry(t, cont, "evil.exe")
 	binary.LittleEndian.PutUint16(cont[e+8:], cabContinuedFrom)
-	if w, err = walkAll(t, walkCab, cont, ""); err != nil || w.member("evil.exe") == nil || w.member("evil.exe").Open != nil {
+	if w, err = walkPacked(t, walkCab, cont, ""); err != nil || w.member("evil.exe") == nil || w.member("evil.exe").Open != nil {
 		t.Fatalf("continued: err %v, members %+v", err, w.members)
 	}
 }
@@ -167,12 +167,12 @@ func TestCabCorrupt(t *testing.T) {
 		"data checksum":          data,
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := walkAll(t, walkCab, in, ""); !errors.Is(err, ErrCorrupt) {
+			if _, err := walkPacked(t, walkCab, in, ""); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("err %v, want ErrCorrupt", err)
 			}
 		})
 	}
-	if _, err := walkAll(t, walkCab, []byte("7z\xbc\xaf\x27\x1c"), ""); !errors.Is(err, ErrNotFormat) {
+	if _, err := walkPacked(t, walkCab, []byte("7z\xbc\xaf\x27\x1c"), ""); !errors.Is(err, ErrNotFormat) {
 		t.Fatalf("7z: err %v", err)
 	}
 }
@@ -186,7 +186,7 @@ func FuzzCab(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, err := walkAll(t, walkCab, data, "")
+		_, err := walkPacked(t, walkCab, data, "")
 		if err != nil && !errors.Is(err, ErrNotFormat) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrUnsupported) {
 			t.Fatalf("unexpected error %v", err)
 		}

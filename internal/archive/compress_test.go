@@ -61,6 +61,8 @@ func TestCompressed(t *testing.T) {
 	}
 }
 
+// TestClamavTestfiles: each of ClamAV's test containers, listed through List,
+// names the test file inside it.
 func TestClamavTestfiles(t *testing.T) {
 	for _, tc := range []struct{ file, want string }{
 		{"clam.tar.gz", "clam.tar/clam.exe"},
@@ -70,6 +72,12 @@ func TestClamavTestfiles(t *testing.T) {
 		{"clam.odc.cpio", "clam.exe"},
 		{"clam.bin-le.cpio", "clam.exe"},
 		{"clam.bin-be.cpio", "clam.exe"},
+		{"clam.7z", "clam.exe"},
+		{"clam.cab", "clam.exe"},
+		{"clam.arj", "clam.exe"},
+		{"clam.tnef", "clam.exe"},
+		{"clam.exe.binhex", "clam.exe"},
+		{"clam.exe.mbox.uu", "clam.exe"},
 	} {
 		a, err := listNamed(t, clamFile(t, tc.file), tc.file, Limits{})
 		if err != nil || !hasPath(a, tc.want) || len(a.Unreadable) != 0 {

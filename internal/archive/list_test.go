@@ -87,3 +87,26 @@ func TestNameKind(t *testing.T) {
 		}
 	}
 }
+
+// TestNestingPackedAndDiskKinds: an executable in a disk image in a 7z in a
+// cab in a tar.gz, made by the real tools, is found at its depth; with one
+// level less it is skipped, not missed silently.
+func TestNestingPackedAndDiskKinds(t *testing.T) {
+	for _, tool := range []string{"genisoimage", "7z", "gcab", "tar", "gzip"} {
+		needTool(t, tool)
+	}
+	out := shell(t, map[string][]byte{"d/setup.exe": []byte("MZ not really")},
+		`genisoimage -quiet -J -o disk.img d
+		7z a -bd -bso0 inner.7z disk.img
+		gcab -c -z pack.cab inner.7z
+		tar czf out.tgz pack.cab`, "out.tgz")
+	want := "out.tar/pack.cab/inner.7z/disk.img/setup.exe"
+	a, err := listNamed(t, out, "out.tgz", Limits{MaxDepth: 4})
+	if err != nil || !hasPath(a, want) || len(a.Unreadable) != 0 {
+		t.Fatalf("%q unreadable %v, %v", paths(a), a.Unreadable, err)
+	}
+	a, err = listNamed(t, out, "out.tgz", Limits{MaxDepth: 3})
+	if err != nil || hasPath(a, want) || !slices.Equal(a.Skipped, []string{"out.tar/pack.cab/inner.7z/disk.img"}) {
+		t.Errorf("depth 3: %q skipped %q, %v", paths(a), a.Skipped, err)
+	}
+}

@@ -241,7 +241,7 @@ func TestRarEncryptedHeaders(t *testing.T) {
 	v4 := rar4(0x0080, rarMembers...)
 	for name, data := range map[string][]byte{"v5": v5, "v4": v4} {
 		t.Run(name, func(t *testing.T) {
-			w, err := walkAll(t, walkRar, data, "")
+			w, err := walkPacked(t, walkRar, data, "")
 			if !errors.Is(err, ErrEncrypted) || len(w.members) != 0 {
 				t.Fatalf("err %v, members %+v", err, w.members)
 			}
@@ -262,12 +262,12 @@ func TestRarCorrupt(t *testing.T) {
 		"v5 content":         content,
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := walkAll(t, walkRar, in, ""); !errors.Is(err, ErrCorrupt) {
+			if _, err := walkPacked(t, walkRar, in, ""); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("err %v, want ErrCorrupt", err)
 			}
 		})
 	}
-	if _, err := walkAll(t, walkRar, []byte("MZ just a program"), ""); !errors.Is(err, ErrNotFormat) {
+	if _, err := walkPacked(t, walkRar, []byte("MZ just a program"), ""); !errors.Is(err, ErrNotFormat) {
 		t.Fatalf("exe: err %v", err)
 	}
 }
@@ -278,7 +278,7 @@ func FuzzRar(f *testing.F) {
 	f.Add(rar5(0x5, rarFile{name: "a", content: "x", split: true, encrypted: true}))
 	f.Add(rar4(0x109, rarFile{name: "a", content: "x", split: true, encrypted: true, solid: true}))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, err := walkAll(t, walkRar, data, "")
+		_, err := walkPacked(t, walkRar, data, "")
 		if err != nil && !errors.Is(err, ErrNotFormat) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrEncrypted) {
 			t.Fatalf("unexpected error %v", err)
 		}

@@ -13,14 +13,10 @@ import (
 	"testing"
 )
 
-// tool runs an archiver of the test environment in dir, skipping the test
-// when it is not installed.
+// tool runs an archiver of the test environment in dir (see needTool).
 func tool(t testing.TB, dir, name string, args ...string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed", name)
-	}
-	cmd := exec.Command(name, args...)
+	cmd := exec.Command(needTool(t, name), args...)
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)
@@ -53,16 +49,16 @@ func readFile(t testing.TB, path string) []byte {
 	return b
 }
 
-// walked is what a Walk reported: the members, with the content of those
+// packedWalk is what a Walk reported: the members, with the content of those
 // that can be opened.
-type walked struct {
+type packedWalk struct {
 	members  []Member
 	contents map[string]string
 }
 
-func walkAll(t testing.TB, f func(context.Context, io.ReaderAt, int64, string, func(*Member) error) error, data []byte, name string) (walked, error) {
+func walkPacked(t testing.TB, f func(context.Context, io.ReaderAt, int64, string, func(*Member) error) error, data []byte, name string) (packedWalk, error) {
 	t.Helper()
-	w := walked{contents: map[string]string{}}
+	w := packedWalk{contents: map[string]string{}}
 	err := f(context.Background(), bytes.NewReader(data), int64(len(data)), name, func(m *Member) error {
 		w.members = append(w.members, *m)
 		if m.Open != nil && !m.Dir {
@@ -82,7 +78,7 @@ func walkAll(t testing.TB, f func(context.Context, io.ReaderAt, int64, string, f
 	return w, err
 }
 
-func (w walked) member(name string) *Member {
+func (w packedWalk) member(name string) *Member {
 	for i := range w.members {
 		if w.members[i].Name == name {
 			return &w.members[i]
@@ -122,7 +118,7 @@ func TestSevenZipWalk(t *testing.T) {
 			if !sniff7z(data[:min(len(data), HeadLen)], bytes.NewReader(data), int64(len(data)), "holiday.jpg") {
 				t.Fatal("sniff: not recognised")
 			}
-			w, err := walkAll(t, walk7z, data, "a.7z")
+			w, err := walkPacked(t, walk7z, data, "a.7z")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -156,7 +152,7 @@ func TestSevenZipWalk(t *testing.T) {
 
 func TestSevenZipEncryptedHeader(t *testing.T) {
 	data := make7z(t, "-pSECRET", "-mhe=on")
-	w, err := walkAll(t, walk7z, data, "")
+	w, err := walkPacked(t, walk7z, data, "")
 	if !errors.Is(err, ErrEncrypted) || len(w.members) != 0 {
 		t.Fatalf("err %v, members %v", err, w.members)
 	}
@@ -164,7 +160,7 @@ func TestSevenZipEncryptedHeader(t *testing.T) {
 
 func TestSevenZipClamAV(t *testing.T) {
 	data := readFile(t, "/usr/share/clamav-testfiles/clam.7z")
-	w, err := walkAll(t, walk7z, data, "clam.7z")
+	w, err := walkPacked(t, walk7z, data, "clam.7z")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,18 +182,18 @@ func TestSevenZipCorrupt(t *testing.T) {
 		"header checksum":     flipped,
 	} {
 		t.Run(name, func(t *testing.T) {
-			if _, err := walkAll(t, walk7z, in, ""); !errors.Is(err, ErrCorrupt) {
+			if _, err := walkPacked(t, walk7z, in, ""); !errors.Is(err, ErrCorrupt) {
 				t.Fatalf("err %v, want ErrCorrupt", err)
 			}
 		})
 	}
 	t.Run("member data", func(t *testing.T) {
-		_, err := walkAll(t, walk7z, content, "")
+		_, err := walkPacked(t, walk7z, content, "")
 		if !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("err %v, want ErrCorrupt", err)
 		}
 	})
-	if _, err := walkAll(t, walk7z, []byte("PK\x03\x04 not a 7z"), ""); !errors.Is(err, ErrNotFormat) {
+	if _, err := walkPacked(t, walk7z, []byte("PK\x03\x04 not a 7z"), ""); !errors.Is(err, ErrNotFormat) {
 		t.Fatalf("zip: err %v", err)
 	}
 }
@@ -245,7 +241,7 @@ func TestSevenZipHostileHeader(t *testing.T) {
 		{"coder properties beyond the header", nil, cat(b(szHeader, szMainStreamsInfo, szUnpackInfo, szFolderID), sz7zNum(1), b(0, 0x21, 0x21), sz7zNum(1<<32), b(0)), ErrCorrupt},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := walkAll(t, walk7z, build7z(tc.packed, tc.hdr), "")
+			_, err := walkPacked(t, walk7z, build7z(tc.packed, tc.hdr), "")
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("err %v, want %v", err, tc.want)
 			}
@@ -261,7 +257,7 @@ func FuzzSevenZip(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		_, err := walkAll(t, walk7z, data, "")
+		_, err := walkPacked(t, walk7z, data, "")
 		if err != nil && !errors.Is(err, ErrNotFormat) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrUnsupported) && !errors.Is(err, ErrEncrypted) {
 			t.Fatalf("unexpected error %v", err)
 		}
