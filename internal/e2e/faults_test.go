@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/mail"
 	"os"
@@ -43,6 +44,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/examples"
 	"github.com/popgate/popgate/internal/testenv"
 	"github.com/popgate/popgate/proxy/pop3"
 )
@@ -620,6 +622,19 @@ type secondClamd struct {
 	addr string
 	dir  string
 	n    int
+	// extra, when set (newOwnClamd), are configuration lines added to
+	// the test clamd's, and sigs signature files (name: content) that
+	// make its database with examples/clamd's.
+	extra string
+	sigs  map[string]string
+}
+
+// newOwnClamd is a secondClamd with settings and signatures of the test's
+// own: the shared clamd is never reconfigured.
+func newOwnClamd(t *testing.T, c *testenv.ClamdEnv, extra string, sigs map[string]string) *secondClamd {
+	sc := newSecondClamd(t, c)
+	sc.extra, sc.sigs = extra, sigs
+	return sc
 }
 
 func newSecondClamd(t *testing.T, c *testenv.ClamdEnv) *secondClamd {
@@ -648,14 +663,29 @@ func (sc *secondClamd) start() {
 	sc.n++
 	var out strings.Builder
 	for line := range strings.Lines(string(base)) {
-		switch strings.Fields(line + " x")[0] {
-		case "Foreground", "PidFile", "LogFile", "LocalSocket", "LocalSocketMode", "TCPSocket", "TemporaryDirectory", "MaxThreads":
+		switch key := strings.Fields(line + " x")[0]; {
+		case key == "Foreground", key == "PidFile", key == "LogFile", key == "LocalSocket", key == "LocalSocketMode", key == "TCPSocket", key == "TemporaryDirectory", key == "MaxThreads":
+			continue
+		case key == "DatabaseDirectory" && sc.sigs != nil:
 			continue
 		}
 		out.WriteString(line)
 	}
-	fmt.Fprintf(&out, "\nForeground yes\nTCPSocket %d\nLogFile %s\nTemporaryDirectory %s\nMaxThreads 4\n",
-		port, filepath.Join(sc.dir, fmt.Sprintf("clamd%d.log", sc.n)), sc.dir)
+	fmt.Fprintf(&out, "\nForeground yes\nTCPSocket %d\nLogFile %s\nTemporaryDirectory %s\nMaxThreads 4\n%s\n",
+		port, filepath.Join(sc.dir, fmt.Sprintf("clamd%d.log", sc.n)), sc.dir, sc.extra)
+	if sc.sigs != nil {
+		db := filepath.Join(sc.dir, "db")
+		sigs, _ := fs.Sub(examples.ClamdSignatures, "clamd")
+		if err := os.CopyFS(db, sigs); err != nil && !errors.Is(err, fs.ErrExist) {
+			t.Fatal(err)
+		}
+		for name, content := range sc.sigs {
+			if err := os.WriteFile(filepath.Join(db, name), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fmt.Fprintf(&out, "DatabaseDirectory %s\n", db)
+	}
 	conf := filepath.Join(sc.dir, fmt.Sprintf("clamd%d.conf", sc.n))
 	if err := os.WriteFile(conf, []byte(out.String()), 0o644); err != nil {
 		t.Fatal(err)
