@@ -8,9 +8,11 @@
 //	  max_size        = "25MB"  # mirror clamd's StreamMaxLength (or stay below it)
 //	  max_concurrent  = 8
 //	  health_interval = "10s"
+//	  probe_stream_max = true   # check clamd's StreamMaxLength at start (probe.go)
 //	}
 //	filter "clamav" "av" {
 //	  scanner  = "local"
+//	  scan     = "message"      # message | parts | both (parts.go)
 //	  oversize = "tempfail"     # tempfail | pass-with-tag | reject | quarantine
 //	}
 //
@@ -336,8 +338,9 @@ func scanTimeout(cfg Config, size int64) time.Duration {
 	return min(cfg.MinTimeout+time.Duration(extra), cfg.Timeout)
 }
 
-// Close stops the health checker and waits for it; later Scans, and Scans
-// still waiting for a slot, return ErrClosed. Scans already talking to clamd
+// Close stops the health checker and a StreamMaxLength probe, and waits
+// for them; later Scans, and Scans still waiting for a slot, return
+// ErrClosed. Scans already talking to clamd
 // run to their end (each is bounded by its deadline). Close is idempotent
 // and returns nil.
 func (s *Scanner) Close() error {

@@ -536,6 +536,7 @@ type matrixCase struct {
 	// rspamd, when set, adds a spam filter on a relay to the test rspamd
 	// with these faults to the case's chain.
 	rspamd []testenv.Fault
+	scan   string           // the clamav filter's scan mode; default "message"
 	upTO   string           // upstream timeout; default "10s"
 	scanTO string           // scanner timeout; default "10s"
 	opts   clientOpts       // the standard session's variations
@@ -590,7 +591,7 @@ func matrixConfig(t *testing.T, d *testenv.DovecotEnv, clamdAddr, qdir string, c
 		}
 		fmt.Fprintf(&b, "scanner \"clamav\" \"s%s\" {\n  addresses = [%s]\n  timeout = %s\n  health_interval = \"1s\"\n}\n",
 			id, hclString(scan), hclString(cmp.Or(tc.scanTO, "10s")))
-		fmt.Fprintf(&b, "filter \"clamav\" \"av%s\" {\n  scanner = \"s%s\"\n}\n", id, id)
+		fmt.Fprintf(&b, "filter \"clamav\" \"av%s\" {\n  scanner = \"s%s\"\n  scan = %s\n}\n", id, id, hclString(cmp.Or(tc.scan, "message")))
 		spam := ""
 		if tc.rspamdRelay != nil {
 			fmt.Fprintf(&b, "scanner \"rspamd\" \"r%s\" {\n  addresses = [%s]\n  timeout = %s\n  health_interval = \"1s\"\n}\n",
@@ -794,6 +795,14 @@ func matrixCases(big []byte) []*matrixCase {
 		clamd:  []testenv.Fault{{Dir: down, After: "stream: ", Action: testenv.Delay, Delay: 1500 * time.Millisecond}},
 		expect: expectAllScanned})
 	add("clamd-restarted", matrixCase{run: clamdRestart, expect: expectAllScanned})
+	// scan = "parts": each part is a stream of its own, so clamd can fail
+	// after some parts of a message got their verdicts. The decoded
+	// attachment of the big message (its "report data" lines are base64
+	// in the message) is the third stream: cut, or stalled, there.
+	add("clamd-parts-all-scanned", matrixCase{scan: "parts", expect: expectAllScanned})
+	add("clamd-parts-cut-mid-part", matrixCase{scan: "parts", clamd: cut(up, "report data", 1000)})
+	add("clamd-parts-hung-mid-part", matrixCase{scan: "parts", scanTO: "2s", clamd: []testenv.Fault{{Dir: up, After: "report data", Offset: 1000, Action: testenv.Stall}}})
+	add("clamd-parts-garbage-reply", matrixCase{scan: "parts", clamd: []testenv.Fault{{Dir: down, After: "stream: ", Action: testenv.Corrupt, Data: []byte("GARBAGE\n")}}})
 	// rspamd: down (the connection ends at once), hung (it reads the
 	// request and never answers), garbage (an answer that is not its JSON):
 	// no spam verdict, so on_error (tempfail), never a silent ham.

@@ -80,14 +80,15 @@ func tarGz(t *testing.T, name string, data []byte) []byte {
 	return buf.Bytes()
 }
 
-// Every ClamAV test file as an attachment is found with scan = "parts";
-// so is every EICAR case. clamd given the whole message finds them too
-// with its default limits, but with MaxRecursion 3 its budget goes to the
-// MIME and base64 layers: clam.tar.gz comes back "OK" (clean!) without
-// AlertExceedsMax and Heuristics.Limits.Exceeded with it (unscannable),
-// while "parts" finds it. A mail-only signature (target type 4) is found
-// in "message" and "both" mode only: why "message" stays the default and
-// "both" is what a gateway should use when it can afford two scans.
+// Every ClamAV test file as an attachment is found with scan = "parts"
+// and "both"; so is every EICAR case. clamd given the whole message finds
+// all but clam_cache_emax.tgz with its default limits; with MaxRecursion 3
+// its budget goes to the MIME and base64 layers: clam.tar.gz comes back
+// "OK" (clean!) without AlertExceedsMax and Heuristics.Limits.Exceeded
+// with it (unscannable), while "parts" finds it. A mail-only signature
+// (target type 4) is found in "message" and "both" mode only: why
+// "message" stays the default and "both" is what a gateway should use
+// when it can afford two scans.
 func TestClamavScanModes(t *testing.T) {
 	t.Parallel()
 	d := testenv.Dovecot(t)
@@ -208,9 +209,17 @@ func TestClamavScanModes(t *testing.T) {
 		}
 	}
 	for _, c := range nested {
-		for _, l := range []string{"tight-parts", "alert-parts"} {
-			if got[l][c.name] != "found" {
-				t.Errorf("%s with %s: %s, want found", c.name, l, got[l][c.name])
+		want := map[string]string{"tight-parts": "found", "alert-parts": "found"}
+		if c.name == zipInTgz.name {
+			// gzip, tar, zip, clam.exe: four levels on its own, deeper
+			// than MaxRecursion 3 whatever popgate sends. Without
+			// AlertExceedsMax clamd calls that clean; with it, it is
+			// unscannable, in every mode.
+			want = map[string]string{"tight-message": "missed", "tight-parts": "missed", "alert-message": "unscannable", "alert-parts": "unscannable"}
+		}
+		for l, w := range want {
+			if got[l][c.name] != w {
+				t.Errorf("%s with %s: %s, want %s", c.name, l, got[l][c.name], w)
 			}
 		}
 	}
