@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 )
 
@@ -40,22 +41,66 @@ func (s *Scanner) startProbe(b *backend) {
 	s.probes.Go(func() { s.probeStreamMax(s.ctx, b) })
 }
 
+// probeKey names what a probe finds out: one clamd and one max_size.
+type probeKey struct {
+	network, address string
+	max              int64
+}
+
+// probeEntry is the process's answer for one probeKey: scanners of the
+// same clamd (a reload's new generation, the scanners of several blocks)
+// share it, so each clamd is probed once per process and max_size, one
+// probe at a time (sem). A clamd given another StreamMaxLength is probed
+// again when popgate restarts.
+type probeEntry struct {
+	sem     chan struct{} // held while the probe runs
+	done    bool
+	problem string
+}
+
+var probes sync.Map // probeKey → *probeEntry
+
 // probeStreamMax finds out whether b takes a stream of MaxSize bytes and,
 // when it does not, how large its StreamMaxLength is (within
 // probePrecision): an error in the log naming both values, and the
 // backend's Problem (filters.Backend; a metric).
 func (s *Scanner) probeStreamMax(ctx context.Context, b *backend) {
 	max := s.cfg.MaxSize
-	fits, err := s.streamFits(ctx, b, max)
-	if err != nil {
-		b.probe.Store(probeNone) // inconclusive: again after the next good health check
-		s.log().Debug().Str("backend", b.Addr).Err(err).Msg("clamd StreamMaxLength probe inconclusive")
+	v, _ := probes.LoadOrStore(probeKey{b.network, b.address, max}, &probeEntry{sem: make(chan struct{}, 1)})
+	e := v.(*probeEntry)
+	select {
+	case e.sem <- struct{}{}:
+		defer func() { <-e.sem }()
+	case <-ctx.Done():
+		b.probe.Store(probeNone)
 		return
 	}
-	if fits {
-		b.probe.Store(probeDone)
-		s.log().Debug().Str("backend", b.Addr).Int64("max_size", max).Msg("clamd takes streams of max_size")
+	if !e.done {
+		e.problem, e.done = s.probe(ctx, b, max)
+	}
+	if !e.done {
+		b.probe.Store(probeNone) // inconclusive: again after the next good health check
 		return
+	}
+	if e.problem != "" {
+		b.problem.Store(&e.problem)
+		s.log().Error().Str("backend", b.Addr).Str("problem", e.problem).
+			Msg("clamd's StreamMaxLength is below the scanner's max_size: raise StreamMaxLength in clamd.conf to at least max_size, or lower max_size")
+	}
+	b.probe.Store(probeDone)
+}
+
+// probe runs the probe of b for max: the problem found ("" when none),
+// and whether the answer is known.
+func (s *Scanner) probe(ctx context.Context, b *backend, max int64) (problem string, known bool) {
+	fits, err := s.streamFits(ctx, b, max)
+	if err != nil {
+		s.log().Debug().Str("backend", b.Addr).Err(err).Msg("clamd StreamMaxLength probe inconclusive")
+		return "", false
+	}
+	if fits {
+		s.log().Debug().Str("backend", b.Addr).Int64("max_size", max).Msg("clamd takes streams of max_size")
+		return "", true
 	}
 	// Refused: narrow clamd's limit down (lo fits, hi does not). A refused
 	// stream ends at clamd's limit, so no probe sends much more than it.
@@ -69,14 +114,9 @@ func (s *Scanner) probeStreamMax(ctx context.Context, b *backend) {
 		}
 	}
 	if ctx.Err() != nil {
-		b.probe.Store(probeNone)
-		return
+		return "", false
 	}
-	problem := fmt.Sprintf("clamd's StreamMaxLength (%d to %d bytes) is below max_size (%d bytes): messages between the two are refused and never scanned", lo, hi-1, max)
-	b.problem.Store(&problem)
-	b.probe.Store(probeDone)
-	s.log().Error().Str("backend", b.Addr).Int64("max_size", max).Int64("stream_max_length_min", lo).Int64("stream_max_length_max", hi-1).
-		Msg("clamd's StreamMaxLength is below the scanner's max_size: raise StreamMaxLength in clamd.conf to at least max_size, or lower max_size")
+	return fmt.Sprintf("clamd's StreamMaxLength (%d to %d bytes) is below max_size (%d bytes): messages between the two are refused and never scanned", lo, hi-1, max), true
 }
 
 // streamFits sends n zero bytes to b as an INSTREAM stream, then
