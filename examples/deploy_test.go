@@ -26,17 +26,18 @@ import (
 // a new kind of example needs its check here (or in policy's for .hcl).
 func TestEveryExampleChecked(t *testing.T) {
 	checked := map[string]string{
-		"haproxy.cfg":                    "TestHAProxyExample, internal/e2e TestHAProxyScaleOut",
-		"popgate.service":                "TestSystemdUnit",
-		"docker/Dockerfile":              "TestDockerfile",
-		"docker/Dockerfile.dockerignore": "TestDockerfile",
-		"grafana/popgate.json":           "TestGrafanaDashboard",
-		"examples.go":                    "TestDemo (the package itself)",
-		"examples_test.go":               "test code",
-		"deploy_test.go":                 "test code",
-		"clamd_test.go":                  "test code",
-		"clamd/popgate-eicar.hdb":        "TestClamdSignatures",
-		"clamd/popgate-eicar.ndb":        "TestClamdSignatures",
+		"haproxy.cfg":                       "TestHAProxyExample, internal/e2e TestHAProxyScaleOut",
+		"popgate.service":                   "TestSystemdUnit",
+		"docker/Dockerfile":                 "TestDockerfile",
+		"docker/Dockerfile.dockerignore":    "TestDockerfile",
+		"grafana/popgate.json":              "TestGrafanaDashboard",
+		"examples.go":                       "TestDemo (the package itself)",
+		"examples_test.go":                  "test code",
+		"deploy_test.go":                    "test code",
+		"clamd_test.go":                     "test code",
+		"clamd/popgate-eicar.hdb":           "TestClamdSignatures",
+		"clamd/popgate-eicar.ndb":           "TestClamdSignatures",
+		"clamd/popgate-clamav-testfile.hdb": "TestClamdSignatures",
 	}
 	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {

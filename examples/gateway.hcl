@@ -115,7 +115,10 @@ scanner "clamav" "farm" {
 
 filter "clamav" "av" {
   scanner  = "farm"
-  oversize = "tempfail" # larger than max_size: never called clean; the client retries later
+  scan     = "both"     # the whole message (clamd's mail signatures), then each decoded part
+                        # (archives nested too deep for clamd given the whole message)
+  oversize = "tempfail" # not scanned in full (over max_size, or clamd's limits exceeded with
+                        # AlertExceedsMax yes): never called clean; the client retries later
 }
 
 # --- Attachments --------------------------------------------------------------

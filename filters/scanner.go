@@ -34,6 +34,10 @@ type ScanResult struct {
 	// Found names what the scanner found (a virus signature); "" when the
 	// message is clean.
 	Found string
+	// Where names the part of the message Found was found in, when the
+	// scanner was given the message part by part (clamav's scan =
+	// "parts"): "part 3 (application/zip, invoice.zip)"; "" otherwise.
+	Where string
 	// Backend is the address (as configured) that gave the verdict.
 	Backend string
 	// Took is the whole scan, waiting and failed attempts included.
@@ -94,6 +98,10 @@ type HeaderField struct {
 type Backend struct {
 	Address string // as configured
 	Up      bool   // answered its last health check or scan (or not checked yet)
+	// Problem is a misconfiguration the scanner found on the backend
+	// (clamav: clamd's StreamMaxLength below max_size); "" when none is
+	// known.
+	Problem string
 }
 
 // Healthy counts the backends that are up.

@@ -8,9 +8,11 @@
 //	  max_size        = "25MB"  # mirror clamd's StreamMaxLength (or stay below it)
 //	  max_concurrent  = 8
 //	  health_interval = "10s"
+//	  probe_stream_max = true   # check clamd's StreamMaxLength at start (probe.go)
 //	}
 //	filter "clamav" "av" {
 //	  scanner  = "local"
+//	  scan     = "message"      # message | parts | both (parts.go)
 //	  oversize = "tempfail"     # tempfail | pass-with-tag | reject | quarantine
 //	}
 //
@@ -35,6 +37,8 @@ import (
 	"net/url"
 	"path"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -88,6 +92,12 @@ type Config struct {
 	// MaxAttempts bounds the backends one scan is tried on after
 	// connection errors; 0 means min(len(Addresses), DefaultMaxAttempts).
 	MaxAttempts int
+	// ProbeStreamMax checks, once per backend after its first good health
+	// check, in the background, that clamd takes a stream of MaxSize bytes
+	// (its StreamMaxLength is not below it): an error in the log and the
+	// backend's Problem when not. The policy file's probe_stream_max,
+	// which is true unless set to false; false here (the zero value).
+	ProbeStreamMax bool
 }
 
 var (
@@ -106,6 +116,27 @@ var (
 	// verdict.
 	ErrNoVerdict = errors.New("clamav: no verdict")
 )
+
+// limitsExceeded starts the name clamd reports, with AlertExceedsMax yes,
+// for a stream it did not scan in full because of one of its limits:
+// "Heuristics.Limits.Exceeded.MaxFileSize", "….MaxRecursion", ….
+const limitsExceeded = "Heuristics.Limits.Exceeded."
+
+// LimitsError is clamd's answer that it did not scan all of a stream (a
+// file in an archive nested deeper than MaxRecursion, larger than
+// MaxFileSize, past MaxScanSize or MaxFiles, …): what clamd with
+// AlertExceedsMax yes reports as "Heuristics.Limits.Exceeded.* FOUND".
+// It is neither infected nor clean: the filter applies its oversize
+// action. (Without AlertExceedsMax clamd answers "OK" instead, which
+// popgate cannot tell from clean: docs/CLAMAV.md.)
+type LimitsError struct {
+	Backend   string
+	Signature string // "Heuristics.Limits.Exceeded.MaxRecursion"
+}
+
+func (e *LimitsError) Error() string {
+	return fmt.Sprintf("clamav: %s: clamd did not scan all of the stream: %s", e.Backend, e.Signature)
+}
 
 // Result is a verdict from clamd.
 type Result struct {
@@ -127,6 +158,11 @@ type Scanner struct {
 	onScan atomic.Pointer[func(time.Duration, error)]
 	pool   *backends.Pool[*backend]
 	slots  chan struct{}
+
+	// The StreamMaxLength probes (probe.go): Close cancels ctx and waits.
+	ctx    context.Context
+	cancel context.CancelFunc
+	probes sync.WaitGroup
 }
 
 // backend is one clamd address.
@@ -134,6 +170,9 @@ type backend struct {
 	backends.Health        // Addr: as configured, for results and logs; version: its last VERSION reply
 	network         string // "tcp" or "unix"
 	address         string // host:port or socket path
+
+	probe   atomic.Int32           // probeNone, probeRunning, probeDone
+	problem atomic.Pointer[string] // what the probe found wrong, if anything
 }
 
 func (s *Scanner) log() *zerolog.Logger { return &s.logger }
@@ -150,8 +189,17 @@ func (s *Scanner) OnScan(f func(time.Duration, error)) {
 
 var _ filters.Scanner = (*Scanner)(nil)
 
-// Backends returns the state of every backend, in configuration order.
-func (s *Scanner) Backends() []filters.Backend { return s.pool.Backends() }
+// Backends returns the state of every backend, in configuration order,
+// with the problem the StreamMaxLength probe found on it, if any.
+func (s *Scanner) Backends() []filters.Backend {
+	out := s.pool.Backends()
+	for i, b := range s.pool.Members() {
+		if p := b.problem.Load(); p != nil {
+			out[i].Problem = *p
+		}
+	}
+	return out
+}
 
 // Version names the signature versions the backends last reported (their
 // VERSION replies, distinct, sorted, joined by "; "): the message memory
@@ -237,6 +285,7 @@ func NewScanner(cfg Config, log zerolog.Logger) (*Scanner, error) {
 		logger: log,
 		slots:  make(chan struct{}, cfg.MaxConcurrent),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	var members []*backend
 	seen := make(map[string]bool)
 	for _, a := range cfg.Addresses {
@@ -289,12 +338,15 @@ func scanTimeout(cfg Config, size int64) time.Duration {
 	return min(cfg.MinTimeout+time.Duration(extra), cfg.Timeout)
 }
 
-// Close stops the health checker and waits for it; later Scans, and Scans
-// still waiting for a slot, return ErrClosed. Scans already talking to clamd
+// Close stops the health checker and a StreamMaxLength probe, and waits
+// for them; later Scans, and Scans still waiting for a slot, return
+// ErrClosed. Scans already talking to clamd
 // run to their end (each is bounded by its deadline). Close is idempotent
 // and returns nil.
 func (s *Scanner) Close() error {
+	s.cancel()
 	s.pool.Close()
+	s.probes.Wait()
 	return nil
 }
 
@@ -397,6 +449,9 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	defer func() { <-s.slots }()
 
 	timeout := scanTimeout(s.cfg, size)
+	if h, ok := src.(interface{ sizeHint() int64 }); ok && size < 0 {
+		timeout = scanTimeout(s.cfg, h.sizeHint()) // a decoded part: not longer than its encoded form
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
@@ -416,6 +471,9 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 		v, err := s.scanOne(ctx, b, r, size, timeout)
 		if err == nil {
 			s.pool.Observe(b, nil)
+			if strings.HasPrefix(v.signature, limitsExceeded) {
+				return Result{Backend: b.Addr}, &LimitsError{Backend: b.Addr, Signature: v.signature}
+			}
 			return Result{Infected: v.infected, Signature: v.signature, Backend: b.Addr}, nil
 		}
 		errs = append(errs, err)
@@ -435,11 +493,13 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	return Result{}, fmt.Errorf("%w: %w", ErrNoVerdict, errors.Join(errs...))
 }
 
-// check is the health check of b: PING, then VERSION for Version.
+// check is the health check of b: PING, then VERSION for Version; after
+// the first good one, the StreamMaxLength probe starts.
 func (s *Scanner) check(ctx context.Context, b *backend) error {
 	if err := s.ping(ctx, b); err != nil {
 		return err
 	}
+	s.startProbe(b)
 	if v, err := s.version(ctx, b); err == nil {
 		b.SetVersion(v)
 	}

@@ -44,6 +44,11 @@ type fakeMode struct {
 	replyDelay      time.Duration // wait this long before answering
 	readRate        int64         // > 0: read at most this many bytes per second
 	onBytes         func(n int64) // called as stream bytes arrive (total so far)
+	// then, when set, is the mode of every INSTREAM after the first
+	// after ones (counted from the fake's start): a clamd that fails in
+	// the middle of a message scanned part by part.
+	then  *fakeMode
+	after int64
 }
 
 // fakeClamd is an in-process clamd on a loopback TCP port or a unix socket,
@@ -252,7 +257,9 @@ func (f *fakeClamd) handle(c net.Conn) {
 }
 
 func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer func(string)) {
-	f.streams.Add(1)
+	if k := f.streams.Add(1); m.then != nil && k > m.after {
+		m = m.then
+	}
 	n := f.inflight.Add(1)
 	var leave sync.Once
 	done := func() { leave.Do(func() { f.inflight.Add(-1) }) }

@@ -2,11 +2,12 @@ package clamav
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/mailtext"
 )
 
 // Oversize is filters.Oversize under the names clamav's settings and
@@ -32,9 +33,11 @@ type Filter struct {
 	name     string
 	scanner  *Scanner
 	oversize Oversize
+	scan     ScanMode // ScanMessage unless the policy's scan setting says otherwise
 }
 
-// NewFilter returns the filter called name that scans with s.
+// NewFilter returns the filter called name that scans with s, the whole
+// message at a time (ScanMessage).
 func NewFilter(name string, s *Scanner, oversize Oversize) *Filter {
 	return &Filter{name: name, scanner: s, oversize: oversize}
 }
@@ -45,44 +48,61 @@ func (f *Filter) Name() string { return f.name }
 // Scanner is the scanner the filter uses.
 func (f *Filter) Scanner() *Scanner { return f.scanner }
 
-// Filter scans body. Clean: Pass "clean". Infected: Reject "virus: NAME".
-// Larger than max_size: the oversize action. Anything else (clamd down,
-// timeout, size limit refused by clamd, ERROR reply, …): an error, so that
-// the chain applies on_error; never Pass.
+// Filter scans body as its scan mode says. Clean: Pass "clean". Infected:
+// Reject "virus: NAME". Not scanned in full (larger than max_size, or
+// clamd's own limits exceeded): the oversize action. Anything else (clamd
+// down, timeout, size limit refused by clamd, ERROR reply, …): an error,
+// so that the chain applies on_error; never Pass.
 func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, error) {
-	size := body.Size()
-	if size > f.scanner.MaxSize() {
-		return f.tooLarge(body, size), nil
+	start := time.Now()
+	var o outcome
+	var err error
+	if f.scan != ScanParts {
+		o, err = f.scanMessage(ctx, body)
 	}
-	res, err := f.scanner.scan(ctx, &bodySource{body: body}, size)
+	if err == nil && o.found == "" && f.scan != ScanMessage {
+		var po outcome
+		po, err = f.scanParts(ctx, env, body, f.scan == ScanBoth)
+		o = o.add(po)
+	}
 	switch {
-	case errors.Is(err, ErrOversize):
-		return f.tooLarge(body, size), nil
 	case err != nil:
 		return filters.Verdict{}, err
-	case res.Infected:
-		return filters.Verdict{Action: filters.Reject, Reason: "virus: " + res.Signature}, nil
+	case o.found != "":
+		return filters.Verdict{Action: filters.Reject, Reason: "virus: " + o.found,
+			Scan: &filters.ScanResult{Found: o.found, Where: o.where, Backend: o.backend, Took: time.Since(start)}}, nil
+	case o.unscanned != nil:
+		return f.notScanned(body, o.unscanned), nil
 	}
 	return filters.Verdict{Action: filters.Pass, Reason: "clean"}, nil
 }
 
-// tooLarge is the verdict for a message over max_size.
-func (f *Filter) tooLarge(body filters.Body, size int64) filters.Verdict {
-	max := f.scanner.MaxSize()
+// scanMessage scans body as one stream.
+func (f *Filter) scanMessage(ctx context.Context, body filters.Body) (outcome, error) {
+	size, max := body.Size(), f.scanner.MaxSize()
+	if size > max {
+		return outcome{unscanned: &unscanned{what: "too large to scan", tag: "too large", detail: fmt.Sprintf("%d bytes > max_size %d", size, max)}}, nil
+	}
+	res, err := f.scanner.scan(ctx, &bodySource{body: body}, size)
+	return scanError(res, err, "", max)
+}
+
+// notScanned is the oversize action for a message not scanned in full.
+func (f *Filter) notScanned(body filters.Body, u *unscanned) filters.Verdict {
 	switch f.oversize {
 	case OversizePassWithTag:
-		edits := filters.HeaderPieces(body, fmt.Sprintf("%s: not scanned: too large (%d bytes > max_size %d)", WarningHeader, size, max))
+		edits := filters.HeaderPieces(body, fmt.Sprintf("%s: not scanned: %s (%s)", WarningHeader, u.tag, mailtext.Visible(u.detail, maxReplyText)))
 		return filters.Verdict{
 			Action:        filters.Replace,
 			Body:          filters.SplicedBody(body, edits), // PrependHeader's body
-			Reason:        "too large to scan, passed with a warning",
+			Reason:        u.what + ", passed with a warning",
 			KeepsOriginal: true,
 			Edits:         edits,
 		}
 	case OversizeReject, OversizeQuarantine:
-		return filters.Verdict{Action: filters.Reject, Reason: fmt.Sprintf("too large to scan (%d bytes > max_size %d)", size, max)}
+		return filters.Verdict{Action: filters.Reject, Reason: fmt.Sprintf("%s (%s)", u.what, u.detail)}
 	}
-	return filters.Verdict{Action: filters.Retry, Reason: "too large to scan"}
+	return filters.Verdict{Action: filters.Retry, Reason: u.what}
 }
 
 // Scan scans a message body (filters.Scanner): Found is the signature of

@@ -36,12 +36,14 @@ type scannerBlock struct {
 	MaxSize        *hcl.Attribute `hcl:"max_size,optional"`
 	MaxConcurrent  *hcl.Attribute `hcl:"max_concurrent,optional"`
 	HealthInterval *hcl.Attribute `hcl:"health_interval,optional"`
+	ProbeStreamMax *hcl.Attribute `hcl:"probe_stream_max,optional"`
 }
 
 // filterBlock is the body of `filter "clamav" "NAME" { … }`.
 type filterBlock struct {
 	Scanner  *hcl.Attribute `hcl:"scanner"`
 	Oversize *hcl.Attribute `hcl:"oversize,optional"`
+	Scan     *hcl.Attribute `hcl:"scan,optional"`
 }
 
 // DecodeConfig decodes and checks the body of a clamav scanner block.
@@ -65,6 +67,10 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 	cfg.MaxSize = d.Size(blk.MaxSize, DefaultMaxSize, maxPolicySize, "2GiB (ClamAV cannot scan more)")
 	cfg.MaxConcurrent = d.Integer(blk.MaxConcurrent, DefaultMaxConcurrent, 1, maxPolicyConc)
 	cfg.HealthInterval = d.Duration(blk.HealthInterval, DefaultHealthInterval, minPolicyDuration, maxPolicyDuration)
+	cfg.ProbeStreamMax = true
+	if blk.ProbeStreamMax != nil {
+		d.Decode(blk.ProbeStreamMax.Expr, &cfg.ProbeStreamMax)
+	}
 	if blk.MaxSize != nil && cfg.MaxSize > clamdDefaultMaxFileSize {
 		d.Diags = append(d.Diags, &hcl.Diagnostic{
 			Severity: hcl.DiagWarning,
@@ -98,6 +104,7 @@ func buildScanner(name string, cfg Config, bc *filters.BuildContext) (filters.Sc
 type FilterSettings struct {
 	Scanner  string // the name of a scanner "clamav" block
 	Oversize Oversize
+	Scan     ScanMode
 }
 
 // decodeFilter is the clamav filter kind's decode step.
@@ -122,6 +129,13 @@ func decodeFilter(_ string, body hcl.Body, dc *filters.DecodeContext) (FilterSet
 			fs.Oversize = o
 		}
 	}
+	if s, ok := d.Str(blk.Scan); ok {
+		m, err := ParseScanMode(s)
+		if err != nil {
+			d.Errorf(blk.Scan.Expr.Range(), "Invalid value", "scan must be one of \"message\", \"parts\" or \"both\", not %q.", s)
+		}
+		fs.Scan = m
+	}
 	if ref, ok := d.Str(blk.Scanner); ok {
 		_, sd := dc.Scanner(ref, "clamav", blk.Scanner.Expr.Range())
 		d.Diags = append(d.Diags, sd...)
@@ -136,5 +150,7 @@ func buildFilter(name string, fs FilterSettings, bc *filters.BuildContext) (filt
 	if !ok {
 		return nil, fmt.Errorf("scanner %q is not a running clamav scanner", fs.Scanner)
 	}
-	return NewFilter(name, s, fs.Oversize), nil
+	f := NewFilter(name, s, fs.Oversize)
+	f.scan = fs.Scan
+	return f, nil
 }

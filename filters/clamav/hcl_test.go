@@ -60,8 +60,15 @@ func TestHCLScanner(t *testing.T) {
 		t.Fatal(diags)
 	}
 	c = s.Config()
-	if c.Timeout != DefaultTimeout || c.MaxSize != DefaultMaxSize || c.MaxConcurrent != DefaultMaxConcurrent || c.HealthInterval != DefaultHealthInterval {
+	if c.Timeout != DefaultTimeout || c.MaxSize != DefaultMaxSize || c.MaxConcurrent != DefaultMaxConcurrent || c.HealthInterval != DefaultHealthInterval || !c.ProbeStreamMax {
 		t.Errorf("defaults %+v", c)
+	}
+	s, diags = newScanner(t, `scanner "clamav" "local" {
+  addresses        = ["tcp://127.0.0.1:3310"]
+  probe_stream_max = false
+}`)
+	if diags.HasErrors() || s.Config().ProbeStreamMax {
+		t.Errorf("probe_stream_max = false: %v %+v", diags, s.Config())
 	}
 }
 
@@ -99,6 +106,10 @@ func TestHCLScannerDiagnostics(t *testing.T) {
   max_size       = "3GiB"
   max_concurrent = 2.5
 }`, []string{"3:20: 2GiB", "4:20: "}},
+		{`scanner "clamav" "x" {
+  addresses        = ["tcp://127.0.0.1:3310"]
+  probe_stream_max = "no"
+}`, []string{"3:23: a bool is required"}},
 	} {
 		_, diags := newScanner(t, c.src)
 		hcltest.WantErrors(t, c.src, diags, c.want...)
@@ -153,8 +164,14 @@ func TestHCLFilter(t *testing.T) {
   scanner  = "local"
   oversize = "pass-with-tag"
 }`)
-	if diags.HasErrors() || f.(*Filter).oversize != OversizePassWithTag {
+	if diags.HasErrors() || f.(*Filter).oversize != OversizePassWithTag || f.(*Filter).scan != ScanMessage {
 		t.Fatalf("%v", diags)
+	}
+	for _, m := range []ScanMode{ScanMessage, ScanParts, ScanBoth} {
+		f, diags = build(fmt.Sprintf("filter \"clamav\" \"av\" {\n  scanner = \"local\"\n  scan    = %q\n}", m))
+		if diags.HasErrors() || f.(*Filter).scan != m {
+			t.Errorf("scan = %q: %v", m, diags)
+		}
 	}
 
 	for _, c := range []struct{ src, want string }{
@@ -170,6 +187,10 @@ func TestHCLFilter(t *testing.T) {
   scanner  = "local"
   oversize = "pass"
 }`, `3:14: oversize must be one of`},
+		{`filter "clamav" "av" {
+  scanner = "local"
+  scan    = "mime"
+}`, `3:13: scan must be one of "message", "parts" or "both", not "mime"`},
 	} {
 		f, diags := build(c.src)
 		if f != nil || !diags.HasErrors() {

@@ -388,3 +388,40 @@ func TestVersionFromRealClamd(t *testing.T) {
 		t.Errorf("Version() = %q, want one \"ClamAV x.y.z[/db/date]\" for two backends of one clamd", v)
 	}
 }
+
+// The StreamMaxLength probe against the real clamd (StreamMaxLength 25M):
+// max_size 25 MiB fits; 30 MiB does not, and the probe narrows clamd's
+// limit down to exactly 25 MiB within probePrecision, over TCP and the
+// unix socket. clamd scans none of the probe streams.
+func TestRealClamdProbeStreamMax(t *testing.T) {
+	env := testenv.Clamd(t)
+	if env == nil {
+		return
+	}
+	for _, c := range []struct {
+		addr string
+		max  int64
+		ok   bool
+	}{
+		{env.TCP, clamdStreamMax, true},
+		{env.TCP, 30 << 20, false},
+		{env.Unix, 30 << 20, false},
+	} {
+		s := newTestScanner(t, Config{Addresses: []string{c.addr}, MaxSize: c.max, ProbeStreamMax: true, Timeout: 30 * time.Second})
+		start := time.Now()
+		waitFor(t, 60*time.Second, "the probe", func() bool { return s.pool.Members()[0].probe.Load() == probeDone })
+		p := s.Backends()[0].Problem
+		t.Logf("%s, max_size %d: %v, problem %q", c.addr, c.max, time.Since(start).Round(time.Millisecond), p)
+		if c.ok {
+			if p != "" {
+				t.Errorf("%s: problem %q with max_size = StreamMaxLength", c.addr, p)
+			}
+			continue
+		}
+		var lo, hi, max int64
+		if _, err := fmt.Sscanf(p, "clamd's StreamMaxLength (%d to %d bytes) is below max_size (%d bytes)", &lo, &hi, &max); err != nil ||
+			lo > clamdStreamMax || hi < clamdStreamMax || max != c.max {
+			t.Errorf("%s: problem %q (%v), want StreamMaxLength %d found", c.addr, p, err, clamdStreamMax)
+		}
+	}
+}

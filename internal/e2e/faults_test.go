@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/mail"
 	"os"
@@ -43,6 +44,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/popgate/popgate/examples"
 	"github.com/popgate/popgate/internal/testenv"
 	"github.com/popgate/popgate/proxy/pop3"
 )
@@ -534,6 +536,7 @@ type matrixCase struct {
 	// rspamd, when set, adds a spam filter on a relay to the test rspamd
 	// with these faults to the case's chain.
 	rspamd []testenv.Fault
+	scan   string           // the clamav filter's scan mode; default "message"
 	upTO   string           // upstream timeout; default "10s"
 	scanTO string           // scanner timeout; default "10s"
 	opts   clientOpts       // the standard session's variations
@@ -588,7 +591,7 @@ func matrixConfig(t *testing.T, d *testenv.DovecotEnv, clamdAddr, qdir string, c
 		}
 		fmt.Fprintf(&b, "scanner \"clamav\" \"s%s\" {\n  addresses = [%s]\n  timeout = %s\n  health_interval = \"1s\"\n}\n",
 			id, hclString(scan), hclString(cmp.Or(tc.scanTO, "10s")))
-		fmt.Fprintf(&b, "filter \"clamav\" \"av%s\" {\n  scanner = \"s%s\"\n}\n", id, id)
+		fmt.Fprintf(&b, "filter \"clamav\" \"av%s\" {\n  scanner = \"s%s\"\n  scan = %s\n}\n", id, id, hclString(cmp.Or(tc.scan, "message")))
 		spam := ""
 		if tc.rspamdRelay != nil {
 			fmt.Fprintf(&b, "scanner \"rspamd\" \"r%s\" {\n  addresses = [%s]\n  timeout = %s\n  health_interval = \"1s\"\n}\n",
@@ -620,6 +623,19 @@ type secondClamd struct {
 	addr string
 	dir  string
 	n    int
+	// extra, when set (newOwnClamd), are configuration lines added to
+	// the test clamd's, and sigs signature files (name: content) that
+	// make its database with examples/clamd's.
+	extra string
+	sigs  map[string]string
+}
+
+// newOwnClamd is a secondClamd with settings and signatures of the test's
+// own: the shared clamd is never reconfigured.
+func newOwnClamd(t *testing.T, c *testenv.ClamdEnv, extra string, sigs map[string]string) *secondClamd {
+	sc := newSecondClamd(t, c)
+	sc.extra, sc.sigs = extra, sigs
+	return sc
 }
 
 func newSecondClamd(t *testing.T, c *testenv.ClamdEnv) *secondClamd {
@@ -648,14 +664,29 @@ func (sc *secondClamd) start() {
 	sc.n++
 	var out strings.Builder
 	for line := range strings.Lines(string(base)) {
-		switch strings.Fields(line + " x")[0] {
-		case "Foreground", "PidFile", "LogFile", "LocalSocket", "LocalSocketMode", "TCPSocket", "TemporaryDirectory", "MaxThreads":
+		switch key := strings.Fields(line + " x")[0]; {
+		case key == "Foreground", key == "PidFile", key == "LogFile", key == "LocalSocket", key == "LocalSocketMode", key == "TCPSocket", key == "TemporaryDirectory", key == "MaxThreads":
+			continue
+		case key == "DatabaseDirectory" && sc.sigs != nil:
 			continue
 		}
 		out.WriteString(line)
 	}
-	fmt.Fprintf(&out, "\nForeground yes\nTCPSocket %d\nLogFile %s\nTemporaryDirectory %s\nMaxThreads 4\n",
-		port, filepath.Join(sc.dir, fmt.Sprintf("clamd%d.log", sc.n)), sc.dir)
+	fmt.Fprintf(&out, "\nForeground yes\nTCPSocket %d\nLogFile %s\nTemporaryDirectory %s\nMaxThreads 4\n%s\n",
+		port, filepath.Join(sc.dir, fmt.Sprintf("clamd%d.log", sc.n)), sc.dir, sc.extra)
+	if sc.sigs != nil {
+		db := filepath.Join(sc.dir, "db")
+		sigs, _ := fs.Sub(examples.ClamdSignatures, "clamd")
+		if err := os.CopyFS(db, sigs); err != nil && !errors.Is(err, fs.ErrExist) {
+			t.Fatal(err)
+		}
+		for name, content := range sc.sigs {
+			if err := os.WriteFile(filepath.Join(db, name), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fmt.Fprintf(&out, "DatabaseDirectory %s\n", db)
+	}
 	conf := filepath.Join(sc.dir, fmt.Sprintf("clamd%d.conf", sc.n))
 	if err := os.WriteFile(conf, []byte(out.String()), 0o644); err != nil {
 		t.Fatal(err)
@@ -764,6 +795,14 @@ func matrixCases(big []byte) []*matrixCase {
 		clamd:  []testenv.Fault{{Dir: down, After: "stream: ", Action: testenv.Delay, Delay: 1500 * time.Millisecond}},
 		expect: expectAllScanned})
 	add("clamd-restarted", matrixCase{run: clamdRestart, expect: expectAllScanned})
+	// scan = "parts": each part is a stream of its own, so clamd can fail
+	// after some parts of a message got their verdicts. The decoded
+	// attachment of the big message (its "report data" lines are base64
+	// in the message) is the third stream: cut, or stalled, there.
+	add("clamd-parts-all-scanned", matrixCase{scan: "parts", expect: expectAllScanned})
+	add("clamd-parts-cut-mid-part", matrixCase{scan: "parts", clamd: cut(up, "report data", 1000)})
+	add("clamd-parts-hung-mid-part", matrixCase{scan: "parts", scanTO: "2s", clamd: []testenv.Fault{{Dir: up, After: "report data", Offset: 1000, Action: testenv.Stall}}})
+	add("clamd-parts-garbage-reply", matrixCase{scan: "parts", clamd: []testenv.Fault{{Dir: down, After: "stream: ", Action: testenv.Corrupt, Data: []byte("GARBAGE\n")}}})
 	// rspamd: down (the connection ends at once), hung (it reads the
 	// request and never answers), garbage (an answer that is not its JSON):
 	// no spam verdict, so on_error (tempfail), never a silent ham.

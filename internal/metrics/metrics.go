@@ -106,6 +106,7 @@ func New() *Metrics {
 	m.memoryLatency = histogram("memory_seconds", "Time a message memory operation took, by operation (lookup, write, delete).", "op")
 	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	family("scanner_backend_up", false, "scanner", "kind", "address")
+	family("scanner_backend_misconfigured", false, "scanner", "kind", "address")
 	for _, r := range []string{"ok", "failed"} {
 		m.reloads.WithLabelValues(r)
 		m.quarantine.WithLabelValues(r)
@@ -278,15 +279,23 @@ func outcome(res *filters.Result, changed bool) string {
 	return "delivered"
 }
 
-// backendCollector reports popgate_scanner_backend_up from the scanners'
-// own health state at scrape time.
+// backendCollector reports popgate_scanner_backend_up and
+// popgate_scanner_backend_misconfigured from the scanners' own state at
+// scrape time.
 type backendCollector struct{ m *Metrics }
 
 var backendUp = prometheus.NewDesc(namespace+"_scanner_backend_up",
 	"Whether a scanner backend (a clamd) answered its last health check or scan (1) or not (0), by scanner, kind and address.",
 	[]string{"scanner", "kind", "address"}, nil)
 
-func (c backendCollector) Describe(ch chan<- *prometheus.Desc) { ch <- backendUp }
+var backendMisconfigured = prometheus.NewDesc(namespace+"_scanner_backend_misconfigured",
+	"Whether the scanner found a backend misconfigured for it (1; clamav: clamd's StreamMaxLength below max_size) or not (0), by scanner, kind and address.",
+	[]string{"scanner", "kind", "address"}, nil)
+
+func (c backendCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- backendUp
+	ch <- backendMisconfigured
+}
 
 func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
 	p := c.m.scanners.Load()
@@ -300,6 +309,11 @@ func (c backendCollector) Collect(ch chan<- prometheus.Metric) {
 				up = 1
 			}
 			ch <- prometheus.MustNewConstMetric(backendUp, prometheus.GaugeValue, up, s.Name, s.Kind, b.Address)
+			bad := 0.0
+			if b.Problem != "" {
+				bad = 1
+			}
+			ch <- prometheus.MustNewConstMetric(backendMisconfigured, prometheus.GaugeValue, bad, s.Name, s.Kind, b.Address)
 		}
 	}
 }

@@ -23,8 +23,9 @@
 //     CRLF form. Store messages that end with a line end.
 //   - APOP works (passwords are stored as {PLAIN}); failed logins answer within about a second
 //     (auth_failure_delay = 0 and no growing per-IP auth penalty).
-//   - clamd's database holds only the EICAR test signature; clamd reports it as
-//     "Eicar-Test-Signature.UNOFFICIAL" (see EICARFound).
+//   - clamd's database holds only the EICAR test signature, which clamd reports as
+//     "Eicar-Test-Signature.UNOFFICIAL" (see EICARFound), and, from a testenv.sh `up` that
+//     knows it, ClamAV's clam.exe ("ClamAV-Test-File.UNOFFICIAL"; /usr/share/clamav-testfiles).
 //   - rspamd answers a message holding GTUBE with action "reject" (score = required_score,
 //     is_skipped: the pattern stops the other rules). A complete ordinary message (From and To
 //     with names, Date, Message-ID, MIME headers) gets "no action"; a bare one without Date and
