@@ -233,3 +233,147 @@ func TestLoginThrottleTwoInstances(t *testing.T) {
 		t.Errorf("no count of the address in redis")
 	}
 }
+
+// pythonTLSLogin is a poplib client: CAPA, then (POP_MODE=stls) STLS and
+// CAPA again, then USER/PASS and STAT; it prints what it saw as JSON, the
+// server's refusal included.
+const pythonTLSLogin = `
+import json, os, poplib, ssl
+env = os.environ
+p = poplib.POP3(env["POP_HOST"], int(env["POP_PORT"]), timeout=30)
+out = {"capa": sorted(p.capa())}
+if env["POP_MODE"] == "stls":
+    p.stls(ssl.create_default_context(cafile=env["POP_CA"]))
+    out["capa_tls"] = sorted(p.capa())
+try:
+    p.user(env["POP_USER"])
+    p.pass_(env["POP_PASS"])
+    out["stat"] = list(p.stat())
+except poplib.error_proto as e:
+    out["error"] = e.args[0].decode()
+p.quit()
+print(json.dumps(out))
+`
+
+const plaintextRefusal = "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
+
+// TestLoginRequiresTLSClients: on a listener with login_requires_tls, a
+// plain USER/PASS is refused before it reaches Dovecot and works after
+// STLS, with a raw client, curl, poplib and fetchmail; CRAM-MD5 (which curl
+// picks) stays usable without TLS; and an upstream with login_requires_tls
+// reached without TLS never gets USER/PASS.
+func TestLoginRequiresTLSClients(t *testing.T) {
+	t.Parallel()
+	d := testenv.Dovecot(t)
+	msgs := corpus("tls-login")
+	u, _ := newMailbox(t, d, msgs)
+	p := startPopgate(t, dovecotConfig(d, configOpts{listenerExtra: "  login_requires_tls = true\n"}), "", "plain", "pop3s")
+	host, port, _ := net.SplitHostPort(p.addr("plain"))
+	refusals := func() int {
+		n := 0
+		for _, e := range p.events() {
+			if e.str("message") == "login refused: plaintext login before STLS" {
+				n++
+			}
+		}
+		return n
+	}
+
+	t.Run("raw", func(t *testing.T) {
+		c := dialPOP(t, p.addr("plain"))
+		c.ok("CAPA")
+		capa := c.multi()
+		if strings.Contains(capa, "USER\r\n") || strings.Contains(capa, "PLAIN") || strings.Contains(capa, "LOGIN") || !strings.Contains(capa, "STLS\r\n") || !strings.Contains(capa, "SASL CRAM-MD5") {
+			t.Errorf("CAPA before STLS:\n%s", capa)
+		}
+		for _, cmd := range []string{"USER " + u.Name, "PASS " + u.Password, "AUTH PLAIN", "AUTH LOGIN"} {
+			if got := c.cmd(cmd); got != plaintextRefusal {
+				t.Errorf("%s: %q", strings.Fields(cmd)[0], got)
+			}
+		}
+		c.cmd("QUIT")
+	})
+	t.Run("curl", func(t *testing.T) {
+		curl := testenv.LookPath(t, "curl")
+		curlDo := curlRunner(t, curl, u, nil)
+		if got := curlDo("--ssl-reqd", "--cacert", d.CAFile, "pop3://"+p.addr("plain")+"/1"); string(got) != string(crlf(msgs[0])) {
+			t.Errorf("curl --ssl-reqd: RETR 1 = %q", firstLine(got))
+		}
+		// Without TLS curl picks CRAM-MD5 (the only mechanism listed).
+		if got := curlDo("pop3://" + p.addr("plain") + "/1"); string(got) != string(crlf(msgs[0])) {
+			t.Errorf("curl plain (CRAM-MD5): RETR 1 = %q", firstLine(got))
+		}
+		// Asked for AUTH LOGIN without TLS, curl finds it not offered.
+		cfg := filepath.Join(t.TempDir(), "curlrc")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf("user = %q\n", u.Name+":"+u.Password)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, errOut, err := runClientErr(t, 30*time.Second, nil, curl, "-sS", "--max-time", "25", "-K", cfg,
+			"--login-options", "AUTH=LOGIN", "pop3://"+p.addr("plain")+"/1"); err == nil {
+			t.Errorf("curl with AUTH=LOGIN and no TLS logged in; stderr %s", errOut)
+		}
+	})
+	t.Run("poplib", func(t *testing.T) {
+		python := testenv.LookPath(t, "python3")
+		for _, mode := range []string{"plain", "stls"} {
+			out := runClient(t, 60*time.Second, []string{"POP_MODE=" + mode, "POP_HOST=" + host, "POP_PORT=" + port,
+				"POP_USER=" + u.Name, "POP_PASS=" + u.Password, "POP_CA=" + d.CAFile}, python, "-c", pythonTLSLogin)
+			s := string(out)
+			switch mode {
+			case "plain":
+				if !strings.Contains(s, `"error": "`+strings.TrimSuffix(plaintextRefusal, ".")) || strings.Contains(s, `"USER"`) || !strings.Contains(s, `"STLS"`) {
+					t.Errorf("poplib without TLS: %s", s)
+				}
+			case "stls":
+				if !strings.Contains(s, fmt.Sprintf(`"stat": [%d,`, len(msgs))) || !strings.Contains(s, `"capa_tls": [`) {
+					t.Errorf("poplib after STLS: %s", s)
+				}
+			}
+		}
+	})
+	t.Run("fetchmail", func(t *testing.T) {
+		fetchmail := testenv.LookPath(t, "fetchmail")
+		home, outDir := t.TempDir(), t.TempDir()
+		// USER/PASS without TLS: refused, fetchmail reports an
+		// authentication failure and delivers nothing.
+		rc := writeFetchmailRC(t, home, host, port, u, "auth password", "keep fetchall", "sslproto ''", outDir)
+		// Exit status 3 is fetchmail's PS_AUTHFAIL.
+		if _, errOut, err := runClientErr(t, 60*time.Second, []string{"FETCHMAILHOME=" + home}, fetchmail, "-f", rc, "--nodetach"); err == nil || !strings.Contains(err.Error(), "exit status 3") {
+			t.Errorf("fetchmail with USER/PASS without TLS: %v, want exit status 3 (authentication failed); stderr %s", err, errOut)
+		}
+		if got := readDir(t, outDir); len(got) != 0 {
+			t.Errorf("fetchmail delivered %d messages without logging in", len(got))
+		}
+		opts := fmt.Sprintf("sslproto 'tls1.2+' sslcertck sslcertfile %s sslcommonname localhost", strconv.Quote(d.CAFile))
+		rc = writeFetchmailRC(t, home, host, port, u, "auth password", "keep fetchall", opts, outDir)
+		runClient(t, 60*time.Second, []string{"FETCHMAILHOME=" + home}, fetchmail, "-f", rc, "--nodetach")
+		if got := readDir(t, outDir); len(got) != len(msgs) {
+			t.Errorf("fetchmail after STLS delivered %d messages, want %d", len(got), len(msgs))
+		}
+	})
+	if refusals() == 0 {
+		t.Error("no plaintext refusal logged")
+	}
+	if got := dovecotPasswordMismatches(t, d, u.Name); got != 0 {
+		t.Errorf("Dovecot saw %d failed passwords of %s", got, u.Name)
+	}
+
+	t.Run("upstream requires TLS", func(t *testing.T) {
+		p := startPopgate(t, dovecotConfig(d, configOpts{upstreamTLS: "none", upstreamExtra: "  login_requires_tls = true\n"}), "", "plain")
+		c := dialPOP(t, p.addr("plain"))
+		for _, cmd := range []string{"USER " + u.Name, "AUTH PLAIN"} {
+			if got := c.cmd(cmd); !strings.HasPrefix(got, "-ERR [SYS/TEMP]") {
+				t.Errorf("%s to an upstream without TLS: %q", strings.Fields(cmd)[0], got)
+			}
+		}
+		c.cmd("QUIT")
+		p.waitEvents("the refusal's reason", func(evs []logEvent) bool {
+			for _, e := range evs {
+				if strings.Contains(e.str("message"), "the upstream requires TLS for logins") {
+					return true
+				}
+			}
+			return false
+		})
+	})
+}
