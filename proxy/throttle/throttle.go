@@ -44,8 +44,8 @@ const (
 	DefaultLockout         = 15 * time.Minute
 	DefaultDelay           = time.Second
 	DefaultMaxDelay        = 8 * time.Second
-	// DefaultCapacity is the local table's size in keys (about 150 bytes
-	// each).
+	// DefaultCapacity is the local table's size in keys (some 200 bytes
+	// each with the map and list overhead).
 	DefaultCapacity = 100000
 )
 
