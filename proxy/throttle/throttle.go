@@ -240,8 +240,8 @@ func (a *Attempt) Succeeded(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, a.t.o.Timeout)
 	defer cancel()
 	if err := a.st.reset(ctx, keys); err != nil {
-		// The counts stay until their window ends: a success later resets
-		// them, and a user who knows the password logs in before the lock.
+		// The counts stay until their window ends or the next success
+		// resets them; the login itself has succeeded regardless.
 		a.t.sharedResult(err)
 	}
 	a.cs = nil
