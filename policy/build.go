@@ -236,6 +236,17 @@ func (d *decoder) listener(s *listenerSchema, upstreams map[string]*Upstream) *L
 	if pp := single(d, "proxy_protocol", s.ProxyProtocol); pp != nil {
 		l.ProxyProtocol = d.proxyProtocol(pp)
 	}
+	l.LoginThrottle = d.loginThrottle(single(d, "login_throttle", s.LoginThrottle))
+	l.LoginRequiresTLS = d.boolean(s.LoginRequiresTLS, false)
+	l.PlaintextLoginFrom = d.prefixes(s.PlaintextLoginFrom, "Invalid plaintext login address", "10.0.0.0/8")
+	switch {
+	case l.LoginRequiresTLS && l.TLS == nil:
+		d.warnf(s.LoginRequiresTLS.Range, "Login requires TLS without TLS",
+			"Listener %q has no tls block, so its clients cannot start TLS: only APOP and hashed SASL mechanisms (CRAM-MD5, SCRAM) can log in, and clients in plaintext_login_from.", s.Name)
+	case s.PlaintextLoginFrom != nil && !l.LoginRequiresTLS:
+		d.warnf(s.PlaintextLoginFrom.Range, "Plaintext login exemption without the requirement",
+			"plaintext_login_from exempts clients from login_requires_tls, which is off on listener %q; set login_requires_tls = true.", s.Name)
+	}
 	return l
 }
 
@@ -389,6 +400,7 @@ func (d *decoder) upstream(s *upstreamSchema) *Upstream {
 	u.Timeout = d.duration(s.Timeout, DefaultUpstreamTimeout, false)
 	u.MaxStatusLine = d.integer(s.MaxStatusLine, DefaultMaxStatusLine, minLineLimit, maxLineLimit)
 	u.ProxyProtocol = d.enum(s.ProxyProtocol, ProxyProtocolNone, ProxyProtocolNone, ProxyProtocolV1, ProxyProtocolV2)
+	u.LoginRequiresTLS = d.boolean(s.LoginRequiresTLS, false)
 
 	if s.CAFile != nil {
 		var b []byte
@@ -398,6 +410,10 @@ func (d *decoder) upstream(s *upstreamSchema) *Upstream {
 		}
 	}
 
+	if tlsValid && u.TLS == UpstreamTLSNone && u.LoginRequiresTLS {
+		d.warnf(s.LoginRequiresTLS.Range, "Login requires TLS without TLS",
+			"Upstream %q has tls = \"none\", so login_requires_tls refuses every USER/PASS, AUTH PLAIN and AUTH LOGIN through it: only APOP and hashed SASL mechanisms can log in.", s.Name)
+	}
 	switch {
 	case !tlsValid:
 	case u.TLS == UpstreamTLSNone:

@@ -150,6 +150,16 @@ type Listener struct {
 	// LoginRouting lists the upstreams a login may pick itself with a
 	// "#NAME" (or "@NAME") suffix (attribute login_routing); empty: off.
 	LoginRouting []string
+	// LoginRequiresTLS refuses logins that send the password in the clear
+	// (USER/PASS, AUTH PLAIN and LOGIN) before STLS, and leaves them out
+	// of CAPA (attribute login_requires_tls, default false); APOP and
+	// hashed SASL mechanisms stay usable. Clients in PlaintextLoginFrom
+	// (attribute plaintext_login_from) are exempt.
+	LoginRequiresTLS   bool
+	PlaintextLoginFrom []netip.Prefix
+	// LoginThrottle slows down and then refuses failed logins (block
+	// login_throttle; its defaults without one); nil: off.
+	LoginThrottle *LoginThrottle
 	// Range is the block header (`listener "NAME"`).
 	Range hcl.Range
 }
@@ -203,6 +213,11 @@ type Upstream struct {
 	// else, carrying the client's address (attribute proxy_protocol,
 	// default "none"; Dovecot needs haproxy_trusted_networks).
 	ProxyProtocol string
+	// LoginRequiresTLS (attribute login_requires_tls, default false)
+	// keeps passwords off a connection to this server that is not TLS:
+	// USER/PASS and AUTH PLAIN or LOGIN are refused and never sent; APOP
+	// and hashed SASL mechanisms go on.
+	LoginRequiresTLS bool
 	// Release is the release block: how released originals get back into
 	// this upstream's mailboxes; nil means they cannot.
 	Release *UpstreamRelease

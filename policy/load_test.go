@@ -198,6 +198,13 @@ func TestGoldenCoverage(t *testing.T) {
 		"error: Invalid trusted address:",
 		"error: No trusted address:",
 		"error: TPROXY without transparent:",
+		// Logins.
+		"warning: Login requires TLS without TLS:",
+		"warning: Plaintext login exemption without the requirement:",
+		"warning: Login throttle without limits:",
+		"error: Invalid plaintext login address:",
+		"error: Invalid allowed address:",
+		"error: Duplicate login_throttle block:",
 	} {
 		if !strings.Contains(all.String(), s) {
 			t.Errorf("no golden file shows %q", s)
@@ -212,6 +219,8 @@ var configChecks = map[string]func(*testing.T, *Config){
 			MaxConnections: 1000, MaxConnectionsPerIP: 50,
 			LoginTimeout: 60 * time.Second, IdleTimeout: 10 * time.Minute,
 			MaxCommandLine: 255,
+			LoginThrottle: &LoginThrottle{AddressFailures: 10, NameFailures: 5, Window: 10 * time.Minute,
+				Lockout: 15 * time.Minute, Delay: time.Second, MaxDelay: 8 * time.Second},
 		}
 		wantUpstream := &Upstream{
 			Name: "mail", Address: "127.0.0.1:110", TLS: "none",
@@ -274,14 +283,18 @@ var configChecks = map[string]func(*testing.T, *Config){
 				Trusted: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::7/128")},
 				Timeout: 2 * time.Second,
 			},
+			LoginThrottle: &LoginThrottle{AddressFailures: 20, NameFailures: 0, Window: time.Hour,
+				Lockout: 30 * time.Minute, Delay: 500 * time.Millisecond, MaxDelay: 4 * time.Second,
+				Allow: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
 		}
 		if !reflect.DeepEqual(*l, want) {
 			t.Errorf("listener pop3s = %+v\nwant %+v", *l, want)
 		}
-		if g := cfg.Listeners[1]; g.Name != "gateway" || !g.Transparent || !g.TProxy || g.Upstream != "" || g.TLS != nil || g.Address != ":0" {
+		if g := cfg.Listeners[1]; g.Name != "gateway" || !g.Transparent || !g.TProxy || g.Upstream != "" || g.TLS != nil || g.Address != ":0" || g.LoginThrottle != nil {
 			t.Errorf("listener gateway = %+v", *g)
 		}
-		if s := cfg.Listeners[2]; s.Name != "stls" || s.TLS == nil || s.TLS.Implicit {
+		if s := cfg.Listeners[2]; s.Name != "stls" || s.TLS == nil || s.TLS.Implicit || !s.LoginRequiresTLS ||
+			!reflect.DeepEqual(s.PlaintextLoginFrom, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}) {
 			t.Errorf("listener stls = %+v", *s)
 		}
 		u := cfg.Upstreams["store"]
@@ -289,7 +302,7 @@ var configChecks = map[string]func(*testing.T, *Config){
 			Name: "store", Address: "store.example.com:995", TLS: "implicit",
 			CAFile: filepath.Join(certDir, "ca.pem"), ServerName: "pop.example.com",
 			ConnectTimeout: 3 * time.Second, Timeout: 2 * time.Minute,
-			MaxStatusLine: 4096, ProxyProtocol: "v2", Range: u.Range,
+			MaxStatusLine: 4096, ProxyProtocol: "v2", LoginRequiresTLS: true, Range: u.Range,
 		}
 		if !reflect.DeepEqual(*u, wantU) {
 			t.Errorf("upstream store = %+v\nwant %+v", *u, wantU)

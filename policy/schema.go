@@ -42,8 +42,11 @@ type listenerSchema struct {
 	IdleTimeout         *hcl.Attribute         `hcl:"idle_timeout,optional"`
 	MaxCommandLine      *hcl.Attribute         `hcl:"max_command_line,optional"`
 	LoginRouting        *hcl.Attribute         `hcl:"login_routing,optional"`
+	LoginRequiresTLS    *hcl.Attribute         `hcl:"login_requires_tls,optional"`
+	PlaintextLoginFrom  *hcl.Attribute         `hcl:"plaintext_login_from,optional"`
 	TLS                 []*listenerTLSSchema   `hcl:"tls,block"`            // at most one
 	ProxyProtocol       []*proxyProtocolSchema `hcl:"proxy_protocol,block"` // at most one
+	LoginThrottle       []*loginThrottleSchema `hcl:"login_throttle,block"` // at most one
 }
 
 type proxyProtocolSchema struct {
@@ -66,15 +69,16 @@ type upstreamSchema struct {
 	NameRange hcl.Range `hcl:"name,label_range"`
 	DefRange  hcl.Range `hcl:",def_range"`
 
-	Address        *hcl.Attribute `hcl:"address,optional"`
-	TLS            *hcl.Attribute `hcl:"tls,optional"`
-	CAFile         *hcl.Attribute `hcl:"ca_file,optional"`
-	ServerName     *hcl.Attribute `hcl:"server_name,optional"`
-	TLSVerify      *hcl.Attribute `hcl:"tls_verify,optional"`
-	ConnectTimeout *hcl.Attribute `hcl:"connect_timeout,optional"`
-	Timeout        *hcl.Attribute `hcl:"timeout,optional"`
-	MaxStatusLine  *hcl.Attribute `hcl:"max_status_line,optional"`
-	ProxyProtocol  *hcl.Attribute `hcl:"proxy_protocol,optional"`
+	Address          *hcl.Attribute `hcl:"address,optional"`
+	TLS              *hcl.Attribute `hcl:"tls,optional"`
+	CAFile           *hcl.Attribute `hcl:"ca_file,optional"`
+	ServerName       *hcl.Attribute `hcl:"server_name,optional"`
+	TLSVerify        *hcl.Attribute `hcl:"tls_verify,optional"`
+	ConnectTimeout   *hcl.Attribute `hcl:"connect_timeout,optional"`
+	Timeout          *hcl.Attribute `hcl:"timeout,optional"`
+	MaxStatusLine    *hcl.Attribute `hcl:"max_status_line,optional"`
+	ProxyProtocol    *hcl.Attribute `hcl:"proxy_protocol,optional"`
+	LoginRequiresTLS *hcl.Attribute `hcl:"login_requires_tls,optional"`
 
 	Release []*upstreamReleaseSchema `hcl:"release,block"` // at most one
 }

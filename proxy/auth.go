@@ -12,21 +12,44 @@ import (
 
 // auth relays an AUTH exchange (RFC 5034) as opaque lines: popgate never
 // needs to understand the mechanism. It only peeks at PLAIN, LOGIN and
-// CRAM-MD5 to learn the login name for policy and logs; the exchange itself
-// is never logged.
+// CRAM-MD5 to learn the login name for policy, logs and the login
+// throttle; the exchange itself is never logged.
 func (s *session) auth(cmd pop3.Command, line []byte) error {
-	if err := s.send(line); err != nil {
-		return err
+	if s.upstreamRefusesCleartext(cmd) {
+		return nil
 	}
 	mech := ""
 	if len(cmd.Args) > 0 {
 		mech = strings.ToUpper(cmd.Args[0])
 	}
 	var user string
-	if mech == "PLAIN" && len(cmd.Args) > 1 {
-		user = saslPlainUser(cmd.Args[1])
+	initial := len(cmd.Args) > 1
+	if initial {
+		switch mech {
+		case "PLAIN":
+			user = saslPlainUser(cmd.Args[1])
+		case "LOGIN":
+			user = saslDecode(cmd.Args[1]) // the name; the password comes next
+		}
+	}
+	// The throttle judges the attempt once the name is known: here when
+	// the command holds it (or credentials of a mechanism popgate does not
+	// read), else at the answer that names it (authExchange).
+	if mech != "" && (initial || !namesInAnswer(mech)) {
+		if ok, err := s.admitLogin(user); !ok {
+			return err
+		}
+	}
+	if err := s.send(line); err != nil {
+		return err
 	}
 	return s.authExchange(mech, user, 0)
+}
+
+// namesInAnswer tells whether a mechanism's first answer names the login
+// (and popgate reads it).
+func namesInAnswer(mech string) bool {
+	return mech == "PLAIN" || mech == "LOGIN" || mech == "CRAM-MD5"
 }
 
 // authExchange relays an AUTH exchange from its step'th server line on.
@@ -60,6 +83,14 @@ func (s *session) authExchange(mech, user string, step int) error {
 					user, _, _ = strings.Cut(saslDecode(string(answer)), " ")
 				}
 			}
+			if mech != "" && string(answer) != "*" {
+				if ok, err := s.admitLogin(user); !ok {
+					if err != nil {
+						return err
+					}
+					return s.cancelAuth()
+				}
+			}
 			if err := s.send(answer); err != nil {
 				return err
 			}
@@ -68,6 +99,9 @@ func (s *session) authExchange(mech, user string, step int) error {
 		st, err := pop3.ParseStatus(resp)
 		if err != nil {
 			return fmt.Errorf("%w: %v", errUpstreamProtocol, err)
+		}
+		if mech != "" {
+			s.loginResult(st.OK)
 		}
 		if st.OK && mech != "" {
 			if err := s.loggedIn(user); err != nil {
@@ -81,6 +115,17 @@ func (s *session) authExchange(mech, user string, step int) error {
 		}
 		return nil
 	}
+}
+
+// cancelAuth ends an AUTH exchange the throttle refused (the client has
+// its answer already): the server gets "*" (RFC 5034 §4) instead of the
+// credentials, and its -ERR is read and dropped.
+func (s *session) cancelAuth() error {
+	if err := s.send([]byte("*")); err != nil {
+		return err
+	}
+	_, _, err := s.readStatus()
+	return err
 }
 
 // saslPlainUser returns the identity of a PLAIN response (RFC 4616):

@@ -28,6 +28,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/proxy/pop3"
+	"github.com/popgate/popgate/proxy/throttle"
 )
 
 // FuzzSession drives whole popgate sessions with fuzzed client bytes and a
@@ -69,6 +70,8 @@ const (
 	fzReplace                 // the filter replaces the message (header added)
 	fzFilterError             // the filter fails (on_error tempfail)
 	fzProxyHeader             // the client is a trusted balancer: a PROXY header comes first
+	fzThrottle                // the login throttle: a name locked after 1 failure, the address after 2
+	fzLoginTLS                // the listener requires TLS for logins (with fzSTLS: after STLS)
 )
 
 // heapBound is far above what any single session may hold: spools go to
@@ -103,7 +106,12 @@ func runFuzzSession(t *testing.T, client, upstream []byte, mode uint16) {
 			return &Upstream{Name: "routed", Address: up.addr, Timeout: 5 * time.Second}, login, nil
 		}
 	}
+	l.LoginRequiresTLS = mode&fzLoginTLS != 0
 	opts := Options{Listeners: []Listener{l}, Logger: zerolog.New(io.Discard).Level(zerolog.DebugLevel), WriteTimeout: 5 * time.Second}
+	if mode&fzThrottle != 0 {
+		opts.Listeners[0].LoginThrottle = &throttle.Limits{AddressFailures: 2, NameFailures: 1, Window: time.Minute, Lockout: time.Minute}
+		opts.Throttle = throttle.New(throttle.Options{})
+	}
 	if mode&(fzFilter|fzRefuse) != 0 {
 		opts.PolicyFor = fuzzPolicy(mode)
 	}
@@ -591,6 +599,10 @@ var sessionSeeds = []struct {
 	{"auth-plain-continued", "AUTH PLAIN\r\nAGJvYgBzZWNyZXQ=\r\nUIDL\r\nQUIT\r\n", ops(opCont, opOK, opBody("1 abc\r\n"), opOK), 0},
 	{"auth-plain-initial", "AUTH PLAIN AGJvYgBzZWNyZXQ=\r\nSTAT\r\nQUIT\r\n", ops(opOK, opOK, opOK), fzFilter},
 	{"auth-login", "AUTH LOGIN\r\nYm9i\r\nc2VjcmV0\r\nQUIT\r\n", ops(opCont, opCont, opOK, opOK), 0},
+	{"throttle-lockout", "USER bob\r\nPASS a\r\nPASS b\r\nAUTH LOGIN\r\nYm9i\r\nAUTH CRAM-MD5\r\nYm9iIGRpZ2VzdA==\r\nAPOP eve x\r\nAPOP eve y\r\nQUIT\r\n",
+		ops(opOK, opErr, opCont, opErr, opCont, opErr, opErr, opOK), fzThrottle},
+	{"login-tls-required", "CAPA\r\nUSER bob\r\nPASS x\r\nAUTH PLAIN AGJvYgBzZWNyZXQ=\r\nAPOP bob d\r\nSTLS\r\nUSER bob\r\n",
+		ops(opBody("USER\r\nSASL PLAIN CRAM-MD5\r\n"), opOK), fzSTLS | fzLoginTLS},
 	{"auth-list", "AUTH\r\nQUIT\r\n", ops(opBody("PLAIN\r\nLOGIN\r\n"), opOK), 0},
 	{"apop", "APOP bob c4c9334bac560ecc979e58001b3e22fb\r\nSTAT\r\nQUIT\r\n", ops(opOK, opOK, opOK), 0},
 	{"routed-user", "USER bob@south.example\r\nPASS x\r\nRETR 1\r\nQUIT\r\n", ops(opOK, opOK, opBody("Subject: s\r\n\r\nhi\r\n"), opOK), fzRouted},

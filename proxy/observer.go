@@ -50,9 +50,24 @@ type SessionObserver interface {
 	// Memory reports a use of the message memory: op is MemoryLookup,
 	// MemoryWrite or MemoryDelete, result one of the Memory* results.
 	Memory(op, result string, took time.Duration)
+	// Login counts a login attempt: one of the Login* results.
+	Login(result string)
+	// Throttled counts an attempt refused by a lock of the login throttle;
+	// Lockout counts a lock that began. scope is throttle.ScopeAddress or
+	// throttle.ScopeName (never the address or the name itself).
+	Throttled(scope string)
+	Lockout(scope string)
 	// Ended is the session's end: one of the Session* results.
 	Ended(result string)
 }
+
+// Login results, as Login reports them.
+const (
+	LoginOK        = "ok"        // the server accepted the credentials
+	LoginFailed    = "failed"    // the server refused them
+	LoginThrottled = "throttled" // refused by the login throttle, never sent
+	LoginPlaintext = "plaintext" // refused: a password in the clear, never sent
+)
 
 // Message memory operations and their results, as Memory reports them.
 const (
@@ -112,6 +127,9 @@ func (nopObserver) UpstreamConnected(string, time.Duration, error) {
 func (nopObserver) Message(string, *filters.Result)      {}
 func (nopObserver) Memory(string, string, time.Duration) {}
 func (nopObserver) Ended(string)                         {}
+func (nopObserver) Login(string)                         {}
+func (nopObserver) Throttled(string)                     {}
+func (nopObserver) Lockout(string)                       {}
 
 var (
 	_ Observer        = nopObserver{}

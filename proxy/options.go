@@ -13,6 +13,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/proxy/pop3"
+	"github.com/popgate/popgate/proxy/throttle"
 )
 
 // Defaults of Options, Listener, Upstream and ProxyProtocol for zero
@@ -54,6 +55,11 @@ type Upstream struct {
 	// first, carrying the client's address and the address it connected
 	// to; 0 sends none.
 	ProxyProtocol byte
+	// LoginRequiresTLS keeps passwords off a connection to this server
+	// that is not TLS (TLSMode TLSNone): USER, PASS and AUTH with a
+	// mechanism that sends the password itself are refused with -ERR
+	// [SYS/TEMP] and never sent; APOP and hashed SASL mechanisms go on.
+	LoginRequiresTLS bool
 }
 
 // Listener is one address popgate accepts clients on.
@@ -96,6 +102,17 @@ type Listener struct {
 	// ProxyProtocol, when set, takes the client's address from a PROXY
 	// protocol header (v1 or v2) on connections from trusted sources.
 	ProxyProtocol *ProxyProtocol
+
+	// LoginRequiresTLS refuses logins that would send a password in the
+	// clear (USER, PASS, AUTH PLAIN and LOGIN, any mechanism but the
+	// hashed ones) before the client's STLS, with -ERR [AUTH], and leaves
+	// them out of CAPA; clients in PlaintextLoginFrom are exempt. APOP and
+	// hashed SASL mechanisms stay usable.
+	LoginRequiresTLS   bool
+	PlaintextLoginFrom []netip.Prefix
+	// LoginThrottle limits failed logins (Options.Throttle holds the
+	// counts); nil: no throttling.
+	LoginThrottle *throttle.Limits
 }
 
 // ProxyProtocol says whom a listener believes PROXY protocol headers from.
@@ -109,9 +126,11 @@ type ProxyProtocol struct {
 	Timeout time.Duration // for the header; default DefaultProxyHeaderTimeout
 }
 
-func (p *ProxyProtocol) trusts(a netip.Addr) bool {
-	for _, t := range p.Trusted {
-		if t.Contains(a) {
+func (p *ProxyProtocol) trusts(a netip.Addr) bool { return inPrefixes(a, p.Trusted) }
+
+func inPrefixes(a netip.Addr, ps []netip.Prefix) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
 			return true
 		}
 	}
@@ -148,6 +167,9 @@ type Options struct {
 	WriteTimeout time.Duration
 	// Observer is told what sessions do (metrics); nil means nobody.
 	Observer Observer
+	// Throttle holds the failed-login counts of every listener with a
+	// LoginThrottle; nil means none is throttled.
+	Throttle *throttle.Throttle
 }
 
 // SessionPolicy is what popgate does with the messages of one session.

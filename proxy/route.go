@@ -22,6 +22,9 @@ func (s *session) routed(cmd pop3.Command) (handled bool, err error) {
 		if err := s.reconnect(up); err != nil {
 			return true, err
 		}
+		if s.upstreamRefusesCleartext(cmd) {
+			return true, nil
+		}
 		st, err := s.relaySingle([]byte("USER " + user))
 		if err == nil && st.OK {
 			s.pendingUser = user
@@ -40,7 +43,10 @@ func (s *session) routed(cmd pop3.Command) (handled bool, err error) {
 	case "CAPA":
 		// popgate's own list until a server is chosen: what a routed
 		// listener accepts for the login.
-		s.cw.WriteString("+OK capability list follows\r\nUSER\r\nSASL PLAIN LOGIN\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n")
+		s.cw.WriteString("+OK capability list follows\r\n")
+		for _, l := range []string{"USER\r\n", "SASL PLAIN LOGIN\r\n", "RESP-CODES\r\n", "AUTH-RESP-CODE\r\n", "PIPELINING\r\n"} {
+			s.cw.WriteString(s.capaLine(l))
+		}
 		if s.offersSTLS() {
 			s.cw.WriteString("STLS\r\n")
 		}
@@ -153,6 +159,9 @@ func (s *session) routedAuth(cmd pop3.Command) error {
 	}
 	if err := s.reconnect(up); err != nil {
 		return err
+	}
+	if s.upstreamRefusesCleartext(cmd) {
+		return nil
 	}
 	// The server asks for the user name first, which popgate already has.
 	if err := s.send([]byte("AUTH LOGIN")); err != nil {

@@ -22,6 +22,7 @@ import (
 	"github.com/popgate/popgate/filters/memory"
 	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/proxy/pop3"
+	"github.com/popgate/popgate/proxy/throttle"
 )
 
 // state is the RFC 1939 session state as popgate has observed it.
@@ -66,7 +67,8 @@ type session struct {
 	upAddr      string // the upstream's address: part of the message memory's keys
 	outPort     uint16 // local port of a transparent upstream connection, for loop detection
 	state       state
-	pendingUser string // from USER, until PASS succeeds
+	pendingUser string            // from USER, until PASS succeeds
+	attempt     *throttle.Attempt // the login attempt the server is answering (login.go)
 	user        string
 	policy      *SessionPolicy
 	cache       topCache          // filtered messages, for TOP and RETR after TOP
@@ -283,6 +285,7 @@ func (s *session) connectUpstream(u *Upstream) (*upstreamConn, error) {
 		_ = up.close()
 		return nil, errors.New(s.aborted)
 	}
+	up.refusesCleartext = u.LoginRequiresTLS && u.TLSMode == TLSNone
 	s.up = up
 	s.upAddr = addr
 	s.log.Debug().Str("upstream", s.upName).Str("address", addr).Msg("upstream connected")
@@ -356,6 +359,9 @@ func (s *session) next() error {
 }
 
 func (s *session) dispatch(cmd pop3.Command, line []byte) error {
+	if s.refuseCleartext(cmd) {
+		return nil
+	}
 	if s.cfg.Router != nil && s.state == stateAuthorization {
 		if handled, err := s.routed(cmd); handled {
 			return err
@@ -379,12 +385,18 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 		}
 		return err
 	case "USER":
+		if s.upstreamRefusesCleartext(cmd) {
+			return nil
+		}
 		st, err := s.relaySingle(line)
 		if err == nil && st.OK {
 			s.pendingUser = cmd.Rest
 		}
 		return err
 	case "PASS":
+		if s.upstreamRefusesCleartext(cmd) {
+			return nil
+		}
 		return s.login(line, s.pendingUser)
 	case "APOP":
 		return s.login(line, firstArg(cmd))
@@ -440,13 +452,17 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 	return err
 }
 
-// login relays a command that may complete the login (PASS, APOP) and, on
-// +OK, enters the TRANSACTION state.
+// login relays a command that may complete the login (PASS, APOP), once
+// the throttle admits it, and, on +OK, enters the TRANSACTION state.
 func (s *session) login(line []byte, user string) error {
+	if ok, err := s.admitLogin(user); !ok {
+		return err
+	}
 	status, st, err := s.exchange(line)
 	if err != nil {
 		return err
 	}
+	s.loginResult(st.OK)
 	if st.OK {
 		if err := s.loggedIn(user); err != nil {
 			return err
@@ -650,7 +666,7 @@ func (s *session) capa(line []byte) error {
 	for l := range strings.Lines(string(body)) {
 		name, _, _ := strings.Cut(strings.TrimRight(l, "\r\n"), " ")
 		if relayableCapa[strings.ToUpper(name)] {
-			s.cw.WriteString(l)
+			s.cw.WriteString(s.capaLine(l))
 		}
 	}
 	if s.offersSTLS() {

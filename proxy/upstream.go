@@ -30,6 +30,9 @@ type upstreamConn struct {
 	r        *bufio.Reader
 	w        *bufio.Writer
 	greeting []byte // the server's greeting line, without its line end
+	// refusesCleartext: the upstream requires TLS for logins and this
+	// connection is not TLS (login.go).
+	refusesCleartext bool
 }
 
 // errUpstreamProtocol marks a server that broke the protocol (as opposed to

@@ -250,8 +250,9 @@ type configOpts struct {
 	// trustedProxies, when set, makes both listeners take PROXY headers
 	// from these addresses.
 	trustedProxies []string
-	// upstreamExtra goes inside the upstream block (a release block).
-	upstreamExtra string
+	// upstreamExtra goes inside the upstream block (a release block),
+	// listenerExtra inside each listener block.
+	upstreamExtra, listenerExtra string
 }
 
 // dovecotConfig is a configuration with two listeners in front of the test
@@ -283,7 +284,7 @@ func dovecotConfig(d *testenv.DovecotEnv, o configOpts) string {
 			}
 			fmt.Fprintf(&b, "  proxy_protocol {\n    trusted = [%s]\n  }\n", strings.Join(quoted, ", "))
 		}
-		b.WriteString("}\n")
+		b.WriteString(o.listenerExtra + "}\n")
 	}
 	switch o.upstreamTLS {
 	case "none":

@@ -50,6 +50,9 @@ type Metrics struct {
 	upstreamFailed  *prometheus.CounterVec
 	memoryOps       *prometheus.CounterVec
 	memoryLatency   *prometheus.HistogramVec
+	logins          *prometheus.CounterVec
+	throttled       *prometheus.CounterVec
+	lockouts        *prometheus.CounterVec
 
 	families  []Family
 	listeners sync.Map // name → *listenerMetrics
@@ -104,6 +107,9 @@ func New() *Metrics {
 	m.upstreamFailed = counter("upstream_connect_failures_total", "Failed connections to an upstream, by upstream.", "upstream")
 	m.memoryOps = counter("memory_operations_total", "Uses of the message memory, by operation (lookup, write, delete) and result (hit, miss, rescan, changed for lookups; ok; error).", "op", "result")
 	m.memoryLatency = histogram("memory_seconds", "Time a message memory operation took, by operation (lookup, write, delete).", "op")
+	m.logins = counter("logins_total", "Login attempts, by listener and result (ok, failed: the server's answer; throttled, plaintext: refused by popgate, never sent).", "listener", "result")
+	m.throttled = counter("login_throttled_total", "Login attempts refused by a lock of the login throttle, by listener and scope (address, name).", "listener", "scope")
+	m.lockouts = counter("login_lockouts_total", "Locks of the login throttle that began, by listener and scope (address, name).", "listener", "scope")
 	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	family("scanner_backend_up", false, "scanner", "kind", "address")
 	family("scanner_backend_misconfigured", false, "scanner", "kind", "address")
@@ -229,6 +235,17 @@ func (s *sessionMetrics) Ended(result string) {
 	s.l.active.Dec()
 	s.m.sessions.WithLabelValues(s.l.name, result).Inc()
 }
+
+// Login counts a login attempt.
+func (s *sessionMetrics) Login(result string) { s.m.logins.WithLabelValues(s.l.name, result).Inc() }
+
+// Throttled counts an attempt the login throttle refused.
+func (s *sessionMetrics) Throttled(scope string) {
+	s.m.throttled.WithLabelValues(s.l.name, scope).Inc()
+}
+
+// Lockout counts a lock of the login throttle.
+func (s *sessionMetrics) Lockout(scope string) { s.m.lockouts.WithLabelValues(s.l.name, scope).Inc() }
 
 // Memory counts a use of the message memory.
 func (s *sessionMetrics) Memory(op, result string, took time.Duration) {

@@ -19,6 +19,7 @@ import (
 	"github.com/popgate/popgate/filters/memory/redisstore"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/proxy/throttle"
 )
 
 // OpenMemory opens the store the memory block describes (nil when the
@@ -65,6 +66,19 @@ func OpenMemory(m *policy.Memory, log zerolog.Logger) (memory.Store, error) {
 		return s, nil
 	}
 	return nil, fmt.Errorf("message memory: unknown store %q", m.Store)
+}
+
+// loginThrottle holds the failed-login counts of every listener, for the
+// life of the service. When the message memory is in redis the counts are
+// there too, so instances that share the memory share them and a guesser
+// cannot spread its attempts over instances.
+func loginThrottle(m *policy.Memory, store memory.Store, log zerolog.Logger) *throttle.Throttle {
+	o := throttle.Options{Log: log}
+	if rs, ok := store.(*redisstore.Store); ok {
+		o.Shared = throttle.NewRedis(rs.Client(), "")
+		o.Timeout = m.Timeout
+	}
+	return throttle.New(o)
 }
 
 // policyMemory is what a policy's sessions remember with, nil when the

@@ -9,6 +9,7 @@ import (
 
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
+	"github.com/popgate/popgate/proxy/throttle"
 )
 
 // ProxyOptions turns the configuration's listeners and upstreams into the
@@ -37,6 +38,14 @@ func (g *Generation) ProxyOptions() (proxy.Options, error) {
 			LoginTimeout:        l.LoginTimeout,
 			IdleTimeout:         l.IdleTimeout,
 			MaxCommandLine:      l.MaxCommandLine,
+			LoginRequiresTLS:    l.LoginRequiresTLS,
+			PlaintextLoginFrom:  l.PlaintextLoginFrom,
+		}
+		if t := l.LoginThrottle; t != nil {
+			pl.LoginThrottle = &throttle.Limits{
+				AddressFailures: t.AddressFailures, NameFailures: t.NameFailures,
+				Window: t.Window, Lockout: t.Lockout, Delay: t.Delay, MaxDelay: t.MaxDelay, Allow: t.Allow,
+			}
 		}
 		if pp := l.ProxyProtocol; pp != nil {
 			pl.ProxyProtocol = &proxy.ProxyProtocol{Trusted: pp.Trusted, Timeout: pp.Timeout}
@@ -71,11 +80,12 @@ func (g *Generation) ProxyOptions() (proxy.Options, error) {
 
 func proxyUpstream(u *policy.Upstream) (*proxy.Upstream, error) {
 	pu := &proxy.Upstream{
-		Name:           u.Name,
-		Address:        u.Address,
-		ConnectTimeout: u.ConnectTimeout,
-		Timeout:        u.Timeout,
-		MaxStatusLine:  u.MaxStatusLine,
+		Name:             u.Name,
+		Address:          u.Address,
+		ConnectTimeout:   u.ConnectTimeout,
+		Timeout:          u.Timeout,
+		MaxStatusLine:    u.MaxStatusLine,
+		LoginRequiresTLS: u.LoginRequiresTLS,
 	}
 	switch u.ProxyProtocol {
 	case policy.ProxyProtocolV1:

@@ -67,6 +67,7 @@ func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 	if err == nil {
 		opts.Logger = o.Log
 		opts.Retire = func() { _ = g.Close() }
+		opts.Throttle = loginThrottle(cfg.Memory, s.opts.Memory, o.Log)
 		if s.metrics != nil {
 			opts.Observer = s.metrics
 		}

@@ -13,6 +13,15 @@ listener "pop3s" {
     trusted = ["10.0.0.0/8", "2001:db8::7"]
     timeout = "2s"
   }
+  login_throttle {
+    address_failures = 20
+    name_failures    = 0
+    window           = "1h"
+    lockout          = "30m"
+    delay            = "500ms"
+    max_delay        = "4s"
+    allow            = ["192.0.2.0/24"]
+  }
   tls {
     cert_file = env("POPGATE_TEST_CERT")
     key_file  = env("POPGATE_TEST_KEY")
@@ -24,11 +33,16 @@ listener "gateway" {
   address     = ":0"
   transparent = true
   tproxy      = true
+  login_throttle {
+    enabled = false
+  }
 }
 
 listener "stls" {
   address  = "127.0.0.1:0"
   upstream = "legacy"
+  login_requires_tls   = true
+  plaintext_login_from = ["10.0.0.0/8", "::1"]
   tls {
     cert_file = env("POPGATE_TEST_CERT")
     key_file  = env("POPGATE_TEST_KEY")
@@ -44,6 +58,7 @@ upstream "store" {
   timeout         = "2m"
   max_status_line = 4096
   proxy_protocol  = "v2"
+  login_requires_tls = true
 }
 
 upstream "legacy" {

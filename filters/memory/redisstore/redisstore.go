@@ -138,6 +138,11 @@ func New(o Options) (*Store, error) {
 	}, nil
 }
 
+// Client is the store's redis client, for other state that instances share
+// through the same redis (the login throttle): one pool, one set of
+// timeouts. Store.Close closes it.
+func (s *Store) Client() *redis.Client { return s.c }
+
 // Close closes the client's connections.
 func (s *Store) Close() error { return s.c.Close() }
 
