@@ -50,6 +50,8 @@ type Metrics struct {
 	upstreamFailed  *prometheus.CounterVec
 	memoryOps       *prometheus.CounterVec
 	memoryLatency   *prometheus.HistogramVec
+	tlsReloads      *prometheus.CounterVec
+	tlsExpiry       *prometheus.GaugeVec
 
 	families  []Family
 	listeners sync.Map // name → *listenerMetrics
@@ -104,11 +106,19 @@ func New() *Metrics {
 	m.upstreamFailed = counter("upstream_connect_failures_total", "Failed connections to an upstream, by upstream.", "upstream")
 	m.memoryOps = counter("memory_operations_total", "Uses of the message memory, by operation (lookup, write, delete) and result (hit, miss, rescan, changed for lookups; ok; error).", "op", "result")
 	m.memoryLatency = histogram("memory_seconds", "Time a message memory operation took, by operation (lookup, write, delete).", "op")
+	m.tlsReloads = counter("tls_reloads_total", "Loads of changed certificate, key and CA files while running (file watch and SIGHUP), by result (ok, refused: the files in use stay).", "result")
+	m.tlsExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "tls_certificate_expiry_timestamp_seconds",
+		Help: "When the certificate in use from each certificate file expires (Unix time): alert well before, in case renewal fails."}, []string{"file"})
+	m.reg.MustRegister(m.tlsExpiry)
+	family("tls_certificate_expiry_timestamp_seconds", false, "file")
 	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	family("scanner_backend_up", false, "scanner", "kind", "address")
 	for _, r := range []string{"ok", "failed"} {
 		m.reloads.WithLabelValues(r)
 		m.quarantine.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "refused"} {
+		m.tlsReloads.WithLabelValues(r)
 	}
 	return m
 }
@@ -137,6 +147,21 @@ func (m *Metrics) Reloaded(ok bool) {
 	} else {
 		m.reloads.WithLabelValues("failed").Inc()
 	}
+}
+
+// TLSReloaded counts one load of TLS files (tlsfiles.Hooks.Reloaded).
+func (m *Metrics) TLSReloaded(ok bool) {
+	if ok {
+		m.tlsReloads.WithLabelValues("ok").Inc()
+	} else {
+		m.tlsReloads.WithLabelValues("refused").Inc()
+	}
+}
+
+// TLSCertificate records when the certificate loaded from file expires
+// (tlsfiles.Hooks.Certificate).
+func (m *Metrics) TLSCertificate(file string, notAfter time.Time) {
+	m.tlsExpiry.WithLabelValues(file).Set(float64(notAfter.Unix()))
 }
 
 // Scanner is a scanner of the configuration in force, as reported.
