@@ -167,11 +167,11 @@ func (w *Watcher) reload(src *source, now []stamp) {
 		w.hooks.Reloaded(err == nil)
 	}
 	if err != nil {
-		w.log.Error().Err(err).Str("tls", src.name).Strs("files", src.paths).
+		w.log.Error().Err(err).Str("source", src.name).Strs("files", src.paths).
 			Msg("TLS files refused: the certificates in use stay")
 		return
 	}
-	w.log.Info().Str("tls", src.name).Strs("files", src.paths).Msg("TLS files loaded")
+	w.log.Info().Str("source", src.name).Strs("files", src.paths).Msg("TLS files loaded")
 }
 
 // loadPair reads a certificate chain and its key and checks they match.
