@@ -211,6 +211,8 @@ func serveUntilSignal(svc *generation.Service, reload bool, logOut *generation.L
 			if sig == syscall.SIGHUP || sig == syscall.SIGUSR1 {
 				if err := logOut.Reopen(); err != nil {
 					log.Error().Err(err).Msg("log file not reopened: logging on to the previous one")
+				} else if logOut.File() != "" {
+					log.Info().Str("signal", sig.String()).Msg("log file reopened")
 				}
 				if sig == syscall.SIGHUP && reload {
 					_ = svc.Reload() // it logs why it refused

@@ -62,6 +62,9 @@ func (o *LogOutput) Write(p []byte) (int, error) {
 	return o.f.Write(p)
 }
 
+// File is the log file's path, "" for standard error.
+func (o *LogOutput) File() string { return o.path }
+
 // Reopen opens the log file again (creating it) and closes the previous
 // one; without a file, or when the file cannot be opened, the output stays
 // as it was (the error says why).
