@@ -38,6 +38,7 @@ func TestEveryExampleChecked(t *testing.T) {
 		"clamd/popgate-eicar.hdb":           "TestClamdSignatures",
 		"clamd/popgate-eicar.ndb":           "TestClamdSignatures",
 		"clamd/popgate-clamav-testfile.hdb": "TestClamdSignatures",
+		"popgate.logrotate":                 "TestLogrotateExample, internal/e2e TestLogRotation",
 	}
 	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -127,6 +128,24 @@ func parseUnit(t *testing.T, text string) unitFile {
 		}
 	}
 	return u
+}
+
+// TestLogrotateExample checks examples/popgate.logrotate (internal/e2e
+// TestLogRotation runs logrotate with it): it rotates the log file the
+// documentation names by renaming, and signals popgate's main process with
+// SIGUSR1 afterwards.
+func TestLogrotateExample(t *testing.T) {
+	text := readExample(t, "popgate.logrotate")
+	for _, want := range []string{"/var/log/popgate/popgate.log {", "postrotate", "--signal=USR1 popgate.service", "delaycompress", "endscript"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("popgate.logrotate lacks %q", want)
+		}
+	}
+	for _, line := range strings.Split(text, "\n") {
+		if strings.TrimSpace(line) == "copytruncate" {
+			t.Error("popgate.logrotate uses copytruncate: popgate reopens its file, truncating loses lines")
+		}
+	}
 }
 
 // TestSystemdUnit checks the hardening of examples/popgate.service, and

@@ -311,22 +311,63 @@ func knownNames(m map[string]*Upstream) string {
 
 func (d *decoder) listenerTLS(s *listenerTLSSchema) *ListenerTLS {
 	t := &ListenerTLS{Implicit: d.boolean(s.Implicit, false)}
-	haveCert := d.requireAttr(s.CertFile, s.DefRange, "tls", "cert_file", `cert_file = "/etc/popgate/cert.pem"`)
-	haveKey := d.requireAttr(s.KeyFile, s.DefRange, "tls", "key_file", `key_file = "/etc/popgate/key.pem"`)
-	var certPEM, keyPEM []byte
-	if haveCert {
-		t.CertFile, certPEM = d.readPEM(s.CertFile, "CERTIFICATE")
+	// cert_file and key_file are the default certificate; with certificate
+	// blocks they may be left out (the first block is the default then).
+	attrs := s.CertFile != nil || s.KeyFile != nil
+	switch {
+	case attrs:
+		if p, _, ok := d.keyPair(s.CertFile, s.KeyFile, s.DefRange, "tls"); ok {
+			t.Certificates = append(t.Certificates, p)
+		}
+	case len(s.Certificates) == 0:
+		d.errorf(s.DefRange, "Missing certificate",
+			`The tls block needs a certificate: cert_file and key_file, such as cert_file = "/etc/popgate/cert.pem" and key_file = "/etc/popgate/key.pem", or certificate blocks holding them.`)
 	}
-	if haveKey {
-		t.KeyFile, keyPEM = d.readPEM(s.KeyFile, "PRIVATE KEY")
-	}
-	if certPEM != nil && keyPEM != nil {
-		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
-			d.errorf(s.DefRange, "Invalid certificate or key",
-				"%s and %s do not form a usable certificate and key: %s.", t.CertFile, t.KeyFile, strings.TrimPrefix(err.Error(), "tls: "))
+	for i, c := range s.Certificates {
+		if p, ok := d.certificate(c, i == 0 && !attrs); ok {
+			t.Certificates = append(t.Certificates, p)
 		}
 	}
 	return t
+}
+
+// certificate decodes a certificate block of a listener's tls block. Only
+// the default (first) certificate is served to clients that name no server
+// or one no certificate is for; any other is chosen by its DNS names alone.
+func (d *decoder) certificate(s *certificateSchema, isDefault bool) (KeyPair, bool) {
+	p, leaf, ok := d.keyPair(s.CertFile, s.KeyFile, s.DefRange, "certificate")
+	if ok && !isDefault && len(leaf.DNSNames) == 0 {
+		d.warnf(s.DefRange, "Certificate never chosen",
+			"%s has no DNS names (subject alternative names): clients asking for a server name never get it, and it is not the listener's first certificate.", p.CertFile)
+	}
+	return p, ok
+}
+
+// keyPair decodes a cert_file and key_file pair of the block at block (a
+// listener's tls, a certificate, an upstream): both are required, must be
+// PEM, and must form a usable certificate and key. It returns the leaf
+// certificate too.
+func (d *decoder) keyPair(certAttr, keyAttr *hcl.Attribute, block hcl.Range, what string) (KeyPair, *x509.Certificate, bool) {
+	var p KeyPair
+	haveCert := d.requireAttr(certAttr, block, what, "cert_file", `cert_file = "/etc/popgate/cert.pem"`)
+	haveKey := d.requireAttr(keyAttr, block, what, "key_file", `key_file = "/etc/popgate/key.pem"`)
+	var certPEM, keyPEM []byte
+	if haveCert {
+		p.CertFile, certPEM = d.readPEM(certAttr, "CERTIFICATE")
+	}
+	if haveKey {
+		p.KeyFile, keyPEM = d.readPEM(keyAttr, "PRIVATE KEY")
+	}
+	if certPEM == nil || keyPEM == nil {
+		return p, nil, false
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		d.errorf(block, "Invalid certificate or key",
+			"%s and %s do not form a usable certificate and key: %s.", p.CertFile, p.KeyFile, strings.TrimPrefix(err.Error(), "tls: "))
+		return p, nil, false
+	}
+	return p, c.Leaf, true
 }
 
 // pathAttr evaluates a path attribute. It returns the path as written and
@@ -409,6 +450,11 @@ func (d *decoder) upstream(s *upstreamSchema) *Upstream {
 			d.errorf(s.CAFile.Expr.Range(), "Invalid PEM file", "ca_file: %s holds no usable certificate.", u.CAFile)
 		}
 	}
+	if s.CertFile != nil || s.KeyFile != nil {
+		if p, _, ok := d.keyPair(s.CertFile, s.KeyFile, s.DefRange, "upstream"); ok {
+			u.ClientCertificate = &p
+		}
+	}
 
 	if tlsValid && u.TLS == UpstreamTLSNone && u.LoginRequiresTLS {
 		d.warnf(s.LoginRequiresTLS.Range, "Login requires TLS without TLS",
@@ -417,7 +463,7 @@ func (d *decoder) upstream(s *upstreamSchema) *Upstream {
 	switch {
 	case !tlsValid:
 	case u.TLS == UpstreamTLSNone:
-		for _, a := range []*hcl.Attribute{s.CAFile, s.ServerName, s.TLSVerify} {
+		for _, a := range []*hcl.Attribute{s.CAFile, s.ServerName, s.TLSVerify, s.CertFile, s.KeyFile} {
 			if a != nil {
 				d.warnf(a.Range, "TLS setting without TLS",
 					"Upstream %q has tls = \"none\", so %s has no effect. Set tls = \"starttls\" or \"implicit\" to use it.", s.Name, a.Name)

@@ -166,12 +166,23 @@ type Listener struct {
 
 // ListenerTLS is the `tls` block of a listener. Unless Implicit is set the
 // listener speaks plain POP3 and offers STLS; with Implicit the TLS handshake
-// comes first (POP3S, port 995 style). The certificate and key are checked to
-// exist and to form a valid pair when the configuration is loaded.
+// comes first (POP3S, port 995 style). Each certificate and key are checked
+// to exist and to form a valid pair when the configuration is loaded; while
+// popgate runs they are reloaded when their files change.
 type ListenerTLS struct {
-	CertFile string // attribute cert_file, required
-	KeyFile  string // attribute key_file, required
-	Implicit bool   // attribute implicit, default false
+	// Certificates are the block's cert_file and key_file, then each of its
+	// certificate blocks, in order (at least one). A client naming a server
+	// (SNI) gets the first whose DNS names match; the first one is the
+	// default.
+	Certificates []KeyPair
+	Implicit     bool // attribute implicit, default false
+}
+
+// KeyPair is a certificate chain file and its private key file (PEM):
+// attributes cert_file and key_file, both required.
+type KeyPair struct {
+	CertFile string
+	KeyFile  string
 }
 
 // Upstream TLS modes.
@@ -198,6 +209,9 @@ type Upstream struct {
 	ServerName string
 	// InsecureSkipVerify is set by `tls_verify = false` (with a warning).
 	InsecureSkipVerify bool
+	// ClientCertificate, when set, is presented to a server that asks for
+	// one (attributes cert_file and key_file).
+	ClientCertificate *KeyPair
 	// ConnectTimeout bounds dialing and the TLS handshake (attribute
 	// connect_timeout, default "10s").
 	ConnectTimeout time.Duration

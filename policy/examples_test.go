@@ -90,7 +90,7 @@ func TestExampleTLS(t *testing.T) {
 	for _, l := range cfg.Listeners {
 		byName[l.Name] = l
 	}
-	if l := byName["pop3s"]; l == nil || l.TLS == nil || !l.TLS.Implicit || l.TLS.CertFile != os.Getenv("POPGATE_TLS_CERT") {
+	if l := byName["pop3s"]; l == nil || l.TLS == nil || !l.TLS.Implicit || l.TLS.Certificates[0].CertFile != os.Getenv("POPGATE_TLS_CERT") {
 		t.Errorf("pop3s = %+v", l)
 	}
 	if l := byName["pop3"]; l == nil || l.TLS == nil || l.TLS.Implicit {

@@ -272,9 +272,8 @@ var configChecks = map[string]func(*testing.T, *Config){
 		want := Listener{
 			Name: "pop3s", Address: "[::1]:995", Upstream: "store",
 			TLS: &ListenerTLS{
-				CertFile: filepath.Join(certDir, "cert.pem"),
-				KeyFile:  filepath.Join(certDir, "key.pem"),
-				Implicit: true,
+				Certificates: []KeyPair{{CertFile: filepath.Join(certDir, "cert.pem"), KeyFile: filepath.Join(certDir, "key.pem")}},
+				Implicit:     true,
 			},
 			MaxConnections: 200, MaxConnectionsPerIP: 5,
 			LoginTimeout: 20 * time.Second, IdleTimeout: time.Hour,
@@ -316,6 +315,35 @@ var configChecks = map[string]func(*testing.T, *Config){
 		// A relative directory is relative to the configuration file.
 		if cfg.Spool != (Spool{Dir: filepath.Join("testdata", "files"), MemoryLimit: 512 * 1024}) {
 			t.Errorf("spool = %+v", cfg.Spool)
+		}
+	},
+
+	"ok_tls": func(t *testing.T, cfg *Config) {
+		pair := func(cert, key string) KeyPair {
+			return KeyPair{CertFile: filepath.Join(certDir, cert), KeyFile: filepath.Join(certDir, key)}
+		}
+		for _, c := range []struct {
+			listener string
+			want     ListenerTLS
+		}{
+			// certificate blocks only: the first is the default.
+			{"hosting", ListenerTLS{Implicit: true, Certificates: []KeyPair{pair("cert.pem", "key.pem"), pair("sni-cert.pem", "sni-key.pem")}}},
+			// cert_file and key_file come first, then the blocks.
+			{"mixed", ListenerTLS{Certificates: []KeyPair{pair("noname-cert.pem", "noname-key.pem"), pair("sni-cert.pem", "sni-key.pem")}}},
+		} {
+			var got *ListenerTLS
+			for _, l := range cfg.Listeners {
+				if l.Name == c.listener {
+					got = l.TLS
+				}
+			}
+			if got == nil || !reflect.DeepEqual(*got, c.want) {
+				t.Errorf("listener %s: tls = %+v, want %+v", c.listener, got, c.want)
+			}
+		}
+		want := pair("cert.pem", "key.pem")
+		if u := cfg.Upstreams["mtls"]; u.ClientCertificate == nil || *u.ClientCertificate != want {
+			t.Errorf("upstream mtls: client certificate = %+v, want %+v", u.ClientCertificate, want)
 		}
 	},
 

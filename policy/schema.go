@@ -59,9 +59,19 @@ type proxyProtocolSchema struct {
 type listenerTLSSchema struct {
 	DefRange hcl.Range `hcl:",def_range"`
 
+	CertFile     *hcl.Attribute       `hcl:"cert_file,optional"`
+	KeyFile      *hcl.Attribute       `hcl:"key_file,optional"`
+	Implicit     *hcl.Attribute       `hcl:"implicit,optional"`
+	Certificates []*certificateSchema `hcl:"certificate,block"`
+}
+
+// certificateSchema is a `certificate` block inside a listener's tls block:
+// one more certificate, picked by the server name a client asks for.
+type certificateSchema struct {
+	DefRange hcl.Range `hcl:",def_range"`
+
 	CertFile *hcl.Attribute `hcl:"cert_file,optional"`
 	KeyFile  *hcl.Attribute `hcl:"key_file,optional"`
-	Implicit *hcl.Attribute `hcl:"implicit,optional"`
 }
 
 type upstreamSchema struct {
@@ -74,6 +84,8 @@ type upstreamSchema struct {
 	CAFile           *hcl.Attribute `hcl:"ca_file,optional"`
 	ServerName       *hcl.Attribute `hcl:"server_name,optional"`
 	TLSVerify        *hcl.Attribute `hcl:"tls_verify,optional"`
+	CertFile         *hcl.Attribute `hcl:"cert_file,optional"`
+	KeyFile          *hcl.Attribute `hcl:"key_file,optional"`
 	ConnectTimeout   *hcl.Attribute `hcl:"connect_timeout,optional"`
 	Timeout          *hcl.Attribute `hcl:"timeout,optional"`
 	MaxStatusLine    *hcl.Attribute `hcl:"max_status_line,optional"`

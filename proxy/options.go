@@ -6,6 +6,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net/netip"
 	"time"
 
@@ -45,7 +46,11 @@ type Upstream struct {
 	TLSMode TLSMode
 	// TLS verifies the server. Nil means the system roots and the host of
 	// Address as server name; InsecureSkipVerify is honoured if set.
-	TLS            *tls.Config
+	TLS *tls.Config
+	// RootCAs, when set, gives the roots to verify the server with at each
+	// connection, in place of TLS.RootCAs: a CA bundle reloaded while
+	// popgate runs applies to the next connection.
+	RootCAs        func() *x509.CertPool
 	ConnectTimeout time.Duration // dial and TLS handshake; default DefaultConnectTimeout
 	// Timeout bounds the wait for each read from the server (a response
 	// that keeps flowing never times out); default DefaultUpstreamTimeout.

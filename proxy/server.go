@@ -218,12 +218,14 @@ func (s *Server) admit(bl *boundListener, conn net.Conn) {
 // accept readies a new connection for its session: the PROXY header of a
 // trusted load balancer, then the per-IP limit on the client it names. On
 // false the connection is not served: it was closed, or refusal answers and
-// closes it once the caller has given back its slot.
+// closes it once the caller has given back its slot. A refused connection
+// never became a session: its log line names no session, as admit's do.
 func (s *Server) accept(bl *boundListener, sess *session) (bool, func()) {
 	name := bl.cfg.Name
 	if pp := bl.cfg.ProxyProtocol; pp != nil && pp.trusts(sess.client.Addr()) {
 		if err := sess.readProxyHeader(); err != nil {
-			sess.log.Warn().Err(err).Str("reason", "bad PROXY protocol header").Msg("connection refused")
+			s.log.Warn().Err(err).Str("listener", name).Str("client", sess.client.String()).
+				Str("reason", "bad PROXY protocol header").Msg("connection refused")
 			s.opts.Observer.Refused(name, RefusedProxyHeader)
 			_ = sess.raw.Close()
 			return false, nil
@@ -238,7 +240,7 @@ func (s *Server) accept(bl *boundListener, sess *session) (bool, func()) {
 	s.mu.Unlock()
 	if full {
 		const reason = "too many connections from your address"
-		sess.log.Warn().Str("reason", reason).Msg("connection refused")
+		s.log.Warn().Str("listener", name).Str("client", sess.client.String()).Str("reason", reason).Msg("connection refused")
 		s.opts.Observer.Refused(name, RefusedPerIP)
 		return false, func() { refuse(sess.raw, reason, bl.cfg.Implicit) }
 	}

@@ -130,6 +130,9 @@ func (uc *upstreamConn) startTLS(ctx context.Context, u *Upstream, addr string) 
 	if cfg.MinVersion < tls.VersionTLS12 {
 		cfg.MinVersion = tls.VersionTLS12
 	}
+	if u.RootCAs != nil {
+		cfg.RootCAs = u.RootCAs()
+	}
 	tc := tls.Client(uc.raw, cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return fmt.Errorf("TLS handshake: %w", err)

@@ -60,12 +60,12 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		policy.WriteDiagnostics(stderr, diags, cfg.Files)
 		return 1
 	}
-	log, closeLog, err := generation.NewLogger(cfg.Log, stderr)
+	log, logOut, err := generation.NewLogger(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate demo: %v\n", err)
 		return 1
 	}
-	defer closeLog.Close()
+	defer logOut.Close()
 
 	up := cfg.Upstreams[cfg.Listeners[0].Upstream]
 	mailLn, err := net.Listen("tcp", cmp.Or(*mailbox, up.Address))
@@ -124,7 +124,7 @@ Press Ctrl-C to stop.
 `, mailLn.Addr(), demoUser, demoPassword, clamdLine, addr,
 		auth, base, auth, base, auth, base, auth, base, auth, base, auth, base,
 		scanning, self, cfg.Quarantine.Dir, self, cfg.Quarantine.Dir)
-	return serveUntilSignal(svc, false)
+	return serveUntilSignal(svc, false, logOut)
 }
 
 // eicar is the industry-standard antivirus test string (eicar.org): harmless,

@@ -106,7 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  popgate [run] -c FILE|DIR   run the proxy (SIGTERM drains, SIGHUP reloads policies)
+  popgate [run] -c FILE|DIR   run the proxy (SIGTERM drains, SIGHUP reloads policies and certificates, SIGUSR1 reopens the log file)
   popgate check -c FILE|DIR   validate a configuration; every problem as file:line:col
         [--explain USER [--client IP] [--listener NAME] [--json]]   which policy, upstream and chain a login gets
   popgate scan -c FILE|DIR [--user U] [--client IP] [--listener NAME] [-o OUT] [--json] [--quarantine] MSG.eml…
@@ -173,12 +173,12 @@ func cmdRun(args []string, stderr io.Writer) int {
 		policy.WriteDiagnostics(stderr, diags, cfg.Files)
 		return 1
 	}
-	log, closeLog, err := generation.NewLogger(cfg.Log, stderr)
+	log, logOut, err := generation.NewLogger(cfg.Log, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "popgate: %v\n", err)
 		return 1
 	}
-	defer closeLog.Close()
+	defer logOut.Close()
 	generation.LogDiagnostics(log, diags)
 	svc, err := generation.Start(cfg, path, generation.Options{Log: log, Version: popgateVersion()})
 	if err != nil {
@@ -186,16 +186,16 @@ func cmdRun(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log.Info().Str("version", popgateVersion()).Str("config", path).Msg("popgate started")
-	return serveUntilSignal(svc, true)
+	return serveUntilSignal(svc, true, logOut)
 }
 
 // serveUntilSignal serves until SIGTERM/SIGINT, then drains for the
-// shutdown timeout in force. SIGHUP reloads the configuration when reload
-// is set.
-func serveUntilSignal(svc *generation.Service, reload bool) int {
+// shutdown timeout in force. SIGUSR1 reopens the log file (log rotation);
+// SIGHUP does too, and reloads the configuration when reload is set.
+func serveUntilSignal(svc *generation.Service, reload bool, logOut *generation.LogOutput) int {
 	log := svc.Logger()
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- svc.Serve() }()
@@ -208,8 +208,13 @@ func serveUntilSignal(svc *generation.Service, reload bool) int {
 			}
 			return 0
 		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				if reload {
+			if sig == syscall.SIGHUP || sig == syscall.SIGUSR1 {
+				if err := logOut.Reopen(); err != nil {
+					log.Error().Err(err).Msg("log file not reopened: logging on to the previous one")
+				} else if logOut.File() != "" {
+					log.Info().Str("signal", sig.String()).Msg("log file reopened")
+				}
+				if sig == syscall.SIGHUP && reload {
 					_ = svc.Reload() // it logs why it refused
 				}
 				continue

@@ -53,6 +53,8 @@ type Metrics struct {
 	logins          *prometheus.CounterVec
 	throttled       *prometheus.CounterVec
 	lockouts        *prometheus.CounterVec
+	tlsReloads      *prometheus.CounterVec
+	tlsExpiry       *prometheus.GaugeVec
 
 	families  []Family
 	listeners sync.Map // name → *listenerMetrics
@@ -110,12 +112,20 @@ func New() *Metrics {
 	m.logins = counter("logins_total", "Login attempts, by listener and result (ok, failed: the server's answer; throttled, plaintext: refused by popgate, never sent).", "listener", "result")
 	m.throttled = counter("login_throttled_total", "Login attempts refused by a lock of the login throttle, by listener and scope (address, name).", "listener", "scope")
 	m.lockouts = counter("login_lockouts_total", "Locks of the login throttle that began, by listener and scope (address, name).", "listener", "scope")
+	m.tlsReloads = counter("tls_reloads_total", "Loads of changed certificate, key and CA files while running (file watch and SIGHUP), by result (ok, refused: the files in use stay).", "result")
+	m.tlsExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "tls_certificate_expiry_timestamp_seconds",
+		Help: "When the certificate in use from each certificate file expires (Unix time): alert well before, in case renewal fails."}, []string{"file"})
+	m.reg.MustRegister(m.tlsExpiry)
+	family("tls_certificate_expiry_timestamp_seconds", false, "file")
 	m.reg.MustRegister(backendCollector{m}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	family("scanner_backend_up", false, "scanner", "kind", "address")
 	family("scanner_backend_misconfigured", false, "scanner", "kind", "address")
 	for _, r := range []string{"ok", "failed"} {
 		m.reloads.WithLabelValues(r)
 		m.quarantine.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "refused"} {
+		m.tlsReloads.WithLabelValues(r)
 	}
 	return m
 }
@@ -144,6 +154,21 @@ func (m *Metrics) Reloaded(ok bool) {
 	} else {
 		m.reloads.WithLabelValues("failed").Inc()
 	}
+}
+
+// TLSReloaded counts one load of TLS files (tlsfiles.Hooks.Reloaded).
+func (m *Metrics) TLSReloaded(ok bool) {
+	if ok {
+		m.tlsReloads.WithLabelValues("ok").Inc()
+	} else {
+		m.tlsReloads.WithLabelValues("refused").Inc()
+	}
+}
+
+// TLSCertificate records when the certificate loaded from file expires
+// (tlsfiles.Hooks.Certificate).
+func (m *Metrics) TLSCertificate(file string, notAfter time.Time) {
+	m.tlsExpiry.WithLabelValues(file).Set(float64(notAfter.Unix()))
 }
 
 // Scanner is a scanner of the configuration in force, as reported.

@@ -2,11 +2,9 @@ package generation
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"fmt"
 	"net/netip"
-	"os"
 
+	"github.com/popgate/popgate/internal/tlsfiles"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
 	"github.com/popgate/popgate/proxy/throttle"
@@ -14,13 +12,14 @@ import (
 
 // ProxyOptions turns the configuration's listeners and upstreams into the
 // proxy's options, with the generation's PolicyFor. It loads certificates
-// and CA bundles, which decoding has only checked. Listeners and upstreams
-// are bound when the proxy starts: a reload does not change them.
-func (g *Generation) ProxyOptions() (proxy.Options, error) {
+// and CA bundles, which decoding has only checked, into files, which keeps
+// them current. Listeners and upstreams are bound when the proxy starts: a
+// reload does not change them (their certificate files are reloaded).
+func (g *Generation) ProxyOptions(files *tlsfiles.Watcher) (proxy.Options, error) {
 	cfg := g.Config
 	ups := map[string]*proxy.Upstream{}
 	for name, u := range cfg.Upstreams {
-		pu, err := proxyUpstream(u)
+		pu, err := proxyUpstream(u, files)
 		if err != nil {
 			return proxy.Options{}, err
 		}
@@ -66,11 +65,15 @@ func (g *Generation) ProxyOptions() (proxy.Options, error) {
 			pl.DestRouter = func(dst netip.Addr) *proxy.Upstream { return ups[cfg.RouteDestination(l, dst)] }
 		}
 		if l.TLS != nil {
-			cert, err := tls.LoadX509KeyPair(l.TLS.CertFile, l.TLS.KeyFile)
-			if err != nil {
-				return proxy.Options{}, fmt.Errorf("listener %s: %w", l.Name, err)
+			pairs := make([]tlsfiles.Pair, len(l.TLS.Certificates))
+			for i, c := range l.TLS.Certificates {
+				pairs[i] = tlsfiles.Pair(c)
 			}
-			pl.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+			certs, err := files.ServerCertificates("listener "+l.Name, pairs)
+			if err != nil {
+				return proxy.Options{}, err
+			}
+			pl.TLS = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 			pl.Implicit = l.TLS.Implicit
 		}
 		opts.Listeners = append(opts.Listeners, pl)
@@ -78,7 +81,7 @@ func (g *Generation) ProxyOptions() (proxy.Options, error) {
 	return opts, nil
 }
 
-func proxyUpstream(u *policy.Upstream) (*proxy.Upstream, error) {
+func proxyUpstream(u *policy.Upstream, files *tlsfiles.Watcher) (*proxy.Upstream, error) {
 	pu := &proxy.Upstream{
 		Name:             u.Name,
 		Address:          u.Address,
@@ -104,14 +107,18 @@ func proxyUpstream(u *policy.Upstream) (*proxy.Upstream, error) {
 	}
 	tc := &tls.Config{ServerName: u.ServerName, InsecureSkipVerify: u.InsecureSkipVerify, MinVersion: tls.VersionTLS12}
 	if u.CAFile != "" {
-		pem, err := os.ReadFile(u.CAFile)
+		roots, err := files.Roots("upstream "+u.Name+" ca_file", u.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("upstream %s: %w", u.Name, err)
+			return nil, err
 		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream %s: no certificates in %s", u.Name, u.CAFile)
+		pu.RootCAs = roots.Pool
+	}
+	if cc := u.ClientCertificate; cc != nil {
+		cert, err := files.ClientCertificate("upstream "+u.Name+" client certificate", tlsfiles.Pair(*cc))
+		if err != nil {
+			return nil, err
 		}
+		tc.GetClientCertificate = cert.GetClientCertificate
 	}
 	pu.TLS = tc
 	return pu, nil

@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/popgate/popgate/internal/metrics"
+	"github.com/popgate/popgate/internal/tlsfiles"
 	"github.com/popgate/popgate/policy"
 	"github.com/popgate/popgate/proxy"
 )
@@ -31,6 +32,10 @@ type Service struct {
 	metrics *metrics.Metrics
 	http    *http.Server
 	ln      net.Listener
+	// tls keeps the certificates and CA bundles of the listeners and
+	// upstreams current; stopTLS ends its polling.
+	tls     *tlsfiles.Watcher
+	stopTLS context.CancelFunc
 
 	mu      sync.Mutex // guards current
 	current *Generation
@@ -63,7 +68,12 @@ func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 		s.closeMetrics()
 		return nil, err
 	}
-	opts, err := g.ProxyOptions()
+	var hooks tlsfiles.Hooks
+	if s.metrics != nil {
+		hooks = tlsfiles.Hooks{Reloaded: s.metrics.TLSReloaded, Certificate: s.metrics.TLSCertificate}
+	}
+	s.tls = tlsfiles.New(o.Log, hooks)
+	opts, err := g.ProxyOptions(s.tls)
 	if err == nil {
 		opts.Logger = o.Log
 		opts.Retire = func() { _ = g.Close() }
@@ -81,6 +91,9 @@ func Start(cfg *policy.Config, path string, o Options) (_ *Service, err error) {
 		return nil, err
 	}
 	s.use(g, s.srv.Generation())
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopTLS = cancel
+	go s.tls.Run(ctx)
 	if s.metrics != nil {
 		s.http = &http.Server{Handler: s.metrics.Handler(s.ready, http.HandlerFunc(s.serveQuarantine)), ReadHeaderTimeout: 10 * time.Second}
 		s.log.Info().Str("address", s.ln.Addr().String()).Msg("metrics listening")
@@ -129,6 +142,7 @@ func (s *Service) Serve() error { return s.srv.Serve() }
 // the proxy drains) and the generation in force.
 func (s *Service) Shutdown(ctx context.Context) error {
 	err := s.srv.Shutdown(ctx)
+	s.stopTLS()
 	s.closeMetrics()
 	if cerr := s.Current().Close(); err == nil {
 		err = cerr
@@ -147,8 +161,11 @@ func (s *Service) Shutdown(ctx context.Context) error {
 // closed once its last session ends. A configuration with errors, or whose
 // parts cannot be built, is refused and the running one stays. Settings
 // bound at start (listeners, upstreams, routes, metrics, log, memory) are
-// logged as needing a restart.
+// logged as needing a restart. The certificate and CA files the listeners
+// and upstreams were started with are read again in any case (as when the
+// watcher sees them change), each kept or refused on its own.
 func (s *Service) Reload() error {
+	s.tls.Reload()
 	err := s.reload()
 	if s.metrics != nil {
 		s.metrics.Reloaded(err == nil)

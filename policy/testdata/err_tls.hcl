@@ -71,3 +71,41 @@ upstream "plain" {
   server_name = "pop.example.com"
   tls_verify  = false
 }
+
+listener "sni" {
+  address  = "127.0.0.1:1115"
+  upstream = "verified"
+  tls {
+    certificate {
+      cert_file = env("POPGATE_TEST_SNI_CERT")
+    }
+    certificate {
+      cert_file = env("POPGATE_TEST_SNI_CERT")
+      key_file  = env("POPGATE_TEST_KEY")
+    }
+    certificate {
+      cert_file = env("POPGATE_TEST_NONAME_CERT")
+      key_file  = env("POPGATE_TEST_NONAME_KEY")
+    }
+  }
+}
+
+listener "no-certificate" {
+  address  = "127.0.0.1:1116"
+  upstream = "verified"
+  tls {
+    implicit = true
+  }
+}
+
+upstream "half-client-cert" {
+  address   = "127.0.0.1:998"
+  tls       = "implicit"
+  cert_file = env("POPGATE_TEST_CERT")
+}
+
+upstream "plain-client-cert" {
+  address   = "127.0.0.1:999"
+  cert_file = env("POPGATE_TEST_CERT")
+  key_file  = env("POPGATE_TEST_KEY")
+}
