@@ -31,7 +31,7 @@ func benchChain(b *testing.B) *filters.Chain {
 	if err != nil {
 		b.Fatal(err)
 	}
-	t, err := tag.New("stamp", tag.Config{Headers: []tag.Field{{Name: "X-Popgate-Scanned", Value: "yes"}}}, spool, "")
+	t, err := tag.New("stamp", tag.Config{Headers: []tag.Field{{Name: "X-Popgate-Scanned", Value: "yes"}}}, "")
 	if err != nil {
 		b.Fatal(err)
 	}
