@@ -175,6 +175,7 @@ type Filter struct {
 	onLimit   Action
 	onArchive Action
 	spool     *filters.Spool // for replacement bodies and unpacked members
+	headLen   int            // of a part's content, what the rules look at first
 }
 
 // New builds a strip filter from cfg; it writes the bodies it makes to
@@ -214,6 +215,7 @@ func New(name string, cfg Config, spool *filters.Spool) (*Filter, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	f.headLen = headLen(f.rules)
 	return f, nil
 }
 
