@@ -233,7 +233,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	defer rc.Close()
 	if ra, ok := rc.(io.ReaderAt); ok {
 		root, err := f.structure(ctx, env, body, ra, body.Size())
-		return f.filter(ctx, ra, body.Size(), root, err)
+		return f.filter(ctx, body, ra, body.Size(), root, err)
 	}
 	// Not random access (a header-prepending wrapper, say): spool it.
 	w := f.spool.NewWriter()
@@ -257,7 +257,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	}
 	size := b.Size()
 	root, err := parseMIME(mailtext.NewReaderAt(ctx, ra), size, f.lim)
-	return f.filter(ctx, ra, size, root, err)
+	return f.filter(ctx, body, ra, size, root, err)
 }
 
 // structure is the MIME tree of the message, with the error of its parse
@@ -282,9 +282,9 @@ func (f *Filter) structure(ctx context.Context, env *filters.Envelope, body filt
 	return root, nil
 }
 
-// filter decides on the message of size bytes in ra, whose tree (or the
-// error of parsing it) is root (err), and makes the verdict.
-func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64, root *mimetree.Part, err error) (filters.Verdict, error) {
+// filter decides on body, the message of size bytes that ra reads, whose
+// tree (or the error of parsing it) is root (err), and makes the verdict.
+func (f *Filter) filter(ctx context.Context, body filters.Body, ra io.ReaderAt, size int64, root *mimetree.Part, err error) (filters.Verdict, error) {
 	d, err := f.decideOn(ctx, ra, size, root, err)
 	if err != nil {
 		return filters.Verdict{}, err
@@ -293,7 +293,7 @@ func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64, root *m
 	case filters.Pass:
 		return filters.Verdict{Action: filters.Pass, Reason: d.Reason}, nil
 	case filters.Replace:
-		b, edits, err := f.rewrite(ctx, ra, size, d.Matches)
+		b, edits, err := rewrite(body, ra, size, d.Matches)
 		if err != nil {
 			return filters.Verdict{}, err
 		}
