@@ -17,7 +17,8 @@ import (
 // are safe for concurrent use, their readers are independent of each other,
 // Remove is idempotent, and Open after Remove returns an error. Their readers
 // also implement io.ReaderAt and io.Seeker, except SplicedBody's (and so
-// PrependHeader's).
+// PrependHeader's), which implement io.ReaderAt when the wrapped body's
+// readers do.
 type Body interface {
 	Open() (io.ReadCloser, error)
 	Size() int64
