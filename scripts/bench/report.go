@@ -310,6 +310,7 @@ func (rp *report) targets() string {
 			fmt.Fprintf(&b, "| pass-through at %d ≥ %.1f × at %d sessions | %.3f | %s |\n", hi, targetScaleRatio, lo, p256/p32, verdict(p256/p32 >= targetScaleRatio))
 		}
 	}
+	b.WriteString(rp.chains.chainTargets())
 	b.WriteString(rp.chains.spamTargets())
 	if rp.idle != nil {
 		for _, r := range rp.idle.results {
