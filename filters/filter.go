@@ -107,7 +107,8 @@ type Envelope struct {
 	// filter that reports verdicts, like tag); the chain fills it in.
 	Steps []Step
 
-	input *input // the chain run's input, for Signatures
+	input   *input   // the chain run's input, for Signatures
+	started *Started // the work a filter began on the input as it arrived
 }
 
 // Filter inspects one message. An error means the filter could not decide;

@@ -454,3 +454,51 @@ func (s *Scanner) Ping(ctx context.Context) error {
 	}
 	return s.pool.Check(ctx)
 }
+
+// Start streams the message to clamd as the proxy receives it
+// (filters.Starter), so that clamd scans while the rest still arrives and
+// the verdict follows the last byte closely. The stream has no size up
+// front: it may hold up to MaxSize bytes, and the end-of-stream marker goes
+// out only after r ended with io.EOF, the message whole. A message cut
+// short or dropped ends r with an error: the stream is abandoned without
+// its marker, so clamd never gives a verdict on part of it. Filter uses
+// the verdict only for exactly the message Start was given (started).
+func (f *Filter) Start(ctx context.Context, r io.Reader) any {
+	e := &early{done: make(chan struct{})}
+	cr := &countingReader{r: r}
+	go func() {
+		defer close(e.done)
+		e.res, e.err = f.scanner.ScanReader(ctx, cr, -1)
+		e.n = cr.n
+	}()
+	return e
+}
+
+// early is a scan Start began.
+type early struct {
+	done chan struct{}
+	res  Result
+	err  error
+	n    int64 // bytes read from the message
+}
+
+// started is clamd's verdict from the scan Start began on body while it
+// arrived, when there is one: a clean or infected answer after all of
+// body's bytes and the end of the stream. ok is false otherwise (no such
+// scan, an error of any kind, oversize included, or a different length):
+// Filter then scans body itself, as without Start.
+func (f *Filter) started(ctx context.Context, env *filters.Envelope, body filters.Body) (v filters.Verdict, ok bool) {
+	e, ok := env.Started(f, body).(*early)
+	if !ok {
+		return filters.Verdict{}, false
+	}
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return filters.Verdict{}, false
+	}
+	if e.err != nil || e.n != body.Size() {
+		return filters.Verdict{}, false
+	}
+	return scanVerdict(e.res), true
+}

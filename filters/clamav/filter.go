@@ -54,16 +54,25 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	if size > f.scanner.MaxSize() {
 		return f.tooLarge(body, size), nil
 	}
+	if v, ok := f.started(ctx, env, body); ok {
+		return v, nil
+	}
 	res, err := f.scanner.scan(ctx, &bodySource{body: body}, size)
 	switch {
 	case errors.Is(err, ErrOversize):
 		return f.tooLarge(body, size), nil
 	case err != nil:
 		return filters.Verdict{}, err
-	case res.Infected:
-		return filters.Verdict{Action: filters.Reject, Reason: "virus: " + res.Signature}, nil
 	}
-	return filters.Verdict{Action: filters.Pass, Reason: "clean"}, nil
+	return scanVerdict(res), nil
+}
+
+// scanVerdict is the verdict on clamd's answer.
+func scanVerdict(res Result) filters.Verdict {
+	if res.Infected {
+		return filters.Verdict{Action: filters.Reject, Reason: "virus: " + res.Signature}
+	}
+	return filters.Verdict{Action: filters.Pass, Reason: "clean"}
 }
 
 // tooLarge is the verdict for a message over max_size.
