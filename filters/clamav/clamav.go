@@ -482,23 +482,30 @@ type early struct {
 	n    int64 // bytes read from the message
 }
 
-// started is clamd's verdict from the scan Start began on body while it
-// arrived, when there is one: a clean or infected answer after all of
-// body's bytes and the end of the stream. ok is false otherwise (no such
-// scan, an error of any kind, oversize included, or a different length):
+// started is the outcome of the scan Start began on body while it
+// arrived (ok), when it has one: clamd's clean or infected answer after all of
+// body's bytes and the end of the stream, or clamd's failure to answer
+// once it had them all (a timeout, an ERROR reply: what a scan of body
+// would have met too, so it is not tried again). ok is false when there is
+// no such scan, or when it failed before it had the whole message or on a
+// connection error, which a scan of the finished body fails over from:
 // Filter then scans body itself, as without Start.
-func (f *Filter) started(ctx context.Context, env *filters.Envelope, body filters.Body) (v filters.Verdict, ok bool) {
+func (f *Filter) started(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, bool, error) {
 	e, ok := env.Started(f, body).(*early)
 	if !ok {
-		return filters.Verdict{}, false
+		return filters.Verdict{}, false, nil
 	}
 	select {
 	case <-e.done:
 	case <-ctx.Done():
-		return filters.Verdict{}, false
+		return filters.Verdict{}, false, nil
 	}
-	if e.err != nil || e.n != body.Size() {
-		return filters.Verdict{}, false
+	var ce *connError
+	switch {
+	case e.n != body.Size() || errors.As(e.err, &ce):
+		return filters.Verdict{}, false, nil
+	case e.err != nil:
+		return filters.Verdict{}, true, e.err
 	}
-	return scanVerdict(e.res), true
+	return scanVerdict(e.res), true, nil
 }

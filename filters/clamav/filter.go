@@ -54,8 +54,8 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	if size > f.scanner.MaxSize() {
 		return f.tooLarge(body, size), nil
 	}
-	if v, ok := f.started(ctx, env, body); ok {
-		return v, nil
+	if v, ok, err := f.started(ctx, env, body); ok {
+		return v, err
 	}
 	res, err := f.scanner.scan(ctx, &bodySource{body: body}, size)
 	switch {

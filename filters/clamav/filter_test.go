@@ -223,10 +223,23 @@ func TestFilterStarted(t *testing.T) {
 		in.Remove()
 	}
 
+	// clamd fails once it has the whole stream: that is the scan's
+	// outcome (on_error), not a reason to scan again.
+	f.set(fakeMode{reply: "stream: Can't allocate memory ERROR\x00"})
+	before := f.streams.Load()
+	in, st := receive(virusAtEnd(100_000), false)
+	res := chain.Run(ctx, filters.WithStarted(&filters.Envelope{}, st), in)
+	if res.Outcome != filters.Defer || f.streams.Load()-before != 1 {
+		t.Errorf("clamd error: %v (%q), %d streams, want defer after 1", res.Outcome, res.Reason, f.streams.Load()-before)
+	}
+	res.Release()
+	in.Remove()
+	f.set(fakeMode{})
+
 	// Cut short: the started stream ends without its marker and gives no
 	// verdict.
 	ended := f.ended.Load()
-	_, st := receive(virusAtEnd(300_000), true)
+	_, _ = receive(virusAtEnd(300_000), true)
 	waitFor(t, 5*time.Second, "the started stream to be dropped", func() bool { return f.inflight.Load() == 0 })
 	if f.ended.Load() != ended {
 		t.Errorf("a stream of a message cut short got its end marker")
@@ -237,9 +250,9 @@ func TestFilterStarted(t *testing.T) {
 	clean := []byte("Subject: x\r\n\r\n" + strings.Repeat("a", 300_000-14))
 	other, st := receive(clean, false)
 	defer other.Remove()
-	in, _ := receive(virusAtEnd(300_000), false)
-	before := f.streams.Load()
-	res := chain.Run(ctx, filters.WithStarted(&filters.Envelope{}, st), in)
+	in, _ = receive(virusAtEnd(300_000), false)
+	before = f.streams.Load()
+	res = chain.Run(ctx, filters.WithStarted(&filters.Envelope{}, st), in)
 	if res.Outcome != filters.Refuse || f.streams.Load()-before != 1 {
 		t.Errorf("another body: %v (%q), %d streams", res.Outcome, res.Reason, f.streams.Load()-before)
 	}
