@@ -17,7 +17,8 @@ import (
 // are safe for concurrent use, their readers are independent of each other,
 // Remove is idempotent, and Open after Remove returns an error. Their readers
 // also implement io.ReaderAt and io.Seeker, except SplicedBody's (and so
-// PrependHeader's).
+// PrependHeader's), which implement io.ReaderAt when the wrapped body's
+// readers do.
 type Body interface {
 	Open() (io.ReadCloser, error)
 	Size() int64
@@ -106,7 +107,8 @@ type Envelope struct {
 	// filter that reports verdicts, like tag); the chain fills it in.
 	Steps []Step
 
-	input *input // the chain run's input, for Signatures
+	input   *input   // the chain run's input, for Signatures
+	started *Started // the work a filter began on the input as it arrived
 }
 
 // Filter inspects one message. An error means the filter could not decide;

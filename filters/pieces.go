@@ -133,16 +133,25 @@ func ComposePieces(a, b []Piece) ([]Piece, error) {
 // it. Its Remove only marks the wrapper removed (Open then fails); it never
 // removes in, which its owner keeps until the wrapper is no longer used.
 // The Body is safe for concurrent use and its readers are independent;
-// they do not implement io.ReaderAt or io.Seeker.
+// they implement io.ReaderAt when in's readers do (so that a filter that
+// needs random access reads a spliced body in place, not a copy of it),
+// never io.Seeker.
 func SplicedBody(in Body, pieces []Piece) Body {
 	ps := slices.Clone(pieces)
-	return &splicedBody{in: in, pieces: ps, size: PiecesSize(ps), err: checkPieces(ps, in.Size())}
+	starts := make([]int64, len(ps))
+	var pos int64
+	for i, p := range ps {
+		starts[i] = pos
+		pos += p.size()
+	}
+	return &splicedBody{in: in, pieces: ps, starts: starts, size: pos, err: checkPieces(ps, in.Size())}
 }
 
 // splicedBody is the Body of SplicedBody (and of PrependHeader).
 type splicedBody struct {
 	in     Body
 	pieces []Piece
+	starts []int64 // where each piece starts in the spliced body
 	size   int64
 	err    error // the pieces do not fit in
 
@@ -167,6 +176,9 @@ func (b *splicedBody) Open() (io.ReadCloser, error) {
 	r := &splicedReader{rc: rc, pieces: b.pieces}
 	r.ra, _ = rc.(io.ReaderAt)
 	r.sk, _ = rc.(io.Seeker)
+	if r.ra != nil {
+		return &splicedReaderAt{splicedReader: r, starts: b.starts, size: b.size}, nil
+	}
 	return r, nil
 }
 
@@ -277,4 +289,54 @@ func (r *splicedReader) Close() error {
 		return nil
 	}
 	return r.rc.Close()
+}
+
+// splicedReaderAt is a splicedReader over a reader with io.ReaderAt: it
+// reads at any offset too, without moving the sequential position.
+type splicedReaderAt struct {
+	*splicedReader
+	starts []int64
+	size   int64
+}
+
+// ReadAt reads len(p) bytes from off, as io.ReaderAt: fewer only at the
+// end of the body (with io.EOF) or on an error.
+func (r *splicedReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if r.closed.Load() {
+		return 0, errSplicedClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("spliced body: negative offset %d", off)
+	}
+	n := 0
+	// The last piece that starts at or before off.
+	i := sort.Search(len(r.starts), func(i int) bool { return r.starts[i] > off }) - 1
+	for ; n < len(p) && i >= 0 && i < len(r.pieces); i++ {
+		pc := &r.pieces[i]
+		from := off + int64(n) - r.starts[i] // within the piece
+		rest := pc.size() - from
+		if rest <= 0 {
+			continue
+		}
+		want := p[n:]
+		if int64(len(want)) > rest {
+			want = want[:rest]
+		}
+		if pc.Data != nil {
+			n += copy(want, pc.Data[from:])
+			continue
+		}
+		c, err := r.ra.ReadAt(want, pc.Off+from)
+		n += c
+		if c < len(want) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF // the message is shorter than its pieces
+			}
+			return n, err
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }

@@ -112,6 +112,7 @@ func TestSplicedBody(t *testing.T) {
 						t.Errorf("reads of %d: %q, %v; want %q", n, got, err, tt.want)
 					}
 				}
+				checkReadAt(t, b, mode, tt.want)
 				if in.OpenReaders() != 0 {
 					t.Errorf("%d readers of the wrapped body left open", in.OpenReaders())
 				}
@@ -123,6 +124,35 @@ func TestSplicedBody(t *testing.T) {
 					t.Errorf("Remove removed the wrapped body")
 				}
 			})
+		}
+	}
+}
+
+// checkReadAt reads b at every offset and length: its readers have
+// io.ReaderAt exactly when the wrapped body's have, and it reads as the
+// pieces say, with io.EOF at the end.
+func checkReadAt(t *testing.T, b Body, mode, want string) {
+	t.Helper()
+	r, err := b.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ra, ok := r.(io.ReaderAt)
+	if ok != (mode == "readerat") {
+		t.Fatalf("%s: io.ReaderAt %v", mode, ok)
+	}
+	if !ok {
+		return
+	}
+	for off := 0; off <= len(want)+1; off++ {
+		for n := 0; n <= len(want)+1-off; n++ {
+			buf := make([]byte, n)
+			got, err := ra.ReadAt(buf, int64(off))
+			w := want[min(off, len(want)):min(off+n, len(want))]
+			if string(buf[:got]) != w || (got < n) != (err == io.EOF) || (err != nil && err != io.EOF) {
+				t.Fatalf("ReadAt(%d bytes, %d) = %q, %v; want %q", n, off, buf[:got], err, w)
+			}
 		}
 	}
 }
@@ -170,6 +200,11 @@ func TestSplicedBodyShortInput(t *testing.T) {
 			r, err := SplicedBody(in, pieces).Open()
 			if err != nil {
 				t.Fatal(err)
+			}
+			if ra, ok := r.(io.ReaderAt); ok {
+				if n, err := ra.ReadAt(make([]byte, 4), 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Errorf("%s %v: ReadAt %d, %v; want io.ErrUnexpectedEOF", mode, pieces, n, err)
+				}
 			}
 			got, err := io.ReadAll(r)
 			r.Close()

@@ -79,6 +79,9 @@ type SpoolWriter struct {
 	size int64
 	err  error // sticky write error
 	done bool  // Finish or Abort was called
+
+	follow *follow // set once Follow was called
+	body   Body    // what Finish returned, when followed
 }
 
 // Write appends p to the body.
@@ -96,6 +99,7 @@ func (w *SpoolWriter) Write(p []byte) (int, error) {
 		if w.limit >= 0 && w.size+int64(len(p)) <= w.limit {
 			w.appendMem(p)
 			w.size += int64(len(p))
+			w.notify()
 			return len(p), nil
 		}
 		if err := w.toFile(); err != nil {
@@ -108,6 +112,7 @@ func (w *SpoolWriter) Write(p []byte) (int, error) {
 		w.fail(fmt.Errorf("spool %s: %w", w.path, err))
 		return n, w.err
 	}
+	w.notify()
 	return n, nil
 }
 
@@ -151,6 +156,7 @@ func (w *SpoolWriter) toFile() error {
 // fail records err and discards everything written so far.
 func (w *SpoolWriter) fail(err error) {
 	w.err = err
+	w.end(err, nil)
 	w.discard()
 }
 
@@ -184,6 +190,7 @@ func (w *SpoolWriter) Finish() (Body, error) {
 	}
 	if w.f == nil {
 		b := &memBody{b: w.mem, size: int64(len(w.mem))}
+		w.end(io.EOF, b)
 		w.mem = nil
 		return b, nil
 	}
@@ -192,6 +199,7 @@ func (w *SpoolWriter) Finish() (Body, error) {
 		return nil, w.err
 	}
 	b := &fileBody{f: w.f, path: w.path, size: w.size}
+	w.end(io.EOF, b)
 	w.f, w.bw = nil, nil
 	return b, nil
 }
@@ -203,9 +211,111 @@ func (w *SpoolWriter) Abort() {
 		return
 	}
 	w.done = true
+	w.end(errFollowAborted, nil)
 	// The only possible error is failing to remove the file; the writer has
 	// nowhere to report it and the file is closed either way.
 	_ = w.discard()
+}
+
+var errFollowAborted = errors.New("spool: the body was aborted before it was whole")
+
+// Follow returns a reader of the body as it is written, for work that
+// starts before the body is whole (a scanner streaming it on): it yields
+// the bytes written so far and waits for more; it ends with io.EOF only
+// once Finish succeeded, after the last byte, and with an error when the
+// body is aborted or fails, or its file is removed. Its readers do not
+// slow the writer down: they read what is already in memory or flushed to
+// the file. Follow may be called once, before the first Write; the reader
+// is safe for use by another goroutine than the writer's.
+func (w *SpoolWriter) Follow() io.Reader {
+	w.follow = &follow{}
+	w.follow.cond.L = &w.follow.mu
+	return &followReader{fw: w.follow}
+}
+
+// follow is what a SpoolWriter shares with its follower.
+type follow struct {
+	mu    sync.Mutex
+	cond  sync.Cond
+	mem   []byte   // the memory part as last written (its bytes never change)
+	f     *os.File // the file, once the body moved there
+	avail int64    // bytes the follower can read: of mem, or flushed to f
+	end   error    // io.EOF once the body is whole; why it is not
+}
+
+// notify tells a follower what is readable now.
+func (w *SpoolWriter) notify() {
+	fw := w.follow
+	if fw == nil {
+		return
+	}
+	fw.mu.Lock()
+	if w.f == nil {
+		fw.mem, fw.avail = w.mem, int64(len(w.mem))
+	} else {
+		fw.mem, fw.f, fw.avail = nil, w.f, w.size-int64(w.bw.Buffered())
+	}
+	fw.mu.Unlock()
+	fw.cond.Broadcast()
+}
+
+// end tells a follower that the body is whole (io.EOF: it is b) or will
+// not be.
+func (w *SpoolWriter) end(err error, b Body) {
+	fw := w.follow
+	if fw == nil {
+		return
+	}
+	if err == io.EOF {
+		w.body = b
+		w.notify()
+	}
+	fw.mu.Lock()
+	if fw.end == nil {
+		fw.end = err
+	}
+	fw.mu.Unlock()
+	fw.cond.Broadcast()
+}
+
+// followReader is the reader of Follow.
+type followReader struct {
+	fw  *follow
+	off int64
+}
+
+func (r *followReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	fw := r.fw
+	fw.mu.Lock()
+	for fw.avail <= r.off && fw.end == nil {
+		fw.cond.Wait()
+	}
+	mem, f, avail, end := fw.mem, fw.f, fw.avail, fw.end
+	fw.mu.Unlock()
+	if end != nil && end != io.EOF {
+		return 0, end
+	}
+	if avail <= r.off {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), avail-r.off)]
+	var n int
+	if f == nil {
+		n = copy(p, mem[r.off:])
+	} else {
+		var err error
+		if n, err = f.ReadAt(p, r.off); n < len(p) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return n, fmt.Errorf("spool: following the body: %w", err)
+		}
+	}
+	r.off += int64(n)
+	return n, nil
 }
 
 // BytesBody returns a Body over b. b is not copied and must not be modified

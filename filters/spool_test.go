@@ -650,3 +650,68 @@ func TestBytesBody(t *testing.T) {
 		t.Errorf("Size after Remove = %d", b.Size())
 	}
 }
+
+// A follower reads the body as it is written, in memory and once it moved
+// to a file, and ends with io.EOF only after Finish; an aborted body ends
+// it with an error.
+func TestSpoolFollow(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		limit int64
+		abort bool
+	}{
+		{"memory", 1 << 20, false},
+		{"file", 1000, false},
+		{"file from the start", -1, false},
+		{"aborted in memory", 1 << 20, true},
+		{"aborted in a file", 1000, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &Spool{Dir: t.TempDir(), MemoryLimit: tc.limit}
+			w := s.NewWriter()
+			r := w.Follow()
+			want := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyz\r\n"), 5000)
+			type result struct {
+				b   []byte
+				err error
+			}
+			got := make(chan result, 1)
+			go func() {
+				var b []byte
+				buf := make([]byte, 777)
+				for {
+					n, err := r.Read(buf)
+					b = append(b, buf[:n]...)
+					if err != nil {
+						got <- result{b, err}
+						return
+					}
+				}
+			}()
+			for off := 0; off < len(want); off += 3001 {
+				if _, err := w.Write(want[off:min(off+3001, len(want))]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.abort {
+				w.Abort()
+				res := <-got
+				if res.err == nil || res.err == io.EOF {
+					t.Fatalf("follower of an aborted body: %d bytes, %v", len(res.b), res.err)
+				}
+				return
+			}
+			b, err := w.Finish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := <-got
+			if res.err != io.EOF || !bytes.Equal(res.b, want) {
+				t.Fatalf("follower read %d bytes (want %d), %v", len(res.b), len(want), res.err)
+			}
+			if err := b.Remove(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -109,6 +109,14 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	}
 	s.messages++
 	sw := chain.Spool.NewWriter() // a nil Spool has the defaults
+	var started *filters.Started
+	if rec == nil {
+		// A scanner first in the chain starts on the message as it
+		// arrives (clamd scans while the rest is read); not for a message
+		// the memory is likely to serve unscanned. A read cut short
+		// aborts sw, which ends that scan without a verdict.
+		started = chain.Start(s.ctx, sw)
+	}
 	// A spool that fails (disk full) must not stop the read half way: the
 	// rest of the message would stay unread upstream and end the session.
 	// Finish reports the failure.
@@ -133,10 +141,10 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		digest = sum.Sum(nil)
 	}
 
-	env := &filters.Envelope{
+	env := filters.WithStarted(&filters.Envelope{
 		SessionID: s.id, User: s.user, Client: s.client, Listener: s.cfg.Name,
 		Upstream: s.upName, Command: cmd.Name, MsgNum: msgNum, UIDL: uidl,
-	}
+	}, started)
 	var res *filters.Result
 	switch {
 	case rec != nil && rec.Size == in.Size() && bytes.Equal(rec.SHA256[:], digest):

@@ -59,7 +59,7 @@ func TestScanSpamGolden(t *testing.T) {
 	spool := &filters.Spool{Dir: dir}
 	fs := rspamd.DefaultFilterSettings()
 	fs.Scanner, fs.UseScannerAction = "rs", true
-	f, err := rspamd.NewFilter("junk", fixedSpamScanner{}, fs, spool)
+	f, err := rspamd.NewFilter("junk", fixedSpamScanner{}, fs)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -514,3 +514,58 @@ func (s *Scanner) Ping(ctx context.Context) error {
 	}
 	return s.pool.Check(ctx)
 }
+
+// Start streams the message to clamd as the proxy receives it
+// (filters.Starter), so that clamd scans while the rest still arrives and
+// the verdict follows the last byte closely. The stream has no size up
+// front: it may hold up to MaxSize bytes, and the end-of-stream marker goes
+// out only after r ended with io.EOF, the message whole. A message cut
+// short or dropped ends r with an error: the stream is abandoned without
+// its marker, so clamd never gives a verdict on part of it. Filter uses
+// the verdict only for exactly the message Start was given (started).
+func (f *Filter) Start(ctx context.Context, r io.Reader) any {
+	if f.scan == ScanParts {
+		return nil // the message is not scanned as one stream
+	}
+	e := &early{done: make(chan struct{})}
+	cr := &countingReader{r: r}
+	go func() {
+		defer close(e.done)
+		e.res, e.err = f.scanner.ScanReader(ctx, cr, -1)
+		e.n = cr.n
+	}()
+	return e
+}
+
+// early is a scan Start began.
+type early struct {
+	done chan struct{}
+	res  Result
+	err  error
+	n    int64 // bytes read from the message
+}
+
+// started is the outcome of the scan Start began on body while it
+// arrived (ok), when it has one: clamd's clean or infected answer after all of
+// body's bytes and the end of the stream, or clamd's failure to answer
+// once it had them all (a timeout, an ERROR reply: what a scan of body
+// would have met too, so it is not tried again). ok is false when there is
+// no such scan, or when it failed before it had the whole message or on a
+// connection error, which a scan of the finished body fails over from:
+// scanMessage then scans body itself, as without Start.
+func (f *Filter) started(ctx context.Context, env *filters.Envelope, body filters.Body) (Result, bool, error) {
+	e, ok := env.Started(f, body).(*early)
+	if !ok {
+		return Result{}, false, nil
+	}
+	select {
+	case <-e.done:
+	case <-ctx.Done():
+		return Result{}, false, nil
+	}
+	var ce *connError
+	if e.n != body.Size() || errors.As(e.err, &ce) {
+		return Result{}, false, nil
+	}
+	return e.res, true, e.err
+}

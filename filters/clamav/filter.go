@@ -58,7 +58,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	var o outcome
 	var err error
 	if f.scan != ScanParts {
-		o, err = f.scanMessage(ctx, body)
+		o, err = f.scanMessage(ctx, env, body)
 	}
 	if err == nil && o.found == "" && f.scan != ScanMessage {
 		var po outcome
@@ -77,13 +77,17 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	return filters.Verdict{Action: filters.Pass, Reason: "clean"}, nil
 }
 
-// scanMessage scans body as one stream.
-func (f *Filter) scanMessage(ctx context.Context, body filters.Body) (outcome, error) {
+// scanMessage scans body as one stream, or takes the outcome of the scan
+// Start began on it while it arrived.
+func (f *Filter) scanMessage(ctx context.Context, env *filters.Envelope, body filters.Body) (outcome, error) {
 	size, max := body.Size(), f.scanner.MaxSize()
 	if size > max {
 		return outcome{unscanned: &unscanned{what: "too large to scan", tag: "too large", detail: fmt.Sprintf("%d bytes > max_size %d", size, max)}}, nil
 	}
-	res, err := f.scanner.scan(ctx, &bodySource{body: body}, size)
+	res, ok, err := f.started(ctx, env, body)
+	if !ok {
+		res, err = f.scanner.scan(ctx, &bodySource{body: body}, size)
+	}
 	return scanError(res, err, "", max)
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/popgate/popgate/filters"
 )
@@ -172,4 +173,89 @@ func TestFilterInChain(t *testing.T) {
 	if _, err := s.ScanReader(ctx, strings.NewReader(""), 0); err == nil || errors.Is(err, ErrOversize) {
 		t.Errorf("clamd down: %v", err)
 	}
+}
+
+// A scan started on the message as it arrives (Chain.Start) gives the
+// verdict: clamd got the stream while it was being written, and the
+// filter does not scan again. A message cut short ends that stream
+// without its end marker: no verdict from it, ever.
+func TestFilterStarted(t *testing.T) {
+	leakCheck(t)
+	f := newFake(t, "tcp")
+	s := newTestScanner(t, testConfig(f.url))
+	chain := &filters.Chain{Filters: []filters.Filter{NewFilter("av", s, OversizeTempFail)}, Spool: &filters.Spool{Dir: t.TempDir(), MemoryLimit: 64 << 10}}
+	ctx := context.Background()
+	receive := func(msg []byte, abort bool) (filters.Body, *filters.Started) {
+		w := chain.Spool.NewWriter()
+		st := chain.Start(ctx, w)
+		for off := 0; off < len(msg); off += 10_000 {
+			w.Write(msg[off:min(off+10_000, len(msg))])
+			time.Sleep(time.Millisecond) // arriving, not all at once
+		}
+		if abort {
+			w.Abort()
+			return nil, st
+		}
+		b, err := w.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, st
+	}
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+		want filters.Outcome
+	}{
+		{"infected", virusAtEnd(300_000), filters.Refuse},
+		{"clean", []byte("Subject: x\r\n\r\n" + strings.Repeat("hello\r\n", 50_000)), filters.Deliver},
+	} {
+		before := f.streams.Load()
+		in, st := receive(tc.msg, false)
+		res := chain.Run(ctx, filters.WithStarted(&filters.Envelope{}, st), in)
+		if res.Outcome != tc.want {
+			t.Errorf("%s: outcome %v (%q), want %v", tc.name, res.Outcome, res.Reason, tc.want)
+		}
+		if n := f.streams.Load() - before; n != 1 || f.lastStream.Load() != int64(len(tc.msg)) {
+			t.Errorf("%s: %d streams (want 1, the started one), the last of %d bytes (want %d)", tc.name, n, f.lastStream.Load(), len(tc.msg))
+		}
+		res.Release()
+		in.Remove()
+	}
+
+	// clamd fails once it has the whole stream: that is the scan's
+	// outcome (on_error), not a reason to scan again.
+	f.set(fakeMode{reply: "stream: Can't allocate memory ERROR\x00"})
+	before := f.streams.Load()
+	in, st := receive(virusAtEnd(100_000), false)
+	res := chain.Run(ctx, filters.WithStarted(&filters.Envelope{}, st), in)
+	if res.Outcome != filters.Defer || f.streams.Load()-before != 1 {
+		t.Errorf("clamd error: %v (%q), %d streams, want defer after 1", res.Outcome, res.Reason, f.streams.Load()-before)
+	}
+	res.Release()
+	in.Remove()
+	f.set(fakeMode{})
+
+	// Cut short: the started stream ends without its marker and gives no
+	// verdict.
+	ended := f.ended.Load()
+	_, _ = receive(virusAtEnd(300_000), true)
+	waitFor(t, 5*time.Second, "the started stream to be dropped", func() bool { return f.inflight.Load() == 0 })
+	if f.ended.Load() != ended {
+		t.Errorf("a stream of a message cut short got its end marker")
+	}
+
+	// A scan started on another message (of the same length) is not
+	// taken: the filter scans what it is given.
+	clean := []byte("Subject: x\r\n\r\n" + strings.Repeat("a", 300_000-14))
+	other, st := receive(clean, false)
+	defer other.Remove()
+	in, _ = receive(virusAtEnd(300_000), false)
+	before = f.streams.Load()
+	res = chain.Run(ctx, filters.WithStarted(&filters.Envelope{}, st), in)
+	if res.Outcome != filters.Refuse || f.streams.Load()-before != 1 {
+		t.Errorf("another body: %v (%q), %d streams", res.Outcome, res.Reason, f.streams.Load()-before)
+	}
+	res.Release()
+	in.Remove()
 }

@@ -130,7 +130,7 @@ func (f *Filter) scanParts(ctx context.Context, env *filters.Envelope, body filt
 		if done {
 			return outcome{}, nil
 		}
-		return f.scanMessage(ctx, body)
+		return f.scanMessage(ctx, env, body)
 	}
 	if err != nil {
 		return outcome{}, fmt.Errorf("clamav: reading the MIME structure: %w", err)

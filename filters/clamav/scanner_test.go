@@ -120,6 +120,13 @@ func TestFailover(t *testing.T) {
 		a, b := newFake(t, "tcp"), newFake(t, "tcp")
 		a.set(fakeMode{closeAfter: 100_000})
 		s := newTestScanner(t, testConfig(a.url, b.url))
+		// The pool's first health check runs at once in the background: let
+		// it end, or on a loaded machine it may PING a after the failed
+		// scan below and mark it up again, as it should then.
+		for a.pings.Load() == 0 || b.pings.Load() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
 		msg := virusAtEnd(1 << 20)
 		res, err := s.ScanReader(context.Background(), bytes.NewReader(msg), int64(len(msg))) // starts on a
 		if err != nil || !res.Infected || res.Backend != b.url {

@@ -175,22 +175,22 @@ type Filter struct {
 	fs       FilterSettings
 	actions  map[string]Level
 	prefixer *tag.Filter // the subject prefix; nil when no level reaches LevelSubject
-	spool    *filters.Spool
 }
 
 var _ filters.Filter = (*Filter)(nil)
 
-// NewFilter returns the spam filter called name, which asks s and writes
-// the messages it changes to spool (nil: a Spool with the defaults). It
+// NewFilter returns the spam filter called name, which asks s. The
+// messages it changes are pieces over the message it was given (header
+// fields in front, some removed, a prefixed Subject), never copies. It
 // checks fs as the decode step does.
-func NewFilter(name string, s filters.Scanner, fs FilterSettings, spool *filters.Spool) (*Filter, error) {
+func NewFilter(name string, s filters.Scanner, fs FilterSettings) (*Filter, error) {
 	if s == nil {
 		return nil, errors.New("no scanner")
 	}
 	if err := fs.check(); err != nil {
 		return nil, err
 	}
-	f := &Filter{name: name, scanner: s, fs: fs, actions: fs.ScannerActions, spool: spool}
+	f := &Filter{name: name, scanner: s, fs: fs, actions: fs.ScannerActions}
 	if f.actions == nil {
 		f.actions = DefaultScannerActions
 	}
@@ -199,7 +199,7 @@ func NewFilter(name string, s filters.Scanner, fs FilterSettings, spool *filters
 		if prefix == "" {
 			prefix = DefaultSubjectPrefix
 		}
-		p, err := tag.New(name, tag.Config{SubjectPrefix: prefix, DropOriginalSubject: fs.DropOriginalSubject}, spool, "")
+		p, err := tag.New(name, tag.Config{SubjectPrefix: prefix, DropOriginalSubject: fs.DropOriginalSubject}, "")
 		if err != nil {
 			return nil, err
 		}
@@ -283,11 +283,7 @@ func (f *Filter) tooLarge(ctx context.Context, body filters.Body, max int64) (fi
 		}
 		warning := mailtext.Field(filters.DefaultErrorHeader, fmt.Sprintf("not scanned for spam: too large (%d bytes > max_size %d)", size, max), hs.eol)
 		pieces := filters.AppendPiece([]filters.Piece{{Data: []byte(warning)}}, filters.Piece{Off: 0, Len: size})
-		out, err := f.write(ctx, filters.SplicedBody(body, pieces))
-		if err != nil {
-			return filters.Verdict{}, err
-		}
-		return filters.Verdict{Action: filters.Replace, Body: out, Reason: "too large to scan for spam, passed with a warning", KeepsOriginal: true, Edits: pieces}, nil
+		return filters.Verdict{Action: filters.Replace, Body: filters.SplicedBody(body, pieces), Reason: "too large to scan for spam, passed with a warning", KeepsOriginal: true, Edits: pieces}, nil
 	case filters.OversizeReject, filters.OversizeQuarantine:
 		return filters.Verdict{Action: filters.Reject, Reason: fmt.Sprintf("too large to scan for spam (%d bytes > max_size %d)", size, max)}, nil
 	}
@@ -395,56 +391,32 @@ func (f *Filter) edit(ctx context.Context, env *filters.Envelope, body filters.B
 	if n := len(hs.drop); n > 0 {
 		notes = append(notes, fmt.Sprintf("%d header field(s) removed", n))
 	}
+	// The changed message is pieces over body, not a copy of it.
 	v := filters.Verdict{Action: filters.Replace, KeepsOriginal: removed == 0, Edits: pieces}
 	spliced := filters.SplicedBody(body, pieces)
-	defer spliced.Remove() // the wrapper only; body stays the chain's
 	if level >= LevelSubject && f.prefixer != nil {
 		tv, err := f.prefixer.Filter(ctx, env, spliced)
 		if err != nil {
+			_ = spliced.Remove()
 			return filters.Verdict{}, err
 		}
 		if tv.Action == filters.Replace {
-			edits, err := filters.ComposePieces(pieces, tv.Edits)
-			if err != nil || tv.Edits == nil {
-				edits = nil // the delivered form is then not remembered
-			}
-			v.Body, v.Edits = tv.Body, edits
 			v.KeepsOriginal = v.KeepsOriginal && tv.KeepsOriginal
 			notes = append(notes, strings.TrimPrefix(tv.Reason, "tagged: "))
+			edits, err := filters.ComposePieces(pieces, tv.Edits)
+			_ = spliced.Remove()
+			_ = tv.Body.Remove()
+			if err != nil {
+				return filters.Verdict{}, fmt.Errorf("subject prefix: %w", err)
+			}
+			spliced, v.Edits = filters.SplicedBody(body, edits), edits
 		}
 	}
-	if v.Body == nil {
-		if v.Body, err = f.write(ctx, spliced); err != nil {
-			return filters.Verdict{}, err
-		}
-	}
+	v.Body = spliced
 	if len(notes) > 0 {
 		v.Reason = ": " + strings.Join(notes, ", ")
 	}
 	return v, nil
-}
-
-// write copies src into a new spooled Body.
-func (f *Filter) write(ctx context.Context, src filters.Body) (filters.Body, error) {
-	r, err := src.Open()
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	sw := f.spool.NewWriter()
-	if _, err := io.Copy(sw, mailtext.NewReader(ctx, r)); err != nil {
-		sw.Abort()
-		return nil, fmt.Errorf("writing the tagged message: %w", err)
-	}
-	out, err := sw.Finish()
-	if err != nil {
-		return nil, fmt.Errorf("writing the tagged message: %w", err)
-	}
-	if out.Size() != src.Size() {
-		_ = out.Remove()
-		return nil, fmt.Errorf("the message changed while it was tagged (%d bytes written, %d expected)", out.Size(), src.Size())
-	}
-	return out, nil
 }
 
 // fields returns the header fields to put in front of the message, each

@@ -123,7 +123,7 @@ func decodeFilter(name string, body hcl.Body, dc *filters.DecodeContext) (Filter
 
 	if a := attrs["subject_prefix"]; a != nil {
 		if p, ok := d.Str(a); ok {
-			if _, err := tag.New(name, tag.Config{SubjectPrefix: p}, nil, ""); err != nil {
+			if _, err := tag.New(name, tag.Config{SubjectPrefix: p}, ""); err != nil {
 				d.Errorf(a.Expr.Range(), "Invalid subject prefix", "%s.", strings.TrimPrefix(err.Error(), "subject_prefix: "))
 			}
 			fs.SubjectPrefix = p
@@ -174,7 +174,7 @@ func buildFilter(name string, fs FilterSettings, bc *filters.BuildContext) (filt
 	if s == nil {
 		return nil, fmt.Errorf("scanner %q is not running", fs.Scanner)
 	}
-	return NewFilter(name, s, fs, bc.Spool)
+	return NewFilter(name, s, fs)
 }
 
 // actions decodes scanner_actions, an object of rspamd actions to levels,

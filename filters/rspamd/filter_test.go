@@ -67,7 +67,7 @@ func newFilter(t *testing.T, fs FilterSettings, s filters.Scanner) *Filter {
 	if fs.Scanner == "" {
 		fs.Scanner = "rs"
 	}
-	f, err := NewFilter("spam", s, fs, &filters.Spool{Dir: t.TempDir()})
+	f, err := NewFilter("spam", s, fs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -660,11 +660,11 @@ func TestNewFilterChecks(t *testing.T) {
 		"bad prefix":   withSettings(func(fs *FilterSettings) { fs.SubjectPrefix = "a\r\nb" }),
 		"bad oversize": withSettings(func(fs *FilterSettings) { fs.Oversize = 7 }),
 	} {
-		if _, err := NewFilter("spam", s, fs, nil); err == nil {
+		if _, err := NewFilter("spam", s, fs); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	if _, err := NewFilter("spam", nil, thresholds(DefaultFilterSettings()), nil); err == nil {
+	if _, err := NewFilter("spam", nil, thresholds(DefaultFilterSettings())); err == nil {
 		t.Error("no scanner: no error")
 	}
 }
@@ -691,7 +691,7 @@ func FuzzReport(f *testing.F) {
 		} else {
 			fs.Thresholds = defaultThresholds
 		}
-		flt, err := NewFilter("spam", scores(rep), fs, &filters.Spool{MemoryLimit: 1 << 20})
+		flt, err := NewFilter("spam", scores(rep), fs)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,7 +9,6 @@ import (
 	"sync"
 
 	"github.com/popgate/popgate/internal/archive"
-	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/internal/mimetree"
 )
 
@@ -76,7 +75,7 @@ func (ev *evaluator) embedded(pi *partInfo) (*match, error) {
 	if !candidate {
 		return nil, nil
 	}
-	r, size, done, err := ev.decodedAt(pi.r, p)
+	r, size, done, err := ev.decodedAt(pi)
 	if err != nil {
 		return nil, err
 	}
@@ -157,16 +156,16 @@ func (ev *evaluator) embeddedFile(rules []*rule, detect bool, p *mimetree.Part, 
 	return nil, nil
 }
 
-// decodedAt gives the decoded content of p (read from r) as an
-// io.ReaderAt: the body itself when it is not transfer-encoded, else a
-// spooled copy; done releases it.
-func (ev *evaluator) decodedAt(r io.ReaderAt, p *mimetree.Part) (io.ReaderAt, int64, func(), error) {
-	if mimetree.IdentityEncoding(p.Encoding) {
+// decodedAt gives the decoded content of the part as an io.ReaderAt: the
+// body itself when it is not transfer-encoded, else a spooled copy (going
+// on from the head's decoding pass when that is unread); done releases it.
+func (ev *evaluator) decodedAt(pi *partInfo) (io.ReaderAt, int64, func(), error) {
+	if p := pi.p; mimetree.IdentityEncoding(p.Encoding) {
 		n := p.BodyEnd - p.BodyStart
-		return io.NewSectionReader(r, p.BodyStart, n), n, func() {}, nil
+		return io.NewSectionReader(pi.r, p.BodyStart, n), n, func() {}, nil
 	}
 	w := ev.f.spool.NewWriter()
-	if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, p.Content(r))); err != nil {
+	if _, err := ev.content(w, pi); err != nil {
 		w.Abort()
 		return nil, 0, nil, err
 	}

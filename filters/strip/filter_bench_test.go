@@ -67,7 +67,7 @@ func BenchmarkFilterAttachments(b *testing.B) {
 
 // BenchmarkStripAttachment measures the strip filter when it strips (one
 // attachment of the benchmark message replaced by a notice, the rest
-// copied): the rewrite and its Edits.
+// kept by reference): the rewrite and its Edits.
 func BenchmarkStripAttachment(b *testing.B) {
 	f, err := New("d", Config{Rules: []Rule{{Name: "d", Extensions: []string{"pdf"}, Action: ActionStrip}}}, &filters.Spool{})
 	if err != nil {

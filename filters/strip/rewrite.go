@@ -2,7 +2,6 @@ package strip
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"mime/quotedprintable"
@@ -13,40 +12,17 @@ import (
 )
 
 // rewrite splices the message: every byte outside the parts of strips is
-// copied as it is; each of those parts is replaced by a notice. strips are
+// kept as it is; each of those parts is replaced by a notice. strips are
 // in document order and do not overlap (decide never matches inside a part
-// it matched). It returns the new message and the same as pieces of the
-// original (the Verdict's Edits): the message is written from them.
-func (f *Filter) rewrite(ctx context.Context, r io.ReaderAt, size int64, strips []match) (filters.Body, []filters.Piece, error) {
+// it matched). It returns the new message, a filters.SplicedBody over body
+// (the message, of size bytes, which r reads), and its pieces (the
+// Verdict's Edits): nothing is copied.
+func rewrite(body filters.Body, r io.ReaderAt, size int64, strips []match) (filters.Body, []filters.Piece, error) {
 	pieces, err := splice(r, size, strips)
 	if err != nil {
 		return nil, nil, err
 	}
-	w := f.spool.NewWriter()
-	ok := false
-	defer func() {
-		if !ok {
-			w.Abort()
-		}
-	}()
-	buf := make([]byte, 32<<10)
-	for _, p := range pieces {
-		if p.Data != nil {
-			if _, err := w.Write(p.Data); err != nil {
-				return nil, nil, err
-			}
-			continue
-		}
-		if _, err := io.CopyBuffer(w, mailtext.NewReader(ctx, io.NewSectionReader(r, p.Off, p.Len)), buf); err != nil {
-			return nil, nil, err
-		}
-	}
-	b, err := w.Finish()
-	if err != nil {
-		return nil, nil, err
-	}
-	ok = true
-	return b, pieces, nil
+	return filters.SplicedBody(body, pieces), pieces, nil
 }
 
 // splice states the stripped message as pieces of the original: the bytes

@@ -119,6 +119,7 @@ type evaluator struct {
 	f         *Filter
 	ctx       context.Context
 	partsLeft int
+	head      []byte // the head of the part being evaluated (headLen bytes)
 }
 
 // partInfo caches what the rules need of one part.
@@ -129,6 +130,11 @@ type partInfo struct {
 
 	headDone bool
 	head     []byte
+	// dec is the decoding pass the head was read from, while the rest of
+	// the content is still unread in it: the size pass or the copy of an
+	// archive goes on with it instead of decoding the head again.
+	dec io.Reader
+
 	sizeDone bool
 	size     int64
 	eocd     bool // the decoded content ends like a zip
@@ -143,10 +149,27 @@ type nameInfo struct {
 	suspicious bool
 }
 
-// sniffLen is how much decoded content type detection looks at: what the
-// content sniffer reads (3072 bytes) and what a container format's Sniff
-// is shown.
-const sniffLen = max(3072, archive.HeadLen)
+// sniffLen is how much decoded content type detection looks at: the most
+// mimetype reads by default (its ReadLimit), since some of its detectors
+// (office documents in a zip, tar) look past the first bytes.
+const sniffLen = 3072
+
+// headLen is how much of a part's decoded content the rules look at
+// first: what type detection needs when a rule detects types, what a
+// container format's Sniff is shown when a rule lists archives, else
+// nothing.
+func headLen(rules []*rule) int {
+	n := 0
+	for _, rl := range rules {
+		if rl.needsDetected {
+			n = max(n, sniffLen)
+		}
+		if rl.needsArchive {
+			n = max(n, archive.HeadLen)
+		}
+	}
+	return n
+}
 
 // tree evaluates the parts of the message rooted at root (read from r),
 // depth being the nesting of root in the outermost message.
@@ -426,10 +449,29 @@ func (ev *evaluator) headOf(pi *partInfo) []byte {
 		return pi.head
 	}
 	pi.headDone = true
-	buf := make([]byte, sniffLen)
-	n, _ := io.ReadFull(pi.p.Content(pi.r), buf)
-	pi.head = buf[:n]
+	if ev.head == nil {
+		ev.head = make([]byte, ev.f.headLen)
+	}
+	pi.dec = mailtext.NewReader(ev.ctx, pi.p.Content(pi.r))
+	n, _ := io.ReadFull(pi.dec, ev.head)
+	pi.head = ev.head[:n]
 	return pi.head
+}
+
+// content writes the part's decoded content to w: the head and the rest
+// of its decoding pass when that is still unread, else a pass of its own.
+func (ev *evaluator) content(w io.Writer, pi *partInfo) (int64, error) {
+	if pi.dec == nil {
+		return copyPooled(w, mailtext.NewReader(ev.ctx, pi.p.Content(pi.r)))
+	}
+	dec := pi.dec
+	pi.dec = nil
+	n, err := w.Write(pi.head)
+	if err != nil {
+		return int64(n), err
+	}
+	m, err := copyPooled(w, dec)
+	return int64(n) + m, err
 }
 
 // sizeOf decodes the part once to learn its size and whether it ends like a
@@ -453,7 +495,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	bp := tailBufs.Get().(*[]byte)
 	tw := &tailWriter{keep: tailKeep, buf: (*bp)[:0]}
 	defer func() { *bp = tw.buf[:0]; tailBufs.Put(bp) }()
-	n, err := copyPooled(tw, mailtext.NewReader(ev.ctx, p.Content(pi.r)))
+	n, err := ev.content(tw, pi)
 	if err != nil {
 		return 0, err
 	}
@@ -469,7 +511,10 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 		return pi.arch, pi.archErr
 	}
 	pi.archDone = true
-	candidate := archive.Sniffed(ev.headOf(pi), pi.p.Filename)
+	head := ev.headOf(pi)
+	// A disk image starts with a system area of zeros; its descriptors lie
+	// at 32 KiB, where List's sniffing reads them.
+	candidate := archive.Sniffed(head, pi.p.Filename) || (len(head) == archive.HeadLen && allZero(head))
 	for _, n := range pi.names {
 		if archive.NameKind(n.norm) != "" {
 			candidate = true
@@ -486,7 +531,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	if !candidate {
 		return nil, nil
 	}
-	ra, size, done, err := ev.decodedAt(pi.r, pi.p)
+	ra, size, done, err := ev.decodedAt(pi)
 	if err != nil {
 		pi.archErr = err
 		return nil, err
@@ -505,6 +550,15 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 		pi.archErr = err
 	}
 	return pi.arch, pi.archErr
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // tailWriter counts what is written and keeps its last keep bytes.

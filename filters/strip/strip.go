@@ -189,6 +189,7 @@ type Filter struct {
 	onArchive    Action
 	onUnreadable Action
 	spool        *filters.Spool // for replacement bodies and unpacked members
+	headLen      int            // of a part's content, what the rules look at first
 }
 
 // New builds a strip filter from cfg; it writes the bodies it makes to
@@ -236,6 +237,7 @@ func New(name string, cfg Config, spool *filters.Spool) (*Filter, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	f.headLen = headLen(f.rules)
 	return f, nil
 }
 
@@ -251,35 +253,61 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		return filters.Verdict{}, err
 	}
 	defer rc.Close()
-	size := body.Size()
-	ra, ok := rc.(io.ReaderAt)
-	if !ok {
-		// Not random access (a header-prepending wrapper, say): spool it.
-		w := f.spool.NewWriter()
-		if _, err := io.Copy(w, mailtext.NewReader(ctx, rc)); err != nil {
-			w.Abort()
-			return filters.Verdict{}, fmt.Errorf("strip: spooling the message: %w", err)
-		}
-		b, err := w.Finish()
-		if err != nil {
-			return filters.Verdict{}, err
-		}
-		defer b.Remove()
-		brc, err := b.Open()
-		if err != nil {
-			return filters.Verdict{}, err
-		}
-		defer brc.Close()
-		if ra, ok = brc.(io.ReaderAt); !ok {
-			return filters.Verdict{}, errors.New("strip: spooled body without io.ReaderAt")
-		}
-		size = b.Size()
+	if ra, ok := rc.(io.ReaderAt); ok {
+		root, err := f.structure(ctx, env, body, ra, body.Size())
+		return f.filter(ctx, body, ra, body.Size(), root, err)
 	}
-	return f.filter(ctx, ra, size)
+	// Not random access (a header-prepending wrapper, say): spool it.
+	w := f.spool.NewWriter()
+	if _, err := copyPooled(w, mailtext.NewReader(ctx, rc)); err != nil {
+		w.Abort()
+		return filters.Verdict{}, fmt.Errorf("strip: spooling the message: %w", err)
+	}
+	b, err := w.Finish()
+	if err != nil {
+		return filters.Verdict{}, err
+	}
+	defer b.Remove()
+	brc, err := b.Open()
+	if err != nil {
+		return filters.Verdict{}, err
+	}
+	defer brc.Close()
+	ra, ok := brc.(io.ReaderAt)
+	if !ok {
+		return filters.Verdict{}, errors.New("strip: spooled body without io.ReaderAt")
+	}
+	size := b.Size()
+	root, err := parseMIME(mailtext.NewReaderAt(ctx, ra), size, f.lim)
+	return f.filter(ctx, body, ra, size, root, err)
 }
 
-func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64) (filters.Verdict, error) {
-	d, err := f.decide(ctx, ra, size)
+// structure is the MIME tree of the message, with the error of its parse
+// under the filter's limits: the chain's one parse of its input
+// (Envelope.MIME) checked against them, so that strip does not parse the
+// message a second time. Beyond mimetree's defaults, which the filter's
+// limits may exceed, that parse has no tree: the filter then parses with
+// its own limits.
+func (f *Filter) structure(ctx context.Context, env *filters.Envelope, body filters.Body, r io.ReaderAt, size int64) (*mimetree.Part, error) {
+	r = mailtext.NewReaderAt(ctx, r)
+	root, err := env.MIME(ctx, body)
+	var le *mimetree.LimitError
+	if errors.As(err, &le) {
+		return parseMIME(r, size, f.lim)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := root.Exceeds(f.lim, r, size); err != nil {
+		return nil, err
+	}
+	return root, nil
+}
+
+// filter decides on body, the message of size bytes that ra reads, whose
+// tree (or the error of parsing it) is root (err), and makes the verdict.
+func (f *Filter) filter(ctx context.Context, body filters.Body, ra io.ReaderAt, size int64, root *mimetree.Part, err error) (filters.Verdict, error) {
+	d, err := f.decideOn(ctx, ra, size, root, err)
 	if err != nil {
 		return filters.Verdict{}, err
 	}
@@ -287,7 +315,7 @@ func (f *Filter) filter(ctx context.Context, ra io.ReaderAt, size int64) (filter
 	case filters.Pass:
 		return filters.Verdict{Action: filters.Pass, Reason: d.Reason}, nil
 	case filters.Replace:
-		b, edits, err := f.rewrite(ctx, ra, size, d.Matches)
+		b, edits, err := rewrite(body, ra, size, d.Matches)
 		if err != nil {
 			return filters.Verdict{}, err
 		}
@@ -344,9 +372,15 @@ func parseMIME(r io.ReaderAt, size int64, lim mimetree.Limits) (*mimetree.Part, 
 // without rewriting anything. It is what Filter does, for tools (popgate
 // scan) and tests.
 func (f *Filter) decide(ctx context.Context, r io.ReaderAt, size int64) (*decision, error) {
+	root, err := parseMIME(mailtext.NewReaderAt(ctx, r), size, f.lim)
+	return f.decideOn(ctx, r, size, root, err)
+}
+
+// decideOn applies the rules to the message of size bytes in r, whose tree
+// under the filter's limits is root, or the error of parsing it.
+func (f *Filter) decideOn(ctx context.Context, r io.ReaderAt, size int64, root *mimetree.Part, err error) (*decision, error) {
 	d := &decision{Action: filters.Pass}
 	r = mailtext.NewReaderAt(ctx, r)
-	root, err := parseMIME(r, size, f.lim)
 	var le *mimetree.LimitError
 	if errors.As(err, &le) {
 		return f.limitDecision(d, le), nil

@@ -121,7 +121,7 @@ func decode(name string, body hcl.Body, dc *filters.DecodeContext) (Config, hcl.
 			Subject:  &r,
 		})
 	}
-	if _, err := New(name, cfg, nil, ""); err != nil { // checked above already; kept as a safety net
+	if _, err := New(name, cfg, ""); err != nil { // checked above already; kept as a safety net
 		r := body.MissingItemRange()
 		return Config{}, append(diags, errorDiag(r, "Invalid tag filter", err.Error()))
 	}

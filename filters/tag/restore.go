@@ -31,6 +31,7 @@ var ErrNoSubject = errors.New("tag: X-Popgate-Original-Subject without a Subject
 // filter) must be removed first.
 func Restore(dst io.Writer, src io.Reader) (restored bool, err error) {
 	lr := newLineReader(src)
+	defer lr.release()
 	name, _, ok := fieldName(lr.peekLine())
 	if !ok || !strings.EqualFold(string(name), originalSubjectHeader) {
 		_, err := io.Copy(dst, lr.br)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"sync"
 
 	"github.com/popgate/popgate/internal/mailtext"
 )
@@ -24,8 +25,24 @@ type lineReader struct {
 	head []byte
 }
 
+// lineReaders are reused across messages: the filter reads the header of
+// every message, and a buffer per message would be most of its garbage.
+var lineReaders = sync.Pool{New: func() any {
+	return &lineReader{br: bufio.NewReaderSize(nil, readBufferSize), head: make([]byte, 0, headSize)}
+}}
+
+// newLineReader returns a lineReader over r; release gives it back.
 func newLineReader(r io.Reader) *lineReader {
-	return &lineReader{br: bufio.NewReaderSize(r, readBufferSize), head: make([]byte, 0, headSize)}
+	lr := lineReaders.Get().(*lineReader)
+	lr.br.Reset(r)
+	lr.off = 0
+	return lr
+}
+
+// release returns r to the pool; it must not be used afterwards.
+func (r *lineReader) release() {
+	r.br.Reset(nil)
+	lineReaders.Put(r)
 }
 
 // line is what lineReader.next reports about one line.

@@ -52,7 +52,7 @@ func TestTagKeepsDKIM(t *testing.T) {
 			if err := dkimtest.Verify(signed, signer); err != nil {
 				t.Fatal(err)
 			}
-			tag, err := New("stamp", tc.cfg, nil, "1.0")
+			tag, err := New("stamp", tc.cfg, "1.0")
 			if err != nil {
 				t.Fatal(err)
 			}

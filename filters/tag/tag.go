@@ -99,8 +99,7 @@ type Filter struct {
 	keepOriginal           bool
 	blockCRLF, blockLF     []byte // the added fields, per line break
 	verdicts, version      bool
-	versionText            string         // popgate's version, for X-Popgate-Version
-	spool                  *filters.Spool // for the tagged copies
+	versionText            string // popgate's version, for X-Popgate-Version
 }
 
 var _ filters.Filter = (*Filter)(nil)
@@ -111,13 +110,12 @@ func init() {
 
 // build is the tag kind's build step.
 func build(name string, cfg Config, bc *filters.BuildContext) (filters.Filter, error) {
-	return New(name, cfg, bc.Spool, bc.Version)
+	return New(name, cfg, bc.Version)
 }
 
-// New builds a tag filter from cfg, checking it as decode does. It writes
-// the tagged copies to spool (nil: a Spool with the defaults), and stamps
+// New builds a tag filter from cfg, checking it as decode does. It stamps
 // version in X-Popgate-Version when cfg asks for it.
-func New(name string, cfg Config, spool *filters.Spool, version string) (*Filter, error) {
+func New(name string, cfg Config, version string) (*Filter, error) {
 	var errs []error
 	seen := map[string]bool{}
 	for _, f := range cfg.Headers {
@@ -150,7 +148,6 @@ func New(name string, cfg Config, spool *filters.Spool, version string) (*Filter
 		verdicts:     cfg.Verdicts,
 		version:      cfg.Version,
 		versionText:  version,
-		spool:        spool,
 	}
 	if prefix != "" {
 		t.encPrefix = mailtext.EncodeWords(prefix)
@@ -207,6 +204,7 @@ func scan(ctx context.Context, body filters.Body, subject bool) (headerInfo, err
 	}
 	defer r.Close()
 	lr := newLineReader(mailtext.NewReader(ctx, r))
+	defer lr.release()
 	for first := true; ; first = false {
 		if lr.continues() {
 			// A continuation line of a field that is not looked at (or
@@ -259,7 +257,7 @@ func scan(ctx context.Context, body filters.Body, subject bool) (headerInfo, err
 
 // Filter adds the configured fields and the subject prefix. It returns Pass
 // when there is nothing to change, else Replace with the tagged message
-// written to the context's spool.
+// (a filters.SplicedBody over body).
 func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters.Body) (filters.Verdict, error) {
 	if len(t.fields) == 0 && t.prefix == "" && !t.verdicts && !t.version {
 		return filters.Verdict{Action: filters.Pass}, nil
@@ -318,22 +316,20 @@ func (t *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 		notes = append([]string{fmt.Sprintf("%d header field(s) added", len(t.fields))}, notes...)
 	}
 
-	out, err := t.write(ctx, body, top.Bytes(), info, newValue)
-	if err != nil {
-		return filters.Verdict{}, err
-	}
+	ed := edits(top.Bytes(), info, newValue, body.Size())
 	return filters.Verdict{
 		Action:        filters.Replace,
-		Body:          out,
+		Body:          filters.SplicedBody(body, ed),
 		Reason:        "tagged: " + strings.Join(notes, ", "),
 		KeepsOriginal: lossless,
-		Edits:         edits(top.Bytes(), info, newValue, body.Size()),
+		Edits:         ed,
 	}, nil
 }
 
-// edits states what write writes as pieces of the message of size bytes:
+// edits states the tagged message as pieces of the message of size bytes:
 // top, then the message, its Subject value replaced by newValue when that
-// is not nil.
+// is not nil. The tagged Body is those pieces over the message, not a copy:
+// the lines in front and a new Subject are all the filter writes.
 func edits(top []byte, info headerInfo, newValue []byte, size int64) []filters.Piece {
 	ps := filters.AppendPiece(nil, filters.Piece{Data: top})
 	if newValue == nil {
@@ -343,54 +339,6 @@ func edits(top []byte, info headerInfo, newValue []byte, size int64) []filters.P
 	ps = filters.AppendPiece(ps, filters.Piece{Off: 0, Len: info.valueOff})
 	ps = filters.AppendPiece(ps, filters.Piece{Data: newValue})
 	return filters.AppendPiece(ps, filters.Piece{Off: end, Len: size - end})
-}
-
-// write streams top, then the message with the Subject value replaced by
-// newValue (when not nil), into a new spooled Body.
-func (t *Filter) write(ctx context.Context, body filters.Body, top []byte, info headerInfo, newValue []byte) (filters.Body, error) {
-	r, err := body.Open()
-	if err != nil {
-		return nil, fmt.Errorf("tag: %w", err)
-	}
-	defer r.Close()
-	src := mailtext.NewReader(ctx, r)
-	sw := t.spool.NewWriter()
-	want := body.Size() + int64(len(top))
-	err = func() error {
-		if _, err := sw.Write(top); err != nil {
-			return err
-		}
-		if newValue != nil {
-			if _, err := io.CopyN(sw, src, info.valueOff); err != nil {
-				return err
-			}
-			if _, err := sw.Write(newValue); err != nil {
-				return err
-			}
-			if _, err := io.CopyN(io.Discard, src, info.valueLen); err != nil {
-				return err
-			}
-			want += int64(len(newValue)) - info.valueLen
-		}
-		_, err := io.Copy(sw, src)
-		return err
-	}()
-	if err != nil {
-		sw.Abort()
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, fmt.Errorf("tag: write tagged message: %w", err)
-	}
-	out, err := sw.Finish()
-	if err != nil {
-		return nil, fmt.Errorf("tag: write tagged message: %w", err)
-	}
-	if out.Size() != want {
-		_ = out.Remove()
-		return nil, fmt.Errorf("tag: the message changed while it was tagged (%d bytes written, %d expected)", out.Size(), want)
-	}
-	return out, nil
 }
 
 // unfold removes the line breaks of a folded value (and its final one).

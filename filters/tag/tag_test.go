@@ -16,7 +16,7 @@ import (
 
 func mustNew(t *testing.T, cfg Config) *Filter {
 	t.Helper()
-	f, err := New("stamp", cfg, nil, "test")
+	f, err := New("stamp", cfg, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,10 +365,10 @@ func TestEncodedPrefixDecodes(t *testing.T) {
 	}
 }
 
-// A message larger than the spool's memory limit goes through a file and
-// streams; the result is still exact.
+// A large message is tagged without a copy of it: the tagged Body reads
+// the original through its pieces, exactly.
 func TestLargeMessageThroughFile(t *testing.T) {
-	f, err := New("stamp", Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: "[S]"}, &filters.Spool{Dir: t.TempDir(), MemoryLimit: 4096}, "")
+	f, err := New("stamp", Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: "[S]"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -392,8 +392,7 @@ func TestLargeMessageThroughFile(t *testing.T) {
 }
 
 func TestCanceled(t *testing.T) {
-	dir := t.TempDir()
-	f, err := New("stamp", Config{Headers: []Field{{"X-A", "1"}}}, &filters.Spool{Dir: dir, MemoryLimit: -1}, "")
+	f, err := New("stamp", Config{Headers: []Field{{"X-A", "1"}}}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +460,7 @@ func TestNewRejects(t *testing.T) {
 		{SubjectPrefix: "[A]\n"},
 		{SubjectPrefix: strings.Repeat("a", 201)},
 	} {
-		if _, err := New("x", cfg, nil, ""); err == nil {
+		if _, err := New("x", cfg, ""); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)
 		}
 	}
@@ -487,7 +486,7 @@ func FuzzTag(f *testing.F) {
 		f.Add(s, "[GEPRÜFT]")
 	}
 	f.Fuzz(func(t *testing.T, msg, prefix string) {
-		tg, err := New("f", Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: prefix}, nil, "")
+		tg, err := New("f", Config{Headers: []Field{{"X-A", "1"}}, SubjectPrefix: prefix}, "")
 		if err != nil {
 			return
 		}

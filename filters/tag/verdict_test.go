@@ -20,7 +20,7 @@ func (f reasonFilter) Filter(context.Context, *filters.Envelope, filters.Body) (
 // The verdict and version headers report what ran before the tag filter,
 // and a hostile reason cannot add a header field of its own.
 func TestVerdictAndVersionHeaders(t *testing.T) {
-	tag, err := New("stamp", Config{Verdicts: true, Version: true}, nil, "1.2.3-test")
+	tag, err := New("stamp", Config{Verdicts: true, Version: true}, "1.2.3-test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestVerdictAndVersionHeaders(t *testing.T) {
 // as such (they would decode to CR LF): popgate encodes the header, which decodes
 // to the reason's clean text.
 func TestVerdictHeaderEncodedWordsInReason(t *testing.T) {
-	tag, err := New("stamp", Config{Verdicts: true}, nil, "")
+	tag, err := New("stamp", Config{Verdicts: true}, "")
 	if err != nil {
 		t.Fatal(err)
 	}

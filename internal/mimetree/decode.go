@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"io"
+	"sync"
 )
 
 // Content returns the decoded body of p, read from r (the message p was
@@ -11,16 +12,26 @@ import (
 // is returned as it is. Decoding is lenient like a mail client's: base64
 // ignores characters outside its alphabet and missing padding,
 // quoted-printable passes malformed escapes through.
+//
+// A decoder's buffers are reused for the next part once it has returned
+// an error (io.EOF included): a reader read to its end costs no garbage.
 func (p *Part) Content(r io.ReaderAt) io.Reader {
 	raw := io.NewSectionReader(r, p.BodyStart, p.BodyEnd-p.BodyStart)
 	switch p.Encoding {
 	case "base64":
-		return &b64Reader{r: raw}
+		return &b64Reader{r: raw, b: b64Pool.Get().(*b64Bufs)}
 	case "quoted-printable":
-		return &qpReader{r: raw}
+		return &qpReader{r: raw, b: qpPool.Get().(*qpBufs)}
 	}
 	return raw
 }
+
+// The decoders' buffers, by kind: every part a rule looks into is decoded,
+// and tens of KiB per part would be most of a filter's garbage.
+var (
+	b64Pool = sync.Pool{New: func() any { return new(b64Bufs) }}
+	qpPool  = sync.Pool{New: func() any { return new(qpBufs) }}
+)
 
 // qpReader decodes quoted-printable leniently: "=XX" is a byte, "=" before
 // optional white space and a line break (or the end) is a soft line break,
@@ -28,11 +39,15 @@ func (p *Part) Content(r io.ReaderAt) io.Reader {
 // any length.
 type qpReader struct {
 	r    io.Reader
-	in   [8192 + qpLookahead]byte
+	b    *qpBufs // nil once the reader is done
 	pend int
 	out  []byte
-	buf  [8192 + qpLookahead]byte
 	err  error
+}
+
+type qpBufs struct {
+	in  [8192 + qpLookahead]byte
+	buf [8192 + qpLookahead]byte
 }
 
 const qpLookahead = 80
@@ -40,13 +55,17 @@ const qpLookahead = 80
 func (q *qpReader) Read(p []byte) (int, error) {
 	for len(q.out) == 0 {
 		if q.err != nil {
+			if q.b != nil {
+				qpPool.Put(q.b)
+				q.b = nil
+			}
 			return 0, q.err
 		}
-		n, err := q.r.Read(q.in[q.pend : q.pend+8192])
-		data := q.in[:q.pend+n]
+		n, err := q.r.Read(q.b.in[q.pend : q.pend+8192])
+		data := q.b.in[:q.pend+n]
 		q.pend = 0
 		eof := err != nil
-		o := q.buf[:0]
+		o := q.b.buf[:0]
 		for i := 0; i < len(data); i++ {
 			c := data[i]
 			if c != '=' {
@@ -80,7 +99,7 @@ func (q *qpReader) Read(p []byte) (int, error) {
 				continue
 			case (j == len(rest) || (j+1 == len(rest) && rest[j] == '\r') || len(rest) < 2) && !eof && j < qpLookahead-2:
 				// Undecided until more input comes.
-				q.pend = copy(q.in[:], data[i:])
+				q.pend = copy(q.b.in[:], data[i:])
 				i = len(data)
 				continue
 			}
@@ -115,10 +134,8 @@ var b64Index = func() (t [256]int8) {
 // it), and a truncated last quantum yields the bytes it holds.
 type b64Reader struct {
 	r    io.Reader
-	in   [8192]byte
-	text [8192]byte // in without its line breaks
+	b    *b64Bufs // nil once the reader is done
 	out  []byte
-	buf  [6144 + 8]byte
 	acc  uint32
 	nacc int
 	err  error
@@ -126,13 +143,23 @@ type b64Reader struct {
 	slowOnly bool
 }
 
+type b64Bufs struct {
+	in   [8192]byte
+	text [8192]byte // in without its line breaks
+	buf  [6144 + 8]byte
+}
+
 func (d *b64Reader) Read(p []byte) (int, error) {
 	for len(d.out) == 0 {
 		if d.err != nil {
+			if d.b != nil {
+				b64Pool.Put(d.b)
+				d.b = nil
+			}
 			return 0, d.err
 		}
-		n, err := d.r.Read(d.in[:])
-		o := d.decode(d.buf[:0], d.in[:n])
+		n, err := d.r.Read(d.b.in[:])
+		o := d.decode(d.b.buf[:0], d.b.in[:n])
 		if err != nil {
 			o = d.flush(o)
 			d.err = err
@@ -151,7 +178,7 @@ func (d *b64Reader) decode(o, in []byte) []byte {
 	if d.slowOnly {
 		return d.slow(o, in)
 	}
-	text := d.text[:0]
+	text := d.b.text[:0]
 	for len(in) > 0 {
 		line, rest, _ := bytes.Cut(in, []byte{'\n'})
 		text = append(text, bytes.TrimSuffix(line, []byte{'\r'})...)

@@ -36,9 +36,9 @@ func TestDecoders(t *testing.T) {
 	} {
 		var d interface{ Read([]byte) (int, error) }
 		if tc.enc == "base64" {
-			d = &b64Reader{r: oneByte{strings.NewReader(tc.in)}}
+			d = &b64Reader{r: oneByte{strings.NewReader(tc.in)}, b: new(b64Bufs)}
 		} else {
-			d = &qpReader{r: oneByte{strings.NewReader(tc.in)}}
+			d = &qpReader{r: oneByte{strings.NewReader(tc.in)}, b: new(qpBufs)}
 		}
 		if got, err := readAllSmall(d); err != nil || got != tc.want {
 			t.Errorf("one byte %s: %q %v", tc.enc, got, err)
@@ -94,7 +94,7 @@ func TestB64FastPathMatchesSlow(t *testing.T) {
 		}
 		in := b.String()
 		decode := func(slow bool) []byte {
-			d := &b64Reader{r: iotest.HalfReader(strings.NewReader(in)), slowOnly: slow}
+			d := &b64Reader{r: iotest.HalfReader(strings.NewReader(in)), b: new(b64Bufs), slowOnly: slow}
 			out, err := io.ReadAll(d)
 			if err != nil {
 				t.Fatal(err)
@@ -107,6 +107,36 @@ func TestB64FastPathMatchesSlow(t *testing.T) {
 		}
 		if i%3 == 0 && !bytes.Equal(fast, raw) {
 			t.Fatalf("case %d: clean base64 did not decode to its input", i)
+		}
+	}
+}
+
+// A decoder read to its end gives its buffers back and keeps answering
+// with its error, without touching them.
+func TestDecoderDone(t *testing.T) {
+	msg := []byte("Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--b\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nh=C3=A9\r\n--b--\r\n")
+	root, err := Parse(bytes.NewReader(msg), int64(len(msg)), Limits{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"hello", "h\xc3\xa9"} {
+		r := root.Children[i].Content(bytes.NewReader(msg))
+		got, err := io.ReadAll(r)
+		if err != nil || string(got) != want {
+			t.Fatalf("part %d: %q, %v", i, got, err)
+		}
+		if n, err := r.Read(make([]byte, 8)); n != 0 || err != io.EOF {
+			t.Fatalf("part %d: read after the end: %d, %v", i, n, err)
+		}
+		switch d := r.(type) {
+		case *b64Reader:
+			if d.b != nil {
+				t.Errorf("part %d: buffers kept", i)
+			}
+		case *qpReader:
+			if d.b != nil {
+				t.Errorf("part %d: buffers kept", i)
+			}
 		}
 	}
 }

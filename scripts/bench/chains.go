@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/mail"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/popgate/popgate/filters/clamav"
 )
 
 // chainNames are the measurements of -chains: the empty chain (main.go),
@@ -51,6 +54,7 @@ type rssResult struct {
 	size      int
 	retr      time.Duration
 	cpu       time.Duration
+	note      string
 	startKB   int64 // VmHWM before the RETR
 	peakKB    int64 // VmHWM after it
 	spoolPeak int64 // largest spool directory seen during the RETR
@@ -119,13 +123,14 @@ func hclList(v []string) string {
 func chainHCL(dir, clamdAddr string, chain []string) (string, error) {
 	// rescan = "always": these runs measure the chain itself, every
 	// download scanned (the message memory would serve repeats unscanned).
-	s, _, err := chainConfig(dir, clamdAddr, chain, "  rescan = \"always\"\n")
+	s, _, err := chainConfig(dir, clamdAddr, chain, "  rescan = \"always\"\n", "")
 	return s, err
 }
 
-// chainConfig is chainHCL with policyExtra added to the policy block; it
-// also returns the quarantine directory (where the embedded memory.db is).
-func chainConfig(dir, clamdAddr string, chain []string, policyExtra string) (string, string, error) {
+// chainConfig is chainHCL with policyExtra added to the policy block and
+// avExtra to the clamav filter's; it also returns the quarantine directory
+// (where the embedded memory.db is).
+func chainConfig(dir, clamdAddr string, chain []string, policyExtra, avExtra string) (string, string, error) {
 	qdir, err := os.MkdirTemp(dir, "quarantine-")
 	if err != nil {
 		return "", "", err
@@ -137,7 +142,7 @@ func chainConfig(dir, clamdAddr string, chain []string, policyExtra string) (str
 	var b strings.Builder
 	fmt.Fprintf(&b, "spool {\n  dir          = %q\n  memory_limit = \"1MB\"\n}\nquarantine {\n  dir = %q\n}\n", sdir, qdir)
 	if slices.Contains(chain, "av") {
-		fmt.Fprintf(&b, "scanner \"clamav\" \"clamd\" {\n  addresses = [%q]\n  timeout   = \"60s\"\n}\nfilter \"clamav\" \"av\" {\n  scanner = \"clamd\"\n}\n", clamdAddr)
+		fmt.Fprintf(&b, "scanner \"clamav\" \"clamd\" {\n  addresses = [%q]\n  timeout   = \"60s\"\n}\nfilter \"clamav\" \"av\" {\n  scanner = \"clamd\"\n%s}\n", clamdAddr, avExtra)
 	}
 	fmt.Fprintf(&b, "filter \"strip\" \"dangerous\" {\n  extensions        = %s\n  archive_filenames = [\"*.exe\", \"*.scr\", \"*.js\"]\n}\n", hclList(stripExtensions))
 	b.WriteString("filter \"tag\" \"stamp\" {\n  headers = { \"X-Popgate-Scanned\" = \"yes\" }\n}\n")
@@ -181,10 +186,17 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 				return nil, err
 			}
 		}
+		var mix [][]byte
+		if cfg.has("strip+tag") && len(cfg.mixSessions) > 0 {
+			var err error
+			if mix, err = loadMix(cfg.mixDir); err != nil {
+				return nil, err
+			}
+		}
 		t0 := time.Now()
 		n = min(n, cfg.mailboxes)
-		log.Printf("creating %d mailboxes of 2 × %d attachment-heavy messages", n, cfg.fmessages)
-		users, err := createMailboxes(tb, n, append(slices.Clone(clean), mixed...))
+		log.Printf("creating %d mailboxes of 2 × %d attachment-heavy messages and %d of the realistic mix", n, cfg.fmessages, len(mix))
+		users, err := createMailboxes(tb, n, slices.Concat(clean, mixed, mix))
 		if err != nil {
 			return nil, err
 		}
@@ -196,11 +208,22 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 					first int
 					msgs  [][]byte
 					exe   []bool
-				}{{"clean", 1, clean, make([]bool, len(clean))}, {"10% .exe", cfg.fmessages + 1, mixed, exe}} {
-					if v.name != "clean" && !slices.Contains(cfg.exeSessions, s) {
+					at    []int // the levels of -stripsessions it runs at
+				}{
+					{"clean", 1, clean, make([]bool, len(clean)), cfg.stripSessions},
+					{"10% .exe", cfg.fmessages + 1, mixed, exe, cfg.exeSessions},
+					{mixVariant, 2*cfg.fmessages + 1, mix, nil, cfg.mixSessions},
+				} {
+					if len(v.msgs) == 0 || !slices.Contains(v.at, s) {
 						continue
 					}
-					sp, err := attachSpec(dir, cr.clamdAddr, []string{"dangerous", "stamp"}, v.msgs, v.exe)
+					var sp chainSpec
+					var err error
+					if v.name == mixVariant {
+						sp, err = mixSpec(dir, v.msgs)
+					} else {
+						sp, err = attachSpec(dir, cr.clamdAddr, []string{"dangerous", "stamp"}, v.msgs, v.exe)
+					}
 					if err != nil {
 						return nil, err
 					}
@@ -283,8 +306,9 @@ type chainSpec struct {
 // attachSpec is the strip+tag or clamd measurement on the attachment-heavy
 // messages msgs (exe: those with an .exe, which strip+tag strips).
 func attachSpec(dir, clamdAddr string, chain []string, msgs [][]byte, exe []bool) (chainSpec, error) {
-	sp := chainSpec{name: "strip+tag", counted: new(atomic.Int64)}
+	sp := chainSpec{name: "strip+tag", counted: new(atomic.Int64), pass: true}
 	if slices.Contains(chain, "av") {
+		sp.pass = false
 		sp.name, sp.scanLabel = "clamd", "INSTREAM"
 		sp.scan = func(ctx context.Context, n int, d time.Duration, msgs [][]byte) (runStats, error) {
 			return measureScanRun(ctx, min(n, scanWorkers), d, msgs, func(ctx context.Context, _ int, m []byte) (time.Duration, error) {
@@ -321,6 +345,71 @@ func attachSpec(dir, clamdAddr string, chain []string, msgs [][]byte, exe []bool
 		if len(body) != len(tagPrefix)+len(msgs[k]) || !bytes.HasPrefix(body, tagPrefix) || !bytes.Equal(body[len(tagPrefix):], msgs[k]) {
 			return fmt.Errorf("got %d bytes, not the tag header + the %d-byte original", len(body), len(msgs[k]))
 		}
+		return nil
+	}
+	return sp, nil
+}
+
+// mixVariant is the strip+tag variant of the realistic mix.
+const mixVariant = "realistic mix"
+
+// loadMix reads the realistic mix: the messages (*.eml) of dir, in name
+// order, with CRLF line breaks (as Dovecot serves them over POP3 whatever
+// the file has) and a final line break.
+func loadMix(dir string) ([][]byte, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "*.eml"))
+	if err != nil || len(names) == 0 {
+		return nil, fmt.Errorf("-mixdir %s: no *.eml messages (%v)", dir, err)
+	}
+	slices.Sort(names)
+	var out [][]byte
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			return nil, err
+		}
+		b = bytes.ReplaceAll(bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")), []byte("\n"), []byte("\r\n"))
+		if !bytes.HasSuffix(b, []byte("\r\n")) {
+			b = append(b, "\r\n"...)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// mixSpec is the strip+tag measurement on the realistic mix: a message
+// must arrive as the tag header followed by the original, or, when the
+// strip rules matched, the tag header followed by a message that parses
+// and holds strip's notice (counted); the chain's notes may come first.
+func mixSpec(dir string, msgs [][]byte) (chainSpec, error) {
+	sp := chainSpec{name: "strip+tag", counted: new(atomic.Int64), pass: true}
+	var err error
+	if sp.hcl, err = chainHCL(dir, "", []string{"dangerous", "stamp"}); err != nil {
+		return chainSpec{}, err
+	}
+	sp.through = func(k int, body []byte) error {
+		// The chain's own notes come first: a signature the change broke,
+		// parts it could not read (X-Popgate-Signature, X-Popgate-Warning).
+		for bytes.HasPrefix(body, []byte("X-Popgate-Signature: ")) || bytes.HasPrefix(body, []byte("X-Popgate-Warning: ")) {
+			i := bytes.Index(body, []byte("\r\n"))
+			if i < 0 {
+				break
+			}
+			body = body[i+2:]
+		}
+		rest, ok := bytes.CutPrefix(body, tagPrefix)
+		switch {
+		case !ok:
+			return fmt.Errorf("message %d: no tag header", k+1)
+		case bytes.Equal(rest, msgs[k]):
+			return nil
+		case !bytes.Contains(rest, []byte("popgate removed an attachment from this message.")):
+			return fmt.Errorf("message %d: got %d bytes, neither the tag header + the %d-byte original nor a stripped message", k+1, len(body), len(msgs[k]))
+		}
+		if _, err := mail.ReadMessage(bytes.NewReader(rest)); err != nil {
+			return fmt.Errorf("message %d: stripped message does not parse: %w", k+1, err)
+		}
+		sp.counted.Add(1)
 		return nil
 	}
 	return sp, nil
@@ -660,25 +749,65 @@ func runClamdscan(ctx context.Context, dir string, msgs [][]byte) *clamdscanResu
 	return r
 }
 
-// measureRSS passes one big message through popgate, with the empty chain
-// and with strip+tag (spool memory_limit 1MB), each in a fresh process, and
-// reads popgate's VmHWM.
+// clamdScanMax is the size of the message the rss measurement has clamd
+// scan when the big one is beyond the scanner's default max_size (25MB;
+// the test clamd's StreamMaxLength is 25M, i.e. MiB).
+const clamdScanMax = 24 * 1000 * 1000
+
+// measureRSS passes one big message through popgate, with the empty chain,
+// with strip+tag (spool memory_limit 1MB) and, when the test clamd is
+// there, with clamd+strip+tag, each in a fresh process, and reads
+// popgate's VmHWM. A big message beyond the scanner's max_size (and
+// clamd's StreamMaxLength) is not scanned: the clamav filter passes it
+// with its warning (oversize = "pass-with-tag"), and a second message of
+// clamdScanMax bytes goes through clamd+strip+tag scanned.
 func measureRSS(ctx context.Context, cfg config, tb *benchTB, dir, upstream string) ([]rssResult, error) {
 	big, err := makeMessage(1, cfg.bigSize)
 	if err != nil {
 		return nil, err
 	}
+	msgs := [][]byte{big}
+	clamdAddr := os.Getenv("POPGATE_TEST_CLAMD")
+	if clamdAddr == "" {
+		log.Printf("rss: POPGATE_TEST_CLAMD is not set: no clamd+strip+tag rows")
+	} else if len(big) > clamav.DefaultMaxSize {
+		scanned, err := makeMessage(2, clamdScanMax)
+		if err != nil {
+			return nil, err
+		}
+		msgs = append(msgs, scanned)
+	}
 	t0 := time.Now()
-	users, err := createMailboxes(tb, 1, [][]byte{big})
+	users, err := createMailboxes(tb, 1, msgs)
 	if err != nil {
 		return nil, err
 	}
 	log.Printf("big-message mailbox (%d bytes) ready in %.1f s", len(big), time.Since(t0).Seconds())
+	// clamav's warning on a message it did not scan (oversize =
+	// "pass-with-tag"), one line in front of the message.
+	oversize := []byte("X-Popgate-Warning: not scanned: too large")
+	type rssRun struct {
+		name  string
+		chain []string
+		msg   int // index in msgs
+		note  string
+	}
+	runs := []rssRun{{"none", nil, 0, ""}, {"strip+tag", []string{"dangerous", "stamp"}, 0, ""}}
+	av := []string{"av", "dangerous", "stamp"}
+	switch {
+	case len(msgs) > 1:
+		runs = append(runs,
+			rssRun{"clamd+strip+tag", av, 0, "not scanned: beyond the scanner's max_size and clamd's StreamMaxLength (oversize = \"pass-with-tag\")"},
+			rssRun{"clamd+strip+tag", av, 1, "scanned by clamd"})
+	case clamdAddr != "":
+		runs = append(runs, rssRun{"clamd+strip+tag", av, 0, "scanned by clamd"})
+	}
 	var out []rssResult
-	for _, chain := range []string{"none", "strip+tag"} {
-		extra := ""
-		if chain != "none" {
-			if extra, err = chainHCL(dir, "", []string{"dangerous", "stamp"}); err != nil {
+	for _, run := range runs {
+		name, extra := run.name, ""
+		want := msgs[run.msg]
+		if run.chain != nil {
+			if extra, _, err = chainConfig(dir, clamdAddr, run.chain, "  rescan = \"always\"\n", "  oversize = \"pass-with-tag\"\n"); err != nil {
 				return nil, err
 			}
 		}
@@ -686,17 +815,25 @@ func measureRSS(ctx context.Context, cfg config, tb *benchTB, dir, upstream stri
 		if err != nil {
 			return nil, err
 		}
-		r := rssResult{chain: chain, size: len(big), startKB: procStatusKB(p.pid(), "VmHWM")}
-		want := [][]byte{big}
-		sess := filteredSession(1, want, func(_ int, body []byte) error {
-			if chain == "none" {
-				if !bytes.Equal(body, big) {
-					return fmt.Errorf("got %d bytes, not the %d-byte original", len(body), len(big))
+		r := rssResult{chain: name, size: len(want), note: run.note, startKB: procStatusKB(p.pid(), "VmHWM")}
+		sess := filteredSession(run.msg+1, [][]byte{want}, func(_ int, body []byte) error {
+			if run.chain == nil {
+				if !bytes.Equal(body, want) {
+					return fmt.Errorf("got %d bytes, not the %d-byte original", len(body), len(want))
 				}
 				return nil
 			}
-			if !bytes.HasPrefix(body, tagPrefix) || !bytes.Equal(body[len(tagPrefix):], big) {
-				return fmt.Errorf("got %d bytes, not the tag header + the %d-byte original", len(body), len(big))
+			rest, ok := bytes.CutPrefix(body, tagPrefix)
+			if slices.Contains(run.chain, "av") && len(want) > clamav.DefaultMaxSize {
+				// clamav's warning: "X-Popgate-Warning: not scanned: too large (…)" CRLF.
+				if i := bytes.Index(rest, []byte("\r\n")); ok && bytes.HasPrefix(rest, oversize) && i > 0 {
+					rest = rest[i+2:]
+				} else {
+					ok = false
+				}
+			}
+			if !ok || !bytes.Equal(rest, want) {
+				return fmt.Errorf("got %d bytes, not the header(s) + the %d-byte original", len(body), len(want))
 			}
 			return nil
 		})
@@ -730,10 +867,10 @@ func measureRSS(ctx context.Context, cfg config, tb *benchTB, dir, upstream stri
 		r.peakKB = procStatusKB(p.pid(), "VmHWM")
 		p.stop()
 		if res.err != nil {
-			return nil, fmt.Errorf("rss, %s: %w", chain, res.err)
+			return nil, fmt.Errorf("rss, %s: %w", name, res.err)
 		}
 		r.retr, r.cpu, r.spoolPeak = res.retr[0], after-before, spoolPeak.Load()
-		log.Printf("rss, %s: RETR of %d bytes in %.2f s, popgate VmHWM %.1f MiB (%.1f MiB before)", chain, len(big),
+		log.Printf("rss, %s: RETR of %d bytes in %.2f s, popgate VmHWM %.1f MiB (%.1f MiB before)", name, len(want),
 			r.retr.Seconds(), float64(r.peakKB)/1024, float64(r.startKB)/1024)
 		out = append(out, r)
 	}

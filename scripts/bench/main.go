@@ -64,7 +64,9 @@ type config struct {
 	clamdSessions []int
 	stripSessions []int // strip+tag levels (clean messages)
 	exeSessions   []int // of those, where the 10% .exe variant runs too
-	retries       int   // re-measurements of a disturbed run
+	mixSessions   []int // of those, where the realistic mix runs too
+	mixDir        string
+	retries       int // re-measurements of a disturbed run
 	bigSize       int
 	// The spam filter (spam.go).
 	spamSessions []int
@@ -159,6 +161,8 @@ func parseFlags(args []string) (config, error) {
 	clamdSessions := fs.String("clamdsessions", "1,32,256", "clamd: comma-separated numbers of concurrent sessions")
 	stripSessions := fs.String("stripsessions", "1,32,256", "strip+tag: comma-separated numbers of concurrent sessions (clean messages)")
 	exeSessions := fs.String("exesessions", "1,32", "strip+tag: the levels of -stripsessions at which the 10% .exe variant runs too")
+	mixSessions := fs.String("mixsessions", "1,32", "strip+tag: the levels of -stripsessions at which the realistic mix (the messages of -mixdir) runs too (\"\": none)")
+	mixDir := fs.String("mixdir", "filters/strip/testdata/corpus", "strip+tag: the realistic mix, a directory of real-world-shaped messages (*.eml)")
 	spamSessions := fs.String("spamsessions", "1,32", "spam: comma-separated numbers of concurrent sessions")
 	smessages := fs.Int("smessages", 20, "spam: small messages of the mix in each mailbox, the most a session downloads")
 	spamRounds := fs.Int("spamrounds", 1, "spam: runs through the spam chain and to rspamd are one session per worker that downloads (scans) the mix this often, so that both modes scan the same messages (direct and pass-through runs take -duration)")
@@ -177,7 +181,7 @@ func parseFlags(args []string) (config, error) {
 	c := config{mailboxes: *mailboxes, messages: *messages, repeat: *repeat, out: *out, chart: *chart, popgate: *bin,
 		logLevel: *level, idleWait: *idleWait, duration: *duration, warmup: *warmup, nginx: *nginx, nginxMod: *nginxMod,
 		fmessages: *fmessages, cmessages: min(*cmessages, *fmessages), idle: *idle, retries: *retries, memGoBench: *memGoBench,
-		smessages: *smessages, spamRounds: *spamRounds}
+		smessages: *smessages, spamRounds: *spamRounds, mixDir: *mixDir}
 	var err error
 	if c.sessions, err = intList("sessions", *sessions); err != nil {
 		return config{}, err
@@ -192,6 +196,9 @@ func parseFlags(args []string) (config, error) {
 		return config{}, err
 	}
 	if c.exeSessions, err = intList("exesessions", *exeSessions); err != nil {
+		return config{}, err
+	}
+	if c.mixSessions, err = intList("mixsessions", *mixSessions); err != nil {
 		return config{}, err
 	}
 	if c.spamSessions, err = intList("spamsessions", *spamSessions); err != nil {

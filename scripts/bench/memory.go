@@ -98,7 +98,7 @@ type goBenchLine struct {
 // the memory (the default rescan: on a signature change), and a metrics
 // listener on a free port.
 func memoryHCL(dir, clamdAddr, store, redisAddr string) (string, string, error) {
-	s, qdir, err := chainConfig(dir, clamdAddr, memoryChain, "")
+	s, qdir, err := chainConfig(dir, clamdAddr, memoryChain, "", "")
 	if err != nil {
 		return "", "", err
 	}

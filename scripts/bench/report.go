@@ -310,6 +310,7 @@ func (rp *report) targets() string {
 			fmt.Fprintf(&b, "| pass-through at %d ≥ %.1f × at %d sessions | %.3f | %s |\n", hi, targetScaleRatio, lo, p256/p32, verdict(p256/p32 >= targetScaleRatio))
 		}
 	}
+	b.WriteString(rp.chains.chainTargets())
 	b.WriteString(rp.chains.spamTargets())
 	if rp.idle != nil {
 		for _, r := range rp.idle.results {
@@ -575,7 +576,7 @@ func (rp *report) markdown() string {
 	w("It needs Dovecot, clamd, rspamd and redis-server (scripts/testenv.sh), nginx with `libnginx-mod-mail`, and gnuplot (`gnuplot-nox`); `scripts/testenv.sh up` installs them as root. ")
 	w("Flags (defaults): `-sessions 1,32,256`, `-duration 2s`, `-warmup 1s`, `-repeat 3`, `-mailboxes 32`, `-messages 200`, `-size 100KB` (decimal; `100KiB` for 102400), ")
 	w("`-targets direct,popgate,nginx`, `-quickack 1,32` (levels with the TCP_QUICKACK series; `\"\"` for none), `-chains none,strip+tag,clamd,spam,memory,rss,idle` (which measurements), ")
-	w("`-fmessages 50`, `-cmessages 20`, `-stripsessions 1,32,256`, `-exesessions 1,32`, `-clamdsessions 1,32,256`, `-spamsessions 1,32`, `-smessages 20`, `-spamrounds 1`, `-memsessions 1,32`, `-memstores embedded,redis`, `-membench true`, `-bigsize 100MB`, `-idle 10000`, `-popgate bin/popgate`, `-nginx /usr/sbin/nginx`, ")
+	w("`-fmessages 50`, `-cmessages 20`, `-stripsessions 1,32,256`, `-exesessions 1,32`, `-mixsessions 1,32`, `-mixdir filters/strip/testdata/corpus`, `-clamdsessions 1,32,256`, `-spamsessions 1,32`, `-smessages 20`, `-spamrounds 1`, `-memsessions 1,32`, `-memstores embedded,redis`, `-membench true`, `-bigsize 100MB`, `-idle 10000`, `-popgate bin/popgate`, `-nginx /usr/sbin/nginx`, ")
 	w("`-nginxmodule /usr/lib/nginx/modules/ngx_mail_module.so`, `-loglevel warn`, `-idlewait 500ms`, `-retries 0`, `-out FILE`, `-chart FILE` (default: perf-throughput.png next to -out). ")
 	w("A quick run: `-sessions 1,32 -quickack 32 -repeat 1 -chains none,idle -idle 2000`. The bench users (per-user passwd-files and Maildirs, made with `internal/testenv`) are removed at the end.\n\n")
 
