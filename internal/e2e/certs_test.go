@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -124,13 +123,7 @@ func dialPOPS(t *testing.T, addr, serverName string, pool *x509.CertPool) (*rawP
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	p := &rawPOP{t: t, c: c, r: bufio.NewReader(c)}
-	if g := p.line(); !strings.HasPrefix(g, "+OK") {
-		t.Fatalf("greeting from %s: %q", addr, g)
-	}
-	return p, c.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
+	return greeted(t, c, addr), c.ConnectionState().PeerCertificates[0].SerialNumber.Int64()
 }
 
 // TestCertificateRenewal: the real binary serves a certificate renewed on

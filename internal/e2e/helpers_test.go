@@ -181,6 +181,13 @@ func dialPOP(t *testing.T, addr string) *rawPOP {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return greeted(t, c, addr)
+}
+
+// greeted is a rawPOP over c (closed at the test's end) once the server's
+// greeting was read from it.
+func greeted(t *testing.T, c net.Conn, addr string) *rawPOP {
+	t.Helper()
 	t.Cleanup(func() { c.Close() })
 	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
 	p := &rawPOP{t: t, c: c, r: bufio.NewReader(c)}

@@ -4,7 +4,6 @@ package e2e
 // the real binary in front of the real Dovecot.
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -32,13 +31,7 @@ func dialPOPFrom(t *testing.T, addr, src string) *rawPOP {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	p := &rawPOP{t: t, c: c, r: bufio.NewReader(c)}
-	if g := p.line(); !strings.HasPrefix(g, "+OK") {
-		t.Fatalf("greeting from %s: %q", addr, g)
-	}
-	return p
+	return greeted(t, c, addr)
 }
 
 // cmd sends a command and returns the status line, whatever it is.
