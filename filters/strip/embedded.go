@@ -59,14 +59,16 @@ func (ev *evaluator) embedded(pi *partInfo) (*match, error) {
 	// Only text (no NUL in its head) can hold uuencoded or BinHex files
 	// after any amount of prose; a TNEF stream shows in its head. Other
 	// parts are not decoded a second time.
-	head := pi.head
+	head, whole := pi.head, pi.headDone && len(pi.head) < ev.f.headLen
 	if !pi.headDone {
 		bp := gateBufs.Get().(*[]byte)
 		defer gateBufs.Put(bp)
 		n, _ := io.ReadFull(p.Content(pi.r), *bp)
-		head = (*bp)[:n]
+		head, whole = (*bp)[:n], n < len(*bp)
 	}
-	candidate := bytes.IndexByte(head, 0) < 0
+	// A part that is all in its head (most are short) is sniffed exactly
+	// on it; a longer text part may hold a block after its head.
+	candidate := !whole && bytes.IndexByte(head, 0) < 0
 	for _, f := range archive.Formats() {
 		if !candidate && f.Attachments {
 			candidate = f.Sniff(head, bytes.NewReader(head), int64(len(head)), p.Filename)
