@@ -66,21 +66,41 @@ func (c *idleConn) received(n int) {
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
+	if err := c.pushWriteDeadline(); err != nil {
+		return 0, err
+	}
+	n, err := c.Conn.Write(p)
+	c.sent(int64(n))
+	return n, err
+}
+
+// writeBuffers writes a, then b: one writev(2) on a TCP connection.
+func (c *idleConn) writeBuffers(a, b []byte) (int, error) {
+	if err := c.pushWriteDeadline(); err != nil {
+		return 0, err
+	}
+	v := net.Buffers{a, b}
+	n, err := v.WriteTo(c.Conn)
+	c.sent(n)
+	return int(n), err
+}
+
+func (c *idleConn) pushWriteDeadline() error {
 	if c.writeTimeout > 0 {
 		now := time.Now()
 		if now.Sub(c.writeSet) > deadlineSlack {
 			c.writeSet = now
-			if err := c.Conn.SetWriteDeadline(now.Add(c.writeTimeout)); err != nil {
-				return 0, err
-			}
+			return c.Conn.SetWriteDeadline(now.Add(c.writeTimeout))
 		}
 	}
-	n, err := c.Conn.Write(p)
+	return nil
+}
+
+func (c *idleConn) sent(n int64) {
 	if n > 0 {
-		c.tx += int64(n)
+		c.tx += n
 		c.txc.Add(float64(n))
 	}
-	return n, err
 }
 
 // setReadTimeout changes the idle limit and applies it from now.
