@@ -24,6 +24,19 @@ type idleConn struct {
 	// until, when set, caps every read deadline: a limit that input
 	// trickling in cannot push back (the login deadline).
 	until time.Time
+	rio   *rawIO // for a TCP connection: made on first use (rawio_linux.go)
+	plain bool   // Conn is not TCP: no rawIO
+}
+
+// rawIO returns the connection's rawIO, nil if it has none.
+func (c *idleConn) rawIO() *rawIO {
+	if c.rio == nil && !c.plain {
+		if tc, ok := c.Conn.(*net.TCPConn); ok {
+			c.rio = newRawIO(tc)
+		}
+		c.plain = c.rio == nil
+	}
+	return c.rio
 }
 
 // deadlineSlack is how stale a deadline may get before it is pushed again;
@@ -53,7 +66,13 @@ func (c *idleConn) Read(p []byte) (int, error) {
 			}
 		}
 	}
-	n, err := c.Conn.Read(p)
+	var n int
+	var err error
+	if r := c.rawIO(); r != nil {
+		n, err = r.Read(p)
+	} else {
+		n, err = c.Conn.Read(p)
+	}
 	c.received(n)
 	return n, err
 }
@@ -69,7 +88,13 @@ func (c *idleConn) Write(p []byte) (int, error) {
 	if err := c.pushWriteDeadline(); err != nil {
 		return 0, err
 	}
-	n, err := c.Conn.Write(p)
+	var n int
+	var err error
+	if r := c.rawIO(); r != nil {
+		n, err = r.Write(p)
+	} else {
+		n, err = c.Conn.Write(p)
+	}
 	c.sent(int64(n))
 	return n, err
 }
@@ -79,10 +104,18 @@ func (c *idleConn) writeBuffers(a, b []byte) (int, error) {
 	if err := c.pushWriteDeadline(); err != nil {
 		return 0, err
 	}
-	v := net.Buffers{a, b}
-	n, err := v.WriteTo(c.Conn)
-	c.sent(n)
-	return int(n), err
+	var n int
+	var err error
+	if r := c.rawIO(); r != nil {
+		n, err = r.writeBuffers(a, b)
+	} else {
+		var m int64
+		v := net.Buffers{a, b}
+		m, err = v.WriteTo(c.Conn)
+		n = int(m)
+	}
+	c.sent(int64(n))
+	return n, err
 }
 
 func (c *idleConn) pushWriteDeadline() error {
