@@ -24,6 +24,19 @@ type idleConn struct {
 	// until, when set, caps every read deadline: a limit that input
 	// trickling in cannot push back (the login deadline).
 	until time.Time
+	rio   *rawIO // for a TCP connection: made on first use (rawio_linux.go)
+	plain bool   // Conn is not TCP: no rawIO
+}
+
+// rawIO returns the connection's rawIO, nil if it has none.
+func (c *idleConn) rawIO() *rawIO {
+	if c.rio == nil && !c.plain {
+		if tc, ok := c.Conn.(*net.TCPConn); ok {
+			c.rio = newRawIO(tc)
+		}
+		c.plain = c.rio == nil
+	}
+	return c.rio
 }
 
 // deadlineSlack is how stale a deadline may get before it is pushed again;
@@ -53,7 +66,13 @@ func (c *idleConn) Read(p []byte) (int, error) {
 			}
 		}
 	}
-	n, err := c.Conn.Read(p)
+	var n int
+	var err error
+	if r := c.rawIO(); r != nil {
+		n, err = r.Read(p)
+	} else {
+		n, err = c.Conn.Read(p)
+	}
 	c.received(n)
 	return n, err
 }
@@ -66,21 +85,55 @@ func (c *idleConn) received(n int) {
 }
 
 func (c *idleConn) Write(p []byte) (int, error) {
+	if err := c.pushWriteDeadline(); err != nil {
+		return 0, err
+	}
+	var n int
+	var err error
+	if r := c.rawIO(); r != nil {
+		n, err = r.Write(p)
+	} else {
+		n, err = c.Conn.Write(p)
+	}
+	c.sent(int64(n))
+	return n, err
+}
+
+// writeBuffers writes a, then b: one writev(2) on a TCP connection.
+func (c *idleConn) writeBuffers(a, b []byte) (int, error) {
+	if err := c.pushWriteDeadline(); err != nil {
+		return 0, err
+	}
+	var n int
+	var err error
+	if r := c.rawIO(); r != nil {
+		n, err = r.writeBuffers(a, b)
+	} else {
+		var m int64
+		v := net.Buffers{a, b}
+		m, err = v.WriteTo(c.Conn)
+		n = int(m)
+	}
+	c.sent(int64(n))
+	return n, err
+}
+
+func (c *idleConn) pushWriteDeadline() error {
 	if c.writeTimeout > 0 {
 		now := time.Now()
 		if now.Sub(c.writeSet) > deadlineSlack {
 			c.writeSet = now
-			if err := c.Conn.SetWriteDeadline(now.Add(c.writeTimeout)); err != nil {
-				return 0, err
-			}
+			return c.Conn.SetWriteDeadline(now.Add(c.writeTimeout))
 		}
 	}
-	n, err := c.Conn.Write(p)
+	return nil
+}
+
+func (c *idleConn) sent(n int64) {
 	if n > 0 {
-		c.tx += int64(n)
+		c.tx += n
 		c.txc.Add(float64(n))
 	}
-	return n, err
 }
 
 // setReadTimeout changes the idle limit and applies it from now.

@@ -603,13 +603,15 @@ func (s *session) relayMulti(line []byte) error {
 	return s.relayBody()
 }
 
+// relayBody passes the response on as the upstream sent it, terminator
+// included: the raw reader returns the terminator only once all of it was
+// read, so a response cut short never gets one.
 func (s *session) relayBody() error {
 	s.responding = true
 	if _, err := pop3.NewRawDotReader(s.up.r).WriteTo(s.cw); err != nil {
 		return fmt.Errorf("relaying response: %w", err)
 	}
-	_, err := s.cw.WriteString(".\r\n")
-	return err
+	return nil
 }
 
 func isTimeout(err error) bool {

@@ -14,9 +14,16 @@ import (
 	"github.com/popgate/popgate/proxy/pop3"
 )
 
-// ioBufSize is the buffer size on both sides of a session: big enough that
-// a message moves in few syscalls, small enough for many idle sessions.
-const ioBufSize = 32 << 10
+// upstreamBufSize is the upstream reader's buffer, which a relayed response
+// is written to the client from: a read's worth moves in one write, so the
+// bigger, the fewer system calls (and wakeups of the client) per message;
+// loopback and LAN segments reach 64 KiB. Held only while a response moves
+// (bufpool.go).
+const upstreamBufSize = 64 << 10
+
+// writeBufSize is the client writer's buffer, for the small writes of a
+// response; a bigger write goes out directly (bufpool.go).
+const writeBufSize = 32 << 10
 
 // commandBufSize is the upstream write buffer: only commands go that way
 // (a longer AUTH line is written straight through).

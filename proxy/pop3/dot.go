@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 )
 
 var (
@@ -31,8 +32,11 @@ var ErrDotWriterClosed = errors.New("pop3: write to closed DotWriter")
 type DotReader struct {
 	br        *bufio.Reader
 	raw       bool
-	lineStart bool  // the next byte of br starts a line
-	err       error // sticky; io.EOF after the terminator
+	lineStart bool // the next byte of br starts a line
+	// end, when > 0, is how many bytes of br are left to return before the
+	// response is over (raw: the terminator has been seen, and is returned).
+	end int
+	err error // sticky; io.EOF after the terminator
 }
 
 // NewDotReader returns a DotReader that decodes the response: a line
@@ -45,10 +49,12 @@ func NewDotReader(br *bufio.Reader) *DotReader {
 }
 
 // NewRawDotReader returns a DotReader with the same framing as
-// [NewDotReader] that returns the bytes exactly as received (still
-// dot-stuffed), excluding the terminator line. Because the data before a
-// terminator always ends with LF (or is empty), a relay re-creates the
-// response by writing the data and then ".\r\n" itself.
+// [NewDotReader] that returns the response exactly as received: still
+// dot-stuffed, and with its terminator line, which it returns only once all
+// of it was read. A relay passes everything on as it comes: a response cut
+// short never gets a terminator, and a whole one needs no further write.
+// WriteTo hands w the bytes of each read as one piece, terminator included,
+// not a piece per stuffed line.
 func NewRawDotReader(br *bufio.Reader) *DotReader {
 	return &DotReader{br: br, lineStart: true, raw: true}
 }
@@ -57,31 +63,14 @@ func NewRawDotReader(br *bufio.Reader) *DotReader {
 // bytes and more would need to wait for input.
 func (d *DotReader) Read(p []byte) (int, error) {
 	n := 0
-	for n < len(p) && d.err == nil {
-		if d.br.Buffered() == 0 {
-			if n > 0 {
-				break
-			}
-			if _, err := d.br.Peek(1); err != nil {
-				d.fail(err)
-				break
-			}
+	for n < len(p) {
+		b := d.piece(len(p)-n, n == 0)
+		if len(b) == 0 {
+			break
 		}
-		b, _ := d.br.Peek(d.br.Buffered())
-		if d.lineStart && b[0] == '.' {
-			if n > 0 && len(b) < 3 {
-				break // deciding might block
-			}
-			d.dotLine()
-			continue
-		}
-		if rem := len(p) - n; len(b) > rem {
-			b = b[:rem]
-		}
-		k := d.span(b)
-		copy(p[n:], b[:k])
-		_, _ = d.br.Discard(k)
-		n += k
+		copy(p[n:], b)
+		d.consume(len(b))
+		n += len(b)
 	}
 	if n > 0 {
 		return n, nil
@@ -90,37 +79,30 @@ func (d *DotReader) Read(p []byte) (int, error) {
 }
 
 // WriteTo implements io.WriterTo: it writes the (decoded or raw) data to w
-// in chunks taken straight from br's buffer, until the terminator. It
+// in pieces taken straight from br's buffer, until the terminator. It
 // returns nil once the terminator has been consumed. After a write error
 // the DotReader is unusable (it returns that error).
 func (d *DotReader) WriteTo(w io.Writer) (int64, error) {
 	var total int64
-	for d.err == nil {
-		if d.br.Buffered() == 0 {
-			if _, err := d.br.Peek(1); err != nil {
-				d.fail(err)
-				break
-			}
+	for {
+		b := d.piece(math.MaxInt, true)
+		if len(b) == 0 {
+			break
 		}
-		b, _ := d.br.Peek(d.br.Buffered())
-		if d.lineStart && b[0] == '.' {
-			d.dotLine()
-			continue
-		}
-		k := d.span(b)
-		m, err := w.Write(b[:k])
-		if m > k || m < 0 {
+		m, err := w.Write(b)
+		if m > len(b) || m < 0 {
 			m, err = 0, errors.New("pop3: invalid write result")
 		}
 		total += int64(m)
-		_, _ = d.br.Discard(m)
-		if err == nil && m < k {
+		if err == nil && m < len(b) {
 			err = io.ErrShortWrite
 		}
 		if err != nil {
+			_, _ = d.br.Discard(m)
 			d.err = err
 			return total, err
 		}
+		d.consume(m)
 	}
 	if d.err == io.EOF {
 		return total, nil
@@ -128,16 +110,83 @@ func (d *DotReader) WriteTo(w io.Writer) (int64, error) {
 	return total, d.err
 }
 
-// span returns how many bytes at the start of b (not empty, and not a line
-// start with ".") can be passed on unchanged: up to the end of b or up to
-// the next line that starts with ".". It updates lineStart for the end of
-// that span.
+// piece returns the next bytes to pass on, at most limit (> 0) of them,
+// aliasing br's buffer; the caller passes them on and then calls consume.
+// It returns nothing once d.err is set, and, unless wait, where going on
+// might wait for input.
+func (d *DotReader) piece(limit int, wait bool) []byte {
+	for d.err == nil {
+		if d.br.Buffered() == 0 {
+			if !wait {
+				return nil
+			}
+			if _, err := d.br.Peek(1); err != nil {
+				d.fail(err)
+				return nil
+			}
+		}
+		b, _ := d.br.Peek(d.br.Buffered())
+		if d.end > 0 {
+			return b[:min(d.end, len(b), limit)]
+		}
+		// A line starting with "." is decided here when the span cannot
+		// decide it: always when decoding (the "." goes), in raw mode
+		// when fewer than three bytes are at hand.
+		if d.lineStart && b[0] == '.' && (!d.raw || len(b) < 3 || limit < 3) {
+			if !wait && len(b) < 3 {
+				return nil // deciding might block
+			}
+			d.dotLine()
+			continue
+		}
+		b = b[:min(len(b), limit)]
+		return b[:d.span(b)]
+	}
+	return nil
+}
+
+// consume discards the k bytes of the last piece, which were passed on.
+func (d *DotReader) consume(k int) {
+	_, _ = d.br.Discard(k)
+	if d.end > 0 {
+		d.end -= k
+		if d.end == 0 {
+			d.err = io.EOF
+		}
+	}
+}
+
+// span returns how many bytes at the start of b (not empty) can be passed
+// on as they are, and updates lineStart for the end of that span. Decoding,
+// that is up to the next line that starts with "."; raw, up to and
+// including the terminator (setting end), or up to a line starting with "."
+// whose first three bytes are not all in b yet.
 //
 // It searches for "." rather than for LF: base64 bodies, the bulk of mail,
 // hold no "." at all, so one vectorised IndexByte usually covers the whole
 // buffer.
 func (d *DotReader) span(b []byte) int {
-	if i := nextDotLine(b); i > 0 {
+	i := nextDotLine(b)
+	if d.raw {
+		if d.lineStart && b[0] == '.' {
+			i = 0 // piece made sure three bytes are here
+		}
+		for i >= 0 {
+			if len(b)-i < 3 {
+				d.lineStart = true
+				return i
+			}
+			if b[i+1] == '\r' && b[i+2] == '\n' {
+				d.end = i + 3
+				return d.end
+			}
+			j := nextDotLine(b[i:])
+			if j < 0 {
+				break
+			}
+			i += j
+		}
+	} else if i > 0 {
 		d.lineStart = true
 		return i
 	}
@@ -172,9 +221,10 @@ func nextDotLine(b []byte) int {
 }
 
 // dotLine handles a line that starts with "." (the first buffered byte):
-// the terminator sets err to io.EOF; any other line loses its "." (unless
-// raw) and continues as ordinary data. It may block for up to two more
-// bytes.
+// the terminator ends the response (decoding: consumed, err set to io.EOF;
+// raw: end set, so that it is returned); any other line loses its "."
+// (unless raw) and continues as ordinary data. It may block for up to two
+// more bytes.
 func (d *DotReader) dotLine() {
 	b, err := d.br.Peek(2)
 	if len(b) < 2 {
@@ -188,6 +238,10 @@ func (d *DotReader) dotLine() {
 			return
 		}
 		if b[2] == '\n' {
+			if d.raw {
+				d.end = 3
+				return
+			}
 			_, _ = d.br.Discard(3)
 			d.err = io.EOF
 			return

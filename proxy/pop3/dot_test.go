@@ -16,32 +16,32 @@ type dotCase struct {
 	name    string
 	in      string // the stream after the status line
 	decoded string
-	raw     string
+	raw     string // NewRawDotReader's output: the terminator line too, when found
 	err     error  // nil: terminator found
 	rest    string // what stays in br (only checked when err == nil)
 }
 
 var dotCases = []dotCase{
-	{"empty response", ".\r\n", "", "", nil, ""},
-	{"one line", "a\r\n.\r\n", "a\r\n", "a\r\n", nil, ""},
-	{"pipelined next", "a\r\n.\r\n+OK next\r\n", "a\r\n", "a\r\n", nil, "+OK next\r\n"},
-	{"two terminators", ".\r\n.\r\n", "", "", nil, ".\r\n"},
-	{"stuffed terminator", "..\r\n.\r\n", ".\r\n", "..\r\n", nil, ""},
-	{"triple dot", "...\r\n.\r\n", "..\r\n", "...\r\n", nil, ""},
-	{"dot text", ".abc\r\n..def\r\n.\r\n", "abc\r\n.def\r\n", ".abc\r\n..def\r\n", nil, ""},
-	{"dot bare lf", ".\n.\r\n", "\n", ".\n", nil, ""},
-	{"dot space", ". \r\n.\r\n", " \r\n", ". \r\n", nil, ""},
-	{"bare lf lines", "a\nb\n.\r\n", "a\nb\n", "a\nb\n", nil, ""},
-	{"terminator after bare lf", "a\n.\r\nX", "a\n", "a\n", nil, "X"},
-	{"dot after bare lf", "a\n..x\n.\r\n", "a\n.x\n", "a\n..x\n", nil, ""},
-	{"nul", "\x00\r\n\x00.\r\n.\r\n", "\x00\r\n\x00.\r\n", "\x00\r\n\x00.\r\n", nil, ""},
-	{"empty lines", "\r\n\r\n.\r\n", "\r\n\r\n", "\r\n\r\n", nil, ""},
-	{"dot cr cr lf", ".\r\r\n.\r\n", "\r\r\n", ".\r\r\n", nil, ""},
-	{"dot cr x", ".\rx\r\n.\r\n", "\rx\r\n", ".\rx\r\n", nil, ""},
-	{"dot cr dot", ".\r.\r\n.\r\n", "\r.\r\n", ".\r.\r\n", nil, ""},
-	{"cr is not a line end", "a\r.\r\n.\r\n", "a\r.\r\n", "a\r.\r\n", nil, ""},
-	{"lf cr", "a\n\r.\r\n.\r\n", "a\n\r.\r\n", "a\n\r.\r\n", nil, ""},
-	{"mid-line terminator bytes", "x.\r\n.\r\n", "x.\r\n", "x.\r\n", nil, ""},
+	{"empty response", ".\r\n", "", ".\r\n", nil, ""},
+	{"one line", "a\r\n.\r\n", "a\r\n", "a\r\n.\r\n", nil, ""},
+	{"pipelined next", "a\r\n.\r\n+OK next\r\n", "a\r\n", "a\r\n.\r\n", nil, "+OK next\r\n"},
+	{"two terminators", ".\r\n.\r\n", "", ".\r\n", nil, ".\r\n"},
+	{"stuffed terminator", "..\r\n.\r\n", ".\r\n", "..\r\n.\r\n", nil, ""},
+	{"triple dot", "...\r\n.\r\n", "..\r\n", "...\r\n.\r\n", nil, ""},
+	{"dot text", ".abc\r\n..def\r\n.\r\n", "abc\r\n.def\r\n", ".abc\r\n..def\r\n.\r\n", nil, ""},
+	{"dot bare lf", ".\n.\r\n", "\n", ".\n.\r\n", nil, ""},
+	{"dot space", ". \r\n.\r\n", " \r\n", ". \r\n.\r\n", nil, ""},
+	{"bare lf lines", "a\nb\n.\r\n", "a\nb\n", "a\nb\n.\r\n", nil, ""},
+	{"terminator after bare lf", "a\n.\r\nX", "a\n", "a\n.\r\n", nil, "X"},
+	{"dot after bare lf", "a\n..x\n.\r\n", "a\n.x\n", "a\n..x\n.\r\n", nil, ""},
+	{"nul", "\x00\r\n\x00.\r\n.\r\n", "\x00\r\n\x00.\r\n", "\x00\r\n\x00.\r\n.\r\n", nil, ""},
+	{"empty lines", "\r\n\r\n.\r\n", "\r\n\r\n", "\r\n\r\n.\r\n", nil, ""},
+	{"dot cr cr lf", ".\r\r\n.\r\n", "\r\r\n", ".\r\r\n.\r\n", nil, ""},
+	{"dot cr x", ".\rx\r\n.\r\n", "\rx\r\n", ".\rx\r\n.\r\n", nil, ""},
+	{"dot cr dot", ".\r.\r\n.\r\n", "\r.\r\n", ".\r.\r\n.\r\n", nil, ""},
+	{"cr is not a line end", "a\r.\r\n.\r\n", "a\r.\r\n", "a\r.\r\n.\r\n", nil, ""},
+	{"lf cr", "a\n\r.\r\n.\r\n", "a\n\r.\r\n", "a\n\r.\r\n.\r\n", nil, ""},
+	{"mid-line terminator bytes", "x.\r\n.\r\n", "x.\r\n", "x.\r\n.\r\n", nil, ""},
 	{"no terminator", "abc\r\n", "abc\r\n", "abc\r\n", io.ErrUnexpectedEOF, ""},
 	{"partial line", "abc", "abc", "abc", io.ErrUnexpectedEOF, ""},
 	{"empty stream", "", "", "", io.ErrUnexpectedEOF, ""},
@@ -134,7 +134,7 @@ func TestDotReaderEverySplit(t *testing.T) {
 					br := bufio.NewReaderSize(&segReader{segs: cp}, 16)
 					d, want := NewDotReader(br), tc.decoded
 					if raw {
-						d, want = NewRawDotReader(br), strings.TrimSuffix(tc.in, ".\r\n"+tc.rest)
+						d, want = NewRawDotReader(br), strings.TrimSuffix(tc.in, tc.rest)
 					}
 					got, err := decodeAll(d, bufSize)
 					rest, _ := io.ReadAll(br)
@@ -197,6 +197,10 @@ func TestDotReaderDoesNotBlockOnAvailableData(t *testing.T) {
 		go read()
 		_, _ = pw.Write([]byte(".\r"))
 		_, _ = pw.Write([]byte("\n"))
+		if raw {
+			expect(".\r\n", nil)
+			go read()
+		}
 		expect("", io.EOF)
 		pw.Close()
 	}
@@ -213,7 +217,11 @@ func TestDotReaderLongLine(t *testing.T) {
 		}
 		mw := &maxWriter{}
 		n, err := d.WriteTo(mw)
-		if err != nil || n != 1<<20+2 || mw.n != n {
+		want := int64(1<<20 + 2)
+		if raw {
+			want += 3 // the terminator
+		}
+		if err != nil || n != want || mw.n != n {
 			t.Fatalf("raw=%v: WriteTo = %d, %v", raw, n, err)
 		}
 		if mw.max > 4096 {
@@ -230,6 +238,31 @@ func TestDotReaderLongLine(t *testing.T) {
 			t.Fatalf("Read: %d, %v", got, err)
 		}
 	}
+}
+
+// A relay writes each read's worth in one piece: stuffed lines do not split
+// it, and the terminator goes with the data before it.
+func TestRawDotReaderWholePieces(t *testing.T) {
+	in := "a\r\n..b\r\n.c\r\nd\r\n..\r\n.\r\n+OK next\r\n"
+	br := bufio.NewReaderSize(strings.NewReader(in), 4096)
+	var w pieceWriter
+	if _, err := NewRawDotReader(br).WriteTo(&w); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.TrimSuffix(in, "+OK next\r\n")
+	if len(w.pieces) != 1 || w.pieces[0] != want {
+		t.Fatalf("pieces %q, want one: %q", w.pieces, want)
+	}
+	if rest, _ := io.ReadAll(br); string(rest) != "+OK next\r\n" {
+		t.Fatalf("rest %q", rest)
+	}
+}
+
+type pieceWriter struct{ pieces []string }
+
+func (w *pieceWriter) Write(p []byte) (int, error) {
+	w.pieces = append(w.pieces, string(p))
+	return len(p), nil
 }
 
 type maxWriter struct{ n, max int64 }
@@ -380,7 +413,7 @@ func TestDotRoundTripRandom(t *testing.T) {
 			got, err := decodeAll(d, int(seed%5))
 			want := wantRoundTrip(x)
 			if raw {
-				want = enc[:len(enc)-3]
+				want = enc
 			}
 			rest, _ := io.ReadAll(br)
 			if err != nil || !bytes.Equal(got, want) || string(rest) != "+OK" {

@@ -168,8 +168,8 @@ func (rp *report) table() string {
 // delayed ACKs.
 func (rp *report) quickAckTable() string {
 	var b strings.Builder
-	b.WriteString("| sessions | target | MB/s, delayed ACKs | MB/s, TCP_QUICKACK | change | RETR p50 ms without / with | RETR p99 ms without / with | login p50 ms without / with | × direct without / with |\n")
-	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| sessions | target | MB/s, delayed ACKs | MB/s, TCP_QUICKACK | change | RETR p50 ms without / with | RETR p99 ms without / with | login p50 ms without / with | × direct without / with | proxy CPU s/GB without / with |\n")
+	b.WriteString("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	any := false
 	for _, lv := range rp.levels {
 		if len(lv.runs["direct+qa"]) == 0 {
@@ -182,9 +182,13 @@ func (rp *report) quickAckTable() string {
 				continue
 			}
 			any = true
-			fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f | %+.0f%% | %s / %s | %s / %s | %s / %s | %s / %s |\n", lv.sessions, modeTitle[t], n.mbps, q.mbps,
+			cpu := "–"
+			if t != "direct" {
+				cpu = fmt.Sprintf("%.2f / %.2f", n.cpuPerGB, q.cpuPerGB)
+			}
+			fmt.Fprintf(&b, "| %d | %s | %.1f | %.1f | %+.0f%% | %s / %s | %s / %s | %s / %s | %s / %s | %s |\n", lv.sessions, modeTitle[t], n.mbps, q.mbps,
 				100*(q.mbps/n.mbps-1), msf(n.retrP50), msf(q.retrP50), msf(n.retrP99), msf(q.retrP99), msf(n.setupP50), msf(q.setupP50),
-				ratio(n.mbps, dn.mbps), ratio(q.mbps, dq.mbps))
+				ratio(n.mbps, dn.mbps), ratio(q.mbps, dq.mbps), cpu)
 		}
 	}
 	if !any {
@@ -298,6 +302,18 @@ func (rp *report) targets() string {
 		pq, nq := rp.mbpsOf("popgate+qa", lv.sessions), rp.mbpsOf("nginx+qa", lv.sessions)
 		if pq > 0 && nq > 0 {
 			fmt.Fprintf(&b, "| … same, client with TCP_QUICKACK, %d session(s) | %.1f vs %.1f MB/s (%.3f) | %s |\n", lv.sessions, pq, nq, pq/nq, verdict(pq > nq))
+		}
+		// Issue 14: the relay costs no more CPU per byte than nginx's.
+		for _, qa := range []string{"", "+qa"} {
+			pc, nc := summarizeMode(lv, "popgate"+qa), summarizeMode(lv, "nginx"+qa)
+			if pc.runs == 0 || nc.runs == 0 || nc.cpuPerGB == 0 {
+				continue
+			}
+			what := fmt.Sprintf("pass-through CPU s/GB ≤ nginx's, %d session(s)", lv.sessions)
+			if qa != "" {
+				what = fmt.Sprintf("… same, client with TCP_QUICKACK, %d session(s)", lv.sessions)
+			}
+			fmt.Fprintf(&b, "| %s | %.2f vs %.2f s/GB (%.3f) | %s |\n", what, pc.cpuPerGB, nc.cpuPerGB, pc.cpuPerGB/nc.cpuPerGB, verdict(pc.cpuPerGB <= nc.cpuPerGB))
 		}
 		if p > 0 {
 			e := summarizeMode(lv, "popgate").retrP99 - summarizeMode(lv, "direct").retrP99
