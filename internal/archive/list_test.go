@@ -8,12 +8,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // TestNestingAcrossKinds: zip in tar.gz in zip in tar: one depth counter
 // over all kinds, compressed streams adding none; beyond it, Skipped.
 func TestNestingAcrossKinds(t *testing.T) {
-	needTool(t, "gzip")
+	archivetest.NeedTool(t, "gzip")
 	z1 := mkzip(t, "evil.exe", "MZ")
 	tgz := gzipOf(t, mktar(t, tar.FormatUSTAR, "z1.zip", string(z1)))
 	z2 := mkzip(t, "b.tgz", string(tgz))
@@ -93,9 +95,9 @@ func TestNameKind(t *testing.T) {
 // level less it is skipped, not missed silently.
 func TestNestingPackedAndDiskKinds(t *testing.T) {
 	for _, tool := range []string{"genisoimage", "7z", "gcab", "tar", "gzip"} {
-		needTool(t, tool)
+		archivetest.NeedTool(t, tool)
 	}
-	out := shell(t, map[string][]byte{"d/setup.exe": []byte("MZ not really")},
+	out := archivetest.Shell(t, map[string][]byte{"d/setup.exe": []byte("MZ not really")},
 		`genisoimage -quiet -J -o disk.img d
 		7z a -bd -bso0 inner.7z disk.img
 		gcab -c -z pack.cab inner.7z

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf16"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // tnefBuilder writes TNEF streams for the tests. The layout ([MS-OXTNEF]):
@@ -96,8 +98,8 @@ func (b *tnefBuilder) attach(title string, content []byte, props ...mapiProp) *t
 }
 
 func TestTNEFClamAV(t *testing.T) {
-	b := clamFile(t, "clam.tnef")
-	exe := clamFile(t, "clam.exe")
+	b := archivetest.ClamFile(t, "clam.tnef")
+	exe := archivetest.ClamFile(t, "clam.exe")
 	f := formatNamed(t, "tnef")
 	if !f.Sniff(b[:64], bytes.NewReader(b), int64(len(b)), "") || !f.Attachments {
 		t.Fatal("clam.tnef not sniffed as an attachments format")
@@ -187,9 +189,7 @@ var iidForTest = []byte{0x07, 0x03, 0x02, 0x00, 0, 0, 0, 0, 0xC0, 0, 0, 0, 0, 0,
 
 // TestTNEFAgainstTool cross-checks the names with Debian's tnef(1).
 func TestTNEFAgainstTool(t *testing.T) {
-	if _, err := exec.LookPath("tnef"); err != nil {
-		t.Skip("tnef not installed")
-	}
+	archivetest.NeedTool(t, "tnef")
 	in := newTNEF().attach("A.TXT", []byte("a"), mapiProp{prAttachLongFilename<<16 | ptUnicode, utf16le("long name.txt")}).
 		attach("B.EXE", []byte("bb")).Bytes()
 	p := filepath.Join(t.TempDir(), "winmail.dat")

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // udfOnly turns a UDF bridge image (genisoimage -udf) into a UDF-only one:
@@ -93,9 +95,7 @@ func TestUDF(t *testing.T) {
 // TestUDFMkudffs reads the empty file system mkudffs makes (UDF 2.01,
 // 512-byte blocks): no members, no error.
 func TestUDFMkudffs(t *testing.T) {
-	if _, err := exec.LookPath("mkudffs"); err != nil {
-		t.Skip("mkudffs not installed")
-	}
+	archivetest.NeedTool(t, "mkudffs")
 	p := filepath.Join(t.TempDir(), "x.img")
 	if err := os.WriteFile(p, make([]byte, 200<<10), 0o600); err != nil {
 		t.Fatal(err)
