@@ -12,22 +12,6 @@ import (
 	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
-// udfOnly turns a UDF bridge image (genisoimage -udf) into a UDF-only one:
-// its Volume Recognition Sequence (BEA01, NSR02, TEA01 after the two ISO
-// 9660 descriptors) moves to sector 16, so no CD001 is left. Files cannot
-// be put on a mkudffs image without mounting it; this is the UDF-only image
-// with files the tests have.
-func udfOnly(t testing.TB, bridge []byte) []byte {
-	t.Helper()
-	img := bytes.Clone(bridge)
-	if string(img[18*2048+1:18*2048+6]) != "BEA01" {
-		t.Fatalf("unexpected bridge layout: %q", img[18*2048+1:18*2048+6])
-	}
-	copy(img[16*2048:], bridge[18*2048:21*2048])
-	clear(img[19*2048 : 21*2048])
-	return img
-}
-
 // udfFind returns the offsets of the descriptors with tag id in img
 // (2048-byte sectors).
 func udfFind(img []byte, id uint16) []int {
@@ -67,7 +51,7 @@ func udfRetag(d []byte) {
 func TestUDF(t *testing.T) {
 	bridge := genisoimage(t, "-udf")
 	f := formatNamed(t, "udf")
-	for name, img := range map[string][]byte{"bridge": bridge, "UDF only": udfOnly(t, bridge)} {
+	for name, img := range map[string][]byte{"bridge": bridge, "UDF only": archivetest.UDFOnly(t, bridge)} {
 		t.Run(name, func(t *testing.T) {
 			if !f.Sniff(make([]byte, HeadLen), bytes.NewReader(img), int64(len(img)), "innocent.pdf") {
 				t.Fatal("not sniffed")
