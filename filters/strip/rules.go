@@ -409,8 +409,10 @@ type unreadableError struct{ p archive.Problem }
 func (e *unreadableError) Error() string { return e.p.String() }
 
 // archive applies archive_filenames and encrypted_archives (to the
-// members listed, when some container could not be read: a member that
-// matches decides; else on_unreadable_archive does).
+// members listed, when some container could not be read or lay beyond
+// archive_depth: a member that matches decides; else on_archive_limit does
+// for the containers too deep, then on_unreadable_archive for those that
+// could not be read).
 func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 	a, err := ev.archiveOf(pi)
 	var ae *archive.LimitError
@@ -437,6 +439,9 @@ func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 				return fmt.Sprintf("archive member %s matches %s", displayName(e.Path), g), true, nil
 			}
 		}
+	}
+	if de := a.DepthError(ev.f.alim); de != nil && ev.f.onArchive != ActionPass {
+		return "", false, de
 	}
 	if len(a.Unreadable) > 0 && ev.f.onUnreadable != ActionPass {
 		return "", false, &unreadableError{a.Unreadable[0]}
