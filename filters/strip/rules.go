@@ -517,9 +517,7 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	}
 	pi.archDone = true
 	head := ev.headOf(pi)
-	// A disk image starts with a system area of zeros; its descriptors lie
-	// at 32 KiB, where List's sniffing reads them.
-	candidate := archive.Sniffed(head, pi.p.Filename) || (len(head) == archive.HeadLen && allZero(head))
+	candidate := archive.Sniffed(head, pi.p.Filename) || diskHead(head)
 	for _, n := range pi.names {
 		if archive.NameKind(n.norm) != "" {
 			candidate = true
@@ -555,6 +553,15 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 		pi.archErr = err
 	}
 	return pi.arch, pi.archErr
+}
+
+// diskHead reports whether head may be the system area of a disk image,
+// whose descriptors lie at 32 KiB, where List's sniffing reads them: zeros,
+// or the boot record of a hybrid image that also boots from a USB stick
+// (xorriso's -isohybrid-mbr or --protective-msdos-label: an MBR, signed
+// 0x55 0xAA at 510).
+func diskHead(head []byte) bool {
+	return len(head) == archive.HeadLen && (allZero(head) || (head[510] == 0x55 && head[511] == 0xAA))
 }
 
 func allZero(b []byte) bool {
