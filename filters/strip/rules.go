@@ -138,6 +138,7 @@ type partInfo struct {
 	sizeDone bool
 	size     int64
 	eocd     bool // the decoded content ends like a zip
+	disk     bool // it has a disk image's identifier at 32 KiB
 
 	archDone bool
 	arch     *archive.Listing
@@ -479,8 +480,8 @@ func (ev *evaluator) content(w io.Writer, pi *partInfo) (int64, error) {
 	return int64(n) + m, err
 }
 
-// sizeOf decodes the part once to learn its size and whether it ends like a
-// zip archive.
+// sizeOf decodes the part once to learn its size, whether it ends like a
+// zip archive and whether it has a disk image's volume identifier.
 func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	if pi.sizeDone {
 		return pi.size, nil
@@ -494,6 +495,13 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 			return 0, err
 		}
 		pi.eocd = bytes.Contains(tail, []byte("PK\x05\x06"))
+		var id [5]byte
+		if pi.size >= archive.DiskIDOffset+int64(len(id)) {
+			if _, err := pi.r.ReadAt(id[:], p.BodyStart+archive.DiskIDOffset); err != nil && err != io.EOF {
+				return 0, err
+			}
+			pi.disk = archive.DiskID(id[:])
+		}
 		pi.sizeDone = true
 		return pi.size, nil
 	}
@@ -506,6 +514,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	}
 	pi.size, pi.sizeDone = n, true
 	pi.eocd = bytes.Contains(tw.tail(), []byte("PK\x05\x06"))
+	pi.disk = tw.idLen == len(tw.id) && archive.DiskID(tw.id[:])
 	return pi.size, nil
 }
 
@@ -517,19 +526,22 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	}
 	pi.archDone = true
 	head := ev.headOf(pi)
-	candidate := archive.Sniffed(head, pi.p.Filename) || diskHead(head)
+	// Text may hold uuencoded or BinHex files after any amount of prose,
+	// beyond the head: List's sniffing reads all of it.
+	candidate := archive.Sniffed(head, pi.p.Filename) || mayEmbed(head)
 	for _, n := range pi.names {
 		if archive.NameKind(n.norm) != "" {
 			candidate = true
 		}
 	}
 	if !candidate {
-		// Self-extracting or junk-prefixed zips: does it end like one?
+		// Self-extracting or junk-prefixed zips end like one; a disk
+		// image has its volume identifier at 32 KiB, whatever its head.
 		if _, err := ev.sizeOf(pi); err != nil {
 			pi.archErr = err
 			return nil, err
 		}
-		candidate = pi.eocd
+		candidate = pi.eocd || pi.disk
 	}
 	if !candidate {
 		return nil, nil
@@ -555,32 +567,22 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	return pi.arch, pi.archErr
 }
 
-// diskHead reports whether head may be the system area of a disk image,
-// whose descriptors lie at 32 KiB, where List's sniffing reads them: zeros,
-// or the boot record of a hybrid image that also boots from a USB stick
-// (xorriso's -isohybrid-mbr or --protective-msdos-label: an MBR, signed
-// 0x55 0xAA at 510).
-func diskHead(head []byte) bool {
-	return len(head) == archive.HeadLen && (allZero(head) || (head[510] == 0x55 && head[511] == 0xAA))
-}
-
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// tailWriter counts what is written and keeps its last keep bytes.
+// tailWriter keeps the last keep bytes of what is written, and the bytes
+// at archive.DiskIDOffset.
 type tailWriter struct {
-	keep int
-	buf  []byte
+	keep  int
+	buf   []byte
+	off   int64 // bytes written so far
+	id    [5]byte
+	idLen int // bytes of id written
 }
 
 func (t *tailWriter) Write(p []byte) (int, error) {
 	n := len(p)
+	if at := archive.DiskIDOffset + int64(t.idLen); t.idLen < len(t.id) && at < t.off+int64(n) {
+		t.idLen += copy(t.id[t.idLen:], p[at-t.off:])
+	}
+	t.off += int64(n)
 	if len(p) >= t.keep {
 		t.buf = append(t.buf[:0], p[len(p)-t.keep:]...)
 		return n, nil

@@ -228,6 +228,22 @@ func Sniffed(head []byte, name string) bool {
 	return NameKind(name) != "" || sniffAny(head, bytes.NewReader(head), int64(len(head)), name)
 }
 
+// DiskIDOffset is where a disk image (ISO 9660, UDF) has the identifier
+// of its first volume structure, whatever its system area, the 32 KiB
+// before it, holds: zeros, the boot record of a hybrid image, anything.
+const DiskIDOffset = 16*2048 + 1
+
+// DiskID reports whether id, the 5 bytes at DiskIDOffset, may be a disk
+// image's: ISO 9660's CD001, or the start of UDF's Volume Recognition
+// Sequence.
+func DiskID(id []byte) bool {
+	switch string(id) {
+	case "CD001", "BEA01", "NSR02", "NSR03":
+		return true
+	}
+	return false
+}
+
 func sniffAny(head []byte, r io.ReaderAt, size int64, name string) bool {
 	for _, f := range formats {
 		if f.Sniff(head, r, size, name) {
