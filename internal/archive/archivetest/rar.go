@@ -49,11 +49,17 @@ type RarFile struct {
 	Encrypted bool // (v5) a file encryption record, (v4) flag 0x04
 	Solid     bool
 	Split     bool // continued in the next volume
+	// Declared, when set, is the unpacked size the header claims instead
+	// of the content's: a liar, or a bomb's claim.
+	Declared int64
 }
 
 // Size is the member's unpacked size: more than this volume holds of it
 // when it is split.
 func (f RarFile) Size() int {
+	if f.Declared > 0 {
+		return int(f.Declared)
+	}
 	if f.Split {
 		return len(f.Content) + 1000
 	}

@@ -75,21 +75,48 @@ func Shell(t testing.TB, files map[string][]byte, script, out string) []byte {
 }
 
 // Bounded runs f and fails the test when it takes longer than d or
-// allocates more than maxAlloc bytes in all.
-func Bounded(t testing.TB, d time.Duration, maxAlloc uint64, f func()) {
+// allocates more than maxAlloc bytes in all. It returns the peak growth of
+// the heap in use while f ran (sampled every millisecond), for tests whose
+// f may allocate more in all than it holds at once.
+func Bounded(t testing.TB, d time.Duration, maxAlloc uint64, f func()) (peak uint64) {
 	t.Helper()
 	var before, after runtime.MemStats
+	runtime.GC()
 	runtime.ReadMemStats(&before)
+	done := make(chan struct{})
+	sampled := make(chan uint64)
+	go func() {
+		var m runtime.MemStats
+		var top uint64
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			runtime.ReadMemStats(&m)
+			top = max(top, m.HeapInuse)
+			select {
+			case <-done:
+				sampled <- top
+				return
+			case <-tick.C:
+			}
+		}
+	}()
 	start := time.Now()
 	f()
 	took := time.Since(start)
+	close(done)
+	top := <-sampled
 	runtime.ReadMemStats(&after)
 	alloc := after.TotalAlloc - before.TotalAlloc
-	t.Logf("%v, %.1f MB allocated", took, float64(alloc)/1e6)
+	if top > before.HeapInuse {
+		peak = top - before.HeapInuse
+	}
+	t.Logf("%v, %.1f MB allocated, heap peak +%.1f MB", took, float64(alloc)/1e6, float64(peak)/1e6)
 	if took > d {
 		t.Errorf("took %v, over %v", took, d)
 	}
 	if alloc > maxAlloc {
 		t.Errorf("allocated %d bytes, over %d", alloc, maxAlloc)
 	}
+	return peak
 }
