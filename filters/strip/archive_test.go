@@ -29,10 +29,10 @@ func TestZipBombVerdict(t *testing.T) {
 		want   filters.Action
 		reason string
 	}{
-		{"", filters.Reject, "rejected: report.zip (zip bomb: more than 512 MiB uncompressed (at bomb.bin))"},
-		{"quarantine", filters.Reject, "quarantined: report.zip (zip bomb"},
-		{"strip", filters.Replace, "stripped: report.zip (zip bomb"},
-		{"tempfail", filters.Retry, "deferred: report.zip (zip bomb"},
+		{"", filters.Reject, "rejected: report.zip (decompression bomb: more than 512 MiB uncompressed (at bomb.bin))"},
+		{"quarantine", filters.Reject, "quarantined: report.zip (decompression bomb"},
+		{"strip", filters.Replace, "stripped: report.zip (decompression bomb"},
+		{"tempfail", filters.Retry, "deferred: report.zip (decompression bomb"},
 		{"pass", filters.Pass, ""},
 	} {
 		src := `filter "strip" "z" {

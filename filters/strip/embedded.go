@@ -41,6 +41,11 @@ func (rl *rule) embeddable() bool {
 	return len(rl.globs)+len(rl.exts)+len(rl.dtypes) > 0 || rl.suspicious || (!rl.hasSelector && !rl.needsArchive)
 }
 
+// mayEmbed reports whether a part starting with head may be text, which
+// can hold uuencoded or BinHex files after any amount of prose: no NUL in
+// its head.
+func mayEmbed(head []byte) bool { return bytes.IndexByte(head, 0) < 0 }
+
 // embedded applies the rules to the files embedded in a leaf part and
 // returns the most severe match among them (nil when none matches).
 func (ev *evaluator) embedded(pi *partInfo) (*match, error) {
@@ -68,7 +73,7 @@ func (ev *evaluator) embedded(pi *partInfo) (*match, error) {
 	}
 	// A part that is all in its head (most are short) is sniffed exactly
 	// on it; a longer text part may hold a block after its head.
-	candidate := !whole && bytes.IndexByte(head, 0) < 0
+	candidate := !whole && mayEmbed(head)
 	for _, f := range archive.Formats() {
 		if !candidate && f.Attachments {
 			candidate = f.Sniff(head, bytes.NewReader(head), int64(len(head)), p.Filename)

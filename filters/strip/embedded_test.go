@@ -1,11 +1,11 @@
 package strip
 
 import (
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // uuBlock is "MZ pretend executable" uuencoded as name.
@@ -55,13 +55,7 @@ func TestEmbeddedUUEncode(t *testing.T) {
 }
 
 func TestEmbeddedClamAV(t *testing.T) {
-	read := func(name string) []byte {
-		b, err := os.ReadFile("/usr/share/clamav-testfiles/" + name)
-		if err != nil {
-			t.Skipf("clamav-testfiles: %v", err)
-		}
-		return b
-	}
+	read := func(name string) []byte { return archivetest.ClamFile(t, name) }
 	cases := []struct {
 		name string
 		msg  []byte

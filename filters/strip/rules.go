@@ -138,6 +138,7 @@ type partInfo struct {
 	sizeDone bool
 	size     int64
 	eocd     bool // the decoded content ends like a zip
+	disk     bool // it has a disk image's identifier at 32 KiB
 
 	archDone bool
 	arch     *archive.Listing
@@ -409,8 +410,10 @@ type unreadableError struct{ p archive.Problem }
 func (e *unreadableError) Error() string { return e.p.String() }
 
 // archive applies archive_filenames and encrypted_archives (to the
-// members listed, when some container could not be read: a member that
-// matches decides; else on_unreadable_archive does).
+// members listed, when some container could not be read or lay beyond
+// archive_depth: a member that matches decides; else on_archive_limit does
+// for the containers too deep, then on_unreadable_archive for those that
+// could not be read).
 func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 	a, err := ev.archiveOf(pi)
 	var ae *archive.LimitError
@@ -437,6 +440,9 @@ func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 				return fmt.Sprintf("archive member %s matches %s", displayName(e.Path), g), true, nil
 			}
 		}
+	}
+	if de := a.DepthError(ev.f.alim); de != nil && ev.f.onArchive != ActionPass {
+		return "", false, de
 	}
 	if len(a.Unreadable) > 0 && ev.f.onUnreadable != ActionPass {
 		return "", false, &unreadableError{a.Unreadable[0]}
@@ -474,8 +480,8 @@ func (ev *evaluator) content(w io.Writer, pi *partInfo) (int64, error) {
 	return int64(n) + m, err
 }
 
-// sizeOf decodes the part once to learn its size and whether it ends like a
-// zip archive.
+// sizeOf decodes the part once to learn its size, whether it ends like a
+// zip archive and whether it has a disk image's volume identifier.
 func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	if pi.sizeDone {
 		return pi.size, nil
@@ -489,6 +495,13 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 			return 0, err
 		}
 		pi.eocd = bytes.Contains(tail, []byte("PK\x05\x06"))
+		var id [5]byte
+		if pi.size >= archive.DiskIDOffset+int64(len(id)) {
+			if _, err := pi.r.ReadAt(id[:], p.BodyStart+archive.DiskIDOffset); err != nil && err != io.EOF {
+				return 0, err
+			}
+			pi.disk = archive.DiskID(id[:])
+		}
 		pi.sizeDone = true
 		return pi.size, nil
 	}
@@ -501,6 +514,7 @@ func (ev *evaluator) sizeOf(pi *partInfo) (int64, error) {
 	}
 	pi.size, pi.sizeDone = n, true
 	pi.eocd = bytes.Contains(tw.tail(), []byte("PK\x05\x06"))
+	pi.disk = tw.idLen == len(tw.id) && archive.DiskID(tw.id[:])
 	return pi.size, nil
 }
 
@@ -512,21 +526,22 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	}
 	pi.archDone = true
 	head := ev.headOf(pi)
-	// A disk image starts with a system area of zeros; its descriptors lie
-	// at 32 KiB, where List's sniffing reads them.
-	candidate := archive.Sniffed(head, pi.p.Filename) || (len(head) == archive.HeadLen && allZero(head))
+	// Text may hold uuencoded or BinHex files after any amount of prose,
+	// beyond the head: List's sniffing reads all of it.
+	candidate := archive.Sniffed(head, pi.p.Filename) || mayEmbed(head)
 	for _, n := range pi.names {
 		if archive.NameKind(n.norm) != "" {
 			candidate = true
 		}
 	}
 	if !candidate {
-		// Self-extracting or junk-prefixed zips: does it end like one?
+		// Self-extracting or junk-prefixed zips end like one; a disk
+		// image has its volume identifier at 32 KiB, whatever its head.
 		if _, err := ev.sizeOf(pi); err != nil {
 			pi.archErr = err
 			return nil, err
 		}
-		candidate = pi.eocd
+		candidate = pi.eocd || pi.disk
 	}
 	if !candidate {
 		return nil, nil
@@ -552,23 +567,22 @@ func (ev *evaluator) archiveOf(pi *partInfo) (*archive.Listing, error) {
 	return pi.arch, pi.archErr
 }
 
-func allZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
-
-// tailWriter counts what is written and keeps its last keep bytes.
+// tailWriter keeps the last keep bytes of what is written, and the bytes
+// at archive.DiskIDOffset.
 type tailWriter struct {
-	keep int
-	buf  []byte
+	keep  int
+	buf   []byte
+	off   int64 // bytes written so far
+	id    [5]byte
+	idLen int // bytes of id written
 }
 
 func (t *tailWriter) Write(p []byte) (int, error) {
 	n := len(p)
+	if at := archive.DiskIDOffset + int64(t.idLen); t.idLen < len(t.id) && at < t.off+int64(n) {
+		t.idLen += copy(t.id[t.idLen:], p[at-t.off:])
+	}
+	t.off += int64(n)
 	if len(p) >= t.keep {
 		t.buf = append(t.buf[:0], p[len(p)-t.keep:]...)
 		return n, nil

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // hqxEncode writes the 6-bit layer of BinHex for raw (already run-length
@@ -130,8 +132,8 @@ func TestBinHex(t *testing.T) {
 }
 
 func TestBinHexClamAV(t *testing.T) {
-	b := clamFile(t, "clam.exe.binhex")
-	exe := clamFile(t, "clam.exe")
+	b := archivetest.ClamFile(t, "clam.exe.binhex")
+	exe := archivetest.ClamFile(t, "clam.exe")
 	f := formatNamed(t, "binhex")
 	if !f.Sniff(b, bytes.NewReader(b), int64(len(b)), "") {
 		t.Fatal("not sniffed")
@@ -148,9 +150,7 @@ func TestBinHexClamAV(t *testing.T) {
 // TestBinHexTool decodes what macutils' binhex writes (its own marker
 // line, its run-length encoding).
 func TestBinHexTool(t *testing.T) {
-	if _, err := exec.LookPath("binhex"); err != nil {
-		t.Skip("binhex (macutils) not installed")
-	}
+	archivetest.NeedTool(t, "binhex")
 	content := append(append([]byte("MZ"), make([]byte, 600)...), bytes.Repeat([]byte{0x90}, 10)...)
 	dir := t.TempDir()
 	if err := os.WriteFile(dir+"/runs.exe", content, 0o600); err != nil {

@@ -36,8 +36,8 @@ func TestCompressed(t *testing.T) {
 		{"zstd", "zstd -q -19 a.tar -o a.tzst", "a.tzst", "", map[string][]byte{"a.tar": tarball}, []string{"(content)/bin/evil.exe"}, "zstd"},
 	} {
 		t.Run(tc.out, func(t *testing.T) {
-			needTool(t, tc.tool)
-			data := shell(t, tc.files, tc.script, tc.out)
+			archivetest.NeedTool(t, tc.tool)
+			data := archivetest.Shell(t, tc.files, tc.script, tc.out)
 			a, err := listNamed(t, data, tc.name, Limits{MaxDepth: 1})
 			if err != nil || len(a.Unreadable) != 0 || a.Entries[0].Format != tc.format {
 				t.Fatalf("%+v, %v", a, err)
@@ -79,7 +79,7 @@ func TestClamavTestfiles(t *testing.T) {
 		{"clam.exe.binhex", "clam.exe"},
 		{"clam.exe.mbox.uu", "clam.exe"},
 	} {
-		a, err := listNamed(t, clamFile(t, tc.file), tc.file, Limits{})
+		a, err := listNamed(t, archivetest.ClamFile(t, tc.file), tc.file, Limits{})
 		if err != nil || !hasPath(a, tc.want) || len(a.Unreadable) != 0 {
 			t.Errorf("%s: %+v, %v", tc.file, a, err)
 		}
@@ -106,7 +106,7 @@ func TestStreamBombs(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error
-			bounded(t, 30*time.Second, 8<<20+uint64(len(tc.data)), func() { _, err = listNamed(t, tc.data, "", tc.lim) })
+			archivetest.Bounded(t, 30*time.Second, 8<<20+uint64(len(tc.data)), func() { _, err = listNamed(t, tc.data, "", tc.lim) })
 			if !errors.As(err, &le) || le.Limit != tc.limit || !le.Bomb() {
 				t.Errorf("err %v, want the %s limit", err, tc.limit)
 			}
@@ -116,23 +116,23 @@ func TestStreamBombs(t *testing.T) {
 
 func gzipOf(t testing.TB, data []byte) []byte {
 	t.Helper()
-	return shell(t, map[string][]byte{"in": data}, "gzip -9 -n -c in > out", "out")
+	return archivetest.Shell(t, map[string][]byte{"in": data}, "gzip -9 -n -c in > out", "out")
 }
 
 // TestStreamWindows: a stream that declares a window (dictionary) over
 // maxWindow is unreadable before its decoder allocates it.
 func TestStreamWindows(t *testing.T) {
-	needTool(t, "xz")
-	needTool(t, "zstd")
+	archivetest.NeedTool(t, "xz")
+	archivetest.NeedTool(t, "zstd")
 	small := map[string][]byte{"a": []byte("hello")}
 	// A one-byte payload with a 1.5 GiB dictionary: xz writes what it is
 	// told (the dictionary of the header is not shrunk for raw filters).
-	xzBig := shell(t, small, "xz --lzma2=dict=1536MiB -c a > out", "out")
-	zstdBig := shell(t, small, "cat a | zstd -q --long=30 -c > out", "out")
+	xzBig := archivetest.Shell(t, small, "xz --lzma2=dict=1536MiB -c a > out", "out")
+	zstdBig := archivetest.Shell(t, small, "cat a | zstd -q --long=30 -c > out", "out")
 	for name, data := range map[string][]byte{"xz": xzBig, "zstd": zstdBig} {
 		var a *Listing
 		var err error
-		bounded(t, 20*time.Second, 32<<20, func() { a, err = listNamed(t, data, "a."+name, Limits{}) })
+		archivetest.Bounded(t, 20*time.Second, 32<<20, func() { a, err = listNamed(t, data, "a."+name, Limits{}) })
 		if err != nil || len(a.Unreadable) == 0 || a.Unreadable[0].Format != name {
 			t.Errorf("%s: %+v, %v", name, a, err)
 		}
@@ -147,7 +147,7 @@ func FuzzListCompressed(f *testing.F) {
 		if _, err := exec.LookPath(strings.Fields(script)[0]); err != nil {
 			continue
 		}
-		f.Add(shell(f, map[string][]byte{"in": tarball}, script+" > out", "out"))
+		f.Add(archivetest.Shell(f, map[string][]byte{"in": tarball}, script+" > out", "out"))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		a, err := List(context.Background(), bytes.NewReader(data), int64(len(data)), "f.tar.gz", fuzzLimits, nil)

@@ -6,15 +6,17 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // TestCpio lists archives GNU cpio writes in each of its formats.
 func TestCpio(t *testing.T) {
-	needTool(t, "cpio")
+	archivetest.NeedTool(t, "cpio")
 	files := map[string][]byte{"bin/evil.exe": []byte("MZ" + strings.Repeat("x", 3001)), "inner.zip": mkzip(t, "deep.js", "x")}
 	for _, format := range []string{"newc", "crc", "odc", "bin"} {
 		t.Run(format, func(t *testing.T) {
-			data := shell(t, files, "printf 'bin\\nbin/evil.exe\\ninner.zip\\n' | cpio --quiet -o -H "+format+" > out.cpio", "out.cpio")
+			data := archivetest.Shell(t, files, "printf 'bin\\nbin/evil.exe\\ninner.zip\\n' | cpio --quiet -o -H "+format+" > out.cpio", "out.cpio")
 			a, err := listNamed(t, data, "", Limits{})
 			if err != nil || len(a.Unreadable) != 0 || !hasPath(a, "bin/evil.exe") || !hasPath(a, "inner.zip/deep.js") || !a.Entries[0].Dir {
 				t.Fatalf("%+v, %v", a, err)
@@ -38,7 +40,7 @@ func TestCpio(t *testing.T) {
 func FuzzListCpio(f *testing.F) {
 	if _, err := exec.LookPath("cpio"); err == nil {
 		for _, format := range []string{"newc", "odc", "bin"} {
-			f.Add(shell(f, map[string][]byte{"a.exe": []byte("MZ"), "in.cpio": []byte("070707")}, "printf 'a.exe\\nin.cpio\\n' | cpio --quiet -o -H "+format+" > out", "out"))
+			f.Add(archivetest.Shell(f, map[string][]byte{"a.exe": []byte("MZ"), "in.cpio": []byte("070707")}, "printf 'a.exe\\nin.cpio\\n' | cpio --quiet -o -H "+format+" > out", "out"))
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {

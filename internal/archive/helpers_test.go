@@ -3,70 +3,13 @@ package archive
 import (
 	"bytes"
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
-	"time"
 )
 
-// needTool returns the path of a command-line tool the test builds its
-// fixtures with; without it the test is skipped, or fails when
-// POPGATE_REQUIRE_INTEGRATION=1 (the test environment has them all).
-func needTool(t testing.TB, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("POPGATE_REQUIRE_INTEGRATION") == "1" {
-			t.Fatalf("%s not installed", name)
-		}
-		t.Skipf("%s not installed", name)
-	}
-	return p
-}
-
-// clamFile reads one of Debian's clamav-testfiles (each holds ClamAV's
-// harmless test signature file clam.exe).
-func clamFile(t testing.TB, name string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("/usr/share/clamav-testfiles", name))
-	if err != nil {
-		if os.Getenv("POPGATE_REQUIRE_INTEGRATION") == "1" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	return b
-}
-
-// shell runs script with sh in a fresh directory holding files, and
-// returns the content of out there.
-func shell(t testing.TB, files map[string][]byte, script, out string) []byte {
-	t.Helper()
-	needTool(t, "sh")
-	dir := t.TempDir()
-	for name, data := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command("sh", "-e", "-c", script)
-	cmd.Dir = dir
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v\n%s", script, err, b)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, out))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+// The tools and ClamAV test files the tests build with are reached
+// through archivetest (NeedTool, ClamFile, Shell, Bounded), which the strip
+// filter's tests share.
 
 func listNamed(t testing.TB, data []byte, name string, lim Limits) (*Listing, error) {
 	t.Helper()
@@ -75,24 +18,4 @@ func listNamed(t testing.TB, data []byte, name string, lim Limits) (*Listing, er
 
 func hasPath(a *Listing, p string) bool {
 	return slices.ContainsFunc(a.Entries, func(e Entry) bool { return e.Path == p })
-}
-
-// bounded runs f and fails the test when it takes longer than d or
-// allocates more than maxAlloc bytes in all.
-func bounded(t *testing.T, d time.Duration, maxAlloc uint64, f func()) {
-	t.Helper()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	start := time.Now()
-	f()
-	took := time.Since(start)
-	runtime.ReadMemStats(&after)
-	alloc := after.TotalAlloc - before.TotalAlloc
-	t.Logf("%v, %.1f MB allocated", took, float64(alloc)/1e6)
-	if took > d {
-		t.Errorf("took %v, over %v", took, d)
-	}
-	if alloc > maxAlloc {
-		t.Errorf("allocated %d bytes, over %d", alloc, maxAlloc)
-	}
 }

@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // diskTree writes the files the disk image tests put on their images.
@@ -33,9 +35,7 @@ func diskTree(t testing.TB) string {
 // genisoimage makes an image of diskTree's files with the given options.
 func genisoimage(t testing.TB, opts ...string) []byte {
 	t.Helper()
-	if _, err := exec.LookPath("genisoimage"); err != nil {
-		t.Skip("genisoimage not installed")
-	}
+	archivetest.NeedTool(t, "genisoimage")
 	dir := diskTree(t)
 	out := filepath.Join(dir, "x.iso")
 	args := append(append([]string{"-quiet"}, opts...), "-o", out, filepath.Join(dir, "src"))

@@ -122,17 +122,34 @@ type Listing struct {
 	// like a container of no kind List reads. Their members are unknown,
 	// which is not the same as having none.
 	Unreadable []Problem
-	// Skipped are the paths of containers not looked into: beyond
-	// MaxDepth, and members whose content their format cannot extract.
+	// Skipped are the paths of members whose content their format cannot
+	// extract (a compression method it does not implement): whether they
+	// are containers is unknown.
 	Skipped []string
+	// Deep are the paths of containers not looked into because they lie
+	// beyond MaxDepth (or end a chain of compressed streams twice as
+	// long): their members are unknown, which is a limit reached, not "no
+	// members".
+	Deep []string
 }
 
 // LimitError is returned when a container exceeds Limits.
 type LimitError struct {
-	Limit string // "entries", "size" or "ratio"
+	Limit string // "entries", "size", "ratio" or "depth"
 	Max   int64
 	Path  string // the member (or nested container) where the cap was hit
 	Value int64  // the offending value (entries, bytes, ratio)
+}
+
+// DepthError is the limit reached when containers lay beyond lim.MaxDepth
+// (nil when none did). List records them in Deep and goes on listing, so
+// that a member that matches a rule still decides; the caller then treats
+// the containers it could not look into as a limit reached.
+func (a *Listing) DepthError(lim Limits) *LimitError {
+	if len(a.Deep) == 0 {
+		return nil
+	}
+	return &LimitError{Limit: "depth", Max: int64(lim.WithDefaults().MaxDepth), Path: a.Deep[0], Value: int64(len(a.Deep))}
 }
 
 // Bomb reports whether the error is about a decompression bomb (size or
@@ -144,9 +161,11 @@ func (e *LimitError) Error() string {
 	case "entries":
 		return fmt.Sprintf("archive has more than %d entries", e.Max)
 	case "size":
-		return fmt.Sprintf("zip bomb: more than %s uncompressed (at %s)", humanSize(e.Max), e.Path)
+		return fmt.Sprintf("decompression bomb: more than %s uncompressed (at %s)", humanSize(e.Max), e.Path)
 	case "ratio":
-		return fmt.Sprintf("zip bomb: %s compressed %d:1, over the %d:1 limit", e.Path, e.Value, e.Max)
+		return fmt.Sprintf("decompression bomb: %s compressed %d:1, over the %d:1 limit", e.Path, e.Value, e.Max)
+	case "depth":
+		return fmt.Sprintf("archive nested more than %d levels deep (at %s)", e.Max, e.Path)
 	}
 	return fmt.Sprintf("archive %s limit %d exceeded at %s", e.Limit, e.Max, e.Path)
 }
@@ -209,6 +228,22 @@ func Sniffed(head []byte, name string) bool {
 	return NameKind(name) != "" || sniffAny(head, bytes.NewReader(head), int64(len(head)), name)
 }
 
+// DiskIDOffset is where a disk image (ISO 9660, UDF) has the identifier
+// of its first volume structure, whatever its system area, the 32 KiB
+// before it, holds: zeros, the boot record of a hybrid image, anything.
+const DiskIDOffset = 16*2048 + 1
+
+// DiskID reports whether id, the 5 bytes at DiskIDOffset, may be a disk
+// image's: ISO 9660's CD001, or the start of UDF's Volume Recognition
+// Sequence.
+func DiskID(id []byte) bool {
+	switch string(id) {
+	case "CD001", "BEA01", "NSR02", "NSR03":
+		return true
+	}
+	return false
+}
+
 func sniffAny(head []byte, r io.ReaderAt, size int64, name string) bool {
 	for _, f := range formats {
 		if f.Sniff(head, r, size, name) {
@@ -235,7 +270,8 @@ func sniffAny(head []byte, r io.ReaderAt, size int64, name string) bool {
 // content is of no registered kind and its name claims none, and an error
 // of spool's. A container that is corrupt, of an unsupported variant or
 // encrypted is no error: it is in Listing.Unreadable (or sets
-// Listing.Encrypted).
+// Listing.Encrypted); nor is a container beyond lim.MaxDepth: it is in
+// Listing.Deep, and the rest is listed.
 func List(ctx context.Context, r io.ReaderAt, size int64, name string, lim Limits, spool *filters.Spool) (*Listing, error) {
 	l := &lister{ctx: ctx, lim: lim.WithDefaults(), spool: spool, out: &Listing{}}
 	found, err := l.container(r, size, name, "", 0, 0)
@@ -447,7 +483,7 @@ func (l *lister) look(f *Format, m *Member, cpath string, i, level, nest int) er
 	if candidate && (childLevel >= l.lim.MaxDepth || childNest >= 2*l.lim.MaxDepth) {
 		// A chain of compressed streams adds no level, but no more than
 		// the levels themselves could: a gzip quine must end somewhere.
-		l.out.Skipped = append(l.out.Skipped, path)
+		l.out.Deep = append(l.out.Deep, path)
 		candidate = false
 	}
 	if !candidate {

@@ -8,12 +8,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // TestNestingAcrossKinds: zip in tar.gz in zip in tar: one depth counter
-// over all kinds, compressed streams adding none; beyond it, Skipped.
+// over all kinds, compressed streams adding none; beyond it, Deep.
 func TestNestingAcrossKinds(t *testing.T) {
-	needTool(t, "gzip")
+	archivetest.NeedTool(t, "gzip")
 	z1 := mkzip(t, "evil.exe", "MZ")
 	tgz := gzipOf(t, mktar(t, tar.FormatUSTAR, "z1.zip", string(z1)))
 	z2 := mkzip(t, "b.tgz", string(tgz))
@@ -29,8 +31,8 @@ func TestNestingAcrossKinds(t *testing.T) {
 		}
 	}
 	a, err = listNamed(t, top, "top.tar", Limits{MaxDepth: 3})
-	if err != nil || hasPath(a, want) || !slices.Equal(a.Skipped, []string{"z2.zip/b.tgz/b.tar/z1.zip"}) {
-		t.Errorf("depth 3: %q skipped %q, %v", paths(a), a.Skipped, err)
+	if err != nil || hasPath(a, want) || !slices.Equal(a.Deep, []string{"z2.zip/b.tgz/b.tar/z1.zip"}) {
+		t.Errorf("depth 3: %q too deep %q, %v", paths(a), a.Deep, err)
 	}
 }
 
@@ -42,8 +44,8 @@ func TestStreamChain(t *testing.T) {
 		data = gzipOf(t, data)
 	}
 	a, err := listNamed(t, data, "a.gz", Limits{MaxDepth: 2})
-	if err != nil || len(a.Skipped) != 1 || len(a.Entries) != 4 {
-		t.Errorf("%q skipped %q, %v", paths(a), a.Skipped, err)
+	if err != nil || len(a.Deep) != 1 || len(a.Entries) != 4 {
+		t.Errorf("%q too deep %q, %v", paths(a), a.Deep, err)
 	}
 }
 
@@ -93,9 +95,9 @@ func TestNameKind(t *testing.T) {
 // level less it is skipped, not missed silently.
 func TestNestingPackedAndDiskKinds(t *testing.T) {
 	for _, tool := range []string{"genisoimage", "7z", "gcab", "tar", "gzip"} {
-		needTool(t, tool)
+		archivetest.NeedTool(t, tool)
 	}
-	out := shell(t, map[string][]byte{"d/setup.exe": []byte("MZ not really")},
+	out := archivetest.Shell(t, map[string][]byte{"d/setup.exe": []byte("MZ not really")},
 		`genisoimage -quiet -J -o disk.img d
 		7z a -bd -bso0 inner.7z disk.img
 		gcab -c -z pack.cab inner.7z
@@ -106,7 +108,7 @@ func TestNestingPackedAndDiskKinds(t *testing.T) {
 		t.Fatalf("%q unreadable %v, %v", paths(a), a.Unreadable, err)
 	}
 	a, err = listNamed(t, out, "out.tgz", Limits{MaxDepth: 3})
-	if err != nil || hasPath(a, want) || !slices.Equal(a.Skipped, []string{"out.tar/pack.cab/inner.7z/disk.img"}) {
-		t.Errorf("depth 3: %q skipped %q, %v", paths(a), a.Skipped, err)
+	if err != nil || hasPath(a, want) || !slices.Equal(a.Deep, []string{"out.tar/pack.cab/inner.7z/disk.img"}) {
+		t.Errorf("depth 3: %q too deep %q, %v", paths(a), a.Deep, err)
 	}
 }

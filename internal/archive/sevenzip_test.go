@@ -11,12 +11,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // tool runs an archiver of the test environment in dir (see needTool).
 func tool(t testing.TB, dir, name string, args ...string) {
 	t.Helper()
-	cmd := exec.Command(needTool(t, name), args...)
+	cmd := exec.Command(archivetest.NeedTool(t, name), args...)
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // mktar builds a tar with Go's writer: name, content pairs.
@@ -32,7 +34,7 @@ func mktar(t testing.TB, format tar.Format, files ...string) []byte {
 }
 
 func TestTar(t *testing.T) {
-	needTool(t, "tar")
+	archivetest.NeedTool(t, "tar")
 	long := strings.Repeat("d", 120) + "/" + strings.Repeat("e", 120) + ".exe"
 	files := map[string][]byte{"bin/evil.exe": []byte("MZ"), "readme.txt": []byte("hi"), long: []byte("MZ")}
 	for _, format := range []string{"ustar", "pax", "gnu", "v7", "oldgnu"} {
@@ -41,7 +43,7 @@ func TestTar(t *testing.T) {
 			if format != "ustar" && format != "v7" {
 				names += " " + long
 			}
-			data := shell(t, files, "tar --format="+format+" -cf out.tar "+names, "out.tar")
+			data := archivetest.Shell(t, files, "tar --format="+format+" -cf out.tar "+names, "out.tar")
 			a, err := listNamed(t, data, "x.tar", Limits{})
 			if err != nil || !hasPath(a, "bin/evil.exe") || len(a.Unreadable) != 0 || a.Entries[0].Format != "tar" {
 				t.Fatalf("%+v, %v", a, err)
@@ -76,7 +78,7 @@ func TestTarManyMembers(t *testing.T) {
 	hdr := mktar(t, tar.FormatUSTAR, "empty", "")[:tarBlock]
 	data := append(bytes.Repeat(hdr, 100000), make([]byte, 2*tarBlock)...)
 	var err error
-	bounded(t, 20*time.Second, 64<<20, func() { _, err = listNamed(t, data, "many.tar", Limits{}) })
+	archivetest.Bounded(t, 20*time.Second, 64<<20, func() { _, err = listNamed(t, data, "many.tar", Limits{}) })
 	var le *LimitError
 	if !errors.As(err, &le) || le.Limit != "entries" || le.Bomb() {
 		t.Errorf("err %v, want the entries limit", err)

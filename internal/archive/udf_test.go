@@ -8,23 +8,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
-)
 
-// udfOnly turns a UDF bridge image (genisoimage -udf) into a UDF-only one:
-// its Volume Recognition Sequence (BEA01, NSR02, TEA01 after the two ISO
-// 9660 descriptors) moves to sector 16, so no CD001 is left. Files cannot
-// be put on a mkudffs image without mounting it; this is the UDF-only image
-// with files the tests have.
-func udfOnly(t testing.TB, bridge []byte) []byte {
-	t.Helper()
-	img := bytes.Clone(bridge)
-	if string(img[18*2048+1:18*2048+6]) != "BEA01" {
-		t.Fatalf("unexpected bridge layout: %q", img[18*2048+1:18*2048+6])
-	}
-	copy(img[16*2048:], bridge[18*2048:21*2048])
-	clear(img[19*2048 : 21*2048])
-	return img
-}
+	"github.com/popgate/popgate/internal/archive/archivetest"
+)
 
 // udfFind returns the offsets of the descriptors with tag id in img
 // (2048-byte sectors).
@@ -65,7 +51,7 @@ func udfRetag(d []byte) {
 func TestUDF(t *testing.T) {
 	bridge := genisoimage(t, "-udf")
 	f := formatNamed(t, "udf")
-	for name, img := range map[string][]byte{"bridge": bridge, "UDF only": udfOnly(t, bridge)} {
+	for name, img := range map[string][]byte{"bridge": bridge, "UDF only": archivetest.UDFOnly(t, bridge)} {
 		t.Run(name, func(t *testing.T) {
 			if !f.Sniff(make([]byte, HeadLen), bytes.NewReader(img), int64(len(img)), "innocent.pdf") {
 				t.Fatal("not sniffed")
@@ -93,9 +79,7 @@ func TestUDF(t *testing.T) {
 // TestUDFMkudffs reads the empty file system mkudffs makes (UDF 2.01,
 // 512-byte blocks): no members, no error.
 func TestUDFMkudffs(t *testing.T) {
-	if _, err := exec.LookPath("mkudffs"); err != nil {
-		t.Skip("mkudffs not installed")
-	}
+	archivetest.NeedTool(t, "mkudffs")
 	p := filepath.Join(t.TempDir(), "x.img")
 	if err := os.WriteFile(p, make([]byte, 200<<10), 0o600); err != nil {
 		t.Fatal(err)

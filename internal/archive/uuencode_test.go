@@ -7,15 +7,15 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/popgate/popgate/internal/archive/archivetest"
 )
 
 // uuencodeTool runs sharutils' uuencode on content, skipping the test
 // when it is not installed.
 func uuencodeTool(t testing.TB, name string, content []byte) string {
 	t.Helper()
-	if _, err := exec.LookPath("uuencode"); err != nil {
-		t.Skip("uuencode not installed")
-	}
+	archivetest.NeedTool(t, "uuencode")
 	cmd := exec.Command("uuencode", name)
 	cmd.Stdin = bytes.NewReader(content)
 	out, err := cmd.Output()
@@ -72,8 +72,8 @@ func TestUUEncode(t *testing.T) {
 }
 
 func TestUUEncodeClamAV(t *testing.T) {
-	b := clamFile(t, "clam.exe.mbox.uu")
-	exe := clamFile(t, "clam.exe")
+	b := archivetest.ClamFile(t, "clam.exe.mbox.uu")
+	exe := archivetest.ClamFile(t, "clam.exe")
 	f := formatNamed(t, "uuencode")
 	if !f.Sniff(b, bytes.NewReader(b), int64(len(b)), "") || !f.Attachments {
 		t.Fatal("not sniffed")

@@ -90,8 +90,8 @@ func TestListZip(t *testing.T) {
 	}
 	// archive_depth 1: the archive itself only; the inner zip is skipped.
 	a, err = list(t, readZip(t, "nested.zip"), Limits{MaxDepth: 1})
-	if err != nil || len(a.Entries) != 2 || !slices.Equal(a.Skipped, []string{"docs/more.zip"}) {
-		t.Errorf("depth 1: %q skipped %q, %v", paths(a), a.Skipped, err)
+	if err != nil || len(a.Entries) != 2 || !slices.Equal(a.Deep, []string{"docs/more.zip"}) {
+		t.Errorf("depth 1: %q too deep %q, %v", paths(a), a.Deep, err)
 	}
 
 	a, err = list(t, readZip(t, "encrypted.zip"), Limits{})
@@ -112,8 +112,8 @@ func TestListZipNested4(t *testing.T) {
 	// Default depth 3: level4.zip, level3.zip, level2.zip are listed; the
 	// zip inside level2.zip is not.
 	want := []string{"level4.zip", "level4.zip/level3.zip", "level4.zip/level3.zip/level2.zip"}
-	if got := paths(a); !slices.Equal(got, want) || !slices.Equal(a.Skipped, []string{"level4.zip/level3.zip/level2.zip"}) {
-		t.Errorf("entries %q skipped %q", got, a.Skipped)
+	if got := paths(a); !slices.Equal(got, want) || !slices.Equal(a.Deep, []string{"level4.zip/level3.zip/level2.zip"}) {
+		t.Errorf("entries %q too deep %q", got, a.Deep)
 	}
 	a, _ = list(t, z, Limits{MaxDepth: 5})
 	if got := paths(a); len(got) != 5 || got[4] != "level4.zip/level3.zip/level2.zip/level1.zip/evil.exe" {
