@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -160,7 +161,7 @@ func (s *session) loginResult(ok bool) {
 		return
 	}
 	s.obs.Login(LoginFailed)
-	for _, scope := range a.Failed() {
+	for _, scope := range a.Failed(context.WithoutCancel(s.ctx)) {
 		s.obs.Lockout(scope)
 		ev := s.log.Warn().Str("scope", scope).Dur("lockout", s.cfg.LoginThrottle.Lockout)
 		if scope == throttle.ScopeName {

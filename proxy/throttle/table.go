@@ -51,30 +51,45 @@ func (t *table) get(key string, now time.Time) *entry {
 	return e
 }
 
-func (t *table) attempt(_ context.Context, cs []counter, window, lockout time.Duration) (outcome, error) {
+func (t *table) check(_ context.Context, cs []counter) (outcome, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	now := t.now()
+	out := outcome{locked: -1, failed: make([]int, len(cs))}
 	for i, c := range cs {
-		if e := t.get(c.key, now); e != nil && e.count >= c.limit {
+		e := t.get(c.key, now)
+		if e == nil {
+			continue
+		}
+		if e.locked {
 			return outcome{locked: i, retry: e.expires.Sub(now)}, nil
 		}
+		out.failed[i] = e.count
 	}
-	out := outcome{locked: -1, before: make([]int, len(cs))}
+	return out, nil
+}
+
+func (t *table) fail(_ context.Context, cs []counter, window, lockout time.Duration) ([]int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	var locked []int
 	for i, c := range cs {
 		e := t.get(c.key, now)
 		if e == nil {
 			e = &entry{key: c.key, expires: now.Add(window)}
 			t.insert(e)
 		}
-		out.before[i] = e.count
-		e.count++
-		if e.count >= c.limit {
+		if e.locked {
+			continue // a failure in flight when the lock came: no longer lock
+		}
+		if e.count++; e.count >= c.limit {
 			e.locked = true
 			e.expires = now.Add(lockout)
+			locked = append(locked, i)
 		}
 	}
-	return out, nil
+	return locked, nil
 }
 
 func (t *table) insert(e *entry) {

@@ -3,13 +3,17 @@
 // refused without reaching the server (docs/SECURITY.md, "Password
 // guessing").
 //
-// Every attempt is counted when it is made, before the server answers (a
-// reservation): a guesser running many connections at once cannot have
-// more attempts in flight than the limit allows. A success deletes the
-// counts of its address and name; a failure leaves them. A key's count
-// lives for Window from its first attempt; the attempt that reaches a
-// limit locks the key for Lockout from then, and attempts on a locked key
-// are refused and not counted (so refusals never extend a lock).
+// Failures are counted when the server answers. An attempt is only
+// checked against the locks on its way in: counting attempts in flight
+// would refuse the legitimate logins of a busy address (an office behind
+// one NAT address logging in at nine) once more of them are in flight
+// than the limit. A guesser running many connections at once can so have
+// at most as many attempts in flight as the listener's per-address
+// connection limit beyond the limit. A success deletes the counts of its
+// address and name. A key's count lives for Window from its first
+// failure; the failure that reaches a limit locks the key for Lockout
+// from then, and attempts on a locked key are refused and not counted (so
+// refusals never extend a lock).
 //
 // The counts live in a bounded table in memory, or, when the Throttle has
 // a Shared store (redis, shared by instances), there; a Shared store that
@@ -135,16 +139,21 @@ type counter struct {
 	limit int
 }
 
-// outcome is a store's answer to an attempt.
+// outcome is a store's answer to an attempt's check.
 type outcome struct {
 	locked int           // index of the locked counter, -1 when allowed
 	retry  time.Duration // how long the lock still holds
-	before []int         // each counter's count before this attempt
+	failed []int         // each counter's failures so far
 }
 
 // store is where counts live: the local table or a Shared store.
 type store interface {
-	attempt(ctx context.Context, cs []counter, window, lockout time.Duration) (outcome, error)
+	// check says whether one of the counters is locked, and else how
+	// often each failed.
+	check(ctx context.Context, cs []counter) (outcome, error)
+	// fail counts a failure on every counter and returns the indexes of
+	// those it locked (that reached their limit with it).
+	fail(ctx context.Context, cs []counter, window, lockout time.Duration) ([]int, error)
 	reset(ctx context.Context, keys []string) error
 }
 
@@ -160,13 +169,13 @@ type Attempt struct {
 	// Name is NameHash of the login name, for logs ("" when not counted).
 	Name string
 
-	t     *Throttle
-	st    store
-	cs    []counter
-	locks []string // scopes a failure of this attempt locks
+	t               *Throttle
+	st              store
+	cs              []counter
+	window, lockout time.Duration
 }
 
-// Attempt counts a login attempt of name from addr on the server
+// Attempt checks a login attempt of name from addr on the server
 // upstream (names are per server: two servers' "alice" are two people).
 // name may be empty when the mechanism does not reveal it; lim nil means
 // no throttling.
@@ -185,35 +194,32 @@ func (t *Throttle) Attempt(ctx context.Context, lim *Limits, addr netip.Addr, up
 	if len(a.cs) == 0 {
 		return a
 	}
-	out, st := t.attempt(ctx, a.cs, lim.Window, lim.Lockout)
-	a.st = st
+	out, st := t.check(ctx, a.cs)
+	a.st, a.window, a.lockout = st, lim.Window, lim.Lockout
 	if out.locked >= 0 {
 		a.Locked, a.Retry = a.cs[out.locked].scope, out.retry
-		a.cs = nil // nothing was counted
+		a.cs = nil // a refusal counts nowhere
 		return a
 	}
-	for i, c := range a.cs {
-		a.Delay = max(a.Delay, lim.delay(out.before[i]))
-		if out.before[i]+1 >= c.limit {
-			a.locks = append(a.locks, c.scope)
-		}
+	for i := range a.cs {
+		a.Delay = max(a.Delay, lim.delay(out.failed[i]))
 	}
 	return a
 }
 
-// attempt asks the shared store, or the local table when there is none or
+// check asks the shared store, or the local table when there is none or
 // it fails.
-func (t *Throttle) attempt(ctx context.Context, cs []counter, window, lockout time.Duration) (outcome, store) {
+func (t *Throttle) check(ctx context.Context, cs []counter) (outcome, store) {
 	if t.shared != nil {
 		ctx, cancel := context.WithTimeout(ctx, t.o.Timeout)
-		out, err := t.shared.attempt(ctx, cs, window, lockout)
+		out, err := t.shared.check(ctx, cs)
 		cancel()
 		t.sharedResult(err)
 		if err == nil {
 			return out, t.shared
 		}
 	}
-	out, _ := t.local.attempt(ctx, cs, window, lockout)
+	out, _ := t.local.check(ctx, cs)
 	return out, t.local
 }
 
@@ -248,11 +254,26 @@ func (a *Attempt) Succeeded(ctx context.Context) {
 }
 
 // Failed records that the attempt failed; it returns the scopes this
-// failure locked (at most once per attempt).
-func (a *Attempt) Failed() []string {
-	locks := a.locks
-	a.locks, a.cs = nil, nil
-	return locks
+// failure locked (a lock is reported by the one failure that set it).
+// When the shared store fails, the failure is counted locally.
+func (a *Attempt) Failed(ctx context.Context) []string {
+	cs := a.cs
+	a.cs = nil
+	if len(cs) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.t.o.Timeout)
+	defer cancel()
+	locked, err := a.st.fail(ctx, cs, a.window, a.lockout)
+	if err != nil {
+		a.t.sharedResult(err)
+		locked, _ = a.t.local.fail(ctx, cs, a.window, a.lockout)
+	}
+	var scopes []string
+	for _, i := range locked {
+		scopes = append(scopes, cs[i].scope)
+	}
+	return scopes
 }
 
 // addressKey is the key of a client address: IPv6 clients by their /64,
