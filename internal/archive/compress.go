@@ -79,10 +79,13 @@ func walkGzip(_ context.Context, r io.ReaderAt, size int64, name string, fn func
 }
 
 // stream is the Walk of a compressed stream whose decoder open makes.
-func stream(suffixes [][2]string, open func(io.ReaderAt, int64) (io.ReadCloser, error)) func(context.Context, io.ReaderAt, int64, string, func(*Member) error) error {
-	return func(_ context.Context, r io.ReaderAt, size int64, name string, fn func(*Member) error) error {
+func stream(suffixes [][2]string, open func(context.Context, io.ReaderAt, int64) (io.ReadCloser, error)) func(context.Context, io.ReaderAt, int64, string, func(*Member) error) error {
+	return func(ctx context.Context, r io.ReaderAt, size int64, name string, fn func(*Member) error) error {
 		return fn(&Member{Name: memberName(name, suffixes), Size: -1, CompressedSize: size, Open: func() (io.ReadCloser, error) {
-			rc, err := open(r, size)
+			rc, err := open(ctx, r, size)
+			if errors.Is(err, ErrUnsupported) {
+				return nil, err
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 			}
@@ -101,14 +104,19 @@ func sniffBzip2(head []byte, _ io.ReaderAt, _ int64, _ string) bool {
 	return b == "1AY&SY" || b == "\x17\x72\x45\x38\x50\x90"
 }
 
-func openBzip2(r io.ReaderAt, size int64) (io.ReadCloser, error) {
+func openBzip2(_ context.Context, r io.ReaderAt, size int64) (io.ReadCloser, error) {
 	return io.NopCloser(bzip2.NewReader(io.NewSectionReader(r, 0, size))), nil
 }
 
-func openXz(r io.ReaderAt, size int64) (io.ReadCloser, error) {
+func openXz(ctx context.Context, r io.ReaderAt, size int64) (io.ReadCloser, error) {
 	// The xz decoder allocates whatever dictionary a block declares, up to
-	// 4 GiB: check every block header first.
-	if err := checkXzDicts(r, size, maxWindow); err != nil {
+	// 4 GiB, however little the stream holds: check every block header
+	// first, and charge the largest to the listing's decoder budget.
+	dict, err := checkXzDicts(r, size, maxWindow)
+	if err != nil {
+		return nil, err
+	}
+	if err := chargeDecoder(ctx, dict); err != nil {
 		return nil, err
 	}
 	zr, err := xz.NewReader(io.NewSectionReader(r, 0, size))
@@ -118,7 +126,7 @@ func openXz(r io.ReaderAt, size int64) (io.ReadCloser, error) {
 	return io.NopCloser(zr), nil
 }
 
-func openZstd(r io.ReaderAt, size int64) (io.ReadCloser, error) {
+func openZstd(_ context.Context, r io.ReaderAt, size int64) (io.ReadCloser, error) {
 	d, err := zstd.NewReader(io.NewSectionReader(r, 0, size), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true),
 		zstd.WithDecoderMaxWindow(maxWindow), zstd.WithDecoderMaxMemory(maxWindow))
 	if err != nil {
@@ -132,7 +140,7 @@ func openZstd(r io.ReaderAt, size int64) (io.ReadCloser, error) {
 // its data is), indexes, footers, padding — without decoding anything, and
 // fails when a block's LZMA2 filter declares a dictionary over maxDict: the
 // blocks are found exactly where the decoder will look for them.
-func checkXzDicts(r io.ReaderAt, size int64, maxDict int64) error {
+func checkXzDicts(r io.ReaderAt, size int64, maxDict int64) (largest int64, err error) {
 	br := bufio.NewReaderSize(io.NewSectionReader(r, 0, size), 4096)
 	var pos int64
 	bad := func(what string) error { return fmt.Errorf("xz: %s at offset %d", what, pos) }
@@ -175,18 +183,18 @@ func checkXzDicts(r io.ReaderAt, size int64, maxDict int64) error {
 			b, err := br.Peek(1)
 			if err == nil && b[0] == 0 {
 				if err := skip(4); err != nil {
-					return err
+					return 0, err
 				}
 				continue
 			}
 		}
 		var hdr [12]byte
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			return bad("truncated stream header")
+			return 0, bad("truncated stream header")
 		}
 		pos += 12
 		if string(hdr[:6]) != "\xfd7zXZ\x00" || hdr[6] != 0 || hdr[7] > 15 {
-			return bad("bad stream header")
+			return 0, bad("bad stream header")
 		}
 		checkSize := int64(0)
 		if c := hdr[7]; c > 0 {
@@ -196,37 +204,39 @@ func checkXzDicts(r io.ReaderAt, size int64, maxDict int64) error {
 		for {
 			hs, err := readByte()
 			if err != nil {
-				return err
+				return 0, err
 			}
 			if hs == 0 { // the index
 				n, err := varint()
 				if err != nil {
-					return err
+					return 0, err
 				}
 				for range 2 * min(n, uint64(size)) {
 					if _, err := varint(); err != nil {
-						return err
+						return 0, err
 					}
 				}
 				if err := skip((4-(pos-start)%4)%4 + 4 + 12); err != nil { // padding, CRC32, footer
-					return err
+					return 0, err
 				}
 				break
 			}
 			blockStart := pos - 1
 			h := make([]byte, (int(hs)+1)*4-1) // the size byte is part of it
 			if _, err := io.ReadFull(br, h); err != nil {
-				return bad("truncated block header")
+				return 0, bad("truncated block header")
 			}
 			pos += int64(len(h))
-			if err := checkXzBlockHeader(h, maxDict); err != nil {
-				return bad(err.Error())
+			dict, err := checkXzBlockHeader(h, maxDict)
+			if err != nil {
+				return 0, bad(err.Error())
 			}
+			largest = max(largest, dict)
 			// LZMA2 chunks, up to the end marker.
 			for {
 				c, err := readByte()
 				if err != nil {
-					return err
+					return 0, err
 				}
 				if c == 0 {
 					break
@@ -235,13 +245,13 @@ func checkXzDicts(r io.ReaderAt, size int64, maxDict int64) error {
 				switch {
 				case c == 1 || c == 2:
 					if _, err := io.ReadFull(br, sz[:2]); err != nil {
-						return bad("truncated chunk")
+						return 0, bad("truncated chunk")
 					}
 					pos += 2
 					err = skip(int64(sz[0])<<8 | int64(sz[1]) + 1)
 				case c >= 0x80:
 					if _, err := io.ReadFull(br, sz[:4]); err != nil {
-						return bad("truncated chunk")
+						return 0, bad("truncated chunk")
 					}
 					pos += 4
 					n := int64(sz[2])<<8 | int64(sz[3]) + 1
@@ -250,26 +260,26 @@ func checkXzDicts(r io.ReaderAt, size int64, maxDict int64) error {
 					}
 					err = skip(n)
 				default:
-					return bad("bad LZMA2 chunk")
+					return 0, bad("bad LZMA2 chunk")
 				}
 				if err != nil {
-					return err
+					return 0, err
 				}
 			}
 			if err := skip((4-(pos-blockStart)%4)%4 + checkSize); err != nil {
-				return err
+				return 0, err
 			}
 		}
 	}
-	return nil
+	return largest, nil
 }
 
 // checkXzBlockHeader checks the filters of a block header (h, its size
 // byte excluded): the last must be LZMA2, with a dictionary of at most
 // maxDict bytes.
-func checkXzBlockHeader(h []byte, maxDict int64) error {
+func checkXzBlockHeader(h []byte, maxDict int64) (dict int64, err error) {
 	if len(h) < 2 {
-		return errors.New("bad block header")
+		return 0, errors.New("bad block header")
 	}
 	flags := h[0]
 	p := 1
@@ -288,7 +298,7 @@ func checkXzBlockHeader(h []byte, maxDict int64) error {
 	for _, bit := range []byte{0x40, 0x80} { // compressed, uncompressed size
 		if flags&bit != 0 {
 			if _, ok := varint(); !ok {
-				return errors.New("bad block header")
+				return 0, errors.New("bad block header")
 			}
 		}
 	}
@@ -296,29 +306,29 @@ func checkXzBlockHeader(h []byte, maxDict int64) error {
 	for range int(flags&3) + 1 {
 		var ok bool
 		if id, ok = varint(); !ok {
-			return errors.New("bad filter")
+			return 0, errors.New("bad filter")
 		}
 		n, ok := varint()
 		if !ok || n > uint64(len(h)-p) {
-			return errors.New("bad filter")
+			return 0, errors.New("bad filter")
 		}
 		if id == 0x21 {
 			if n != 1 || h[p] > 40 {
-				return errors.New("bad LZMA2 properties")
+				return 0, errors.New("bad LZMA2 properties")
 			}
 			code := int64(h[p])
-			dict := int64(1<<32 - 1)
+			dict = int64(1<<32 - 1)
 			if code < 40 {
 				dict = (2 | code&1) << (code/2 + 11)
 			}
 			if dict > maxDict {
-				return fmt.Errorf("dictionary of %s, over the %s popgate allows", humanSize(dict), humanSize(maxDict))
+				return 0, fmt.Errorf("dictionary of %s, over the %s popgate allows", humanSize(dict), humanSize(maxDict))
 			}
 		}
 		p += int(n)
 	}
 	if id != 0x21 {
-		return errors.New("last filter is not LZMA2")
+		return 0, errors.New("last filter is not LZMA2")
 	}
-	return nil
+	return dict, nil
 }

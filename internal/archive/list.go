@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/popgate/popgate/filters"
@@ -273,6 +274,7 @@ func sniffAny(head []byte, r io.ReaderAt, size int64, name string) bool {
 // Listing.Encrypted); nor is a container beyond lim.MaxDepth: it is in
 // Listing.Deep, and the rest is listed.
 func List(ctx context.Context, r io.ReaderAt, size int64, name string, lim Limits, spool *filters.Spool) (*Listing, error) {
+	ctx = context.WithValue(ctx, decoderBudgetKey{}, &decoderBudget{left: maxWindow})
 	l := &lister{ctx: ctx, lim: lim.WithDefaults(), spool: spool, out: &Listing{}}
 	found, err := l.container(r, size, name, "", 0, 0)
 	if err == nil && !found {
@@ -611,4 +613,31 @@ func (e *errWriter) Write(p []byte) (int, error) {
 		e.err = err
 	}
 	return n, err
+}
+
+// decoderBudget is what the stream decoders of one List call may allocate
+// together (maxWindow): an xz decoder allocates the dictionary its stream
+// declares however little the stream holds, so a chain of nested xz -9
+// streams, a few KB each, would otherwise cost 64 MiB a level.
+type decoderBudget struct {
+	mu   sync.Mutex
+	left int64
+}
+
+type decoderBudgetKey struct{}
+
+// chargeDecoder takes n bytes from the decoder budget of the List call ctx
+// belongs to; a decoder beyond it is an unsupported variant (unreadable).
+func chargeDecoder(ctx context.Context, n int64) error {
+	b, _ := ctx.Value(decoderBudgetKey{}).(*decoderBudget)
+	if b == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > b.left {
+		return fmt.Errorf("%w: a decoder of %s beyond the %s the streams of one attachment may hold together", ErrUnsupported, humanSize(n), humanSize(maxWindow))
+	}
+	b.left -= n
+	return nil
 }
