@@ -110,6 +110,29 @@ type BuildContext struct {
 	OnScan func(scanner string, took time.Duration, err error)
 }
 
+// ObservedScanner is a scanner that reports each scan's duration and error
+// to one callback (for BuildContext.OnScan).
+type ObservedScanner interface {
+	Scanner
+	OnScan(func(took time.Duration, err error))
+}
+
+// BuildScanner is the Build step of a scanner kind whose scanner is made by
+// newScanner from its settings and a logger: it names the scanner in the
+// log and routes its scans to BuildContext.OnScan.
+func BuildScanner[C any, S ObservedScanner](newScanner func(C, zerolog.Logger) (S, error)) func(string, C, *BuildContext) (Scanner, error) {
+	return func(name string, cfg C, bc *BuildContext) (Scanner, error) {
+		s, err := newScanner(cfg, bc.Log.With().Str("scanner", name).Logger())
+		if err != nil { // the kind's Decode step checked what newScanner checks
+			return nil, err
+		}
+		if bc.OnScan != nil {
+			s.OnScan(func(took time.Duration, err error) { bc.OnScan(name, took, err) })
+		}
+		return s, nil
+	}
+}
+
 // Spec is a decoded block of a kind: its type, name and settings, ready to
 // be built. It is immutable.
 type Spec[T any] struct {

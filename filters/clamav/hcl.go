@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	filters.RegisterScanner("clamav", filters.ScannerKind[Config]{Decode: decodeScanner, Build: buildScanner})
+	filters.RegisterScanner("clamav", filters.ScannerKind[Config]{Decode: decodeScanner, Build: filters.BuildScanner(NewScanner)})
 	filters.RegisterFilter("clamav", filters.FilterKind[FilterSettings]{Decode: decodeFilter, Build: buildFilter})
 }
 
@@ -86,18 +86,6 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 // decodeScanner is the clamav scanner kind's decode step.
 func decodeScanner(_ string, body hcl.Body, dc *filters.DecodeContext) (Config, hcl.Diagnostics) {
 	return DecodeConfig(body, dc.Eval)
-}
-
-// buildScanner connects a clamav scanner: it starts its health checks.
-func buildScanner(name string, cfg Config, bc *filters.BuildContext) (filters.Scanner, error) {
-	s, err := NewScanner(cfg, bc.Log.With().Str("scanner", name).Logger())
-	if err != nil { // DecodeConfig checked what NewScanner checks
-		return nil, err
-	}
-	if bc.OnScan != nil {
-		s.OnScan(func(took time.Duration, err error) { bc.OnScan(name, took, err) })
-	}
-	return s, nil
 }
 
 // FilterSettings is a decoded `filter "clamav" "NAME"` block.

@@ -11,7 +11,7 @@ import (
 )
 
 func init() {
-	filters.RegisterScanner("rspamd", filters.ScannerKind[Config]{Decode: decodeScanner, Build: buildScanner})
+	filters.RegisterScanner("rspamd", filters.ScannerKind[Config]{Decode: decodeScanner, Build: filters.BuildScanner(NewScanner)})
 }
 
 // Bounds of the scanner block's settings.
@@ -73,16 +73,4 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 // decodeScanner is the rspamd scanner kind's decode step.
 func decodeScanner(_ string, body hcl.Body, dc *filters.DecodeContext) (Config, hcl.Diagnostics) {
 	return DecodeConfig(body, dc.Eval)
-}
-
-// buildScanner connects an rspamd scanner: it starts its health checks.
-func buildScanner(name string, cfg Config, bc *filters.BuildContext) (filters.Scanner, error) {
-	s, err := NewScanner(cfg, bc.Log.With().Str("scanner", name).Logger())
-	if err != nil { // DecodeConfig checked what NewScanner checks
-		return nil, err
-	}
-	if bc.OnScan != nil {
-		s.OnScan(func(took time.Duration, err error) { bc.OnScan(name, took, err) })
-	}
-	return s, nil
 }
