@@ -31,13 +31,12 @@ type rawIO struct {
 	rn   int
 	rerr syscall.Errno
 
-	wp   []byte    // the buffer of the current write
-	iov  [2][]byte // the buffers of the current writev
+	iov  [2][]byte // the buffers of the current write
 	vec  [2]syscall.Iovec
 	wn   int
 	werr syscall.Errno
 
-	read, write, writev func(fd uintptr) bool // bound once: no allocation per call
+	read, writev func(fd uintptr) bool // bound once: no allocation per call
 }
 
 func newRawIO(c *net.TCPConn) *rawIO {
@@ -46,7 +45,7 @@ func newRawIO(c *net.TCPConn) *rawIO {
 		return nil
 	}
 	r := &rawIO{conn: c, rc: rc}
-	r.read, r.write, r.writev = r.doRead, r.doWrite, r.doWritev
+	r.read, r.writev = r.doRead, r.doWritev
 	return r
 }
 
@@ -87,41 +86,13 @@ func (r *rawIO) doRead(fd uintptr) bool {
 	}
 }
 
-func (r *rawIO) Write(p []byte) (int, error) {
-	r.wp, r.wn, r.werr = p, 0, 0
-	err := r.rc.Write(r.write)
-	n, errno := r.wn, r.werr
-	r.wp = nil
-	switch {
-	case err != nil:
-		return n, r.opError("write", err)
-	case errno != 0:
-		return n, r.opError("write", errno)
-	}
-	return n, nil
-}
-
-// doWrite writes all of r.wp, waiting (false) whenever the socket is full.
-func (r *rawIO) doWrite(fd uintptr) bool {
-	raceReleaseIO(fd)
-	for r.wn < len(r.wp) {
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&r.wp[r.wn])), uintptr(len(r.wp)-r.wn))
-		switch e {
-		case 0:
-			r.wn += int(n)
-		case syscall.EINTR:
-		case syscall.EAGAIN:
-			return false
-		default:
-			r.werr = e
-			return true
-		}
-	}
-	return true
-}
+func (r *rawIO) Write(p []byte) (int, error) { return r.writeOut("write", p, nil) }
 
 // writeBuffers writes a and b in one writev(2) (more when the socket fills).
-func (r *rawIO) writeBuffers(a, b []byte) (int, error) {
+func (r *rawIO) writeBuffers(a, b []byte) (int, error) { return r.writeOut("writev", a, b) }
+
+// writeOut writes all of a and then b, naming op in its errors.
+func (r *rawIO) writeOut(op string, a, b []byte) (int, error) {
 	r.iov, r.wn, r.werr = [2][]byte{a, b}, 0, 0
 	err := r.rc.Write(r.writev)
 	n, errno := r.wn, r.werr
@@ -129,13 +100,15 @@ func (r *rawIO) writeBuffers(a, b []byte) (int, error) {
 	r.iov, r.vec = [2][]byte{}, [2]syscall.Iovec{}
 	switch {
 	case err != nil:
-		return n, r.opError("writev", err)
+		return n, r.opError(op, err)
 	case errno != 0:
-		return n, r.opError("writev", errno)
+		return n, r.opError(op, errno)
 	}
 	return n, nil
 }
 
+// doWritev writes what is left of r.iov, waiting (false) whenever the
+// socket is full.
 func (r *rawIO) doWritev(fd uintptr) bool {
 	raceReleaseIO(fd)
 	for {
