@@ -8,7 +8,6 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
-	"unicode/utf8"
 
 	"golang.org/x/text/encoding/charmap"
 )
@@ -151,14 +150,9 @@ func arjMember(r io.ReaderAt, size int64, b []byte, data int64) (*Member, int64,
 	if typ != arjBinary && typ != arjText && typ != arjDirectory {
 		return nil, next, nil
 	}
-	m := &Member{Name: string(raw), Size: orig, CompressedSize: packed,
+	// DOS names, in the OEM code page.
+	m := &Member{Name: legacyName(raw, charmap.CodePage437), Size: orig, CompressedSize: packed,
 		Encrypted: flags&arjGarbled != 0, Dir: typ == arjDirectory}
-	if !utf8.Valid(raw) {
-		// DOS names, in the OEM code page.
-		if dec, err := charmap.CodePage437.NewDecoder().Bytes(raw); err == nil {
-			m.Name = string(dec)
-		}
-	}
 	if !m.Dir && !m.Encrypted && method == arjStored && flags&(arjVolume|arjExtFile) == 0 {
 		if packed != orig {
 			return nil, 0, corruptArj("stored member %q of %d bytes declares %d", m.Name, packed, orig)

@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"unicode/utf8"
 
 	"golang.org/x/text/encoding/charmap"
 )
@@ -186,12 +185,10 @@ func (cab *cabinet) readFiles(n int64) ([]cabFile, error) {
 			folder: le.Uint16(fh[8:]),
 			attrs:  le.Uint16(fh[14:]),
 		}
-		if f.attrs&cabNameUTF == 0 && !utf8.Valid(raw) {
+		if f.attrs&cabNameUTF == 0 {
 			// Not flagged UTF-8: in the code page of the system that
 			// made it, commonly Windows-1252.
-			if dec, err := charmap.Windows1252.NewDecoder().Bytes(raw); err == nil {
-				f.name = string(dec)
-			}
+			f.name = legacyName(raw, charmap.Windows1252)
 		}
 		// A file continued from the previous cabinet of a set is at the
 		// start of the first folder, one continued into the next at the

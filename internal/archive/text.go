@@ -78,6 +78,17 @@ func codePageName(b []byte, cp uint32) string {
 	return string(s)
 }
 
+// legacyName is a member name stored as bytes: UTF-8 when it is valid
+// UTF-8, else in the code page cp of the system that made the container.
+func legacyName(raw []byte, cp *charmap.Charmap) string {
+	if !utf8.Valid(raw) {
+		if dec, err := cp.NewDecoder().Bytes(raw); err == nil {
+			return string(dec)
+		}
+	}
+	return string(raw)
+}
+
 // lineScanner reads the lines of a text in r from off to end, for the
 // formats embedded in text (uuencode, BinHex). A line longer than the
 // buffer is returned cut (long is set) and the rest of it skipped, so

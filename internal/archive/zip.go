@@ -201,14 +201,10 @@ func walkZip(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*
 		switch {
 		case unicodeName != "":
 			c.name = unicodeName
-		case c.flags&0x800 != 0 || utf8.Valid(rawName):
+		case c.flags&0x800 != 0:
 			c.name = string(rawName)
 		default:
-			dec, err := charmap.CodePage437.NewDecoder().Bytes(rawName)
-			if err != nil {
-				dec = rawName
-			}
-			c.name = string(dec)
+			c.name = legacyName(rawName, charmap.CodePage437)
 		}
 		m := &Member{
 			Name:           c.name,
