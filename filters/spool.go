@@ -2,7 +2,6 @@ package filters
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +70,7 @@ type SpoolWriter struct {
 	limit int64
 	wrap  func(io.Writer) io.Writer
 
-	mem  []byte        // the body while it is in memory
+	mem  chunkList     // the body while it is in memory
 	f    *os.File      // the temporary file, once the body has moved there
 	path string        // f's name
 	bw   *bufio.Writer // buffers writes to f
@@ -97,7 +96,7 @@ func (w *SpoolWriter) Write(p []byte) (int, error) {
 	}
 	if w.f == nil {
 		if w.limit >= 0 && w.size+int64(len(p)) <= w.limit {
-			w.appendMem(p)
+			w.mem.appendBytes(p)
 			w.size += int64(len(p))
 			w.notify()
 			return len(p), nil
@@ -116,18 +115,13 @@ func (w *SpoolWriter) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// appendMem appends p to the memory part without ever giving it a capacity
-// beyond the limit (the caller checked that the result fits).
-func (w *SpoolWriter) appendMem(p []byte) {
-	need := len(w.mem) + len(p)
-	if need > cap(w.mem) {
-		c := max(2*cap(w.mem), need, 512)
-		c = int(min(int64(c), w.limit))
-		grown := make([]byte, len(w.mem), c)
-		copy(grown, w.mem)
-		w.mem = grown
+// dropMem lets go of the memory part: back to the pool, unless a follower
+// may still be reading it.
+func (w *SpoolWriter) dropMem() {
+	if w.follow == nil {
+		w.mem.recycle()
 	}
-	w.mem = append(w.mem, p...)
+	w.mem = chunkList{}
 }
 
 // toFile creates the temporary file and moves the memory part into it.
@@ -143,13 +137,11 @@ func (w *SpoolWriter) toFile() error {
 		out = w.wrap(f)
 	}
 	w.bw = bufio.NewWriterSize(out, spoolBufferSize)
-	if len(w.mem) > 0 {
-		if _, err := w.bw.Write(w.mem); err != nil {
-			w.fail(fmt.Errorf("spool %s: %w", w.path, err))
-			return w.err
-		}
+	if err := w.mem.writeTo(w.bw); err != nil {
+		w.fail(fmt.Errorf("spool %s: %w", w.path, err))
+		return w.err
 	}
-	w.mem = nil // never keep both
+	w.dropMem() // never keep both
 	return nil
 }
 
@@ -163,7 +155,7 @@ func (w *SpoolWriter) fail(err error) {
 // discard drops the memory part and closes and removes the temporary file.
 // It returns the error of removing the file, if any.
 func (w *SpoolWriter) discard() error {
-	w.mem = nil
+	w.dropMem()
 	w.bw = nil
 	if w.f == nil {
 		return nil
@@ -189,9 +181,11 @@ func (w *SpoolWriter) Finish() (Body, error) {
 		return nil, w.err
 	}
 	if w.f == nil {
-		b := &memBody{b: w.mem, size: int64(len(w.mem))}
+		// A followed body's chunks may be read by the follower after the
+		// body is removed: they are left to the collector.
+		b := &memBody{data: w.mem, size: w.size, pooled: w.follow == nil}
 		w.end(io.EOF, b)
-		w.mem = nil
+		w.mem = chunkList{}
 		return b, nil
 	}
 	if err := w.bw.Flush(); err != nil {
@@ -237,10 +231,10 @@ func (w *SpoolWriter) Follow() io.Reader {
 type follow struct {
 	mu    sync.Mutex
 	cond  sync.Cond
-	mem   []byte   // the memory part as last written (its bytes never change)
-	f     *os.File // the file, once the body moved there
-	avail int64    // bytes the follower can read: of mem, or flushed to f
-	end   error    // io.EOF once the body is whole; why it is not
+	mem   chunkList // the memory part as last written (its bytes never change)
+	f     *os.File  // the file, once the body moved there
+	avail int64     // bytes the follower can read: of mem, or flushed to f
+	end   error     // io.EOF once the body is whole; why it is not
 }
 
 // notify tells a follower what is readable now.
@@ -251,9 +245,9 @@ func (w *SpoolWriter) notify() {
 	}
 	fw.mu.Lock()
 	if w.f == nil {
-		fw.mem, fw.avail = w.mem, int64(len(w.mem))
+		fw.mem, fw.avail = w.mem, w.size
 	} else {
-		fw.mem, fw.f, fw.avail = nil, w.f, w.size-int64(w.bw.Buffered())
+		fw.mem, fw.f, fw.avail = chunkList{}, w.f, w.size-int64(w.bw.Buffered())
 	}
 	fw.mu.Unlock()
 	fw.cond.Broadcast()
@@ -304,7 +298,7 @@ func (r *followReader) Read(p []byte) (int, error) {
 	p = p[:min(int64(len(p)), avail-r.off)]
 	var n int
 	if f == nil {
-		n = copy(p, mem[r.off:])
+		n = mem.readAt(p, r.off)
 	} else {
 		var err error
 		if n, err = f.ReadAt(p, r.off); n < len(p) {
@@ -318,42 +312,7 @@ func (r *followReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// BytesBody returns a Body over b. b is not copied and must not be modified
-// while the Body is in use. Remove only forgets b; Open then fails.
-func BytesBody(b []byte) Body {
-	return &memBody{b: b, size: int64(len(b))}
-}
-
 var errRemoved = errors.New("body already removed")
-
-// memBody is a Body held in memory.
-type memBody struct {
-	mu      sync.Mutex
-	b       []byte
-	size    int64
-	removed bool
-}
-
-func (m *memBody) Open() (io.ReadCloser, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.removed {
-		return nil, fmt.Errorf("spool: memory body: %w", errRemoved)
-	}
-	return newBodyReader(bytes.NewReader(m.b), m.size), nil
-}
-
-func (m *memBody) Size() int64 { return m.size }
-
-// Remove forgets the bytes; readers that are still open keep working on
-// their own reference.
-func (m *memBody) Remove() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.removed = true
-	m.b = nil
-	return nil
-}
 
 // fileBody is a Body in a temporary file. All readers share the open file
 // through io.SectionReader (ReadAt is safe for concurrent use).
@@ -400,8 +359,9 @@ func (b *fileBody) Remove() error {
 // io.ReaderAt and io.Seeker (filters that need random access, e.g. for
 // archives, may type-assert for them) and Size.
 type bodyReader struct {
-	sr     *io.SectionReader
-	closed atomic.Bool
+	sr      *io.SectionReader
+	closed  atomic.Bool
+	release func() // called once, on the first Close
 }
 
 func newBodyReader(r io.ReaderAt, size int64) *bodyReader {
@@ -434,6 +394,8 @@ func (r *bodyReader) Seek(offset int64, whence int) (int64, error) {
 func (r *bodyReader) Size() int64 { return r.sr.Size() }
 
 func (r *bodyReader) Close() error {
-	r.closed.Store(true)
+	if !r.closed.Swap(true) && r.release != nil {
+		r.release()
+	}
 	return nil
 }

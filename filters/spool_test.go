@@ -102,8 +102,8 @@ func TestSpoolThreshold(t *testing.T) {
 			want := pattern(tt.size, 3)
 			w := sp.NewWriter()
 			writeChunks(t, w, want, tt.chunk)
-			if tt.wantFile && w.mem != nil {
-				t.Errorf("writer keeps %d bytes in memory after moving to a file", len(w.mem))
+			if tt.wantFile && w.mem.chunks != nil {
+				t.Errorf("writer keeps %d chunks in memory after moving to a file", len(w.mem.chunks))
 			}
 			b, err := w.Finish()
 			if err != nil {
@@ -156,23 +156,30 @@ func TestSpoolThreshold(t *testing.T) {
 	}
 }
 
-// TestSpoolMemoryNeverExceedsLimit checks the in-memory buffer's capacity,
-// which is what the limit bounds.
+// TestSpoolMemoryNeverExceedsLimit checks the memory the buffer holds,
+// which is what the limit bounds (in whole chunks).
 func TestSpoolMemoryNeverExceedsLimit(t *testing.T) {
-	const limit = 1000
+	const limit = 3*memChunkSize + 1000
 	w := (&Spool{Dir: t.TempDir(), MemoryLimit: limit}).NewWriter()
 	defer w.Abort()
-	for i := 0; i < limit; i += 3 {
-		n := min(3, limit-i)
+	held := func() int {
+		n := 0
+		for _, c := range w.mem.chunks {
+			n += cap(c)
+		}
+		return n
+	}
+	for i := 0; i < limit; i += 1001 {
+		n := min(1001, limit-i)
 		if _, err := w.Write(pattern(n, byte(i))); err != nil {
 			t.Fatal(err)
 		}
-		if cap(w.mem) > limit {
-			t.Fatalf("after %d bytes the buffer has capacity %d > limit %d", i+n, cap(w.mem), limit)
+		if h := held(); h > (i+n+memChunkSize-1)/memChunkSize*memChunkSize {
+			t.Fatalf("after %d bytes the buffer holds %d bytes, more than the chunks they need", i+n, h)
 		}
 	}
-	if w.f != nil || len(w.mem) != limit {
-		t.Fatalf("want %d bytes in memory and no file, have %d bytes, file %v", limit, len(w.mem), w.f != nil)
+	if w.f != nil || w.size != limit || held() != 4*memChunkSize {
+		t.Fatalf("want %d bytes in 4 chunks and no file, have %d bytes in %d, file %v", limit, w.size, held(), w.f != nil)
 	}
 }
 
@@ -518,8 +525,8 @@ func TestSpoolDirRemoved(t *testing.T) {
 		if err == nil || !errors.Is(err, os.ErrNotExist) || !strings.HasPrefix(err.Error(), "spool: create temporary file") {
 			t.Fatalf("Write = %v, want a spool create error", err)
 		}
-		if w.mem != nil {
-			t.Errorf("failed writer still holds %d bytes", len(w.mem))
+		if w.mem.chunks != nil {
+			t.Errorf("failed writer still holds %d chunks", len(w.mem.chunks))
 		}
 		if _, err := w.Finish(); err == nil {
 			t.Errorf("Finish after a failed Write succeeded")
@@ -713,5 +720,47 @@ func TestSpoolFollow(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// A memory body's chunks go back to the pool only when the body is removed
+// and its last reader closed: a reader open across Remove, and a follower,
+// read the original bytes while new bodies take chunks from the pool.
+func TestSpoolChunksOutliveReaders(t *testing.T) {
+	sp := &Spool{Dir: t.TempDir()}
+	write := func(data []byte, follow bool) (Body, io.Reader) {
+		w := sp.NewWriter()
+		var f io.Reader
+		if follow {
+			f = w.Follow()
+		}
+		writeChunks(t, w, data, 5000)
+		b, err := w.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b, f
+	}
+	want := pattern(5*memChunkSize+17, 1)
+	a, follower := write(want, true)
+	b, _ := write(want, false)
+	r, err := b.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Remove()
+	b.Remove()
+	for i := range 50 { // reuse whatever went back to the pool
+		other, _ := write(pattern(5*memChunkSize, byte(i+2)), false)
+		other.Remove()
+	}
+	for name, rd := range map[string]io.Reader{"reader open across Remove": r, "follower": follower} {
+		if got, err := io.ReadAll(rd); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("%s: %d bytes (equal: %v), %v", name, len(got), bytes.Equal(got, want), err)
+		}
+	}
+	r.Close()
+	if _, err := r.Read(make([]byte, 1)); err == nil {
+		t.Error("a closed reader still reads")
 	}
 }
