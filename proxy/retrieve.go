@@ -14,6 +14,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/filters/memory"
+	"github.com/popgate/popgate/internal/iobuf"
 	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/proxy/pop3"
 )
@@ -311,7 +312,7 @@ func (s *session) sendBody(b filters.Body, lines int) error {
 		r = &topReader{r: bufio.NewReader(rc), lines: lines}
 	}
 	dw := pop3.NewDotWriter(s.cw)
-	if _, err := io.Copy(dw, r); err != nil {
+	if _, err := iobuf.Copy(dw, r); err != nil {
 		return fmt.Errorf("sending filtered message: %w", err)
 	}
 	return dw.Close()

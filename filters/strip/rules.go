@@ -12,6 +12,7 @@ import (
 	"github.com/gabriel-vasile/mimetype"
 
 	"github.com/popgate/popgate/internal/archive"
+	"github.com/popgate/popgate/internal/iobuf"
 	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/internal/mimetree"
 )
@@ -252,7 +253,7 @@ func (ev *evaluator) encodedMessage(r io.ReaderAt, p *mimetree.Part, depth int) 
 	}
 	w := ev.f.spool.NewWriter()
 	defer w.Abort()
-	if _, err := copyPooled(w, mailtext.NewReader(ev.ctx, p.Content(r))); err != nil {
+	if _, err := iobuf.Copy(w, mailtext.NewReader(ev.ctx, p.Content(r))); err != nil {
 		return nil, err
 	}
 	b, err := w.Finish()
@@ -468,7 +469,7 @@ func (ev *evaluator) headOf(pi *partInfo) []byte {
 // of its decoding pass when that is still unread, else a pass of its own.
 func (ev *evaluator) content(w io.Writer, pi *partInfo) (int64, error) {
 	if pi.dec == nil {
-		return copyPooled(w, mailtext.NewReader(ev.ctx, pi.p.Content(pi.r)))
+		return iobuf.Copy(w, mailtext.NewReader(ev.ctx, pi.p.Content(pi.r)))
 	}
 	dec := pi.dec
 	pi.dec = nil
@@ -476,7 +477,7 @@ func (ev *evaluator) content(w io.Writer, pi *partInfo) (int64, error) {
 	if err != nil {
 		return int64(n), err
 	}
-	m, err := copyPooled(w, dec)
+	m, err := iobuf.Copy(w, dec)
 	return int64(n) + m, err
 }
 

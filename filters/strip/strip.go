@@ -64,6 +64,7 @@ import (
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/internal/archive"
+	"github.com/popgate/popgate/internal/iobuf"
 	"github.com/popgate/popgate/internal/mailtext"
 	"github.com/popgate/popgate/internal/mimetree"
 )
@@ -259,7 +260,7 @@ func (f *Filter) Filter(ctx context.Context, env *filters.Envelope, body filters
 	}
 	// Not random access (a header-prepending wrapper, say): spool it.
 	w := f.spool.NewWriter()
-	if _, err := copyPooled(w, mailtext.NewReader(ctx, rc)); err != nil {
+	if _, err := iobuf.Copy(w, mailtext.NewReader(ctx, rc)); err != nil {
 		w.Abort()
 		return filters.Verdict{}, fmt.Errorf("strip: spooling the message: %w", err)
 	}
