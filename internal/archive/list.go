@@ -276,6 +276,7 @@ func sniffAny(head []byte, r io.ReaderAt, size int64, name string) bool {
 func List(ctx context.Context, r io.ReaderAt, size int64, name string, lim Limits, spool *filters.Spool) (*Listing, error) {
 	ctx = context.WithValue(ctx, decoderBudgetKey{}, &decoderBudget{left: maxWindow})
 	l := &lister{ctx: ctx, lim: lim.WithDefaults(), spool: spool, out: &Listing{}}
+	defer l.releaseBufs()
 	found, err := l.container(r, size, name, "", 0, 0)
 	if err == nil && !found {
 		err = ErrNotFormat
@@ -289,9 +290,21 @@ type lister struct {
 	spool    *filters.Spool
 	out      *Listing
 	entries  int
-	declared int64 // sizes declared by all members so far
-	read     int64 // bytes unpacked from members so far
-	bufs     [][]byte
+	declared int64     // sizes declared by all members so far
+	read     int64     // bytes unpacked from members so far
+	bufs     []*[]byte // a prefix buffer per nesting level, from prefixBufs
+}
+
+// prefixBufs recycles the prefix buffers (up to sniffMax each) across
+// listings: every attachment that may be a container gets one.
+var prefixBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+func (l *lister) releaseBufs() {
+	for _, b := range l.bufs {
+		*b = (*b)[:0]
+		prefixBufs.Put(b)
+	}
+	l.bufs = nil
 }
 
 // abort carries an error of List's own (a limit, the context, the spool)
@@ -450,10 +463,10 @@ func (l *lister) look(f *Format, m *Member, cpath string, i, level, nest int) er
 
 	// One prefix buffer per nesting level, reused member after member.
 	for len(l.bufs) <= nest {
-		l.bufs = append(l.bufs, nil)
+		l.bufs = append(l.bufs, prefixBufs.Get().(*[]byte))
 	}
-	pr := &prefixReader{src: cr, max: sniffMax, buf: l.bufs[nest][:0]}
-	defer func() { l.bufs[nest] = pr.buf }()
+	pr := &prefixReader{src: cr, max: sniffMax, buf: (*l.bufs[nest])[:0]}
+	defer func() { *l.bufs[nest] = pr.buf }()
 	pr.fill(HeadLen)
 	if pr.err != nil {
 		if err := check(); err != nil {

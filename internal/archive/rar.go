@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/nwaples/rardecode/v2"
 )
@@ -37,6 +38,9 @@ const (
 // and "Rar!\x1a\x07\x01\x00" (v5).
 var rarMagic = []byte("Rar!\x1a\x07")
 
+// sfxBufs recycles the search buffer: every executable is searched.
+var sfxBufs = sync.Pool{New: func() any { return new([64 << 10]byte) }}
+
 func sniffRar(head []byte, r io.ReaderAt, size int64, _ string) bool {
 	if bytes.HasPrefix(head, rarMagic) {
 		return true
@@ -46,7 +50,9 @@ func sniffRar(head []byte, r io.ReaderAt, size int64, _ string) bool {
 	if !bytes.HasPrefix(head, []byte("MZ")) {
 		return false
 	}
-	buf := make([]byte, 64<<10)
+	bp := sfxBufs.Get().(*[64 << 10]byte)
+	defer sfxBufs.Put(bp)
+	buf := bp[:]
 	for off := int64(0); off < min(size, rarSFXSearch); off += int64(len(buf) - len(rarMagic)) {
 		n, _ := r.ReadAt(buf, off)
 		if bytes.Contains(buf[:n], rarMagic) {

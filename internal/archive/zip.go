@@ -6,10 +6,12 @@ import (
 	"compress/flate"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"golang.org/x/text/encoding/charmap"
@@ -73,25 +75,21 @@ func findEnd(r io.ReaderAt, size int64) (dirEnd, error) {
 	if size < eocdLen {
 		return d, ErrNotFormat
 	}
-	n := min(size, eocdSearch)
-	buf := make([]byte, n)
-	if _, err := r.ReadAt(buf, size-n); err != nil && err != io.EOF {
-		return d, ErrNotFormat
+	// Most zips end with the record itself (no comment): the last KiB is
+	// read first, the whole window only when the record is not there.
+	window := endBufs.Get().(*[eocdSearch]byte)
+	defer endBufs.Put(window)
+	buf := window[:min(size, 1<<10)]
+	i, err := lastEnd(r, size, buf)
+	if i < 0 && err == nil && size > int64(len(buf)) {
+		buf = window[:min(size, eocdSearch)]
+		i, err = lastEnd(r, size, buf)
 	}
-	i := -1
-	for k := len(buf) - eocdLen; k >= 0; k-- {
-		if binary.LittleEndian.Uint32(buf[k:]) == sigEOCD {
-			if clen := int(binary.LittleEndian.Uint16(buf[k+20:])); k+eocdLen+clen <= len(buf) {
-				i = k
-				break
-			}
-		}
-	}
-	if i < 0 {
+	if i < 0 || err != nil {
 		return d, ErrNotFormat
 	}
 	b := buf[i:]
-	d.offset = size - n + int64(i)
+	d.offset = size - int64(len(buf)) + int64(i)
 	d.entries = uint64(binary.LittleEndian.Uint16(b[10:]))
 	d.cdSize = uint64(binary.LittleEndian.Uint32(b[12:]))
 	d.cdStart = uint64(binary.LittleEndian.Uint32(b[16:]))
@@ -101,6 +99,67 @@ func findEnd(r io.ReaderAt, size int64) (dirEnd, error) {
 		}
 	}
 	return d, nil
+}
+
+// Buffers and decompressors reused across zips: every docx, xlsx and zip
+// attachment is listed.
+var (
+	endBufs    = sync.Pool{New: func() any { return new([eocdSearch]byte) }}
+	dirReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	inflaters  sync.Pool // of flate readers, Reset for each member
+)
+
+// inflater is a pooled flate reader: Close gives it back, and it reads
+// nothing after that.
+type inflater struct {
+	fr     io.ReadCloser
+	closed bool
+}
+
+func newInflater(src io.Reader) *inflater {
+	if fr, ok := inflaters.Get().(io.ReadCloser); ok {
+		if err := fr.(flate.Resetter).Reset(src, nil); err == nil {
+			return &inflater{fr: fr}
+		}
+	}
+	return &inflater{fr: flate.NewReader(src)}
+}
+
+func (f *inflater) Read(p []byte) (int, error) {
+	if f.closed {
+		return 0, errors.New("zip: read after close")
+	}
+	return f.fr.Read(p)
+}
+
+func (f *inflater) Close() error {
+	if !f.closed {
+		f.closed = true
+		inflaters.Put(f.fr)
+	}
+	return nil
+}
+
+var eocdSig = binary.LittleEndian.AppendUint32(nil, sigEOCD)
+
+// lastEnd reads the last len(buf) bytes of r into buf and returns the
+// offset in buf of the last end record whose comment fits before the end
+// (-1 when there is none).
+func lastEnd(r io.ReaderAt, size int64, buf []byte) (int, error) {
+	if _, err := r.ReadAt(buf, size-int64(len(buf))); err != nil && err != io.EOF {
+		return -1, err
+	}
+	for k := len(buf) - eocdLen + 4; k > 0; {
+		k = bytes.LastIndex(buf[:k], eocdSig)
+		if k < 0 {
+			break
+		}
+		if k+eocdLen <= len(buf) && k+eocdLen+int(binary.LittleEndian.Uint16(buf[k+20:])) <= len(buf) {
+			return k, nil
+		}
+		k += 3 // the next search ends before this signature's last byte
+	}
+	return -1, nil
 }
 
 func findEnd64(r io.ReaderAt, eocd int64) (dirEnd, bool) {
@@ -168,7 +227,9 @@ func walkZip(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*
 		}
 		return corruptZip("central directory not found")
 	}
-	br := bufio.NewReaderSize(io.NewSectionReader(r, start, end-start), 16<<10)
+	br := dirReaders.Get().(*bufio.Reader)
+	defer dirReaders.Put(br)
+	br.Reset(io.NewSectionReader(r, start, end-start))
 	var hdr [centralLen]byte
 	n := 0
 	for {
@@ -296,5 +357,5 @@ func (c *zipMember) open(r io.ReaderAt, size, base int64) (io.ReadCloser, error)
 	if c.method == 0 {
 		return io.NopCloser(sr), nil
 	}
-	return flate.NewReader(sr), nil
+	return newInflater(sr), nil
 }

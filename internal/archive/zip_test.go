@@ -284,3 +284,38 @@ func FuzzListZip(f *testing.F) {
 		checkListing(t, a, err, fuzzLimits)
 	})
 }
+
+// The end record is found wherever a comment puts it, and a fake record
+// inside the comment (one whose own comment would run past the end) is not
+// taken for it.
+func TestZipEndRecord(t *testing.T) {
+	plain := mkzip(t, "a.txt", "a", "b.exe", "MZ")
+	withComment := func(comment []byte) []byte {
+		z := slices.Clone(plain)
+		binary.LittleEndian.PutUint16(z[len(z)-2:], uint16(len(comment)))
+		return append(z, comment...)
+	}
+	fake := func(n int) []byte { // a record at the comment's start claiming a comment too long
+		c := make([]byte, n)
+		copy(c, "PK\x05\x06")
+		binary.LittleEndian.PutUint16(c[20:], 0xffff)
+		return c
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"no comment", plain},
+		{"short comment", withComment([]byte("hello"))},
+		{"comment across the first KiB", withComment(bytes.Repeat([]byte("c"), 1100))},
+		{"longest comment", withComment(bytes.Repeat([]byte("c"), 65535))},
+		{"fake record in a short comment", withComment(fake(100))},
+		{"fake record in a long comment", withComment(fake(40000))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if a, err := list(t, tc.data, Limits{}); err != nil || !slices.Equal(paths(a), []string{"a.txt", "b.exe"}) {
+				t.Errorf("%q %v", paths(a), err)
+			}
+		})
+	}
+}
