@@ -8,6 +8,7 @@ import (
 	"io"
 	"path"
 	"strings"
+	"sync"
 
 	"github.com/gabriel-vasile/mimetype"
 
@@ -451,13 +452,27 @@ func (ev *evaluator) archive(rl *rule, pi *partInfo) (string, bool, error) {
 	return "", false, nil
 }
 
+// headMax is the longest head any rule needs.
+const headMax = max(sniffLen, archive.HeadLen)
+
+// headBufs recycles the evaluators' head buffers: every message needs one.
+var headBufs = sync.Pool{New: func() any { return new([headMax]byte) }}
+
+// release gives the head buffer back once the message is decided.
+func (ev *evaluator) release() {
+	if ev.head != nil {
+		headBufs.Put((*[headMax]byte)(ev.head[:headMax]))
+		ev.head = nil
+	}
+}
+
 func (ev *evaluator) headOf(pi *partInfo) []byte {
 	if pi.headDone {
 		return pi.head
 	}
 	pi.headDone = true
 	if ev.head == nil {
-		ev.head = make([]byte, ev.f.headLen)
+		ev.head = headBufs.Get().(*[headMax]byte)[:ev.f.headLen]
 	}
 	pi.dec = mailtext.NewReader(ev.ctx, pi.p.Content(pi.r))
 	n, _ := io.ReadFull(pi.dec, ev.head)

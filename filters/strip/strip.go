@@ -392,6 +392,7 @@ func (f *Filter) decideOn(ctx context.Context, r io.ReaderAt, size int64, root *
 	d.Root = root
 	ev := &evaluator{f: f, ctx: ctx, partsLeft: f.lim.MaxParts - countParts(root)}
 	matches, err := ev.tree(r, root, 0)
+	ev.release()
 	if errors.As(err, &le) {
 		return f.limitDecision(d, le), nil
 	}

@@ -149,17 +149,20 @@ func lastEnd(r io.ReaderAt, size int64, buf []byte) (int, error) {
 	if _, err := r.ReadAt(buf, size-int64(len(buf))); err != nil && err != io.EOF {
 		return -1, err
 	}
-	for k := len(buf) - eocdLen + 4; k > 0; {
-		k = bytes.LastIndex(buf[:k], eocdSig)
-		if k < 0 {
+	// Forward with bytes.Index (vectorized; LastIndex is not), keeping
+	// the last record that fits.
+	last := -1
+	for k := 0; k+eocdLen <= len(buf); k++ {
+		i := bytes.Index(buf[k:len(buf)-eocdLen+4], eocdSig)
+		if i < 0 {
 			break
 		}
-		if k+eocdLen <= len(buf) && k+eocdLen+int(binary.LittleEndian.Uint16(buf[k+20:])) <= len(buf) {
-			return k, nil
+		k += i
+		if k+eocdLen+int(binary.LittleEndian.Uint16(buf[k+20:])) <= len(buf) {
+			last = k
 		}
-		k += 3 // the next search ends before this signature's last byte
 	}
-	return -1, nil
+	return last, nil
 }
 
 func findEnd64(r io.ReaderAt, eocd int64) (dirEnd, bool) {
