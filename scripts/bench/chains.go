@@ -45,6 +45,7 @@ type chainLevel struct {
 	order     []string
 	peakRSSkB int64
 	counted   int64 // strip+tag: messages delivered stripped; spam: tagged as spam; over the measured popgate runs
+	distinct  int   // strip+tag on real-world messages: how many of the messages were delivered stripped
 	logLines  int
 }
 
@@ -77,6 +78,7 @@ type chainResults struct {
 	size       int
 	memory     *memoryResults
 	spam       *spamInfo
+	mix        *mixInfo // the realistic mix, if measured
 }
 
 // clamdConf reads a setting of clamd.conf ($POPGATE_TEST_CLAMD_CONF).
@@ -186,17 +188,20 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 				return nil, err
 			}
 		}
-		var mix [][]byte
+		var corpus, mix [][]byte
 		if cfg.has("strip+tag") && len(cfg.mixSessions) > 0 {
 			var err error
-			if mix, err = loadMix(cfg.mixDir); err != nil {
+			if corpus, err = loadCorpus(cfg.mixDir); err != nil {
 				return nil, err
 			}
+			mix = realisticMix(corpus)
+			cr.mix = newMixInfo(mix, corpus)
 		}
 		t0 := time.Now()
 		n = min(n, cfg.mailboxes)
-		log.Printf("creating %d mailboxes of 2 × %d attachment-heavy messages and %d of the realistic mix", n, cfg.fmessages, len(mix))
-		users, err := createMailboxes(tb, n, slices.Concat(clean, mixed, mix))
+		log.Printf("creating %d mailboxes of 2 × %d attachment-heavy messages, %d of the realistic mix and the %d of the strip corpus",
+			n, cfg.fmessages, len(mix), len(corpus))
+		users, err := createMailboxes(tb, n, slices.Concat(clean, mixed, mix, corpus))
 		if err != nil {
 			return nil, err
 		}
@@ -207,19 +212,20 @@ func runChains(ctx context.Context, cfg config, tb *benchTB, dir, upstream strin
 					name  string
 					first int
 					msgs  [][]byte
-					exe   []bool
-					at    []int // the levels of -stripsessions it runs at
+					exe   []bool // attachment-heavy: those with an .exe; nil: real-world messages (mixSpec)
+					at    []int  // the levels of -stripsessions it runs at
 				}{
 					{"clean", 1, clean, make([]bool, len(clean)), cfg.stripSessions},
 					{"10% .exe", cfg.fmessages + 1, mixed, exe, cfg.exeSessions},
 					{mixVariant, 2*cfg.fmessages + 1, mix, nil, cfg.mixSessions},
+					{corpusVariant, 2*cfg.fmessages + len(mix) + 1, corpus, nil, cfg.mixSessions},
 				} {
 					if len(v.msgs) == 0 || !slices.Contains(v.at, s) {
 						continue
 					}
 					var sp chainSpec
 					var err error
-					if v.name == mixVariant {
+					if v.exe == nil {
 						sp, err = mixSpec(dir, v.msgs)
 					} else {
 						sp, err = attachSpec(dir, cr.clamdAddr, []string{"dangerous", "stamp"}, v.msgs, v.exe)
@@ -281,6 +287,9 @@ type chainSpec struct {
 	hcl     string                         // added to popgate's configuration
 	through func(k int, body []byte) error // checks message k received through popgate
 	counted *atomic.Int64                  // what through counts (strip+tag: stripped messages); reset after the warm-up
+	// distinct, if set, is how many of the messages through counted at
+	// least once (warm-up included).
+	distinct func() int
 	// pass adds a mode through a second popgate with the empty chain, the
 	// pass-through the chain's cost is measured against.
 	pass bool
@@ -350,13 +359,63 @@ func attachSpec(dir, clamdAddr string, chain []string, msgs [][]byte, exe []bool
 	return sp, nil
 }
 
-// mixVariant is the strip+tag variant of the realistic mix.
-const mixVariant = "realistic mix"
+// The strip+tag variants on real-world-shaped messages: the realistic mix
+// (issue 14's target), ordinary mail with the strip corpus interleaved, and
+// the strip corpus alone (reported): the corpus is adversarial, most of it
+// is stripped, and each stripped message is quarantined with durable writes
+// before delivery, so that row measures the quarantine.
+const (
+	mixVariant    = "realistic mix"
+	corpusVariant = "strip corpus"
+)
 
-// loadMix reads the realistic mix: the messages (*.eml) of dir, in name
+// realWorld reports whether variant is one of the real-world-shaped ones.
+func realWorld(variant string) bool { return variant == mixVariant || variant == corpusVariant }
+
+// mixEvery is how many ordinary messages precede each corpus message in the
+// realistic mix.
+const mixEvery = 9
+
+// realisticMix is ordinary mail, the small messages of the spam bench
+// (makeSpamMixMessage: notes, replies, newsletters, HTML, UTF-8, one in ten
+// with a PDF), with the corpus interleaved evenly: mixEvery ordinary
+// messages, then one of the corpus, and so on.
+func realisticMix(corpus [][]byte) [][]byte {
+	out := make([][]byte, 0, (mixEvery+1)*len(corpus))
+	for k, c := range corpus {
+		for j := range mixEvery {
+			out = append(out, makeSpamMixMessage(k*mixEvery+j+1))
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// mixInfo describes the realistic mix for the report.
+type mixInfo struct {
+	messages, corpus int   // in all, of them from the corpus
+	bytes            int64 // in all
+	min, max         int   // sizes of the ordinary messages
+	corpusMax        int   // the largest of the corpus
+}
+
+func newMixInfo(mix, corpus [][]byte) *mixInfo {
+	mi := &mixInfo{messages: len(mix), corpus: len(corpus), min: 1 << 30}
+	for i, m := range mix {
+		mi.bytes += int64(len(m))
+		if i%(mixEvery+1) == mixEvery {
+			mi.corpusMax = max(mi.corpusMax, len(m))
+		} else {
+			mi.min, mi.max = min(mi.min, len(m)), max(mi.max, len(m))
+		}
+	}
+	return mi
+}
+
+// loadCorpus reads the strip corpus: the messages (*.eml) of dir, in name
 // order, with CRLF line breaks (as Dovecot serves them over POP3 whatever
 // the file has) and a final line break.
-func loadMix(dir string) ([][]byte, error) {
+func loadCorpus(dir string) ([][]byte, error) {
 	names, err := filepath.Glob(filepath.Join(dir, "*.eml"))
 	if err != nil || len(names) == 0 {
 		return nil, fmt.Errorf("-mixdir %s: no *.eml messages (%v)", dir, err)
@@ -377,12 +436,23 @@ func loadMix(dir string) ([][]byte, error) {
 	return out, nil
 }
 
-// mixSpec is the strip+tag measurement on the realistic mix: a message
-// must arrive as the tag header followed by the original, or, when the
-// strip rules matched, the tag header followed by a message that parses
-// and holds strip's notice (counted); the chain's notes may come first.
+// mixSpec is the strip+tag measurement on real-world-shaped messages (the
+// realistic mix, the strip corpus): a message must arrive as the tag header
+// followed by the original, or, when the strip rules matched, the tag
+// header followed by a message that parses and holds strip's notice
+// (counted, and which ones in distinct); the chain's notes may come first.
 func mixSpec(dir string, msgs [][]byte) (chainSpec, error) {
 	sp := chainSpec{name: "strip+tag", counted: new(atomic.Int64), pass: true}
+	stripped := make([]atomic.Bool, len(msgs))
+	sp.distinct = func() int {
+		n := 0
+		for i := range stripped {
+			if stripped[i].Load() {
+				n++
+			}
+		}
+		return n
+	}
 	var err error
 	if sp.hcl, err = chainHCL(dir, "", []string{"dangerous", "stamp"}); err != nil {
 		return chainSpec{}, err
@@ -410,6 +480,7 @@ func mixSpec(dir string, msgs [][]byte) (chainSpec, error) {
 			return fmt.Errorf("message %d: stripped message does not parse: %w", k+1, err)
 		}
 		sp.counted.Add(1)
+		stripped[k].Store(true)
 		return nil
 	}
 	return sp, nil
@@ -599,6 +670,9 @@ func measureChain(ctx context.Context, cfg config, dir, upstream string, sp chai
 		}
 	}
 	lv.counted = sp.counted.Load()
+	if sp.distinct != nil {
+		lv.distinct = sp.distinct()
+	}
 	lv.peakRSSkB = procStatusKB(p.pid(), "VmHWM")
 	p.stop()
 	lv.logLines, _ = p.logStats()

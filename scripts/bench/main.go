@@ -64,7 +64,7 @@ type config struct {
 	clamdSessions []int
 	stripSessions []int // strip+tag levels (clean messages)
 	exeSessions   []int // of those, where the 10% .exe variant runs too
-	mixSessions   []int // of those, where the realistic mix runs too
+	mixSessions   []int // of those, where the realistic mix and the strip corpus run too
 	mixDir        string
 	retries       int // re-measurements of a disturbed run
 	bigSize       int
@@ -161,8 +161,8 @@ func parseFlags(args []string) (config, error) {
 	clamdSessions := fs.String("clamdsessions", "1,32,256", "clamd: comma-separated numbers of concurrent sessions")
 	stripSessions := fs.String("stripsessions", "1,32,256", "strip+tag: comma-separated numbers of concurrent sessions (clean messages)")
 	exeSessions := fs.String("exesessions", "1,32", "strip+tag: the levels of -stripsessions at which the 10% .exe variant runs too")
-	mixSessions := fs.String("mixsessions", "1,32", "strip+tag: the levels of -stripsessions at which the realistic mix (the messages of -mixdir) runs too (\"\": none)")
-	mixDir := fs.String("mixdir", "filters/strip/testdata/corpus", "strip+tag: the realistic mix, a directory of real-world-shaped messages (*.eml)")
+	mixSessions := fs.String("mixsessions", "1,32", fmt.Sprintf("strip+tag: the levels of -stripsessions at which the realistic mix (ordinary mail with the messages of -mixdir interleaved, one after every %d) and the strip corpus (those messages alone) run too (\"\": none)", mixEvery))
+	mixDir := fs.String("mixdir", "filters/strip/testdata/corpus", "strip+tag: the strip corpus, a directory of real-world-shaped messages (*.eml), interleaved in the realistic mix and measured alone")
 	spamSessions := fs.String("spamsessions", "1,32", "spam: comma-separated numbers of concurrent sessions")
 	smessages := fs.Int("smessages", 20, "spam: small messages of the mix in each mailbox, the most a session downloads")
 	spamRounds := fs.Int("spamrounds", 1, "spam: runs through the spam chain and to rspamd are one session per worker that downloads (scans) the mix this often, so that both modes scan the same messages (direct and pass-through runs take -duration)")
