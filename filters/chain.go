@@ -577,21 +577,26 @@ type callResult struct {
 	err error
 }
 
-// callFilter runs f in its own goroutine, turning a panic into a
-// *PanicError, and gives up waiting when ctx ends. An abandoned filter's
-// late replacement Body is removed unless it is in or cur.
+// callFilter runs f, turning a panic into a *PanicError: an Inline
+// filter in this goroutine, another in its own, and gives up waiting for
+// that one when ctx ends. An abandoned filter's late replacement Body is
+// removed unless it is in or cur.
 func callFilter(ctx context.Context, f Filter, name string, env *Envelope, in, cur Body) (Verdict, error) {
-	ch := make(chan callResult, 1)
-	go func() {
-		var r callResult
+	call := func() (r callResult) {
 		defer func() {
 			if p := recover(); p != nil {
 				r = callResult{err: &PanicError{Filter: name, Value: p, Stack: debug.Stack()}}
 			}
-			ch <- r
 		}()
 		r.v, r.err = f.Filter(ctx, env, cur)
-	}()
+		return r
+	}
+	if _, ok := f.(Inline); ok {
+		r := call()
+		return r.v, r.err
+	}
+	ch := make(chan callResult, 1)
+	go func() { ch <- call() }()
 	select {
 	case r := <-ch:
 		return r.v, r.err

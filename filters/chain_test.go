@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -540,20 +541,49 @@ func TestChainOnError(t *testing.T) {
 	}
 }
 
+// inlineFilter is a funcFilter the chain runs in its own goroutine.
+type inlineFilter struct{ funcFilter }
+
+func (*inlineFilter) Inline() {}
+
 func TestChainPanicError(t *testing.T) {
-	c := &Chain{Filters: []Filter{&funcFilter{name: "buggy", fn: func(context.Context, *Envelope, Body) (Verdict, error) {
-		panic("oops")
-	}}}}
-	res := c.Run(context.Background(), nil, BytesBody(nil))
-	var pe *PanicError
-	if !errors.As(res.Steps[0].Err, &pe) {
-		t.Fatalf("Step.Err = %v, want a *PanicError", res.Steps[0].Err)
+	oops := func(context.Context, *Envelope, Body) (Verdict, error) { panic("oops") }
+	for _, f := range []Filter{&funcFilter{name: "buggy", fn: oops}, &inlineFilter{funcFilter{name: "buggy", fn: oops}}} {
+		t.Run(fmt.Sprintf("%T", f), func(t *testing.T) {
+			res := (&Chain{Filters: []Filter{f}}).Run(context.Background(), nil, BytesBody(nil))
+			var pe *PanicError
+			if !errors.As(res.Steps[0].Err, &pe) {
+				t.Fatalf("Step.Err = %v, want a *PanicError", res.Steps[0].Err)
+			}
+			if pe.Filter != "buggy" || pe.Value != "oops" || !bytes.Contains(pe.Stack, []byte("chain_test.go")) {
+				t.Errorf("PanicError = %q %v, stack mentions the filter: %v", pe.Filter, pe.Value, bytes.Contains(pe.Stack, []byte("chain_test.go")))
+			}
+			if res.Outcome != Defer {
+				t.Errorf("Outcome = %v", res.Outcome)
+			}
+		})
 	}
-	if pe.Filter != "buggy" || pe.Value != "oops" || !bytes.Contains(pe.Stack, []byte("chain_test.go")) {
-		t.Errorf("PanicError = %q %v, stack mentions the filter: %v", pe.Filter, pe.Value, bytes.Contains(pe.Stack, []byte("chain_test.go")))
+}
+
+// An Inline filter runs in the goroutine that runs the chain; another in
+// one of its own.
+func TestChainInlineFilterRunsInPlace(t *testing.T) {
+	goid := func() string { // "goroutine N [" from the stack header
+		b := make([]byte, 64)
+		b = b[:runtime.Stack(b, false)]
+		return string(b[:bytes.IndexByte(b, '[')])
 	}
-	if res.Outcome != Defer {
-		t.Errorf("Outcome = %v", res.Outcome)
+	var seen []string
+	rec := func(context.Context, *Envelope, Body) (Verdict, error) {
+		seen = append(seen, goid())
+		return Verdict{Action: Pass}, nil
+	}
+	c := &Chain{Filters: []Filter{&inlineFilter{funcFilter{name: "in", fn: rec}}, &funcFilter{name: "out", fn: rec}}}
+	if res := c.Run(context.Background(), nil, BytesBody([]byte("m"))); res.Outcome != Deliver {
+		t.Fatalf("outcome %v", res.Outcome)
+	}
+	if here := goid(); len(seen) != 2 || seen[0] != here || seen[1] == here {
+		t.Errorf("filters ran in %q, the chain in %q: want the inline one there, the other elsewhere", seen, here)
 	}
 }
 

@@ -245,6 +245,12 @@ func New(name string, cfg Config, spool *filters.Spool) (*Filter, error) {
 // Name returns the filter's name.
 func (f *Filter) Name() string { return f.name }
 
+var _ filters.Inline = (*Filter)(nil)
+
+// Inline: strip works on the spool, within its limits, and its reads check
+// ctx.
+func (f *Filter) Inline() {}
+
 // Filter applies the rules to body. Nothing matched: Pass, no Body. Parts
 // stripped: Replace with the spliced message. A reject or quarantine rule
 // matched: Reject. The message beyond a limit: the configured action.

@@ -102,7 +102,10 @@ type Filter struct {
 	versionText            string // popgate's version, for X-Popgate-Version
 }
 
-var _ filters.Filter = (*Filter)(nil)
+var _ filters.Inline = (*Filter)(nil)
+
+// Inline: tag reads and writes no more than the header, from the spool.
+func (t *Filter) Inline() {}
 
 func init() {
 	filters.RegisterFilter("tag", filters.FilterKind[Config]{Decode: decode, Build: build, HeaderOnly: true})
