@@ -100,7 +100,6 @@ type lineScanner struct {
 	lineOff int64  // of the current line
 	long    bool   // the current line was cut
 	cut     []byte // the start of a cut line
-	pooled  bool   // br is lineBufs'
 	err     error
 }
 
@@ -109,27 +108,22 @@ type lineScanner struct {
 const lineMax = 4096
 
 // lineBufs recycles the scanners' buffers: a text part is scanned by each
-// text format, and a message may have many. A text shorter than the buffer
-// gets a buffer of its size instead.
+// text format, and a message may have many.
 var lineBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lineMax) }}
 
 func newLineScanner(r io.ReaderAt, off, end int64) *lineScanner {
-	sr := io.NewSectionReader(r, off, end-off)
-	if end-off < lineMax {
-		return &lineScanner{br: bufio.NewReaderSize(sr, int(end-off)+1), off: off}
-	}
 	br := lineBufs.Get().(*bufio.Reader)
-	br.Reset(sr)
-	return &lineScanner{br: br, off: off, pooled: true}
+	br.Reset(io.NewSectionReader(r, off, end-off))
+	return &lineScanner{br: br, off: off}
 }
 
-// close gives the buffer back; the scanner is not used after it.
+// close gives the buffer back (once); the scanner is not used after it.
 func (s *lineScanner) close() {
-	if s.pooled {
+	if s.br != nil {
 		s.br.Reset(nil)
 		lineBufs.Put(s.br)
+		s.br = nil
 	}
-	s.br, s.pooled = nil, false
 }
 
 // next moves to the next line; it returns false at the end of the input or

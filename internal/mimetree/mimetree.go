@@ -221,7 +221,20 @@ func Parse(r io.Reader, size int64, lim Limits, hooks *Hooks) (*Part, error) {
 	if hooks != nil {
 		p.hooks = *hooks
 	}
+	defer p.releaseHdrs()
 	return p.run()
+}
+
+// hdrBufs carries header buffers from one parse to the next: every
+// message has at least one header section to collect.
+var hdrBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// releaseHdrs gives the parser's header buffers to the next parse.
+func (p *parser) releaseHdrs() {
+	for _, b := range p.hdrPool {
+		hdrBufs.Put(&b)
+	}
+	p.hdrPool = nil
 }
 
 const (
@@ -531,7 +544,7 @@ func (p *parser) getHdr() []byte {
 		p.hdrPool = p.hdrPool[:n-1]
 		return b[:0]
 	}
-	return nil
+	return (*hdrBufs.Get().(*[]byte))[:0]
 }
 
 func (p *parser) putHdr(b []byte) {
