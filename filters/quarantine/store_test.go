@@ -23,7 +23,7 @@ import (
 	"github.com/popgate/popgate/filters"
 )
 
-func openStore(t *testing.T) *Store {
+func openStore(t testing.TB) *Store {
 	t.Helper()
 	s, err := Open(filepath.Join(t.TempDir(), "q"), zerolog.Nop())
 	if err != nil {
