@@ -477,6 +477,35 @@ func TestDurabilitySequence(t *testing.T) {
 	}
 }
 
+// syncAll runs its functions at once: here each waits for all to start.
+func TestSyncAllAtOnce(t *testing.T) {
+	const n = 3
+	var started sync.WaitGroup
+	started.Add(n)
+	all := make(chan struct{})
+	go func() {
+		started.Wait()
+		close(all)
+	}()
+	f := func(i int) func() error {
+		return func() error {
+			started.Done()
+			select {
+			case <-all:
+				return fmt.Errorf("f%d", i)
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("f%d waited for the others in vain", i)
+			}
+		}
+	}
+	errs := syncAll(f(0), f(1), f(2))
+	for i, err := range errs {
+		if want := fmt.Sprintf("f%d", i); err == nil || err.Error() != want {
+			t.Errorf("error %d = %v, want %s", i, err, want)
+		}
+	}
+}
+
 // Every step of the sequence can fail (disk full on a write, an fsync that
 // reports an I/O error, a failed rename, a directory that cannot be
 // synced): Store then returns an error and no file is left anywhere, and a
