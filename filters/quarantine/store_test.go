@@ -309,14 +309,16 @@ func TestConcurrentStores(t *testing.T) {
 
 // recorder wraps the store's filesystem operations and logs them in the
 // order they start, and when each ends (concurrent ones overlap). It fails
-// the first operation named fail (none when empty) with failErr, and calls
-// probe, when set, before each.
+// the first operation named fail (none when empty) with failErr, makes the
+// ones named slow take a while (so that whatever runs at the same time
+// ends first), and calls probe, when set, before each.
 type recorder struct {
 	mu      sync.Mutex
 	ops     []string       // in the order they started
 	ended   map[string]int // op: how many ops had started when it last ended
 	fail    string
 	failErr error
+	slow    string
 	probe   func(op string)
 }
 
@@ -334,6 +336,9 @@ func (r *recorder) run(op string, f func() error) error {
 	r.mu.Unlock()
 	err := r.failErr
 	if !failing {
+		if op == r.slow {
+			time.Sleep(20 * time.Millisecond)
+		}
 		err = f()
 	}
 	r.mu.Lock()
@@ -448,32 +453,39 @@ func recordsHaveMessages(t *testing.T, s *Store) func(op string) {
 	}
 }
 
+// Store's operations happen in storeOrder however long each takes: each
+// is made slow in turn, so that what may run at the same time as it
+// overtakes it.
 func TestDurabilitySequence(t *testing.T) {
-	s := openStore(t)
-	rec := &recorder{probe: recordsHaveMessages(t, s)}
-	rec.install(s)
-	if _, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult()); err != nil {
-		t.Fatal(err)
-	}
-	got, want := slices.Sorted(slices.Values(rec.ops)), slices.Sorted(slices.Values(storeOps))
-	if !slices.Equal(got, want) {
-		t.Fatalf("operations\n%s\nwant (in any order)\n%s", strings.Join(rec.ops, "\n"), strings.Join(storeOps, "\n"))
-	}
-	for _, p := range storeOrder {
-		if !rec.before(p[0], p[1]) {
-			t.Errorf("%s did not end before %s started", p[0], p[1])
-		}
-	}
-	if last := rec.ops[len(rec.ops)-1]; last != "fsyncdir meta" {
-		t.Errorf("the last operation is %s, want fsyncdir meta", last)
-	}
-	for _, op := range rec.ops {
-		if _, ok := rec.ended[op]; !ok {
-			t.Errorf("%s had not ended when Store returned", op)
-		}
-	}
-	if t.Failed() {
-		t.Logf("operations:\n%s", strings.Join(rec.ops, "\n"))
+	for _, slow := range append([]string{"none"}, storeOps...) {
+		t.Run("slow "+slow, func(t *testing.T) {
+			s := openStore(t)
+			rec := &recorder{slow: slow, probe: recordsHaveMessages(t, s)}
+			rec.install(s)
+			if _, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult()); err != nil {
+				t.Fatal(err)
+			}
+			got, want := slices.Sorted(slices.Values(rec.ops)), slices.Sorted(slices.Values(storeOps))
+			if !slices.Equal(got, want) {
+				t.Fatalf("operations\n%s\nwant (in any order)\n%s", strings.Join(rec.ops, "\n"), strings.Join(storeOps, "\n"))
+			}
+			for _, p := range storeOrder {
+				if !rec.before(p[0], p[1]) {
+					t.Errorf("%s did not end before %s started", p[0], p[1])
+				}
+			}
+			if last := rec.ops[len(rec.ops)-1]; last != "fsyncdir meta" {
+				t.Errorf("the last operation is %s, want fsyncdir meta", last)
+			}
+			for _, op := range rec.ops {
+				if _, ok := rec.ended[op]; !ok {
+					t.Errorf("%s had not ended when Store returned", op)
+				}
+			}
+			if t.Failed() {
+				t.Logf("operations:\n%s", strings.Join(rec.ops, "\n"))
+			}
+		})
 	}
 }
 
