@@ -10,11 +10,11 @@
 //	meta/ID.json     its metadata record (Meta)
 //	release/ID.json  its release state (ReleaseState), once a release began
 //
-// Store writes both files to tmp/ and fsyncs them at once, then renames
-// each into place and fsyncs its directory, first the message, then the
-// record. A record is only ever visible once its message is durable, and
-// Store returns the id only once both are; on any failure it removes what
-// it wrote and returns an error, so that the chain applies on_error.
+// Store writes both files to tmp/, renames the message into msg/, fsyncs
+// both files and msg/ at once, then renames the record into meta/ and
+// fsyncs that. A record is only ever visible once its message is durable,
+// and Store returns the id only once both are; on any failure it removes
+// what it wrote and returns an error, so that the chain applies on_error.
 // Delete and Purge remove in the opposite order: the record first, then
 // the message.
 package quarantine
@@ -290,11 +290,17 @@ func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filte
 // record, durable under their final names, the record last; on failure it
 // removes what it made, the record first (as Delete does).
 //
-// Both files are fsynced at once: the cache flushes of fsyncs issued
-// together are merged (and a journal commits them in one transaction), so
-// that the second costs little. Each file is fsynced before its rename,
-// and the message's name is durable (msg/ fsynced) before the record is
-// renamed: whatever a crash keeps, a record has its message.
+// The message is renamed into msg/ before it is synced, so that its data,
+// its name and the record's data are synced at once: fsyncs issued
+// together share the disk's cache flush (and a journal's commit), so that
+// a Store waits for the disk twice, not four times. The record is renamed
+// only once all three fsyncs have returned, and meta/ is synced before
+// Store returns: without relying on any order the file system may keep
+// between unsynced changes, whatever a crash keeps, a record has its
+// message, whole. A crash before the record's rename can leave the message
+// without its record, whole or not, as a crash between the two renames
+// always could: the id was never returned, nothing refers to it, and Purge
+// removes such messages.
 func (s *Store) place(ctx context.Context, id string, msg, meta tempFile) error {
 	msgName, metaName := id+".eml", id+".json"
 	msgPath := filepath.Join(s.dir, msgDir, msgName)
@@ -316,12 +322,6 @@ func (s *Store) place(ctx context.Context, id string, msg, meta tempFile) error 
 		return fmt.Errorf("quarantine: write %s: %s%w", name, what, err)
 	}
 
-	errs := syncAll(func() error { return s.syncClose(msg) }, func() error { return s.syncClose(meta) })
-	for i, name := range []string{msgName, metaName} {
-		if errs[i] != nil {
-			return fail(name, "", errs[i])
-		}
-	}
 	if err := ctx.Err(); err != nil {
 		return fail(msgName, "", err)
 	}
@@ -329,8 +329,19 @@ func (s *Store) place(ctx context.Context, id string, msg, meta tempFile) error 
 		return fail(msgName, "rename: ", err)
 	}
 	placed = 1
-	if err := s.ops.syncDir(filepath.Join(s.dir, msgDir)); err != nil {
-		return fail(msgName, "fsync directory: ", err)
+	errs := syncAll(
+		func() error { return s.syncClose(msg) },
+		func() error { return s.syncClose(meta) },
+		func() error {
+			if err := s.ops.syncDir(filepath.Join(s.dir, msgDir)); err != nil {
+				return fmt.Errorf("fsync directory: %w", err)
+			}
+			return nil
+		})
+	for i, name := range []string{msgName, metaName, msgName} {
+		if errs[i] != nil {
+			return fail(name, "", errs[i])
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return fail(metaName, "", err)

@@ -430,8 +430,10 @@ var storeOps = []string{
 // storeOrder are the pairs of storeOps of which the first must end before
 // the second starts.
 var storeOrder = [][2]string{
-	// A file is complete and durable before its rename.
-	{"write tmp/.eml", "fsync tmp/.eml"}, {"fsync tmp/.eml", "rename tmp/.eml msg/.eml"},
+	// A file is complete before its rename, and synced before the rename
+	// that makes its record visible (the message's is synced after its own,
+	// together with msg/: a message without a record is not stored yet).
+	{"write tmp/.eml", "fsync tmp/.eml"}, {"write tmp/.eml", "rename tmp/.eml msg/.eml"},
 	{"write tmp/.json", "fsync tmp/.json"}, {"fsync tmp/.json", "rename tmp/.json meta/.json"},
 	// A directory is synced after the rename into it.
 	{"rename tmp/.eml msg/.eml", "fsyncdir msg"}, {"rename tmp/.json meta/.json", "fsyncdir meta"},
