@@ -114,7 +114,7 @@ func TestDeleteSequenceAndFaults(t *testing.T) {
 			s := openStore(t)
 			id := storeAt(t, s, time.Now(), testMsg)
 			claim(t, s, id)
-			rec := &recorder{failAt: i + 1, failErr: syscall.EIO}
+			rec := &recorder{fail: op, failErr: syscall.EIO}
 			rec.install(s)
 			if err := s.Delete(id); !errors.Is(err, syscall.EIO) {
 				t.Fatalf("Delete: %v", err)

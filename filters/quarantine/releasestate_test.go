@@ -187,11 +187,11 @@ func TestClaimFaults(t *testing.T) {
 	if !slices.Equal(rec.ops, claimSequence) {
 		t.Fatalf("operations\n%s\nwant\n%s", strings.Join(rec.ops, "\n"), strings.Join(claimSequence, "\n"))
 	}
-	for i, op := range claimSequence[:len(claimSequence)-1] { // the last: the claim is made; tmp/ is cleaned by Open
+	for _, op := range claimSequence[:len(claimSequence)-1] { // the last: the claim is made; tmp/ is cleaned by Open
 		t.Run(op, func(t *testing.T) {
 			s := openStore(t)
 			id := storeAt(t, s, time.Now(), testMsg)
-			rec := &recorder{failAt: i + 1, failErr: syscall.EIO}
+			rec := &recorder{fail: op, failErr: syscall.EIO}
 			rec.install(s)
 			st, err := s.ClaimRelease(id, ReleaseState{State: ReleasePending})
 			if !errors.Is(err, syscall.EIO) || errors.Is(err, ErrReleaseClaimed) {

@@ -23,7 +23,7 @@ import (
 	"github.com/popgate/popgate/filters"
 )
 
-func openStore(t *testing.T) *Store {
+func openStore(t testing.TB) *Store {
 	t.Helper()
 	s, err := Open(filepath.Join(t.TempDir(), "q"), zerolog.Nop())
 	if err != nil {
@@ -307,23 +307,54 @@ func TestConcurrentStores(t *testing.T) {
 	}
 }
 
-// recorder wraps the store's filesystem operations, logs them in order and
-// fails the one numbered failAt (1-based; 0 fails none) with failErr.
+// recorder wraps the store's filesystem operations and logs them in the
+// order they start, and when each ends (concurrent ones overlap). It fails
+// the first operation named fail (none when empty) with failErr, makes the
+// ones named slow take a while (so that whatever runs at the same time
+// ends first), and calls probe, when set, before each.
 type recorder struct {
 	mu      sync.Mutex
-	ops     []string
-	failAt  int
+	ops     []string       // in the order they started
+	ended   map[string]int // op: how many ops had started when it last ended
+	fail    string
 	failErr error
+	slow    string
+	probe   func(op string)
 }
 
-func (r *recorder) step(op string) error {
+// run logs op and runs f, or fails it.
+func (r *recorder) run(op string, f func() error) error {
+	if r.probe != nil {
+		r.probe(op)
+	}
+	r.mu.Lock()
+	r.ops = append(r.ops, op)
+	failing := op == r.fail
+	if failing {
+		r.fail = ""
+	}
+	r.mu.Unlock()
+	err := r.failErr
+	if !failing {
+		if op == r.slow {
+			time.Sleep(20 * time.Millisecond)
+		}
+		err = f()
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.ops = append(r.ops, op)
-	if len(r.ops) == r.failAt {
-		return r.failErr
+	if r.ended == nil {
+		r.ended = map[string]int{}
 	}
-	return nil
+	r.ended[op] = len(r.ops)
+	return err
+}
+
+// before reports whether op a ended before op b started.
+func (r *recorder) before(a, b string) bool {
+	end, ok := r.ended[a]
+	start := slices.Index(r.ops, b)
+	return ok && start >= 0 && end <= start
 }
 
 type recFile struct {
@@ -331,19 +362,20 @@ type recFile struct {
 	r *recorder
 }
 
-func (f *recFile) Write(p []byte) (int, error) {
-	if err := f.r.step("write " + base(f.Name())); err != nil {
-		return 0, err
-	}
-	return f.File.Write(p)
+func (f *recFile) Write(p []byte) (n int, err error) {
+	err = f.r.run("write "+base(f.Name()), func() error {
+		n, err = f.File.Write(p)
+		return err
+	})
+	return n, err
 }
 
 func (f *recFile) Close() error {
-	if err := f.r.step("close " + base(f.Name())); err != nil {
-		f.File.Close()
-		return err
+	err := f.r.run("close "+base(f.Name()), func() error { return nil })
+	if cerr := f.File.Close(); err == nil { // also when failing: no descriptor leaks
+		err = cerr
 	}
-	return f.File.Close()
+	return err
 }
 
 // base names a file by its directory and extension: tmp/.eml, msg/.json.
@@ -360,75 +392,143 @@ func (r *recorder) install(s *Store) {
 	real := osOps()
 	s.ops = fsOps{
 		createTemp: func(dir, pattern string) (tempFile, error) {
-			if err := r.step("create " + filepath.Base(dir) + "/" + map[bool]string{true: ".json", false: ".eml"}[strings.Contains(pattern, ".json")]); err != nil {
-				return nil, err
-			}
-			f, err := os.CreateTemp(dir, pattern)
+			var f *os.File
+			err := r.run("create "+base(filepath.Join(dir, pattern)), func() (err error) {
+				f, err = os.CreateTemp(dir, pattern)
+				return err
+			})
 			if err != nil {
 				return nil, err
 			}
 			return &recFile{File: f, r: r}, nil
 		},
 		syncFile: func(f tempFile) error {
-			if err := r.step("fsync " + base(f.Name())); err != nil {
-				return err
-			}
-			return real.syncFile(f)
+			return r.run("fsync "+base(f.Name()), func() error { return real.syncFile(f) })
 		},
 		rename: func(from, to string) error {
-			if err := r.step("rename " + base(from) + " " + base(to)); err != nil {
-				return err
-			}
-			return real.rename(from, to)
+			return r.run("rename "+base(from)+" "+base(to), func() error { return real.rename(from, to) })
 		},
 		syncDir: func(dir string) error {
-			if err := r.step("fsyncdir " + filepath.Base(dir)); err != nil {
-				return err
-			}
-			return real.syncDir(dir)
+			return r.run("fsyncdir "+filepath.Base(dir), func() error { return real.syncDir(dir) })
 		},
 		remove: func(name string) error {
-			if err := r.step("remove " + base(name)); err != nil {
-				return err
-			}
-			return real.remove(name)
+			return r.run("remove "+base(name), func() error { return real.remove(name) })
 		},
 		link: func(from, to string) error {
-			if err := r.step("link " + base(from) + " " + base(to)); err != nil {
-				return err
-			}
-			return real.link(from, to)
+			return r.run("link "+base(from)+" "+base(to), func() error { return real.link(from, to) })
 		},
 	}
 }
 
-var durableSequence = []string{
-	"create tmp/.eml", "write tmp/.eml", "fsync tmp/.eml", "close tmp/.eml",
-	"rename tmp/.eml msg/.eml", "fsyncdir msg",
-	"create tmp/.json", "write tmp/.json", "fsync tmp/.json", "close tmp/.json",
-	"rename tmp/.json meta/.json", "fsyncdir meta",
+// storeOps are the operations of a Store of a small message, each once.
+var storeOps = []string{
+	"create tmp/.eml", "write tmp/.eml", "create tmp/.json", "write tmp/.json",
+	"fsync tmp/.eml", "close tmp/.eml", "fsync tmp/.json", "close tmp/.json",
+	"rename tmp/.eml msg/.eml", "fsyncdir msg", "rename tmp/.json meta/.json", "fsyncdir meta",
 }
 
-func TestDurabilitySequence(t *testing.T) {
-	s := openStore(t)
-	rec := &recorder{}
-	rec.install(s)
-	if _, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult()); err != nil {
-		t.Fatal(err)
+// storeOrder are the pairs of storeOps of which the first must end before
+// the second starts.
+var storeOrder = [][2]string{
+	// A file is complete before its rename, and synced before the rename
+	// that makes its record visible (the message's is synced after its own,
+	// together with msg/: a message without a record is not stored yet).
+	{"write tmp/.eml", "fsync tmp/.eml"}, {"write tmp/.eml", "rename tmp/.eml msg/.eml"},
+	{"write tmp/.json", "fsync tmp/.json"}, {"fsync tmp/.json", "rename tmp/.json meta/.json"},
+	// A directory is synced after the rename into it.
+	{"rename tmp/.eml msg/.eml", "fsyncdir msg"}, {"rename tmp/.json meta/.json", "fsyncdir meta"},
+	// The record appears only once its message is durable, data and name:
+	// also after a crash, a record has its message.
+	{"fsync tmp/.eml", "rename tmp/.json meta/.json"}, {"fsyncdir msg", "rename tmp/.json meta/.json"},
+}
+
+// recordsHaveMessages is a recorder's probe: it fails t when a record in
+// s is visible without its message.
+func recordsHaveMessages(t *testing.T, s *Store) func(op string) {
+	return func(op string) {
+		for _, name := range files(t, s, metaDir) {
+			id := strings.TrimSuffix(name, ".json")
+			if _, err := os.Lstat(filepath.Join(s.dir, msgDir, id+".eml")); err != nil {
+				t.Errorf("before %s: record %s visible without its message: %v", op, id, err)
+			}
+		}
 	}
-	if !slices.Equal(rec.ops, durableSequence) {
-		t.Fatalf("operations\n%s\nwant\n%s", strings.Join(rec.ops, "\n"), strings.Join(durableSequence, "\n"))
+}
+
+// Store's operations happen in storeOrder however long each takes: each
+// is made slow in turn, so that what may run at the same time as it
+// overtakes it.
+func TestDurabilitySequence(t *testing.T) {
+	for _, slow := range append([]string{"none"}, storeOps...) {
+		t.Run("slow "+slow, func(t *testing.T) {
+			s := openStore(t)
+			rec := &recorder{slow: slow, probe: recordsHaveMessages(t, s)}
+			rec.install(s)
+			if _, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult()); err != nil {
+				t.Fatal(err)
+			}
+			got, want := slices.Sorted(slices.Values(rec.ops)), slices.Sorted(slices.Values(storeOps))
+			if !slices.Equal(got, want) {
+				t.Fatalf("operations\n%s\nwant (in any order)\n%s", strings.Join(rec.ops, "\n"), strings.Join(storeOps, "\n"))
+			}
+			for _, p := range storeOrder {
+				if !rec.before(p[0], p[1]) {
+					t.Errorf("%s did not end before %s started", p[0], p[1])
+				}
+			}
+			if last := rec.ops[len(rec.ops)-1]; last != "fsyncdir meta" {
+				t.Errorf("the last operation is %s, want fsyncdir meta", last)
+			}
+			for _, op := range rec.ops {
+				if _, ok := rec.ended[op]; !ok {
+					t.Errorf("%s had not ended when Store returned", op)
+				}
+			}
+			if t.Failed() {
+				t.Logf("operations:\n%s", strings.Join(rec.ops, "\n"))
+			}
+		})
+	}
+}
+
+// syncAll runs its functions at once: here each waits for all to start.
+func TestSyncAllAtOnce(t *testing.T) {
+	const n = 3
+	var started sync.WaitGroup
+	started.Add(n)
+	all := make(chan struct{})
+	go func() {
+		started.Wait()
+		close(all)
+	}()
+	f := func(i int) func() error {
+		return func() error {
+			started.Done()
+			select {
+			case <-all:
+				return fmt.Errorf("f%d", i)
+			case <-time.After(5 * time.Second):
+				return fmt.Errorf("f%d waited for the others in vain", i)
+			}
+		}
+	}
+	errs := syncAll(f(0), f(1), f(2))
+	for i, err := range errs {
+		if want := fmt.Sprintf("f%d", i); err == nil || err.Error() != want {
+			t.Errorf("error %d = %v, want %s", i, err, want)
+		}
 	}
 }
 
 // Every step of the sequence can fail (disk full on a write, an fsync that
 // reports an I/O error, a failed rename, a directory that cannot be
-// synced): Store then returns an error and no file is left anywhere.
+// synced): Store then returns an error and no file is left anywhere, and a
+// record is never visible without its message, also while Store cleans up.
 func TestEveryFailureLeavesNothing(t *testing.T) {
-	for i, op := range durableSequence {
+	for _, op := range storeOps {
 		t.Run(op, func(t *testing.T) {
 			s := openStore(t)
-			rec := &recorder{failAt: i + 1, failErr: syscall.ENOSPC}
+			rec := &recorder{fail: op, failErr: syscall.ENOSPC, probe: recordsHaveMessages(t, s)}
 			rec.install(s)
 			id, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult())
 			if err == nil {
