@@ -162,6 +162,7 @@ func Detect(ctx context.Context, r io.Reader, size int64) (*Info, error) {
 	root, err := mimetree.Parse(mailtext.NewReader(ctx, r), size, mimetree.Limits{}, &mimetree.Hooks{
 		Header: d.header,
 		Line:   d.line,
+		Lines:  func(p *mimetree.Part) bool { return strings.HasPrefix(p.ContentType, "text/") },
 	})
 	var le *mimetree.LimitError
 	switch {

@@ -253,3 +253,60 @@ func TestHooks(t *testing.T) {
 		t.Errorf("lines %q, want %q", lines, want)
 	}
 }
+
+// describe renders a tree: every field Parse sets, children in order.
+func describe(p *Part) string {
+	var b strings.Builder
+	var walk func(p *Part)
+	walk = func(p *Part) {
+		fmt.Fprintf(&b, "(%d %q %v %d-%d-%d-%d %q %q %v %v", p.Kind, p.ContentType, p.Names, p.HeaderStart, p.HeaderEnd, p.BodyStart, p.BodyEnd, p.Encoding, p.Boundary, p.Unterminated, p.LF)
+		for _, c := range p.Children {
+			walk(c)
+		}
+		b.WriteString(")")
+	}
+	walk(p)
+	return b.String()
+}
+
+// Skipping the lines nobody wants (Hooks.Lines) gives the tree a parse
+// line by line gives, whatever the input.
+func checkSkipSame(t *testing.T, msg []byte) {
+	parse := func(h *Hooks) string {
+		root, err := Parse(bytes.NewReader(msg), int64(len(msg)), Limits{}, h)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		return describe(root)
+	}
+	every := parse(&Hooks{Line: func(*Part, []byte) {}})
+	if skipped := parse(nil); skipped != every {
+		t.Fatalf("skipping lines changes the tree:\n%s\nline by line:\n%s", skipped, every)
+	}
+}
+
+func skipCases() [][]byte {
+	out := exceedsCases()
+	for _, nl := range []string{"\r\n", "\n"} {
+		body := strings.Repeat("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVph"+nl, 3000) // beyond the line buffer
+		for _, tail := range []string{"", "-", "--", "--b", "--b--", "- not a boundary" + nl, "--bb" + nl} {
+			out = append(out, []byte("Content-Type: multipart/mixed; boundary=b"+nl+nl+"--b"+nl+"Content-Type: application/pdf"+nl+nl+
+				body+"-dash"+nl+body+tail+nl+"--b"+nl+nl+"x"+nl+"--b--"+nl))
+		}
+		out = append(out, []byte("Subject: one part"+nl+nl+body+strings.Repeat("z", 70000)+nl+"--b"+nl))
+	}
+	return out
+}
+
+func TestParseSkipsLinesFaithfully(t *testing.T) {
+	for i, msg := range skipCases() {
+		t.Run(fmt.Sprint(i), func(t *testing.T) { checkSkipSame(t, msg) })
+	}
+}
+
+func FuzzParseSkip(f *testing.F) {
+	for _, msg := range skipCases() {
+		f.Add(msg)
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) { checkSkipSame(t, msg) })
+}
