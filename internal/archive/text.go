@@ -117,6 +117,27 @@ func newLineScanner(r io.ReaderAt, off, end int64) *lineScanner {
 	return &lineScanner{br: br, off: off}
 }
 
+// mentions reports whether marker occurs anywhere in the size bytes of r:
+// a block of a text format needs its marker line, and one vectorized
+// search over a text that has none spares it a scan line by line.
+func mentions(r io.ReaderAt, size int64, marker []byte) bool {
+	bp := markBufs.Get().(*[32 << 10]byte)
+	defer markBufs.Put(bp)
+	keep := int64(len(marker) - 1)
+	for off := int64(0); off < size; off += int64(len(bp)) - keep {
+		n, err := r.ReadAt(bp[:min(int64(len(bp)), size-off)], off)
+		if bytes.Contains(bp[:n], marker) {
+			return true
+		}
+		if err != nil || off+int64(n) >= size {
+			return err != nil && err != io.EOF // unreadable: let the scan say so
+		}
+	}
+	return false
+}
+
+var markBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
 // close gives the buffer back (once); the scanner is not used after it.
 func (s *lineScanner) close() {
 	if s.br != nil {

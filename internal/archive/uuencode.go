@@ -25,7 +25,7 @@ func init() {
 	Register(&Format{
 		Name: "uuencode",
 		Sniff: func(head []byte, r io.ReaderAt, size int64, _ string) bool {
-			if !looksText(head) {
+			if !looksText(head) || !mentions(r, size, uuMarker) {
 				return false
 			}
 			s := newLineScanner(r, 0, size)
@@ -46,7 +46,7 @@ func init() {
 
 // uuBegin parses a "begin 644 name" line.
 func uuBegin(line []byte) (string, bool) {
-	rest, ok := bytes.CutPrefix(line, []byte("begin "))
+	rest, ok := bytes.CutPrefix(line, uuMarker)
 	if !ok {
 		return "", false
 	}
@@ -81,7 +81,13 @@ func uuLine(line []byte) (int, bool) {
 	return n, k >= (n*4+2)/3 && k <= (n+2)/3*4+1
 }
 
+// uuMarker starts every block's first line.
+var uuMarker = []byte("begin ")
+
 func walkUU(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*Member) error) error {
+	if !mentions(r, size, uuMarker) {
+		return ErrNotFormat
+	}
 	s := newLineScanner(r, 0, size)
 	defer s.close()
 	found := false

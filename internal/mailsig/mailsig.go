@@ -162,7 +162,11 @@ func Detect(ctx context.Context, r io.Reader, size int64) (*Info, error) {
 	root, err := mimetree.Parse(mailtext.NewReader(ctx, r), size, mimetree.Limits{}, &mimetree.Hooks{
 		Header: d.header,
 		Line:   d.line,
-		Lines:  func(p *mimetree.Part) bool { return strings.HasPrefix(p.ContentType, "text/") },
+		// Armour lines start with '-', which Line sees in any part; only
+		// base64 text must be decoded line by line to find them.
+		Lines: func(p *mimetree.Part) bool {
+			return p.Encoding == "base64" && strings.HasPrefix(p.ContentType, "text/")
+		},
 	})
 	var le *mimetree.LimitError
 	switch {

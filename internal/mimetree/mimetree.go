@@ -196,8 +196,9 @@ type Hooks struct {
 	// its line break (of a line longer than 64 KiB, its start only).
 	Line func(p *Part, line []byte)
 	// Lines, when set, says (once, when a leaf's body begins) whether Line
-	// wants that leaf's lines: the bodies nobody wants line by line are
-	// skipped to their next possible boundary at memory speed.
+	// wants all of that leaf's lines; of a leaf it declines, Line sees only
+	// the lines that start with '-' (which the parser reads anyway, since
+	// only they can be boundaries): the others are skipped at memory speed.
 	Lines func(p *Part) bool
 }
 
@@ -323,7 +324,7 @@ func (p *parser) run() (*Part, error) {
 			continue
 		}
 		top := p.stack[len(p.stack)-1]
-		if top.state == stBody && top.p.Kind == Leaf && p.hooks.Line != nil {
+		if top.state == stBody && top.p.Kind == Leaf && p.hooks.Line != nil && (top.lines || bytes.HasPrefix(ln.head, dash)) {
 			p.hooks.Line(top.p, ln.head)
 		}
 		if top.state == stHeader {
@@ -372,7 +373,10 @@ func (p *parser) skipLines(prevBrk *int) {
 	}
 }
 
-var lineDash = []byte("\n-")
+var (
+	dash     = []byte("-")
+	lineDash = []byte("\n-")
+)
 
 // readLine reads the next line; n == 0 at the end of the input. Lines read
 // while the top frame collects a header are appended to its header buffer
