@@ -45,7 +45,7 @@ func init() {
 	Register(&Format{
 		Name: "binhex",
 		Sniff: func(head []byte, r io.ReaderAt, size int64, _ string) bool {
-			if !looksText(head) || !mentions(r, size, binhexMarker) {
+			if !looksText(head) || !mentions(head, r, size, binhexMarker) {
 				return false
 			}
 			s := newLineScanner(r, 0, size)
@@ -77,7 +77,7 @@ type binhexHeader struct {
 }
 
 func walkBinHex(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*Member) error) error {
-	if !mentions(r, size, binhexMarker) {
+	if !mentions(nil, r, size, binhexMarker) {
 		return ErrNotFormat
 	}
 	s := newLineScanner(r, 0, size)

@@ -100,6 +100,7 @@ type lineScanner struct {
 	lineOff int64  // of the current line
 	long    bool   // the current line was cut
 	cut     []byte // the start of a cut line
+	pooled  bool   // br is lineBufs'
 	err     error
 }
 
@@ -108,19 +109,28 @@ type lineScanner struct {
 const lineMax = 4096
 
 // lineBufs recycles the scanners' buffers: a text part is scanned by each
-// text format, and a message may have many.
+// text format, and a message may have many. A text shorter than the buffer
+// gets a buffer of its size instead.
 var lineBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, lineMax) }}
 
 func newLineScanner(r io.ReaderAt, off, end int64) *lineScanner {
+	sr := io.NewSectionReader(r, off, end-off)
+	if end-off < lineMax {
+		return &lineScanner{br: bufio.NewReaderSize(sr, int(end-off)+1), off: off}
+	}
 	br := lineBufs.Get().(*bufio.Reader)
-	br.Reset(io.NewSectionReader(r, off, end-off))
-	return &lineScanner{br: br, off: off}
+	br.Reset(sr)
+	return &lineScanner{br: br, off: off, pooled: true}
 }
 
 // mentions reports whether marker occurs anywhere in the size bytes of r:
 // a block of a text format needs its marker line, and one vectorized
 // search over a text that has none spares it a scan line by line.
-func mentions(r io.ReaderAt, size int64, marker []byte) bool {
+// head, when it holds all size bytes, is searched instead of r.
+func mentions(head []byte, r io.ReaderAt, size int64, marker []byte) bool {
+	if int64(len(head)) >= size {
+		return bytes.Contains(head[:size], marker)
+	}
 	bp := markBufs.Get().(*[32 << 10]byte)
 	defer markBufs.Put(bp)
 	keep := int64(len(marker) - 1)
@@ -140,11 +150,11 @@ var markBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
 
 // close gives the buffer back (once); the scanner is not used after it.
 func (s *lineScanner) close() {
-	if s.br != nil {
+	if s.pooled {
 		s.br.Reset(nil)
 		lineBufs.Put(s.br)
-		s.br = nil
 	}
+	s.br, s.pooled = nil, false
 }
 
 // next moves to the next line; it returns false at the end of the input or

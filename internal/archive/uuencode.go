@@ -25,7 +25,7 @@ func init() {
 	Register(&Format{
 		Name: "uuencode",
 		Sniff: func(head []byte, r io.ReaderAt, size int64, _ string) bool {
-			if !looksText(head) || !mentions(r, size, uuMarker) {
+			if !looksText(head) || !mentions(head, r, size, uuMarker) {
 				return false
 			}
 			s := newLineScanner(r, 0, size)
@@ -85,7 +85,7 @@ func uuLine(line []byte) (int, bool) {
 var uuMarker = []byte("begin ")
 
 func walkUU(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*Member) error) error {
-	if !mentions(r, size, uuMarker) {
+	if !mentions(nil, r, size, uuMarker) {
 		return ErrNotFormat
 	}
 	s := newLineScanner(r, 0, size)
