@@ -40,8 +40,9 @@ var (
 	endOfStream = []byte{0, 0, 0, 0}
 )
 
-// chunkBufs holds chunk buffers: the 4-byte length and the data.
-var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 4+chunkSize); return &b }}
+// chunkBufs holds chunk buffers: room for the INSTREAM command, then the
+// 4-byte length and the data.
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, len(cmdInstream)+4+chunkSize); return &b }}
 
 // connError is a failure of the connection to a backend before it gave an
 // answer (cannot connect, connection reset or closed): the only kind of
@@ -138,12 +139,17 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		return &connError{backend: b.Addr, op: op, err: werr}
 	}
 
-	if _, err := conn.Write(cmdInstream); err != nil {
-		return verdict{}, failed("sending INSTREAM", err)
-	}
+	// The command goes out in one write with the first chunk (or with the
+	// end of an empty stream): a write, and a segment clamd wakes up for,
+	// fewer per scan; and a scan that ends before the message's first
+	// byte (Start's, on a RETR that got -ERR) leaves clamd a connection
+	// without a command rather than an abandoned stream.
 	bufp := chunkBufs.Get().(*[]byte)
 	defer chunkBufs.Put(bufp)
+	cmdLen := len(cmdInstream)
 	buf := *bufp
+	copy(buf, cmdInstream)
+	from := 0 // where the next write starts in buf: 0 while the command is unsent
 	limit := size
 	if size < 0 {
 		limit = s.cfg.MaxSize
@@ -179,12 +185,13 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			}
 			break
 		}
-		n, rerr := fill(r, buf[4:4+want])
+		n, rerr := fill(r, buf[cmdLen+4:cmdLen+4+int(want)])
 		if n > 0 {
-			binary.BigEndian.PutUint32(buf[:4], uint32(n))
-			if _, err := conn.Write(buf[:4+n]); err != nil {
+			binary.BigEndian.PutUint32(buf[cmdLen:cmdLen+4], uint32(n))
+			if _, err := conn.Write(buf[from : cmdLen+4+n]); err != nil {
 				return verdict{}, failed("sending the message", err)
 			}
+			from = cmdLen
 			sent += int64(n)
 		}
 		if rerr == io.EOF {
@@ -195,6 +202,11 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		}
 		if rerr != nil {
 			return verdict{}, fmt.Errorf("clamav: reading the message: %w", rerr)
+		}
+	}
+	if from == 0 { // an empty message: the command has not gone out yet
+		if _, err := conn.Write(cmdInstream); err != nil {
+			return verdict{}, failed("sending INSTREAM", err)
 		}
 	}
 	final.Store(true)
