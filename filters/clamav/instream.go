@@ -89,9 +89,10 @@ type reply struct {
 }
 
 // scanOne runs one INSTREAM scan of r (size bytes; negative: unknown, up to
-// MaxSize) on b. ctx carries the scan's deadline; cancelling it closes the
-// connection.
-func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int64, timeout time.Duration) (verdict, error) {
+// MaxSize) on b, reading each chunk with read (fill, or readSome for a
+// message still arriving). ctx carries the scan's deadline; cancelling it
+// closes the connection.
+func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int64, timeout time.Duration, read func(io.Reader, []byte) (int, error)) (verdict, error) {
 	conn, err := s.dial(ctx, b)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -185,7 +186,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			}
 			break
 		}
-		n, rerr := fill(r, buf[cmdLen+4:cmdLen+4+int(want)])
+		n, rerr := read(r, buf[cmdLen+4:cmdLen+4+int(want)])
 		if n > 0 {
 			binary.BigEndian.PutUint32(buf[cmdLen:cmdLen+4], uint32(n))
 			if _, err := conn.Write(buf[from : cmdLen+4+n]); err != nil {
@@ -345,6 +346,28 @@ func fill(r io.Reader, p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// readSome reads into p what r has now, waiting only while it has nothing:
+// one Read that returns bytes, an error or io.EOF. For a message that is
+// still arriving (Start) each chunk then goes out as soon as the proxy
+// received it, so that when the last byte arrives only that last piece and
+// the end of the stream are left to send. fill would hold a 100 KB message
+// back until it is almost whole: its first read leaves the first chunk
+// short of 64 KiB by the status line, and the rest comes at the end.
+func readSome(r io.Reader, p []byte) (int, error) {
+	for empty := 0; ; {
+		n, err := r.Read(p)
+		if n < 0 || n > len(p) {
+			return 0, errors.New("the reader returned an invalid count")
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+		if empty++; empty >= 100 {
+			return 0, io.ErrNoProgress
+		}
+	}
 }
 
 // hasMore reports whether r yields another byte (consuming it).
