@@ -340,7 +340,9 @@ func (m *memBody) Open() (io.ReadCloser, error) {
 	if m.removed {
 		return nil, fmt.Errorf("spool: memory body: %w", errRemoved)
 	}
-	return newBodyReader(bytes.NewReader(m.b), m.size), nil
+	r := newBodyReader(bytes.NewReader(m.b), m.size)
+	r.mem = m.b[:m.size]
+	return r, nil
 }
 
 func (m *memBody) Size() int64 { return m.size }
@@ -401,6 +403,7 @@ func (b *fileBody) Remove() error {
 // archives, may type-assert for them) and Size.
 type bodyReader struct {
 	sr     *io.SectionReader
+	mem    []byte // the body, when it is in memory (WriteTo)
 	closed atomic.Bool
 }
 
@@ -432,6 +435,44 @@ func (r *bodyReader) Seek(offset int64, whence int) (int64, error) {
 }
 
 func (r *bodyReader) Size() int64 { return r.sr.Size() }
+
+// copyBufs are WriteTo's buffers for bodies in files.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// WriteTo writes the rest of the body to w (io.WriterTo, which io.Copy
+// prefers): a body in memory in one Write, straight from memory; one in a
+// file through a pooled buffer (or w's ReadFrom). Without it io.Copy
+// allocated a 32 KiB buffer per copy (the proxy sends every filtered
+// message so) and handed w a body in memory 32 KiB at a time: four writes
+// to the client's socket for 100 KB instead of one.
+func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
+	if r.closed.Load() {
+		return 0, errReaderClosed
+	}
+	off, err := r.sr.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
+	if r.mem == nil {
+		bufp := copyBufs.Get().(*[]byte)
+		defer copyBufs.Put(bufp)
+		return io.CopyBuffer(w, struct{ io.Reader }{r}, *bufp) // the struct hides WriteTo
+	}
+	if off >= int64(len(r.mem)) {
+		return 0, nil
+	}
+	rest := r.mem[off:]
+	n, err := w.Write(rest)
+	if n < 0 || n > len(rest) {
+		n, err = 0, errors.New("spool: invalid write count")
+	} else if err == nil && n < len(rest) {
+		err = io.ErrShortWrite
+	}
+	if _, serr := r.sr.Seek(off+int64(n), io.SeekStart); err == nil {
+		err = serr
+	}
+	return int64(n), err
+}
 
 func (r *bodyReader) Close() error {
 	r.closed.Store(true)
