@@ -769,3 +769,37 @@ func TestSpoolBodyWriteTo(t *testing.T) {
 		b.Remove()
 	}
 }
+
+// Grow sizes the memory part once for a body announced to fit in memory,
+// and changes nothing for one that will not; the body is the same.
+func TestSpoolGrow(t *testing.T) {
+	data := pattern(100_000, 5)
+	for _, tc := range []struct {
+		name    string
+		hint    int64
+		wantCap int
+	}{{"exact", 100_000, 100_000}, {"short", 60_000, 120_000}, {"beyond the limit", 2 << 20, 120_000}} {
+		w := (&Spool{MemoryLimit: 1 << 20}).NewWriter()
+		w.Grow(tc.hint)
+		writeChunks(t, w, data, 30_000)
+		if cap(w.mem) != tc.wantCap {
+			t.Errorf("%s: memory part of %d bytes, want %d", tc.name, cap(w.mem), tc.wantCap)
+		}
+		b, err := w.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readBody(t, b); !bytes.Equal(got, data) {
+			t.Errorf("%s: body differs", tc.name)
+		}
+		b.Remove()
+	}
+	w := (&Spool{Dir: t.TempDir(), MemoryLimit: 1000}).NewWriter()
+	writeChunks(t, w, data, 30_000)
+	w.Grow(500) // in a file already: nothing
+	b, err := w.Finish()
+	if err != nil || !bytes.Equal(readBody(t, b), data) {
+		t.Errorf("file body: %v", err)
+	}
+	b.Remove()
+}

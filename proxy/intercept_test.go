@@ -352,3 +352,19 @@ func TestSetPolicyKeepsRunningSessions(t *testing.T) {
 		t.Fatalf("retired: generation 1 %d and 2 %d times (want 1), the current generation %d times (want 0)", retired1.Load(), retired2.Load(), retired3.Load())
 	}
 }
+
+func TestAnnouncedSize(t *testing.T) {
+	for text, want := range map[string]int64{
+		"100000 octets":               100000,
+		"120 octets":                  120,
+		"0":                           0,
+		"":                            -1,
+		"message follows":             -1,
+		"-5 octets":                   -1,
+		"99999999999999999999 octets": -1,
+	} {
+		if got := announcedSize(text); got != want {
+			t.Errorf("announcedSize(%q) = %d, want %d", text, got, want)
+		}
+	}
+}
