@@ -764,3 +764,58 @@ func TestSpoolChunksOutliveReaders(t *testing.T) {
 		t.Error("a closed reader still reads")
 	}
 }
+
+// countingWriter records the sizes of the writes it gets.
+type countingWriter struct {
+	bytes.Buffer
+	writes []int
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.writes = append(w.writes, len(p))
+	return w.Buffer.Write(p)
+}
+
+// io.Copy from a body reader (WriteTo) gives the writer a body in memory
+// straight from its chunks, one write each, from where the reader stands;
+// a body in a file whole.
+func TestSpoolBodyWriteTo(t *testing.T) {
+	data := pattern(200_000, 3)
+	for _, tc := range []struct {
+		name  string
+		limit int64
+		file  bool
+	}{{"memory", 1 << 20, false}, {"file", 1000, true}} {
+		s := &Spool{Dir: t.TempDir(), MemoryLimit: tc.limit}
+		w := s.NewWriter()
+		writeChunks(t, w, data, 30_000)
+		b, err := w.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := b.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := make([]byte, 1000)
+		if _, err := io.ReadFull(r, head); err != nil {
+			t.Fatal(err)
+		}
+		var cw countingWriter
+		n, err := io.Copy(&cw, r)
+		if err != nil || n != int64(len(data)-1000) || !bytes.Equal(cw.Bytes(), data[1000:]) {
+			t.Errorf("%s: copied %d bytes (%v), want the %d after the first 1000", tc.name, n, err, len(data)-1000)
+		}
+		if chunks := (len(data) + memChunkSize - 1) / memChunkSize; !tc.file && len(cw.writes) != chunks {
+			t.Errorf("%s: %d writes (%v), want one per chunk (%d)", tc.name, len(cw.writes), cw.writes, chunks)
+		}
+		if m, err := r.Read(head); m != 0 || err != io.EOF {
+			t.Errorf("%s: after the copy, Read = %d, %v; want EOF", tc.name, m, err)
+		}
+		r.Close()
+		if _, err := io.Copy(&cw, r); err == nil {
+			t.Errorf("%s: copy from a closed reader: no error", tc.name)
+		}
+		b.Remove()
+	}
+}

@@ -100,24 +100,30 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 	if top {
 		upCmd = []byte("RETR " + cmd.Args[0])
 	}
-	status, st, err := s.exchange(upCmd)
-	if err != nil {
-		return err
-	}
-	if !st.OK {
-		s.writeLine(status)
-		return nil
-	}
-	s.messages++
 	sw := chain.Spool.NewWriter() // a nil Spool has the defaults
 	var started *filters.Started
 	if rec == nil {
 		// A scanner first in the chain starts on the message as it
 		// arrives (clamd scans while the rest is read); not for a message
-		// the memory is likely to serve unscanned. A read cut short
-		// aborts sw, which ends that scan without a verdict.
+		// the memory is likely to serve unscanned. It starts before the
+		// command goes upstream: connecting to clamd (about 0.1-0.3 ms
+		// on loopback) then overlaps the server's answer instead of
+		// delaying the end of the stream past the message's last byte.
+		// A -ERR, or a read cut short, aborts sw, which ends that scan
+		// without a verdict.
 		started = chain.Start(s.ctx, sw)
 	}
+	status, st, err := s.exchange(upCmd)
+	if err != nil {
+		sw.Abort()
+		return err
+	}
+	if !st.OK {
+		sw.Abort()
+		s.writeLine(status)
+		return nil
+	}
+	s.messages++
 	// A spool that fails (disk full) must not stop the read half way: the
 	// rest of the message would stay unread upstream and end the session.
 	// Finish reports the failure.

@@ -389,7 +389,15 @@ type readerSource struct {
 	seeker io.Seeker
 	start  int64
 	cr     *countingReader
+	// follows: r yields the message as the proxy receives it (Start), and
+	// blocks only when it has nothing yet.
+	follows bool
 }
+
+// following reports whether the source's reader yields a message that is
+// still arriving: scanOne then sends each chunk as soon as there are
+// bytes for it (readSome), not once it is full.
+func (rs *readerSource) following() bool { return rs.follows }
 
 func (rs *readerSource) open(n int) (io.Reader, bool, error) {
 	switch {
@@ -455,6 +463,10 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
+	read := fill
+	if f, ok := src.(interface{ following() bool }); ok && f.following() {
+		read = readSome
+	}
 	var errs []error
 	for n, b := range s.pool.Candidates() {
 		if n >= s.cfg.MaxAttempts {
@@ -468,7 +480,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 		if !ok {
 			break // the message cannot be read again
 		}
-		v, err := s.scanOne(ctx, b, r, size, timeout)
+		v, err := s.scanOne(ctx, b, r, size, timeout, read)
 		if err == nil {
 			s.pool.Observe(b, nil)
 			if strings.HasPrefix(v.signature, limitsExceeded) {
@@ -531,7 +543,7 @@ func (f *Filter) Start(ctx context.Context, r io.Reader) any {
 	cr := &countingReader{r: r}
 	go func() {
 		defer close(e.done)
-		e.res, e.err = f.scanner.ScanReader(ctx, cr, -1)
+		e.res, e.err = f.scanner.scan(ctx, &readerSource{r: cr, follows: true}, -1)
 		e.n = cr.n
 	}()
 	return e

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -258,4 +259,34 @@ func TestFilterStarted(t *testing.T) {
 	}
 	res.Release()
 	in.Remove()
+}
+
+// The scan Start began sends what has arrived without waiting for a full
+// 64 KiB chunk: clamd holds the first bytes of a message while the rest is
+// still on its way, and only the last piece is left to send when the
+// message ends.
+func TestFilterStartedSendsAsItArrives(t *testing.T) {
+	leakCheck(t)
+	f := newFake(t, "tcp")
+	var got atomic.Int64
+	f.set(fakeMode{onBytes: func(n int64) { got.Store(n) }})
+	s := newTestScanner(t, testConfig(f.url))
+	chain := &filters.Chain{Filters: []filters.Filter{NewFilter("av", s, OversizeTempFail)}, Spool: &filters.Spool{Dir: t.TempDir()}}
+	ctx := context.Background()
+	msg := virusAtEnd(100_000)
+	w := chain.Spool.NewWriter()
+	st := chain.Start(ctx, w)
+	w.Write(msg[:10_000])
+	waitFor(t, 5*time.Second, "clamd to get the first 10,000 bytes before the message is whole", func() bool { return got.Load() >= 10_000 })
+	w.Write(msg[10_000:])
+	in, err := w.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Remove()
+	res := chain.Run(ctx, filters.WithStarted(&filters.Envelope{}, st), in)
+	defer res.Release()
+	if res.Outcome != filters.Refuse || got.Load() != int64(len(msg)) {
+		t.Errorf("outcome %v (%q), clamd got %d bytes; want refuse after all %d", res.Outcome, res.Reason, got.Load(), len(msg))
+	}
 }
