@@ -290,3 +290,45 @@ func TestFilterStartedSendsAsItArrives(t *testing.T) {
 		t.Errorf("outcome %v (%q), clamd got %d bytes; want refuse after all %d", res.Outcome, res.Reason, got.Load(), len(msg))
 	}
 }
+
+// The scan Start began says Sent (filters.Sender) once it has sent the
+// whole message and the end of the stream, and also when it ends without,
+// so that a chain waiting for it never waits past the scan.
+func TestFilterStartedSent(t *testing.T) {
+	leakCheck(t)
+	f := newFake(t, "tcp")
+	s := newTestScanner(t, testConfig(f.url))
+	av := NewFilter("av", s, OversizeTempFail)
+	ctx := context.Background()
+	spool := &filters.Spool{Dir: t.TempDir()}
+	msg := virusAtEnd(100_000)
+	for _, abort := range []bool{false, true} {
+		w := spool.NewWriter()
+		work := av.Start(ctx, w.Follow()).(filters.Sender)
+		w.Write(msg[:50_000])
+		select {
+		case <-work.Sent():
+			t.Fatalf("abort %v: sent before the message was whole", abort)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if abort {
+			w.Abort()
+		} else {
+			w.Write(msg[50_000:])
+			b, err := w.Finish()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Remove()
+		}
+		select {
+		case <-work.Sent():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("abort %v: never sent", abort)
+		}
+		<-work.(*early).done
+		if e := work.(*early); abort == (e.err == nil) {
+			t.Errorf("abort %v: scan error %v", abort, e.err)
+		}
+	}
+}
