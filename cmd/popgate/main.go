@@ -195,8 +195,11 @@ func cmdRun(args []string, stderr io.Writer) int {
 func serveUntilSignal(svc *generation.Service, reload bool, logOut *generation.LogOutput) int {
 	log := svc.Logger()
 	sigs := make(chan os.Signal, 4)
+	// Caught until the process exits, never Stopped: a second SIGTERM
+	// (a service manager or an operator repeating it) that arrives after
+	// the drain but before the exit would otherwise kill popgate by the
+	// signal, and a clean stop would look like a crash.
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
-	defer signal.Stop(sigs)
 	served := make(chan error, 1)
 	go func() { served <- svc.Serve() }()
 	for {

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -77,7 +76,6 @@ func TestMemoryFaults(t *testing.T) {
 			first := standardSession(t, p.addr("plain"), mb.u, nmsgs, clientOpts{noDele: true})
 			time.Sleep(500 * time.Millisecond) // the records are written after the answers
 			if tc.file != nil {
-				p.signal(syscall.SIGTERM)
 				p.stop(10 * time.Second)
 				tc.file(t, filepath.Join(qdir, "memory.db"))
 				p = startPopgate(t, cfg, "", "plain")

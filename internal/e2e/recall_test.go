@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -114,7 +113,6 @@ func TestMemoryRemembers(t *testing.T) {
 	}
 	// popgate remembers after answering: let the writes land.
 	time.Sleep(300 * time.Millisecond)
-	p.signal(syscall.SIGTERM)
 	p.stop(10 * time.Second)
 
 	// clamd out of reach: anything scanned now would be deferred.
