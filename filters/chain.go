@@ -278,7 +278,6 @@ func (c *Chain) run(ctx context.Context, env *Envelope, in Body) *Result {
 	lossy := false       // a Replace dropped bytes of the original
 	var skipped []string // filters that failed under PassWithTag
 	env = withInput(env, in)
-	env.waitSent(ctx, in)
 	passes, releasedID := c.released(ctx, env, in)
 	if c.Encrypted != EncryptedIgnore && !passes[EncryptedStep] {
 		if r := c.encrypted(ctx, env, in, res); r != nil {

@@ -392,23 +392,12 @@ type readerSource struct {
 	// follows: r yields the message as the proxy receives it (Start), and
 	// blocks only when it has nothing yet.
 	follows bool
-	// sent, if set, is called once the end of the stream went out.
-	sent func()
 }
 
-// stream says how scanOne sends src's message.
-func streamOf(src source) stream {
-	st := stream{read: fill}
-	if rs, ok := src.(*readerSource); ok {
-		if rs.follows {
-			// A message still arriving: each chunk goes out as soon as
-			// there are bytes for it, not once it is full.
-			st.read = readSome
-		}
-		st.sent = rs.sent
-	}
-	return st
-}
+// following reports whether the source's reader yields a message that is
+// still arriving: scanOne then sends each chunk as soon as there are
+// bytes for it (readSome), not once it is full.
+func (rs *readerSource) following() bool { return rs.follows }
 
 func (rs *readerSource) open(n int) (io.Reader, bool, error) {
 	switch {
@@ -474,7 +463,10 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	st := streamOf(src)
+	read := fill
+	if f, ok := src.(interface{ following() bool }); ok && f.following() {
+		read = readSome
+	}
 	var errs []error
 	for n, b := range s.pool.Candidates() {
 		if n >= s.cfg.MaxAttempts {
@@ -488,7 +480,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 		if !ok {
 			break // the message cannot be read again
 		}
-		v, err := s.scanOne(ctx, b, r, size, timeout, st)
+		v, err := s.scanOne(ctx, b, r, size, timeout, read)
 		if err == nil {
 			s.pool.Observe(b, nil)
 			if strings.HasPrefix(v.signature, limitsExceeded) {
@@ -547,14 +539,11 @@ func (f *Filter) Start(ctx context.Context, r io.Reader) any {
 	if f.scan == ScanParts {
 		return nil // the message is not scanned as one stream
 	}
-	e := &early{done: make(chan struct{}), sent: make(chan struct{})}
+	e := &early{done: make(chan struct{})}
 	cr := &countingReader{r: r}
-	var once sync.Once
-	sent := func() { once.Do(func() { close(e.sent) }) }
 	go func() {
 		defer close(e.done)
-		defer sent() // also when the stream ended without its marker
-		e.res, e.err = f.scanner.scan(ctx, &readerSource{r: cr, follows: true, sent: sent}, -1)
+		e.res, e.err = f.scanner.scan(ctx, &readerSource{r: cr, follows: true}, -1)
 		e.n = cr.n
 	}()
 	return e
@@ -563,15 +552,10 @@ func (f *Filter) Start(ctx context.Context, r io.Reader) any {
 // early is a scan Start began.
 type early struct {
 	done chan struct{}
-	sent chan struct{} // closed once the end of the stream went out, or the scan ended
 	res  Result
 	err  error
 	n    int64 // bytes read from the message
 }
-
-// Sent is closed once the scan has sent the whole message and the end of
-// the stream, or has ended without (filters.Sender).
-func (e *early) Sent() <-chan struct{} { return e.sent }
 
 // started is the outcome of the scan Start began on body while it
 // arrived (ok), when it has one: clamd's clean or infected answer after all of

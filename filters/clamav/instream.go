@@ -88,18 +88,11 @@ type reply struct {
 	err   error  // why there is no complete line; with ok: how reading on failed
 }
 
-// stream is how scanOne sends a message: read reads each chunk (fill, or
-// readSome for a message still arriving); sent, if set, is called once
-// the end of the stream went out.
-type stream struct {
-	read func(io.Reader, []byte) (int, error)
-	sent func()
-}
-
 // scanOne runs one INSTREAM scan of r (size bytes; negative: unknown, up to
-// MaxSize) on b, sent as st says. ctx carries the scan's deadline;
-// cancelling it closes the connection.
-func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int64, timeout time.Duration, st stream) (verdict, error) {
+// MaxSize) on b, reading each chunk with read (fill, or readSome for a
+// message still arriving). ctx carries the scan's deadline; cancelling it
+// closes the connection.
+func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int64, timeout time.Duration, read func(io.Reader, []byte) (int, error)) (verdict, error) {
 	conn, err := s.dial(ctx, b)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -201,7 +194,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			}
 			break
 		}
-		n, rerr := st.read(r, buf[cmdLen+4:cmdLen+4+int(want)])
+		n, rerr := read(r, buf[cmdLen+4:cmdLen+4+int(want)])
 		if n > 0 {
 			binary.BigEndian.PutUint32(buf[cmdLen:cmdLen+4], uint32(n))
 			if _, err := conn.Write(buf[from : cmdLen+4+n]); err != nil {
@@ -228,9 +221,6 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 	final.Store(true)
 	if _, err := conn.Write(endOfStream); err != nil {
 		return verdict{}, failed("ending the stream", err)
-	}
-	if st.sent != nil {
-		st.sent()
 	}
 
 	res := wait()
