@@ -161,7 +161,9 @@ func parseReleaseBody(r io.Reader) (release.Request, error) {
 	if body.To != "" && !envelopeAddress(body.To) {
 		return req, errors.New(`"to": not an address (local@domain)`)
 	}
-	if len(body.Login) > maxAddressLen || !printable(body.Login) {
+	// A login is one word where it is used (a POP3 USER argument, an
+	// envelope's neighbour): no spaces or angle brackets.
+	if len(body.Login) > maxAddressLen || !printable(body.Login) || strings.ContainsAny(body.Login, " <>") {
 		return req, errors.New(`"login": not a login name`)
 	}
 	req.To, req.Login = body.To, body.Login
