@@ -3,8 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -350,5 +353,87 @@ func TestSetPolicyKeepsRunningSessions(t *testing.T) {
 	waitFor(t, func() bool { return srv.Sessions() == 0 })
 	if retired1.Load() != 1 || retired2.Load() != 1 || retired3.Load() != 0 {
 		t.Fatalf("retired: generation 1 %d and 2 %d times (want 1), the current generation %d times (want 0)", retired1.Load(), retired2.Load(), retired3.Load())
+	}
+}
+
+// The UIDLs filtered downloads carry come from one listing per session: the
+// client's own UIDL listing when it asked for one, else popgate's. A
+// listing taken after a DELE is not trusted past RSET, which restores the
+// message.
+func TestUIDLListingPerSession(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		commands []string // each answered +OK
+		want     []string // the UIDL the filter saw, per RETR in order
+		listings int      // whole UIDL listings the server made
+	}{
+		{"client's listing is used", []string{"UIDL", "RETR 2", "RETR 1"}, []string{"u2", "u1"}, 1},
+		{"no client listing: fetched once", []string{"RETR 2", "RETR 1", "RETR 3"}, []string{"u2", "u1", "u3"}, 1},
+		{"client's listing after popgate's", []string{"RETR 1", "UIDL", "RETR 2"}, []string{"u1", "u2"}, 2},
+		{"one message's UIDL is not a listing", []string{"UIDL 1", "RETR 1"}, []string{"u1"}, 1},
+		{"RSET after DELE: listed again", []string{"DELE 1", "UIDL", "RETR 2", "RSET", "RETR 1"}, []string{"u2", "u1"}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := mailConfig()
+			var mu sync.Mutex
+			listings := 0
+			cfg.Logf = func(format string, args ...any) {
+				if strings.HasSuffix(fmt.Sprintf(format, args...), ": UIDL") {
+					mu.Lock()
+					listings++
+					mu.Unlock()
+				}
+			}
+			_, up := startMailServer(t, cfg)
+			var seen []string
+			_, addr, _ := startProxy(t, up, func(_ *Listener, o *Options) {
+				o.PolicyFor = chainPolicy(&filters.Chain{Filters: []filters.Filter{funcFilter(func(_ context.Context, env *filters.Envelope, _ filters.Body) (filters.Verdict, error) {
+					seen = append(seen, env.UIDL)
+					return filters.Verdict{Action: filters.Pass}, nil
+				})}})
+			})
+			c := dialClient(t, addr)
+			c.line()
+			c.login(testUser, testPass)
+			for _, cmd := range tc.commands {
+				c.expectOK(cmd)
+				if cmd == "UIDL" || strings.HasPrefix(cmd, "RETR") {
+					c.body()
+				}
+			}
+			c.expectOK("QUIT")
+			if !slices.Equal(seen, tc.want) {
+				t.Errorf("the filter saw UIDLs %q, want %q", seen, tc.want)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if listings != tc.listings {
+				t.Errorf("the server made %d UIDL listings, want %d", listings, tc.listings)
+			}
+		})
+	}
+}
+
+// A relayed listing over the limit is passed on whole but not kept.
+func TestKeepingWriterLimit(t *testing.T) {
+	for _, tc := range []struct {
+		writes []string
+		kept   string
+		over   bool
+	}{
+		{[]string{"1 a\r\n", "2 b\r\n", ".\r\n"}, "1 a\r\n2 b\r\n.\r\n", false},
+		{[]string{"1 a\r\n", "2 b\r\n", "3 c\r\n.\r\n"}, "", true},
+		{[]string{"1 a\r\n2 b\r\n3 c\r\n", ".\r\n"}, "", true},
+	} {
+		var out strings.Builder
+		k := &keepingWriter{w: &out, max: 13}
+		for _, w := range tc.writes {
+			if _, err := k.Write([]byte(w)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if string(k.kept) != tc.kept || k.over != tc.over || out.String() != strings.Join(tc.writes, "") {
+			t.Errorf("writes %q: kept %q over %v relayed %q", tc.writes, k.kept, k.over, out.String())
+		}
 	}
 }

@@ -259,13 +259,18 @@ func (s *session) listing(cmd string) (map[string]string, []byte, bool, error) {
 	if len(data) > maxUIDLListing {
 		return nil, nil, false, fmt.Errorf("%w: %s listing over %d octets", errUpstreamProtocol, cmd, maxUIDLListing)
 	}
+	return parseListing(data), status, true, nil
+}
+
+// parseListing returns the "msg value" lines of a decoded listing as a map.
+func parseListing(data []byte) map[string]string {
 	m := map[string]string{}
 	for l := range strings.Lines(string(data)) {
 		if f := strings.Fields(l); len(f) == 2 {
 			m[f[0]] = f[1]
 		}
 	}
-	return m, status, true, nil
+	return m
 }
 
 // listSizes fetches the upstream's LIST and returns each message's size;

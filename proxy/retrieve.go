@@ -216,8 +216,16 @@ func (sw *stickyWriter) Write(p []byte) (int, error) {
 // uidl returns a message's unique id (RFC 1939 UIDL), "" if the server has
 // none to give.
 // The whole listing is fetched once per session (message numbers do not
-// change within a session, RFC 1939 §5), not a round trip per message.
+// change within a session, RFC 1939 §5), not a round trip per message; a
+// listing the client asked for is used instead when there was one.
 func (s *session) uidl(msg string) (string, error) {
+	if s.uidls == nil && s.relayedUIDLs != nil {
+		data, err := io.ReadAll(pop3.NewDotReader(bufio.NewReader(bytes.NewReader(s.relayedUIDLs))))
+		s.relayedUIDLs = nil
+		if err == nil {
+			s.uidls = parseListing(data)
+		}
+	}
 	if s.uidls == nil {
 		m, _, _, err := s.listing("UIDL")
 		if err != nil {

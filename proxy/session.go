@@ -73,9 +73,12 @@ type session struct {
 	policy      *SessionPolicy
 	cache       topCache          // filtered messages, for TOP and RETR after TOP
 	uidls       map[string]string // message number → UIDL, fetched once when filtering
-	sizes       map[string]int64  // message number → LIST size, fetched once under a memory
-	deleted     []memory.Key      // messages DELEted: their records go at a committed QUIT
-	lineBuf     []byte
+	// relayedUIDLs is the raw UIDL listing relayed to the client, kept
+	// while uidls is unset: parsed only if a filtered download needs it.
+	relayedUIDLs []byte
+	sizes        map[string]int64 // message number → LIST size, fetched once under a memory
+	deleted      []memory.Key     // messages DELEted: their records go at a committed QUIT
+	lineBuf      []byte
 
 	// responding is set once any byte of the current response may have
 	// reached the client writer; a failure then closes the connection
@@ -431,6 +434,8 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 		st, err := s.relaySingle(line)
 		if err == nil && st.OK {
 			s.deleted = nil
+			// A listing taken after a DELE lacks the message RSET restored.
+			s.uidls, s.relayedUIDLs = nil, nil
 		}
 		return err
 	case "LIST", "STAT":
@@ -445,7 +450,7 @@ func (s *session) dispatch(cmd pop3.Command, line []byte) error {
 		}
 	case "UIDL":
 		if len(cmd.Args) == 0 {
-			return s.relayMulti(line)
+			return s.relayUIDL(line)
 		}
 	}
 	_, err := s.relaySingle(line)
@@ -603,12 +608,58 @@ func (s *session) relayMulti(line []byte) error {
 	return s.relayBody()
 }
 
+// relayUIDL relays a UIDL listing. Under a filtering policy, while popgate
+// has no listing of its own, it keeps a copy: the session's filtered
+// downloads need the UIDLs, and most clients ask for the listing before
+// they download, so the server need not make it twice.
+func (s *session) relayUIDL(line []byte) error {
+	if s.uidls != nil || s.chain().Empty() {
+		return s.relayMulti(line)
+	}
+	st, err := s.relaySingle(line)
+	if err != nil || !st.OK {
+		return err
+	}
+	keep := &keepingWriter{w: s.cw, max: maxUIDLListing}
+	if err := s.relayBodyTo(keep); err != nil {
+		return err
+	}
+	if !keep.over {
+		s.relayedUIDLs = keep.kept
+	}
+	return nil
+}
+
+// keepingWriter passes writes on to w and keeps a copy of what w took, up
+// to max bytes; over says there was more.
+type keepingWriter struct {
+	w    io.Writer
+	max  int
+	kept []byte
+	over bool
+}
+
+func (k *keepingWriter) Write(p []byte) (int, error) {
+	n, err := k.w.Write(p)
+	switch {
+	case k.over:
+	case len(k.kept)+n > k.max:
+		k.over, k.kept = true, nil
+	default:
+		k.kept = append(k.kept, p[:n]...)
+	}
+	return n, err
+}
+
 // relayBody passes the response on as the upstream sent it, terminator
 // included: the raw reader returns the terminator only once all of it was
 // read, so a response cut short never gets one.
-func (s *session) relayBody() error {
+func (s *session) relayBody() error { return s.relayBodyTo(s.cw) }
+
+// relayBodyTo is relayBody with the client's side of the copy as w.
+func (s *session) relayBodyTo(w io.Writer) error {
 	s.responding = true
-	if _, err := pop3.NewRawDotReader(s.up.r).WriteTo(s.cw); err != nil {
+	if _, err := pop3.NewRawDotReader(s.up.r).WriteTo(w); err != nil {
 		return fmt.Errorf("relaying response: %w", err)
 	}
 	return nil
