@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +35,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/internal/mailtext"
@@ -88,7 +90,8 @@ type tempFile interface {
 type fsOps struct {
 	createTemp func(dir, pattern string) (tempFile, error)
 	syncFile   func(f tempFile) error
-	rename     func(from, to string) error
+	rename     func(from, to string) error // replaces to
+	placeNew   func(from, to string) error // fails with fs.ErrExist if to exists
 	syncDir    func(dir string) error
 	remove     func(name string) error
 	link       func(from, to string) error
@@ -99,10 +102,28 @@ func osOps() fsOps {
 		createTemp: func(dir, pattern string) (tempFile, error) { return os.CreateTemp(dir, pattern) },
 		syncFile:   func(f tempFile) error { return f.Sync() },
 		rename:     os.Rename,
+		placeNew:   renameNoReplace,
 		syncDir:    syncDir,
 		remove:     os.Remove,
 		link:       os.Link,
 	}
+}
+
+// renameNoReplace renames from to to unless to exists, in one step
+// (renameat2 RENAME_NOREPLACE): no lookup before it and no window between
+// the two. A file system without that flag gets a lookup, then a rename.
+func renameNoReplace(from, to string) error {
+	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) {
+		if _, err := os.Lstat(to); err == nil {
+			return &os.LinkError{Op: "rename", Old: from, New: to, Err: fs.ErrExist}
+		}
+		return os.Rename(from, to)
+	}
+	if err != nil {
+		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
+	}
+	return nil
 }
 
 // syncDir fsyncs a directory, making the entries created or renamed in it
@@ -241,11 +262,6 @@ func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filte
 	if err != nil {
 		return "", err
 	}
-	msgPath := filepath.Join(s.dir, msgDir, id+".eml")
-	if _, err := os.Lstat(msgPath); err == nil { // never happens: 50 random bits
-		return "", fmt.Errorf("quarantine: id %s already in use", id)
-	}
-
 	var size int64
 	h := sha256.New()
 	msg, err := s.fillTemp(id+".eml", func(w io.Writer) error {
@@ -325,7 +341,8 @@ func (s *Store) place(ctx context.Context, id string, msg, meta tempFile) error 
 	if err := ctx.Err(); err != nil {
 		return fail(msgName, "", err)
 	}
-	if err := s.ops.rename(msg.Name(), msgPath); err != nil {
+	// Never over an existing id's files (50 random bits: it does not happen).
+	if err := s.ops.placeNew(msg.Name(), msgPath); err != nil {
 		return fail(msgName, "rename: ", err)
 	}
 	placed = 1
@@ -346,7 +363,7 @@ func (s *Store) place(ctx context.Context, id string, msg, meta tempFile) error 
 	if err := ctx.Err(); err != nil {
 		return fail(metaName, "", err)
 	}
-	if err := s.ops.rename(meta.Name(), metaPath); err != nil {
+	if err := s.ops.placeNew(meta.Name(), metaPath); err != nil {
 		return fail(metaName, "rename: ", err)
 	}
 	placed = 2

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -408,6 +409,9 @@ func (r *recorder) install(s *Store) {
 		rename: func(from, to string) error {
 			return r.run("rename "+base(from)+" "+base(to), func() error { return real.rename(from, to) })
 		},
+		placeNew: func(from, to string) error {
+			return r.run("rename "+base(from)+" "+base(to), func() error { return real.placeNew(from, to) })
+		},
 		syncDir: func(dir string) error {
 			return r.run("fsyncdir "+filepath.Base(dir), func() error { return real.syncDir(dir) })
 		},
@@ -680,5 +684,34 @@ func TestFormat(t *testing.T) {
 		if strings.Contains(out, bad) {
 			t.Errorf("output contains %q:\n%q", bad, out)
 		}
+	}
+}
+
+// A stored file is never put over another: the rename into place fails
+// when the name is taken, and both files stay as they were.
+func TestRenameNoReplace(t *testing.T) {
+	dir := t.TempDir()
+	from, taken, free := filepath.Join(dir, "from"), filepath.Join(dir, "taken"), filepath.Join(dir, "free")
+	for _, f := range []struct{ name, data string }{{from, "new"}, {taken, "old"}} {
+		if err := os.WriteFile(f.name, []byte(f.data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := renameNoReplace(from, taken); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("rename over an existing file: %v, want ErrExist", err)
+	}
+	for name, want := range map[string]string{from: "new", taken: "old"} {
+		if got, err := os.ReadFile(name); err != nil || string(got) != want {
+			t.Errorf("%s after the refused rename: %q, %v", filepath.Base(name), got, err)
+		}
+	}
+	if err := renameNoReplace(from, free); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(free); err != nil || string(got) != "new" {
+		t.Errorf("renamed file: %q, %v", got, err)
+	}
+	if _, err := os.Lstat(from); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the renamed file is still at its old name: %v", err)
 	}
 }
