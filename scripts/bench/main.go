@@ -219,6 +219,12 @@ func parseFlags(args []string) (config, error) {
 	if c.has("memory") && (len(c.memSessions) == 0 || len(c.memStores) == 0) {
 		return config{}, errors.New("-memsessions and -memstores: at least one each for the memory measurement")
 	}
+	if c.has("strip+tag") && len(c.stripSessions) == 0 {
+		return config{}, errors.New("-stripsessions: at least one level for the strip+tag measurement (the attachment-heavy rows)")
+	}
+	if c.has("clamd") && len(c.clamdSessions) == 0 {
+		return config{}, errors.New("-clamdsessions: at least one level for the clamd measurement")
+	}
 	if c.has("spam") && len(c.spamSessions) == 0 {
 		return config{}, errors.New("-spamsessions: at least one level for the spam measurement")
 	}
