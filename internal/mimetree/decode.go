@@ -66,18 +66,21 @@ func (q *qpReader) Read(p []byte) (int, error) {
 		q.pend = 0
 		eof := err != nil
 		o := q.b.buf[:0]
-		for i := 0; i < len(data); i++ {
-			c := data[i]
-			if c != '=' {
-				o = append(o, c)
-				continue
+		// Runs without '=' are copied whole: most of a part is plain text.
+		for i := 0; i < len(data); {
+			k := bytes.IndexByte(data[i:], '=')
+			if k < 0 {
+				o = append(o, data[i:]...)
+				break
 			}
+			o = append(o, data[i:i+k]...)
+			i += k // at '='
 			rest := data[i+1:]
 			if len(rest) >= 2 {
 				if h, ok := unhex(rest[0]); ok {
 					if l, ok := unhex(rest[1]); ok {
 						o = append(o, h<<4|l)
-						i += 2
+						i += 3
 						continue
 					}
 				}
@@ -89,21 +92,23 @@ func (q *qpReader) Read(p []byte) (int, error) {
 			}
 			switch {
 			case j < len(rest) && rest[j] == '\n':
-				i += j + 1
+				i += 1 + j + 1
 				continue
 			case j+1 < len(rest) && rest[j] == '\r' && rest[j+1] == '\n':
-				i += j + 2
+				i += 1 + j + 2
 				continue
 			case j == len(rest) && eof:
-				i += j
+				i += 1 + j
 				continue
-			case (j == len(rest) || (j+1 == len(rest) && rest[j] == '\r') || len(rest) < 2) && !eof && j < qpLookahead-2:
-				// Undecided until more input comes.
+			case (j == len(rest) || (j+1 == len(rest) && rest[j] == '\r') || len(rest) < 2) && !eof:
+				// Undecided until more input comes: at most "=", the
+				// longest white space and "\r", qpLookahead bytes.
 				q.pend = copy(q.b.in[:], data[i:])
 				i = len(data)
 				continue
 			}
 			o = append(o, '=')
+			i++
 		}
 		if err != nil {
 			q.err = err

@@ -140,3 +140,79 @@ func TestDecoderDone(t *testing.T) {
 		}
 	}
 }
+
+// qpWhole decodes quoted-printable as qpReader does, from all of data at
+// once, a byte at a time: the reference the streaming decoder must match
+// however its input is cut.
+func qpWhole(data []byte) []byte {
+	var o []byte
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		if c != '=' {
+			o = append(o, c)
+			continue
+		}
+		rest := data[i+1:]
+		if len(rest) >= 2 {
+			h, ok1 := unhex(rest[0])
+			l, ok2 := unhex(rest[1])
+			if ok1 && ok2 {
+				o = append(o, h<<4|l)
+				i += 2
+				continue
+			}
+		}
+		j := 0
+		for j < len(rest) && (rest[j] == ' ' || rest[j] == '\t') && j < qpLookahead-2 {
+			j++
+		}
+		switch {
+		case j < len(rest) && rest[j] == '\n':
+			i += j + 1
+			continue
+		case j+1 < len(rest) && rest[j] == '\r' && rest[j+1] == '\n':
+			i += j + 2
+			continue
+		case j == len(rest):
+			i += j
+			continue
+		}
+		o = append(o, '=')
+	}
+	return o
+}
+
+// cutReader returns its data in pieces of pseudo-random sizes.
+type cutReader struct {
+	data []byte
+	rng  *rand.Rand
+	max  int
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(len(p), len(c.data), 1+c.rng.IntN(c.max))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+func FuzzQuotedPrintable(f *testing.F) {
+	for _, s := range []string{
+		"caf=C3=A9 =\r\nok=\nx", "a=ZZb=4", "soft=  \r\nbreak", "=", "==41", "=\r", "a= \t \r\nb",
+		"x=" + strings.Repeat(" ", 100) + "\r\ny", strings.Repeat("plain text line\r\n", 700) + "=3D=\r\n",
+	} {
+		f.Add([]byte(s), uint64(1), uint16(1))
+		f.Add([]byte(s), uint64(7), uint16(9000))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, seed uint64, maxCut uint16) {
+		want := qpWhole(data)
+		r := &qpReader{r: &cutReader{data: data, rng: rand.New(rand.NewPCG(seed, 1)), max: 1 + int(maxCut)}, b: new(qpBufs)}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%q in pieces of up to %d: %q %v, want %q", data, 1+int(maxCut), got, err, want)
+		}
+	})
+}
