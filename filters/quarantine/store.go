@@ -38,6 +38,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/popgate/popgate/filters"
+	"github.com/popgate/popgate/internal/iobuf"
 	"github.com/popgate/popgate/internal/mailtext"
 )
 
@@ -270,7 +271,7 @@ func (s *Store) Store(ctx context.Context, env *filters.Envelope, original filte
 			return err
 		}
 		defer r.Close()
-		size, err = io.Copy(io.MultiWriter(w, h), mailtext.NewReader(ctx, r))
+		size, err = iobuf.Copy(io.MultiWriter(w, h), mailtext.NewReader(ctx, r))
 		if err != nil {
 			return err
 		}

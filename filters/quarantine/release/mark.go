@@ -2,6 +2,7 @@ package release
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"github.com/popgate/popgate/filters"
 	"github.com/popgate/popgate/internal/mailtext"
@@ -71,7 +73,9 @@ func (k Keys) Recognize(ctx context.Context, body filters.Body, login string) (*
 		return nil, err
 	}
 	defer r.Close()
-	br := bufio.NewReaderSize(mailtext.NewReader(ctx, r), 4096)
+	br := markReaders.Get().(*bufio.Reader)
+	br.Reset(mailtext.NewReader(ctx, r))
+	defer func() { br.Reset(nil); markReaders.Put(br) }()
 	value, err := findMark(br)
 	if errors.Is(err, errNoMark) {
 		return nil, nil
@@ -99,6 +103,10 @@ func (k Keys) Recognize(ctx context.Context, body filters.Body, login string) (*
 // consumes whole (its value is returned), leaving br at the first byte
 // after it. errNoMark when the header ends first, is too long, or the
 // mark is folded (Mark never folds it).
+// markReaders are Recognize's header readers: every filtered message is
+// looked at for a mark.
+var markReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
 func findMark(br *bufio.Reader) (string, error) {
 	read := 0
 	for read < maxMarkHeader {
@@ -118,18 +126,18 @@ func findMark(br *bufio.Reader) (string, error) {
 		if err != nil {
 			return "", nonEOF(err)
 		}
-		text := strings.TrimRight(string(line), "\r\n")
-		if text == "" {
+		text := bytes.TrimRight(line, "\r\n")
+		if len(text) == 0 {
 			return "", errNoMark // end of the header
 		}
-		name, value, ok := strings.Cut(text, ":")
-		if !ok || !strings.EqualFold(name, MarkField) {
+		name, value, ok := bytes.Cut(text, []byte(":"))
+		if !ok || !bytes.EqualFold(name, []byte(MarkField)) {
 			continue
 		}
 		if next, _ := br.Peek(1); len(next) == 1 && (next[0] == ' ' || next[0] == '\t') {
 			return "", errNoMark
 		}
-		return strings.TrimSpace(value), nil
+		return string(bytes.TrimSpace(value)), nil
 	}
 	return "", errNoMark
 }
