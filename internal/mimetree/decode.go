@@ -2,9 +2,12 @@ package mimetree
 
 import (
 	"bytes"
-	"encoding/base64"
 	"io"
 	"sync"
+
+	// Its AVX2 decoder is ten times the standard library's on this
+	// machine: base64 was half of the strip chain's time on attachments.
+	"github.com/segmentio/asm/base64"
 )
 
 // Content returns the decoded body of p, read from r (the message p was
@@ -177,7 +180,8 @@ func (d *b64Reader) Read(p []byte) (int, error) {
 }
 
 // decode appends the bytes encoded in in to o. Runs of clean base64 (the
-// common case: 76-character lines) go through encoding/base64 in bulk;
+// common case: 76-character lines) are decoded in bulk (a vectorized
+// decoder that, as encoding/base64, refuses anything but clean base64);
 // anything else, and the ends of runs, byte by byte.
 func (d *b64Reader) decode(o, in []byte) []byte {
 	if d.slowOnly {
