@@ -69,6 +69,52 @@ type Store struct {
 	now      func() time.Time
 	ops      fsOps
 	stored   func(Meta) // OnStored
+	// Concurrent Stores share the fsyncs of msg/ and meta/.
+	msgSync, metaSync dirSync
+}
+
+// dirSync coalesces the fsyncs of one directory. A caller needs a sync
+// that starts after its own change to the directory; callers arriving
+// while one runs share the next, so n concurrent Stores wait for about
+// two directory syncs, not n.
+type dirSync struct {
+	mu      sync.Mutex
+	started uint64        // syncs started
+	done    uint64        // syncs ended
+	failed  uint64        // the last sync that failed, 0 for none
+	err     error         // its error
+	running chan struct{} // closed when the running sync ends; nil if none
+}
+
+// sync returns once a run of fsync that started after the call has ended;
+// its error, or a later one's, is the caller's.
+func (d *dirSync) sync(fsync func() error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	need := d.started + 1 // a running sync may have begun before our change
+	for d.done < need {
+		if ch := d.running; ch != nil {
+			d.mu.Unlock()
+			<-ch
+			d.mu.Lock()
+			continue
+		}
+		d.started++
+		n, ch := d.started, make(chan struct{})
+		d.running = ch
+		d.mu.Unlock()
+		err := fsync()
+		d.mu.Lock()
+		d.done, d.running = n, nil
+		if err != nil {
+			d.failed, d.err = n, err
+		}
+		close(ch)
+	}
+	if d.failed >= need {
+		return d.err
+	}
+	return nil
 }
 
 var _ filters.Quarantine = (*Store)(nil)
@@ -351,7 +397,7 @@ func (s *Store) place(ctx context.Context, id string, msg, meta tempFile) error 
 		func() error { return s.syncClose(msg) },
 		func() error { return s.syncClose(meta) },
 		func() error {
-			if err := s.ops.syncDir(filepath.Join(s.dir, msgDir)); err != nil {
+			if err := s.msgSync.sync(func() error { return s.ops.syncDir(filepath.Join(s.dir, msgDir)) }); err != nil {
 				return fmt.Errorf("fsync directory: %w", err)
 			}
 			return nil
@@ -368,7 +414,7 @@ func (s *Store) place(ctx context.Context, id string, msg, meta tempFile) error 
 		return fail(metaName, "rename: ", err)
 	}
 	placed = 2
-	if err := s.ops.syncDir(filepath.Join(s.dir, metaDir)); err != nil {
+	if err := s.metaSync.sync(func() error { return s.ops.syncDir(filepath.Join(s.dir, metaDir)) }); err != nil {
 		return fail(metaName, "fsync directory: ", err)
 	}
 	return nil

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -714,4 +715,101 @@ func TestRenameNoReplace(t *testing.T) {
 	if _, err := os.Lstat(from); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the renamed file is still at its old name: %v", err)
 	}
+}
+
+// Concurrent Stores share directory fsyncs, and each still returns only
+// after an fsync of msg/ and of meta/ that began after its own rename
+// into that directory had ended.
+func TestConcurrentStoresShareDirectorySyncs(t *testing.T) {
+	s := openStore(t)
+	real := s.ops
+	type span struct{ start, end time.Time }
+	var mu sync.Mutex
+	renamed := map[string]time.Time{} // file name in msg/ or meta/ → rename end
+	syncs := map[string][]span{}      // directory → its fsyncs
+	s.ops.placeNew = func(from, to string) error {
+		err := real.placeNew(from, to)
+		mu.Lock()
+		renamed[filepath.Base(to)] = time.Now()
+		mu.Unlock()
+		return err
+	}
+	s.ops.syncDir = func(dir string) error {
+		start := time.Now()
+		time.Sleep(20 * time.Millisecond) // a slow disk: Stores pile up
+		err := real.syncDir(dir)
+		mu.Lock()
+		syncs[filepath.Base(dir)] = append(syncs[filepath.Base(dir)], span{start, time.Now()})
+		mu.Unlock()
+		return err
+	}
+	const n = 16
+	ids := make([]string, n)
+	returned := make([]time.Time, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			id, err := s.Store(context.Background(), testEnv, filters.BytesBody([]byte(testMsg)), testResult())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids[i], returned[i] = id, time.Now()
+		})
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	for i, id := range ids {
+		for dir, name := range map[string]string{"msg": id + ".eml", "meta": id + ".json"} {
+			covered := false
+			for _, sp := range syncs[dir] {
+				covered = covered || sp.start.After(renamed[name]) && !sp.end.After(returned[i])
+			}
+			if !covered {
+				t.Errorf("Store %s returned with no fsync of %s/ begun after its rename and ended before", id, dir)
+			}
+		}
+	}
+	for _, dir := range []string{"msg", "meta"} {
+		if got := len(syncs[dir]); got >= n {
+			t.Errorf("%d concurrent Stores made %d fsyncs of %s/: none shared", n, got, dir)
+		}
+	}
+	t.Logf("%d Stores: %d fsyncs of msg/, %d of meta/", n, len(syncs["msg"]), len(syncs["meta"]))
+}
+
+// Callers whose sync failed get its error; a sync that began before a
+// caller's change neither covers nor fails it.
+func TestDirSyncSharedFailure(t *testing.T) {
+	var d dirSync
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	fsync := func() error {
+		if calls.Add(1) == 1 {
+			close(started)
+			<-release
+			return nil // the first sync succeeds
+		}
+		return syscall.EIO // every later one fails
+	}
+	first := make(chan error, 1)
+	go func() { first <- d.sync(fsync) }()
+	<-started
+	late := make(chan error, 2)
+	for range 2 {
+		go func() { late <- d.sync(fsync) }()
+	}
+	time.Sleep(10 * time.Millisecond) // usually both queue behind the first
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatalf("first caller: %v", err)
+	}
+	for range 2 {
+		if err := <-late; !errors.Is(err, syscall.EIO) {
+			t.Errorf("a caller that arrived during the first sync got %v, want the next one's EIO", err)
+		}
+	}
+	t.Logf("%d fsyncs for 3 callers", calls.Load())
 }
