@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 )
 
 // Tar archives: ustar, pax and GNU (long names, sparse files), and the
@@ -28,8 +27,8 @@ func sniffTar(head []byte, _ io.ReaderAt, _ int64, _ string) bool {
 	if bytes.HasPrefix(head[257:], []byte("ustar")) {
 		return true
 	}
-	sum, err := strconv.ParseUint(string(bytes.Trim(head[148:156], " \x00")), 8, 32)
-	if err != nil {
+	sum, ok := parseOctal(bytes.Trim(head[148:156], " \x00"))
+	if !ok {
 		return false
 	}
 	var unsigned uint64
@@ -40,6 +39,22 @@ func sniffTar(head []byte, _ io.ReaderAt, _ int64, _ string) bool {
 		unsigned += uint64(b)
 	}
 	return unsigned == sum && unsigned != 8*' '
+}
+
+// parseOctal reads a tar header's octal number; most attachments are
+// not tar, and strconv's error for them would be garbage per part.
+func parseOctal(b []byte) (uint64, bool) {
+	if len(b) == 0 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '7' {
+			return 0, false
+		}
+		n = n<<3 | uint64(c-'0')
+	}
+	return n, true
 }
 
 func walkTar(ctx context.Context, r io.ReaderAt, size int64, _ string, fn func(*Member) error) error {

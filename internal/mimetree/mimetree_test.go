@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -309,4 +310,30 @@ func FuzzParseSkip(f *testing.F) {
 		f.Add(msg)
 	}
 	f.Fuzz(func(t *testing.T, msg []byte) { checkSkipSame(t, msg) })
+}
+
+// The shortcuts of parseParams (a value with nothing to compact,
+// parameters without RFC 2231 forms) give what the general paths give.
+func FuzzParams(f *testing.F) {
+	for _, s := range []string{
+		`text/plain; charset="utf-8"; format=flowed`, `Application/PDF (a comment); name="=?utf-8?q?r=C3=A9sum=C3=A9.pdf?="`,
+		`attachment; filename="a.txt"; filename*=utf-8''b.exe; filename="c.scr"`, `attachment; filename=a.exe; filename=a.exe; name=b`,
+		"multipart/mixed;\r\n\tboundary=\"=_b\"", `inline; name*0="x"; name*1=".exe"`, " text / html ", "te\u00a0xt/plain",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		value, ps := parseParams(s)
+		rawValue, raw := splitParams(s)
+		if want := strings.ToLower(strings.Join(strings.Fields(stripComments(rawValue)), "")); value != want {
+			t.Errorf("%q: value %q, want %q", s, value, want)
+		}
+		want := paramSet{}
+		if len(raw) > 0 {
+			want = extendedParams(raw)
+		}
+		if !reflect.DeepEqual(ps, want) {
+			t.Errorf("%q: parameters %v, want %v", s, ps, want)
+		}
+	})
 }

@@ -36,7 +36,22 @@ const maxSegments = 1000
 // It never fails: what it cannot parse it skips. The value before the
 // first ';' is returned lower-cased, without comments and white space.
 func parseParams(s string) (string, paramSet) {
-	ps := paramSet{}
+	value, raw := splitParams(s)
+	value = compactLower(value)
+	if len(raw) == 0 {
+		return value, paramSet{}
+	}
+	for _, rp := range raw {
+		if strings.IndexByte(rp.key, '*') >= 0 {
+			return value, extendedParams(raw)
+		}
+	}
+	return value, plainParams(raw)
+}
+
+// splitParams splits a header field value into the value before the first
+// ';' and its parameters, undecoded.
+func splitParams(s string) (string, []rawParam) {
 	semi := strings.IndexByte(s, ';')
 	value := s
 	if semi >= 0 {
@@ -45,8 +60,6 @@ func parseParams(s string) (string, paramSet) {
 	} else {
 		s = ""
 	}
-	value = strings.ToLower(strings.Join(strings.Fields(stripComments(value)), ""))
-
 	var raw []rawParam
 	for len(s) > 0 {
 		s = strings.TrimLeft(s, " \t\r\n;")
@@ -104,9 +117,42 @@ func parseParams(s string) (string, paramSet) {
 			raw = append(raw, rawParam{key, val})
 		}
 	}
-	if len(raw) == 0 {
-		return value, ps
+	return value, raw
+}
+
+// compactLower is v lower-cased without comments and white space (a
+// media type or disposition), v itself when it has none of them.
+func compactLower(v string) string {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c <= ' ' || c == '(' || 'A' <= c && c <= 'Z' || c >= 0x80 {
+			return strings.ToLower(strings.Join(strings.Fields(stripComments(v)), ""))
+		}
 	}
+	return v
+}
+
+// plainParams is extendedParams for parameters without RFC 2231 forms,
+// the common case, without its bookkeeping.
+func plainParams(raw []rawParam) paramSet {
+	ps := paramSet{values: make(map[string]string, len(raw)), all: make(map[string][]string, len(raw))}
+	for _, rp := range raw {
+		v := rp.val
+		if rp.key == "name" || rp.key == "filename" {
+			v = mailtext.DecodeWords(v)
+		}
+		if !contains(ps.all[rp.key], v) {
+			ps.all[rp.key] = append(ps.all[rp.key], v)
+		}
+		if _, ok := ps.values[rp.key]; !ok {
+			ps.values[rp.key] = v
+		}
+	}
+	return ps
+}
+
+// extendedParams decodes raw parameters that may have RFC 2231 forms.
+func extendedParams(raw []rawParam) paramSet {
+	var ps paramSet
 	ps.values = make(map[string]string)
 	ps.all = make(map[string][]string)
 	plain := map[string][]string{}
@@ -183,7 +229,7 @@ func parseParams(s string) (string, paramSet) {
 		ps.values[base] = uniq[0]
 		ps.all[base] = uniq
 	}
-	return value, ps
+	return ps
 }
 
 // joinSegments assembles RFC 2231 continuations from segment 0 up to the
