@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,15 +45,37 @@ func echoServer(t *testing.T, received chan<- string) string {
 // (with pauses, so they arrive as separate reads), half-closes, and returns
 // everything that comes back until the relay closes.
 func exchange(t *testing.T, addr string, msg string, piece int) string {
+	return exchangeAwaiting(t, addr, msg, piece, "")
+}
+
+// exchangeAwaiting is exchange that, before it half-closes, waits until
+// what came back holds await: a stalled relay ends the exchange at the
+// half-close, and the answer to what it forwarded must not race it.
+func exchangeAwaiting(t *testing.T, addr string, msg string, piece int, await string) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	got := make(chan []byte, 1)
-	go func() { b, _ := io.ReadAll(c); got <- b }()
+	deadline := time.Now().Add(10 * time.Second)
+	_ = c.SetDeadline(deadline)
+	var mu sync.Mutex
+	var back []byte
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			mu.Lock()
+			back = append(back, buf[:n]...)
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
 	for len(msg) > 0 {
 		n := min(piece, len(msg))
 		if _, err := io.WriteString(c, msg[:n]); err != nil {
@@ -61,8 +84,20 @@ func exchange(t *testing.T, addr string, msg string, piece int) string {
 		msg = msg[n:]
 		time.Sleep(5 * time.Millisecond)
 	}
+	for await != "" && time.Now().Before(deadline) {
+		mu.Lock()
+		arrived := strings.Contains(string(back), await)
+		mu.Unlock()
+		if arrived {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
 	_ = c.(*net.TCPConn).CloseWrite()
-	return string(<-got)
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	return string(back)
 }
 
 func TestRelayFaults(t *testing.T) {
@@ -76,29 +111,30 @@ func TestRelayFaults(t *testing.T) {
 		piece int
 		check func(got string) bool // nil: check what the target received
 		recv  string                // … which must be this
+		await string                // what must come back before the half-close
 	}{
 		{"none", testenv.Fault{Dir: testenv.ToTarget, After: "NEVER", Action: testenv.Cut}, 4,
-			func(got string) bool { return strings.HasSuffix(got, msg) }, ""},
+			func(got string) bool { return strings.HasSuffix(got, msg) }, "", ""},
 		{"cut to-target at anchor+offset, anchor split across reads", testenv.Fault{Dir: testenv.ToTarget, After: "RETR 1", Offset: 2, Action: testenv.Cut}, 3,
-			nil, "USER a\r\nPASS b\r\nRE"},
+			nil, "USER a\r\nPASS b\r\nRE", ""},
 		{"cut at once at the end of a read", testenv.Fault{Dir: testenv.ToTarget, After: "USER a\r\n", Offset: 8, Action: testenv.Cut}, 8,
-			nil, "USER a\r\n"},
+			nil, "USER a\r\n", ""},
 		{"cut to-client after the varying greeting", testenv.Fault{Dir: testenv.ToClient, After: ">\r\n", Offset: 3 + 9, Action: testenv.Cut}, 100,
-			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nP") }, ""},
+			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nP") }, "", ""},
 		{"cut at stream start", testenv.Fault{Dir: testenv.ToClient, Action: testenv.Cut}, 100,
-			func(got string) bool { return got == "" }, ""},
+			func(got string) bool { return got == "" }, "", ""},
 		{"corrupt", testenv.Fault{Dir: testenv.ToTarget, After: "PASS", Offset: 5, Action: testenv.Corrupt, Data: []byte("XY")}, 5,
-			func(got string) bool { return strings.HasSuffix(got, "USER a\r\nPASS XY\nRETR 1\r\nQUIT\r\n") }, ""},
+			func(got string) bool { return strings.HasSuffix(got, "USER a\r\nPASS XY\nRETR 1\r\nQUIT\r\n") }, "", ""},
 		{"stall", testenv.Fault{Dir: testenv.ToTarget, After: "RETR", Action: testenv.Stall}, 100,
-			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nPASS b\r\n") }, ""},
+			func(got string) bool { return strings.HasSuffix(got, ">\r\nUSER a\r\nPASS b\r\n") }, "", "PASS b\r\n"},
 		{"delay", testenv.Fault{Dir: testenv.ToClient, After: "QUIT", Action: testenv.Delay, Delay: 300 * time.Millisecond}, 100,
-			func(got string) bool { return strings.HasSuffix(got, msg) }, ""},
+			func(got string) bool { return strings.HasSuffix(got, msg) }, "", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := testenv.NewRelay(t, target)
 			r.SetFaults(tc.fault)
 			start := time.Now()
-			got := exchange(t, r.Addr(), msg, tc.piece)
+			got := exchangeAwaiting(t, r.Addr(), msg, tc.piece, tc.await)
 			recv := <-received
 			if tc.check == nil {
 				if recv != tc.recv {
