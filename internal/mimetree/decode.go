@@ -188,10 +188,17 @@ func (d *b64Reader) decode(o, in []byte) []byte {
 		return d.slow(o, in)
 	}
 	text := d.b.text[:0]
-	for len(in) > 0 {
-		line, rest, _ := bytes.Cut(in, []byte{'\n'})
-		text = append(text, bytes.TrimSuffix(line, []byte{'\r'})...)
-		in = rest
+	for len(in) > 0 { // a call per line: keep it lean
+		line := in
+		if i := bytes.IndexByte(in, '\n'); i >= 0 {
+			line, in = in[:i], in[i+1:]
+		} else {
+			in = nil
+		}
+		if n := len(line); n > 0 && line[n-1] == '\r' {
+			line = line[:n-1]
+		}
+		text = append(text, line...)
 	}
 	k := 0
 	for d.nacc != 0 && k < len(text) { // finish a quantum begun earlier
