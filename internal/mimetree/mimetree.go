@@ -353,7 +353,7 @@ func (p *parser) skipLines(prevBrk *int) {
 		if len(buf) == 0 || buf[0] == '-' {
 			return
 		}
-		m := bytes.Index(buf, lineDash) + 1
+		m := indexLineDash(buf) + 1
 		dash := m > 0
 		if !dash {
 			m = bytes.LastIndexByte(buf, '\n') + 1
@@ -373,10 +373,24 @@ func (p *parser) skipLines(prevBrk *int) {
 	}
 }
 
-var (
-	dash     = []byte("-")
-	lineDash = []byte("\n-")
-)
+var dash = []byte("-")
+
+// indexLineDash is bytes.Index(buf, "\n-"), found by its '-': base64 has
+// none, so a base64 body is crossed in one vectorized search, where
+// searching for '\n' stopped at every line.
+func indexLineDash(buf []byte) int {
+	for i := 1; i < len(buf); {
+		k := bytes.IndexByte(buf[i:], '-')
+		if k < 0 {
+			return -1
+		}
+		if i += k; buf[i-1] == '\n' {
+			return i - 1
+		}
+		i++
+	}
+	return -1
+}
 
 // readLine reads the next line; n == 0 at the end of the input. Lines read
 // while the top frame collects a header are appended to its header buffer

@@ -337,3 +337,14 @@ func FuzzParams(f *testing.F) {
 		}
 	})
 }
+
+func FuzzIndexLineDash(f *testing.F) {
+	for _, s := range []string{"", "-", "\n-", "a-b\n-c", "--\n\n-", "x\r\n--b\r\n", "abc\n", "-\n-"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, buf []byte) {
+		if got, want := indexLineDash(buf), bytes.Index(buf, []byte("\n-")); got != want {
+			t.Fatalf("%q: %d, want %d", buf, got, want)
+		}
+	})
+}
