@@ -67,7 +67,11 @@ Exit status: 0 every message would be delivered (unchanged or changed);
   reason                why it was refused, deferred or delivered unfiltered
   quarantine_id         the original's id in quarantine ("" if not stored)
   quarantine_dry_run    true when the id is from the throwaway store
-  steps                 [{filter, type, action, reason, error, duration_ms, spam}]
+  steps                 [{filter, type, action, reason, error, duration_ms,
+                        found, where, spam}]
+                        found, for a scanner's step: what it found (a
+                        signature); where: the part it was in, when the
+                        clamav filter scans by parts (scan = "parts")
                         spam, for a spam filter's step: {score, required,
                         action, symbols: [{name, score, options}]} (the
                         scanner's report; required and action are rspamd's)
@@ -109,6 +113,8 @@ type ScanStep struct {
 	Reason     string    `json:"reason"`
 	Error      string    `json:"error"`
 	DurationMS float64   `json:"duration_ms"`
+	Found      string    `json:"found,omitempty"` // what a scanner found
+	Where      string    `json:"where,omitempty"` // in which part, when scanned by parts
 	Spam       *ScanSpam `json:"spam,omitempty"`
 }
 
@@ -321,6 +327,9 @@ func scanOne(ctx context.Context, chain *filters.Chain, spool *filters.Spool, en
 	r.FailedOpen = res.FailedOpen
 	for _, s := range res.Steps {
 		st := ScanStep{Filter: s.Filter, Type: types[s.Filter], Action: s.Action.String(), Reason: s.Reason, DurationMS: ms(s.Duration), Spam: scanSpam(s.Scan)}
+		if s.Scan != nil {
+			st.Found, st.Where = s.Scan.Found, s.Scan.Where
+		}
 		if s.Filter == "quarantine" && st.Type == "" {
 			st.Action = "store"
 		}
@@ -427,6 +436,13 @@ func writeScanText(w io.Writer, r *ScanResult) {
 			detail = "would be quarantined (dry run; id " + s.Reason + " in a throwaway store)"
 		}
 		fmt.Fprintf(w, "  step       %-24s %-8s %9.3fms  %s\n", name, s.Action, s.DurationMS, oneLine(detail))
+		if s.Found != "" {
+			found := oneLine(s.Found)
+			if s.Where != "" {
+				found += " in " + oneLine(s.Where)
+			}
+			fmt.Fprintf(w, "             found      %s\n", found)
+		}
 		if s.Spam != nil {
 			writeScanSpam(w, s.Spam)
 		}

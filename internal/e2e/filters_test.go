@@ -57,6 +57,7 @@ type avOpts struct {
 	timeout    string // scanner timeout; "" means "10s"
 	maxSize    string // scanner max_size; "" leaves the default
 	oversize   string // the clamav filter's oversize action; "" leaves the default
+	scanMode   string // the clamav filter's scan; "" leaves the default
 	onError    string // the policy's on_error; "" leaves the default
 	keepalive  string // the policy's keepalive; "" leaves it off
 	quarantine string // the quarantine directory (required)
@@ -89,6 +90,9 @@ func avConfig(t *testing.T, d *testenv.DovecotEnv, o avOpts) string {
 	b.WriteString("}\nfilter \"clamav\" \"av\" {\n  scanner = \"clamd\"\n")
 	if o.oversize != "" {
 		fmt.Fprintf(&b, "  oversize = %s\n", hclString(o.oversize))
+	}
+	if o.scanMode != "" {
+		fmt.Fprintf(&b, "  scan = %s\n", hclString(o.scanMode))
 	}
 	b.WriteString(`}
 filter "strip" "dangerous" {

@@ -206,8 +206,8 @@ type scanReport struct {
 	Output        string `json:"output"`
 	Error         string `json:"error"`
 	Steps         []struct {
-		Filter, Type, Action, Reason, Error string
-		DurationMS                          float64 `json:"duration_ms"`
+		Filter, Type, Action, Reason, Error, Found, Where string
+		DurationMS                                        float64 `json:"duration_ms"`
 	} `json:"steps"`
 }
 
@@ -330,6 +330,19 @@ func TestScan(t *testing.T) {
 	}
 	if e := rs[2]; !e.Notice || e.QuarantineID == "" || !e.DryRun || !strings.Contains(e.Reason, "Eicar-Test-Signature") {
 		t.Errorf("eicar: %+v", e)
+	}
+	if s := rs[2].Steps; len(s) == 0 || s[0].Filter != "av" || !strings.Contains(s[0].Found, "Eicar-Test-Signature") || s[0].Where != "" {
+		t.Errorf("eicar's av step (the whole message scanned): %+v", s)
+	}
+	// Scanned by parts, the report names the part the signature was in.
+	partsCfg := writeFile(t, filepath.Join(dir, "parts.hcl"), []byte(avConfig(t, d, avOpts{quarantine: qdir, scanMode: "parts"})))
+	out, errOut, code = runPopgate(t, "scan", "-c", partsCfg, "--user", "bob", "--json", files[2])
+	if prs := parseScanJSON(t, out); code != 3 || len(prs) != 1 || len(prs[0].Steps) == 0 ||
+		!strings.Contains(prs[0].Steps[0].Found, "Eicar-Test-Signature") || !strings.Contains(prs[0].Steps[0].Where, "part") {
+		t.Errorf("eicar scanned by parts: exit %d, %+v\n%s", code, prs, errOut)
+	}
+	if out, _, _ := runPopgate(t, "scan", "-c", partsCfg, "--user", "bob", files[2]); !regexp.MustCompile(`(?m)^             found      \S*Eicar-Test-Signature\S* in part`).MatchString(out) {
+		t.Errorf("the text report does not say where the signature was:\n%s", out)
 	}
 	if s := rs[1].Steps; len(s) < 4 || s[1].Filter != "dangerous" || s[1].Type != "strip" || s[1].Action != "replace" || s[3].Filter != "quarantine" {
 		t.Errorf("exe steps: %+v", s)
