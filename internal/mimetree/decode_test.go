@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"io"
 	"math/rand/v2"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -141,45 +143,20 @@ func TestDecoderDone(t *testing.T) {
 	}
 }
 
-// qpWhole decodes quoted-printable as qpReader does, from all of data at
-// once, a byte at a time: the reference the streaming decoder must match
-// however its input is cut.
+// qpToken is what quoted-printable gives meaning to: "=XX", or a soft
+// line break ("=", at most 78 blanks, then a line break or the end).
+var qpToken = regexp.MustCompile(`=(?:([0-9A-Fa-f]{2})|[ \t]{0,78}(?:\r\n|\n|$))`)
+
+// qpWhole decodes all of data at once, by qpToken: the reference the
+// streaming decoder must match however its input is cut.
 func qpWhole(data []byte) []byte {
-	var o []byte
-	for i := 0; i < len(data); i++ {
-		c := data[i]
-		if c != '=' {
-			o = append(o, c)
-			continue
+	return qpToken.ReplaceAllFunc(data, func(m []byte) []byte {
+		if sub := qpToken.FindSubmatch(m); len(sub[1]) == 2 {
+			v, _ := strconv.ParseUint(string(sub[1]), 16, 8)
+			return []byte{byte(v)}
 		}
-		rest := data[i+1:]
-		if len(rest) >= 2 {
-			h, ok1 := unhex(rest[0])
-			l, ok2 := unhex(rest[1])
-			if ok1 && ok2 {
-				o = append(o, h<<4|l)
-				i += 2
-				continue
-			}
-		}
-		j := 0
-		for j < len(rest) && (rest[j] == ' ' || rest[j] == '\t') && j < qpLookahead-2 {
-			j++
-		}
-		switch {
-		case j < len(rest) && rest[j] == '\n':
-			i += j + 1
-			continue
-		case j+1 < len(rest) && rest[j] == '\r' && rest[j+1] == '\n':
-			i += j + 2
-			continue
-		case j == len(rest):
-			i += j
-			continue
-		}
-		o = append(o, '=')
-	}
-	return o
+		return nil
+	})
 }
 
 // cutReader returns its data in pieces of pseudo-random sizes.
