@@ -15,6 +15,8 @@ import (
 	"golang.org/x/text/encoding/korean"
 	"golang.org/x/text/encoding/simplifiedchinese"
 	"golang.org/x/text/encoding/traditionalchinese"
+
+	"github.com/popgate/popgate/internal/iobuf"
 )
 
 // Name decoding shared by the formats whose names are not UTF-8: UTF-16
@@ -131,8 +133,8 @@ func mentions(head []byte, r io.ReaderAt, size int64, marker []byte) bool {
 	if int64(len(head)) >= size {
 		return bytes.Contains(head[:size], marker)
 	}
-	bp := markBufs.Get().(*[32 << 10]byte)
-	defer markBufs.Put(bp)
+	bp := iobuf.Get()
+	defer iobuf.Put(bp)
 	keep := int64(len(marker) - 1)
 	for off := int64(0); off < size; off += int64(len(bp)) - keep {
 		n, err := r.ReadAt(bp[:min(int64(len(bp)), size-off)], off)
@@ -145,8 +147,6 @@ func mentions(head []byte, r io.ReaderAt, size int64, marker []byte) bool {
 	}
 	return false
 }
-
-var markBufs = sync.Pool{New: func() any { return new([32 << 10]byte) }}
 
 // close gives the buffer back (once); the scanner is not used after it.
 func (s *lineScanner) close() {
