@@ -344,6 +344,17 @@ func TestReleaseLinkAndAPI(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(s.qdir, "meta", recs["dangerous"].ID+".json")); !os.IsNotExist(err) {
 		t.Errorf("the deleted record is still there: %v", err)
 	}
+	// The process's profiles, behind the same token, for go tool pprof.
+	profiles := "http://" + httpAddr + "/api/v1/debug/pprof/"
+	if out, _, _ := runClientErr(t, 20*time.Second, nil, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", profiles+"heap"); string(out) != "401" {
+		t.Errorf("a heap profile without the token: %s, want 401", out)
+	}
+	for _, p := range []string{"heap", "profile?seconds=1"} {
+		out, _, err := runClientErr(t, 20*time.Second, nil, "curl", "-sf", "-H", auth, profiles+p)
+		if err != nil || !bytes.HasPrefix(out, []byte{0x1f, 0x8b}) {
+			t.Errorf("%s with the token: %v, %d bytes that are not a pprof profile", p, err, len(out))
+		}
+	}
 	// The access log names no user, no token, no subject.
 	logs := p.output()
 	for _, secret := range []string{strings.TrimPrefix(pageURL, "http://"+httpAddr+"/release/"), "your invoice", token} {

@@ -20,6 +20,7 @@ import (
 	"github.com/popgate/popgate/filters/quarantine/web"
 	"github.com/popgate/popgate/filters/rspamd"
 	"github.com/popgate/popgate/internal/mailer"
+	"github.com/popgate/popgate/internal/profiling"
 	"github.com/popgate/popgate/policy"
 )
 
@@ -177,6 +178,7 @@ func (g *Generation) buildRelease(o Options) error {
 	}
 	if cfg.Metrics != nil {
 		wo.AdminToken = cfg.Metrics.AdminToken
+		wo.Profiles = profiling.Handler()
 	}
 	g.web = web.New(wo)
 	if !o.Background {

@@ -44,11 +44,17 @@ type Options struct {
 	Released func(id string) (at time.Time, ok bool)
 	// AdminToken is the API's bearer token; "" disables /api (404).
 	AdminToken string
+	// Profiles, when set with AdminToken, is served behind the token under
+	// /api/v1/debug/pprof/ (the process's runtime profiles).
+	Profiles http.Handler
 	// Log gets the access log and errors.
 	Log zerolog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
+
+// profilesPath is where Options.Profiles is served.
+const profilesPath = "/api/v1/debug/pprof/"
 
 // maxBody bounds request bodies: nothing here needs more.
 const maxBody = 64 << 10
@@ -76,6 +82,10 @@ func New(o Options) http.Handler {
 		s.route("GET /api/v1/quarantine/{id}", "api-show", s.apiShow)
 		s.route("POST /api/v1/quarantine/{id}/release", "api-release", s.apiRelease)
 		s.route("DELETE /api/v1/quarantine/{id}", "api-delete", s.apiDelete)
+		if o.Profiles != nil {
+			s.names[profilesPath] = "api-profiles"
+			s.mux.Handle(profilesPath, http.StripPrefix(strings.TrimSuffix(profilesPath, "/"), o.Profiles))
+		}
 	}
 	return s
 }

@@ -639,3 +639,27 @@ func TestLinkFlowCurl(t *testing.T) {
 		t.Fatalf("delivered %d times", n)
 	}
 }
+
+// The process's profiles are behind the admin token, and only there.
+func TestProfilesBehindToken(t *testing.T) {
+	served := func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "profile "+r.URL.Path) }
+	f := newFixture(t, func(o *Options) { o.Profiles = http.HandlerFunc(served) })
+	url := f.srv.URL + "/api/v1/debug/pprof/heap"
+	if st, body, h := do(t, "GET", url, "", nil); st != http.StatusUnauthorized || strings.Contains(body, "profile") || h.Get("WWW-Authenticate") == "" {
+		t.Errorf("without the token: %d %q", st, body)
+	}
+	if st, body, _ := do(t, "GET", url, "wrong-token-0123456789", nil); st != http.StatusUnauthorized || strings.Contains(body, "profile") {
+		t.Errorf("with a wrong token: %d %q", st, body)
+	}
+	if st, body, _ := do(t, "GET", url, adminToken, nil); st != http.StatusOK || body != "profile /heap" {
+		t.Errorf("with the token: %d %q, want the profiles handler with the prefix stripped", st, body)
+	}
+	if !strings.Contains(f.log.String(), `"route":"api-profiles"`) {
+		t.Errorf("the access log does not name the route:\n%s", f.log.String())
+	}
+	// Without an admin API there are no profiles either.
+	f = newFixture(t, func(o *Options) { o.Profiles, o.AdminToken = http.HandlerFunc(served), "" })
+	if st, body, _ := do(t, "GET", f.srv.URL+"/api/v1/debug/pprof/heap", "", nil); st != http.StatusNotFound || strings.Contains(body, "profile") {
+		t.Errorf("no admin token configured: %d %q", st, body)
+	}
+}
