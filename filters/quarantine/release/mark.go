@@ -99,14 +99,14 @@ func (k Keys) Recognize(ctx context.Context, body filters.Body, login string) (*
 	return &Recognized{ID: id, Filters: strings.Split(filtersList, ",")}, nil
 }
 
-// findMark reads header fields from br until the mark field, which it
-// consumes whole (its value is returned), leaving br at the first byte
-// after it. errNoMark when the header ends first, is too long, or the
-// mark is folded (Mark never folds it).
 // markReaders are Recognize's header readers: every filtered message is
 // looked at for a mark.
 var markReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
 
+// findMark reads header fields from br until the mark field, which it
+// consumes whole (its value is returned), leaving br at the first byte
+// after it. errNoMark when the header ends first, is too long, or the
+// mark is folded (Mark never folds it).
 func findMark(br *bufio.Reader) (string, error) {
 	read := 0
 	for read < maxMarkHeader {
