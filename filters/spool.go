@@ -389,8 +389,7 @@ func (r *bodyReader) WriteTo(w io.Writer) (int64, error) {
 	}
 	start := off
 	for off < c.size && err == nil {
-		i, at := off/c.csize, off%c.csize
-		b := c.chunks[i][at:min(c.csize, c.size-i*c.csize)]
+		b := c.span(off)
 		var n int
 		n, err = w.Write(b)
 		if n < 0 || n > len(b) {

@@ -40,13 +40,18 @@ func (c *chunkList) appendBytes(p []byte) {
 	}
 }
 
+// span is the bytes from off (0 <= off < size) to the end of their chunk.
+func (c chunkList) span(off int64) []byte {
+	i, at := off/c.csize, off%c.csize
+	return c.chunks[i][at:min(c.csize, at+c.size-off)]
+}
+
 // readAt copies the bytes at off into p and returns how many: fewer than
 // len(p) only at the end.
 func (c chunkList) readAt(p []byte, off int64) int {
 	n := 0
 	for n < len(p) && off >= 0 && off < c.size {
-		i, at := off/c.csize, off%c.csize
-		k := copy(p[n:], c.chunks[i][at:min(c.csize, at+c.size-off)])
+		k := copy(p[n:], c.span(off))
 		n += k
 		off += int64(k)
 	}
@@ -55,8 +60,8 @@ func (c chunkList) readAt(p []byte, off int64) int {
 
 // writeTo writes the bytes in order.
 func (c chunkList) writeTo(w io.Writer) error {
-	for i, ch := range c.chunks {
-		if _, err := w.Write(ch[:min(c.csize, c.size-int64(i)*c.csize)]); err != nil {
+	for off := int64(0); off < c.size; off += c.csize {
+		if _, err := w.Write(c.span(off)); err != nil {
 			return err
 		}
 	}
