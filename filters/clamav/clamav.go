@@ -390,14 +390,10 @@ type readerSource struct {
 	start  int64
 	cr     *countingReader
 	// follows: r yields the message as the proxy receives it (Start), and
-	// blocks only when it has nothing yet.
+	// blocks only when it has nothing yet; scanOne then sends each chunk
+	// as soon as there are bytes for it (readSome), not once it is full.
 	follows bool
 }
-
-// following reports whether the source's reader yields a message that is
-// still arriving: scanOne then sends each chunk as soon as there are
-// bytes for it (readSome), not once it is full.
-func (rs *readerSource) following() bool { return rs.follows }
 
 func (rs *readerSource) open(n int) (io.Reader, bool, error) {
 	switch {
@@ -464,7 +460,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	defer cancel()
 
 	read := fill
-	if f, ok := src.(interface{ following() bool }); ok && f.following() {
+	if rs, ok := src.(*readerSource); ok && rs.follows {
 		read = readSome
 	}
 	var errs []error
