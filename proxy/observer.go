@@ -47,6 +47,9 @@ type SessionObserver interface {
 	UpstreamConnected(upstream string, took time.Duration, err error)
 	// Message reports a filtered message.
 	Message(policy string, res *filters.Result)
+	// Download reports where the time of one filtered download (RETR, or
+	// TOP under filter_top) went, once its answer is written.
+	Download(policy string, t DownloadTimes)
 	// Memory reports a use of the message memory: op is MemoryLookup,
 	// MemoryWrite or MemoryDelete, result one of the Memory* results.
 	Memory(op, result string, took time.Duration)
@@ -59,6 +62,26 @@ type SessionObserver interface {
 	Lockout(scope string)
 	// Ended is the session's end: one of the Session* results.
 	Ended(result string)
+}
+
+// DownloadTimes splits a filtered download's time at its boundaries: the
+// command sent upstream, the status line back, the message's last byte,
+// the chain's result, and the answer written to the client. It shows
+// whether a slow download waited for the server, the scanners and the
+// quarantine, or the client.
+type DownloadTimes struct {
+	// UpstreamWait runs from the command sent upstream to the server's
+	// status line.
+	UpstreamWait time.Duration
+	// UpstreamRead runs from the status line to the message's last byte
+	// spooled (a scanner that starts early reads the message meanwhile).
+	UpstreamRead time.Duration
+	// Filtering runs from the last byte to the chain's result: scanners'
+	// verdicts, the filters, and the original's durable quarantine write.
+	Filtering time.Duration
+	// Delivery runs from the result to the answer written to the client
+	// (flushed unless the client pipelined more commands).
+	Delivery time.Duration
 }
 
 // Login results, as Login reports them.
@@ -125,6 +148,7 @@ func (nopObserver) Command(string)                 {}
 func (nopObserver) UpstreamConnected(string, time.Duration, error) {
 }
 func (nopObserver) Message(string, *filters.Result)      {}
+func (nopObserver) Download(string, DownloadTimes)       {}
 func (nopObserver) Memory(string, string, time.Duration) {}
 func (nopObserver) Ended(string)                         {}
 func (nopObserver) Login(string)                         {}

@@ -113,6 +113,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		// without a verdict.
 		started = chain.Start(s.ctx, sw)
 	}
+	sent := time.Now()
 	status, st, err := s.exchange(upCmd)
 	if err != nil {
 		sw.Abort()
@@ -124,6 +125,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		return nil
 	}
 	s.messages++
+	answered := time.Now()
 	// A spool that fails (disk full) must not stop the read half way: the
 	// rest of the message would stay unread upstream and end the session.
 	// Finish reports the failure.
@@ -138,6 +140,7 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		return upstreamErr(fmt.Errorf("%s %d: %w", cmd.Name, msgNum, err))
 	}
 	in, err := sw.Finish()
+	spooled := time.Now()
 	if err != nil {
 		s.log.Error().Err(err).Int("msg", msgNum).Msg("spool failed")
 		s.replyErr("SYS/TEMP", "message could not be checked, try again later")
@@ -194,7 +197,23 @@ func (s *session) retrieve(cmd pop3.Command, line []byte) error {
 		defer in.Remove()
 		defer res.Release()
 	}
-	return s.deliver(res, in, lines)
+	decided := time.Now()
+	if err := s.deliver(res, in, lines); err != nil {
+		return err
+	}
+	if s.cr.Buffered() == 0 {
+		// The flush next would make, made here so that Delivery counts it.
+		if err := s.cw.Flush(); err != nil {
+			return err
+		}
+	}
+	s.obs.Download(s.policy.Name, DownloadTimes{
+		UpstreamWait: answered.Sub(sent),
+		UpstreamRead: spooled.Sub(answered),
+		Filtering:    decided.Sub(spooled),
+		Delivery:     time.Since(decided),
+	})
+	return nil
 }
 
 // stickyWriter passes writes on until one fails, then drops the rest

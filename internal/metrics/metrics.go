@@ -41,6 +41,7 @@ type Metrics struct {
 	verdicts        *prometheus.CounterVec
 	filterDuration  *prometheus.HistogramVec
 	scanDuration    *prometheus.HistogramVec
+	downloadPhases  *prometheus.HistogramVec
 	quarantine      *prometheus.CounterVec
 	releases        *prometheus.CounterVec
 	generation      prometheus.Gauge
@@ -97,6 +98,7 @@ func New() *Metrics {
 	m.verdicts = counter("filter_verdicts_total", "Filter verdicts, by filter and verdict (pass, replace, reject, retry, error).", "filter", "verdict")
 	m.filterDuration = histogram("filter_duration_seconds", "Time each filter took per message.", "filter")
 	m.scanDuration = histogram("scan_duration_seconds", "Time a scan took, failovers and waiting for a slot included, by scanner and kind (clamav).", "scanner", "kind")
+	m.downloadPhases = histogram("download_phase_seconds", "Where the time of filtered downloads fetched from the server went, by policy and phase: upstream_wait (command to the server's status line), upstream_read (status line to the message's last byte), filtering (last byte to the chain's result: scanners, filters, quarantine writes), delivery (result to the answer written to the client).", "policy", "phase")
 	m.quarantine = counter("quarantine_writes_total", "Originals written to quarantine, by result (ok, failed).", "result")
 	m.releases = counter("quarantine_releases_total", "Quarantine releases, by actor (cli, api, link) and result (released, already, refused, failed, uncertain).", "actor", "result")
 	m.generation = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: namespace, Name: "config_generation",
@@ -303,6 +305,15 @@ func (s *sessionMetrics) Message(policy string, res *filters.Result) {
 		}
 	}
 	m.messages.WithLabelValues(policy, outcome(res, changed)).Inc()
+}
+
+// Download records where a filtered download's time went.
+func (s *sessionMetrics) Download(policy string, t proxy.DownloadTimes) {
+	h := s.m.downloadPhases
+	h.WithLabelValues(policy, "upstream_wait").Observe(t.UpstreamWait.Seconds())
+	h.WithLabelValues(policy, "upstream_read").Observe(t.UpstreamRead.Seconds())
+	h.WithLabelValues(policy, "filtering").Observe(t.Filtering.Seconds())
+	h.WithLabelValues(policy, "delivery").Observe(t.Delivery.Seconds())
 }
 
 func outcome(res *filters.Result, changed bool) string {

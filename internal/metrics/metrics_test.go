@@ -121,6 +121,8 @@ func TestMetricsFollowSessions(t *testing.T) {
 		{`popgate_filter_verdicts_total{filter="judge",verdict="error"}`, 1},
 		{`popgate_filter_duration_seconds_count{filter="judge"}`, 3},
 		{`popgate_quarantine_writes_total{result="ok"}`, 1},
+		{`popgate_download_phase_seconds_count{phase="upstream_wait",policy="std"}`, 3},
+		{`popgate_download_phase_seconds_count{phase="delivery",policy="std"}`, 3},
 		{`popgate_limit_rejections_total{limit="per_ip",listener="front"}`, 1},
 		{`popgate_upstream_connect_seconds_count{upstream="store"}`, 1},
 	} {
