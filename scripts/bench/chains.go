@@ -122,11 +122,13 @@ func hclList(v []string) string {
 }
 
 // chainHCL is the configuration added to popgate's for a chain.
+// A metrics listener gives popgate's own scan times and where its RETRs'
+// time went.
 func chainHCL(dir, clamdAddr string, chain []string) (string, error) {
 	// rescan = "always": these runs measure the chain itself, every
 	// download scanned (the message memory would serve repeats unscanned).
 	s, _, err := chainConfig(dir, clamdAddr, chain, "  rescan = \"always\"\n", "")
-	return s, err
+	return s + "metrics {\n  address = \"127.0.0.1:0\"\n}\n", err
 }
 
 // chainConfig is chainHCL with policyExtra added to the policy block and
@@ -486,6 +488,10 @@ func mixSpec(dir string, msgs [][]byte) (chainSpec, error) {
 	return sp, nil
 }
 
+// downloadPhases are the phases of popgate_download_phase_seconds, in
+// order.
+var downloadPhases = [...]string{"upstream_wait", "upstream_read", "filtering", "delivery"}
+
 // measureChain measures one chain on one message variant at one
 // concurrency: a fresh popgate (and pass-through popgate), a warm-up of
 // each, then cfg.repeat measured runs of each mode in alternating order.
@@ -497,11 +503,9 @@ func measureChain(ctx context.Context, cfg config, dir, upstream string, sp chai
 		return nil, err
 	}
 	defer p.stop()
-	var metricsAddr string
-	if sp.scanKind != "" {
-		if metricsAddr, _, err = findMetricsAddr(p); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
+	metricsAddr, _, err := findMetricsAddr(p)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	var pp *popgateProc
 	if sp.pass {
@@ -526,12 +530,7 @@ func measureChain(ctx context.Context, cfg config, dir, upstream string, sp chai
 	if sp.scan != nil {
 		modes = append(modes, "scan")
 	}
-	scrapeScans := func() (metricSet, error) {
-		if metricsAddr == "" {
-			return nil, nil
-		}
-		return scrape(metricsAddr)
-	}
+	scrapeScans := func() (metricSet, error) { return scrape(metricsAddr) }
 	// measure runs mode for d, or, with rounds > 0, until each session
 	// (worker) went through the messages that often.
 	measure := func(mode string, d time.Duration, rounds int) (runStats, error) {
@@ -599,6 +598,12 @@ func measureChain(ctx context.Context, cfg config, dir, upstream string, sp chai
 			st.scanSum = seconds(mAfter.sum("popgate_scan_duration_seconds_sum", kind) - mBefore.sum("popgate_scan_duration_seconds_sum", kind))
 			f := map[string]string{"filter": sp.filter}
 			st.filterSum = seconds(mAfter.sum("popgate_filter_duration_seconds_sum", f) - mBefore.sum("popgate_filter_duration_seconds_sum", f))
+			st.downloads = int64(mAfter.sum("popgate_download_phase_seconds_count", map[string]string{"phase": downloadPhases[0]}) -
+				mBefore.sum("popgate_download_phase_seconds_count", map[string]string{"phase": downloadPhases[0]}))
+			for i, ph := range downloadPhases {
+				l := map[string]string{"phase": ph}
+				st.phaseSum[i] = seconds(mAfter.sum("popgate_download_phase_seconds_sum", l) - mBefore.sum("popgate_download_phase_seconds_sum", l))
+			}
 		}
 		st.others = max(0, st.others-st.cpu-st.scanner)
 		return st, nil

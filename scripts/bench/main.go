@@ -300,6 +300,10 @@ type runStats struct {
 	scans     int64
 	scanSum   time.Duration
 	filterSum time.Duration // a popgate run: the spam filter's time (popgate_filter_duration_seconds)
+	// A chain's popgate run: its filtered downloads and the time they
+	// spent in each of downloadPhases (popgate_download_phase_seconds).
+	downloads int64
+	phaseSum  [len(downloadPhases)]time.Duration
 }
 
 // maxOthersShare is the share of the machine's CPU time that others may use
