@@ -98,6 +98,13 @@ type Config struct {
 	// backend's Problem when not. The policy file's probe_stream_max,
 	// which is true unless set to false; false here (the zero value).
 	ProbeStreamMax bool
+	// ReuseConnections keeps connections to clamd open between scans, in
+	// clamd sessions (IDSESSION; session.go), at most MaxConcurrent idle
+	// per backend and for at most 20 s each. The policy file's
+	// reuse_connections, which is true unless set to false; false here
+	// (the zero value): a connection per scan, which clamd closes after
+	// its reply.
+	ReuseConnections bool
 }
 
 var (
@@ -173,6 +180,10 @@ type backend struct {
 
 	probe   atomic.Int32           // probeNone, probeRunning, probeDone
 	problem atomic.Pointer[string] // what the probe found wrong, if anything
+
+	sessions        sessions    // idle connections (Config.ReuseConnections)
+	sessionsChecked atomic.Bool // checkSessions has its answer
+	sessionsOK      atomic.Bool // the answer: b keeps clamd sessions
 }
 
 func (s *Scanner) log() *zerolog.Logger { return &s.logger }
@@ -347,6 +358,9 @@ func (s *Scanner) Close() error {
 	s.cancel()
 	s.pool.Close()
 	s.probes.Wait()
+	for _, b := range s.pool.Members() {
+		b.sessions.close()
+	}
 	return nil
 }
 
@@ -511,6 +525,7 @@ func (s *Scanner) check(ctx context.Context, b *backend) error {
 	if v, err := s.version(ctx, b); err == nil {
 		b.SetVersion(v)
 	}
+	s.checkSessions(ctx, b)
 	return nil
 }
 

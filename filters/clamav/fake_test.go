@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -43,7 +44,17 @@ type fakeMode struct {
 	reply           string        // answer this (raw, the terminator not added) after the stream
 	replyDelay      time.Duration // wait this long before answering
 	readRate        int64         // > 0: read at most this many bytes per second
-	onBytes         func(n int64) // called as stream bytes arrive (total so far)
+	// In a session (IDSESSION): close the connection after each reply, as
+	// a clamd that restarts or times idle sessions out.
+	closeAfterReply bool
+	// In a session: number the replies wrong (one more than due).
+	misnumber bool
+	// Answer this after the stream, numbered in a session and terminated.
+	answerWith string
+	// Answer IDSESSION as an unknown command, as something that only looks
+	// like clamd.
+	noSessions bool
+	onBytes    func(n int64) // called as stream bytes arrive (total so far)
 	// then, when set, is the mode of every INSTREAM after the first
 	// after ones (counted from the fake's start): a clamd that fails in
 	// the middle of a message scanned part by part.
@@ -72,6 +83,8 @@ type fakeClamd struct {
 	streams     atomic.Int64 // INSTREAM commands
 	ended       atomic.Int64 // streams that got their end marker
 	pings       atomic.Int64
+	sessions    atomic.Int64 // sessions (IDSESSION) that carried a scan
+	scanConns   atomic.Int64 // connections that carried a scan
 	inflight    atomic.Int64 // INSTREAM sessions in progress
 	maxInflight atomic.Int64
 	lastStream  atomic.Int64  // bytes of the last stream received
@@ -200,43 +213,83 @@ func (f *fakeClamd) serve(ln net.Listener) {
 // hang waits until Close.
 func (f *fakeClamd) hang() { <-f.release }
 
+// handle serves one connection: one command, or in a session (IDSESSION)
+// commands until one fails or the client ends it, each reply numbered.
 func (f *fakeClamd) handle(c net.Conn) {
-	m := f.mode.Load()
 	br := bufio.NewReader(c)
-	prefix, err := br.ReadByte()
-	if err != nil {
-		return
+	inSession, sent, first := false, 0, true
+	for {
+		prefix, err := br.ReadByte()
+		if err != nil {
+			return
+		}
+		term := byte(0)
+		switch prefix {
+		case 'z':
+		case 'n':
+			term = '\n'
+		default:
+			c.Write([]byte("UNKNOWN COMMAND\n"))
+			return
+		}
+		cmd, err := br.ReadString(term)
+		if err != nil {
+			return
+		}
+		cmd = strings.TrimSuffix(cmd, string(term))
+		m := f.mode.Load() // as set when the command came
+		if first && cmd == "INSTREAM" {
+			f.scanConns.Add(1)
+			if inSession {
+				f.sessions.Add(1)
+			}
+		}
+		if cmd != "IDSESSION" {
+			first = false
+		}
+		if cmd == "IDSESSION" && m.noSessions {
+			c.Write([]byte("UNKNOWN COMMAND\n"))
+			return
+		}
+		if cmd == "IDSESSION" && !inSession {
+			inSession = true
+			continue
+		}
+		if cmd == "END" && inSession {
+			return
+		}
+		sent++
+		answer := func(s string) { c.Write(append([]byte(s), term)) }
+		if inSession {
+			n := sent
+			if m.misnumber {
+				n++
+			}
+			answer = func(s string) { c.Write(append([]byte(strconv.Itoa(n)+": "+s), term)) }
+		}
+		if !f.command(c, br, m, cmd, answer, inSession) || !inSession || m.closeAfterReply {
+			return
+		}
 	}
-	term := byte(0)
-	switch prefix {
-	case 'z':
-	case 'n':
-		term = '\n'
-	default:
-		c.Write([]byte("UNKNOWN COMMAND\n"))
-		return
-	}
-	cmd, err := br.ReadString(term)
-	if err != nil {
-		return
-	}
-	cmd = strings.TrimSuffix(cmd, string(term))
-	answer := func(s string) { c.Write(append([]byte(s), term)) }
+}
+
+// command answers one command; false when the connection must end.
+func (f *fakeClamd) command(c net.Conn, br *bufio.Reader, m *fakeMode, cmd string, answer func(string), inSession bool) bool {
 	switch cmd {
 	case "PING":
 		f.pings.Add(1)
 		switch {
 		case m.pingClose:
-			return
+			return false
 		case m.pingHang:
 			f.hang()
-			return
+			return false
 		}
 		if m.pingDelay > 0 {
 			select {
 			case <-time.After(m.pingDelay):
 			case <-f.release:
-				return
+				return false
 			}
 		}
 		if m.pingReply != "" {
@@ -244,19 +297,23 @@ func (f *fakeClamd) handle(c net.Conn) {
 		} else {
 			answer("PONG")
 		}
+	case "VERSION":
+		answer("ClamAV 1.4.6/27433/Thu Dec  3 09:24:02 2026")
 	case "RELOAD":
 		if m.pingClose {
-			return
+			return false
 		}
 		answer("RELOADING")
 	case "INSTREAM":
-		f.instream(c, br, m, answer)
+		return f.instream(c, br, m, answer, inSession)
 	default:
 		answer(cmd + ": Unknown command ERROR")
 	}
+	return true
 }
 
-func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer func(string)) {
+// instream answers INSTREAM; false when the connection must end.
+func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer func(string), inSession bool) bool {
 	if k := f.streams.Add(1); m.then != nil && k > m.after {
 		m = m.then
 	}
@@ -272,7 +329,7 @@ func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer f
 	}
 	if m.hangAfterAccept {
 		f.hang()
-		return
+		return false
 	}
 	if m.earlyReply != "" {
 		c.Write([]byte(m.earlyReply))
@@ -324,7 +381,7 @@ func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer f
 	for {
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			f.noteClosed()
-			return
+			return false
 		}
 		size := int64(binary.BigEndian.Uint32(hdr[:]))
 		if size == 0 {
@@ -333,17 +390,23 @@ func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer f
 		if m.sizeLimit > 0 && total+size > m.sizeLimit {
 			// clamd: the reply, then close (with unread data: a reset).
 			answer("INSTREAM size limit exceeded. ERROR")
-			return
+			return false
 		}
 		if err := readStream(make([]byte, size)); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				f.noteClosed()
 			}
-			return
+			return false
 		}
 	}
 	f.ended.Add(1)
-	if m.replyDelay > 0 {
+	if m.replyDelay > 0 && inSession {
+		select { // the client sends nothing before the reply
+		case <-time.After(m.replyDelay):
+		case <-f.release:
+			return false
+		}
+	} else if m.replyDelay > 0 {
 		gone := make(chan struct{})
 		go func() { // notices the client closing the connection
 			defer close(gone)
@@ -354,22 +417,25 @@ func (f *fakeClamd) instream(c net.Conn, br *bufio.Reader, m *fakeMode, answer f
 		select {
 		case <-time.After(m.replyDelay):
 		case <-gone:
-			return
+			return false
 		case <-f.release:
 			c.Close()
 			<-gone
-			return
+			return false
 		}
 	}
 	done() // before the reply: the client's scan ends only after this
 	switch {
 	case m.reply != "":
 		c.Write([]byte(m.reply))
+	case m.answerWith != "":
+		answer(m.answerWith)
 	case bytes.Contains(data.Bytes(), []byte(eicar)):
 		answer("stream: " + fakeSig + " FOUND")
 	default:
 		answer("stream: OK")
 	}
+	return true
 }
 
 // noteClosed records that a client closed a stream connection before its end.

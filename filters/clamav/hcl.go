@@ -37,6 +37,9 @@ type scannerBlock struct {
 	MaxConcurrent  *hcl.Attribute `hcl:"max_concurrent,optional"`
 	HealthInterval *hcl.Attribute `hcl:"health_interval,optional"`
 	ProbeStreamMax *hcl.Attribute `hcl:"probe_stream_max,optional"`
+	// ReuseConnections: false for a connection per scan (a clamd behind
+	// something that does not keep connections open).
+	ReuseConnections *hcl.Attribute `hcl:"reuse_connections,optional"`
 }
 
 // filterBlock is the body of `filter "clamav" "NAME" { … }`.
@@ -70,6 +73,10 @@ func DecodeConfig(body hcl.Body, eval *hcl.EvalContext) (Config, hcl.Diagnostics
 	cfg.ProbeStreamMax = true
 	if blk.ProbeStreamMax != nil {
 		d.Decode(blk.ProbeStreamMax.Expr, &cfg.ProbeStreamMax)
+	}
+	cfg.ReuseConnections = true
+	if blk.ReuseConnections != nil {
+		d.Decode(blk.ReuseConnections.Expr, &cfg.ReuseConnections)
 	}
 	if blk.MaxSize != nil && cfg.MaxSize > clamdDefaultMaxFileSize {
 		d.Diags = append(d.Diags, &hcl.Diagnostic{

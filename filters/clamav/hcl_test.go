@@ -60,7 +60,7 @@ func TestHCLScanner(t *testing.T) {
 		t.Fatal(diags)
 	}
 	c = s.Config()
-	if c.Timeout != DefaultTimeout || c.MaxSize != DefaultMaxSize || c.MaxConcurrent != DefaultMaxConcurrent || c.HealthInterval != DefaultHealthInterval || !c.ProbeStreamMax {
+	if c.Timeout != DefaultTimeout || c.MaxSize != DefaultMaxSize || c.MaxConcurrent != DefaultMaxConcurrent || c.HealthInterval != DefaultHealthInterval || !c.ProbeStreamMax || !c.ReuseConnections {
 		t.Errorf("defaults %+v", c)
 	}
 	s, diags = newScanner(t, `scanner "clamav" "local" {
@@ -69,6 +69,13 @@ func TestHCLScanner(t *testing.T) {
 }`)
 	if diags.HasErrors() || s.Config().ProbeStreamMax {
 		t.Errorf("probe_stream_max = false: %v %+v", diags, s.Config())
+	}
+	s, diags = newScanner(t, `scanner "clamav" "local" {
+  addresses         = ["tcp://127.0.0.1:3310"]
+  reuse_connections = false
+}`)
+	if diags.HasErrors() || s.Config().ReuseConnections {
+		t.Errorf("reuse_connections = false: %v %+v", diags, s.Config())
 	}
 }
 
@@ -110,6 +117,10 @@ func TestHCLScannerDiagnostics(t *testing.T) {
   addresses        = ["tcp://127.0.0.1:3310"]
   probe_stream_max = "no"
 }`, []string{"3:23: a bool is required"}},
+		{`scanner "clamav" "x" {
+  addresses         = ["tcp://127.0.0.1:3310"]
+  reuse_connections = 1
+}`, []string{"3:23: bool required"}},
 	} {
 		_, diags := newScanner(t, c.src)
 		hcltest.WantErrors(t, c.src, diags, c.want...)

@@ -35,14 +35,16 @@ const (
 
 var (
 	cmdInstream = []byte("zINSTREAM\x00")
-	cmdPing     = []byte("zPING\x00")
-	cmdVersion  = []byte("zVERSION\x00")
-	endOfStream = []byte{0, 0, 0, 0}
+	// cmdSessionInstream opens a clamd session with the first INSTREAM.
+	cmdSessionInstream = append(append([]byte(nil), cmdIDSession...), cmdInstream...)
+	cmdPing            = []byte("zPING\x00")
+	cmdVersion         = []byte("zVERSION\x00")
+	endOfStream        = []byte{0, 0, 0, 0}
 )
 
-// chunkBufs holds chunk buffers: room for the INSTREAM command, then the
+// chunkBufs holds chunk buffers: room for the longest command, then the
 // 4-byte length and the data.
-var chunkBufs = sync.Pool{New: func() any { b := make([]byte, len(cmdInstream)+4+chunkSize); return &b }}
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, len(cmdSessionInstream)+4+chunkSize); return &b }}
 
 // connError is a failure of the connection to a backend before it gave an
 // answer (cannot connect, connection reset or closed): the only kind of
@@ -93,12 +95,17 @@ type reply struct {
 // message still arriving). ctx carries the scan's deadline; cancelling it
 // closes the connection.
 func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int64, timeout time.Duration, read func(io.Reader, []byte) (int, error)) (verdict, error) {
-	conn, err := s.dial(ctx, b)
+	sess, inSession, err := s.connect(ctx, b)
 	if err != nil {
 		if ctx.Err() != nil {
 			return verdict{}, s.ctxError(ctx, b, "connecting", timeout)
 		}
 		return verdict{}, &connError{backend: b.Addr, op: "connecting", err: err}
+	}
+	conn := sess.conn
+	cmd := cmdInstream
+	if inSession && sess.sent == 0 {
+		cmd = cmdSessionInstream
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
@@ -110,7 +117,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 	// read before a write fails and the connection is torn down.
 	var final atomic.Bool // the end-of-stream marker is being sent
 	replies := make(chan reply, 1)
-	go func() { replies <- readReply(conn, &final, true) }()
+	go func() { replies <- readReply(conn, &final, !inSession) }()
 	var rp reply
 	got := false
 	wait := func() reply {
@@ -119,8 +126,12 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		}
 		return rp
 	}
+	keep := false // a verdict in a session: the connection serves another scan
 	defer func() {
-		stop()
+		if stop() && keep && conn.SetDeadline(time.Time{}) == nil {
+			b.sessions.put(sess, s.cfg.MaxConcurrent, time.Now())
+			return
+		}
 		if got {
 			// The reader is done (clamd closed the connection after its
 			// reply, or reading failed): nothing uses conn any more.
@@ -155,10 +166,11 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 	// without a command rather than an abandoned stream.
 	bufp := chunkBufs.Get().(*[]byte)
 	defer chunkBufs.Put(bufp)
-	cmdLen := len(cmdInstream)
+	cmdLen := len(cmdSessionInstream) // the data's chunk header follows
 	buf := *bufp
-	copy(buf, cmdInstream)
-	from := 0 // where the next write starts in buf: 0 while the command is unsent
+	start := cmdLen - len(cmd)
+	copy(buf[start:], cmd)
+	from := start // where the next write starts in buf: start while the command is unsent
 	limit := size
 	if size < 0 {
 		limit = s.cfg.MaxSize
@@ -213,8 +225,8 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			return verdict{}, fmt.Errorf("clamav: reading the message: %w", rerr)
 		}
 	}
-	if from == 0 { // an empty message: the command has not gone out yet
-		if _, err := conn.Write(cmdInstream); err != nil {
+	if from == start { // an empty message: the command has not gone out yet
+		if _, err := conn.Write(cmd); err != nil {
 			return verdict{}, failed("sending INSTREAM", err)
 		}
 	}
@@ -222,8 +234,16 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 	if _, err := conn.Write(endOfStream); err != nil {
 		return verdict{}, failed("ending the stream", err)
 	}
+	sess.sent++
 
 	res := wait()
+	if inSession && res.ok {
+		line, ok := numbered(res.line, sess.sent)
+		if !ok {
+			return verdict{}, replyProblem(b, res, fmt.Sprintf("reply not numbered %d, for the command sent in the clamd session", sess.sent))
+		}
+		res.line = line
+	}
 	if !res.ok {
 		if ctx.Err() != nil || isTimeout(res.err) {
 			return verdict{}, s.ctxError(ctx, b, "waiting for the verdict", timeout)
@@ -243,7 +263,26 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 	case res.err != nil:
 		return verdict{}, replyProblem(b, res, "connection failed after the reply: "+res.err.Error())
 	}
-	return parseReply(b, res)
+	v, err := parseReply(b, res)
+	keep = inSession && err == nil
+	return v, err
+}
+
+// connect returns a connection to b and whether the scan runs in a clamd
+// session: when connections are reused and b keeps sessions, an idle one
+// if there is one, else a new one.
+func (s *Scanner) connect(ctx context.Context, b *backend) (*session, bool, error) {
+	inSession := s.cfg.ReuseConnections && b.sessionsOK.Load()
+	if inSession {
+		if sess := b.sessions.take(time.Now()); sess != nil {
+			return sess, true, nil
+		}
+	}
+	conn, err := s.dial(ctx, b)
+	if err != nil {
+		return nil, false, err
+	}
+	return &session{conn: conn}, inSession, nil
 }
 
 // dial connects to b within the dial timeout and ctx. TCP keep-alive is
@@ -432,24 +471,10 @@ func (s *Scanner) version(ctx context.Context, b *backend) (string, error) {
 // command sends a one-line command to b and returns its one-line reply,
 // within PingTimeout.
 func (s *Scanner) command(ctx context.Context, b *backend, cmd []byte, name string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.PingTimeout)
-	defer cancel()
-	d := net.Dialer{Timeout: s.cfg.PingTimeout, KeepAlive: -1} // as dial
-	conn, err := d.DialContext(ctx, b.network, b.address)
+	rp, err := s.exchange(ctx, b, cmd, name)
 	if err != nil {
-		return "", fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, err)
+		return "", err
 	}
-	defer conn.Close()
-	dl, _ := ctx.Deadline()
-	_ = conn.SetDeadline(dl)
-	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
-	defer stop()
-	if _, err := conn.Write(cmd); err != nil {
-		return "", fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, err)
-	}
-	var final atomic.Bool
-	final.Store(true)
-	rp := readReply(conn, &final, false)
 	switch {
 	case !rp.ok && (ctx.Err() != nil || isTimeout(rp.err)):
 		return "", fmt.Errorf("clamav: %s: %s: no answer within %v", b.Addr, name, s.cfg.PingTimeout)
@@ -457,4 +482,31 @@ func (s *Scanner) command(ctx context.Context, b *backend, cmd []byte, name stri
 		return "", fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, connClosed(rp.err))
 	}
 	return rp.line, nil
+}
+
+// exchange sends cmd to b on a new connection and reads what comes back,
+// up to a NUL, within PingTimeout; err is a failure to connect or send.
+func (s *Scanner) exchange(ctx context.Context, b *backend, cmd []byte, name string) (reply, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PingTimeout)
+	defer cancel()
+	d := net.Dialer{Timeout: s.cfg.PingTimeout, KeepAlive: -1} // as dial
+	conn, err := d.DialContext(ctx, b.network, b.address)
+	if err != nil {
+		return reply{}, fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, err)
+	}
+	defer conn.Close()
+	dl, _ := ctx.Deadline()
+	_ = conn.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	defer stop()
+	if _, err := conn.Write(cmd); err != nil {
+		return reply{}, fmt.Errorf("clamav: %s: %s: %w", b.Addr, name, err)
+	}
+	var final atomic.Bool
+	final.Store(true)
+	rp := readReply(conn, &final, false)
+	if !rp.ok && ctx.Err() != nil {
+		rp.err = context.DeadlineExceeded
+	}
+	return rp, nil
 }

@@ -31,13 +31,16 @@ const clamdStreamMax = 25 << 20
 
 func realScanner(t *testing.T, addrs ...string) *Scanner {
 	t.Helper()
-	cfg := Config{
+	return newTestScanner(t, realConfig(addrs...))
+}
+
+func realConfig(addrs ...string) Config {
+	return Config{
 		Addresses:   addrs,
 		Timeout:     30 * time.Second,
 		MaxSize:     clamdStreamMax,
 		PingTimeout: 5 * time.Second,
 	}
-	return newTestScanner(t, cfg)
 }
 
 const mailHeader = "From: alice@example.org\r\nTo: bob@example.org\r\nSubject: test\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\nMessage-ID: <t@example.org>\r\nMIME-Version: 1.0\r\n"
@@ -331,6 +334,52 @@ func TestRealClamdReloadMidScan(t *testing.T) {
 		t.Fatalf("scan across a reload: %+v, %v", r.res, r.err)
 	}
 	t.Logf("scan across RELOAD: FOUND %s in %v", r.res.Signature, r.res.Duration)
+}
+
+// TestRealClamdSessions scans a run of infected and clean messages over
+// clamd sessions, across a signature reload, on both of clamd's sockets:
+// every verdict right, and one connection kept per backend for scans one
+// after the other.
+func TestRealClamdSessions(t *testing.T) {
+	env := testenv.Clamd(t)
+	if env == nil {
+		return
+	}
+	found, _ := eicarCases(t)
+	clean := multipart(attachment("notes.txt", "text/plain", "base64", b64lines([]byte("nothing to see here\r\n"))))
+	for _, addr := range []string{env.TCP, env.Unix} {
+		t.Run(strings.SplitN(addr, ":", 2)[0], func(t *testing.T) {
+			cfg := realConfig(addr)
+			cfg.ReuseConnections = true
+			s := newTestScanner(t, cfg)
+			run := func(when string) {
+				for name, msg := range found {
+					for _, m := range []struct {
+						msg      string
+						infected bool
+					}{{msg, true}, {clean, false}} {
+						res, err := s.ScanReader(context.Background(), strings.NewReader(m.msg), int64(len(m.msg)))
+						if err != nil || res.Infected != m.infected {
+							t.Fatalf("%s, %s: %+v, %v; want infected = %v", when, name, res, err, m.infected)
+						}
+					}
+				}
+			}
+			run("before RELOAD")
+			b := s.pool.Members()[0]
+			b.sessions.mu.Lock()
+			idle := len(b.sessions.idle)
+			b.sessions.mu.Unlock()
+			if idle != 1 {
+				t.Errorf("%d idle connections after scans one after the other, want 1", idle)
+			}
+			if r := clamdCommand(t, env, "RELOAD"); r != "RELOADING" {
+				t.Fatalf("RELOAD: %q", r)
+			}
+			time.Sleep(1500 * time.Millisecond)
+			run("after RELOAD")
+		})
+	}
 }
 
 // BenchmarkRealClamd compares this package with go-clamd's ScanStream on the

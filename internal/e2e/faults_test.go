@@ -845,9 +845,12 @@ func clamdRestart(mr *matrixRun) {
 		t.Fatalf("RETR 1 before the restart: %v %q", fc.s.ended, fc.s.errs[1])
 	}
 	// The next stream is held for 2 s on its way to clamd: kill clamd
-	// meanwhile.
+	// meanwhile. The faults are for new connections: the clamd session
+	// RETR 1's scan left open is cut first, as clamd closing an idle
+	// session would, and the scan must notice and connect anew.
 	before := tc.clamdRelay.Fired()
 	tc.clamdRelay.SetFaults(testenv.Fault{Dir: testenv.ToTarget, After: "zINSTREAM\x00", Offset: 10, Action: testenv.Delay, Delay: 2 * time.Second})
+	tc.clamdRelay.CutAll()
 	if _, err := io.WriteString(fc.c, "RETR 2\r\n"); err != nil {
 		t.Fatal(err)
 	}

@@ -142,6 +142,16 @@ func (r *Relay) Active() int {
 	return len(r.conns)
 }
 
+// CutAll closes the connections open now, both sides, as a target that
+// restarts or times idle connections out; the relay goes on accepting.
+func (r *Relay) CutAll() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for c := range r.conns {
+		_ = c.Close()
+	}
+}
+
 // Close stops the relay, closes every connection and waits for its
 // goroutines. It is idempotent.
 func (r *Relay) Close() {

@@ -1,0 +1,152 @@
+package clamav
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/popgate/popgate/internal/mailtext"
+)
+
+// Connections kept between scans (Config.ReuseConnections). Without them
+// every scan connects to clamd and clamd closes the connection after its
+// reply: on loopback the connect and close were a sixth of popgate's CPU
+// on the clamd path, and clamd accepts and tears down a connection per
+// message too. In a clamd session (clamd(8), IDSESSION) the connection
+// stays open and each reply carries the number of its command ("2: stream:
+// OK"). A connection goes back to its backend's idle list only after a
+// complete, well-formed verdict for exactly the command it was sent, with
+// nothing after it; anything else (an error reply, a cut stream, a
+// deadline, a cancelled scan) closes it, so a reused connection never
+// holds the rest of another scan's exchange.
+
+// maxSessionIdle is how long an idle connection is kept: below clamd's
+// IdleTimeout default (30 s), after which clamd may close it.
+const maxSessionIdle = 20 * time.Second
+
+var (
+	cmdIDSession = []byte("zIDSESSION\x00")
+	// cmdSessionVersion asks whether a backend keeps sessions: clamd
+	// answers "1: ClamAV …".
+	cmdSessionVersion = []byte("zIDSESSION\x00zVERSION\x00")
+)
+
+// checkSessions finds out, after a good health check and until it has an
+// answer, whether b keeps clamd sessions: a clamd does; something that
+// only looks like one (a proxy, a fake) may answer IDSESSION with an error
+// or close the connection, and scans on b then connect once per scan.
+// Until the answer is in, scans connect once per scan too.
+func (s *Scanner) checkSessions(ctx context.Context, b *backend) {
+	if !s.cfg.ReuseConnections || b.sessionsChecked.Load() {
+		return
+	}
+	rp, err := s.exchange(ctx, b, cmdSessionVersion, "IDSESSION")
+	if err != nil || !rp.ok && rp.line == "" && !errors.Is(rp.err, io.EOF) {
+		return // no answer: asked again at the next health check
+	}
+	// A reply, or a connection closed after something else or nothing.
+	line := mailtext.Visible(rp.line, maxReplyText)
+	ok := rp.ok && strings.HasPrefix(line, "1: ClamAV ")
+	b.sessionsOK.Store(ok)
+	b.sessionsChecked.Store(true)
+	if !ok {
+		s.log().Info().Str("backend", b.Addr).Str("reply", line).Msg("clamd backend does not keep sessions: a connection per scan")
+	}
+}
+
+// session is a connection to a clamd backend in a clamd session.
+type session struct {
+	conn net.Conn
+	// sent is the number of commands sent in the session: the reply to
+	// the next one is numbered sent+1. 0: IDSESSION has not gone out.
+	sent int
+	idle time.Time // when it was put back
+}
+
+// sessions are a backend's idle connections, most recently used last.
+type sessions struct {
+	mu     sync.Mutex
+	idle   []*session
+	closed bool
+}
+
+// take returns an idle connection that is still open, or nil. Connections
+// idle too long, or that clamd closed (it restarted, or timed them out),
+// are closed on the way.
+func (ss *sessions) take(now time.Time) *session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for len(ss.idle) > 0 {
+		n := len(ss.idle) - 1
+		s := ss.idle[n]
+		ss.idle[n] = nil
+		ss.idle = ss.idle[:n]
+		if now.Sub(s.idle) < maxSessionIdle && quiet(s.conn) {
+			return s
+		}
+		_ = s.conn.Close()
+	}
+	return nil
+}
+
+// put keeps s for a later scan, at most limit connections; it closes s
+// when the list is full or closed.
+func (ss *sessions) put(s *session, limit int, now time.Time) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closed || len(ss.idle) >= limit {
+		_ = s.conn.Close()
+		return
+	}
+	s.idle = now
+	ss.idle = append(ss.idle, s)
+}
+
+// close closes the idle connections; later puts close theirs.
+func (ss *sessions) close() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.closed = true
+	for _, s := range ss.idle {
+		_ = s.conn.Close()
+	}
+	ss.idle = nil
+}
+
+// quiet reports whether conn is open with nothing to read: an idle clamd
+// session sends nothing, so a byte or the end of the stream means clamd
+// closed it or broke the protocol. It peeks without blocking.
+func quiet(conn net.Conn) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	open := false
+	var one [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, rerr := syscall.Recvfrom(int(fd), one[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = errors.Is(rerr, syscall.EAGAIN)
+		return true // one try: never wait
+	})
+	return err == nil && open
+}
+
+// numbered takes the session number off a reply ("3: stream: OK" for the
+// third command) and reports whether it was n.
+func numbered(line string, n int) (string, bool) {
+	id, rest, ok := strings.Cut(line, ": ")
+	if !ok || id != strconv.Itoa(n) {
+		return line, false
+	}
+	return rest, true
+}
