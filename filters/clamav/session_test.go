@@ -152,39 +152,32 @@ func TestSessionsBroken(t *testing.T) {
 		}
 	})
 
-	t.Run("misnumbered-reply", func(t *testing.T) {
-		f := newFake(t, "tcp")
-		s := sessionScanner(t, sessionConfig(f.url))
-		scanWant(t, s, virus, true)
-		f.set(fakeMode{misnumber: true})
-		res, err := s.ScanReader(context.Background(), bytes.NewReader(virus), int64(len(virus)))
-		var re *ReplyError
-		if !errors.As(err, &re) || !strings.Contains(re.Problem, "not numbered 2") || res.Infected {
-			t.Fatalf("misnumbered: %+v, %v; want a ReplyError and no verdict", res, err)
-		}
-		f.set(fakeMode{})
-		scanWant(t, s, virus, true)
-		if n := f.sessions.Load(); n != 2 {
-			t.Errorf("%d sessions, want 2: the session with the wrong reply must be closed", n)
-		}
-	})
-
-	t.Run("error-reply", func(t *testing.T) {
-		f := newFake(t, "tcp")
-		s := sessionScanner(t, sessionConfig(f.url))
-		scanWant(t, s, virus, true)
-		f.set(fakeMode{answerWith: "stream: Can't allocate memory ERROR"})
-		res, err := s.ScanReader(context.Background(), bytes.NewReader(virus), int64(len(virus)))
-		var re *ReplyError
-		if !errors.As(err, &re) || re.Problem != "clamd error" || res.Infected {
-			t.Fatalf("error reply: %+v, %v; want a clamd error", res, err)
-		}
-		f.set(fakeMode{})
-		scanWant(t, s, virus, true)
-		if n := f.sessions.Load(); n != 2 {
-			t.Errorf("%d sessions, want 2: the session with the error reply must be closed", n)
-		}
-	})
+	// Replies that end the exchange without a verdict: the session is not
+	// used again.
+	for _, c := range []struct {
+		name, problem string
+		mode          fakeMode
+	}{
+		{"misnumbered-reply", "reply not numbered 2, for the command sent in the clamd session", fakeMode{misnumber: true}},
+		{"error-reply", "clamd error", fakeMode{answerWith: "stream: Can't allocate memory ERROR"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFake(t, "tcp")
+			s := sessionScanner(t, sessionConfig(f.url))
+			scanWant(t, s, virus, true)
+			f.set(c.mode)
+			res, err := s.ScanReader(context.Background(), bytes.NewReader(virus), int64(len(virus)))
+			var re *ReplyError
+			if !errors.As(err, &re) || re.Problem != c.problem || res.Infected {
+				t.Fatalf("%+v, %v; want a ReplyError %q and no verdict", res, err, c.problem)
+			}
+			f.set(fakeMode{})
+			scanWant(t, s, virus, true)
+			if n := f.sessions.Load(); n != 2 {
+				t.Errorf("%d sessions, want 2: the session of the bad reply must be closed", n)
+			}
+		})
+	}
 
 	t.Run("cut-mid-stream", func(t *testing.T) {
 		f := newFake(t, "tcp")
