@@ -128,8 +128,11 @@ func chainHCL(dir, clamdAddr string, chain []string) (string, error) {
 	// rescan = "always": these runs measure the chain itself, every
 	// download scanned (the message memory would serve repeats unscanned).
 	s, _, err := chainConfig(dir, clamdAddr, chain, "  rescan = \"always\"\n", "")
-	return s + "metrics {\n  address = \"127.0.0.1:0\"\n}\n", err
+	return s + metricsHCL, err
 }
+
+// metricsHCL is a metrics listener on a free port.
+const metricsHCL = "metrics {\n  address = \"127.0.0.1:0\"\n}\n"
 
 // chainConfig is chainHCL with policyExtra added to the policy block and
 // avExtra to the clamav filter's; it also returns the quarantine directory
@@ -509,7 +512,9 @@ func measureChain(ctx context.Context, cfg config, dir, upstream string, sp chai
 	}
 	var pp *popgateProc
 	if sp.pass {
-		if pp, err = startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, ""); err != nil {
+		// The metrics listener as the chain's popgate has one: the
+		// two differ by the chain alone.
+		if pp, err = startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, metricsHCL); err != nil {
 			return nil, err
 		}
 		defer pp.stop()

@@ -102,7 +102,7 @@ func memoryHCL(dir, clamdAddr, store, redisAddr string) (string, string, error) 
 	if err != nil {
 		return "", "", err
 	}
-	s += "metrics {\n  address = \"127.0.0.1:0\"\n}\n"
+	s += metricsHCL
 	if store == "redis" {
 		s += fmt.Sprintf("memory {\n  store = \"redis\"\n  redis {\n    address = %q\n    db      = %d\n  }\n}\n", redisAddr, memRedisDB)
 	}
@@ -159,7 +159,7 @@ func measureMemory(ctx context.Context, cfg config, dir, upstream, clamdAddr, re
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	pp, err := startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, "")
+	pp, err := startPopgate(ctx, cfg.popgate, dir, upstream, cfg.logLevel, metricsHCL) // as mp: they differ by the chain and the memory
 	if err != nil {
 		return nil, err
 	}
