@@ -70,16 +70,17 @@ func TestDownloadTimes(t *testing.T) {
 		c.expectOK("RETR " + n)
 		c.body()
 	}
-	// The client reads the big message only after a pause, through a small
-	// receive buffer: popgate's writes wait for it.
+	// The client reads the big message's status line (popgate has its
+	// result), then pauses before the body, through a small receive
+	// buffer: popgate's writes wait for it.
 	if err := c.conn.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
 		t.Fatal(err)
 	}
 	c.send("RETR 3\r\n")
-	time.Sleep(pause)
 	if l := c.line(); !strings.HasPrefix(l, "+OK") {
 		t.Fatalf("RETR 3: %q", l)
 	}
+	time.Sleep(pause)
 	c.body()
 	c.expectOK("QUIT")
 

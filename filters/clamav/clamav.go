@@ -478,19 +478,19 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 		read = readSome
 	}
 	var errs []error
+	attempt := 0 // src.open's count: one per scanOne
 	for n, b := range s.pool.Candidates() {
 		if n >= s.cfg.MaxAttempts {
 			break
 		}
-		r, ok, err := src.open(n)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("clamav: %w", err))
+		v, err, opened := s.scanOn(ctx, b, src, &attempt, size, timeout, read)
+		if err != nil && !opened {
+			errs = append(errs, err)
 			break
 		}
-		if !ok {
+		if !opened {
 			break // the message cannot be read again
 		}
-		v, err := s.scanOne(ctx, b, r, size, timeout, read)
 		if err == nil {
 			s.pool.Observe(b, nil)
 			if strings.HasPrefix(v.signature, limitsExceeded) {
@@ -500,8 +500,11 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 		}
 		errs = append(errs, err)
 		var ce *connError
-		if !errors.As(err, &ce) || ctx.Err() != nil {
-			break // a verdict-less answer, a timeout or a read error: not retried
+		if !errors.As(err, &ce) || ctx.Err() != nil || ce.reused {
+			// A verdict-less answer, a timeout or a read error: not
+			// retried; nor an idle session that died on a message that
+			// cannot be read again (not the backend's failure).
+			break
 		}
 		s.pool.Observe(b, err)
 		s.log().Warn().Str("backend", b.Addr).Err(err).Int("attempt", n+1).Msg("clamd scan failed on a connection error")
@@ -515,6 +518,34 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 	return Result{}, fmt.Errorf("%w: %w", ErrNoVerdict, errors.Join(errs...))
 }
 
+// scanOn scans src on b: opened is false when src could not be opened
+// (err says why, or nil when it cannot be read again). A connection of a
+// clamd session that turns out dead (clamd closed it while it sat idle:
+// restarted, or timed it out) is not the backend's failure: b's other idle
+// connections likely went with it, and the scan runs once more on a new
+// connection when the message can be read again.
+func (s *Scanner) scanOn(ctx context.Context, b *backend, src source, attempt *int, size int64, timeout time.Duration, read func(io.Reader, []byte) (int, error)) (v verdict, err error, opened bool) {
+	for retried := false; ; retried = true {
+		r, ok, oerr := src.open(*attempt)
+		*attempt++
+		switch {
+		case oerr != nil:
+			return verdict{}, fmt.Errorf("clamav: %w", oerr), !retried
+		case !ok && retried:
+			return v, err, true // the dead session's error stands
+		case !ok:
+			return verdict{}, nil, false
+		}
+		v, err = s.scanOne(ctx, b, r, size, timeout, read)
+		var ce *connError
+		if retried || !errors.As(err, &ce) || !ce.reused || ctx.Err() != nil {
+			return v, err, true
+		}
+		s.log().Info().Str("backend", b.Addr).Err(err).Msg("clamd closed an idle session: scanning on a new connection")
+		b.sessions.drain()
+	}
+}
+
 // check is the health check of b: PING, then VERSION for Version; after
 // the first good one, the StreamMaxLength probe starts.
 func (s *Scanner) check(ctx context.Context, b *backend) error {
@@ -526,6 +557,7 @@ func (s *Scanner) check(ctx context.Context, b *backend) error {
 		b.SetVersion(v)
 	}
 	s.checkSessions(ctx, b)
+	b.sessions.expire(time.Now())
 	return nil
 }
 

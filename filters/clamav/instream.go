@@ -53,6 +53,7 @@ type connError struct {
 	backend string
 	op      string
 	err     error
+	reused  bool // an idle connection of a clamd session found closed before its first use
 }
 
 func (e *connError) Error() string {
@@ -114,14 +115,26 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 
 	// The reply is read concurrently with the writes: clamd answers early
 	// ("INSTREAM size limit exceeded") and closes, and that answer must be
-	// read before a write fails and the connection is torn down.
+	// read before a write fails and the connection is torn down. The
+	// reader starts with the first write (begin): until then, a
+	// connection of a clamd session taken idle is looked at once more,
+	// since clamd may have closed it meanwhile (a restart, its timeout;
+	// the scan may have waited for the message's first bytes).
 	var final atomic.Bool // the end-of-stream marker is being sent
 	replies := make(chan reply, 1)
-	go func() { replies <- readReply(conn, &final, !inSession) }()
+	reading := false
+	begin := func() error {
+		if sess.sent > 0 && !quiet(conn) {
+			return &connError{backend: b.Addr, op: "reusing an idle connection", err: errors.New("clamd closed it"), reused: true}
+		}
+		reading = true
+		go func() { replies <- readReply(conn, &final, !inSession) }()
+		return nil
+	}
 	var rp reply
 	got := false
 	wait := func() reply {
-		if !got {
+		if !got && reading {
 			rp, got = <-replies, true
 		}
 		return rp
@@ -141,7 +154,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 			return
 		}
 		_ = conn.Close()
-		wait() // the reader ends once the connection is closed
+		wait() // the reader, if it started, ends once the connection is closed
 	}()
 
 	// failed turns a write error into the scan's error, using the reply
@@ -208,6 +221,11 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		}
 		n, rerr := read(r, buf[cmdLen+4:cmdLen+4+int(want)])
 		if n > 0 {
+			if from == start {
+				if err := begin(); err != nil {
+					return verdict{}, err
+				}
+			}
 			binary.BigEndian.PutUint32(buf[cmdLen:cmdLen+4], uint32(n))
 			if _, err := conn.Write(buf[from : cmdLen+4+n]); err != nil {
 				return verdict{}, failed("sending the message", err)
@@ -226,6 +244,9 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 		}
 	}
 	if from == start { // an empty message: the command has not gone out yet
+		if err := begin(); err != nil {
+			return verdict{}, err
+		}
 		if _, err := conn.Write(cmd); err != nil {
 			return verdict{}, failed("sending INSTREAM", err)
 		}

@@ -351,7 +351,16 @@ func TestRealClamdSessions(t *testing.T) {
 		t.Run(strings.SplitN(addr, ":", 2)[0], func(t *testing.T) {
 			cfg := realConfig(addr)
 			cfg.ReuseConnections = true
-			s := newTestScanner(t, cfg)
+			s := sessionScanner(t, cfg)
+			b := s.pool.Members()[0]
+			if !b.sessionsOK.Load() {
+				t.Fatal("the real clamd was not found to keep sessions")
+			}
+			idle := func() int {
+				b.sessions.mu.Lock()
+				defer b.sessions.mu.Unlock()
+				return len(b.sessions.idle)
+			}
 			run := func(when string) {
 				for name, msg := range found {
 					for _, m := range []struct {
@@ -366,18 +375,17 @@ func TestRealClamdSessions(t *testing.T) {
 				}
 			}
 			run("before RELOAD")
-			b := s.pool.Members()[0]
-			b.sessions.mu.Lock()
-			idle := len(b.sessions.idle)
-			b.sessions.mu.Unlock()
-			if idle != 1 {
-				t.Errorf("%d idle connections after scans one after the other, want 1", idle)
+			if n := idle(); n != 1 {
+				t.Errorf("%d idle connections after scans one after the other, want 1", n)
 			}
 			if r := clamdCommand(t, env, "RELOAD"); r != "RELOADING" {
 				t.Fatalf("RELOAD: %q", r)
 			}
 			time.Sleep(1500 * time.Millisecond)
 			run("after RELOAD")
+			if n := idle(); n != 1 {
+				t.Errorf("%d idle connections after the reload, want 1", n)
+			}
 		})
 	}
 }

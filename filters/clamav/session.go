@@ -3,7 +3,6 @@ package clamav
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -26,8 +25,10 @@ import (
 // deadline, a cancelled scan) closes it, so a reused connection never
 // holds the rest of another scan's exchange.
 
-// maxSessionIdle is how long an idle connection is kept: below clamd's
-// IdleTimeout default (30 s), after which clamd may close it.
+// maxSessionIdle is how long an idle connection is kept: well below
+// clamd's ReadTimeout (default 120 s), after which clamd ends an idle
+// session, and short enough not to hold clamd's connections long after
+// the mail stops.
 const maxSessionIdle = 20 * time.Second
 
 var (
@@ -47,10 +48,10 @@ func (s *Scanner) checkSessions(ctx context.Context, b *backend) {
 		return
 	}
 	rp, err := s.exchange(ctx, b, cmdSessionVersion, "IDSESSION")
-	if err != nil || !rp.ok && rp.line == "" && !errors.Is(rp.err, io.EOF) {
+	if err != nil || !rp.ok && rp.line == "" {
 		return // no answer: asked again at the next health check
 	}
-	// A reply, or a connection closed after something else or nothing.
+	// A reply, or a connection closed after something else.
 	line := mailtext.Visible(rp.line, maxReplyText)
 	ok := rp.ok && strings.HasPrefix(line, "1: ClamAV ")
 	b.sessionsOK.Store(ok)
@@ -82,12 +83,13 @@ type sessions struct {
 func (ss *sessions) take(now time.Time) *session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	ss.expireLocked(now)
 	for len(ss.idle) > 0 {
 		n := len(ss.idle) - 1
 		s := ss.idle[n]
 		ss.idle[n] = nil
 		ss.idle = ss.idle[:n]
-		if now.Sub(s.idle) < maxSessionIdle && quiet(s.conn) {
+		if quiet(s.conn) {
 			return s
 		}
 		_ = s.conn.Close()
@@ -95,11 +97,32 @@ func (ss *sessions) take(now time.Time) *session {
 	return nil
 }
 
+// expire closes the connections idle longer than maxSessionIdle (the
+// health check calls it: nothing else runs once the mail stops).
+func (ss *sessions) expire(now time.Time) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	ss.expireLocked(now)
+}
+
+// expireLocked closes the expired connections, the oldest first in the
+// list.
+func (ss *sessions) expireLocked(now time.Time) {
+	n := 0
+	for n < len(ss.idle) && now.Sub(ss.idle[n].idle) >= maxSessionIdle {
+		_ = ss.idle[n].conn.Close()
+		ss.idle[n] = nil
+		n++
+	}
+	ss.idle = ss.idle[n:]
+}
+
 // put keeps s for a later scan, at most limit connections; it closes s
 // when the list is full or closed.
 func (ss *sessions) put(s *session, limit int, now time.Time) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	ss.expireLocked(now)
 	if ss.closed || len(ss.idle) >= limit {
 		_ = s.conn.Close()
 		return
@@ -108,11 +131,16 @@ func (ss *sessions) put(s *session, limit int, now time.Time) {
 	ss.idle = append(ss.idle, s)
 }
 
-// close closes the idle connections; later puts close theirs.
-func (ss *sessions) close() {
+// drain closes the idle connections.
+func (ss *sessions) drain() { ss.end(false) }
+
+// close drains the list for good: later puts close their connections.
+func (ss *sessions) close() { ss.end(true) }
+
+func (ss *sessions) end(final bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	ss.closed = true
+	ss.closed = ss.closed || final
 	for _, s := range ss.idle {
 		_ = s.conn.Close()
 	}

@@ -213,6 +213,64 @@ func TestSessionsBroken(t *testing.T) {
 	})
 }
 
+// heldReader is a bytes.Reader whose first Read waits for open: a message
+// whose first bytes are late, as one still arriving from the server.
+type heldReader struct {
+	*bytes.Reader
+	open chan struct{}
+}
+
+func (h *heldReader) Read(p []byte) (int, error) {
+	<-h.open
+	return h.Reader.Read(p)
+}
+
+// TestSessionsClosedAfterTaken checks a connection that clamd closes after
+// a scan took it idle, while the scan waits for the message's first
+// bytes: the scan must notice before it sends anything, go on on a new
+// connection, and leave the backend up.
+func TestSessionsClosedAfterTaken(t *testing.T) {
+	leakCheck(t)
+	f := newFake(t, "tcp")
+	s := sessionScanner(t, sessionConfig(f.url))
+	scanWant(t, s, []byte("clean\r\n"), false)
+	b := s.pool.Members()[0]
+	idle := func() int {
+		b.sessions.mu.Lock()
+		defer b.sessions.mu.Unlock()
+		return len(b.sessions.idle)
+	}
+	virus := virusAtEnd(100_000)
+	msg := &heldReader{Reader: bytes.NewReader(virus), open: make(chan struct{})}
+	type result struct {
+		res Result
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := s.ScanReader(context.Background(), msg, int64(len(virus)))
+		done <- result{res, err}
+	}()
+	waitFor(t, time.Second, "the scan to take the idle connection", func() bool { return idle() == 0 })
+	f.mu.Lock()
+	for c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	time.Sleep(20 * time.Millisecond) // the close reaches the scanner's side
+	close(msg.open)
+	r := <-done
+	if r.err != nil || !r.res.Infected {
+		t.Fatalf("%+v, %v; want the verdict from a new connection", r.res, r.err)
+	}
+	if s.Healthy() != 1 {
+		t.Error("the backend was marked down for a connection it had closed while idle")
+	}
+	if n := f.sessions.Load(); n != 2 {
+		t.Errorf("%d sessions carried scans, want 2", n)
+	}
+}
+
 // TestSessionsClosedWithScanner checks that Close ends the idle sessions.
 func TestSessionsClosedWithScanner(t *testing.T) {
 	leakCheck(t)
