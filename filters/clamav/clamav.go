@@ -181,9 +181,7 @@ type backend struct {
 	probe   atomic.Int32           // probeNone, probeRunning, probeDone
 	problem atomic.Pointer[string] // what the probe found wrong, if anything
 
-	sessions        sessions    // idle connections (Config.ReuseConnections)
-	sessionsChecked atomic.Bool // checkSessions has its answer
-	sessionsOK      atomic.Bool // the answer: b keeps clamd sessions
+	sessions sessions // idle connections (Config.ReuseConnections)
 }
 
 func (s *Scanner) log() *zerolog.Logger { return &s.logger }
@@ -483,7 +481,7 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 		if n >= s.cfg.MaxAttempts {
 			break
 		}
-		v, err, opened := s.scanOn(ctx, b, src, &attempt, size, timeout, read)
+		v, opened, err := s.scanOn(ctx, b, src, &attempt, size, timeout, read)
 		if err != nil && !opened {
 			errs = append(errs, err)
 			break
@@ -524,22 +522,22 @@ func (s *Scanner) scan(ctx context.Context, src source, size int64) (res Result,
 // restarted, or timed it out) is not the backend's failure: b's other idle
 // connections likely went with it, and the scan runs once more on a new
 // connection when the message can be read again.
-func (s *Scanner) scanOn(ctx context.Context, b *backend, src source, attempt *int, size int64, timeout time.Duration, read func(io.Reader, []byte) (int, error)) (v verdict, err error, opened bool) {
+func (s *Scanner) scanOn(ctx context.Context, b *backend, src source, attempt *int, size int64, timeout time.Duration, read func(io.Reader, []byte) (int, error)) (v verdict, opened bool, err error) {
 	for retried := false; ; retried = true {
 		r, ok, oerr := src.open(*attempt)
 		*attempt++
 		switch {
 		case oerr != nil:
-			return verdict{}, fmt.Errorf("clamav: %w", oerr), !retried
+			return verdict{}, !retried, fmt.Errorf("clamav: %w", oerr)
 		case !ok && retried:
-			return v, err, true // the dead session's error stands
+			return v, true, err // the dead session's error stands
 		case !ok:
-			return verdict{}, nil, false
+			return verdict{}, false, nil
 		}
 		v, err = s.scanOne(ctx, b, r, size, timeout, read)
 		var ce *connError
 		if retried || !errors.As(err, &ce) || !ce.reused || ctx.Err() != nil {
-			return v, err, true
+			return v, true, err
 		}
 		s.log().Info().Str("backend", b.Addr).Err(err).Msg("clamd closed an idle session: scanning on a new connection")
 		b.sessions.drain()

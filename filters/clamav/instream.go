@@ -293,7 +293,7 @@ func (s *Scanner) scanOne(ctx context.Context, b *backend, r io.Reader, size int
 // session: when connections are reused and b keeps sessions, an idle one
 // if there is one, else a new one.
 func (s *Scanner) connect(ctx context.Context, b *backend) (*session, bool, error) {
-	inSession := s.cfg.ReuseConnections && b.sessionsOK.Load()
+	inSession := s.cfg.ReuseConnections && b.sessions.known.Load() == sessionsYes
 	if inSession {
 		if sess := b.sessions.take(time.Now()); sess != nil {
 			return sess, true, nil
@@ -527,7 +527,7 @@ func (s *Scanner) exchange(ctx context.Context, b *backend, cmd []byte, name str
 	final.Store(true)
 	rp := readReply(conn, &final, false)
 	if !rp.ok && ctx.Err() != nil {
-		rp.err = context.DeadlineExceeded
+		rp.err = ctx.Err() // the deadline, or the caller's cancellation
 	}
 	return rp, nil
 }

@@ -353,7 +353,7 @@ func TestRealClamdSessions(t *testing.T) {
 			cfg.ReuseConnections = true
 			s := sessionScanner(t, cfg)
 			b := s.pool.Members()[0]
-			if !b.sessionsOK.Load() {
+			if b.sessions.known.Load() != sessionsYes {
 				t.Fatal("the real clamd was not found to keep sessions")
 			}
 			idle := func() int {

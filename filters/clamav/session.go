@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,7 +45,7 @@ var (
 // or close the connection, and scans on b then connect once per scan.
 // Until the answer is in, scans connect once per scan too.
 func (s *Scanner) checkSessions(ctx context.Context, b *backend) {
-	if !s.cfg.ReuseConnections || b.sessionsChecked.Load() {
+	if !s.cfg.ReuseConnections || b.sessions.known.Load() != sessionsUnknown {
 		return
 	}
 	rp, err := s.exchange(ctx, b, cmdSessionVersion, "IDSESSION")
@@ -54,9 +55,10 @@ func (s *Scanner) checkSessions(ctx context.Context, b *backend) {
 	// A reply, or a connection closed after something else.
 	line := mailtext.Visible(rp.line, maxReplyText)
 	ok := rp.ok && strings.HasPrefix(line, "1: ClamAV ")
-	b.sessionsOK.Store(ok)
-	b.sessionsChecked.Store(true)
-	if !ok {
+	b.sessions.known.Store(sessionsNo)
+	if ok {
+		b.sessions.known.Store(sessionsYes)
+	} else {
 		s.log().Info().Str("backend", b.Addr).Str("reply", line).Msg("clamd backend does not keep sessions: a connection per scan")
 	}
 }
@@ -70,31 +72,37 @@ type session struct {
 	idle time.Time // when it was put back
 }
 
-// sessions are a backend's idle connections, most recently used last.
+// sessions are a backend's idle connections, most recently used last,
+// and whether it keeps sessions at all.
 type sessions struct {
+	known  atomic.Int32 // sessionsUnknown until checkSessions has an answer
 	mu     sync.Mutex
 	idle   []*session
 	closed bool
 }
 
-// take returns an idle connection that is still open, or nil. Connections
-// idle too long, or that clamd closed (it restarted, or timed them out),
-// are closed on the way.
+// What checkSessions found out about a backend.
+const (
+	sessionsUnknown = iota
+	sessionsYes
+	sessionsNo
+)
+
+// take returns the most recently used idle connection, or nil; those idle
+// too long are closed on the way. Whether clamd closed it meanwhile is
+// looked at just before its first use (scanOne's begin).
 func (ss *sessions) take(now time.Time) *session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	ss.expireLocked(now)
-	for len(ss.idle) > 0 {
-		n := len(ss.idle) - 1
-		s := ss.idle[n]
-		ss.idle[n] = nil
-		ss.idle = ss.idle[:n]
-		if quiet(s.conn) {
-			return s
-		}
-		_ = s.conn.Close()
+	n := len(ss.idle) - 1
+	if n < 0 {
+		return nil
 	}
-	return nil
+	s := ss.idle[n]
+	ss.idle[n] = nil
+	ss.idle = ss.idle[:n]
+	return s
 }
 
 // expire closes the connections idle longer than maxSessionIdle (the

@@ -24,7 +24,7 @@ func sessionScanner(t *testing.T, cfg Config) *Scanner {
 	s := newTestScanner(t, cfg)
 	waitFor(t, 2*time.Second, "the sessions check", func() bool {
 		for _, b := range s.pool.Members() {
-			if !b.sessionsChecked.Load() {
+			if b.sessions.known.Load() == sessionsUnknown {
 				return false
 			}
 		}
